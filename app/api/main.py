@@ -1,0 +1,54 @@
+"""The FastAPI application: config -> resources -> routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from app import __version__
+from app.api.deps import Resources
+from app.api.limits import BodySizeLimit
+from app.api.problems import install_problem_handlers
+from app.api.routes import evaluations, health
+from app.config import Settings, get_settings
+from app.evaluation.schemas import EvaluationRequest
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    resources = Resources.create(settings)  # fails fast when the provider is unavailable
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        resources.engine.dispose()
+
+    app = FastAPI(
+        title="Caliper",
+        version=__version__,
+        summary="How far to trust a classifier: losses, calibration, OOD and SDM scores, stored.",
+        lifespan=lifespan,
+    )
+    app.state.resources = resources
+    install_problem_handlers(app)
+    app.include_router(health.router)
+    app.include_router(evaluations.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+
+    def openapi() -> dict[str, Any]:
+        """Request bodies parsed by hand (JSON or multipart) still get their schemas documented."""
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            request_schema = EvaluationRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(request_schema.pop("$defs", {}))
+            components["EvaluationRequest"] = request_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,121 @@
+"""RFC 9457 problem details for every error the service returns."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.core.errors import InputError
+
+PROBLEM_JSON = "application/problem+json"
+log = logging.getLogger("caliper")
+
+TITLES = {
+    400: "Bad request",
+    404: "Not found",
+    405: "Method not allowed",
+    413: "Request body too large",
+    415: "Unsupported media type",
+    422: "Invalid input",
+    503: "Database unavailable",
+}
+
+
+class ProblemError(Exception):
+    """Raise anywhere in a request to answer with a problem body."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = errors or []
+        self.headers = headers
+
+
+def problem_response(
+    status: int, detail: str, errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = {
+        "type": f"https://caliper.dev/problems/{status}",
+        "title": TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "errors": errors or [],
+    }
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _pydantic_errors(
+    exc: ValidationError | RequestValidationError, prefix: tuple[Any, ...] = ()
+) -> list[dict[str, Any]]:
+    errors = []
+    for err in exc.errors():
+        loc = list(err.get("loc", ()))
+        if loc and loc[0] in ("body", "query", "path", "header"):
+            loc = loc[1:]
+        loc = [str(p) for p in (*prefix, *loc)]
+        errors.append({"field": ".".join(loc), "message": err.get("msg", "invalid")})
+    return errors
+
+
+def validation_problem(exc: ValidationError | RequestValidationError) -> JSONResponse:
+    errors = _pydantic_errors(exc)
+    detail = "; ".join(f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors[:5])
+    return problem_response(422, detail or "invalid request", errors)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ProblemError)
+    async def _problem(_: Request, exc: ProblemError) -> JSONResponse:
+        return problem_response(exc.status, exc.detail, exc.errors, exc.headers)
+
+    @app.exception_handler(InputError)
+    async def _input(_: Request, exc: InputError) -> JSONResponse:
+        return problem_response(422, str(exc), [{"field": exc.field, "message": exc.message}])
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_problem(exc)
+
+    @app.exception_handler(ValidationError)
+    async def _validation(_: Request, exc: ValidationError) -> JSONResponse:
+        return validation_problem(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable: %s", exc)
+        return problem_response(
+            503, "the database is unreachable; nothing was stored, retry later", headers={"Retry-After": "5"}
+        )
+
+    app.add_exception_handler(OperationalError, _database_down)
+    app.add_exception_handler(PoolTimeoutError, _database_down)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return problem_response(500, "internal error; nothing was stored")
+
+    @app.exception_handler(DBAPIError)
+    async def _dbapi(request: Request, exc: DBAPIError) -> JSONResponse:
+        if exc.connection_invalidated:
+            return await _database_down(request, exc)
+        log.exception("database error")
+        return problem_response(500, "internal database error")

@@ -1,0 +1,124 @@
+"""/v1/evaluations: create (JSON or multipart), get, list, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from app.api.bodies import read_tensor_body
+from app.api.deps import Resources, get_resources
+from app.api.problems import ProblemError
+from app.evaluation.schemas import INTEGER_FIELDS, TENSOR_FIELDS, EvaluationList, EvaluationOut, EvaluationRequest
+from app.evaluation.service import evaluate_and_store, stored_evaluation_out
+from app.storage.evaluations import (
+    EvaluationFilter,
+    InvalidCursorError,
+    delete_evaluation,
+    get_evaluation,
+    list_evaluations,
+    load_arrays,
+)
+
+router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"])
+ResourcesDep = Annotated[Resources, Depends(get_resources)]
+
+_REQUEST_REF = {"$ref": "#/components/schemas/EvaluationRequest"}
+_MULTIPART_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "request": {"type": "string", "description": "The JSON body without its tensors."},
+        **{name: {"type": "string", "format": "binary", "description": f"{name} as .npy"} for name in TENSOR_FIELDS},
+    },
+    "required": ["request"],
+}
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    code: {"description": text, "content": {"application/problem+json": {}}}
+    for code, text in {
+        400: "Malformed JSON.",
+        413: "Body over CALIPER_MAX_BODY_BYTES.",
+        415: "Not JSON or multipart.",
+        422: "Bad tensors or parameters (the message names the field).",
+        503: "Database down; nothing stored.",
+    }.items()
+}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=EvaluationOut,
+    response_model_exclude_none=False,
+    summary="Compute losses and metrics of predictions, and store them",
+    responses=_PROBLEMS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _REQUEST_REF},
+                "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
+            },
+        }
+    },
+)
+async def create_evaluation(request: Request, resources: ResourcesDep) -> EvaluationOut:
+    options, arrays = await read_tensor_body(request, TENSOR_FIELDS, INTEGER_FIELDS, resources.settings.max_body_bytes)
+    body = EvaluationRequest.model_validate(options)
+    settings = resources.settings
+    return await run_in_threadpool(
+        evaluate_and_store, body, arrays, resources.cache, settings.chunk_size, resources.sessions
+    )
+
+
+@router.get("", response_model=EvaluationList, summary="List evaluations, newest first", responses=_PROBLEMS)
+def list_(
+    resources: ResourcesDep,
+    model: str | None = None,
+    dataset: str | None = None,
+    tag: Annotated[list[str] | None, Query(description="key:value; repeat to require several tags.")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> EvaluationList:
+    tags = []
+    for item in tag or []:
+        key, sep, value = item.partition(":")
+        if not sep or not key:
+            raise ProblemError(
+                422, f"tag {item!r} must be key:value", [{"field": "tag", "message": "expected key:value"}]
+            )
+        tags.append((key, value))
+    with resources.sessions() as session:
+        try:
+            rows, next_cursor = list_evaluations(session, EvaluationFilter(model, dataset, tuple(tags)), limit, cursor)
+        except InvalidCursorError as exc:
+            raise ProblemError(422, str(exc), [{"field": "cursor", "message": str(exc)}]) from exc
+        return EvaluationList(items=[stored_evaluation_out(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/{evaluation_id}", response_model=EvaluationOut, summary="One stored evaluation", responses=_PROBLEMS)
+def get(
+    evaluation_id: str,
+    resources: ResourcesDep,
+    per_sample: Annotated[bool, Query(description="Include the stored per-row loss values.")] = False,
+) -> EvaluationOut:
+    with resources.sessions() as session:
+        record = get_evaluation(session, evaluation_id)
+        if record is None:
+            raise ProblemError(404, f"no evaluation with id {evaluation_id!r}")
+        rows = None
+        if per_sample:
+            rows = {
+                k.removeprefix("loss."): v
+                for k, v in load_arrays(session, evaluation_id).items()
+                if k.startswith("loss.")
+            }
+        return stored_evaluation_out(record, rows)
+
+
+@router.delete("/{evaluation_id}", status_code=204, summary="Delete an evaluation and its arrays", responses=_PROBLEMS)
+def delete(evaluation_id: str, resources: ResourcesDep) -> Response:
+    with resources.sessions.begin() as session:
+        if not delete_evaluation(session, evaluation_id):
+            raise ProblemError(404, f"no evaluation with id {evaluation_id!r}")
+    return Response(status_code=204)

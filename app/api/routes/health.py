@@ -1,0 +1,36 @@
+"""Liveness (process up) and readiness (database reachable, migrations at head)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import Resources, get_resources
+from app.api.problems import ProblemError
+from app.storage.migrate import is_at_head
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="The process is alive")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    summary="The database is reachable and its schema is at the latest migration",
+    responses={503: {"description": "Database down or migrations pending (problem+json)."}},
+)
+async def readyz(resources: Annotated[Resources, Depends(get_resources)]) -> dict[str, str]:
+    def check() -> bool:
+        with resources.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return is_at_head(resources.settings, resources.engine)
+
+    if not await run_in_threadpool(check):
+        raise ProblemError(503, "database schema is not at the latest migration: run `caliper db upgrade`")
+    return {"status": "ready"}

@@ -1,0 +1,103 @@
+"""A small Python client for the Caliper API.
+
+Tensors go as base64 tensor objects inside JSON while the request is small, and as multipart
+`.npy` parts above `multipart_threshold` bytes, so large arrays are never turned into JSON text.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import numpy as np
+
+from app.tensors import encode_npy, encode_tensor_object
+
+DEFAULT_MULTIPART_THRESHOLD = 1 << 20
+
+
+class CaliperError(Exception):
+    """The service answered with a problem (4xx/5xx); `problem` holds its body."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        super().__init__(f"{status}: {problem.get('detail', problem)}")
+        self.status = status
+        self.problem = problem
+
+
+class CaliperClient:
+    """`CaliperClient("http://127.0.0.1:8000")`, or wrap any httpx.Client (e.g. a TestClient)."""
+
+    def __init__(
+        self,
+        base_url: str | httpx.Client,
+        multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
+        timeout: float = 300.0,
+    ) -> None:
+        self.http = base_url if isinstance(base_url, httpx.Client) else httpx.Client(base_url=base_url, timeout=timeout)
+        self.multipart_threshold = multipart_threshold
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> CaliperClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # ---- evaluations -----------------------------------------------------------------------------
+    def evaluate(
+        self, *, logits: np.ndarray | None = None, labels: np.ndarray | None = None, **options: Any
+    ) -> dict[str, Any]:
+        """POST /v1/evaluations; array-valued options (probabilities, targets, …) are sent as tensors."""
+        tensors = {
+            k: np.asarray(v)
+            for k, v in {"logits": logits, "labels": labels, **options}.items()
+            if isinstance(v, np.ndarray) or (k in ("logits", "labels") and v is not None)
+        }
+        body = {k: v for k, v in options.items() if k not in tensors}
+        return self._post_tensors("/v1/evaluations", body, tensors)
+
+    def get_evaluation(self, evaluation_id: str, per_sample: bool = False) -> dict[str, Any]:
+        return self._check(self.http.get(f"/v1/evaluations/{evaluation_id}", params={"per_sample": per_sample}))
+
+    def list_evaluations(self, **filters: Any) -> dict[str, Any]:
+        return self._check(self.http.get("/v1/evaluations", params={k: v for k, v in filters.items() if v is not None}))
+
+    def delete_evaluation(self, evaluation_id: str) -> None:
+        self._check(self.http.delete(f"/v1/evaluations/{evaluation_id}"))
+
+    # ---- transport -------------------------------------------------------------------------------
+    def _post_tensors(self, path: str, body: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        size = sum(t.nbytes for t in tensors.values())
+        if size <= self.multipart_threshold:
+            payload = {**body, **{k: encode_tensor_object(_wire(v)) for k, v in tensors.items()}}
+            return self._check(self.http.post(path, json=payload))
+        files: dict[str, Any] = {"request": ("request.json", json.dumps(body).encode(), "application/json")}
+        files.update({k: (f"{k}.npy", encode_npy(_wire(v)), "application/octet-stream") for k, v in tensors.items()})
+        return self._check(self.http.post(path, files=files))
+
+    @staticmethod
+    def _check(response: httpx.Response) -> dict[str, Any]:
+        if response.status_code >= 400:
+            try:
+                problem = response.json()
+            except ValueError:
+                problem = {"detail": response.text}
+            raise CaliperError(response.status_code, problem)
+        if response.status_code == 204 or not response.content:
+            return {}
+        result: dict[str, Any] = response.json()
+        return result
+
+
+def _wire(array: np.ndarray) -> np.ndarray:
+    """Arrays in a dtype the API accepts: floats stay float32/float64, integers become int64."""
+    if array.dtype.kind in "iub":
+        return array.astype(np.int64, copy=False)
+    if array.dtype in (np.float32, np.float64):
+        return array
+    return array.astype(np.float64)

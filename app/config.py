@@ -1,0 +1,45 @@
+"""Settings from the environment (prefix CALIPER_, plus plain DATABASE_URL), read once per process."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; the README's configuration table lists the same names."""
+
+    model_config = SettingsConfigDict(env_prefix="CALIPER_", extra="ignore")
+
+    database_url: str = Field(
+        "sqlite:///./var/caliper.db",
+        validation_alias=AliasChoices("DATABASE_URL", "CALIPER_DATABASE_URL"),
+        description="SQLAlchemy URL; SQLite file by default, postgresql+psycopg://… for Postgres.",
+    )
+    provider: Literal["cpu", "cuda"] = Field("cpu", description="onnxruntime execution provider.")
+    intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0 = one per core).")
+    max_body_bytes: int = Field(512 * 1024 * 1024, gt=0, description="Largest accepted request body (413 above).")
+    chunk_size: int = Field(65_536, gt=0, description="Rows per onnxruntime call; bounds working memory.")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, gt=0, lt=65536)
+    migrations_dir: Path = Field(PROJECT_ROOT / "migrations", description="Alembic scripts.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg3(cls, url: str) -> str:
+        """Plain postgresql:// URLs use psycopg 3 (the driver we install), not psycopg2."""
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,341 @@
+"""Fused evaluation: a request's losses and metrics composed into one ONNX graph, run chunk by chunk.
+
+`EvaluationPlan` names what to compute; `build_graph` composes the fragments over one shared
+`GraphContext`; `Evaluator` runs the cached session per chunk and folds each chunk's partial sums into
+an `EvaluationState`, which merges with other states (chunked, threaded or distributed runs give the
+same numbers) and finalizes into losses, metrics and the reliability table.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+from spox import build
+
+from app.core.calibration_error import BinStats
+from app.core.errors import InputError
+from app.core.graph import GraphContext, InputKind, InputLayout
+from app.core.losses import LOSSES
+from app.core.metrics import METRICS, bin_stats, uniform_bin_state
+from app.core.runtime import SessionCache, default_cache
+from app.core.specs import TermSpec
+
+ROW_PREDICTION = "row.prediction"
+ROW_CONFIDENCE = "row.confidence"
+RELIABILITY = "reliability"
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """What one evaluation computes; its signature keys the session cache."""
+
+    layout: InputLayout
+    losses: tuple[TermSpec, ...] = ()
+    metrics: tuple[TermSpec, ...] = ()
+    reliability_bins: int = 15
+
+    @property
+    def signature(self) -> str:
+        return json.dumps(
+            {
+                "layout": self.layout.__dict__,
+                "losses": [s.model_dump() for s in self.losses],
+                "metrics": [s.model_dump() for s in self.metrics],
+                "reliability_bins": self.reliability_bins,
+            },
+            sort_keys=True,
+        )
+
+
+def loss_output(key: str, part: str) -> str:
+    return f"loss.{key}.{part}"
+
+
+def metric_output(key: str, part: str) -> str:
+    return f"metric.{key}.{part}"
+
+
+def build_graph(plan: EvaluationPlan) -> onnx.ModelProto:
+    """One graph for all requested terms; shared intermediates are built once by the context."""
+    ctx = GraphContext(plan.layout)
+    outputs = {ROW_PREDICTION: ctx.prediction, ROW_CONFIDENCE: ctx.confidence}
+    for spec in plan.losses:
+        term = LOSSES[spec.name].build(ctx, spec)
+        key = spec.report_key
+        outputs[loss_output(key, "row")] = term.value
+        outputs[loss_output(key, "sum")] = ctx.weighted_total(term.value)
+        outputs[loss_output(key, "weight")] = (
+            ctx.total(ctx.weights) if term.denominator is None else ctx.weighted_total(term.denominator)
+        )
+    for spec in plan.metrics:
+        for part, var in METRICS[spec.name].state(ctx, spec).items():
+            outputs[metric_output(spec.report_key, part)] = var
+    for part, var in uniform_bin_state(ctx, plan.reliability_bins).items():
+        outputs[f"{RELIABILITY}.{part}"] = var
+    return build(ctx.inputs, outputs)
+
+
+@dataclass
+class EvaluationState:
+    """Merged partial sums (added) and kept rows (concatenated), in float64, plus the row count."""
+
+    n: int = 0
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
+    rows: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    def merge(self, other: EvaluationState) -> EvaluationState:
+        """Associative merge: states of disjoint row sets combine into the state of their union
+        (row order = self's rows, then other's)."""
+        sums = dict(self.sums)
+        for name, value in other.sums.items():
+            sums[name] = sums[name] + value if name in sums else value.copy()
+        rows = {name: [*self.rows.get(name, []), *other.rows.get(name, [])] for name in {*self.rows, *other.rows}}
+        return EvaluationState(self.n + other.n, sums, rows)
+
+    def part(self, prefix: str) -> dict[str, np.ndarray]:
+        found = {k[len(prefix) :]: v for k, v in self.sums.items() if k.startswith(prefix)}
+        found.update({k[len(prefix) :]: np.concatenate(v) for k, v in self.rows.items() if k.startswith(prefix)})
+        return found
+
+
+@dataclass(frozen=True)
+class ReliabilityBin:
+    lower: float
+    upper: float
+    count: float
+    confidence: float | None
+    accuracy: float | None
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    n: int
+    classes: int
+    losses: dict[str, float]
+    metrics: dict[str, float]
+    reliability: list[ReliabilityBin]
+
+
+@dataclass
+class Batch:
+    """Validated input arrays of one evaluation (see `validate_batch`)."""
+
+    scores: np.ndarray  # logits or probabilities, [N, C]
+    layout: InputLayout
+    labels: np.ndarray | None = None  # int64 [N]
+    targets: np.ndarray | None = None  # [N, C]
+    sample_weight: np.ndarray | None = None  # [N]
+    teacher_logits: np.ndarray | None = None  # [N, C]
+
+    @property
+    def n(self) -> int:
+        return int(self.scores.shape[0])
+
+    @property
+    def classes(self) -> int:
+        return int(self.scores.shape[1])
+
+    def feeds(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        weight = self.sample_weight
+        feeds: dict[str, np.ndarray] = {self.layout.input_kind: self.scores[start:stop]}
+        if self.labels is not None:
+            feeds["labels"] = self.labels[start:stop]
+        if self.targets is not None:
+            feeds["targets"] = self.targets[start:stop]
+        feeds["sample_weight"] = (
+            weight[start:stop] if weight is not None else np.ones(stop - start, dtype=self.layout.np_dtype)
+        )
+        if self.teacher_logits is not None:
+            feeds["teacher_logits"] = self.teacher_logits[start:stop]
+        return feeds
+
+
+class Evaluator:
+    """Runs one plan: `update` folds a row range into a state, `finalize` turns a state into numbers."""
+
+    def __init__(self, plan: EvaluationPlan, cache: SessionCache | None = None) -> None:
+        self.plan = plan
+        self.session = (cache or default_cache()).get(plan.signature, lambda: build_graph(plan))
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.concat_parts = {
+            metric_output(s.report_key, part) for s in plan.metrics for part in METRICS[s.name].concat_parts
+        }
+
+    def update(self, state: EvaluationState, batch: Batch, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Add rows [start, stop) to `state`; returns that chunk's per-row outputs."""
+        values = self.session.run(self.output_names, batch.feeds(start, stop))
+        chunk = EvaluationState(stop - start)
+        per_row: dict[str, np.ndarray] = {}
+        for name, value in zip(self.output_names, values, strict=True):
+            if name in self.concat_parts:
+                chunk.rows[name] = [value]
+            elif name.startswith("row.") or name.endswith(".row"):
+                per_row[name] = value
+            else:
+                chunk.sums[name] = np.asarray(value, dtype=np.float64)
+        merged = state.merge(chunk)
+        state.n, state.sums, state.rows = merged.n, merged.sums, merged.rows
+        return per_row
+
+    def run(self, batch: Batch, chunk_size: int) -> tuple[EvaluationState, dict[str, np.ndarray]]:
+        """All rows, `chunk_size` at a time; per-row outputs are written into preallocated arrays."""
+        state = EvaluationState()
+        per_row: dict[str, np.ndarray] = {}
+        for start in range(0, batch.n, chunk_size):
+            stop = min(start + chunk_size, batch.n)
+            for name, value in self.update(state, batch, start, stop).items():
+                if name not in per_row:
+                    per_row[name] = np.empty(batch.n, dtype=value.dtype)
+                per_row[name][start:stop] = value
+        return state, per_row
+
+    def finalize(self, state: EvaluationState, classes: int) -> EvaluationResult:
+        losses = {
+            s.report_key: float(
+                state.sums[loss_output(s.report_key, "sum")] / state.sums[loss_output(s.report_key, "weight")]
+            )
+            for s in self.plan.losses
+        }
+        metrics = {
+            s.report_key: METRICS[s.name].finalize(state.part(metric_output(s.report_key, "")), s)
+            for s in self.plan.metrics
+        }
+        return EvaluationResult(
+            state.n, classes, losses, metrics, reliability_table(bin_stats(state.part(f"{RELIABILITY}.")))
+        )
+
+
+def reliability_table(stats: BinStats) -> list[ReliabilityBin]:
+    bins = stats.count.size
+    table = []
+    for b in range(bins):
+        count = float(stats.count[b])
+        table.append(
+            ReliabilityBin(
+                lower=b / bins,
+                upper=(b + 1) / bins,
+                count=count,
+                confidence=float(stats.confidence[b] / count) if count > 0 else None,
+                accuracy=float(stats.accuracy[b] / count) if count > 0 else None,
+            )
+        )
+    return table
+
+
+# ---- input validation ------------------------------------------------------------------------------------
+
+FloatArray = npt.NDArray[np.floating[Any]]
+
+
+def _check_finite(name: str, x: np.ndarray) -> None:
+    if not np.isfinite(x).all():
+        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+        raise InputError(name, f"contains {bad} NaN or infinite value(s)")
+
+
+def _as_float(name: str, x: np.ndarray, dtype: np.dtype | None = None) -> np.ndarray:
+    if x.dtype.kind not in "fiu" or (x.dtype.kind == "f" and x.dtype not in (np.float32, np.float64)):
+        raise InputError(name, f"dtype {x.dtype} is not supported (use float32 or float64)")
+    target = dtype or (x.dtype if x.dtype.kind == "f" else np.dtype(np.float64))
+    return np.ascontiguousarray(x, dtype=target)
+
+
+def _check_distribution(name: str, x: np.ndarray) -> None:
+    if (x < 0).any() or (x > 1).any():
+        raise InputError(name, "values must lie in [0, 1]")
+    tol = 1e-4 if x.dtype == np.float32 else 1e-8
+    row_sums = x.sum(axis=1, dtype=np.float64)
+    worst = int(np.argmax(np.abs(row_sums - 1)))
+    if abs(row_sums[worst] - 1) > tol * max(1, x.shape[1] ** 0.5):
+        raise InputError(name, f"rows must sum to 1 (row {worst} sums to {row_sums[worst]:.10g})")
+
+
+def validate_batch(
+    *,
+    logits: np.ndarray | None = None,
+    probabilities: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    targets: np.ndarray | None = None,
+    sample_weight: np.ndarray | None = None,
+    teacher_logits: np.ndarray | None = None,
+) -> Batch:
+    """Check shapes, dtypes, finiteness and ranges; the result is safe to feed the graph."""
+    if (logits is None) == (probabilities is None):
+        raise InputError("logits", "give exactly one of 'logits' and 'probabilities'")
+    if (labels is None) == (targets is None):
+        raise InputError("labels", "give exactly one of 'labels' and 'targets'")
+    kind: InputKind = "logits" if logits is not None else "probabilities"
+    raw = logits if logits is not None else probabilities
+    assert raw is not None
+    scores = _as_float(kind, raw)
+    if scores.ndim != 2:
+        raise InputError(kind, f"must be a 2-D array [N, C], got shape {list(scores.shape)}")
+    n, c = scores.shape
+    if n == 0:
+        raise InputError(kind, "is empty (N = 0)")
+    if c < 2:
+        raise InputError(kind, f"needs at least 2 classes, got C = {c}")
+    _check_finite(kind, scores)
+    if kind == "probabilities":
+        _check_distribution(kind, scores)
+    dtype = scores.dtype
+    batch = Batch(
+        scores=scores,
+        layout=InputLayout(str(dtype), kind, "labels" if labels is not None else "targets", teacher_logits is not None),
+    )
+    if labels is not None:
+        if labels.dtype.kind not in "iu" and not (labels.dtype.kind == "f" and np.all(np.mod(labels, 1) == 0)):
+            raise InputError("labels", f"must be integers, got dtype {labels.dtype}")
+        if labels.shape != (n,):
+            raise InputError("labels", f"shape {list(labels.shape)} does not match {kind} rows: expected [{n}]")
+        if labels.size and (labels.min() < 0 or labels.max() >= c):
+            bad = int(labels[(labels < 0) | (labels >= c)][0])
+            raise InputError("labels", f"label {bad} is outside [0, {c}) for C = {c} classes")
+        batch.labels = np.ascontiguousarray(labels, dtype=np.int64)
+    if targets is not None:
+        t = _as_float("targets", targets, dtype)
+        if t.shape != (n, c):
+            raise InputError("targets", f"shape {list(t.shape)} does not match {kind}: expected [{n}, {c}]")
+        _check_finite("targets", t)
+        _check_distribution("targets", t)
+        batch.targets = t
+    if sample_weight is not None:
+        w = _as_float("sample_weight", sample_weight, dtype)
+        if w.shape != (n,):
+            raise InputError("sample_weight", f"shape {list(w.shape)} does not match rows: expected [{n}]")
+        _check_finite("sample_weight", w)
+        if (w < 0).any() or not (w > 0).any():
+            raise InputError("sample_weight", "weights must be ≥ 0 with at least one > 0")
+        batch.sample_weight = w
+    if teacher_logits is not None:
+        t = _as_float("teacher_logits", teacher_logits, dtype)
+        if t.shape != (n, c):
+            raise InputError("teacher_logits", f"shape {list(t.shape)} does not match {kind}: expected [{n}, {c}]")
+        _check_finite("teacher_logits", t)
+        batch.teacher_logits = t
+    return batch
+
+
+def check_plan(plan: EvaluationPlan, classes: int) -> None:
+    """Requirements of the selected terms that depend on the data (labels, teacher, class-weight length)."""
+    for spec in plan.losses:
+        definition = LOSSES[spec.name]
+        if definition.needs_labels and plan.layout.target_kind != "labels":
+            raise InputError("losses", f"{spec.name!r} needs integer 'labels', not soft 'targets'")
+        if definition.needs_teacher and not plan.layout.has_teacher:
+            raise InputError("teacher_logits", f"{spec.name!r} needs 'teacher_logits'")
+        for param in ("weight", "alpha"):
+            weights = getattr(spec, param, None)
+            if isinstance(weights, tuple) and len(weights) != classes:
+                raise InputError("losses", f"{spec.name}.{param} has {len(weights)} entries for C = {classes} classes")
+    keys = [s.report_key for s in plan.losses]
+    if len(set(keys)) != len(keys):
+        raise InputError("losses", "two losses report under the same key: give each a distinct 'key'")
+    keys = [s.report_key for s in plan.metrics]
+    if len(set(keys)) != len(keys):
+        raise InputError("metrics", "two metrics report under the same key: give each a distinct 'key'")

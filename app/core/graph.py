@@ -1,0 +1,235 @@
+"""Shared graph context: the inputs of an evaluation graph and the values every fragment may reuse.
+
+Values are built lazily and cached on the context, so a fused graph computes the log-softmax, the
+top-label confidence or the true-class log-probability once, however many losses and metrics use them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import spox.opset.ai.onnx.v21 as op
+from spox import Tensor, Var, argument
+
+InputKind = Literal["logits", "probabilities"]
+TargetKind = Literal["labels", "targets"]
+
+
+def scalar(value: float, dtype: npt.DTypeLike) -> Var:
+    """A scalar constant of a given dtype."""
+    return op.constant(value=np.asarray(value, dtype=dtype))
+
+
+@dataclass(frozen=True)
+class InputLayout:
+    """What a request feeds the graph: it selects the graph's inputs and is part of its cache key."""
+
+    dtype: str  # "float32" | "float64"
+    input_kind: InputKind
+    target_kind: TargetKind
+    has_teacher: bool = False
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
+
+@dataclass
+class GraphContext:
+    """Graph inputs plus lazily built shared intermediates (all rows of one chunk at a time)."""
+
+    layout: InputLayout
+    inputs: dict[str, Var] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        dt = self.layout.np_dtype
+        self.inputs[self.layout.input_kind] = argument(Tensor(dt, ("N", "C")))
+        if self.layout.target_kind == "labels":
+            self.inputs["labels"] = argument(Tensor(np.int64, ("N",)))
+        else:
+            self.inputs["targets"] = argument(Tensor(dt, ("N", "C")))
+        self.inputs["sample_weight"] = argument(Tensor(dt, ("N",)))
+        if self.layout.has_teacher:
+            self.inputs["teacher_logits"] = argument(Tensor(dt, ("N", "C")))
+
+    # ---- constants -------------------------------------------------------------------------------
+    def const(self, value: float | npt.ArrayLike) -> Var:
+        """A constant in the graph's float dtype."""
+        return op.constant(value=np.asarray(value, dtype=self.layout.np_dtype))
+
+    @staticmethod
+    def like(x: Var, value: float) -> Var:
+        """A scalar constant in x's dtype (for helpers used on float32 and float64 values alike)."""
+        return scalar(value, x.unwrap_tensor().dtype)
+
+    @staticmethod
+    def ints(*values: int) -> Var:
+        return op.constant(value=np.asarray(values, dtype=np.int64))
+
+    def f64(self, x: Var) -> Var:
+        """Cast to float64 for accumulation (no node when x is float64 already)."""
+        return x if x.unwrap_tensor().dtype == np.float64 else op.cast(x, to=np.float64)
+
+    def row_sum(self, x: Var) -> Var:
+        """Sum over the class axis, [N, C] -> [N]."""
+        return op.reduce_sum(x, self.ints(-1), keepdims=0)
+
+    def total(self, x: Var) -> Var:
+        """Sum of a per-row vector in float64, [N] -> scalar: the mergeable part of a state."""
+        return op.reduce_sum(self.f64(x), keepdims=0)
+
+    def weighted_total(self, x: Var) -> Var:
+        """Σ_i w_i x_i in float64."""
+        return self.total(op.mul(self.f64(self.weights), self.f64(x)))
+
+    def expm1(self, x: Var) -> Var:
+        """exp(x) − 1 without cancellation near 0: Kahan's (u − 1)·x / log u with u = e^x for |x| < ½
+        (where u is a normal number), plain e^x − 1 elsewhere (no cancellation there)."""
+        one, half = self.like(x, 1.0), self.like(x, 0.5)
+        small = op.clip(x, op.neg(half), half)
+        u = op.exp(small)
+        at_one = op.equal(u, one)
+        kahan = op.where(
+            at_one, small, op.div(op.mul(op.sub(u, one), small), op.log(op.where(at_one, op.exp(half), u)))
+        )
+        return op.where(op.less(op.abs(x), half), kahan, op.sub(op.exp(x), one))
+
+    def log1p(self, u: Var) -> Var:
+        """log(1 + u) accurate for tiny u (Goldberg's trick: log(w)·u/(w − 1), w = 1 + u)."""
+        one, zero = self.like(u, 1.0), self.like(u, 0.0)
+        w = op.add(one, u)
+        w_minus_1 = op.sub(w, one)
+        exact = op.equal(w_minus_1, zero)
+        return op.where(exact, u, op.div(op.mul(op.log(w), u), op.where(exact, one, w_minus_1)))
+
+    def softplus(self, x: Var) -> Var:
+        """log(1 + e^x) = max(x, 0) + log1p(e^−|x|): finite for any x, ≈ e^x far below 0."""
+        return op.add(op.relu(x), self.log1p(op.exp(op.neg(op.abs(x)))))
+
+    def at_label(self, x: Var) -> Var:
+        """x[i, y_i] for each row, [N, C] -> [N]."""
+        return op.squeeze(op.gather_elements(x, self.labels_col, axis=1), self.ints(1))
+
+    # ---- inputs ------------------------------------------------------------------------------------
+    @property
+    def weights(self) -> Var:
+        return self.inputs["sample_weight"]
+
+    @property
+    def has_labels(self) -> bool:
+        return self.layout.target_kind == "labels"
+
+    @cached_property
+    def labels(self) -> Var:
+        return self.inputs["labels"]
+
+    @cached_property
+    def labels_col(self) -> Var:
+        return op.unsqueeze(self.labels, self.ints(1))
+
+    @property
+    def targets(self) -> Var:
+        return self.inputs["targets"]
+
+    @property
+    def teacher_logits(self) -> Var:
+        return self.inputs["teacher_logits"]
+
+    @cached_property
+    def scores(self) -> Var:
+        """Per-class scores that order classes: the logits, or log p when probabilities are given."""
+        if self.layout.input_kind == "logits":
+            return self.inputs["logits"]
+        return self.log_probs
+
+    # ---- softmax family (§1.1 of losses_calibration.md: always from log-softmax) -----------------
+    @cached_property
+    def log_probs(self) -> Var:
+        if self.layout.input_kind == "logits":
+            return op.log_softmax(self.inputs["logits"], axis=-1)
+        # Probabilities: log p, floored at the dtype's smallest normal so that p = 0 stays finite.
+        tiny = self.const(np.finfo(self.layout.np_dtype).tiny)
+        return op.log(op.max([self.inputs["probabilities"], tiny]))
+
+    @cached_property
+    def probs(self) -> Var:
+        if self.layout.input_kind == "probabilities":
+            return self.inputs["probabilities"]
+        return op.exp(self.log_probs)
+
+    @cached_property
+    def one_minus_probs(self) -> Var:
+        """1 − p_c, [N, C], accurate as p_c → 1: for the top class it is the sum of the other classes'
+        probabilities (small terms, no cancellation), elsewhere −expm1(log p_c). Plain 1 − p rounds to 0
+        once p > 1 − ε, which matters wherever (1 − p) is raised to a small power (Dice's α)."""
+        top = op.cast(op.equal(self.prediction_col, self.class_index), to=self.layout.np_dtype)
+        others = op.unsqueeze(self.row_sum(op.mul(self.probs, op.sub(self.const(1.0), top))), self.ints(1))
+        return op.where(op.cast(top, to=np.bool_), others, op.neg(self.expm1(self.log_probs)))
+
+    @cached_property
+    def num_classes(self) -> Var:
+        """C as an int64 scalar."""
+        return op.squeeze(op.shape(self.scores, start=1, end=2), self.ints(0))
+
+    @cached_property
+    def num_classes_f(self) -> Var:
+        return op.cast(self.num_classes, to=self.layout.np_dtype)
+
+    @cached_property
+    def class_index(self) -> Var:
+        """[1, C] int64 row 0..C-1, for masks against labels."""
+        rng = op.range(scalar(0, np.int64), self.num_classes, scalar(1, np.int64))
+        return op.unsqueeze(rng, self.ints(0))
+
+    @cached_property
+    def onehot(self) -> Var:
+        """One-hot labels (or the soft targets) as floats, [N, C]."""
+        if not self.has_labels:
+            return self.targets
+        return op.cast(op.equal(self.labels_col, self.class_index), to=self.layout.np_dtype)
+
+    @cached_property
+    def true_log_prob(self) -> Var:
+        """log p_{i, y_i}, [N]."""
+        return self.at_label(self.log_probs)
+
+    @cached_property
+    def true_prob(self) -> Var:
+        return op.exp(self.true_log_prob)
+
+    @cached_property
+    def cross_entropy(self) -> Var:
+        """ℓ_i = −log p_{i,y_i} (labels) or −Σ_c q_ic log p_ic (soft targets), [N]."""
+        if self.has_labels:
+            return op.neg(self.true_log_prob)
+        return op.neg(self.row_sum(op.mul(self.targets, self.log_probs)))
+
+    # ---- top label: ties go to the lowest index (ArgMax select_last_index=0) ----------------------
+    @cached_property
+    def prediction(self) -> Var:
+        return op.arg_max(self.scores, axis=-1, keepdims=0)
+
+    @cached_property
+    def prediction_col(self) -> Var:
+        return op.unsqueeze(self.prediction, self.ints(1))
+
+    @cached_property
+    def confidence(self) -> Var:
+        """max_k p_k, [N]."""
+        return op.exp(op.reduce_max(self.log_probs, self.ints(-1), keepdims=0))
+
+    @cached_property
+    def reference_labels(self) -> Var:
+        """Labels, or the argmax of soft targets (for accuracy-type metrics)."""
+        if self.has_labels:
+            return self.labels
+        return op.arg_max(self.targets, axis=-1, keepdims=0)
+
+    @cached_property
+    def correct(self) -> Var:
+        """1[ŷ = y] as floats, [N]."""
+        return op.cast(op.equal(self.prediction, self.reference_labels), to=self.layout.np_dtype)

@@ -1,0 +1,269 @@
+"""Metrics as mergeable states: a graph fragment emits per-chunk partial sums (or, for sort-based
+metrics, the rows they need), states merge by addition (or concatenation), and a finalize step turns a
+merged state into one number (the torchmetrics update/merge/compute pattern).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Literal, Union
+
+import numpy as np
+import spox.opset.ai.onnx.v21 as op
+from pydantic import Field
+from spox import Var
+
+from app.core.calibration_error import BinStats, Norm, calibration_gap, quantile_bin_stats, smooth_ece
+from app.core.graph import GraphContext, scalar
+from app.core.selective import aurc
+from app.core.specs import TermSpec
+
+Bins = Annotated[int, Field(ge=1, le=10_000, description="Number of bins.")]
+State = dict[str, np.ndarray]
+
+
+class Accuracy(TermSpec):
+    """Share of rows whose argmax (ties → lowest index) equals the label (§4.1)."""
+
+    name: Literal["accuracy"]
+
+
+class TopKAccuracy(TermSpec):
+    """Share of rows whose label is among the k highest scores (ties → lower index ranks first)."""
+
+    name: Literal["top_k_accuracy"]
+    k: int = Field(5, ge=1)
+
+
+class NllMetric(TermSpec):
+    """Mean negative log-likelihood from log-softmax, never clipped (§4.1)."""
+
+    name: Literal["nll"]
+
+
+class BrierMetric(TermSpec):
+    """Multiclass Brier score (1/N) Σ_i Σ_c (p_ic − 1[y_i = c])², range [0, 2] (§4.1)."""
+
+    name: Literal["brier"]
+
+
+class Ece(TermSpec):
+    """Top-label expected calibration error (Naeini et al. 2015; api.md pins the binning)."""
+
+    name: Literal["ece"]
+    bins: Bins = 15
+    binning: Literal["uniform", "quantile"] = "uniform"
+    norm: Norm = "l1"
+
+
+class Mce(TermSpec):
+    """Maximum calibration error over non-empty uniform bins (§4.1)."""
+
+    name: Literal["mce"]
+    bins: Bins = 15
+
+
+class ClasswiseEce(TermSpec):
+    """Class-wise ECE (Kull et al. 2019): mean over classes of the binary ECE of p_c vs 1[y = c] (§4.1)."""
+
+    name: Literal["classwise_ece"]
+    bins: Bins = 15
+
+
+class SmoothEce(TermSpec):
+    """Smooth ECE with a reflected Gaussian kernel at its fixed point (Błasiok & Nakkiran 2023, §4.1)."""
+
+    name: Literal["smooth_ece"]
+
+
+class Entropy(TermSpec):
+    """Mean predictive entropy −Σ_c p_c log p_c, in nats."""
+
+    name: Literal["entropy"]
+
+
+class Aurc(TermSpec):
+    """Area under the risk–coverage curve, mean convention (Geifman & El-Yaniv 2017, §4.1)."""
+
+    name: Literal["aurc"]
+
+
+class SoftmaxCollapse(TermSpec):
+    """Share of rows whose float32 softmax rounds some class to exactly 0 or 1."""
+
+    name: Literal["softmax_collapse"]
+
+
+# ---- state fragments ------------------------------------------------------------------------------------
+
+
+def _weighted_mean_state(ctx: GraphContext, value: Var) -> dict[str, Var]:
+    return {"sum": ctx.weighted_total(value), "weight": ctx.total(ctx.weights)}
+
+
+def _finalize_mean(state: State, spec: TermSpec) -> float:
+    return float(state["sum"] / state["weight"])
+
+
+def _uniform_bin_index(ctx: GraphContext, p: Var, bins: int) -> Var:
+    """min(floor(p·B), B − 1) computed in float64 so that float32 rounding cannot move a row across an edge."""
+    scaled = op.floor(op.mul(ctx.f64(p), scalar(bins, np.float64)))
+    return op.min([op.cast(scaled, to=np.int64), scalar(bins - 1, np.int64)])
+
+
+def _scatter_sum(zeros: Var, index: Var, values: Var) -> Var:
+    return op.scatter_elements(zeros, index, values, reduction="add")
+
+
+def uniform_bin_state(ctx: GraphContext, bins: int) -> dict[str, Var]:
+    """Σw, Σw·confidence and Σw·correct per uniform bin of the top-label confidence."""
+    index = _uniform_bin_index(ctx, ctx.confidence, bins)
+    zeros = op.constant(value=np.zeros(bins, np.float64))
+    w = ctx.f64(ctx.weights)
+    return {
+        "count": _scatter_sum(zeros, index, w),
+        "confidence": _scatter_sum(zeros, index, op.mul(w, ctx.f64(ctx.confidence))),
+        "accuracy": _scatter_sum(zeros, index, op.mul(w, ctx.f64(ctx.correct))),
+    }
+
+
+def bin_stats(state: State) -> BinStats:
+    return BinStats(state["count"], state["confidence"], state["accuracy"])
+
+
+def _rows_state(ctx: GraphContext) -> dict[str, Var]:
+    """The rows a sort-based metric keeps: confidence, correctness and weight (float64)."""
+    return {
+        "rows_confidence": ctx.f64(ctx.confidence),
+        "rows_correct": ctx.f64(ctx.correct),
+        "rows_weight": ctx.f64(ctx.weights),
+    }
+
+
+def _rows(state: State) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return state["rows_confidence"], state["rows_correct"], state["rows_weight"]
+
+
+def _accuracy(ctx: GraphContext, p: TermSpec) -> dict[str, Var]:
+    return _weighted_mean_state(ctx, ctx.correct)
+
+
+def _top_k(ctx: GraphContext, p: TopKAccuracy) -> dict[str, Var]:
+    scores = ctx.scores
+    true_score = op.unsqueeze(ctx.at_label(scores), ctx.ints(1))
+    above = op.cast(op.greater(scores, true_score), to=np.int64)
+    tied_before = op.cast(op.and_(op.equal(scores, true_score), op.less(ctx.class_index, ctx.labels_col)), to=np.int64)
+    rank = ctx.row_sum(op.add(above, tied_before))
+    hit = op.cast(op.less(rank, scalar(p.k, np.int64)), to=ctx.layout.np_dtype)
+    return _weighted_mean_state(ctx, hit)
+
+
+def _nll(ctx: GraphContext, p: TermSpec) -> dict[str, Var]:
+    return _weighted_mean_state(ctx, ctx.cross_entropy)
+
+
+def _brier(ctx: GraphContext, p: TermSpec) -> dict[str, Var]:
+    diff = op.sub(ctx.probs, ctx.onehot)
+    return _weighted_mean_state(ctx, ctx.row_sum(op.mul(diff, diff)))
+
+
+def _entropy(ctx: GraphContext, p: TermSpec) -> dict[str, Var]:
+    return _weighted_mean_state(ctx, op.neg(ctx.row_sum(op.mul(ctx.probs, ctx.log_probs))))
+
+
+def _softmax_collapse(ctx: GraphContext, p: TermSpec) -> dict[str, Var]:
+    if ctx.layout.input_kind == "logits":
+        logits32 = ctx.inputs["logits"]
+        if ctx.layout.dtype != "float32":
+            logits32 = op.cast(logits32, to=np.float32)
+        probs32 = op.softmax(logits32, axis=-1)
+    else:
+        probs32 = op.cast(ctx.probs, to=np.float32)
+    extreme = op.or_(op.equal(probs32, scalar(0, np.float32)), op.equal(probs32, scalar(1, np.float32)))
+    collapsed = op.reduce_max(op.cast(extreme, to=np.int32), ctx.ints(-1), keepdims=0)
+    return _weighted_mean_state(ctx, op.cast(collapsed, to=ctx.layout.np_dtype))
+
+
+def _ece(ctx: GraphContext, p: Ece) -> dict[str, Var]:
+    return uniform_bin_state(ctx, p.bins) if p.binning == "uniform" else _rows_state(ctx)
+
+
+def _finalize_ece(state: State, p: Ece) -> float:
+    if p.binning == "uniform":
+        return calibration_gap(bin_stats(state), p.norm)
+    return calibration_gap(quantile_bin_stats(*_rows(state), bins=p.bins), p.norm)
+
+
+def _mce(ctx: GraphContext, p: Mce) -> dict[str, Var]:
+    return uniform_bin_state(ctx, p.bins)
+
+
+def _classwise_ece(ctx: GraphContext, p: ClasswiseEce) -> dict[str, Var]:
+    """Per (class, bin) sums over all rows and classes: one scatter over the flattened [N·C] index c·B + bin."""
+    bins = p.bins
+    index = op.add(_uniform_bin_index(ctx, ctx.probs, bins), op.mul(ctx.class_index, scalar(bins, np.int64)))
+    flat_index = op.reshape(index, ctx.ints(-1))
+    size = op.reshape(op.mul(ctx.num_classes, scalar(bins, np.int64)), ctx.ints(1))
+    zeros = op.constant_of_shape(size, value=np.array([0.0], np.float64))
+    w = op.expand(op.unsqueeze(ctx.f64(ctx.weights), ctx.ints(1)), op.shape(ctx.probs))
+
+    def flat(x: Var) -> Var:
+        return op.reshape(x, ctx.ints(-1))
+
+    return {
+        "count": _scatter_sum(zeros, flat_index, flat(w)),
+        "confidence": _scatter_sum(zeros, flat_index, flat(op.mul(w, ctx.f64(ctx.probs)))),
+        "accuracy": _scatter_sum(zeros, flat_index, flat(op.mul(w, ctx.f64(ctx.onehot)))),
+    }
+
+
+def _finalize_classwise(state: State, p: ClasswiseEce) -> float:
+    per_class = [
+        calibration_gap(BinStats(*(state[k].reshape(-1, p.bins)[c] for k in ("count", "confidence", "accuracy"))), "l1")
+        for c in range(state["count"].size // p.bins)
+    ]
+    return float(np.mean(per_class))
+
+
+def _rows_fragment(ctx: GraphContext, p: TermSpec) -> dict[str, Var]:
+    return _rows_state(ctx)
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    spec: type[TermSpec]
+    state: Callable[[GraphContext, TermSpec], dict[str, Var]]
+    finalize: Callable[[State, TermSpec], float]
+    concat_parts: frozenset[str] = field(default=frozenset({"rows_confidence", "rows_correct", "rows_weight"}))
+
+
+def _def(
+    spec: type[TermSpec], state: Callable[..., dict[str, Var]], finalize: Callable[..., float]
+) -> tuple[str, MetricDef]:
+    name = spec.model_fields["name"].annotation.__args__[0]  # type: ignore[union-attr]
+    return name, MetricDef(spec, state, finalize)
+
+
+METRICS: dict[str, MetricDef] = dict(
+    [
+        _def(Accuracy, _accuracy, _finalize_mean),
+        _def(TopKAccuracy, _top_k, _finalize_mean),
+        _def(NllMetric, _nll, _finalize_mean),
+        _def(BrierMetric, _brier, _finalize_mean),
+        _def(Ece, _ece, _finalize_ece),
+        _def(Mce, _mce, lambda s, p: calibration_gap(bin_stats(s), "max")),
+        _def(ClasswiseEce, _classwise_ece, _finalize_classwise),
+        _def(SmoothEce, _rows_fragment, lambda s, p: smooth_ece(*_rows(s))),
+        _def(Entropy, _entropy, _finalize_mean),
+        _def(Aurc, _rows_fragment, lambda s, p: aurc(*_rows(s))),
+        _def(SoftmaxCollapse, _softmax_collapse, _finalize_mean),
+    ]
+)
+
+if TYPE_CHECKING:
+    MetricSpec = TermSpec
+else:  # a discriminated union over the registry's parameter models (documents every name in OpenAPI)
+    MetricSpec = Annotated[Union[tuple(d.spec for d in METRICS.values())], Field(discriminator="name")]  # noqa: UP007
+DEFAULT_METRICS: tuple[str, ...] = ("accuracy", "nll", "brier", "ece", "mce")
+DEFAULT_METRICS_WIDE: tuple[str, ...] = (*DEFAULT_METRICS, "top_k_accuracy")  # when C > 5

@@ -1,0 +1,79 @@
+"""onnxruntime sessions: provider selection and a cache keyed by graph signature, dtype and provider."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import onnx
+import onnxruntime as ort
+
+from app.core.errors import ProviderUnavailableError
+
+ProviderName = Literal["cpu", "cuda"]
+_ORT_PROVIDERS: dict[str, list[str]] = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def resolve_providers(name: ProviderName) -> list[str]:
+    """onnxruntime providers for a configured name; fails clearly when CUDA is asked for and missing."""
+    wanted = _ORT_PROVIDERS[name]
+    if wanted[0] not in ort.get_available_providers():
+        raise ProviderUnavailableError(
+            f"execution provider {name!r} needs {wanted[0]}, which this onnxruntime does not have "
+            f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu "
+            "instead of onnxruntime (never both) or set CALIPER_PROVIDER=cpu"
+        )
+    return wanted
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    provider: ProviderName = "cpu"
+    intra_op_threads: int = 0  # 0: onnxruntime's default (one per physical core)
+    max_cached_sessions: int = 64
+
+
+class SessionCache:
+    """LRU cache of inference sessions; building a graph and a session happens once per signature."""
+
+    def __init__(self, config: RuntimeConfig) -> None:
+        self.config = config
+        self.providers = resolve_providers(config.provider)
+        self._sessions: OrderedDict[str, ort.InferenceSession] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, signature: str, build: Callable[[], onnx.ModelProto]) -> ort.InferenceSession:
+        with self._lock:
+            session = self._sessions.get(signature)
+            if session is not None:
+                self._sessions.move_to_end(signature)
+                return session
+        session = self._create(build())
+        with self._lock:
+            self._sessions[signature] = session
+            while len(self._sessions) > self.config.max_cached_sessions:
+                self._sessions.popitem(last=False)
+        return session
+
+    def _create(self, model: onnx.ModelProto) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.config.intra_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(model.SerializeToString(), options, providers=self.providers)
+
+
+_default: SessionCache | None = None
+
+
+def default_cache() -> SessionCache:
+    """A process-wide CPU cache for callers that do not configure one (tests, library use)."""
+    global _default
+    if _default is None:
+        _default = SessionCache(RuntimeConfig())
+    return _default

@@ -1,0 +1,100 @@
+"""Request and response bodies of /v1/evaluations (api.md, "Evaluations")."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+
+from app.core.losses import LossSpec
+from app.core.metrics import MetricSpec
+from app.tensors import TENSOR_JSON_SCHEMA
+
+Tensor = Annotated[Any, WithJsonSchema(TENSOR_JSON_SCHEMA)]
+TENSOR_FIELDS = ("logits", "probabilities", "labels", "targets", "teacher_logits", "sample_weight")
+INTEGER_FIELDS = frozenset({"labels"})
+
+
+def _named(value: Any) -> Any:
+    """A bare name is shorthand for {"name": name}."""
+    if isinstance(value, list):
+        return [{"name": v} if isinstance(v, str) else v for v in value]
+    return value
+
+
+class EvaluationRequest(BaseModel):
+    """Predictions (logits or probabilities) with labels (or soft targets), and what to compute.
+
+    Conventions: argmax ties go to the lowest class index; AURC sorts by (−confidence, row index);
+    `sample_weight` weights every mean (a loss with class weights also weights its denominator, as torch
+    does). Nested JSON lists are float64 (integers for `labels`); base64 tensor objects keep their dtype,
+    and float32 input is computed in float32 with float64 accumulation.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    logits: Tensor = Field(None, description="[N, C] logits (give this or `probabilities`).")
+    probabilities: Tensor = Field(None, description="[N, C] probabilities, rows summing to 1.")
+    labels: Tensor = Field(None, description="[N] integer labels in [0, C) (or give `targets`).")
+    targets: Tensor = Field(None, description="[N, C] soft targets, rows summing to 1.")
+    teacher_logits: Tensor = Field(None, description="[N, C] teacher logits for `kd` and `nkd`.")
+    sample_weight: Tensor = Field(None, description="[N] non-negative row weights.")
+    losses: list[LossSpec] | None = Field(
+        None, description='Names or {"name", "key"?, params}; omitted: ["cross_entropy"]; [] for none.'
+    )
+    metrics: list[MetricSpec] | None = Field(
+        None,
+        description='Omitted: ["accuracy", "nll", "brier", "ece", "mce"] plus "top_k_accuracy" when C > 5.',
+    )
+    reliability_bins: int = Field(
+        15,
+        ge=1,
+        le=10_000,
+        description="Uniform bins of the reliability table (the first uniform `ece`'s bins when one is requested).",
+    )
+    per_sample: bool = Field(False, description="Return per-row loss values too.")
+    model: str | None = Field(None, max_length=256)
+    dataset: str | None = Field(None, max_length=256)
+    tags: dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=512)]] = Field(
+        default_factory=dict
+    )
+    store: bool = Field(True, description="false: compute and answer without writing (the response id is null).")
+
+    _normalise_losses = field_validator("losses", "metrics", mode="before")(_named)
+
+
+class ReliabilityBinOut(BaseModel):
+    lower: float
+    upper: float
+    count: float = Field(description="Rows in the bin (sum of sample weights).")
+    confidence: float | None = Field(description="Mean confidence; null for an empty bin.")
+    accuracy: float | None
+
+
+class Reliability(BaseModel):
+    bins: list[ReliabilityBinOut]
+
+
+class EvaluationOut(BaseModel):
+    id: str | None = Field(description="Opaque id; null when the request had store: false.")
+    created_at: str = Field(description="RFC 3339 UTC.")
+    n: int
+    classes: int
+    model: str | None
+    dataset: str | None
+    tags: dict[str, str]
+    dataset_fingerprint: str = Field(
+        description="sha256 of the labels as int64 little-endian (of the targets as float64 when soft)."
+    )
+    losses: dict[str, float | None] = Field(
+        description="Mean per loss; null where the value is not finite "
+        "(e.g. sum_exp overflowing float64 on huge logit gaps)."
+    )
+    metrics: dict[str, float | None]
+    reliability: Reliability
+    per_sample: dict[str, list[float | None]] | None = None
+
+
+class EvaluationList(BaseModel):
+    items: list[EvaluationOut]
+    next_cursor: str | None

@@ -1,0 +1,162 @@
+"""Evaluation use case: validated arrays + request options -> numbers, stored all-or-nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.core.evaluation import (
+    ROW_CONFIDENCE,
+    ROW_PREDICTION,
+    Batch,
+    EvaluationPlan,
+    EvaluationResult,
+    Evaluator,
+    check_plan,
+    loss_output,
+    validate_batch,
+)
+from app.core.losses import DEFAULT_LOSSES, LOSSES
+from app.core.metrics import DEFAULT_METRICS, DEFAULT_METRICS_WIDE, METRICS, Ece
+from app.core.runtime import SessionCache
+from app.evaluation.schemas import EvaluationOut, EvaluationRequest, Reliability, ReliabilityBinOut
+from app.storage.evaluations import add_evaluation
+from app.storage.models import Evaluation
+
+
+def dataset_fingerprint(batch: Batch) -> str:
+    """sha256 of the labels (int64 little-endian), or of the soft targets (float64 little-endian)."""
+    if batch.labels is not None:
+        data = np.ascontiguousarray(batch.labels, dtype="<i8")
+    else:
+        assert batch.targets is not None
+        data = np.ascontiguousarray(batch.targets, dtype="<f8")
+    return hashlib.sha256(data.tobytes()).hexdigest()
+
+
+def make_plan(request: EvaluationRequest, batch: Batch) -> EvaluationPlan:
+    losses = request.losses if request.losses is not None else [LOSSES[n].spec(name=n) for n in DEFAULT_LOSSES]
+    default_metrics = DEFAULT_METRICS_WIDE if batch.classes > 5 else DEFAULT_METRICS
+    metrics = request.metrics if request.metrics is not None else [METRICS[n].spec(name=n) for n in default_metrics]
+    uniform = [m.bins for m in metrics if isinstance(m, Ece) and m.binning == "uniform"]
+    plan = EvaluationPlan(
+        batch.layout, tuple(losses), tuple(metrics), uniform[0] if uniform else request.reliability_bins
+    )
+    check_plan(plan, batch.classes)
+    return plan
+
+
+def compute(
+    request: EvaluationRequest, arrays: dict[str, np.ndarray], cache: SessionCache, chunk_size: int
+) -> tuple[Batch, EvaluationPlan, EvaluationResult, dict[str, np.ndarray]]:
+    """Validate, run the fused graph chunk by chunk, finalize; returns the per-row arrays too."""
+    batch = validate_batch(**arrays)
+    plan = make_plan(request, batch)
+    evaluator = Evaluator(plan, cache)
+    state, per_row = evaluator.run(batch, chunk_size)
+    return batch, plan, evaluator.finalize(state, batch.classes), per_row
+
+
+def _row_arrays(batch: Batch, plan: EvaluationPlan, per_row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What a later paired comparison needs: label, prediction, confidence and each loss per row."""
+    arrays = {"prediction": per_row[ROW_PREDICTION], "confidence": per_row[ROW_CONFIDENCE]}
+    if batch.labels is not None:
+        arrays["label"] = batch.labels
+    for spec in plan.losses:
+        arrays[f"loss.{spec.report_key}"] = per_row[loss_output(spec.report_key, "row")]
+    return arrays
+
+
+def finite_or_none(values: dict[str, float]) -> dict[str, float | None]:
+    """JSON has no inf/NaN: a value that overflowed is reported (and stored) as null."""
+    return {k: (v if np.isfinite(v) else None) for k, v in values.items()}
+
+
+def row_values(array: np.ndarray) -> list[float | None]:
+    values = array.astype(np.float64)
+    finite = np.isfinite(values)
+    if finite.all():
+        return values.tolist()  # type: ignore[no-any-return]
+    return [v if ok else None for v, ok in zip(values.tolist(), finite.tolist(), strict=True)]
+
+
+def rfc3339(stamp: datetime) -> str:
+    return stamp.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
+
+
+def evaluate_and_store(
+    request: EvaluationRequest,
+    arrays: dict[str, np.ndarray],
+    cache: SessionCache,
+    chunk_size: int,
+    sessions: sessionmaker[Session] | None,
+) -> EvaluationOut:
+    """Compute, then (unless store is false) write the evaluation and its arrays in one transaction."""
+    batch, plan, result, per_row = compute(request, arrays, cache, chunk_size)
+    losses, metrics = finite_or_none(result.losses), finite_or_none(result.metrics)
+    created = datetime.now(UTC).replace(tzinfo=None)
+    fingerprint = dataset_fingerprint(batch)
+    parameters: dict[str, Any] = {
+        "input": batch.layout.__dict__,
+        "losses": [s.model_dump(exclude_none=True) for s in plan.losses],
+        "metrics": [s.model_dump(exclude_none=True) for s in plan.metrics],
+        "weighted": batch.sample_weight is not None,
+    }
+    reliability = [asdict(b) for b in result.reliability]
+    record_id = None
+    if request.store and sessions is not None:
+        record_id = uuid.uuid4().hex
+        record = Evaluation(
+            id=record_id,
+            created_at=created,
+            model=request.model,
+            dataset=request.dataset,
+            n=result.n,
+            classes=result.classes,
+            dataset_fingerprint=fingerprint,
+            parameters=parameters,
+            reliability=reliability,
+        )
+        with sessions.begin() as session:
+            add_evaluation(session, record, request.tags, losses, metrics, _row_arrays(batch, plan, per_row))
+    per_sample = None
+    if request.per_sample:
+        per_sample = {s.report_key: row_values(per_row[loss_output(s.report_key, "row")]) for s in plan.losses}
+    return EvaluationOut(
+        id=record_id,
+        created_at=rfc3339(created),
+        n=result.n,
+        classes=result.classes,
+        model=request.model,
+        dataset=request.dataset,
+        tags=request.tags,
+        dataset_fingerprint=fingerprint,
+        losses=losses,
+        metrics=metrics,
+        reliability=Reliability(bins=[ReliabilityBinOut(**b) for b in reliability]),
+        per_sample=per_sample,
+    )
+
+
+def stored_evaluation_out(record: Evaluation, per_sample: dict[str, np.ndarray] | None = None) -> EvaluationOut:
+    """A stored evaluation as the API returns it."""
+    return EvaluationOut(
+        id=record.id,
+        created_at=rfc3339(record.created_at),
+        n=record.n,
+        classes=record.classes,
+        model=record.model,
+        dataset=record.dataset,
+        tags={t.key: t.value for t in record.tags},
+        dataset_fingerprint=record.dataset_fingerprint,
+        losses={v.name: v.value for v in record.values if v.kind == "loss"},
+        metrics={v.name: v.value for v in record.values if v.kind == "metric"},
+        reliability=Reliability(bins=[ReliabilityBinOut(**b) for b in record.reliability]),
+        per_sample={k: row_values(v) for k, v in per_sample.items()} if per_sample is not None else None,
+    )

@@ -1,0 +1,33 @@
+"""Alembic driven from code: `caliper db upgrade`, readiness (at head?) and the models/migrations check."""
+
+from __future__ import annotations
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine
+
+from app.config import Settings
+
+
+def alembic_config(settings: Settings) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(settings.migrations_dir))
+    config.set_main_option("sqlalchemy.url", settings.database_url.replace("%", "%%"))
+    return config
+
+
+def upgrade(settings: Settings, revision: str = "head") -> None:
+    command.upgrade(alembic_config(settings), revision)
+
+
+def downgrade(settings: Settings, revision: str = "base") -> None:
+    command.downgrade(alembic_config(settings), revision)
+
+
+def is_at_head(settings: Settings, engine: Engine) -> bool:
+    heads = set(ScriptDirectory.from_config(alembic_config(settings)).get_heads())
+    with engine.connect() as connection:
+        current = set(MigrationContext.configure(connection).get_current_heads())
+    return current == heads

@@ -1,0 +1,78 @@
+"""ORM tables. Metric values are rows (so history queries filter and sort by metric); per-row arrays
+are compressed .npy blobs, so a later comparison can pair two evaluations row by row."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Evaluation(Base):
+    __tablename__ = "evaluations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime())  # naive UTC on every backend
+    model: Mapped[str | None] = mapped_column(String(256), index=True)
+    dataset: Mapped[str | None] = mapped_column(String(256), index=True)
+    n: Mapped[int] = mapped_column(Integer)
+    classes: Mapped[int] = mapped_column(Integer)
+    dataset_fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    reliability: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+
+    tags: Mapped[list[EvaluationTag]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, lazy="selectin"
+    )
+    values: Mapped[list[MetricValue]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, lazy="selectin"
+    )
+
+    __table_args__ = (Index("ix_evaluations_created_at_id", "created_at", "id"),)
+
+
+class EvaluationTag(Base):
+    __tablename__ = "evaluation_tags"
+
+    evaluation_id: Mapped[str] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(String(512))
+
+    __table_args__ = (Index("ix_evaluation_tags_key_value", "key", "value"),)
+
+
+class MetricValue(Base):
+    """One loss or metric of one evaluation: `kind` is 'loss' or 'metric', `name` its report key."""
+
+    __tablename__ = "metric_values"
+
+    evaluation_id: Mapped[str] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[float | None] = mapped_column(Float(53))  # null: the value overflowed (not finite)
+
+    __table_args__ = (Index("ix_metric_values_kind_name_value", "kind", "name", "value"),)
+
+
+class EvaluationArray(Base):
+    """A per-row array (label, prediction, confidence, loss.<key>) as zlib-compressed .npy bytes."""
+
+    __tablename__ = "evaluation_arrays"
+
+    evaluation_id: Mapped[str] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(80), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)

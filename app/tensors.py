@@ -1,0 +1,95 @@
+"""Tensor wire formats of api.md: nested JSON lists, base64 tensor objects and .npy bytes.
+
+Decoding copies nothing it does not have to (np.frombuffer over the base64-decoded bytes) and never
+unpickles (.npy is read with allow_pickle=False, and object arrays are refused).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.core.errors import InputError
+
+WIRE_DTYPES = {"float32": "<f4", "float64": "<f8", "int32": "<i4", "int64": "<i8"}
+MAX_DIMS = 4
+
+
+class TensorObject(BaseModel):
+    """A tensor as little-endian bytes: `{"dtype", "shape", "data_b64"}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dtype: Literal["float32", "float64", "int32", "int64"]
+    shape: list[int] = Field(max_length=MAX_DIMS)
+    data_b64: str
+
+
+TENSOR_JSON_SCHEMA: dict[str, Any] = {
+    "description": "A tensor: a row-major nested list of numbers (read as float64; integers for label "
+    "fields), or a tensor object with base64 little-endian bytes.",
+    "anyOf": [{"type": "array", "items": {}}, TensorObject.model_json_schema()],
+}
+
+
+def decode_json_tensor(field: str, value: Any, integer: bool = False) -> np.ndarray:
+    """A JSON tensor field -> ndarray; nested lists must be rectangular and numeric."""
+    if isinstance(value, dict):
+        try:
+            obj = TensorObject.model_validate(value)
+        except ValueError as exc:
+            raise InputError(field, f"is not a valid tensor object: {exc}") from exc
+        return _from_b64(field, obj)
+    if not isinstance(value, list):
+        raise InputError(field, "must be a nested list of numbers or a tensor object")
+    try:
+        # Label fields keep what JSON gave (ints, or floats that validation checks for integrality).
+        array = np.array(value) if integer else np.array(value, dtype=np.float64)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InputError(field, "must be a rectangular (not ragged) list of numbers") from exc
+    if array.dtype.kind not in "iuf" and array.size:
+        raise InputError(field, "must be a rectangular (not ragged) list of numbers")
+    return array
+
+
+def _from_b64(field: str, obj: TensorObject) -> np.ndarray:
+    if any(d < 0 for d in obj.shape):
+        raise InputError(field, f"shape {obj.shape} has a negative dimension")
+    try:
+        raw = base64.b64decode(obj.data_b64, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InputError(field, "data_b64 is not valid base64") from exc
+    dtype = np.dtype(WIRE_DTYPES[obj.dtype])
+    expected = int(np.prod(obj.shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) != expected:
+        raise InputError(field, f"data_b64 holds {len(raw)} bytes; shape {obj.shape} of {obj.dtype} needs {expected}")
+    return np.frombuffer(raw, dtype=dtype).reshape(obj.shape)
+
+
+def decode_npy(field: str, data: bytes) -> np.ndarray:
+    """.npy bytes -> ndarray (no pickles, no object arrays)."""
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(field, f"is not a valid .npy file ({exc})") from exc
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiub":
+        raise InputError(field, "must be a numeric .npy array")
+    return array.astype(array.dtype.newbyteorder("="), copy=False)
+
+
+def encode_tensor_object(array: np.ndarray) -> dict[str, Any]:
+    """ndarray -> tensor object (used by the client)."""
+    name = {"f4": "float32", "f8": "float64", "i4": "int32", "i8": "int64"}[array.dtype.str[1:]]
+    data = np.ascontiguousarray(array, dtype=np.dtype(WIRE_DTYPES[name]))
+    return {"dtype": name, "shape": list(array.shape), "data_b64": base64.b64encode(data.tobytes()).decode()}
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()

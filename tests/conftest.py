@@ -1,0 +1,102 @@
+"""Fixtures: golden vectors from ../shared, and a service per database backend (SQLite always,
+Postgres too when CALIPER_TEST_POSTGRES_URL is set, as .ci/run does)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import delete
+
+from app.api.main import create_app
+from app.client import CaliperClient
+from app.config import Settings
+from app.storage.migrate import downgrade, upgrade
+from app.storage.models import Base
+
+SHARED = Path(os.environ.get("CALIPER_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+GOLDEN = SHARED / "golden"
+
+# Dataset A and B of losses_calibration.md §0.
+Z_A = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0], [-0.5, 1.5, 0.0], [1.0, 1.0, 1.0]])
+Y_A = np.array([0, 2, 0, 1])
+ZT_A = np.array([[1.5, 1.0, -0.5], [0.0, 0.5, 2.0], [0.5, 1.0, 0.2], [2.0, 0.0, 1.0]])
+Q_A = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.5, 0.3, 0.2], [0.2, 0.6, 0.2]])
+W_A = [1.0, 2.0, 0.5]
+Z_B = np.array(
+    [
+        [3.0, 0.0, 0.0],
+        [2.0, 1.0, 0.0],
+        [0.5, 0.4, 0.3],
+        [0.0, 2.5, 0.5],
+        [1.0, 1.2, 0.8],
+        [-1.0, 0.0, 1.5],
+        [0.2, 0.1, 2.2],
+        [4.0, 0.5, 0.1],
+        [0.3, 1.8, 1.7],
+        [1.5, 1.5, 0.0],
+    ]
+)
+Y_B = np.array([0, 1, 2, 1, 0, 2, 2, 0, 2, 0])
+
+
+def load_golden(name: str) -> dict[str, Any]:
+    path = GOLDEN / name
+    if not path.exists():
+        pytest.fail(f"golden file {path} is missing: CI needs ../shared beside the clone")
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def _backends() -> list[str]:
+    return ["sqlite", "postgres"] if os.environ.get("CALIPER_TEST_POSTGRES_URL") else ["sqlite"]
+
+
+@pytest.fixture(scope="session", params=_backends())
+def settings(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'caliper.db'}"
+    else:
+        url = os.environ["CALIPER_TEST_POSTGRES_URL"]
+    settings = Settings(database_url=url, chunk_size=7, max_body_bytes=8 * 1024 * 1024)
+    if request.param == "postgres":
+        downgrade(settings, "base")
+    upgrade(settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def app(settings: Settings) -> FastAPI:
+    return create_app(settings)
+
+
+def clear_tables(app: FastAPI) -> None:
+    with app.state.resources.sessions.begin() as session:
+        for table in reversed(Base.metadata.sorted_tables):
+            session.execute(delete(table))
+
+
+def count_rows(app: FastAPI) -> dict[str, int]:
+    from sqlalchemy import func, select
+
+    with app.state.resources.sessions() as session:
+        return {t.name: session.scalar(select(func.count()).select_from(t)) or 0 for t in Base.metadata.sorted_tables}
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    clear_tables(app)
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def caliper(client: TestClient) -> CaliperClient:
+    return CaliperClient(client)

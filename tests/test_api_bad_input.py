@@ -1,0 +1,172 @@
+"""Every bad input gets a problem+json 4xx naming the field, and nothing is stored."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import Y_A, Z_A, count_rows
+
+GOOD: dict[str, Any] = {"logits": Z_A.tolist(), "labels": Y_A.tolist()}
+
+
+def with_(**changes: Any) -> dict[str, Any]:
+    body = {**GOOD, **changes}
+    return {k: v for k, v in body.items() if v is not ...}
+
+
+JSON_CASES: list[tuple[str, dict[str, Any], str]] = [
+    ("labels_out_of_range", with_(labels=[0, 2, 0, 3]), "labels"),
+    ("negative_label", with_(labels=[0, -1, 0, 1]), "labels"),
+    ("fractional_labels", with_(labels=[0, 1.5, 0, 1]), "labels"),
+    ("label_count_mismatch", with_(labels=[0, 1]), "labels"),
+    ("ragged_logits", with_(logits=[[1.0, 2.0], [1.0]]), "logits"),
+    ("non_numeric_logits", with_(logits=[["a", "b"], ["c", "d"]]), "logits"),
+    ("empty_logits", with_(logits=[], labels=[]), "logits"),
+    ("one_class", with_(logits=[[1.0], [2.0]], labels=[0, 0]), "logits"),
+    ("one_dimensional_logits", with_(logits=[1.0, 2.0, 3.0], labels=[0]), "logits"),
+    ("logits_and_probabilities", with_(probabilities=[[0.5, 0.5]] * 4), "logits"),
+    ("no_labels", with_(labels=...), "labels"),
+    (
+        "probabilities_not_summing_to_one",
+        {"probabilities": [[0.5, 0.6], [0.3, 0.7]], "labels": [0, 1]},
+        "probabilities",
+    ),
+    ("negative_probabilities", {"probabilities": [[-0.5, 1.5], [0.3, 0.7]], "labels": [0, 1]}, "probabilities"),
+    ("targets_not_summing_to_one", {"logits": [[1.0, 2.0]], "targets": [[0.2, 0.2]]}, "targets"),
+    ("unknown_loss", with_(losses=["cross_entropy", "not_a_loss"]), "losses"),
+    ("unknown_metric", with_(metrics=["ece", "nope"]), "metrics"),
+    ("unknown_parameter", with_(losses=[{"name": "focal", "gama": 2}]), "losses"),
+    ("zero_bins", with_(metrics=[{"name": "ece", "bins": 0}]), "metrics"),
+    ("negative_gamma", with_(losses=[{"name": "focal", "gamma": -1}]), "losses"),
+    ("z_loss_without_a", with_(losses=[{"name": "z_loss", "b": 1.0}]), "losses"),
+    ("odd_taylor_order", with_(losses=[{"name": "taylor_softmax_ce", "order": 3}]), "losses"),
+    ("class_weights_wrong_length", with_(losses=[{"name": "cross_entropy", "weight": [1, 2]}]), "losses"),
+    ("kd_without_teacher", with_(losses=["kd"]), "teacher_logits"),
+    ("label_loss_with_soft_targets", {"logits": [[1.0, 2.0]], "targets": [[0.5, 0.5]], "losses": ["gce"]}, "losses"),
+    ("duplicate_keys", with_(losses=["nll", {"name": "nll"}]), "losses"),
+    ("bad_key", with_(losses=[{"name": "nll", "key": "has space"}]), "losses"),
+    ("unknown_field", with_(logit=[[1.0]]), "logit"),
+    ("teacher_shape", with_(teacher_logits=[[1.0, 2.0]], losses=["kd"]), "teacher_logits"),
+    ("negative_sample_weight", with_(sample_weight=[1, -1, 1, 1]), "sample_weight"),
+    ("tensor_object_bad_dtype", with_(logits={"dtype": "float16", "shape": [4, 3], "data_b64": ""}), "logits"),
+    ("tensor_object_bad_base64", with_(logits={"dtype": "float64", "shape": [4, 3], "data_b64": "!!!"}), "logits"),
+    (
+        "tensor_object_short_data",
+        with_(logits={"dtype": "float64", "shape": [4, 3], "data_b64": base64.b64encode(b"\0" * 8).decode()}),
+        "logits",
+    ),
+    ("tensor_object_negative_shape", with_(logits={"dtype": "float64", "shape": [-4, 3], "data_b64": ""}), "logits"),
+    ("store_not_boolean", with_(store="maybe"), "store"),
+]
+
+
+def assert_problem(response: Any, status: int, field: str | None = None) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["status"] == status and body["title"] and body["detail"] and "type" in body
+    if field is not None:
+        assert any(e["field"].startswith(field) for e in body["errors"]), body
+        assert field in body["detail"] or any(field in e["field"] for e in body["errors"])
+
+
+@pytest.mark.parametrize(("body", "field"), [c[1:] for c in JSON_CASES], ids=[c[0] for c in JSON_CASES])
+def test_bad_json_input_is_422_and_stores_nothing(client: TestClient, body: dict[str, Any], field: str) -> None:
+    assert_problem(client.post("/v1/evaluations", json=body), 422, field)
+    assert sum(count_rows(client.app).values()) == 0  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_logits_are_rejected(client: TestClient, token: str) -> None:
+    raw = f'{{"logits": [[1.0, {token}], [0.0, 1.0]], "labels": [0, 1]}}'
+    response = client.post("/v1/evaluations", content=raw, headers={"content-type": "application/json"})
+    assert_problem(response, 422, "logits")
+    assert "NaN or infinite" in response.json()["detail"]
+    assert sum(count_rows(client.app).values()) == 0  # type: ignore[arg-type]
+
+
+def _npy(array: np.ndarray, allow_pickle: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=allow_pickle)
+    return buffer.getvalue()
+
+
+MULTIPART_CASES: list[tuple[str, dict[str, Any], str]] = [
+    ("pickled_object_array", {"logits": _npy(np.array([{"x": 1}], dtype=object), allow_pickle=True)}, "logits"),
+    ("not_npy", {"logits": b"definitely not numpy"}, "logits"),
+    ("complex_dtype", {"logits": _npy(np.ones((4, 3), dtype=np.complex64))}, "logits"),
+    ("float16", {"logits": _npy(np.ones((4, 3), dtype=np.float16))}, "logits"),
+    ("nan_npy", {"logits": _npy(np.full((4, 3), np.nan))}, "logits"),
+    ("unknown_part", {"weights_file": _npy(np.ones(4))}, "weights_file"),
+]
+
+
+@pytest.mark.parametrize(("parts", "field"), [c[1:] for c in MULTIPART_CASES], ids=[c[0] for c in MULTIPART_CASES])
+def test_bad_multipart_input_is_422(client: TestClient, parts: dict[str, bytes], field: str) -> None:
+    files = {
+        "request": (None, "{}", "application/json"),
+        "logits": ("l.npy", _npy(Z_A)),
+        "labels": ("y.npy", _npy(Y_A)),
+    }
+    files.update({k: (f"{k}.npy", v) for k, v in parts.items()})  # type: ignore[misc]
+    assert_problem(client.post("/v1/evaluations", files=files), 422, field)
+    assert sum(count_rows(client.app).values()) == 0  # type: ignore[arg-type]
+
+
+def test_malformed_json_is_400(client: TestClient) -> None:
+    response = client.post("/v1/evaluations", content=b"{not json", headers={"content-type": "application/json"})
+    assert_problem(response, 400)
+    assert_problem(client.post("/v1/evaluations", json=[1, 2]), 400)
+
+
+def test_unsupported_content_type_is_415(client: TestClient) -> None:
+    response = client.post("/v1/evaluations", content=b"logits=1", headers={"content-type": "text/plain"})
+    assert_problem(response, 415)
+
+
+def test_oversized_body_is_413_before_parsing(client: TestClient) -> None:
+    limit = client.app.state.resources.settings.max_body_bytes  # type: ignore[attr-defined]
+    response = client.post(
+        "/v1/evaluations", content=b"{" + b" " * limit + b"}", headers={"content-type": "application/json"}
+    )
+    assert_problem(response, 413)
+
+    def chunks():  # no Content-Length: the streamed size is counted
+        for _ in range(limit // 65536 + 2):
+            yield b" " * 65536
+
+    response = client.post("/v1/evaluations", content=chunks(), headers={"content-type": "application/json"})
+    assert_problem(response, 413)
+    assert sum(count_rows(client.app).values()) == 0  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"tag": "nocolon"}, "tag"),
+        ({"cursor": "garbage!"}, "cursor"),
+        ({"limit": 501}, "limit"),
+        ({"limit": 0}, "limit"),
+    ],
+)
+def test_bad_list_parameters_are_422(client: TestClient, params: dict[str, Any], field: str) -> None:
+    assert_problem(client.get("/v1/evaluations", params=params), 422, field)
+
+
+def test_unknown_ids_and_routes_are_404_problems(client: TestClient) -> None:
+    assert_problem(client.get("/v1/evaluations/nope"), 404)
+    assert_problem(client.get("/v1/nothing-here"), 404)
+    assert_problem(client.put("/v1/evaluations"), 405)
+
+
+def test_problem_body_is_valid_json_for_every_case(client: TestClient) -> None:
+    response = client.post("/v1/evaluations", json=with_(labels=[9, 9, 9, 9]))
+    body = json.loads(response.content)
+    assert body["errors"] == [{"field": "labels", "message": "label 9 is outside [0, 3) for C = 3 classes"}]

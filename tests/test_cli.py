@@ -1,0 +1,63 @@
+"""The `caliper` command: migrations, a real uvicorn server, and a clear failure for a missing provider."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from app.client import CaliperClient
+from tests.conftest import Y_A, Z_A
+
+CALIPER = [sys.executable, "-m", "app.cli"]
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update(CALIPER_DATABASE_URL=f"sqlite:///{tmp_path / 'cli.db'}", **extra)
+    return env
+
+
+def test_db_upgrade_then_serve_a_real_uvicorn_server(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    subprocess.run([*CALIPER, "db", "upgrade"], env=env, check=True, capture_output=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [*CALIPER, "serve", "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        client = CaliperClient(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if client.http.get("/readyz").status_code == 200:
+                    break
+            except Exception:
+                pass
+            assert time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.2)
+        result = client.evaluate(logits=Z_A, labels=Y_A, model="cli")
+        np.testing.assert_allclose(result["losses"]["cross_entropy"], 0.9389701905189698, rtol=1e-12)
+        assert client.list_evaluations(model="cli")["items"][0]["id"] == result["id"]
+        client.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA is installed here")
+def test_serve_fails_clearly_when_cuda_is_asked_for_and_missing(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*CALIPER, "serve"], env=_env(tmp_path, CALIPER_PROVIDER="cuda"), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "CUDAExecutionProvider" in result.stderr and "onnxruntime-gpu" in result.stderr

@@ -25,7 +25,10 @@ class Settings(BaseSettings):
     provider: Literal["cpu", "cuda"] = Field("cpu", description="onnxruntime execution provider.")
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0 = one per core).")
     max_body_bytes: int = Field(512 * 1024 * 1024, gt=0, description="Largest accepted request body (413 above).")
-    chunk_size: int = Field(65_536, gt=0, description="Rows per onnxruntime call; bounds working memory.")
+    chunk_size: int = Field(65_536, gt=0, description="Most rows per onnxruntime call; bounds working memory.")
+    chunk_bytes: int = Field(
+        8 * 1024 * 1024, gt=0, description="Most input bytes per onnxruntime call (keeps intermediates in cache)."
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
     migrations_dir: Path = Field(PROJECT_ROOT / "migrations", description="Alembic scripts.")

@@ -12,12 +12,14 @@ import io
 from typing import Any, Literal
 
 import numpy as np
+from numpy.lib import format as npy_format
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.errors import InputError
 
 WIRE_DTYPES = {"float32": "<f4", "float64": "<f8", "int32": "<i4", "int64": "<i8"}
 MAX_DIMS = 4
+MAX_NPY_HEADER = 1 << 16
 
 
 class TensorObject(BaseModel):
@@ -71,15 +73,32 @@ def _from_b64(field: str, obj: TensorObject) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype).reshape(obj.shape)
 
 
-def decode_npy(field: str, data: bytes) -> np.ndarray:
-    """.npy bytes -> ndarray (no pickles, no object arrays)."""
+def decode_npy(field: str, data: bytes | memoryview) -> np.ndarray:
+    """.npy bytes -> ndarray viewing `data` (no copy when aligned); no pickles, no object arrays."""
+    view = memoryview(data)
+    header = io.BytesIO(view[:MAX_NPY_HEADER].tobytes())
     try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+        version = npy_format.read_magic(header)
+        if version == (1, 0):
+            shape, fortran, dtype = npy_format.read_array_header_1_0(header)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = npy_format.read_array_header_2_0(header)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
         raise InputError(field, f"is not a valid .npy file ({exc})") from exc
-    if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiub":
-        raise InputError(field, "must be a numeric .npy array")
-    return array.astype(array.dtype.newbyteorder("="), copy=False)
+    if dtype.hasobject or dtype.kind not in "fiub" or len(shape) > MAX_DIMS:
+        raise InputError(field, f"must be a numeric .npy array of at most {MAX_DIMS} dimensions, got {dtype}")
+    count = int(np.prod(shape, dtype=np.int64))
+    offset = header.tell()
+    if len(view) - offset != count * dtype.itemsize:
+        raise InputError(
+            field, f".npy data holds {len(view) - offset} bytes; shape {list(shape)} needs {count * dtype.itemsize}"
+        )
+    array = np.frombuffer(view, dtype=dtype, count=count, offset=offset).reshape(shape, order="F" if fortran else "C")
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    return np.require(array, requirements=["C", "A"])
 
 
 def encode_tensor_object(array: np.ndarray) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import argparse
 import numpy as np
 from pydantic import TypeAdapter
 
+from app.config import Settings
 from app.core.evaluation import EvaluationPlan, Evaluator, validate_batch
 from app.core.losses import LossSpec
 from app.core.metrics import MetricSpec
@@ -58,7 +59,7 @@ def torch_evaluation(torch: object, z: object, y: object, bins: int = 15) -> flo
     return float(ce) + float(brier) + float(gap.sum() / count.sum())
 
 
-def bench_size(n: int, c: int, repeats: int, chunk_size: int, torch: object | None) -> None:
+def bench_size(n: int, c: int, repeats: int, chunk_size: int, chunk_bytes: int, torch: object | None) -> None:
     rng = np.random.default_rng(0)
     z = (rng.normal(size=(n, c)) * 2).astype(np.float32)
     y = rng.integers(0, c, n)
@@ -71,7 +72,7 @@ def bench_size(n: int, c: int, repeats: int, chunk_size: int, torch: object | No
     evaluator = Evaluator(plan)
 
     def caliper() -> None:
-        state, _ = evaluator.run(batch, chunk_size)
+        state, _ = evaluator.run(batch, chunk_size, chunk_bytes)
         evaluator.finalize(state, c)
 
     rows = {
@@ -93,14 +94,15 @@ def bench_size(n: int, c: int, repeats: int, chunk_size: int, torch: object | No
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--chunk-size", type=int, default=65_536)
+    parser.add_argument("--chunk-size", type=int, default=Settings().chunk_size)
+    parser.add_argument("--chunk-bytes", type=int, default=Settings().chunk_bytes)
     args = parser.parse_args()
     try:
         import torch
     except ImportError:
         torch = None  # type: ignore[assignment]
     for n, c in ((1_000_000, 10), (100_000, 1_000)):
-        bench_size(n, c, args.repeats, args.chunk_size, torch)
+        bench_size(n, c, args.repeats, args.chunk_size, args.chunk_bytes, torch)
 
 
 if __name__ == "__main__":

@@ -170,3 +170,70 @@ def test_problem_body_is_valid_json_for_every_case(client: TestClient) -> None:
     response = client.post("/v1/evaluations", json=with_(labels=[9, 9, 9, 9]))
     body = json.loads(response.content)
     assert body["errors"] == [{"field": "labels", "message": "label 9 is outside [0, 3) for C = 3 classes"}]
+
+
+def _raw_multipart(client: TestClient, body: bytes, content_type: str) -> Any:
+    return client.post("/v1/evaluations", content=body, headers={"content-type": content_type})
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b'--b\r\nContent-Disposition: form-data; name="request"\r\n\r\n{}\r\n--b--', "multipart/form-data"),
+        (b'--b\r\nContent-Disposition: form-data; name="request"\r\n\r\n{}', "multipart/form-data; boundary=b"),
+        (b"--b\r\nContent-Disposition: form-data\r\n\r\n{}\r\n--b--", "multipart/form-data; boundary=b"),
+        (b"--b\r\nno-colon-header\r\n\r\n{}\r\n--b--", "multipart/form-data; boundary=b"),
+        (b"no boundary anywhere", "multipart/form-data; boundary=b"),
+        (
+            b"--b\r\n" + b'Content-Disposition: form-data; name="x"\r\n\r\n1\r\n--b\r\n' * 70 + b"--",
+            "multipart/form-data; boundary=b",
+        ),
+    ],
+    ids=[
+        "no_boundary_param",
+        "truncated",
+        "part_without_name",
+        "malformed_header",
+        "boundary_missing",
+        "too_many_parts",
+    ],
+)
+def test_malformed_multipart_is_400(client: TestClient, body: bytes, content_type: str) -> None:
+    assert_problem(_raw_multipart(client, body, content_type), 400)
+    assert sum(count_rows(client.app).values()) == 0  # type: ignore[arg-type]
+
+
+def test_curl_style_multipart_with_duplicate_part_is_422(client: TestClient) -> None:
+    logits = _npy(Z_A)
+    part = (
+        b'--XyZ\r\nContent-Disposition: form-data; name="logits"; filename="l.npy"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\n" + logits + b"\r\n"
+    )
+    body = (
+        part
+        + part
+        + b'--XyZ\r\nContent-Disposition: form-data; name="labels"; filename="y.npy"\r\n\r\n'
+        + _npy(Y_A)
+        + b"\r\n--XyZ--\r\n"
+    )
+    assert_problem(_raw_multipart(client, body, "multipart/form-data; boundary=XyZ"), 422, "logits")
+    good = (
+        part
+        + b'--XyZ\r\nContent-Disposition: form-data; name="labels"; filename="y.npy"\r\n\r\n'
+        + _npy(Y_A)
+        + b"\r\n--XyZ--\r\n"
+    )
+    response = _raw_multipart(client, good, "multipart/form-data; boundary=XyZ")
+    assert response.status_code == 201, response.text
+    np.testing.assert_allclose(response.json()["losses"]["cross_entropy"], 0.9389701905189698, rtol=1e-12)
+
+
+def test_fortran_order_and_big_endian_npy_are_read_correctly(client: TestClient) -> None:
+    files = {
+        "request": (None, "{}", "application/json"),
+        "logits": ("l.npy", _npy(np.asfortranarray(Z_A).astype(">f8"))),
+        "labels": ("y.npy", _npy(Y_A)),
+    }
+    response = client.post("/v1/evaluations", files=files)
+    assert response.status_code == 201, response.text
+    np.testing.assert_allclose(response.json()["losses"]["cross_entropy"], 0.9389701905189698, rtol=1e-12)

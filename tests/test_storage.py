@@ -57,7 +57,7 @@ def test_stored_arrays_pair_rows_with_the_request(client: TestClient) -> None:
 
 
 def test_a_failure_mid_write_stores_nothing(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    def explode(array: np.ndarray, level: int = 1) -> bytes:
+    def explode(array: np.ndarray) -> bytes:
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(evaluation_store, "encode_array", explode)

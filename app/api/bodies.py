@@ -9,20 +9,21 @@ from typing import Any
 
 import numpy as np
 from fastapi import Request
-from starlette.datastructures import UploadFile
 
+from app.api.multipart import parse_multipart
 from app.api.problems import ProblemError
 from app.core.errors import InputError
 from app.tensors import decode_json_tensor, decode_npy
 
 
 async def read_tensor_body(
-    request: Request, tensor_fields: Iterable[str], integer_fields: frozenset[str], max_bytes: int
+    request: Request, tensor_fields: Iterable[str], integer_fields: frozenset[str]
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Split a body into its JSON options and its decoded tensors (field name -> array)."""
     fields = set(tensor_fields)
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "application/json":
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type == "application/json":
         body = _parse_json(await request.body())
         arrays = {
             name: decode_json_tensor(name, body.pop(name), name in integer_fields)
@@ -30,19 +31,18 @@ async def read_tensor_body(
             if name in fields and body[name] is not None
         }
         return body, arrays
-    if content_type == "multipart/form-data":
-        form = await request.form(max_files=64, max_fields=64, max_part_size=max_bytes)
+    if media_type == "multipart/form-data":
         options: dict[str, Any] = {}
         arrays = {}
-        for name, part in form.multi_items():
-            if name == "request":
-                text = await part.read() if isinstance(part, UploadFile) else part.encode()
-                options = _parse_json(text)
-            elif name in fields:
-                data = await part.read() if isinstance(part, UploadFile) else part.encode("latin-1")
-                arrays[name] = decode_npy(name, data)
+        for part in parse_multipart(await request.body(), content_type):
+            if part.name == "request":
+                options = _parse_json(part.data.tobytes())
+            elif part.name in fields:
+                if part.name in arrays:
+                    raise InputError(part.name, "given twice")
+                arrays[part.name] = decode_npy(part.name, part.data)
             else:
-                raise InputError(name, f"unknown multipart part (expected 'request' or one of {sorted(fields)})")
+                raise InputError(part.name, f"unknown multipart part (expected 'request' or one of {sorted(fields)})")
         for name in fields & set(options):
             if name in arrays:
                 raise InputError(name, "given both as a part and inside 'request'")
@@ -50,7 +50,7 @@ async def read_tensor_body(
                 arrays[name] = decode_json_tensor(name, options.pop(name), name in integer_fields)
         return options, arrays
     raise ProblemError(
-        415, f"unsupported content type {content_type or '(none)'!r}: send application/json or multipart/form-data"
+        415, f"unsupported content type {media_type or '(none)'!r}: send application/json or multipart/form-data"
     )
 
 

@@ -182,8 +182,14 @@ class Evaluator:
         state.n, state.sums, state.rows = merged.n, merged.sums, merged.rows
         return per_row
 
-    def run(self, batch: Batch, chunk_size: int) -> tuple[EvaluationState, dict[str, np.ndarray]]:
-        """All rows, `chunk_size` at a time; per-row outputs are written into preallocated arrays."""
+    def run(
+        self, batch: Batch, chunk_size: int, chunk_bytes: int | None = None
+    ) -> tuple[EvaluationState, dict[str, np.ndarray]]:
+        """All rows, at most `chunk_size` rows and `chunk_bytes` input bytes per call (wide rows get
+        smaller chunks so that the intermediates stay in cache); per-row outputs are written into
+        preallocated arrays."""
+        if chunk_bytes is not None:
+            chunk_size = max(1, min(chunk_size, chunk_bytes // max(1, batch.scores[0].nbytes)))
         state = EvaluationState()
         per_row: dict[str, np.ndarray] = {}
         for start in range(0, batch.n, chunk_size):

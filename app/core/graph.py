@@ -6,15 +6,17 @@ top-label confidence or the true-class log-probability once, however many losses
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import spox.opset.ai.onnx.v21 as op
 from spox import Tensor, Var, argument
 
+T = TypeVar("T")
 InputKind = Literal["logits", "probabilities"]
 TargetKind = Literal["labels", "targets"]
 
@@ -44,6 +46,7 @@ class GraphContext:
 
     layout: InputLayout
     inputs: dict[str, Var] = field(default_factory=dict)
+    _shared: dict[Hashable, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         dt = self.layout.np_dtype
@@ -55,6 +58,12 @@ class GraphContext:
         self.inputs["sample_weight"] = argument(Tensor(dt, ("N",)))
         if self.layout.has_teacher:
             self.inputs["teacher_logits"] = argument(Tensor(dt, ("N", "C")))
+
+    def shared(self, key: Hashable, build: Callable[[], T]) -> T:
+        """A value built once per graph under `key` (for fragments parametrized beyond the context)."""
+        if key not in self._shared:
+            self._shared[key] = build()
+        return self._shared[key]  # type: ignore[no-any-return]
 
     # ---- constants -------------------------------------------------------------------------------
     def const(self, value: float | npt.ArrayLike) -> Var:
@@ -146,20 +155,82 @@ class GraphContext:
             return self.inputs["logits"]
         return self.log_probs
 
-    # ---- softmax family (§1.1 of losses_calibration.md: always from log-softmax) -----------------
+    # ---- softmax family (§1.1 of losses_calibration.md) -------------------------------------------
+    # From logits z: e = exp(z − s), S = Σ e, lse = s + log S for a per-row shift s. Row quantities (CE,
+    # confidence, Σp²) come from these reductions without materializing the [N, C] log-softmax, which
+    # onnxruntime computes slowly for narrow rows. The shift is the row max (the textbook stable form)
+    # only when a chunk needs it: if every row max lies where exp neither overflows (Σe² over C classes)
+    # nor leaves the normal range with 40 nats to spare (|z| ≲ 42 in float32, 350 in float64), s = 0 and
+    # the broadcast subtraction, a full pass over [N, C], is skipped. Terms that need log p or p per
+    # class build them once.
+    @property
+    def from_logits(self) -> bool:
+        return self.layout.input_kind == "logits"
+
+    @cached_property
+    def row_max(self) -> Var:
+        """max_k z_k, [N, 1]."""
+        return op.reduce_max(self.inputs["logits"], self.ints(-1), keepdims=1)
+
+    @cached_property
+    def _shifted(self) -> tuple[Var, Var]:
+        z, m = self.inputs["logits"], self.row_max
+        info = np.finfo(self.layout.np_dtype)
+        # Σ e² (for Σp²) must not overflow either: half the exponent range, less log C.
+        highest = op.sub(self.const(0.5 * np.log(info.max) - 1.0), op.log(self.num_classes_f))
+        lowest = self.const(np.log(info.tiny) + 40.0)
+        unsafe = op.or_(
+            op.greater(op.reduce_max(m, keepdims=0), highest), op.less(op.reduce_min(m, keepdims=0), lowest)
+        )
+        exps, shift = op.if_(
+            unsafe,
+            then_branch=lambda: [op.exp(op.sub(z, m)), m],
+            else_branch=lambda: [op.exp(z), op.sub(m, m)],
+        )
+        return exps, shift
+
+    @property
+    def shifted_exp(self) -> Var:
+        """e = exp(z − s), [N, C], s the row shift (0 or the row max)."""
+        return self._shifted[0]
+
+    @property
+    def shift(self) -> Var:
+        return self._shifted[1]
+
+    @cached_property
+    def exp_sum(self) -> Var:
+        """S = Σ_k exp(z_k − s), [N, 1]."""
+        return op.reduce_sum(self.shifted_exp, self.ints(-1), keepdims=1)
+
+    @cached_property
+    def logsumexp(self) -> Var:
+        """lse(z) = s + log S, [N, 1]."""
+        return op.add(self.shift, op.log(self.exp_sum))
+
     @cached_property
     def log_probs(self) -> Var:
-        if self.layout.input_kind == "logits":
-            return op.log_softmax(self.inputs["logits"], axis=-1)
+        if self.from_logits:
+            return op.min([op.sub(self.inputs["logits"], self.logsumexp), self.const(0.0)])
         # Probabilities: log p, floored at the dtype's smallest normal so that p = 0 stays finite.
         tiny = self.const(np.finfo(self.layout.np_dtype).tiny)
         return op.log(op.max([self.inputs["probabilities"], tiny]))
 
     @cached_property
     def probs(self) -> Var:
-        if self.layout.input_kind == "probabilities":
+        if not self.from_logits:
             return self.inputs["probabilities"]
-        return op.exp(self.log_probs)
+        return op.div(self.shifted_exp, self.exp_sum)
+
+    @cached_property
+    def sum_sq_probs(self) -> Var:
+        """Σ_c p_c², [N] (Σ e² / S² from logits)."""
+        if not self.from_logits:
+            return op.reduce_sum_square(self.probs, self.ints(-1), keepdims=0)
+        ratio = op.div(
+            op.reduce_sum_square(self.shifted_exp, self.ints(-1), keepdims=1), op.mul(self.exp_sum, self.exp_sum)
+        )
+        return op.squeeze(ratio, self.ints(1))
 
     @cached_property
     def one_minus_probs(self) -> Var:
@@ -194,7 +265,10 @@ class GraphContext:
 
     @cached_property
     def true_log_prob(self) -> Var:
-        """log p_{i, y_i}, [N]."""
+        """log p_{i, y_i}, [N]: z_y − lse from logits (one gather, no [N, C] log-softmax)."""
+        if self.from_logits:  # ≤ 0 exactly (one rounding could make it positive when p_y → 1)
+            log_p = op.sub(self.at_label(self.inputs["logits"]), op.squeeze(self.logsumexp, self.ints(1)))
+            return op.min([log_p, self.const(0.0)])
         return self.at_label(self.log_probs)
 
     @cached_property
@@ -208,6 +282,13 @@ class GraphContext:
             return op.neg(self.true_log_prob)
         return op.neg(self.row_sum(op.mul(self.targets, self.log_probs)))
 
+    @cached_property
+    def brier(self) -> Var:
+        """Σ_c (p_c − t_c)², [N]; with labels Σp² − 2p_y + 1 (no one-hot matrix)."""
+        if self.has_labels:
+            return op.add(op.sub(self.sum_sq_probs, op.mul(self.const(2.0), self.true_prob)), self.const(1.0))
+        return op.reduce_sum_square(op.sub(self.probs, self.targets), self.ints(-1), keepdims=0)
+
     # ---- top label: ties go to the lowest index (ArgMax select_last_index=0) ----------------------
     @cached_property
     def prediction(self) -> Var:
@@ -219,8 +300,11 @@ class GraphContext:
 
     @cached_property
     def confidence(self) -> Var:
-        """max_k p_k, [N]."""
-        return op.exp(op.reduce_max(self.log_probs, self.ints(-1), keepdims=0))
+        """max_k p_k, [N]: exp(max z − s)/S from logits."""
+        if self.from_logits:
+            top = op.div(op.exp(op.sub(self.row_max, self.shift)), self.exp_sum)
+            return op.squeeze(op.min([top, self.const(1.0)]), self.ints(1))
+        return op.reduce_max(self.probs, self.ints(-1), keepdims=0)
 
     @cached_property
     def reference_labels(self) -> Var:

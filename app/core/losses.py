@@ -220,11 +220,7 @@ def _nll(ctx: GraphContext, p: Nll) -> LossTerm:
 
 
 def _brier(ctx: GraphContext, p: Brier) -> LossTerm:
-    if ctx.has_labels:  # Σ p² − 2 p_y + 1 avoids building the one-hot matrix
-        sq = ctx.row_sum(op.mul(ctx.probs, ctx.probs))
-        return LossTerm(op.add(op.sub(sq, op.mul(ctx.const(2.0), ctx.true_prob)), ctx.const(1.0)))
-    diff = op.sub(ctx.probs, ctx.targets)
-    return LossTerm(ctx.row_sum(op.mul(diff, diff)))
+    return LossTerm(ctx.brier)
 
 
 def _focal(ctx: GraphContext, p: Focal) -> LossTerm:

@@ -117,7 +117,12 @@ def _scatter_sum(zeros: Var, index: Var, values: Var) -> Var:
 
 
 def uniform_bin_state(ctx: GraphContext, bins: int) -> dict[str, Var]:
-    """Σw, Σw·confidence and Σw·correct per uniform bin of the top-label confidence."""
+    """Σw, Σw·confidence and Σw·correct per uniform bin of the top-label confidence; built once per
+    bin count and shared (ece, mce and the reliability table with equal bins scatter once)."""
+    return ctx.shared(("uniform_bins", bins), lambda: _uniform_bin_sums(ctx, bins))
+
+
+def _uniform_bin_sums(ctx: GraphContext, bins: int) -> dict[str, Var]:
     index = _uniform_bin_index(ctx, ctx.confidence, bins)
     zeros = op.constant(value=np.zeros(bins, np.float64))
     w = ctx.f64(ctx.weights)
@@ -164,8 +169,7 @@ def _nll(ctx: GraphContext, p: TermSpec) -> dict[str, Var]:
 
 
 def _brier(ctx: GraphContext, p: TermSpec) -> dict[str, Var]:
-    diff = op.sub(ctx.probs, ctx.onehot)
-    return _weighted_mean_state(ctx, ctx.row_sum(op.mul(diff, diff)))
+    return _weighted_mean_state(ctx, ctx.brier)
 
 
 def _entropy(ctx: GraphContext, p: TermSpec) -> dict[str, Var]:

@@ -26,6 +26,7 @@ from app.core.losses import DEFAULT_LOSSES, LOSSES
 from app.core.metrics import DEFAULT_METRICS, DEFAULT_METRICS_WIDE, METRICS, Ece
 from app.core.runtime import SessionCache
 from app.evaluation.schemas import EvaluationOut, EvaluationRequest, Reliability, ReliabilityBinOut
+from app.storage.blobs import compact_indices
 from app.storage.evaluations import add_evaluation
 from app.storage.models import Evaluation
 
@@ -53,21 +54,28 @@ def make_plan(request: EvaluationRequest, batch: Batch) -> EvaluationPlan:
 
 
 def compute(
-    request: EvaluationRequest, arrays: dict[str, np.ndarray], cache: SessionCache, chunk_size: int
+    request: EvaluationRequest,
+    arrays: dict[str, np.ndarray],
+    cache: SessionCache,
+    chunk_size: int,
+    chunk_bytes: int | None = None,
 ) -> tuple[Batch, EvaluationPlan, EvaluationResult, dict[str, np.ndarray]]:
     """Validate, run the fused graph chunk by chunk, finalize; returns the per-row arrays too."""
     batch = validate_batch(**arrays)
     plan = make_plan(request, batch)
     evaluator = Evaluator(plan, cache)
-    state, per_row = evaluator.run(batch, chunk_size)
+    state, per_row = evaluator.run(batch, chunk_size, chunk_bytes)
     return batch, plan, evaluator.finalize(state, batch.classes), per_row
 
 
 def _row_arrays(batch: Batch, plan: EvaluationPlan, per_row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """What a later paired comparison needs: label, prediction, confidence and each loss per row."""
-    arrays = {"prediction": per_row[ROW_PREDICTION], "confidence": per_row[ROW_CONFIDENCE]}
+    arrays = {
+        "prediction": compact_indices(per_row[ROW_PREDICTION], batch.classes),
+        "confidence": per_row[ROW_CONFIDENCE],
+    }
     if batch.labels is not None:
-        arrays["label"] = batch.labels
+        arrays["label"] = compact_indices(batch.labels, batch.classes)
     for spec in plan.losses:
         arrays[f"loss.{spec.report_key}"] = per_row[loss_output(spec.report_key, "row")]
     return arrays
@@ -96,9 +104,10 @@ def evaluate_and_store(
     cache: SessionCache,
     chunk_size: int,
     sessions: sessionmaker[Session] | None,
+    chunk_bytes: int | None = None,
 ) -> EvaluationOut:
     """Compute, then (unless store is false) write the evaluation and its arrays in one transaction."""
-    batch, plan, result, per_row = compute(request, arrays, cache, chunk_size)
+    batch, plan, result, per_row = compute(request, arrays, cache, chunk_size, chunk_bytes)
     losses, metrics = finite_or_none(result.losses), finite_or_none(result.metrics)
     created = datetime.now(UTC).replace(tzinfo=None)
     fingerprint = dataset_fingerprint(batch)

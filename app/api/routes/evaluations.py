@@ -63,11 +63,11 @@ _PROBLEMS: dict[int | str, dict[str, Any]] = {
     },
 )
 async def create_evaluation(request: Request, resources: ResourcesDep) -> EvaluationOut:
-    options, arrays = await read_tensor_body(request, TENSOR_FIELDS, INTEGER_FIELDS, resources.settings.max_body_bytes)
+    options, arrays = await read_tensor_body(request, TENSOR_FIELDS, INTEGER_FIELDS)
     body = EvaluationRequest.model_validate(options)
     settings = resources.settings
     return await run_in_threadpool(
-        evaluate_and_store, body, arrays, resources.cache, settings.chunk_size, resources.sessions
+        evaluate_and_store, body, arrays, resources.cache, settings.chunk_size, resources.sessions, settings.chunk_bytes
     )
 
 

@@ -20,7 +20,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ProviderUnavailableError as exc:
         print(f"caliper: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=args.host or settings.host, port=args.port or settings.port, workers=1)
+    uvicorn.run(app, host=args.host or settings.host, port=args.port or settings.port, access_log=settings.access_log)
     return 0
 
 

@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
+    access_log: bool = Field(True, description="uvicorn's per-request access log.")
     migrations_dir: Path = Field(PROJECT_ROOT / "migrations", description="Alembic scripts.")
 
     @field_validator("database_url")

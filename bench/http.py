@@ -64,7 +64,8 @@ def wait_ready(url: str, path: str = "/openapi.json") -> None:
 
 def start_caliper(database_url: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    env = {**os.environ, "CALIPER_DATABASE_URL": database_url}
+    # No access log, like the bare server below: the comparison is of request handling, not logging.
+    env = {**os.environ, "CALIPER_DATABASE_URL": database_url, "CALIPER_ACCESS_LOG": "false"}
     server = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
         env=env,

@@ -27,6 +27,11 @@ class Resources:
         return cls(settings, engine, make_session_factory(engine), cache)
 
 
-def get_resources(request: Request) -> Resources:
+def resources_of(request: Request) -> Resources:
     resources: Resources = request.app.state.resources
     return resources
+
+
+async def get_resources(request: Request) -> Resources:
+    """Async on purpose: FastAPI runs sync dependencies in its thread pool (a hop per request)."""
+    return resources_of(request)

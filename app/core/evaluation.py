@@ -104,21 +104,12 @@ class EvaluationState:
 
 
 @dataclass(frozen=True)
-class ReliabilityBin:
-    lower: float
-    upper: float
-    count: float
-    confidence: float | None
-    accuracy: float | None
-
-
-@dataclass(frozen=True)
 class EvaluationResult:
     n: int
     classes: int
     losses: dict[str, float]
     metrics: dict[str, float]
-    reliability: list[ReliabilityBin]
+    reliability: list[dict[str, float | None]]  # per uniform bin: lower, upper, count, confidence, accuracy
 
 
 @dataclass
@@ -216,21 +207,24 @@ class Evaluator:
         )
 
 
-def reliability_table(stats: BinStats) -> list[ReliabilityBin]:
+def reliability_table(stats: BinStats) -> list[dict[str, float | None]]:
+    """Per uniform bin: its edges, the weight of its rows, and their mean confidence and accuracy
+    (null for an empty bin)."""
     bins = stats.count.size
-    table = []
-    for b in range(bins):
-        count = float(stats.count[b])
-        table.append(
-            ReliabilityBin(
-                lower=b / bins,
-                upper=(b + 1) / bins,
-                count=count,
-                confidence=float(stats.confidence[b] / count) if count > 0 else None,
-                accuracy=float(stats.accuracy[b] / count) if count > 0 else None,
-            )
-        )
-    return table
+    filled = stats.count > 0
+    safe = np.where(filled, stats.count, 1.0)
+    confidence = np.where(filled, stats.confidence / safe, np.nan).tolist()
+    accuracy = np.where(filled, stats.accuracy / safe, np.nan).tolist()
+    return [
+        {
+            "lower": b / bins,
+            "upper": (b + 1) / bins,
+            "count": count,
+            "confidence": None if empty else confidence[b],
+            "accuracy": None if empty else accuracy[b],
+        }
+        for b, (count, empty) in enumerate(zip(stats.count.tolist(), (~filled).tolist(), strict=True))
+    ]
 
 
 # ---- input validation ------------------------------------------------------------------------------------

@@ -65,6 +65,8 @@ class SessionCache:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.config.intra_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle intra-op threads would otherwise spin after each run, taking cores from the HTTP server.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return ort.InferenceSession(model.SerializeToString(), options, providers=self.providers)
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import asdict
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,7 +24,7 @@ from app.core.evaluation import (
 from app.core.losses import DEFAULT_LOSSES, LOSSES
 from app.core.metrics import DEFAULT_METRICS, DEFAULT_METRICS_WIDE, METRICS, Ece
 from app.core.runtime import SessionCache
-from app.evaluation.schemas import EvaluationOut, EvaluationRequest, Reliability, ReliabilityBinOut
+from app.evaluation.schemas import EvaluationOut, EvaluationRequest, Reliability
 from app.storage.blobs import compact_indices
 from app.storage.evaluations import add_evaluation
 from app.storage.models import Evaluation
@@ -53,19 +52,36 @@ def make_plan(request: EvaluationRequest, batch: Batch) -> EvaluationPlan:
     return plan
 
 
+@dataclass
+class ComputedEvaluation:
+    """An evaluation's numbers and per-row outputs, before (or without) storing."""
+
+    request: EvaluationRequest
+    batch: Batch
+    plan: EvaluationPlan
+    result: EvaluationResult
+    per_row: dict[str, np.ndarray]
+    created: datetime = field(default_factory=lambda: datetime.now(UTC).replace(tzinfo=None))
+
+    def __post_init__(self) -> None:
+        self.losses = finite_or_none(self.result.losses)
+        self.metrics = finite_or_none(self.result.metrics)
+        self.fingerprint = dataset_fingerprint(self.batch)
+
+
 def compute(
     request: EvaluationRequest,
     arrays: dict[str, np.ndarray],
     cache: SessionCache,
     chunk_size: int,
     chunk_bytes: int | None = None,
-) -> tuple[Batch, EvaluationPlan, EvaluationResult, dict[str, np.ndarray]]:
-    """Validate, run the fused graph chunk by chunk, finalize; returns the per-row arrays too."""
+) -> ComputedEvaluation:
+    """Validate, run the fused graph chunk by chunk, finalize."""
     batch = validate_batch(**arrays)
     plan = make_plan(request, batch)
     evaluator = Evaluator(plan, cache)
     state, per_row = evaluator.run(batch, chunk_size, chunk_bytes)
-    return batch, plan, evaluator.finalize(state, batch.classes), per_row
+    return ComputedEvaluation(request, batch, plan, evaluator.finalize(state, batch.classes), per_row)
 
 
 def _row_arrays(batch: Batch, plan: EvaluationPlan, per_row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -98,6 +114,52 @@ def rfc3339(stamp: datetime) -> str:
     return stamp.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
 
 
+def store(computed: ComputedEvaluation, sessions: sessionmaker[Session]) -> str:
+    """Write the evaluation, its values and per-row arrays in one transaction; returns its id."""
+    batch, plan, request = computed.batch, computed.plan, computed.request
+    record = Evaluation(
+        id=uuid.uuid4().hex,
+        created_at=computed.created,
+        model=request.model,
+        dataset=request.dataset,
+        n=computed.result.n,
+        classes=computed.result.classes,
+        dataset_fingerprint=computed.fingerprint,
+        parameters={
+            "input": batch.layout.__dict__,
+            "losses": [s.model_dump(exclude_none=True) for s in plan.losses],
+            "metrics": [s.model_dump(exclude_none=True) for s in plan.metrics],
+            "weighted": batch.sample_weight is not None,
+        },
+        reliability=computed.result.reliability,
+    )
+    arrays = _row_arrays(batch, plan, computed.per_row)
+    with sessions.begin() as session:
+        add_evaluation(session, record, request.tags, computed.losses, computed.metrics, arrays)
+    return record.id
+
+
+def evaluation_out(computed: ComputedEvaluation, record_id: str | None) -> EvaluationOut:
+    request, plan = computed.request, computed.plan
+    per_sample = None
+    if request.per_sample:
+        per_sample = {s.report_key: row_values(computed.per_row[loss_output(s.report_key, "row")]) for s in plan.losses}
+    return EvaluationOut(
+        id=record_id,
+        created_at=rfc3339(computed.created),
+        n=computed.result.n,
+        classes=computed.result.classes,
+        model=request.model,
+        dataset=request.dataset,
+        tags=request.tags,
+        dataset_fingerprint=computed.fingerprint,
+        losses=computed.losses,
+        metrics=computed.metrics,
+        reliability=Reliability.model_validate({"bins": computed.result.reliability}),
+        per_sample=per_sample,
+    )
+
+
 def evaluate_and_store(
     request: EvaluationRequest,
     arrays: dict[str, np.ndarray],
@@ -106,51 +168,10 @@ def evaluate_and_store(
     sessions: sessionmaker[Session] | None,
     chunk_bytes: int | None = None,
 ) -> EvaluationOut:
-    """Compute, then (unless store is false) write the evaluation and its arrays in one transaction."""
-    batch, plan, result, per_row = compute(request, arrays, cache, chunk_size, chunk_bytes)
-    losses, metrics = finite_or_none(result.losses), finite_or_none(result.metrics)
-    created = datetime.now(UTC).replace(tzinfo=None)
-    fingerprint = dataset_fingerprint(batch)
-    parameters: dict[str, Any] = {
-        "input": batch.layout.__dict__,
-        "losses": [s.model_dump(exclude_none=True) for s in plan.losses],
-        "metrics": [s.model_dump(exclude_none=True) for s in plan.metrics],
-        "weighted": batch.sample_weight is not None,
-    }
-    reliability = [asdict(b) for b in result.reliability]
-    record_id = None
-    if request.store and sessions is not None:
-        record_id = uuid.uuid4().hex
-        record = Evaluation(
-            id=record_id,
-            created_at=created,
-            model=request.model,
-            dataset=request.dataset,
-            n=result.n,
-            classes=result.classes,
-            dataset_fingerprint=fingerprint,
-            parameters=parameters,
-            reliability=reliability,
-        )
-        with sessions.begin() as session:
-            add_evaluation(session, record, request.tags, losses, metrics, _row_arrays(batch, plan, per_row))
-    per_sample = None
-    if request.per_sample:
-        per_sample = {s.report_key: row_values(per_row[loss_output(s.report_key, "row")]) for s in plan.losses}
-    return EvaluationOut(
-        id=record_id,
-        created_at=rfc3339(created),
-        n=result.n,
-        classes=result.classes,
-        model=request.model,
-        dataset=request.dataset,
-        tags=request.tags,
-        dataset_fingerprint=fingerprint,
-        losses=losses,
-        metrics=metrics,
-        reliability=Reliability(bins=[ReliabilityBinOut(**b) for b in reliability]),
-        per_sample=per_sample,
-    )
+    """Compute, then (unless store is false) write: the whole use case in one call."""
+    computed = compute(request, arrays, cache, chunk_size, chunk_bytes)
+    record_id = store(computed, sessions) if request.store and sessions is not None else None
+    return evaluation_out(computed, record_id)
 
 
 def stored_evaluation_out(record: Evaluation, per_sample: dict[str, np.ndarray] | None = None) -> EvaluationOut:
@@ -166,6 +187,6 @@ def stored_evaluation_out(record: Evaluation, per_sample: dict[str, np.ndarray] 
         dataset_fingerprint=record.dataset_fingerprint,
         losses={v.name: v.value for v in record.values if v.kind == "loss"},
         metrics={v.name: v.value for v in record.values if v.kind == "metric"},
-        reliability=Reliability(bins=[ReliabilityBinOut(**b) for b in record.reliability]),
+        reliability=Reliability.model_validate({"bins": record.reliability}),
         per_sample={k: row_values(v) for k, v in per_sample.items()} if per_sample is not None else None,
     )

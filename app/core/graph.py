@@ -211,10 +211,10 @@ class GraphContext:
     @cached_property
     def log_probs(self) -> Var:
         if self.from_logits:
-            return op.min([op.sub(self.inputs["logits"], self.logsumexp), self.const(0.0)])
+            return op.clip(op.sub(self.inputs["logits"], self.logsumexp), None, self.const(0.0))
         # Probabilities: log p, floored at the dtype's smallest normal so that p = 0 stays finite.
         tiny = self.const(np.finfo(self.layout.np_dtype).tiny)
-        return op.log(op.max([self.inputs["probabilities"], tiny]))
+        return op.log(op.clip(self.inputs["probabilities"], tiny, None))
 
     @cached_property
     def probs(self) -> Var:
@@ -268,7 +268,7 @@ class GraphContext:
         """log p_{i, y_i}, [N]: z_y − lse from logits (one gather, no [N, C] log-softmax)."""
         if self.from_logits:  # ≤ 0 exactly (one rounding could make it positive when p_y → 1)
             log_p = op.sub(self.at_label(self.inputs["logits"]), op.squeeze(self.logsumexp, self.ints(1)))
-            return op.min([log_p, self.const(0.0)])
+            return op.clip(log_p, None, self.const(0.0))
         return self.at_label(self.log_probs)
 
     @cached_property
@@ -303,7 +303,7 @@ class GraphContext:
         """max_k p_k, [N]: exp(max z − s)/S from logits."""
         if self.from_logits:
             top = op.div(op.exp(op.sub(self.row_max, self.shift)), self.exp_sum)
-            return op.squeeze(op.min([top, self.const(1.0)]), self.ints(1))
+            return op.squeeze(op.clip(top, None, self.const(1.0)), self.ints(1))
         return op.reduce_max(self.probs, self.ints(-1), keepdims=0)
 
     @cached_property

@@ -310,7 +310,7 @@ def _comp_sum(ctx: GraphContext, p: CompSum) -> LossTerm:
 def _gce(ctx: GraphContext, p: Gce) -> LossTerm:
     value = op.div(op.neg(ctx.expm1(op.mul(ctx.const(p.q), ctx.true_log_prob))), ctx.const(p.q))
     if p.k is not None:
-        value = op.min([value, ctx.const((1 - p.k**p.q) / p.q)])
+        value = op.clip(value, None, ctx.const((1 - p.k**p.q) / p.q))
     return LossTerm(value)
 
 
@@ -337,7 +337,7 @@ def _stablemax_ce(ctx: GraphContext, p: StablemaxCe) -> LossTerm:
     one = ctx.const(1.0)
     positive = op.greater_or_equal(z, ctx.const(0.0))
     log_s = op.where(
-        positive, op.log(op.add(one, op.relu(z))), op.neg(op.log(op.sub(one, op.min([z, ctx.const(0.0)]))))
+        positive, op.log(op.add(one, op.relu(z))), op.neg(op.log(op.sub(one, op.clip(z, None, ctx.const(0.0)))))
     )
     lse = op.reduce_log_sum_exp(log_s, ctx.ints(-1), keepdims=0)
     return LossTerm(op.sub(lse, ctx.at_label(log_s)))

@@ -109,7 +109,7 @@ def _finalize_mean(state: State, spec: TermSpec) -> float:
 def _uniform_bin_index(ctx: GraphContext, p: Var, bins: int) -> Var:
     """min(floor(p·B), B − 1) computed in float64 so that float32 rounding cannot move a row across an edge."""
     scaled = op.floor(op.mul(ctx.f64(p), scalar(bins, np.float64)))
-    return op.min([op.cast(scaled, to=np.int64), scalar(bins - 1, np.int64)])
+    return op.clip(op.cast(scaled, to=np.int64), None, scalar(bins - 1, np.int64))
 
 
 def _scatter_sum(zeros: Var, index: Var, values: Var) -> Var:

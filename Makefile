@@ -35,7 +35,11 @@ lint: dev
 	$(BIN)/ruff format --check app tests bench migrations
 	$(BIN)/mypy
 
-bench: dev
+$(VENV)/.installed-bench: pyproject.toml | $(VENV)/.installed-dev
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.evaluate
 	$(BIN)/python -m bench.http
 

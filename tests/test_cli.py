@@ -21,7 +21,8 @@ CALIPER = [sys.executable, "-m", "app.cli"]
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env.update(CALIPER_DATABASE_URL=f"sqlite:///{tmp_path / 'cli.db'}", **extra)
+    # A folder that does not exist yet, as ./var on a fresh clone.
+    env.update(CALIPER_DATABASE_URL=f"sqlite:///{tmp_path / 'var' / 'cli.db'}", **extra)
     return env
 
 

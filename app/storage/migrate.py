@@ -9,6 +9,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 from app.config import Settings
+from app.storage.db import ensure_sqlite_directory
 
 
 def alembic_config(settings: Settings) -> Config:
@@ -19,6 +20,7 @@ def alembic_config(settings: Settings) -> Config:
 
 
 def upgrade(settings: Settings, revision: str = "head") -> None:
+    ensure_sqlite_directory(settings.database_url)
     command.upgrade(alembic_config(settings), revision)
 
 

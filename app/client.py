@@ -6,6 +6,7 @@ Tensors go as base64 tensor objects inside JSON while the request is small, and 
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -70,24 +71,76 @@ class CaliperClient:
     def delete_evaluation(self, evaluation_id: str) -> None:
         self._check(self.http.delete(f"/v1/evaluations/{evaluation_id}"))
 
+    # ---- calibrators ------------------------------------------------------------------------------
+    def fit_calibrator(self, method: str, *, logits: np.ndarray, labels: np.ndarray, **options: Any) -> dict[str, Any]:
+        """POST /v1/calibrators; `validation=(logits, labels)` is sent as the held-out split."""
+        tensors = {"logits": np.asarray(logits), "labels": np.asarray(labels)}
+        validation = options.pop("validation", None)
+        if validation is not None:
+            tensors["validation.logits"], tensors["validation.labels"] = map(np.asarray, validation)
+        return self._post_tensors("/v1/calibrators", {"method": method, **options}, tensors)
+
+    def apply_calibrator(self, calibrator_id: str, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities, fetched as .npz (dtype kept)."""
+        tensors = {"logits": np.asarray(logits)}
+        response = self._send(f"/v1/calibrators/{calibrator_id}/apply", {}, tensors, {"accept": "application/x-npz"})
+        self._raise_for_problem(response)
+        probabilities: np.ndarray = np.load(io.BytesIO(response.content), allow_pickle=False)["probabilities"]
+        return probabilities
+
+    def export_calibrator(self, calibrator_id: str, dtype: str = "float32") -> bytes:
+        """The calibrator as ONNX model bytes (input `logits`, output `probabilities`)."""
+        response = self.http.get(f"/v1/calibrators/{calibrator_id}/onnx", params={"dtype": dtype})
+        self._raise_for_problem(response)
+        return response.content
+
+    def get_calibrator(self, calibrator_id: str) -> dict[str, Any]:
+        return self._check(self.http.get(f"/v1/calibrators/{calibrator_id}"))
+
+    def list_calibrators(self, **filters: Any) -> dict[str, Any]:
+        return self._check(self.http.get("/v1/calibrators", params={k: v for k, v in filters.items() if v is not None}))
+
+    def delete_calibrator(self, calibrator_id: str) -> None:
+        self._check(self.http.delete(f"/v1/calibrators/{calibrator_id}"))
+
     # ---- transport -------------------------------------------------------------------------------
     def _post_tensors(self, path: str, body: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        return self._check(self._send(path, body, tensors))
+
+    def _send(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        tensors: Mapping[str, np.ndarray],
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """JSON with base64 tensors (nested under dotted names) when small, multipart .npy parts otherwise."""
         size = sum(t.nbytes for t in tensors.values())
         if size <= self.multipart_threshold:
-            payload = {**body, **{k: encode_tensor_object(_wire(v)) for k, v in tensors.items()}}
-            return self._check(self.http.post(path, json=payload))
+            payload: dict[str, Any] = dict(body)
+            for name, value in tensors.items():
+                *parents, leaf = name.split(".")
+                node = payload
+                for key in parents:
+                    node = node.setdefault(key, {})
+                node[leaf] = encode_tensor_object(_wire(value))
+            return self.http.post(path, json=payload, headers=headers)
         files: dict[str, Any] = {"request": ("request.json", json.dumps(body).encode(), "application/json")}
         files.update({k: (f"{k}.npy", encode_npy(_wire(v)), "application/octet-stream") for k, v in tensors.items()})
-        return self._check(self.http.post(path, files=files))
+        return self.http.post(path, files=files, headers=headers)
 
     @staticmethod
-    def _check(response: httpx.Response) -> dict[str, Any]:
+    def _raise_for_problem(response: httpx.Response) -> None:
         if response.status_code >= 400:
             try:
                 problem = response.json()
             except ValueError:
                 problem = {"detail": response.text}
             raise CaliperError(response.status_code, problem)
+
+    def _check(self, response: httpx.Response) -> dict[str, Any]:
+        """The JSON body of a success; a problem raises CaliperError."""
+        self._raise_for_problem(response)
         if response.status_code == 204 or not response.content:
             return {}
         result: dict[str, Any] = response.json()

@@ -16,6 +16,30 @@ from app.core.errors import InputError
 from app.tensors import decode_json_tensor, decode_npy
 
 
+def tensor_request_body(schema: str, tensor_fields: Iterable[str]) -> dict[str, Any]:
+    """OpenAPI requestBody for a route that parses its body by hand: JSON per `schema`, or multipart with
+    a `request` part and one .npy part per tensor field."""
+    multipart = {
+        "type": "object",
+        "properties": {
+            "request": {"type": "string", "description": "The JSON body without its tensors."},
+            **{
+                name: {"type": "string", "format": "binary", "description": f"{name} as .npy"} for name in tensor_fields
+            },
+        },
+        "required": ["request"],
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}},
+                "multipart/form-data": {"schema": multipart},
+            },
+        }
+    }
+
+
 async def read_tensor_body(
     request: Request, tensor_fields: Iterable[str], integer_fields: frozenset[str]
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -25,12 +49,7 @@ async def read_tensor_body(
     media_type = content_type.split(";")[0].strip().lower()
     if media_type == "application/json":
         body = _parse_json(await request.body())
-        arrays = {
-            name: decode_json_tensor(name, body.pop(name), name in integer_fields)
-            for name in list(body)
-            if name in fields and body[name] is not None
-        }
-        return body, arrays
+        return body, _pop_tensors(body, fields, integer_fields)
     if media_type == "multipart/form-data":
         options: dict[str, Any] = {}
         arrays = {}
@@ -43,15 +62,27 @@ async def read_tensor_body(
                 arrays[part.name] = decode_npy(part.name, part.data)
             else:
                 raise InputError(part.name, f"unknown multipart part (expected 'request' or one of {sorted(fields)})")
-        for name in fields & set(options):
+        for name, array in _pop_tensors(options, fields, integer_fields).items():
             if name in arrays:
                 raise InputError(name, "given both as a part and inside 'request'")
-            if options[name] is not None:
-                arrays[name] = decode_json_tensor(name, options.pop(name), name in integer_fields)
+            arrays[name] = array
         return options, arrays
     raise ProblemError(
         415, f"unsupported content type {media_type or '(none)'!r}: send application/json or multipart/form-data"
     )
+
+
+def _pop_tensors(body: dict[str, Any], fields: set[str], integer_fields: frozenset[str]) -> dict[str, np.ndarray]:
+    """Take the tensor fields (dotted paths for nested ones, e.g. `validation.logits`) out of a JSON body."""
+    arrays = {}
+    for path in fields:
+        *parents, leaf = path.split(".")
+        node: Any = body
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(leaf) is not None:
+            arrays[path] = decode_json_tensor(path, node.pop(leaf), path in integer_fields)
+    return arrays
 
 
 def _parse_json(raw: bytes | str) -> dict[str, Any]:

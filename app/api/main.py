@@ -13,7 +13,8 @@ from app import __version__
 from app.api.deps import Resources
 from app.api.limits import BodySizeLimit
 from app.api.problems import install_problem_handlers
-from app.api.routes import evaluations, health
+from app.api.routes import calibrators, evaluations, health
+from app.calibration.schemas import ApplyRequest, CalibratorRequest
 from app.config import Settings, get_settings
 from app.evaluation.schemas import EvaluationRequest
 
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     app.include_router(health.router)
     app.include_router(evaluations.router)
+    app.include_router(calibrators.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 
     def openapi() -> dict[str, Any]:
@@ -44,9 +46,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            request_schema = EvaluationRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(request_schema.pop("$defs", {}))
-            components["EvaluationRequest"] = request_schema
+            for model in (EvaluationRequest, CalibratorRequest, ApplyRequest):
+                request_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(request_schema.pop("$defs", {}))
+                components[model.__name__] = request_schema
             app.openapi_schema = schema
         return app.openapi_schema
 

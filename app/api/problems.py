@@ -29,6 +29,19 @@ TITLES = {
 }
 
 
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"description": text, "content": {PROBLEM_JSON: {}}}
+    for code, text in {
+        400: "Malformed JSON or multipart body.",
+        404: "Unknown id.",
+        413: "Body over CALIPER_MAX_BODY_BYTES.",
+        415: "Not JSON or multipart.",
+        422: "Bad tensors or parameters (the message names the field).",
+        503: "Database down; nothing stored.",
+    }.items()
+}
+
+
 class ProblemError(Exception):
     """Raise anywhere in a request to answer with a problem body."""
 

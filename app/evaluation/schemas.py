@@ -59,6 +59,9 @@ class EvaluationRequest(BaseModel):
         default_factory=dict
     )
     store: bool = Field(True, description="false: compute and answer without writing (the response id is null).")
+    calibrator_id: str | None = Field(
+        None, description="Evaluate the probabilities of this stored calibrator applied to `logits`."
+    )
 
     _normalise_losses = field_validator("losses", "metrics", mode="before")(_named)
 
@@ -92,6 +95,7 @@ class EvaluationOut(BaseModel):
     )
     metrics: dict[str, float | None]
     reliability: Reliability
+    calibrator_id: str | None = Field(None, description="The calibrator applied before evaluating, if any.")
     per_sample: dict[str, list[float | None]] | None = None
 
 

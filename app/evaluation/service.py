@@ -132,6 +132,7 @@ def store(computed: ComputedEvaluation, sessions: sessionmaker[Session]) -> str:
             "weighted": batch.sample_weight is not None,
         },
         reliability=computed.result.reliability,
+        calibrator_id=request.calibrator_id,
     )
     arrays = _row_arrays(batch, plan, computed.per_row)
     with sessions.begin() as session:
@@ -156,6 +157,7 @@ def evaluation_out(computed: ComputedEvaluation, record_id: str | None) -> Evalu
         losses=computed.losses,
         metrics=computed.metrics,
         reliability=Reliability.model_validate({"bins": computed.result.reliability}),
+        calibrator_id=request.calibrator_id,
         per_sample=per_sample,
     )
 
@@ -188,5 +190,6 @@ def stored_evaluation_out(record: Evaluation, per_sample: dict[str, np.ndarray] 
         losses={v.name: v.value for v in record.values if v.kind == "loss"},
         metrics={v.name: v.value for v in record.values if v.kind == "metric"},
         reliability=Reliability.model_validate({"bins": record.reliability}),
+        calibrator_id=record.calibrator_id,
         per_sample={k: row_values(v) for k, v in per_sample.items()} if per_sample is not None else None,
     )

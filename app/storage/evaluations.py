@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
-from datetime import datetime
 
 import numpy as np
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app.storage.blobs import decode_array, encode_array
 from app.storage.models import Evaluation, EvaluationArray, EvaluationTag, MetricValue
+from app.storage.pagination import page
 
 
 @dataclass(frozen=True)
@@ -20,10 +18,6 @@ class EvaluationFilter:
     model: str | None = None
     dataset: str | None = None
     tags: tuple[tuple[str, str], ...] = ()
-
-
-class InvalidCursorError(ValueError):
-    pass
 
 
 def add_evaluation(
@@ -55,20 +49,6 @@ def load_arrays(session: Session, evaluation_id: str, names: list[str] | None = 
     return {row.name: decode_array(row.data) for row in session.scalars(query)}
 
 
-def encode_cursor(record: Evaluation) -> str:
-    raw = f"{record.created_at.isoformat()}|{record.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, record_id = raw.split("|", 1)
-        return datetime.fromisoformat(stamp), record_id
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidCursorError("cursor is not one this service issued") from exc
-
-
 def list_evaluations(
     session: Session, filters: EvaluationFilter, limit: int, cursor: str | None
 ) -> tuple[list[Evaluation], str | None]:
@@ -81,14 +61,7 @@ def list_evaluations(
     for key, value in filters.tags:
         tagged = select(EvaluationTag.evaluation_id).where(EvaluationTag.key == key, EvaluationTag.value == value)
         query = query.where(Evaluation.id.in_(tagged))
-    if cursor is not None:
-        stamp, record_id = _decode_cursor(cursor)
-        query = query.where(
-            or_(Evaluation.created_at < stamp, and_(Evaluation.created_at == stamp, Evaluation.id < record_id))
-        )
-    rows = list(session.scalars(query.order_by(Evaluation.created_at.desc(), Evaluation.id.desc()).limit(limit + 1)))
-    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
-    return rows[:limit], next_cursor
+    return page(session, query, Evaluation, limit, cursor)
 
 
 def delete_evaluation(session: Session, evaluation_id: str) -> bool:

@@ -34,6 +34,7 @@ class Evaluation(Base):
     dataset_fingerprint: Mapped[str] = mapped_column(String(64), index=True)
     parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
     reliability: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    calibrator_id: Mapped[str | None] = mapped_column(String(32), index=True)  # evaluated after this calibrator
 
     tags: Mapped[list[EvaluationTag]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True, lazy="selectin"
@@ -76,3 +77,22 @@ class EvaluationArray(Base):
     evaluation_id: Mapped[str] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), primary_key=True)
     name: Mapped[str] = mapped_column(String(80), primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class CalibratorRecord(Base):
+    """A fitted calibrator: method, hyper-parameters, fitted parameters (api.md names) and fit report."""
+
+    __tablename__ = "calibrators"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime())  # naive UTC
+    method: Mapped[str] = mapped_column(String(32), index=True)
+    classes: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str | None] = mapped_column(String(256), index=True)
+    dataset: Mapped[str | None] = mapped_column(String(256), index=True)
+    tags: Mapped[dict[str, str]] = mapped_column(JSON)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    fitted: Mapped[dict[str, Any]] = mapped_column(JSON)
+    fit_report: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+    __table_args__ = (Index("ix_calibrators_created_at_id", "created_at", "id"),)

@@ -2,48 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from app.api.bodies import read_tensor_body
+from app.api.bodies import read_tensor_body, tensor_request_body
 from app.api.deps import Resources, get_resources, resources_of
-from app.api.problems import ProblemError
+from app.api.problems import PROBLEM_RESPONSES, ProblemError
+from app.api.routes.calibrators import load_record
+from app.calibration.service import calibrated_inputs
 from app.evaluation.schemas import INTEGER_FIELDS, TENSOR_FIELDS, EvaluationList, EvaluationOut, EvaluationRequest
 from app.evaluation.service import compute, evaluation_out, store, stored_evaluation_out
 from app.storage.evaluations import (
     EvaluationFilter,
-    InvalidCursorError,
     delete_evaluation,
     get_evaluation,
     list_evaluations,
     load_arrays,
 )
+from app.storage.pagination import InvalidCursorError
 
 router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"])
 INLINE_COMPUTE_BYTES = 64 * 1024  # requests this small are computed on the event loop
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
-
-_REQUEST_REF = {"$ref": "#/components/schemas/EvaluationRequest"}
-_MULTIPART_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "request": {"type": "string", "description": "The JSON body without its tensors."},
-        **{name: {"type": "string", "format": "binary", "description": f"{name} as .npy"} for name in TENSOR_FIELDS},
-    },
-    "required": ["request"],
-}
-_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    code: {"description": text, "content": {"application/problem+json": {}}}
-    for code, text in {
-        400: "Malformed JSON.",
-        413: "Body over CALIPER_MAX_BODY_BYTES.",
-        415: "Not JSON or multipart.",
-        422: "Bad tensors or parameters (the message names the field).",
-        503: "Database down; nothing stored.",
-    }.items()
-}
 
 
 @router.post(
@@ -52,21 +34,16 @@ _PROBLEMS: dict[int | str, dict[str, Any]] = {
     response_model=EvaluationOut,
     response_model_exclude_none=False,
     summary="Compute losses and metrics of predictions, and store them",
-    responses=_PROBLEMS,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": _REQUEST_REF},
-                "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
-            },
-        }
-    },
+    responses=PROBLEM_RESPONSES,
+    openapi_extra=tensor_request_body("EvaluationRequest", TENSOR_FIELDS),
 )
 async def create_evaluation(request: Request) -> Response:
     resources = resources_of(request)  # no Depends on the hot path: dependency solving costs ~0.2 ms
     options, arrays = await read_tensor_body(request, TENSOR_FIELDS, INTEGER_FIELDS)
     body = EvaluationRequest.model_validate(options)
+    if body.calibrator_id is not None:
+        record = await run_in_threadpool(load_record, resources, body.calibrator_id)
+        arrays = await run_in_threadpool(calibrated_inputs, record, arrays, resources.cache)
     settings = resources.settings
     args = (body, arrays, resources.cache, settings.chunk_size, settings.chunk_bytes)
     if sum(a.nbytes for a in arrays.values()) <= INLINE_COMPUTE_BYTES:
@@ -80,7 +57,7 @@ async def create_evaluation(request: Request) -> Response:
     )
 
 
-@router.get("", response_model=EvaluationList, summary="List evaluations, newest first", responses=_PROBLEMS)
+@router.get("", response_model=EvaluationList, summary="List evaluations, newest first", responses=PROBLEM_RESPONSES)
 def list_(
     resources: ResourcesDep,
     model: str | None = None,
@@ -105,7 +82,9 @@ def list_(
         return EvaluationList(items=[stored_evaluation_out(r) for r in rows], next_cursor=next_cursor)
 
 
-@router.get("/{evaluation_id}", response_model=EvaluationOut, summary="One stored evaluation", responses=_PROBLEMS)
+@router.get(
+    "/{evaluation_id}", response_model=EvaluationOut, summary="One stored evaluation", responses=PROBLEM_RESPONSES
+)
 def get(
     evaluation_id: str,
     resources: ResourcesDep,
@@ -125,7 +104,9 @@ def get(
         return stored_evaluation_out(record, rows)
 
 
-@router.delete("/{evaluation_id}", status_code=204, summary="Delete an evaluation and its arrays", responses=_PROBLEMS)
+@router.delete(
+    "/{evaluation_id}", status_code=204, summary="Delete an evaluation and its arrays", responses=PROBLEM_RESPONSES
+)
 def delete(evaluation_id: str, resources: ResourcesDep) -> Response:
     with resources.sessions.begin() as session:
         if not delete_evaluation(session, evaluation_id):

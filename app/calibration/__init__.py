@@ -1,0 +1,1 @@
+"""Calibration: fit, store, apply and export calibrators."""

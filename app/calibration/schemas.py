@@ -1,0 +1,76 @@
+"""Request and response bodies of /v1/calibrators (api.md, "Calibrators")."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.core.calibration.registry import METHODS
+from app.evaluation.schemas import Tensor
+
+if TYPE_CHECKING:
+    MethodName = str
+else:
+    MethodName = Literal[tuple(METHODS)]
+FIT_TENSORS = ("logits", "labels", "validation.logits", "validation.labels")
+INTEGER_TENSORS = frozenset({"labels", "validation.labels"})
+
+
+class Split(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    logits: Tensor = Field(None, description="[N, C] logits.")
+    labels: Tensor = Field(None, description="[N] integer labels.")
+
+
+class CalibratorRequest(BaseModel):
+    """Fit a calibrator on (logits, labels). Binary methods (platt, beta) calibrate p_1 when C = 2 and the
+    top-label confidence otherwise (the other classes then share 1 − s′ in proportion). Isotonic and
+    histogram binning are one-vs-rest, rows renormalised (a row mapped to all zeros becomes uniform).
+    Histogram bins use numpy linspace edges, [e_k, e_{k+1}) with the last bin closed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: MethodName
+    logits: Tensor = Field(None, description="[N, C] logits ([N, V, C] views: not accepted yet).")
+    labels: Tensor = Field(None, description="[N] integer labels in [0, C).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Hyper-parameters of the method.")
+    validation: Split | None = Field(None, description="Held-out split reported before/after, not fitted on.")
+    cv: int | None = Field(None, ge=2, le=20, description="k-fold cross-validation of the fit (pooled out-of-fold).")
+    model: str | None = Field(None, max_length=256)
+    dataset: str | None = Field(None, max_length=256)
+    tags: dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=512)]] = Field(
+        default_factory=dict
+    )
+
+
+class CalibratorOut(BaseModel):
+    id: str
+    created_at: str
+    method: str
+    classes: int
+    params: dict[str, Any]
+    fitted: dict[str, Any] = Field(description="Learned parameters under api.md's stable names.")
+    fit_report: dict[str, Any] = Field(
+        description="before/after NLL, ECE and Brier on the fit data; `validation` and `cv` when asked; "
+        "`fit_info`: iterations, final gradient, whether a bound was hit."
+    )
+    model: str | None
+    dataset: str | None
+    tags: dict[str, str]
+
+
+class CalibratorList(BaseModel):
+    items: list[CalibratorOut]
+    next_cursor: str | None
+
+
+class ApplyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    logits: Tensor = Field(None, description="[N, C] logits, C as at fit time.")
+
+
+class ApplyOut(BaseModel):
+    probabilities: list[list[float]]

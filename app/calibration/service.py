@@ -1,0 +1,197 @@
+"""Calibration use cases: fit (with its report), store, restore and apply."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.calibration.schemas import CalibratorOut, CalibratorRequest
+from app.core.calibration.fitters import Calibrator
+from app.core.calibration.registry import METHODS, restore
+from app.core.errors import InputError
+from app.core.evaluation import EvaluationPlan, Evaluator, validate_batch
+from app.core.metrics import BrierMetric, Ece, NllMetric
+from app.core.runtime import SessionCache
+from app.evaluation.service import rfc3339
+from app.storage.models import CalibratorRecord
+
+REPORT_METRICS = (NllMetric(name="nll"), Ece(name="ece"), BrierMetric(name="brier"))
+CV_SEED = 0
+
+
+def report_metrics(
+    labels: np.ndarray,
+    cache: SessionCache,
+    *,
+    logits: np.ndarray | None = None,
+    probabilities: np.ndarray | None = None,
+) -> dict[str, float]:
+    """NLL, ECE (15 uniform bins) and Brier of logits or of calibrated probabilities."""
+    batch = validate_batch(logits=logits, probabilities=probabilities, labels=labels)
+    evaluator = Evaluator(EvaluationPlan(batch.layout, (), REPORT_METRICS), cache)
+    state, _ = evaluator.run(batch, 65_536, 8 << 20)
+    return evaluator.finalize(state, batch.classes).metrics
+
+
+def _check_fit_data(method: str, logits: np.ndarray, labels: np.ndarray) -> None:
+    n, c = logits.shape
+    needed = METHODS[method].parameter_count(c)
+    if n < needed:
+        raise InputError(
+            "logits", f"{method} has {needed} parameters for C = {c} classes; it needs at least {needed} rows, got {n}"
+        )
+    present = np.unique(labels).size
+    if present < 2:
+        raise InputError("labels", f"{method} needs at least 2 distinct classes in the labels, got {present}")
+    if method in ("platt", "beta") and c > 2:
+        correct = int(np.sum(np.argmax(logits, axis=1) == labels))
+        if correct in (0, n):
+            raise InputError(
+                "labels",
+                f"{method} calibrates the top-label confidence for C > 2 and needs both "
+                f"right and wrong predictions; all {n} rows are {'right' if correct else 'wrong'}",
+            )
+
+
+def _params(request: CalibratorRequest) -> Any:
+    try:
+        return METHODS[request.method].params.model_validate(request.params)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InputError(f"params.{where}" if where else "params", first["msg"]) from exc
+
+
+def _split(arrays: dict[str, np.ndarray], prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    logits, labels = arrays.get(f"{prefix}logits"), arrays.get(f"{prefix}labels")
+    name = prefix or ""
+    if logits is None or labels is None:
+        raise InputError(f"{name}logits", f"'{name}logits' and '{name}labels' are both required")
+    if logits.ndim == 3:
+        raise InputError(
+            f"{name}logits",
+            "[N, V, C] views are not accepted yet (temperature_ca fits one global "
+            "temperature on [N, C]); send the original view as [N, C]",
+        )
+    batch = validate_batch(logits=logits, labels=labels)
+    assert batch.labels is not None
+    return batch.scores, batch.labels
+
+
+def fit(
+    request: CalibratorRequest, arrays: dict[str, np.ndarray], cache: SessionCache
+) -> tuple[Calibrator, dict[str, Any], dict[str, Any], int]:
+    """Fit, then report before/after on the fit data, a validation split and k-fold CV when asked."""
+    params = _params(request)
+    logits, labels = _split(arrays, "")
+    _check_fit_data(request.method, logits, labels)
+    classes = logits.shape[1]
+    method = METHODS[request.method]
+    calibrator = method.create(params, cache).fit(logits, labels)
+    report: dict[str, Any] = {
+        "before": report_metrics(labels, cache, logits=logits),
+        "after": report_metrics(labels, cache, probabilities=calibrator.transform(logits)),
+        "fit_info": calibrator.fit_info_,
+    }
+    if "validation.logits" in arrays or "validation.labels" in arrays:
+        v_logits, v_labels = _split(arrays, "validation.")
+        if v_logits.shape[1] != classes:
+            raise InputError("validation.logits", f"has C = {v_logits.shape[1]} classes; the fit data has {classes}")
+        report["validation"] = {
+            "before": report_metrics(v_labels, cache, logits=v_logits),
+            "after": report_metrics(v_labels, cache, probabilities=calibrator.transform(v_logits)),
+        }
+    if request.cv is not None:
+        report["cv"] = cross_validate(request.method, params, logits, labels, request.cv, cache)
+    return calibrator, params.model_dump(), report, classes
+
+
+def cross_validate(
+    method: str, params: Any, logits: np.ndarray, labels: np.ndarray, folds: int, cache: SessionCache
+) -> dict[str, Any]:
+    """k folds of a seeded permutation; each fold calibrated by a fit on the others; metrics of the
+    pooled out-of-fold probabilities against the uncalibrated logits on the same rows."""
+    if len(labels) < 2 * folds:
+        raise InputError("cv", f"{folds}-fold cross-validation needs at least {2 * folds} rows, got {len(labels)}")
+    order = np.random.default_rng(CV_SEED).permutation(len(labels))
+    pooled = np.empty(logits.shape, dtype=logits.dtype)
+    for held_out in np.array_split(order, folds):
+        train = np.setdiff1d(order, held_out, assume_unique=True)
+        _check_fit_data(method, logits[train], labels[train])
+        fold = METHODS[method].create(params, cache).fit(logits[train], labels[train])
+        pooled[held_out] = fold.transform(logits[held_out])
+    return {
+        "folds": folds,
+        "seed": CV_SEED,
+        "before": report_metrics(labels, cache, logits=logits),
+        "after": report_metrics(labels, cache, probabilities=pooled),
+    }
+
+
+def store(
+    request: CalibratorRequest,
+    calibrator: Calibrator,
+    params: dict[str, Any],
+    report: dict[str, Any],
+    classes: int,
+    sessions: sessionmaker[Session],
+) -> CalibratorRecord:
+    record = CalibratorRecord(
+        id=uuid.uuid4().hex,
+        created_at=datetime.now(UTC).replace(tzinfo=None),
+        method=request.method,
+        classes=classes,
+        model=request.model,
+        dataset=request.dataset,
+        tags=request.tags,
+        params=params,
+        fitted=calibrator.fitted(),
+        fit_report=report,
+    )
+    with sessions.begin() as session:
+        session.add(record)
+    return record
+
+
+def calibrator_out(record: CalibratorRecord) -> CalibratorOut:
+    return CalibratorOut(
+        id=record.id,
+        created_at=rfc3339(record.created_at),
+        method=record.method,
+        classes=record.classes,
+        params=record.params,
+        fitted=record.fitted,
+        fit_report=record.fit_report,
+        model=record.model,
+        dataset=record.dataset,
+        tags=record.tags,
+    )
+
+
+def restored(record: CalibratorRecord, cache: SessionCache) -> Calibrator:
+    return restore(record.method, record.params, record.fitted, cache)
+
+
+def apply(record: CalibratorRecord, logits: np.ndarray, cache: SessionCache) -> np.ndarray:
+    """Calibrated probabilities of logits with the calibrator's class count (422 names both counts)."""
+    if logits.ndim == 2 and logits.shape[1] != record.classes:
+        raise InputError(
+            "logits", f"has C = {logits.shape[1]} classes; calibrator {record.id} was fitted on C = {record.classes}"
+        )
+    batch = validate_batch(logits=logits, labels=np.zeros(len(logits), dtype=np.int64))
+    return restored(record, cache).transform(batch.scores)
+
+
+def calibrated_inputs(
+    record: CalibratorRecord, arrays: dict[str, np.ndarray], cache: SessionCache
+) -> dict[str, np.ndarray]:
+    """An evaluation's inputs with `logits` replaced by this calibrator's probabilities."""
+    if "logits" not in arrays:
+        raise InputError("logits", "calibrator_id needs 'logits' (a calibrator maps logits to probabilities)")
+    rest = {k: v for k, v in arrays.items() if k != "logits"}
+    return rest | {"probabilities": apply(record, arrays["logits"], cache)}

@@ -1,0 +1,443 @@
+"""Calibrator fitters. Each has the scikit-learn shape: hyper-parameters in the constructor, `fit`
+sets trailing-underscore fitted state (and `fit_info_`: iterations, final gradient, bound hit),
+`transform` maps logits to probabilities with the ONNX apply graph, `apply_graph` is that graph.
+Losses and gradients are computed by ONNX objective graphs (`objectives.py`); scipy drives them."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+import onnx
+from scipy.optimize import isotonic_regression, minimize, minimize_scalar
+
+from app.core.calibration import apply, objectives
+from app.core.errors import InputError
+from app.core.graphrun import mapped, summed
+from app.core.runtime import SessionCache
+
+
+class Calibrator(ABC):
+    method: ClassVar[str]
+
+    def __init__(self, cache: SessionCache | None = None) -> None:
+        self.cache = cache
+        self.fit_info_: dict[str, Any] = {}
+
+    @abstractmethod
+    def fit(self, logits: np.ndarray, labels: np.ndarray) -> Calibrator: ...
+
+    @abstractmethod
+    def apply_graph(self, dtype: np.dtype) -> onnx.ModelProto: ...
+
+    @abstractmethod
+    def fitted(self) -> dict[str, Any]:
+        """The learned parameters under api.md's stable names (JSON-ready)."""
+
+    @abstractmethod
+    def load(self, fitted: dict[str, Any]) -> Calibrator:
+        """Restore fitted state from `fitted()` output."""
+
+    def signature(self, dtype: np.dtype) -> str:
+        return f"calibrator:{self.method}:{dtype}:{sorted(self.fitted().items())!r}"
+
+    def transform(self, logits: np.ndarray) -> np.ndarray:
+        dtype = logits.dtype
+        return mapped(self.signature(dtype), lambda: self.apply_graph(dtype), {"logits": logits}, self.cache)
+
+
+def _need_classes(labels: np.ndarray, minimum: int, method: str) -> None:
+    present = np.unique(labels).size
+    if present < minimum:
+        raise InputError("labels", f"{method} needs at least {minimum} distinct classes in the labels, got {present}")
+
+
+class TemperatureScaling(Calibrator):
+    """One temperature minimizing NLL: safeguarded Newton on β = 1/T (NLL is convex in β, spec §3.1)
+    inside the bracket given by `bounds` on T, with NLL, gradient and curvature from ONNX."""
+
+    method = "temperature"
+
+    def __init__(self, bounds: tuple[float, float] = (0.05, 20.0), cache: SessionCache | None = None) -> None:
+        super().__init__(cache)
+        self.bounds = bounds
+
+    def fit(self, logits: np.ndarray, labels: np.ndarray) -> TemperatureScaling:
+        dtype = logits.dtype
+        n = len(labels)
+        lo, hi = 1.0 / self.bounds[1], 1.0 / self.bounds[0]
+
+        def derivatives(beta: float) -> tuple[float, float, float]:
+            out = summed(
+                f"objective:temperature:{dtype}",
+                lambda: objectives.temperature_objective(dtype),
+                {"logits": logits, "labels": labels},
+                {"beta": np.asarray(beta, dtype)},
+                self.cache,
+            )
+            return float(out["nll"]) / n, float(out["grad"]) / n, float(out["hess"]) / n
+
+        beta = min(max(1.0, lo), hi)
+        iterations = 0
+        while iterations < 100:
+            iterations += 1
+            nll, grad, hess = derivatives(beta)
+            if hess <= 1e-14:  # flat: every row saturated (NLL → 0 as β grows) or all logits tied (T moot)
+                if nll > 1e-12:
+                    break
+                lo = beta
+                beta = 0.5 * (lo + hi) if hi - lo > 1e-12 * hi else hi
+                if beta == hi:
+                    break
+                continue
+            if grad > 0:
+                hi = beta
+            else:
+                lo = beta
+            step = beta - grad / hess
+            if not lo <= step <= hi:
+                step = 0.5 * (lo + hi)
+            if abs(step - beta) <= 1e-13 * beta or hi - lo <= 1e-15 * hi:
+                beta = step
+                break
+            beta = step
+        nll, grad, _ = derivatives(beta)
+        t_min, t_max = self.bounds
+        self.temperature_ = 1.0 / beta
+        at_bound = np.isclose(self.temperature_, t_min, rtol=1e-9) or np.isclose(self.temperature_, t_max, rtol=1e-9)
+        self.fit_info_ = {"iterations": iterations, "gradient": grad, "nll": nll, "bound_hit": bool(at_bound)}
+        return self
+
+    def apply_graph(self, dtype: np.dtype) -> onnx.ModelProto:
+        return apply.temperature_graph(self.temperature_, dtype)
+
+    def fitted(self) -> dict[str, Any]:
+        return {"temperature": self.temperature_}
+
+    def load(self, fitted: dict[str, Any]) -> TemperatureScaling:
+        self.temperature_ = float(fitted["temperature"])
+        return self
+
+
+class CorrectnessAwareTemperature(TemperatureScaling):
+    """One temperature minimizing the class-balanced correctness-aware loss of Liu et al. 2024 (spec §3.6):
+    the top-1 confidence is pushed to 1 on rows the uncalibrated model gets right and to 0 on the others.
+    The loss is not convex in T: a grid of 61 points on log T over `bounds`, then bounded Brent."""
+
+    method = "temperature_ca"
+
+    def __init__(self, bounds: tuple[float, float] = (0.1, 10.0), cache: SessionCache | None = None) -> None:
+        super().__init__(bounds, cache)
+
+    def loss(self, logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+        dtype = logits.dtype
+        out = summed(
+            f"objective:ca:{dtype}",
+            lambda: objectives.correctness_aware_objective(dtype),
+            {"logits": logits, "labels": labels},
+            {"temperature": np.asarray(temperature, dtype)},
+            self.cache,
+        )
+        n_right, n_wrong = float(out["n_right"]), float(out["n_wrong"])
+        accuracy = n_right / (n_right + n_wrong)
+        weight = (1 - accuracy) * n_right + accuracy * n_wrong
+        if weight == 0:  # all right or all wrong: plain mean squared error
+            return (float(out["sq_right"]) + float(out["sq_wrong"])) / (n_right + n_wrong)
+        return ((1 - accuracy) * float(out["sq_right"]) + accuracy * float(out["sq_wrong"])) / weight
+
+    def fit(self, logits: np.ndarray, labels: np.ndarray) -> CorrectnessAwareTemperature:
+        log_lo, log_hi = np.log(self.bounds[0]), np.log(self.bounds[1])
+        grid = np.linspace(log_lo, log_hi, 61)
+        values = [self.loss(logits, labels, float(np.exp(t))) for t in grid]
+        best = int(np.argmin(values))
+        a, b = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+        result = minimize_scalar(
+            lambda t: self.loss(logits, labels, float(np.exp(t))),
+            bounds=(a, b),
+            method="bounded",
+            options={"xatol": 1e-12},
+        )
+        self.temperature_ = float(np.exp(result.x))
+        at_bound = bool(np.isclose(result.x, log_lo) or np.isclose(result.x, log_hi))
+        self.fit_info_ = {
+            "iterations": int(result.nfev) + len(grid),
+            "ca_loss": float(result.fun),
+            "bound_hit": at_bound,
+        }
+        return self
+
+
+class AffineScaling(Calibrator):
+    """Vector scaling softmax(w ⊙ z + b), matrix scaling softmax(z Wᵀ + b) (Guo et al. 2017) and
+    Dirichlet calibration softmax(log_softmax(z) Wᵀ + b) (Kull et al. 2019), fitted by L-BFGS-B on the
+    mean NLL plus the ODIR penalty λ Σ_{i≠j} W_ij²/(C(C−1)) + μ Σ_j b_j²/C (matrix/Dirichlet)."""
+
+    def __init__(
+        self,
+        kind: str,
+        on_log_probs: bool,
+        reg_lambda: float = 0.0,
+        reg_mu: float = 0.0,
+        cache: SessionCache | None = None,
+    ) -> None:
+        super().__init__(cache)
+        self.kind, self.on_log_probs = kind, on_log_probs
+        self.method = "vector_scaling" if kind == "vector" else ("dirichlet" if on_log_probs else "matrix_scaling")  # type: ignore[misc]
+        self.reg_lambda, self.reg_mu = reg_lambda, reg_mu
+
+    def fit(self, logits: np.ndarray, labels: np.ndarray) -> AffineScaling:
+        dtype = logits.dtype
+        n, c = logits.shape
+        shape = (c,) if self.kind == "vector" else (c, c)
+        size = int(np.prod(shape))
+        off_diagonal = ~np.eye(c, dtype=bool) if self.kind == "matrix" else None
+        signature = f"objective:affine:{self.kind}:{self.on_log_probs}:{dtype}"
+
+        def value_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            weight, bias = theta[:size].reshape(shape), theta[size:]
+            out = summed(
+                signature,
+                lambda: objectives.affine_objective(dtype, self.kind, self.on_log_probs),  # type: ignore[arg-type]
+                {"logits": logits, "labels": labels},
+                {"weight": weight.astype(dtype), "bias": bias.astype(dtype)},
+                self.cache,
+            )
+            loss = float(out["nll"]) / n
+            grad_w, grad_b = out["grad_weight"] / n, out["grad_bias"] / n
+            if off_diagonal is not None and self.reg_lambda:
+                loss += self.reg_lambda * float(np.sum(weight[off_diagonal] ** 2)) / (c * (c - 1))
+                grad_w = grad_w + 2 * self.reg_lambda * np.where(off_diagonal, weight, 0.0) / (c * (c - 1))
+            if self.reg_mu:
+                loss += self.reg_mu * float(np.sum(bias**2)) / c
+                grad_b = grad_b + 2 * self.reg_mu * bias / c
+            return loss, np.concatenate([np.ravel(grad_w), grad_b])
+
+        start = np.concatenate([np.ravel(np.ones(c) if self.kind == "vector" else np.eye(c)), np.zeros(c)])
+        result = minimize(
+            value_and_grad, start, jac=True, method="L-BFGS-B", options={"maxiter": 1000, "gtol": 1e-9, "ftol": 1e-15}
+        )
+        self.weights_ = result.x[:size].reshape(shape)
+        self.bias_ = result.x[size:]
+        self.fit_info_ = {
+            "iterations": int(result.nit),
+            "gradient": float(np.max(np.abs(result.jac))),
+            "objective": float(result.fun),
+            "converged": bool(result.success),
+        }
+        return self
+
+    def apply_graph(self, dtype: np.dtype) -> onnx.ModelProto:
+        return apply.affine_graph(self.weights_, self.bias_, self.on_log_probs, dtype)
+
+    def fitted(self) -> dict[str, Any]:
+        names = ("scale", "bias") if self.kind == "vector" else ("weights", "bias")
+        return {names[0]: self.weights_.tolist(), names[1]: self.bias_.tolist()}
+
+    def load(self, fitted: dict[str, Any]) -> AffineScaling:
+        self.weights_ = np.asarray(fitted["scale" if self.kind == "vector" else "weights"], dtype=np.float64)
+        self.bias_ = np.asarray(fitted["bias"], dtype=np.float64)
+        return self
+
+
+class HistogramBinning(Calibrator):
+    """One-vs-rest histogram binning (Zadrozny & Elkan 2001): B equal-width bins with numpy linspace
+    edges (spec §3.3 pins them), bins [e_k, e_{k+1}) with the last closed, value = mean label in the bin,
+    an empty bin falls back to its centre; rows renormalised at apply time."""
+
+    method = "histogram_binning"
+
+    def __init__(self, bins: int = 15, cache: SessionCache | None = None) -> None:
+        super().__init__(cache)
+        self.bins = bins
+
+    def fit(self, logits: np.ndarray, labels: np.ndarray) -> HistogramBinning:
+        dtype = logits.dtype
+        edges = np.linspace(0.0, 1.0, self.bins + 1)
+        out = summed(
+            f"fit:histogram:{self.bins}:{dtype}",
+            lambda: apply.histogram_counts_graph(edges, dtype),
+            {"logits": logits, "labels": labels},
+            {},
+            self.cache,
+        )
+        count = out["count"].reshape(-1, self.bins)
+        centres = 0.5 * (edges[:-1] + edges[1:])
+        self.bin_edges_ = edges
+        self.bin_values_ = np.where(count > 0, out["positive"].reshape(-1, self.bins) / np.maximum(count, 1), centres)
+        self.fit_info_ = {"empty_bins": int(np.sum(count == 0))}
+        return self
+
+    def apply_graph(self, dtype: np.dtype) -> onnx.ModelProto:
+        return apply.histogram_graph(self.bin_edges_, self.bin_values_, dtype)
+
+    def fitted(self) -> dict[str, Any]:
+        return {"bin_edges": self.bin_edges_.tolist(), "bin_values": self.bin_values_.tolist()}
+
+    def load(self, fitted: dict[str, Any]) -> HistogramBinning:
+        self.bin_edges_ = np.asarray(fitted["bin_edges"], dtype=np.float64)
+        self.bin_values_ = np.asarray(fitted["bin_values"], dtype=np.float64)
+        return self
+
+
+class IsotonicCalibration(Calibrator):
+    """One-vs-rest isotonic regression of 1[y = c] on p_c with scipy's PAV (ties in p averaged, as
+    scikit-learn does), applied by linear interpolation clipped at the ends; rows renormalised."""
+
+    method = "isotonic"
+
+    def fit(self, logits: np.ndarray, labels: np.ndarray) -> IsotonicCalibration:
+        probs = mapped(
+            f"calibrator:temperature:{logits.dtype}:1.0",
+            lambda: apply.temperature_graph(1.0, logits.dtype),
+            {"logits": logits},
+            self.cache,
+        )
+        xs, ys = [], []
+        for c in range(probs.shape[1]):
+            x, inverse, counts = np.unique(probs[:, c].astype(np.float64), return_inverse=True, return_counts=True)
+            y_mean = np.bincount(inverse, (labels == c).astype(np.float64)) / counts
+            y = isotonic_regression(y_mean, weights=counts.astype(np.float64), increasing=True).x
+            keep = np.ones(x.size, dtype=bool)  # drop interior points of constant runs: same interpolant
+            keep[1:-1] = (y[1:-1] != y[:-2]) | (y[1:-1] != y[2:])
+            xs.append(x[keep])
+            ys.append(y[keep])
+        width = max(2, max(len(x) for x in xs))
+
+        def pad(a: np.ndarray) -> np.ndarray:
+            return np.concatenate([a, np.repeat(a[-1:], width - len(a))])
+
+        self.thresholds_x_ = np.stack([pad(x) for x in xs])
+        self.thresholds_y_ = np.stack([pad(y) for y in ys])
+        self.fit_info_ = {"thresholds": [len(x) for x in xs]}
+        return self
+
+    def apply_graph(self, dtype: np.dtype) -> onnx.ModelProto:
+        return apply.isotonic_graph(self.thresholds_x_, self.thresholds_y_, dtype)
+
+    def fitted(self) -> dict[str, Any]:
+        return {"thresholds_x": self.thresholds_x_.tolist(), "thresholds_y": self.thresholds_y_.tolist()}
+
+    def load(self, fitted: dict[str, Any]) -> IsotonicCalibration:
+        self.thresholds_x_ = np.asarray(fitted["thresholds_x"], dtype=np.float64)
+        self.thresholds_y_ = np.asarray(fitted["thresholds_y"], dtype=np.float64)
+        return self
+
+
+class ScoreMap(Calibrator):
+    """Binary calibrators of one score s: p_1 with two classes, the top-label confidence with more
+    (the other classes then share 1 − s′ in proportion). Fitted by L-BFGS-B on the ONNX logistic loss."""
+
+    coef_: np.ndarray
+    intercept_: float
+    scope_: apply.Scope
+
+    def scope(self, classes: int) -> apply.Scope:
+        return "binary" if classes == 2 else "top_label"
+
+    def _features(self, logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scope = self.scope(logits.shape[1])
+        session_rows = {"logits": logits, "labels": labels}
+        from app.core.runtime import default_cache
+
+        session = (self.cache or default_cache()).get(
+            f"fit:score:{scope}:{logits.dtype}", lambda: apply.score_features_graph(scope, logits.dtype)
+        )
+        features, target = session.run(None, session_rows)
+        return features.astype(np.float64), target.astype(np.float64)
+
+    def _logistic(self, features: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, float]:
+        k = features.shape[1]
+
+        def value_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            out = summed(
+                "objective:logistic:float64",
+                lambda: objectives.logistic_objective(np.dtype(np.float64)),
+                {"features": features, "targets": targets},
+                {"coef": theta[:k], "intercept": np.asarray(theta[k])},
+                self.cache,
+            )
+            n = len(targets)
+            return float(out["loss"]) / n, np.concatenate([out["grad_coef"], [out["grad_intercept"]]]) / n
+
+        result = minimize(
+            value_and_grad,
+            np.zeros(k + 1),
+            jac=True,
+            method="L-BFGS-B",
+            options={"maxiter": 1000, "gtol": 1e-12, "ftol": 1e-15},
+        )
+        self.fit_info_ = {
+            "iterations": int(result.nit),
+            "gradient": float(np.max(np.abs(result.jac))),
+            "converged": bool(result.success),
+        }
+        return result.x[:k], float(result.x[k])
+
+    def apply_graph(self, dtype: np.dtype) -> onnx.ModelProto:
+        return apply.sigmoid_map_graph(self.coef_, self.intercept_, self.scope_, dtype)
+
+
+class PlattScaling(ScoreMap):
+    """Platt (1999): s′ = 1/(1 + exp(A·f + B)), f = logit(s), fitted on smoothed targets
+    t₊ = (N₊ + 1)/(N₊ + 2), t₋ = 1/(N₋ + 2) as scikit-learn's `_sigmoid_calibration` does (spec §3.5)."""
+
+    method = "platt"
+
+    def fit(self, logits: np.ndarray, labels: np.ndarray) -> PlattScaling:
+        self.scope_ = self.scope(logits.shape[1])
+        features, target = self._features(logits, labels)
+        positives = target.sum()
+        negatives = len(target) - positives
+        smoothed = np.where(target > 0.5, (positives + 1) / (positives + 2), 1 / (negatives + 2))
+        logit = (features[:, 0] - features[:, 1])[:, None]
+        (slope,), intercept = self._logistic(logit, smoothed)
+        self.a_, self.b_ = -float(slope), -intercept
+        self.coef_, self.intercept_ = np.array([slope, -slope]), intercept
+        return self
+
+    def fitted(self) -> dict[str, Any]:
+        return {"a": self.a_, "b": self.b_, "scope": self.scope_}
+
+    def load(self, fitted: dict[str, Any]) -> PlattScaling:
+        self.a_, self.b_, self.scope_ = float(fitted["a"]), float(fitted["b"]), fitted["scope"]
+        self.coef_, self.intercept_ = np.array([-self.a_, self.a_]), -self.b_
+        return self
+
+
+class BetaCalibration(ScoreMap):
+    """Beta calibration (Kull et al. 2017), betacal's `abm`: logit(s′) = a·ln s − b·ln(1 − s) + c by
+    logistic regression on [ln s, −ln(1 − s)]; a coefficient that comes out negative is fixed at 0 and
+    the rest refitted (spec §3.5)."""
+
+    method = "beta"
+
+    def fit(self, logits: np.ndarray, labels: np.ndarray) -> BetaCalibration:
+        self.scope_ = self.scope(logits.shape[1])
+        features, target = self._features(logits, labels)
+        design = np.column_stack([features[:, 0], -features[:, 1]])
+        keep = [0, 1]
+        coef, intercept = self._logistic(design, target)
+        for index in (0, 1):
+            if coef[keep.index(index)] < 0 and len(keep) == 2:
+                keep = [1 - index]
+                sub, intercept = self._logistic(design[:, keep], target)
+                coef = np.zeros(2)
+                coef[keep[0]] = sub[0]
+                break
+        self.a_, self.b_, self.c_ = float(coef[0]), float(coef[1]), intercept
+        self.coef_, self.intercept_ = np.array([self.a_, -self.b_]), intercept
+        return self
+
+    def fitted(self) -> dict[str, Any]:
+        return {"a": self.a_, "b": self.b_, "c": self.c_, "scope": self.scope_}
+
+    def load(self, fitted: dict[str, Any]) -> BetaCalibration:
+        self.a_, self.b_, self.c_, self.scope_ = (
+            float(fitted["a"]),
+            float(fitted["b"]),
+            float(fitted["c"]),
+            fitted["scope"],
+        )
+        self.coef_, self.intercept_ = np.array([self.a_, -self.b_]), self.c_
+        return self

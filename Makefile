@@ -42,6 +42,7 @@ $(VENV)/.installed-bench: pyproject.toml | $(VENV)/.installed-dev
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.evaluate
 	$(BIN)/python -m bench.http
+	$(BIN)/python -m bench.calibrate
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache

@@ -75,9 +75,10 @@ def affine_objective(dtype: np.dtype, kind: AffineKind, on_log_probs: bool) -> o
     residual = op.sub(op.exp(log_p), onehot)
     if kind == "vector":
         grad_w = _f64_sum(op.mul(residual, x), (0,))
-    else:
-        as64 = (lambda v: v) if dtype == np.float64 else (lambda v: op.cast(v, to=np.float64))
-        grad_w = op.matmul(op.transpose(as64(residual), perm=[1, 0]), as64(x))
+    else:  # GEMM in the input dtype (onnxruntime's float64 GEMM is slow); chunks are summed in float64
+        grad_w = op.matmul(op.transpose(residual, perm=[1, 0]), x)
+        if dtype != np.float64:
+            grad_w = op.cast(grad_w, to=np.float64)
     outputs = {"nll": _f64_sum(nll), "grad_weight": grad_w, "grad_bias": _f64_sum(residual, (0,))}
     return build({"logits": logits, "labels": labels, "weight": weight, "bias": bias}, outputs)
 

@@ -175,8 +175,8 @@ BAD_FITS: list[tuple[str, dict[str, Any], str]] = [
         "logits",
     ),
     (
-        "views_for_temperature_ca",
-        {"method": "temperature_ca", "logits": [[[1.0, 2.0]] * 2] * 4, "labels": [0, 1, 0, 1]},
+        "a_single_view",
+        {"method": "temperature_ca", "logits": [[[1.0, 2.0]]] * 4, "labels": [0, 1, 0, 1]},
         "logits",
     ),
     ("labels_out_of_range", {"method": "temperature", "logits": Z_A.tolist(), "labels": [0, 1, 2, 3]}, "labels"),
@@ -211,3 +211,39 @@ def test_apply_with_the_wrong_number_of_classes_names_both(client: TestClient) -
     assert_problem(client.post("/v1/calibrators/nope/apply", json={"logits": [[1.0, 2.0, 3.0]]}), 404)
     assert_problem(client.post(f"/v1/calibrators/{created['id']}/apply", json={}), 422, "logits")
     assert_problem(client.get(f"/v1/calibrators/{created['id']}/onnx", params={"dtype": "int8"}), 422)
+
+
+def views_data(seed: int = 11) -> tuple[np.ndarray, np.ndarray]:
+    """Views whose agreement with the original is lower on the rows the model gets wrong."""
+    rng = np.random.default_rng(seed)
+    n, v, c = 200, 4, 3
+    original = rng.normal(size=(n, c)) * 3
+    labels = np.where(rng.random(n) < 0.6, original.argmax(1), rng.integers(0, c, n))
+    wrong = original.argmax(1) != labels
+    noise = np.where(wrong[:, None, None], 4.0, 0.5)
+    views = np.concatenate([original[:, None, :], original[:, None, :] + rng.normal(size=(n, v - 1, c)) * noise], 1)
+    return views, labels
+
+
+def test_temperature_ca_with_views_fits_applies_and_exports(client: TestClient) -> None:
+    views, labels = views_data()
+    created = client.post(
+        "/v1/calibrators", json={"method": "temperature_ca", "logits": views.tolist(), "labels": labels.tolist()}
+    )
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert body["fitted"]["views"] is True and body["fitted"]["agreement_slope"] > 0
+    info = body["fit_report"]["fit_info"]
+    assert info["ca_loss"] < info["global_ca_loss"]  # the agreement feature helps on this data
+    applied = client.post(f"/v1/calibrators/{body['id']}/apply", json={"logits": views.tolist()})
+    assert applied.status_code == 200, applied.text
+    probabilities = np.array(applied.json()["probabilities"])
+    assert probabilities.shape == (200, 3)
+    np.testing.assert_array_equal(probabilities.argmax(1), views[:, 0, :].argmax(1))  # temperature keeps the argmax
+    session = ort.InferenceSession(
+        client.get(f"/v1/calibrators/{body['id']}/onnx", params={"dtype": "float64"}).content
+    )
+    np.testing.assert_allclose(session.run(None, {"logits": views})[0], probabilities, atol=1e-12)
+    flat = client.post(f"/v1/calibrators/{body['id']}/apply", json={"logits": views[:, 0, :].tolist()})
+    assert_problem(flat, 422, "logits")
+    assert "views" in flat.json()["detail"]

@@ -249,3 +249,22 @@ def test_mapped_runs_in_chunks_like_one_call() -> None:
     whole = mapped("chunk-test", graph, {"logits": z})
     chunked = mapped("chunk-test", graph, {"logits": z}, chunk_bytes=240)
     np.testing.assert_array_equal(whole, chunked)
+
+
+def test_view_temperatures_follow_the_documented_formula() -> None:
+    from tests.test_api_calibrators import views_data
+
+    views, labels = views_data()
+    fitted = CorrectnessAwareTemperature().fit(views, labels)
+    original = views[:, 0, :]
+    agreement = (views[:, 1:, :].argmax(2) == original.argmax(1)[:, None]).mean(1)
+    per_row = np.clip(fitted.temperature_ * np.exp(fitted.agreement_slope_ * (1 - agreement)), 0.1, 10.0)
+    np.testing.assert_allclose(fitted.transform(views), softmax(original / per_row[:, None], axis=1), atol=1e-12)
+
+    # the fitted (T, s) is a minimum of the CA loss: nudging either parameter does not lower it
+    def loss(t: float, s: float) -> float:
+        return fitted.loss(original, labels, np.clip(t * np.exp(s * (1 - agreement)), 0.1, 10.0)[:, None])
+
+    best = loss(fitted.temperature_, fitted.agreement_slope_)  # type: ignore[arg-type]
+    for dt, ds in ((1e-3, 0), (-1e-3, 0), (0, 1e-3), (0, -1e-3)):
+        assert best <= loss(fitted.temperature_ * (1 + dt), fitted.agreement_slope_ + ds) + 1e-12  # type: ignore[operator]

@@ -33,7 +33,12 @@ class CalibratorRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: MethodName
-    logits: Tensor = Field(None, description="[N, C] logits ([N, V, C] views: not accepted yet).")
+    logits: Tensor = Field(
+        None,
+        description="[N, C] logits; for temperature_ca also [N, V, C] views (view 0 the original): the fit then "
+        "adds a per-row temperature T·exp(s·(1 − a)), a = share of views whose argmax agrees with view 0, "
+        "and apply/export take views too.",
+    )
     labels: Tensor = Field(None, description="[N] integer labels in [0, C).")
     params: dict[str, Any] = Field(default_factory=dict, description="Hyper-parameters of the method.")
     validation: Split | None = Field(None, description="Held-out split reported before/after, not fitted on.")

@@ -67,20 +67,35 @@ def _params(request: CalibratorRequest) -> Any:
         raise InputError(f"params.{where}" if where else "params", first["msg"]) from exc
 
 
-def _split(arrays: dict[str, np.ndarray], prefix: str) -> tuple[np.ndarray, np.ndarray]:
+def _inputs(arrays: dict[str, np.ndarray], prefix: str, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validated (logits, labels) of the fit data or of the validation split. [N, V, C] views (view 0
+    the original) are accepted by temperature_ca only; all views must be finite."""
     logits, labels = arrays.get(f"{prefix}logits"), arrays.get(f"{prefix}labels")
-    name = prefix or ""
     if logits is None or labels is None:
-        raise InputError(f"{name}logits", f"'{name}logits' and '{name}labels' are both required")
-    if logits.ndim == 3:
-        raise InputError(
-            f"{name}logits",
-            "[N, V, C] views are not accepted yet (temperature_ca fits one global "
-            "temperature on [N, C]); send the original view as [N, C]",
-        )
-    batch = validate_batch(logits=logits, labels=labels)
+        raise InputError(f"{prefix}logits", f"'{prefix}logits' and '{prefix}labels' are both required")
+    if logits.ndim != 3:
+        batch = validate_batch(logits=logits, labels=labels)
+        assert batch.labels is not None
+        return batch.scores, batch.labels
+    return _views(logits, labels, f"{prefix}logits", method)
+
+
+def _views(logits: np.ndarray, labels: np.ndarray | None, field: str, method: str) -> tuple[np.ndarray, np.ndarray]:
+    if method != "temperature_ca":
+        raise InputError(field, f"[N, V, C] views are accepted by temperature_ca only, not by {method}")
+    if logits.shape[1] < 2:
+        raise InputError(field, f"views [N, V, C] need V ≥ 2 (the original and a transform), got V = {logits.shape[1]}")
+    given = labels if labels is not None else np.zeros(len(logits), dtype=np.int64)
+    batch = validate_batch(logits=np.ascontiguousarray(logits[:, 0, :]), labels=given)  # shape, classes, labels
+    if not np.isfinite(logits).all():
+        raise InputError(field, "contains NaN or infinite value(s)")
     assert batch.labels is not None
-    return batch.scores, batch.labels
+    return np.ascontiguousarray(logits, dtype=batch.scores.dtype), batch.labels
+
+
+def _original(logits: np.ndarray) -> np.ndarray:
+    """The original view of [N, V, C] views, or the logits themselves."""
+    return np.ascontiguousarray(logits[:, 0, :]) if logits.ndim == 3 else logits
 
 
 def fit(
@@ -88,22 +103,24 @@ def fit(
 ) -> tuple[Calibrator, dict[str, Any], dict[str, Any], int]:
     """Fit, then report before/after on the fit data, a validation split and k-fold CV when asked."""
     params = _params(request)
-    logits, labels = _split(arrays, "")
-    _check_fit_data(request.method, logits, labels)
-    classes = logits.shape[1]
+    logits, labels = _inputs(arrays, "", request.method)
+    _check_fit_data(request.method, _original(logits), labels)
+    classes = logits.shape[-1]
     method = METHODS[request.method]
     calibrator = method.create(params, cache).fit(logits, labels)
     report: dict[str, Any] = {
-        "before": report_metrics(labels, cache, logits=logits),
+        "before": report_metrics(labels, cache, logits=_original(logits)),
         "after": report_metrics(labels, cache, probabilities=calibrator.transform(logits)),
         "fit_info": calibrator.fit_info_,
     }
     if "validation.logits" in arrays or "validation.labels" in arrays:
-        v_logits, v_labels = _split(arrays, "validation.")
-        if v_logits.shape[1] != classes:
-            raise InputError("validation.logits", f"has C = {v_logits.shape[1]} classes; the fit data has {classes}")
+        v_logits, v_labels = _inputs(arrays, "validation.", request.method)
+        if v_logits.shape[-1] != classes or v_logits.ndim != logits.ndim:
+            raise InputError(
+                "validation.logits", f"has shape {list(v_logits.shape)}; the fit data has {list(logits.shape)}"
+            )
         report["validation"] = {
-            "before": report_metrics(v_labels, cache, logits=v_logits),
+            "before": report_metrics(v_labels, cache, logits=_original(v_logits)),
             "after": report_metrics(v_labels, cache, probabilities=calibrator.transform(v_logits)),
         }
     if request.cv is not None:
@@ -119,16 +136,16 @@ def cross_validate(
     if len(labels) < 2 * folds:
         raise InputError("cv", f"{folds}-fold cross-validation needs at least {2 * folds} rows, got {len(labels)}")
     order = np.random.default_rng(CV_SEED).permutation(len(labels))
-    pooled = np.empty(logits.shape, dtype=logits.dtype)
+    pooled = np.empty((len(labels), logits.shape[-1]), dtype=logits.dtype)
     for held_out in np.array_split(order, folds):
         train = np.setdiff1d(order, held_out, assume_unique=True)
-        _check_fit_data(method, logits[train], labels[train])
+        _check_fit_data(method, _original(logits[train]), labels[train])
         fold = METHODS[method].create(params, cache).fit(logits[train], labels[train])
         pooled[held_out] = fold.transform(logits[held_out])
     return {
         "folds": folds,
         "seed": CV_SEED,
-        "before": report_metrics(labels, cache, logits=logits),
+        "before": report_metrics(labels, cache, logits=_original(logits)),
         "after": report_metrics(labels, cache, probabilities=pooled),
     }
 
@@ -178,11 +195,21 @@ def restored(record: CalibratorRecord, cache: SessionCache) -> Calibrator:
 
 
 def apply(record: CalibratorRecord, logits: np.ndarray, cache: SessionCache) -> np.ndarray:
-    """Calibrated probabilities of logits with the calibrator's class count (422 names both counts)."""
-    if logits.ndim == 2 and logits.shape[1] != record.classes:
+    """Calibrated probabilities of logits with the calibrator's class count (422 names both counts); a
+    calibrator fitted on views takes [N, V, C] views."""
+    if logits.ndim >= 2 and logits.shape[-1] != record.classes:
         raise InputError(
-            "logits", f"has C = {logits.shape[1]} classes; calibrator {record.id} was fitted on C = {record.classes}"
+            "logits", f"has C = {logits.shape[-1]} classes; calibrator {record.id} was fitted on C = {record.classes}"
         )
+    if record.fitted.get("views"):
+        if logits.ndim != 3:
+            raise InputError(
+                "logits",
+                f"calibrator {record.id} was fitted on views: send [N, V, C] (view 0 the original), "
+                f"got shape {list(logits.shape)}",
+            )
+        views, _ = _views(logits, None, "logits", record.method)
+        return restored(record, cache).transform(views)
     batch = validate_batch(logits=logits, labels=np.zeros(len(logits), dtype=np.int64))
     return restored(record, cache).transform(batch.scores)
 

@@ -37,6 +37,23 @@ def temperature_graph(temperature: float, dtype: np.dtype) -> onnx.ModelProto:
     return _model(z, op.softmax(op.div(z, _const(temperature, dtype)), axis=-1))
 
 
+def view_temperature_graph(
+    temperature: float, slope: float, bounds: tuple[float, float], dtype: np.dtype
+) -> onnx.ModelProto:
+    """softmax(z₀ / T_i) with T_i = clip(T·exp(slope·(1 − a_i)), bounds), a_i the share of views v ≥ 1
+    whose argmax agrees with view 0's; input `logits` [N, V, C] (view 0 the original), output [N, C]."""
+    views = argument(Tensor(dtype, ("N", "V", "C")))
+    top = op.arg_max(views, axis=-1, keepdims=0)
+    original = op.slice(top, _ints(0), _ints(1), _ints(1))
+    others = op.slice(top, _ints(1), _ints(np.iinfo(np.int64).max), _ints(1))
+    agreement = op.reduce_mean(op.cast(op.equal(others, original), to=dtype), _ints(1), keepdims=1)  # [N, 1]
+    disagreement = op.sub(_const(1.0, dtype), agreement)
+    log_t = op.add(_const(np.log(temperature), dtype), op.mul(_const(slope, dtype), disagreement))
+    log_t = op.clip(log_t, _const(np.log(bounds[0]), dtype), _const(np.log(bounds[1]), dtype))
+    z0 = op.squeeze(op.slice(views, _ints(0), _ints(1), _ints(1)), _ints(1))
+    return _model(views, op.softmax(op.div(z0, op.exp(log_t)), axis=-1))
+
+
 def affine_graph(weight: np.ndarray, bias: np.ndarray, on_log_probs: bool, dtype: np.dtype) -> onnx.ModelProto:
     """softmax(w ⊙ x + b) for a weight vector, softmax(x Wᵀ + b) for a matrix; x = z or log_softmax(z)
     (vector/matrix scaling, Guo et al. 2017; Dirichlet calibration, Kull et al. 2019)."""

@@ -133,23 +133,11 @@ class CorrectnessAwareTemperature(TemperatureScaling):
     def __init__(self, bounds: tuple[float, float] = (0.1, 10.0), cache: SessionCache | None = None) -> None:
         super().__init__(bounds, cache)
 
-    def loss(self, logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
-        dtype = logits.dtype
-        out = summed(
-            f"objective:ca:{dtype}",
-            lambda: objectives.correctness_aware_objective(dtype),
-            {"logits": logits, "labels": labels},
-            {"temperature": np.asarray(temperature, dtype)},
-            self.cache,
-        )
-        n_right, n_wrong = float(out["n_right"]), float(out["n_wrong"])
-        accuracy = n_right / (n_right + n_wrong)
-        weight = (1 - accuracy) * n_right + accuracy * n_wrong
-        if weight == 0:  # all right or all wrong: plain mean squared error
-            return (float(out["sq_right"]) + float(out["sq_wrong"])) / (n_right + n_wrong)
-        return ((1 - accuracy) * float(out["sq_right"]) + accuracy * float(out["sq_wrong"])) / weight
-
     def fit(self, logits: np.ndarray, labels: np.ndarray) -> CorrectnessAwareTemperature:
+        """Global T from [N, C] logits; with [N, V, C] views (view 0 the original) also the agreement slope."""
+        if logits.ndim == 3:
+            return self._fit_views(logits, labels)
+        self.agreement_slope_: float | None = None
         log_lo, log_hi = np.log(self.bounds[0]), np.log(self.bounds[1])
         grid = np.linspace(log_lo, log_hi, 61)
         values = [self.loss(logits, labels, float(np.exp(t))) for t in grid]
@@ -168,6 +156,83 @@ class CorrectnessAwareTemperature(TemperatureScaling):
             "ca_loss": float(result.fun),
             "bound_hit": at_bound,
         }
+        return self
+
+    def _fit_views(self, views: np.ndarray, labels: np.ndarray) -> CorrectnessAwareTemperature:
+        """Per-row T_i = clip(T·exp(s·(1 − a_i)), bounds), a_i the share of transformed views whose argmax
+        agrees with the original's: rows whose prediction is unstable under the views get a softer softmax
+        when s > 0 (the paper feeds view statistics to a small network; this is its one-feature,
+        exportable form).
+        (log T, s) minimize the same CA loss, by Nelder-Mead from the global fit (T, 0)."""
+        dtype = views.dtype
+        original = np.ascontiguousarray(views[:, 0, :])
+        self.fit(original, labels)
+        agreement = mapped(
+            f"views:agreement:{dtype}", lambda: objectives.view_agreement(dtype), {"logits": views}, self.cache
+        ).astype(np.float64)
+
+        def loss(theta: np.ndarray) -> float:
+            per_row = np.clip(np.exp(theta[0] + theta[1] * (1.0 - agreement)), *self.bounds).astype(dtype)[:, None]
+            return self.loss(original, labels, per_row)
+
+        start = np.array([np.log(self.temperature_), 0.0])
+        result = minimize(loss, start, method="Nelder-Mead", options={"xatol": 1e-9, "fatol": 1e-13, "maxiter": 2000})
+        self.temperature_ = float(np.exp(result.x[0]))
+        self.agreement_slope_ = float(result.x[1])
+        self.fit_info_ = {
+            "iterations": int(result.nit),
+            "ca_loss": float(result.fun),
+            "global_ca_loss": float(loss(start)),
+            "mean_agreement": float(agreement.mean()),
+            "converged": bool(result.success),
+        }
+        return self
+
+    def loss(self, logits: np.ndarray, labels: np.ndarray, temperature: float | np.ndarray) -> float:
+        """Class-balanced CA loss at one temperature, or at per-row temperatures given as [N, 1]."""
+        dtype = logits.dtype
+        per_row = isinstance(temperature, np.ndarray)
+        rows = {"logits": logits, "labels": labels}
+        constants = {}
+        if per_row:
+            rows["temperature"] = temperature  # type: ignore[assignment]
+        else:
+            constants["temperature"] = np.asarray(temperature, dtype)
+        out = summed(
+            f"objective:ca:{per_row}:{dtype}",
+            lambda: objectives.correctness_aware_objective(dtype, per_row),
+            rows,
+            constants,
+            self.cache,
+        )
+        n_right, n_wrong = float(out["n_right"]), float(out["n_wrong"])
+        accuracy = n_right / (n_right + n_wrong)
+        weight = (1 - accuracy) * n_right + accuracy * n_wrong
+        if weight == 0:  # all right or all wrong: plain mean squared error
+            return (float(out["sq_right"]) + float(out["sq_wrong"])) / (n_right + n_wrong)
+        return ((1 - accuracy) * float(out["sq_right"]) + accuracy * float(out["sq_wrong"])) / weight
+
+    def apply_graph(self, dtype: np.dtype) -> onnx.ModelProto:
+        if self.agreement_slope_ is None:
+            return apply.temperature_graph(self.temperature_, dtype)
+        return apply.view_temperature_graph(self.temperature_, self.agreement_slope_, self.bounds, dtype)
+
+    def fitted(self) -> dict[str, Any]:
+        if self.agreement_slope_ is None:
+            return {"temperature": self.temperature_}
+        return {
+            "temperature": self.temperature_,
+            "agreement_slope": self.agreement_slope_,
+            "views": True,
+            "bounds": list(self.bounds),
+        }
+
+    def load(self, fitted: dict[str, Any]) -> CorrectnessAwareTemperature:
+        self.temperature_ = float(fitted["temperature"])
+        slope = fitted.get("agreement_slope")
+        if "bounds" in fitted:
+            self.bounds = (float(fitted["bounds"][0]), float(fitted["bounds"][1]))
+        self.agreement_slope_ = None if slope is None else float(slope)
         return self
 
 

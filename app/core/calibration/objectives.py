@@ -104,12 +104,13 @@ def logistic_objective(dtype: np.dtype) -> onnx.ModelProto:
     return build({"features": features, "targets": targets, "coef": coef, "intercept": intercept}, outputs)
 
 
-def correctness_aware_objective(dtype: np.dtype) -> onnx.ModelProto:
-    """Sums for the CA objective (Liu et al. 2024, spec §3.6) at temperature T: Σ(conf − 1)² over rows
-    the uncalibrated argmax gets right, Σ conf² over the wrong ones, and both counts. The class-balanced
-    loss ((1 − acc)·S_right + acc·S_wrong) / ((1 − acc)·n_right + acc·n_wrong) is formed from these."""
+def correctness_aware_objective(dtype: np.dtype, per_row: bool = False) -> onnx.ModelProto:
+    """Sums for the CA objective (Liu et al. 2024, spec §3.6) at temperature T (one scalar, or one per row
+    as [N, 1]): Σ(conf − 1)² over rows the uncalibrated argmax gets right, Σ conf² over the wrong ones,
+    and both counts. The class-balanced loss ((1 − acc)·S_right + acc·S_wrong) / ((1 − acc)·n_right +
+    acc·n_wrong) is formed from these."""
     logits, labels = _rows(dtype)
-    temperature = argument(Tensor(dtype, ()))
+    temperature = argument(Tensor(dtype, ("N", 1) if per_row else ()))
     conf = op.reduce_max(op.softmax(op.div(logits, temperature), axis=-1), _ints(-1), keepdims=0)
     right = op.cast(op.equal(op.arg_max(logits, axis=-1, keepdims=0), labels), to=dtype)
     one = op.constant(value=np.asarray(1, dtype=dtype))
@@ -121,3 +122,13 @@ def correctness_aware_objective(dtype: np.dtype) -> onnx.ModelProto:
         "n_wrong": _f64_sum(op.sub(one, right)),
     }
     return build({"logits": logits, "labels": labels, "temperature": temperature}, outputs)
+
+
+def view_agreement(dtype: np.dtype) -> onnx.ModelProto:
+    """a_i = share of the transformed views v ≥ 1 whose argmax equals the original view's (view 0), [N]."""
+    views = argument(Tensor(dtype, ("N", "V", "C")))
+    top = op.arg_max(views, axis=-1, keepdims=0)  # [N, V]
+    original = op.slice(top, _ints(0), _ints(1), _ints(1))
+    others = op.slice(top, _ints(1), _ints(np.iinfo(np.int64).max), _ints(1))
+    agree = op.reduce_mean(op.cast(op.equal(others, original), to=dtype), _ints(1), keepdims=0)
+    return build({"logits": views}, {"agreement": agree})

@@ -43,6 +43,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.evaluate
 	$(BIN)/python -m bench.http
 	$(BIN)/python -m bench.calibrate
+	$(BIN)/python -m bench.gate
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache

@@ -103,6 +103,16 @@ class CaliperClient:
     def delete_calibrator(self, calibrator_id: str) -> None:
         self._check(self.http.delete(f"/v1/calibrators/{calibrator_id}"))
 
+    # ---- gates -------------------------------------------------------------------------------------
+    def create_gate(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        return self._check(self.http.post("/v1/gates", json=dict(body)))
+
+    def get_gate(self, gate_id: str) -> dict[str, Any]:
+        return self._check(self.http.get(f"/v1/gates/{gate_id}"))
+
+    def set_tags(self, evaluation_id: str, tags: Mapping[str, str]) -> dict[str, Any]:
+        return self._check(self.http.post(f"/v1/evaluations/{evaluation_id}/tags", json={"tags": dict(tags)}))
+
     # ---- transport -------------------------------------------------------------------------------
     def _post_tensors(self, path: str, body: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
         return self._check(self._send(path, body, tensors))

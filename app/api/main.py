@@ -13,7 +13,7 @@ from app import __version__
 from app.api.deps import Resources
 from app.api.limits import BodySizeLimit
 from app.api.problems import install_problem_handlers
-from app.api.routes import calibrators, evaluations, health
+from app.api.routes import calibrators, evaluations, gates, health
 from app.calibration.schemas import ApplyRequest, CalibratorRequest
 from app.config import Settings, get_settings
 from app.evaluation.schemas import EvaluationRequest
@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(evaluations.router)
     app.include_router(calibrators.router)
+    app.include_router(gates.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 
     def openapi() -> dict[str, Any]:

@@ -96,3 +96,19 @@ class CalibratorRecord(Base):
     fit_report: Mapped[dict[str, Any]] = mapped_column(JSON)
 
     __table_args__ = (Index("ix_calibrators_created_at_id", "created_at", "id"),)
+
+
+class GateRecord(Base):
+    """A gate verdict with its rule-by-rule report."""
+
+    __tablename__ = "gates"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime())  # naive UTC
+    candidate_id: Mapped[str] = mapped_column(String(32), index=True)
+    baseline_id: Mapped[str] = mapped_column(String(32), index=True)
+    verdict: Mapped[str] = mapped_column(String(8))
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+    __table_args__ = (Index("ix_gates_created_at_id", "created_at", "id"),)

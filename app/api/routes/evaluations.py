@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from app.api.bodies import read_tensor_body, tensor_request_body
@@ -14,6 +15,7 @@ from app.api.routes.calibrators import load_record
 from app.calibration.service import calibrated_inputs
 from app.evaluation.schemas import INTEGER_FIELDS, TENSOR_FIELDS, EvaluationList, EvaluationOut, EvaluationRequest
 from app.evaluation.service import compute, evaluation_out, store, stored_evaluation_out
+from app.gating.service import NotFoundError, add_tags
 from app.storage.evaluations import (
     EvaluationFilter,
     delete_evaluation,
@@ -102,6 +104,28 @@ def get(
                 if k.startswith("loss.")
             }
         return stored_evaluation_out(record, rows)
+
+
+class TagsBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tags: dict[Annotated[str, Field(min_length=1, max_length=128)], Annotated[str, Field(max_length=512)]]
+
+
+@router.post(
+    "/{evaluation_id}/tags",
+    response_model=EvaluationOut,
+    summary="Set tags (e.g. promote to prod)",
+    responses=PROBLEM_RESPONSES,
+)
+def set_tags(evaluation_id: str, body: TagsBody, resources: ResourcesDep) -> EvaluationOut:
+    """`caliper promote EVAL_ID --tag prod` sets tag `prod` (value `true`); a gate's baseline selector
+    `{"tag": "prod"}` then picks the newest such evaluation."""
+    try:
+        with resources.sessions.begin() as session:
+            return stored_evaluation_out(add_tags(session, evaluation_id, body.tags))
+    except NotFoundError as exc:
+        raise ProblemError(404, str(exc)) from exc
 
 
 @router.delete(

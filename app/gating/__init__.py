@@ -1,0 +1,1 @@
+"""Model gating for CI: rules over two stored evaluations, with bootstrap significance."""

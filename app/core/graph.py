@@ -26,6 +26,17 @@ def scalar(value: float, dtype: npt.DTypeLike) -> Var:
     return op.constant(value=np.asarray(value, dtype=dtype))
 
 
+def ints(*values: int) -> Var:
+    """An int64 1-D constant (axes, shapes)."""
+    return op.constant(value=np.asarray(values, dtype=np.int64))
+
+
+def class_range(x: Var) -> Var:
+    """[1, C] int64 row 0..C−1 over x's last axis, to compare with label or argmax columns."""
+    c = op.squeeze(op.shape(x, start=-1), ints(0))
+    return op.unsqueeze(op.range(scalar(0, np.int64), c, scalar(1, np.int64)), ints(0))
+
+
 @dataclass(frozen=True)
 class InputLayout:
     """What a request feeds the graph: it selects the graph's inputs and is part of its cache key."""
@@ -77,7 +88,7 @@ class GraphContext:
 
     @staticmethod
     def ints(*values: int) -> Var:
-        return op.constant(value=np.asarray(values, dtype=np.int64))
+        return ints(*values)
 
     def f64(self, x: Var) -> Var:
         """Cast to float64 for accumulation (no node when x is float64 already)."""
@@ -253,8 +264,7 @@ class GraphContext:
     @cached_property
     def class_index(self) -> Var:
         """[1, C] int64 row 0..C-1, for masks against labels."""
-        rng = op.range(scalar(0, np.int64), self.num_classes, scalar(1, np.int64))
-        return op.unsqueeze(rng, self.ints(0))
+        return class_range(self.scores)
 
     @cached_property
     def onehot(self) -> Var:

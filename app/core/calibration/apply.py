@@ -10,13 +10,9 @@ import onnx
 import spox.opset.ai.onnx.v21 as op
 from spox import Tensor, Var, argument, build
 
-from app.core.graph import scalar
+from app.core.graph import class_range, ints, scalar
 
 Scope = Literal["binary", "top_label"]
-
-
-def _ints(*values: int) -> Var:
-    return op.constant(value=np.asarray(values, dtype=np.int64))
 
 
 def _const(value: object, dtype: np.dtype) -> Var:
@@ -44,13 +40,13 @@ def view_temperature_graph(
     whose argmax agrees with view 0's; input `logits` [N, V, C] (view 0 the original), output [N, C]."""
     views = argument(Tensor(dtype, ("N", "V", "C")))
     top = op.arg_max(views, axis=-1, keepdims=0)
-    original = op.slice(top, _ints(0), _ints(1), _ints(1))
-    others = op.slice(top, _ints(1), _ints(np.iinfo(np.int64).max), _ints(1))
-    agreement = op.reduce_mean(op.cast(op.equal(others, original), to=dtype), _ints(1), keepdims=1)  # [N, 1]
+    original = op.slice(top, ints(0), ints(1), ints(1))
+    others = op.slice(top, ints(1), ints(np.iinfo(np.int64).max), ints(1))
+    agreement = op.reduce_mean(op.cast(op.equal(others, original), to=dtype), ints(1), keepdims=1)  # [N, 1]
     disagreement = op.sub(_const(1.0, dtype), agreement)
     log_t = op.add(_const(np.log(temperature), dtype), op.mul(_const(slope, dtype), disagreement))
     log_t = op.clip(log_t, _const(np.log(bounds[0]), dtype), _const(np.log(bounds[1]), dtype))
-    z0 = op.squeeze(op.slice(views, _ints(0), _ints(1), _ints(1)), _ints(1))
+    z0 = op.squeeze(op.slice(views, ints(0), ints(1), ints(1)), ints(1))
     return _model(views, op.softmax(op.div(z0, op.exp(log_t)), axis=-1))
 
 
@@ -66,7 +62,7 @@ def affine_graph(weight: np.ndarray, bias: np.ndarray, on_log_probs: bool, dtype
 
 def _renormalised(values: Var, dtype: np.dtype) -> Var:
     """Rows divided by their sum; a row that maps to all zeros becomes uniform."""
-    total = op.reduce_sum(values, _ints(-1), keepdims=1)
+    total = op.reduce_sum(values, ints(-1), keepdims=1)
     empty = op.equal(total, _const(0.0, dtype))
     uniform = op.div(
         op.add(op.mul(values, _const(0.0, dtype)), _const(1.0, dtype)),
@@ -77,21 +73,14 @@ def _renormalised(values: Var, dtype: np.dtype) -> Var:
 
 def _class_offsets(values: Var, width: int) -> Var:
     """[1, C] int64 row c·width, to index a flattened per-class table."""
-    c = op.squeeze(op.shape(values, start=1, end=2), _ints(0))
-    return op.unsqueeze(
-        op.mul(
-            op.range(scalar(0, np.int64), c, scalar(1, np.int64)),
-            scalar(width, np.int64),
-        ),
-        _ints(0),
-    )
+    return op.mul(class_range(values), scalar(width, np.int64))
 
 
 def bin_index(p: Var, inner_edges: np.ndarray, dtype: np.dtype) -> Var:
     """Number of inner edges ≤ p: bins [e_k, e_{k+1}), the last one closed (edges given explicitly)."""
     edges = _const(inner_edges, dtype)
-    above = op.greater_or_equal(op.unsqueeze(p, _ints(-1)), edges)
-    return op.reduce_sum(op.cast(above, to=np.int64), _ints(-1), keepdims=0)
+    above = op.greater_or_equal(op.unsqueeze(p, ints(-1)), edges)
+    return op.reduce_sum(op.cast(above, to=np.int64), ints(-1), keepdims=0)
 
 
 def histogram_graph(bin_edges: np.ndarray, bin_values: np.ndarray, dtype: np.dtype) -> onnx.ModelProto:
@@ -115,7 +104,7 @@ def isotonic_graph(thresholds_x: np.ndarray, thresholds_y: np.ndarray, dtype: np
     # segment k: x_{k-1} ≤ p < x_k, found by counting thresholds ≤ p per class ([N, C, K] comparison)
     xs = _const(thresholds_x, dtype)
     count = op.reduce_sum(
-        op.cast(op.greater_or_equal(op.unsqueeze(p, _ints(-1)), xs), to=np.int64), _ints(-1), keepdims=0
+        op.cast(op.greater_or_equal(op.unsqueeze(p, ints(-1)), xs), to=np.int64), ints(-1), keepdims=0
     )
     upper = op.clip(count, scalar(1, np.int64), scalar(width - 1, np.int64))
     offsets = _class_offsets(p, width)
@@ -135,22 +124,15 @@ def score_logs(z: Var, scope: Scope, dtype: np.dtype) -> tuple[Var, Var, Var]:
     (`binary`), the top-label confidence otherwise (`top_label`); both logs stay finite as s → 0 or 1."""
     log_p = op.log_softmax(z, axis=-1)
     if scope == "binary":
-        log_s = op.squeeze(op.slice(log_p, _ints(1), _ints(2), _ints(1)), _ints(1))
-        log_not_s = op.squeeze(op.slice(log_p, _ints(0), _ints(1), _ints(1)), _ints(1))
+        log_s = op.squeeze(op.slice(log_p, ints(1), ints(2), ints(1)), ints(1))
+        log_not_s = op.squeeze(op.slice(log_p, ints(0), ints(1), ints(1)), ints(1))
         return log_s, log_not_s, op.constant(value=np.zeros((1, 1), dtype))
-    top = op.unsqueeze(op.arg_max(z, axis=-1, keepdims=0), _ints(1))
-    classes = op.unsqueeze(
-        op.range(
-            scalar(0, np.int64),
-            op.squeeze(op.shape(z, start=1, end=2), _ints(0)),
-            scalar(1, np.int64),
-        ),
-        _ints(0),
-    )
+    top = op.unsqueeze(op.arg_max(z, axis=-1, keepdims=0), ints(1))
+    classes = class_range(z)
     onehot = op.cast(op.equal(top, classes), to=dtype)
     masked = op.sub(log_p, op.mul(onehot, _const(np.finfo(dtype).max / 4, dtype)))
-    log_s = op.reduce_max(log_p, _ints(-1), keepdims=0)
-    log_not_s = op.reduce_log_sum_exp(masked, _ints(-1), keepdims=0)
+    log_s = op.reduce_max(log_p, ints(-1), keepdims=0)
+    log_not_s = op.reduce_log_sum_exp(masked, ints(-1), keepdims=0)
     return log_s, log_not_s, onehot
 
 
@@ -159,12 +141,12 @@ def _with_score(z: Var, scope: Scope, onehot: Var, log_s: Var, new_s: Var, dtype
     rescaled by (1 − s′)/(1 − s) so that rows still sum to 1 (top-label)."""
     one = _const(1.0, dtype)
     if scope == "binary":
-        return op.concat([op.unsqueeze(op.sub(one, new_s), _ints(1)), op.unsqueeze(new_s, _ints(1))], axis=1)
+        return op.concat([op.unsqueeze(op.sub(one, new_s), ints(1)), op.unsqueeze(new_s, ints(1))], axis=1)
     p = op.softmax(z, axis=-1)
     scale = op.div(op.sub(one, new_s), op.sub(one, op.exp(log_s)))
     safe_scale = op.where(op.equal(op.sub(one, op.exp(log_s)), _const(0.0, dtype)), _const(0.0, dtype), scale)
-    others = op.mul(op.mul(p, op.sub(one, onehot)), op.unsqueeze(safe_scale, _ints(1)))
-    return op.add(others, op.mul(onehot, op.unsqueeze(new_s, _ints(1))))
+    others = op.mul(op.mul(p, op.sub(one, onehot)), op.unsqueeze(safe_scale, ints(1)))
+    return op.add(others, op.mul(onehot, op.unsqueeze(new_s, ints(1))))
 
 
 def sigmoid_map_graph(coef: np.ndarray, intercept: float, scope: Scope, dtype: np.dtype) -> onnx.ModelProto:
@@ -190,7 +172,7 @@ def score_features_graph(scope: Scope, dtype: np.dtype) -> onnx.ModelProto:
         target = op.cast(op.equal(labels, scalar(1, np.int64)), to=dtype)
     else:
         target = op.cast(op.equal(op.arg_max(z, axis=-1, keepdims=0), labels), to=dtype)
-    features = op.concat([op.unsqueeze(log_s, _ints(1)), op.unsqueeze(log_not_s, _ints(1))], axis=1)
+    features = op.concat([op.unsqueeze(log_s, ints(1)), op.unsqueeze(log_not_s, ints(1))], axis=1)
     return build({"logits": z, "labels": labels}, {"features": features, "target": target})
 
 
@@ -200,14 +182,14 @@ def histogram_counts_graph(bin_edges: np.ndarray, dtype: np.dtype) -> onnx.Model
     labels = argument(Tensor(np.int64, ("N",)))
     p = op.softmax(z, axis=-1)
     bins = len(bin_edges) - 1
-    index = op.reshape(op.add(bin_index(p, bin_edges[1:-1], dtype), _class_offsets(p, bins)), _ints(-1))
+    index = op.reshape(op.add(bin_index(p, bin_edges[1:-1], dtype), _class_offsets(p, bins)), ints(-1))
     size = op.mul(op.shape(z, start=1, end=2), op.constant(value=np.asarray([bins], np.int64)))
     zeros = op.constant_of_shape(size, value=np.array([0.0], np.float64))
-    classes = op.squeeze(_class_offsets(p, 1), _ints(0))
-    positive = op.cast(op.equal(op.unsqueeze(labels, _ints(1)), op.unsqueeze(classes, _ints(0))), to=np.float64)
+    classes = op.squeeze(class_range(p), ints(0))
+    positive = op.cast(op.equal(op.unsqueeze(labels, ints(1)), op.unsqueeze(classes, ints(0))), to=np.float64)
     ones = op.cast(op.add(op.mul(z, _const(0.0, dtype)), _const(1.0, dtype)), to=np.float64)
     outputs = {
-        "count": op.scatter_elements(zeros, index, op.reshape(ones, _ints(-1)), reduction="add"),
-        "positive": op.scatter_elements(zeros, index, op.reshape(positive, _ints(-1)), reduction="add"),
+        "count": op.scatter_elements(zeros, index, op.reshape(ones, ints(-1)), reduction="add"),
+        "positive": op.scatter_elements(zeros, index, op.reshape(positive, ints(-1)), reduction="add"),
     }
     return build({"logits": z, "labels": labels}, outputs)

@@ -13,18 +13,14 @@ import onnx
 import spox.opset.ai.onnx.v21 as op
 from spox import Tensor, Var, argument, build
 
-from app.core.graph import scalar
+from app.core.graph import class_range, ints
 
 AffineKind = Literal["vector", "matrix"]
 
 
-def _ints(*values: int) -> Var:
-    return op.constant(value=np.asarray(values, dtype=np.int64))
-
-
 def _f64_sum(x: Var, axes: tuple[int, ...] | None = None) -> Var:
     x64 = x if x.unwrap_tensor().dtype == np.float64 else op.cast(x, to=np.float64)
-    return op.reduce_sum(x64, _ints(*axes) if axes else None, keepdims=0)
+    return op.reduce_sum(x64, ints(*axes) if axes else None, keepdims=0)
 
 
 def _rows(dtype: np.dtype) -> tuple[Var, Var]:
@@ -32,7 +28,7 @@ def _rows(dtype: np.dtype) -> tuple[Var, Var]:
 
 
 def _label_col(labels: Var) -> Var:
-    return op.unsqueeze(labels, _ints(1))
+    return op.unsqueeze(labels, ints(1))
 
 
 def temperature_objective(dtype: np.dtype) -> onnx.ModelProto:
@@ -43,11 +39,11 @@ def temperature_objective(dtype: np.dtype) -> onnx.ModelProto:
     scaled = op.mul(logits, beta)
     log_p = op.log_softmax(scaled, axis=-1)
     p = op.exp(log_p)
-    nll = op.neg(op.squeeze(op.gather_elements(log_p, _label_col(labels), axis=1), _ints(1)))
-    mean_z = op.reduce_sum(op.mul(p, logits), _ints(-1), keepdims=1)
+    nll = op.neg(op.squeeze(op.gather_elements(log_p, _label_col(labels), axis=1), ints(1)))
+    mean_z = op.reduce_sum(op.mul(p, logits), ints(-1), keepdims=1)
     z_y = op.gather_elements(logits, _label_col(labels), axis=1)
     centred = op.sub(logits, mean_z)
-    variance = op.reduce_sum(op.mul(p, op.mul(centred, centred)), _ints(-1), keepdims=0)
+    variance = op.reduce_sum(op.mul(p, op.mul(centred, centred)), ints(-1), keepdims=0)
     outputs = {"nll": _f64_sum(nll), "grad": _f64_sum(op.sub(mean_z, z_y)), "hess": _f64_sum(variance)}
     return build({"logits": logits, "labels": labels, "beta": beta}, outputs)
 
@@ -62,15 +58,8 @@ def affine_objective(dtype: np.dtype, kind: AffineKind, on_log_probs: bool) -> o
     x = op.log_softmax(logits, axis=-1) if on_log_probs else logits
     linear = op.mul(x, weight) if kind == "vector" else op.matmul(x, op.transpose(weight, perm=[1, 0]))
     log_p = op.log_softmax(op.add(linear, bias), axis=-1)
-    nll = op.neg(op.squeeze(op.gather_elements(log_p, _label_col(labels), axis=1), _ints(1)))
-    classes = op.unsqueeze(
-        op.range(
-            scalar(0, np.int64),
-            op.squeeze(op.shape(logits, start=1, end=2), _ints(0)),
-            scalar(1, np.int64),
-        ),
-        _ints(0),
-    )
+    nll = op.neg(op.squeeze(op.gather_elements(log_p, _label_col(labels), axis=1), ints(1)))
+    classes = class_range(logits)
     onehot = op.cast(op.equal(_label_col(labels), classes), to=dtype)
     residual = op.sub(op.exp(log_p), onehot)
     if kind == "vector":
@@ -90,7 +79,7 @@ def logistic_objective(dtype: np.dtype) -> onnx.ModelProto:
     targets = argument(Tensor(dtype, ("N",)))
     coef = argument(Tensor(dtype, ("K",)))
     intercept = argument(Tensor(dtype, ()))
-    u = op.add(op.squeeze(op.matmul(features, op.unsqueeze(coef, _ints(1))), _ints(1)), intercept)
+    u = op.add(op.squeeze(op.matmul(features, op.unsqueeze(coef, ints(1))), ints(1)), intercept)
     zero = op.constant(value=np.asarray(0, dtype=dtype))
     one = op.constant(value=np.asarray(1, dtype=dtype))
     softplus = op.add(op.max([u, zero]), op.log(op.add(one, op.exp(op.neg(op.abs(u))))))
@@ -98,7 +87,7 @@ def logistic_objective(dtype: np.dtype) -> onnx.ModelProto:
     residual = op.sub(op.sigmoid(u), targets)
     outputs = {
         "loss": _f64_sum(loss),
-        "grad_coef": _f64_sum(op.mul(features, op.unsqueeze(residual, _ints(1))), (0,)),
+        "grad_coef": _f64_sum(op.mul(features, op.unsqueeze(residual, ints(1))), (0,)),
         "grad_intercept": _f64_sum(residual),
     }
     return build({"features": features, "targets": targets, "coef": coef, "intercept": intercept}, outputs)
@@ -111,7 +100,7 @@ def correctness_aware_objective(dtype: np.dtype, per_row: bool = False) -> onnx.
     acc·n_wrong) is formed from these."""
     logits, labels = _rows(dtype)
     temperature = argument(Tensor(dtype, ("N", 1) if per_row else ()))
-    conf = op.reduce_max(op.softmax(op.div(logits, temperature), axis=-1), _ints(-1), keepdims=0)
+    conf = op.reduce_max(op.softmax(op.div(logits, temperature), axis=-1), ints(-1), keepdims=0)
     right = op.cast(op.equal(op.arg_max(logits, axis=-1, keepdims=0), labels), to=dtype)
     one = op.constant(value=np.asarray(1, dtype=dtype))
     miss = op.sub(conf, one)
@@ -128,7 +117,7 @@ def view_agreement(dtype: np.dtype) -> onnx.ModelProto:
     """a_i = share of the transformed views v ≥ 1 whose argmax equals the original view's (view 0), [N]."""
     views = argument(Tensor(dtype, ("N", "V", "C")))
     top = op.arg_max(views, axis=-1, keepdims=0)  # [N, V]
-    original = op.slice(top, _ints(0), _ints(1), _ints(1))
-    others = op.slice(top, _ints(1), _ints(np.iinfo(np.int64).max), _ints(1))
-    agree = op.reduce_mean(op.cast(op.equal(others, original), to=dtype), _ints(1), keepdims=0)
+    original = op.slice(top, ints(0), ints(1), ints(1))
+    others = op.slice(top, ints(1), ints(np.iinfo(np.int64).max), ints(1))
+    agree = op.reduce_mean(op.cast(op.equal(others, original), to=dtype), ints(1), keepdims=0)
     return build({"logits": views}, {"agreement": agree})

@@ -1,0 +1,49 @@
+"""/v1/ood: logit-based scores and the separation of in- and out-of-distribution scores."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from app.api.bodies import read_tensor_body, tensor_request_body
+from app.api.deps import resources_of
+from app.api.problems import PROBLEM_RESPONSES
+from app.ood import service
+from app.ood.schemas import (
+    EVALUATE_TENSORS,
+    SCORE_TENSORS,
+    OodEvaluateOut,
+    OodEvaluateRequest,
+    ScoresOut,
+    ScoresRequest,
+)
+
+router = APIRouter(prefix="/v1/ood", tags=["ood"])
+
+
+@router.post(
+    "/scores",
+    response_model=ScoresOut,
+    summary="Logit-based OOD scores (higher = more OOD)",
+    responses=PROBLEM_RESPONSES,
+    openapi_extra=tensor_request_body("ScoresRequest", SCORE_TENSORS),
+)
+async def scores(request: Request) -> Response:
+    options, arrays = await read_tensor_body(request, SCORE_TENSORS, frozenset())
+    body = ScoresRequest.model_validate(options)
+    out = await run_in_threadpool(service.logit_scores, body, arrays, resources_of(request).cache)
+    return Response(out.model_dump_json(), media_type="application/json")
+
+
+@router.post(
+    "/evaluate",
+    response_model=OodEvaluateOut,
+    summary="AUROC, AUPR-In/Out, FPR@95 (both conventions), detection error",
+    responses=PROBLEM_RESPONSES,
+    openapi_extra=tensor_request_body("OodEvaluateRequest", EVALUATE_TENSORS),
+)
+async def evaluate(request: Request) -> Response:
+    options, arrays = await read_tensor_body(request, EVALUATE_TENSORS, frozenset())
+    body = OodEvaluateRequest.model_validate(options)
+    out = await run_in_threadpool(service.evaluate, body, arrays)
+    return Response(out.model_dump_json(), media_type="application/json")

@@ -1,0 +1,61 @@
+"""OOD use cases: logit scores through the ONNX graph, separation metrics of two score sets."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from app.core.errors import InputError
+from app.core.evaluation import validate_batch
+from app.core.logit_scores import scores_graph
+from app.core.ood_metrics import separation
+from app.core.runtime import SessionCache
+from app.ood.schemas import OodEvaluateOut, OodEvaluateRequest, ScoresOut, ScoresRequest
+
+
+def logit_scores(request: ScoresRequest, arrays: dict[str, np.ndarray], cache: SessionCache) -> ScoresOut:
+    if "logits" not in arrays:
+        raise InputError("logits", "required")
+    if not request.methods:
+        raise InputError("methods", "give at least one method")
+    keys = [m.report_key for m in request.methods]
+    if len(set(keys)) != len(keys):
+        raise InputError("methods", "two methods report under the same key: give each a distinct 'key'")
+    batch = validate_batch(logits=arrays["logits"], labels=np.zeros(len(arrays["logits"]), dtype=np.int64))
+    specs = tuple(request.methods)
+    dtype, classes = batch.scores.dtype, batch.classes
+    session = cache.get(
+        f"ood:scores:{dtype}:{classes}:{[s.model_dump() for s in specs]}", lambda: scores_graph(specs, classes, dtype)
+    )
+    names = [o.name for o in session.get_outputs()]
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    step = max(1, (8 << 20) // batch.scores[0].nbytes)
+    for start in range(0, batch.n, step):
+        for name, value in zip(names, session.run(names, {"logits": batch.scores[start : start + step]}), strict=True):
+            columns[name].append(value)
+    return ScoresOut(scores={k: np.concatenate(v).astype(np.float64).tolist() for k, v in columns.items()})
+
+
+def _scores(arrays: dict[str, np.ndarray], field: str) -> np.ndarray:
+    values = arrays.get(field)
+    if values is None:
+        raise InputError(field, "required")
+    if values.ndim != 1:
+        raise InputError(field, f"must be a 1-D array of scores, got shape {list(values.shape)}")
+    if values.size == 0:
+        raise InputError(field, "is empty")
+    if values.dtype.kind not in "fiu":
+        raise InputError(field, f"dtype {values.dtype} is not numeric")
+    scores = values.astype(np.float64)
+    if not np.isfinite(scores).all():
+        raise InputError(field, "contains NaN or infinite value(s)")
+    return scores
+
+
+def evaluate(request: OodEvaluateRequest, arrays: dict[str, np.ndarray]) -> OodEvaluateOut:
+    scores_in, scores_out = _scores(arrays, "scores_in"), _scores(arrays, "scores_out")
+    return OodEvaluateOut(
+        **separation(scores_in, scores_out, request.aupr),
+        n_in=len(scores_in),
+        n_out=len(scores_out),
+        aupr_integral=request.aupr,
+    )

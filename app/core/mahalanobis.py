@@ -1,0 +1,182 @@
+"""Mahalanobis OOD detectors (Lee et al. 2018; relative: Ren et al. 2021), mahalanobis.md §2–3, §7.
+
+Fit: float64 sufficient statistics (row count, global mean and centred scatter merged Chan-style, per-
+class counts and sums), so a fit streams over chunks in O(D² + C·D) memory and a chunked fit equals
+the one-shot one. The tied within-class scatter is W = T − Σ_c n_c (μ_c − μ̄)(μ_c − μ̄)ᵀ.
+Score: centre on the global mean, whiten once (AᵀA = Σ⁻¹), then d_c² = ‖z‖² − 2 z·m_c + ‖m_c‖² by
+matrix products in ONNX, clamped at 0 (§7); outlier score min_c d_c² (higher = more OOD), nearest class
+= argmin (ties → lowest index); relative Mahalanobis subtracts the background distance d_0².
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import spox.opset.ai.onnx.v21 as op
+from spox import Tensor, Var, argument, build
+
+from app.core.errors import InputError
+from app.core.graph import ints
+
+F64 = npt.NDArray[np.float64]
+Shrinkage = Literal["ledoit_wolf", "oas"] | float | None
+
+
+@dataclass
+class GaussianStats:
+    """Mergeable sufficient statistics of labelled features, all float64."""
+
+    classes: int
+    dim: int
+    n: float = 0.0
+    mean: F64 = field(default_factory=lambda: np.zeros(0))
+    scatter: F64 = field(default_factory=lambda: np.zeros((0, 0)))  # Σ (x − x̄)(x − x̄)ᵀ
+    class_counts: F64 = field(default_factory=lambda: np.zeros(0))
+    class_sums: F64 = field(default_factory=lambda: np.zeros((0, 0)))
+
+    def __post_init__(self) -> None:
+        if self.mean.size == 0:
+            self.mean = np.zeros(self.dim)
+            self.scatter = np.zeros((self.dim, self.dim))
+            self.class_counts = np.zeros(self.classes)
+            self.class_sums = np.zeros((self.classes, self.dim))
+
+    @classmethod
+    def of(cls, features: np.ndarray, labels: np.ndarray, classes: int) -> GaussianStats:
+        x = features.astype(np.float64)
+        mean = x.mean(0)
+        centred = x - mean
+        counts = np.bincount(labels, minlength=classes).astype(np.float64)
+        sums = np.zeros((classes, x.shape[1]))
+        np.add.at(sums, labels, x)
+        return cls(classes, x.shape[1], float(len(x)), mean, centred.T @ centred, counts, sums)
+
+    def merge(self, other: GaussianStats) -> GaussianStats:
+        """Chan et al.'s pairwise update: exact for disjoint row sets, in any order."""
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            return other
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        scatter = self.scatter + other.scatter + np.outer(delta, delta) * (self.n * other.n / n)
+        return GaussianStats(
+            self.classes,
+            self.dim,
+            n,
+            self.mean + delta * (other.n / n),
+            scatter,
+            self.class_counts + other.class_counts,
+            self.class_sums + other.class_sums,
+        )
+
+    @property
+    def class_means(self) -> F64:
+        means: F64 = self.class_sums / self.class_counts[:, None]
+        return means
+
+    def within_scatter(self) -> F64:
+        offsets = self.class_means - self.mean
+        within: F64 = self.scatter - (offsets.T * self.class_counts) @ offsets
+        return within
+
+
+def shrunk(covariance: F64, shrinkage: Shrinkage, n: float, fourth_moment: float | None = None) -> F64:
+    """(1 − α)Σ + α·tr(Σ)/D·I with α given, or from OAS (Chen et al. 2010) or Ledoit–Wolf as
+    scikit-learn computes them on centred data (§3.5); LW needs Σ_i ‖x_i − μ_{y_i}‖⁴."""
+    d = covariance.shape[0]
+    mu = np.trace(covariance) / d
+    if shrinkage is None:
+        return covariance
+    if shrinkage == "oas":
+        a = np.mean(covariance**2)
+        num = a + mu**2
+        den = (n + 1.0) * (a - mu**2 / d)
+        alpha = 1.0 if den == 0 else min(num / den, 1.0)
+    elif shrinkage == "ledoit_wolf":
+        assert fourth_moment is not None
+        delta = np.sum((covariance - mu * np.eye(d)) ** 2) / d
+        beta = (fourth_moment / n - np.sum(covariance**2)) / (d * n)
+        alpha = 0.0 if delta == 0 else min(beta, delta) / delta
+    else:
+        alpha = float(shrinkage)
+    out: F64 = (1.0 - alpha) * covariance + alpha * mu * np.eye(d)
+    return out
+
+
+def whitening(covariance: F64, inverse: Literal["pinv", "solve"]) -> F64:
+    """A with AᵀA = Σ⁻¹: pinv from eigh with scipy's pinvh cut-off (the reference's choice), or the
+    inverse Cholesky factor, which refuses a singular Σ with a clear error instead of amplifying noise."""
+    values, vectors = np.linalg.eigh(covariance)
+    cutoff = values.max() * covariance.shape[0] * np.finfo(np.float64).eps
+    if inverse == "solve":
+        if values.min() <= cutoff:
+            raise InputError(
+                "params.inverse",
+                f"the covariance is singular (smallest eigenvalue {values.min():.3g}); use inverse 'pinv', "
+                "a 'ridge' or 'shrinkage'",
+            )
+        a: F64 = np.linalg.inv(np.linalg.cholesky(covariance))
+        return a
+    scale = np.where(values > cutoff, 1.0 / np.sqrt(np.where(values > cutoff, values, 1.0)), 0.0)
+    a = (vectors * scale).T
+    return a
+
+
+@dataclass(frozen=True)
+class MahalanobisModel:
+    """Everything scoring needs: the global mean, the whitening, the whitened class means, and for the
+    relative variant the background whitening."""
+
+    mean: F64
+    whiten: F64  # [D, D]
+    means: F64  # [C, D] whitened, centred on the global mean
+    background: F64 | None = None  # [D, D] whitening of the label-free covariance
+    normalize: bool = False
+
+
+def fit(
+    stats: GaussianStats,
+    *,
+    shrinkage: Shrinkage = None,
+    ridge: float = 0.0,
+    inverse: Literal["pinv", "solve"] = "pinv",
+    relative: bool = False,
+    normalize: bool = False,
+    fourth_moment: float | None = None,
+) -> MahalanobisModel:
+    covariance = stats.within_scatter() / stats.n  # tied MLE, divided by N
+    covariance = shrunk(covariance, shrinkage, stats.n, fourth_moment) + ridge * np.eye(stats.dim)
+    a = whitening(covariance, inverse)
+    means = (stats.class_means - stats.mean) @ a.T
+    background = None
+    if relative:
+        background = whitening(stats.scatter / stats.n + ridge * np.eye(stats.dim), inverse)
+    return MahalanobisModel(stats.mean, a, means, background, normalize)
+
+
+def scoring_graph(model: MahalanobisModel, dtype: np.dtype) -> onnx.ModelProto:
+    """features [N, D] -> `scores` (min_c d_c², minus d_0² when relative) and `nearest_class`."""
+    features = argument(Tensor(dtype, ("N", model.mean.size)))
+
+    def c(value: object) -> Var:
+        return op.constant(value=np.asarray(value, dtype=dtype))
+
+    x = features
+    if model.normalize:
+        norm = op.sqrt(op.reduce_sum(op.mul(x, x), ints(-1), keepdims=1))
+        x = op.div(x, op.clip(norm, c(1e-12), None))
+    centred = op.sub(x, c(model.mean))
+    z = op.matmul(centred, c(model.whiten.T))
+    squared = op.reduce_sum(op.mul(z, z), ints(-1), keepdims=1)
+    cross = op.matmul(z, c(model.means.T))
+    d2 = op.clip(op.add(op.sub(squared, op.mul(c(2.0), cross)), c(np.sum(model.means**2, axis=1))), c(0.0), None)
+    score = op.reduce_min(d2, ints(-1), keepdims=0)
+    if model.background is not None:
+        zb = op.matmul(centred, c(model.background.T))
+        score = op.sub(score, op.reduce_sum(op.mul(zb, zb), ints(-1), keepdims=0))
+    return build({"features": features}, {"scores": score, "nearest_class": op.arg_min(d2, axis=-1, keepdims=0)})

@@ -13,11 +13,11 @@ from app import __version__
 from app.api.deps import Resources
 from app.api.limits import BodySizeLimit
 from app.api.problems import install_problem_handlers
-from app.api.routes import calibrators, evaluations, gates, health, ood
+from app.api.routes import calibrators, detectors, evaluations, gates, health, ood
 from app.calibration.schemas import ApplyRequest, CalibratorRequest
 from app.config import Settings, get_settings
 from app.evaluation.schemas import EvaluationRequest
-from app.ood.schemas import OodEvaluateRequest, ScoresRequest
+from app.ood.schemas import DetectorRequest, OodEvaluateRequest, ScoreRequest, ScoresRequest
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(evaluations.router)
     app.include_router(calibrators.router)
     app.include_router(gates.router)
+    app.include_router(detectors.router)
     app.include_router(ood.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 
@@ -49,7 +50,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (EvaluationRequest, CalibratorRequest, ApplyRequest, ScoresRequest, OodEvaluateRequest):
+            for model in (
+                EvaluationRequest,
+                CalibratorRequest,
+                ApplyRequest,
+                ScoresRequest,
+                OodEvaluateRequest,
+                DetectorRequest,
+                ScoreRequest,
+            ):
                 request_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(request_schema.pop("$defs", {}))
                 components[model.__name__] = request_schema

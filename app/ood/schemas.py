@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -12,7 +12,8 @@ from app.core.specs import TermSpec
 from app.evaluation.schemas import Tensor
 
 SCORE_TENSORS = ("logits",)
-EVALUATE_TENSORS = ("scores_in", "scores_out")
+EVALUATE_TENSORS = ("scores_in", "scores_out", "features_in", "features_out")
+DETECTOR_TENSORS = ("features", "labels")
 
 
 def default_methods() -> list[TermSpec]:
@@ -42,13 +43,17 @@ class ScoresOut(BaseModel):
 
 
 class OodEvaluateRequest(BaseModel):
-    """Separation of in- and out-of-distribution scores (higher = more OOD). Every distinct score is a
-    threshold (no dropped ROC points) and ties count against the detector (mahalanobis.md §5)."""
+    """Separation of in- and out-of-distribution scores (higher = more OOD), given directly or as a
+    detector's scores of `features_in`/`features_out`. Every distinct score is a threshold (no dropped
+    ROC points) and ties count against the detector (mahalanobis.md §5)."""
 
     model_config = ConfigDict(extra="forbid")
 
     scores_in: Tensor = Field(None, description="[N_in] scores of in-distribution samples.")
     scores_out: Tensor = Field(None, description="[N_out] scores of out-of-distribution samples.")
+    detector_id: str | None = Field(None, description="Score features_in/features_out with this detector.")
+    features_in: Tensor = Field(None, description="[N_in, D] in-distribution features (with detector_id).")
+    features_out: Tensor = Field(None, description="[N_out, D] out-of-distribution features (with detector_id).")
     aupr: PrIntegral = Field("average_precision", description="average_precision (step) or trapezoid.")
 
 
@@ -62,3 +67,66 @@ class OodEvaluateOut(BaseModel):
     n_in: int
     n_out: int
     aupr_integral: str
+
+
+class MahalanobisParams(BaseModel):
+    """Lee et al. 2018 with a tied MLE covariance (divide by N); options as api.md names them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    covariance: Literal["tied"] = Field("tied", description="per_class is not built yet.")
+    shrinkage: Literal["ledoit_wolf", "oas"] | Annotated[float, Field(ge=0, le=1)] | None = Field(
+        None, description="ledoit_wolf, oas, or α for (1 − α)Σ + α·tr(Σ)/D·I."
+    )
+    ridge: float = Field(0.0, ge=0, allow_inf_nan=False, description="λ added as Σ + λI.")
+    normalize: bool = Field(False, description="L2-normalise features first (fit and score).")
+    inverse: Literal["pinv", "solve"] = Field(
+        "pinv", description="pinv (pinvh cut-off) or Cholesky (refuses singular Σ)."
+    )
+
+
+class DetectorRequest(BaseModel):
+    """Fit a detector on in-distribution features and labels. Scores are higher for more OOD inputs:
+    mahalanobis = min_c d_c²; relative_mahalanobis = min_c d_c² − d_0² (Ren et al. 2021). knn and vim
+    are not built yet."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["mahalanobis", "relative_mahalanobis"]
+    features: Tensor = Field(None, description="[N, D] features.")
+    labels: Tensor = Field(None, description="[N] integer labels 0..C−1, every class present.")
+    params: MahalanobisParams = Field(default_factory=MahalanobisParams)
+    model: str | None = Field(None, max_length=256)
+    dataset: str | None = Field(None, max_length=256)
+    tags: dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=512)]] = Field(
+        default_factory=dict
+    )
+
+
+class DetectorOut(BaseModel):
+    id: str
+    created_at: str
+    method: str
+    classes: int
+    dim: int
+    params: dict[str, Any]
+    fit_info: dict[str, Any]
+    model: str | None
+    dataset: str | None
+    tags: dict[str, str]
+
+
+class DetectorList(BaseModel):
+    items: list[DetectorOut]
+    next_cursor: str | None
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    features: Tensor = Field(None, description="[N, D] features, D as at fit time.")
+
+
+class DetectorScoresOut(BaseModel):
+    scores: list[float] = Field(description="Higher = more out-of-distribution.")
+    nearest_class: list[int] = Field(description="argmin_c d_c² (ties → lowest index).")

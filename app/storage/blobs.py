@@ -29,3 +29,15 @@ def compact_indices(array: np.ndarray, upper: int) -> np.ndarray:
         if upper <= np.iinfo(dtype).max + 1:
             return array.astype(dtype, copy=False)
     return array.astype(np.int64, copy=False)
+
+
+def encode_arrays(arrays: dict[str, np.ndarray]) -> bytes:
+    """Several named arrays as one zstd-compressed .npz."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    return _COMPRESSOR.compress(buffer.getbuffer())
+
+
+def decode_arrays(blob: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(zstandard.ZstdDecompressor().decompress(blob)), allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}

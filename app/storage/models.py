@@ -112,3 +112,23 @@ class GateRecord(Base):
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
 
     __table_args__ = (Index("ix_gates_created_at_id", "created_at", "id"),)
+
+
+class DetectorRecord(Base):
+    """A fitted OOD detector: method, params, and its fitted arrays as one zstd-compressed .npz blob."""
+
+    __tablename__ = "detectors"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime())  # naive UTC
+    method: Mapped[str] = mapped_column(String(32), index=True)
+    classes: Mapped[int] = mapped_column(Integer)
+    dim: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str | None] = mapped_column(String(256), index=True)
+    dataset: Mapped[str | None] = mapped_column(String(256))
+    tags: Mapped[dict[str, str]] = mapped_column(JSON)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    fit_info: Mapped[dict[str, Any]] = mapped_column(JSON)
+    arrays: Mapped[bytes] = mapped_column(LargeBinary)
+
+    __table_args__ = (Index("ix_detectors_created_at_id", "created_at", "id"),)

@@ -1,0 +1,102 @@
+"""/v1/detectors: fit and store, get, list, delete, score features."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from sqlalchemy import delete as sql_delete
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from app.api.bodies import read_tensor_body, tensor_request_body
+from app.api.deps import Resources, get_resources, resources_of
+from app.api.problems import PROBLEM_RESPONSES, ProblemError
+from app.ood import detectors
+from app.ood.schemas import (
+    DETECTOR_TENSORS,
+    DetectorList,
+    DetectorOut,
+    DetectorRequest,
+    DetectorScoresOut,
+    ScoreRequest,
+)
+from app.storage.models import DetectorRecord
+from app.storage.pagination import InvalidCursorError, page
+
+router = APIRouter(prefix="/v1/detectors", tags=["detectors"])
+ResourcesDep = Annotated[Resources, Depends(get_resources)]
+
+
+def load_detector(resources: Resources, detector_id: str) -> DetectorRecord:
+    with resources.sessions() as session:
+        record = session.get(DetectorRecord, detector_id)
+    if record is None:
+        raise ProblemError(404, f"no detector with id {detector_id!r}")
+    return record
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=DetectorOut,
+    summary="Fit an OOD detector and store it",
+    responses=PROBLEM_RESPONSES,
+    openapi_extra=tensor_request_body("DetectorRequest", DETECTOR_TENSORS),
+)
+async def create_detector(request: Request) -> Response:
+    resources = resources_of(request)
+    options, arrays = await read_tensor_body(request, DETECTOR_TENSORS, frozenset({"labels"}))
+    body = DetectorRequest.model_validate(options)
+    model, info, classes = await run_in_threadpool(detectors.fit_detector, body, arrays)
+    record = await run_in_threadpool(detectors.store_detector, body, model, info, classes, resources.sessions)
+    return Response(detectors.detector_out(record).model_dump_json(), status_code=201, media_type="application/json")
+
+
+@router.get("", response_model=DetectorList, summary="List detectors, newest first", responses=PROBLEM_RESPONSES)
+def list_(
+    resources: ResourcesDep,
+    model: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> DetectorList:
+    query = select(DetectorRecord)
+    if model is not None:
+        query = query.where(DetectorRecord.model == model)
+    with resources.sessions() as session:
+        try:
+            rows, next_cursor = page(session, query, DetectorRecord, limit, cursor)
+        except InvalidCursorError as exc:
+            raise ProblemError(422, str(exc), [{"field": "cursor", "message": str(exc)}]) from exc
+        return DetectorList(items=[detectors.detector_out(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/{detector_id}", response_model=DetectorOut, summary="One detector", responses=PROBLEM_RESPONSES)
+def get(detector_id: str, resources: ResourcesDep) -> DetectorOut:
+    return detectors.detector_out(load_detector(resources, detector_id))
+
+
+@router.delete("/{detector_id}", status_code=204, summary="Delete a detector", responses=PROBLEM_RESPONSES)
+def delete(detector_id: str, resources: ResourcesDep) -> Response:
+    with resources.sessions.begin() as session:
+        deleted = session.execute(sql_delete(DetectorRecord).where(DetectorRecord.id == detector_id)).rowcount  # type: ignore[attr-defined]
+    if not deleted:
+        raise ProblemError(404, f"no detector with id {detector_id!r}")
+    return Response(status_code=204)
+
+
+@router.post(
+    "/{detector_id}/score",
+    response_model=DetectorScoresOut,
+    summary="OOD scores of features",
+    responses=PROBLEM_RESPONSES,
+    openapi_extra=tensor_request_body("ScoreRequest", ("features",)),
+)
+async def score(detector_id: str, request: Request) -> Response:
+    resources = resources_of(request)
+    options, arrays = await read_tensor_body(request, ("features",), frozenset())
+    ScoreRequest.model_validate(options)
+    record = await run_in_threadpool(load_detector, resources, detector_id)
+    scores, nearest = await run_in_threadpool(detectors.score, record, arrays.get("features"), resources.cache)
+    out = DetectorScoresOut(scores=scores.astype(float).tolist(), nearest_class=nearest.astype(int).tolist())
+    return Response(out.model_dump_json(), media_type="application/json")

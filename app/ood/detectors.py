@@ -1,0 +1,157 @@
+"""Detector use cases: fit (streamed sufficient statistics), store, score."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.core.errors import InputError
+from app.core.mahalanobis import GaussianStats, MahalanobisModel, fit, scoring_graph
+from app.core.runtime import SessionCache
+from app.evaluation.service import rfc3339
+from app.ood.schemas import DetectorOut, DetectorRequest
+from app.storage.blobs import decode_arrays, encode_arrays
+from app.storage.models import DetectorRecord
+
+CHUNK_BYTES = 8 << 20
+
+
+def _features(values: np.ndarray | None, field: str, dim: int | None = None) -> np.ndarray:
+    if values is None:
+        raise InputError(field, "required")
+    if values.ndim != 2:
+        raise InputError(field, f"must be a 2-D array [N, D], got shape {list(values.shape)}")
+    if values.shape[0] == 0:
+        raise InputError(field, "is empty (N = 0)")
+    if values.dtype.kind not in "fiu" or (values.dtype.kind == "f" and values.dtype not in (np.float32, np.float64)):
+        raise InputError(field, f"dtype {values.dtype} is not supported (use float32 or float64)")
+    if dim is not None and values.shape[1] != dim:
+        raise InputError(field, f"has D = {values.shape[1]} features; the detector was fitted on D = {dim}")
+    features = np.ascontiguousarray(values, dtype=values.dtype if values.dtype.kind == "f" else np.float64)
+    if not np.isfinite(features).all():
+        raise InputError(field, "contains NaN or infinite value(s)")
+    return features
+
+
+def _normalized(x: np.ndarray, normalize: bool) -> np.ndarray:
+    if not normalize:
+        return x
+    norms: np.ndarray = np.linalg.norm(x, axis=1, keepdims=True)
+    unit: np.ndarray = x / np.maximum(norms, 1e-12)
+    return unit
+
+
+def fit_detector(
+    request: DetectorRequest, arrays: dict[str, np.ndarray]
+) -> tuple[MahalanobisModel, dict[str, Any], int]:
+    """Stream the features in chunks into mergeable float64 statistics, then fit (Ledoit–Wolf takes a
+    second pass for its fourth moment around the class means)."""
+    features = _features(arrays.get("features"), "features")
+    labels = arrays.get("labels")
+    if labels is None or labels.shape != (len(features),):
+        raise InputError("labels", f"must be [N] = [{len(features)}] integer labels")
+    if labels.dtype.kind not in "iu" or labels.min() < 0:
+        raise InputError("labels", "must be non-negative integers")
+    labels = labels.astype(np.int64)
+    classes = int(labels.max()) + 1
+    counts = np.bincount(labels, minlength=classes)
+    if len(features) < classes:
+        raise InputError("features", f"{len(features)} rows for C = {classes} classes: need at least one per class")
+    if (counts == 0).any():
+        raise InputError(
+            "labels", f"classes {np.flatnonzero(counts == 0).tolist()} have no rows (labels must be 0..C−1)"
+        )
+    params = request.params
+    step = max(1, CHUNK_BYTES // features[0].nbytes)
+    stats = GaussianStats(classes, features.shape[1])
+    for start in range(0, len(features), step):
+        chunk = _normalized(features[start : start + step].astype(np.float64), params.normalize)
+        stats = stats.merge(GaussianStats.of(chunk, labels[start : start + step], classes))
+    fourth = None
+    if params.shrinkage == "ledoit_wolf":
+        means = stats.class_means
+        fourth = 0.0
+        for start in range(0, len(features), step):
+            chunk = _normalized(features[start : start + step].astype(np.float64), params.normalize)
+            fourth += float(np.sum(np.sum((chunk - means[labels[start : start + step]]) ** 2, axis=1) ** 2))
+    model = fit(
+        stats,
+        shrinkage=params.shrinkage,
+        ridge=params.ridge,
+        inverse=params.inverse,
+        relative=request.method == "relative_mahalanobis",
+        normalize=params.normalize,
+        fourth_moment=fourth,
+    )
+    info = {"n": int(stats.n), "class_counts": counts.tolist()}
+    return model, info, classes
+
+
+def store_detector(
+    request: DetectorRequest,
+    model: MahalanobisModel,
+    info: dict[str, Any],
+    classes: int,
+    sessions: sessionmaker[Session],
+) -> DetectorRecord:
+    arrays = {"mean": model.mean, "whiten": model.whiten, "means": model.means}
+    if model.background is not None:
+        arrays["background"] = model.background
+    record = DetectorRecord(
+        id=uuid.uuid4().hex,
+        created_at=datetime.now(UTC).replace(tzinfo=None),
+        method=request.method,
+        classes=classes,
+        dim=int(model.mean.size),
+        model=request.model,
+        dataset=request.dataset,
+        tags=request.tags,
+        params=request.params.model_dump(mode="json"),
+        fit_info=info,
+        arrays=encode_arrays(arrays),
+    )
+    with sessions.begin() as session:
+        session.add(record)
+    return record
+
+
+def restored(record: DetectorRecord) -> MahalanobisModel:
+    arrays = decode_arrays(record.arrays)
+    return MahalanobisModel(
+        arrays["mean"],
+        arrays["whiten"],
+        arrays["means"],
+        arrays.get("background"),
+        bool(record.params.get("normalize", False)),
+    )
+
+
+def score(
+    record: DetectorRecord, values: np.ndarray | None, cache: SessionCache, field: str = "features"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Outlier scores (higher = more OOD) and nearest classes of features, in chunks."""
+    features = _features(values, field, record.dim)
+    dtype = features.dtype
+    session = cache.get(f"detector:{record.id}:{dtype}", lambda: scoring_graph(restored(record), dtype))
+    step = max(1, CHUNK_BYTES // features[0].nbytes)
+    parts = [session.run(None, {"features": features[a : a + step]}) for a in range(0, len(features), step)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def detector_out(record: DetectorRecord) -> DetectorOut:
+    return DetectorOut(
+        id=record.id,
+        created_at=rfc3339(record.created_at),
+        method=record.method,
+        classes=record.classes,
+        dim=record.dim,
+        params=record.params,
+        fit_info=record.fit_info,
+        model=record.model,
+        dataset=record.dataset,
+        tags=record.tags,
+    )

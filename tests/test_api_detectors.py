@@ -1,0 +1,139 @@
+"""/v1/detectors and /v1/ood/evaluate with a detector, over the ASGI app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.ood import detectors
+from tests.conftest import count_rows
+from tests.test_api_bad_input import assert_problem
+from tests.test_mahalanobis import TEST, X, Y
+
+MDS = [0.0, 127 / 12, 220 / 3, 1.25]
+RMDS = [-127 / 139, 127 / 12, -161 / 417, -409 / 556]
+
+
+def fit(client: TestClient, **body: Any) -> dict[str, Any]:
+    response = client.post(
+        "/v1/detectors", json={"method": "mahalanobis", "features": X.tolist(), "labels": Y.tolist(), **body}
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+@pytest.mark.parametrize(("method", "expected"), [("mahalanobis", MDS), ("relative_mahalanobis", RMDS)])
+def test_fit_and_score_match_the_golden_vector(client: TestClient, method: str, expected: list[float]) -> None:
+    created = fit(client, method=method, model="m")
+    assert created["classes"] == 2 and created["dim"] == 3 and created["fit_info"]["class_counts"] == [4, 4]
+    scored = client.post(f"/v1/detectors/{created['id']}/score", json={"features": TEST.tolist()})
+    assert scored.status_code == 200, scored.text
+    np.testing.assert_allclose(scored.json()["scores"], expected, atol=1e-12)
+    assert scored.json()["nearest_class"] == [0, 0, 0, 1]
+    assert client.get(f"/v1/detectors/{created['id']}").json() == created
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"shrinkage": "oas"}, [0, 15.375, 61.5, 1.5]),
+        ({"shrinkage": "ledoit_wolf"}, [0, 15.057504425, 61.330167290, 1.476813708]),
+        ({"shrinkage": 1.0}, [0, 15.375, 61.5, 1.5]),
+        ({"inverse": "solve"}, MDS),
+    ],
+)
+def test_shrinkage_and_inverse_options(client: TestClient, params: dict[str, Any], expected: list[float]) -> None:
+    created = fit(client, params=params)
+    scores = client.post(f"/v1/detectors/{created['id']}/score", json={"features": TEST.tolist()}).json()["scores"]
+    np.testing.assert_allclose(scores, expected, atol=1e-8)
+
+
+def test_streamed_fit_equals_one_shot(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(300, 5)) + 20
+    labels = rng.integers(0, 3, 300)
+    body = {
+        "method": "relative_mahalanobis",
+        "features": features.tolist(),
+        "labels": labels.tolist(),
+        "params": {"shrinkage": "ledoit_wolf"},
+    }
+    one_shot = client.post("/v1/detectors", json=body).json()
+    monkeypatch.setattr(detectors, "CHUNK_BYTES", 7 * 40)  # 7 rows per chunk
+    streamed = client.post("/v1/detectors", json=body).json()
+    test = {"features": (rng.normal(size=(50, 5)) + 20).tolist()}
+    a = client.post(f"/v1/detectors/{one_shot['id']}/score", json=test).json()["scores"]
+    b = client.post(f"/v1/detectors/{streamed['id']}/score", json=test).json()["scores"]
+    np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_ood_evaluate_with_a_detector(client: TestClient) -> None:
+    rng = np.random.default_rng(1)
+    means = np.array([[0.0] * 4, [5.0] * 4])
+    labels = rng.integers(0, 2, 400)
+    features = means[labels] + rng.normal(size=(400, 4))
+    created = fit(client, features=features.tolist(), labels=labels.tolist())
+    inside = means[rng.integers(0, 2, 100)] + rng.normal(size=(100, 4))
+    outside = rng.normal(size=(100, 4)) + np.array([10.0, -5.0, 0.0, 12.0])
+    response = client.post(
+        "/v1/ood/evaluate",
+        json={"detector_id": created["id"], "features_in": inside.tolist(), "features_out": outside.tolist()},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["auroc"] > 0.99 and response.json()["n_in"] == 100
+
+
+def test_list_and_delete(client: TestClient) -> None:
+    first, second = fit(client, model="a"), fit(client, model="b")
+    assert [d["id"] for d in client.get("/v1/detectors").json()["items"]] == [second["id"], first["id"]]
+    assert [d["id"] for d in client.get("/v1/detectors", params={"model": "a"}).json()["items"]] == [first["id"]]
+    assert client.delete(f"/v1/detectors/{first['id']}").status_code == 204
+    assert_problem(client.get(f"/v1/detectors/{first['id']}"), 404)
+    assert_problem(client.delete(f"/v1/detectors/{first['id']}"), 404)
+
+
+BAD_FITS: list[tuple[str, dict[str, Any], str]] = [
+    ("fewer_rows_than_classes", {"features": [[1.0, 2.0]], "labels": [3]}, "features"),
+    ("missing_class", {"features": X.tolist(), "labels": [0, 0, 0, 0, 2, 2, 2, 2]}, "labels"),
+    ("per_class_not_built", {"params": {"covariance": "per_class"}}, "params"),
+    ("unknown_option", {"params": {"shrinkage": "magic"}}, "params"),
+    ("alpha_out_of_range", {"params": {"shrinkage": 1.5}}, "params"),
+    ("unknown_method", {"method": "knn"}, "method"),
+    ("labels_mismatch", {"labels": [0, 1]}, "labels"),
+    ("one_dimensional_features", {"features": [1.0, 2.0], "labels": [0, 1]}, "features"),
+    (
+        "singular_with_solve",
+        {"features": np.column_stack([X, X[:, 0]]).tolist(), "params": {"inverse": "solve"}},
+        "params.inverse",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), [c[1:] for c in BAD_FITS], ids=[c[0] for c in BAD_FITS])
+def test_bad_fits_are_422_and_store_nothing(client: TestClient, body: dict[str, Any], field: str) -> None:
+    base = {"method": "mahalanobis", "features": X.tolist(), "labels": Y.tolist()}
+    assert_problem(client.post("/v1/detectors", json={**base, **body}), 422, field)
+    assert sum(count_rows(client.app).values()) == 0  # type: ignore[arg-type]
+
+
+def test_bad_scoring_input(client: TestClient) -> None:
+    created = fit(client)
+    wrong = client.post(f"/v1/detectors/{created['id']}/score", json={"features": [[1.0, 2.0]]})
+    assert_problem(wrong, 422, "features")
+    assert "D = 2" in wrong.json()["detail"] and "D = 3" in wrong.json()["detail"]
+    raw = '{"features": [[1.0, NaN, 2.0]]}'
+    nan = client.post(f"/v1/detectors/{created['id']}/score", content=raw, headers={"content-type": "application/json"})
+    assert_problem(nan, 422, "features")
+    assert_problem(client.post("/v1/detectors/nope/score", json={"features": TEST.tolist()}), 404)
+    both = client.post(
+        "/v1/ood/evaluate", json={"detector_id": created["id"], "scores_in": [1.0], "features_out": TEST.tolist()}
+    )
+    assert_problem(both, 422, "scores_in")
+    assert_problem(
+        client.post("/v1/ood/evaluate", json={"detector_id": created["id"], "features_in": TEST.tolist()}),
+        422,
+        "features_out",
+    )

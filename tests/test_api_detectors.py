@@ -101,7 +101,9 @@ BAD_FITS: list[tuple[str, dict[str, Any], str]] = [
     ("per_class_not_built", {"params": {"covariance": "per_class"}}, "params"),
     ("unknown_option", {"params": {"shrinkage": "magic"}}, "params"),
     ("alpha_out_of_range", {"params": {"shrinkage": 1.5}}, "params"),
-    ("unknown_method", {"method": "knn"}, "method"),
+    ("unknown_method", {"method": "vim"}, "method"),
+    ("knn_k_too_large", {"method": "knn", "params": {"k": 9}}, "params.k"),
+    ("knn_unknown_param", {"method": "knn", "params": {"shrinkage": "oas"}}, "params"),
     ("labels_mismatch", {"labels": [0, 1]}, "labels"),
     ("one_dimensional_features", {"features": [1.0, 2.0], "labels": [0, 1]}, "features"),
     (
@@ -137,3 +139,20 @@ def test_bad_scoring_input(client: TestClient) -> None:
         422,
         "features_out",
     )
+
+
+def test_knn_matches_a_brute_force_oracle(client: TestClient) -> None:
+    rng = np.random.default_rng(3)
+    fit_features = rng.normal(size=(120, 6)) + 1
+    labels = rng.integers(0, 3, 120)
+    created = client.post(
+        "/v1/detectors",
+        json={"method": "knn", "features": fit_features.tolist(), "labels": labels.tolist(), "params": {"k": 5}},
+    )
+    assert created.status_code == 201, created.text
+    test = rng.normal(size=(30, 6))
+    out = client.post(f"/v1/detectors/{created.json()['id']}/score", json={"features": test.tolist()}).json()
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    distances = np.linalg.norm(unit(test)[:, None, :] - unit(fit_features)[None, :, :], axis=2)
+    np.testing.assert_allclose(out["scores"], np.sort(distances, axis=1)[:, 4], atol=1e-5)  # float32 support
+    np.testing.assert_array_equal(out["nearest_class"], labels[np.argmin(distances, axis=1)])

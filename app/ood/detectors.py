@@ -7,13 +7,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import onnx
+from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.errors import InputError
-from app.core.mahalanobis import GaussianStats, MahalanobisModel, fit, scoring_graph
+from app.core.mahalanobis import GaussianStats, MahalanobisModel, fit, knn_graph, scoring_graph
 from app.core.runtime import SessionCache
 from app.evaluation.service import rfc3339
-from app.ood.schemas import DetectorOut, DetectorRequest
+from app.ood.schemas import DetectorOut, DetectorRequest, KnnParams
 from app.storage.blobs import decode_arrays, encode_arrays
 from app.storage.models import DetectorRecord
 
@@ -45,27 +47,42 @@ def _normalized(x: np.ndarray, normalize: bool) -> np.ndarray:
     return unit
 
 
-def fit_detector(
-    request: DetectorRequest, arrays: dict[str, np.ndarray]
-) -> tuple[MahalanobisModel, dict[str, Any], int]:
-    """Stream the features in chunks into mergeable float64 statistics, then fit (Ledoit–Wolf takes a
-    second pass for its fourth moment around the class means)."""
-    features = _features(arrays.get("features"), "features")
+def _labels(arrays: dict[str, np.ndarray], n: int) -> tuple[np.ndarray, int]:
     labels = arrays.get("labels")
-    if labels is None or labels.shape != (len(features),):
-        raise InputError("labels", f"must be [N] = [{len(features)}] integer labels")
+    if labels is None or labels.shape != (n,):
+        raise InputError("labels", f"must be [N] = [{n}] integer labels")
     if labels.dtype.kind not in "iu" or labels.min() < 0:
         raise InputError("labels", "must be non-negative integers")
-    labels = labels.astype(np.int64)
     classes = int(labels.max()) + 1
     counts = np.bincount(labels, minlength=classes)
-    if len(features) < classes:
-        raise InputError("features", f"{len(features)} rows for C = {classes} classes: need at least one per class")
+    if n < classes:
+        raise InputError("features", f"{n} rows for C = {classes} classes: need at least one per class")
     if (counts == 0).any():
         raise InputError(
             "labels", f"classes {np.flatnonzero(counts == 0).tolist()} have no rows (labels must be 0..C−1)"
         )
-    params = request.params
+    return labels.astype(np.int64), classes
+
+
+def fit_detector(
+    request: DetectorRequest, arrays: dict[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any], int]:
+    """Fitted arrays to store, the validated params, fit info and C. Mahalanobis streams the features
+    in chunks into mergeable float64 statistics (Ledoit–Wolf takes a second pass for its fourth moment
+    around the class means); KNN keeps the normalised fit features."""
+    try:
+        params = request.typed_params()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InputError("params." + ".".join(str(p) for p in first["loc"]), first["msg"]) from exc
+    features = _features(arrays.get("features"), "features")
+    labels, classes = _labels(arrays, len(features))
+    info: dict[str, Any] = {"n": len(features), "class_counts": np.bincount(labels, minlength=classes).tolist()}
+    if isinstance(params, KnnParams):
+        if params.k > len(features):
+            raise InputError("params.k", f"k = {params.k} exceeds the {len(features)} fit rows")
+        unit = _normalized(features.astype(np.float64), True).astype(np.float32)
+        return {"support": unit, "support_labels": labels}, params.model_dump(mode="json"), info, classes
     step = max(1, CHUNK_BYTES // features[0].nbytes)
     stats = GaussianStats(classes, features.shape[1])
     for start in range(0, len(features), step):
@@ -87,59 +104,68 @@ def fit_detector(
         normalize=params.normalize,
         fourth_moment=fourth,
     )
-    info = {"n": int(stats.n), "class_counts": counts.tolist()}
-    return model, info, classes
+    fitted = {"mean": model.mean, "whiten": model.whiten, "means": model.means}
+    if model.background is not None:
+        fitted["background"] = model.background
+    return fitted, params.model_dump(mode="json"), info, classes
 
 
 def store_detector(
     request: DetectorRequest,
-    model: MahalanobisModel,
+    fitted: dict[str, np.ndarray],
+    params: dict[str, Any],
     info: dict[str, Any],
     classes: int,
     sessions: sessionmaker[Session],
 ) -> DetectorRecord:
-    arrays = {"mean": model.mean, "whiten": model.whiten, "means": model.means}
-    if model.background is not None:
-        arrays["background"] = model.background
+    dim = int(fitted["support"].shape[1] if "support" in fitted else fitted["mean"].size)
     record = DetectorRecord(
         id=uuid.uuid4().hex,
         created_at=datetime.now(UTC).replace(tzinfo=None),
         method=request.method,
         classes=classes,
-        dim=int(model.mean.size),
+        dim=dim,
         model=request.model,
         dataset=request.dataset,
         tags=request.tags,
-        params=request.params.model_dump(mode="json"),
+        params=params,
         fit_info=info,
-        arrays=encode_arrays(arrays),
+        arrays=encode_arrays(fitted),
     )
     with sessions.begin() as session:
         session.add(record)
     return record
 
 
-def restored(record: DetectorRecord) -> MahalanobisModel:
+def scoring_model(record: DetectorRecord, dtype: np.dtype) -> onnx.ModelProto:
     arrays = decode_arrays(record.arrays)
-    return MahalanobisModel(
+    if record.method == "knn":
+        return knn_graph(arrays["support"].astype(np.float64), int(record.params["k"]), dtype)
+    model = MahalanobisModel(
         arrays["mean"],
         arrays["whiten"],
         arrays["means"],
         arrays.get("background"),
         bool(record.params.get("normalize", False)),
     )
+    return scoring_graph(model, dtype)
 
 
 def score(
     record: DetectorRecord, values: np.ndarray | None, cache: SessionCache, field: str = "features"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Outlier scores (higher = more OOD) and nearest classes of features, in chunks."""
+    """Outlier scores (higher = more OOD) and nearest classes of features, in chunks bounded by bytes
+    (for knn: of the [chunk, N_fit] distance matrix)."""
     features = _features(values, field, record.dim)
     dtype = features.dtype
-    session = cache.get(f"detector:{record.id}:{dtype}", lambda: scoring_graph(restored(record), dtype))
-    step = max(1, CHUNK_BYTES // features[0].nbytes)
+    session = cache.get(f"detector:{record.id}:{dtype}", lambda: scoring_model(record, dtype))
+    width = int(record.fit_info["n"]) if record.method == "knn" else features.shape[1]
+    step = max(1, CHUNK_BYTES // (8 * max(width, features.shape[1])))
     parts = [session.run(None, {"features": features[a : a + step]}) for a in range(0, len(features), step)]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    scores, nearest = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    if record.method == "knn":
+        nearest = decode_arrays(record.arrays)["support_labels"][nearest]
+    return scores, nearest
 
 
 def detector_out(record: DetectorRecord) -> DetectorOut:

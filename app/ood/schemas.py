@@ -85,17 +85,33 @@ class MahalanobisParams(BaseModel):
     )
 
 
-class DetectorRequest(BaseModel):
-    """Fit a detector on in-distribution features and labels. Scores are higher for more OOD inputs:
-    mahalanobis = min_c d_c²; relative_mahalanobis = min_c d_c² − d_0² (Ren et al. 2021). knn and vim
-    are not built yet."""
+class KnnParams(BaseModel):
+    """Sun et al. 2022: the k-th nearest normalised fit feature."""
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["mahalanobis", "relative_mahalanobis"]
+    k: int = Field(50, ge=1, description="Which neighbour's distance is the score.")
+
+
+class DetectorRequest(BaseModel):
+    """Fit a detector on in-distribution features and labels. Scores are higher for more OOD inputs:
+    mahalanobis = min_c d_c²; relative_mahalanobis = min_c d_c² − d_0² (Ren et al. 2021); knn = the
+    distance of the L2-normalised feature to its k-th nearest normalised fit feature (Sun et al. 2022;
+    nearest_class is then the label of the nearest fit row). vim is not built yet."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["mahalanobis", "relative_mahalanobis", "knn"]
     features: Tensor = Field(None, description="[N, D] features.")
     labels: Tensor = Field(None, description="[N] integer labels 0..C−1, every class present.")
-    params: MahalanobisParams = Field(default_factory=MahalanobisParams)
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="MahalanobisParams for mahalanobis methods, KnnParams for knn."
+    )
+
+    def typed_params(self) -> MahalanobisParams | KnnParams:
+        model = KnnParams if self.method == "knn" else MahalanobisParams
+        return model.model_validate(self.params)
+
     model: str | None = Field(None, max_length=256)
     dataset: str | None = Field(None, max_length=256)
     tags: dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=512)]] = Field(

@@ -101,7 +101,8 @@ BAD_FITS: list[tuple[str, dict[str, Any], str]] = [
     ("per_class_not_built", {"params": {"covariance": "per_class"}}, "params"),
     ("unknown_option", {"params": {"shrinkage": "magic"}}, "params"),
     ("alpha_out_of_range", {"params": {"shrinkage": 1.5}}, "params"),
-    ("unknown_method", {"method": "vim"}, "method"),
+    ("unknown_method", {"method": "odin"}, "method"),
+    ("vim_without_head", {"method": "vim"}, "params.weight"),
     ("knn_k_too_large", {"method": "knn", "params": {"k": 9}}, "params.k"),
     ("knn_unknown_param", {"method": "knn", "params": {"shrinkage": "oas"}}, "params"),
     ("labels_mismatch", {"labels": [0, 1]}, "labels"),
@@ -156,3 +157,50 @@ def test_knn_matches_a_brute_force_oracle(client: TestClient) -> None:
     distances = np.linalg.norm(unit(test)[:, None, :] - unit(fit_features)[None, :, :], axis=2)
     np.testing.assert_allclose(out["scores"], np.sort(distances, axis=1)[:, 4], atol=1e-5)  # float32 support
     np.testing.assert_array_equal(out["nearest_class"], labels[np.argmin(distances, axis=1)])
+
+
+def test_vim_matches_the_formula(client: TestClient) -> None:
+    rng = np.random.default_rng(4)
+    weight, bias = rng.normal(size=(4, 8)), rng.normal(size=4)
+    fit_features = rng.normal(size=(200, 8)) * np.linspace(3, 0.2, 8)
+    created = client.post(
+        "/v1/detectors",
+        json={
+            "method": "vim",
+            "features": fit_features.tolist(),
+            "params": {"weight": weight.tolist(), "bias": bias.tolist(), "dim": 3},
+        },
+    )
+    assert created.status_code == 201, created.text
+    test = rng.normal(size=(25, 8)) * 2
+    out = client.post(f"/v1/detectors/{created.json()['id']}/score", json={"features": test.tolist()}).json()
+    # independent oracle of mahalanobis.md §6: u = −W⁺b, R = eigenvectors of cov(x − u) beyond the top d
+    u = -np.linalg.pinv(weight) @ bias
+    centred = fit_features - u
+    values, vectors = np.linalg.eigh(
+        np.cov(centred.T, bias=True, aweights=None) + np.outer(centred.mean(0), centred.mean(0))
+    )
+    residual = vectors[:, np.argsort(values)[::-1][3:]]
+    alpha = (fit_features @ weight.T + bias).max(1).mean() / np.linalg.norm(centred @ residual, axis=1).mean()
+    logits = test @ weight.T + bias
+    expected = alpha * np.linalg.norm((test - u) @ residual, axis=1) - np.log(np.exp(logits).sum(1))
+    np.testing.assert_allclose(out["scores"], expected, rtol=1e-9, atol=1e-9)
+    assert out["nearest_class"] == logits.argmax(1).tolist()
+    bad = client.post(
+        "/v1/detectors",
+        json={
+            "method": "vim",
+            "features": fit_features.tolist(),
+            "params": {"weight": weight[:, :5].tolist(), "bias": bias.tolist(), "dim": 3},
+        },
+    )
+    assert_problem(bad, 422, "params.weight")
+    too_wide = client.post(
+        "/v1/detectors",
+        json={
+            "method": "vim",
+            "features": fit_features.tolist(),
+            "params": {"weight": weight.tolist(), "bias": bias.tolist(), "dim": 8},
+        },
+    )
+    assert_problem(too_wide, 422, "params.dim")

@@ -199,3 +199,41 @@ def knn_graph(support: F64, k: int, dtype: np.dtype) -> onnx.ModelProto:
     kth = op.squeeze(op.slice(nearest_k, ints(k - 1), ints(k), ints(1)), ints(1))
     first = op.squeeze(op.slice(index, ints(0), ints(1), ints(1)), ints(1))
     return build({"features": features}, {"scores": op.sqrt(kth), "nearest_index": first})
+
+
+@dataclass(frozen=True)
+class VimModel:
+    """ViM (Wang et al. 2022, mahalanobis.md §6): origin u = −W⁺b, residual basis R = eigenvectors of
+    cov(x − u) (centred at u) beyond the top `dim`, α = mean max-logit / mean ‖Rᵀ(x − u)‖ on fit data."""
+
+    weight: F64  # [C, D]
+    bias: F64  # [C]
+    origin: F64  # [D]
+    residual: F64  # [D, D − dim]
+    alpha: float
+
+
+def fit_vim(features: F64, weight: F64, bias: F64, dim: int) -> VimModel:
+    origin = -np.linalg.pinv(weight) @ bias
+    centred = features - origin
+    values, vectors = np.linalg.eigh(centred.T @ centred / len(features))
+    residual = vectors[:, np.argsort(values)[::-1][dim:]]
+    max_logit = (features @ weight.T + bias).max(axis=1)
+    norms = np.linalg.norm(centred @ residual, axis=1)
+    return VimModel(weight, bias, origin, residual, float(max_logit.mean() / norms.mean()))
+
+
+def vim_graph(model: VimModel, dtype: np.dtype) -> onnx.ModelProto:
+    """features [N, D] -> `scores` = α‖Rᵀ(x − u)‖ − logsumexp(Wx + b) (the negated ViM score: higher =
+    more OOD) and `nearest_class` = argmax of the logits."""
+    features = argument(Tensor(dtype, ("N", model.origin.size)))
+
+    def c(value: object) -> Var:
+        return op.constant(value=np.asarray(value, dtype=dtype))
+
+    logits = op.add(op.matmul(features, c(model.weight.T)), c(model.bias))
+    projected = op.matmul(op.sub(features, c(model.origin)), c(model.residual))
+    norm = op.sqrt(op.reduce_sum(op.mul(projected, projected), ints(-1), keepdims=0))
+    energy = op.reduce_log_sum_exp(logits, ints(-1), keepdims=0)
+    score = op.sub(op.mul(c(model.alpha), norm), energy)
+    return build({"features": features}, {"scores": score, "nearest_class": op.arg_max(logits, axis=-1, keepdims=0)})

@@ -12,10 +12,19 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.errors import InputError
-from app.core.mahalanobis import GaussianStats, MahalanobisModel, fit, knn_graph, scoring_graph
+from app.core.mahalanobis import (
+    GaussianStats,
+    MahalanobisModel,
+    VimModel,
+    fit,
+    fit_vim,
+    knn_graph,
+    scoring_graph,
+    vim_graph,
+)
 from app.core.runtime import SessionCache
 from app.evaluation.service import rfc3339
-from app.ood.schemas import DetectorOut, DetectorRequest, KnnParams
+from app.ood.schemas import DetectorOut, DetectorRequest, KnnParams, VimParams
 from app.storage.blobs import decode_arrays, encode_arrays
 from app.storage.models import DetectorRecord
 
@@ -76,6 +85,8 @@ def fit_detector(
         first = exc.errors()[0]
         raise InputError("params." + ".".join(str(p) for p in first["loc"]), first["msg"]) from exc
     features = _features(arrays.get("features"), "features")
+    if isinstance(params, VimParams):
+        return _fit_vim(params, features)
     labels, classes = _labels(arrays, len(features))
     info: dict[str, Any] = {"n": len(features), "class_counts": np.bincount(labels, minlength=classes).tolist()}
     if isinstance(params, KnnParams):
@@ -110,6 +121,32 @@ def fit_detector(
     return fitted, params.model_dump(mode="json"), info, classes
 
 
+def _fit_vim(
+    params: VimParams, features: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any], int]:
+    weight, bias = np.asarray(params.weight, dtype=np.float64), np.asarray(params.bias, dtype=np.float64)
+    if weight.ndim != 2 or weight.shape[1] != features.shape[1] or bias.shape != (weight.shape[0],):
+        raise InputError(
+            "params.weight",
+            f"weight must be [C, D] with D = {features.shape[1]} and bias [C]; got "
+            f"{list(weight.shape)} and {list(bias.shape)}",
+        )
+    if not np.isfinite(weight).all() or not np.isfinite(bias).all():
+        raise InputError("params.weight", "contains NaN or infinite value(s)")
+    if params.dim >= features.shape[1]:
+        raise InputError("params.dim", f"dim = {params.dim} must be below D = {features.shape[1]}")
+    model = fit_vim(features.astype(np.float64), weight, bias, params.dim)
+    fitted = {
+        "weight": weight,
+        "bias": bias,
+        "origin": model.origin,
+        "residual": model.residual,
+        "alpha": np.asarray(model.alpha),
+    }
+    info = {"n": len(features), "alpha": model.alpha}
+    return fitted, {"dim": params.dim}, info, int(weight.shape[0])
+
+
 def store_detector(
     request: DetectorRequest,
     fitted: dict[str, np.ndarray],
@@ -118,7 +155,9 @@ def store_detector(
     classes: int,
     sessions: sessionmaker[Session],
 ) -> DetectorRecord:
-    dim = int(fitted["support"].shape[1] if "support" in fitted else fitted["mean"].size)
+    dim = int(
+        fitted["support"].shape[1] if "support" in fitted else fitted["origin" if "origin" in fitted else "mean"].size
+    )
     record = DetectorRecord(
         id=uuid.uuid4().hex,
         created_at=datetime.now(UTC).replace(tzinfo=None),
@@ -141,6 +180,11 @@ def scoring_model(record: DetectorRecord, dtype: np.dtype) -> onnx.ModelProto:
     arrays = decode_arrays(record.arrays)
     if record.method == "knn":
         return knn_graph(arrays["support"].astype(np.float64), int(record.params["k"]), dtype)
+    if record.method == "vim":
+        return vim_graph(
+            VimModel(arrays["weight"], arrays["bias"], arrays["origin"], arrays["residual"], float(arrays["alpha"])),
+            dtype,
+        )
     model = MahalanobisModel(
         arrays["mean"],
         arrays["whiten"],

@@ -93,24 +93,36 @@ class KnnParams(BaseModel):
     k: int = Field(50, ge=1, description="Which neighbour's distance is the score.")
 
 
+class VimParams(BaseModel):
+    """Wang et al. 2022: the classifier's final layer and the principal-subspace dimension."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weight: list[list[float]] = Field(description="Final-layer weight W, [C, D] (logits = W x + b).")
+    bias: list[float] = Field(description="Final-layer bias b, [C].")
+    dim: int = Field(ge=1, description="Principal subspace dimension d (1 ≤ d < D).")
+
+
 class DetectorRequest(BaseModel):
     """Fit a detector on in-distribution features and labels. Scores are higher for more OOD inputs:
     mahalanobis = min_c d_c²; relative_mahalanobis = min_c d_c² − d_0² (Ren et al. 2021); knn = the
     distance of the L2-normalised feature to its k-th nearest normalised fit feature (Sun et al. 2022;
-    nearest_class is then the label of the nearest fit row). vim is not built yet."""
+    nearest_class is then the label of the nearest fit row); vim = α‖Rᵀ(x − u)‖ − logsumexp(Wx + b), the
+    negated ViM score (Wang et al. 2022; labels optional, nearest_class = argmax of the logits)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["mahalanobis", "relative_mahalanobis", "knn"]
+    method: Literal["mahalanobis", "relative_mahalanobis", "knn", "vim"]
     features: Tensor = Field(None, description="[N, D] features.")
     labels: Tensor = Field(None, description="[N] integer labels 0..C−1, every class present.")
     params: dict[str, Any] = Field(
-        default_factory=dict, description="MahalanobisParams for mahalanobis methods, KnnParams for knn."
+        default_factory=dict,
+        description="MahalanobisParams for mahalanobis methods, KnnParams for knn, VimParams for vim.",
     )
 
-    def typed_params(self) -> MahalanobisParams | KnnParams:
-        model = KnnParams if self.method == "knn" else MahalanobisParams
-        return model.model_validate(self.params)
+    def typed_params(self) -> MahalanobisParams | KnnParams | VimParams:
+        model = {"knn": KnnParams, "vim": VimParams}.get(self.method, MahalanobisParams)
+        return model.model_validate(self.params)  # type: ignore[attr-defined, no-any-return]
 
     model: str | None = Field(None, max_length=256)
     dataset: str | None = Field(None, max_length=256)

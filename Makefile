@@ -44,6 +44,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.http
 	$(BIN)/python -m bench.calibrate
 	$(BIN)/python -m bench.gate
+	$(BIN)/python -m bench.ood
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache

@@ -204,3 +204,74 @@ def test_vim_matches_the_formula(client: TestClient) -> None:
         },
     )
     assert_problem(too_wide, 422, "params.dim")
+
+
+def per_class_oracle(fit_x: np.ndarray, labels: np.ndarray, test: np.ndarray, ridge: float) -> np.ndarray:
+    """min_c [d_c² + log|Σ_c| − 2 log π_c] with Σ_c = W_c/n_c + ridge·I, straight from the definition."""
+    out = []
+    for c in range(labels.max() + 1):
+        rows = fit_x[labels == c]
+        sigma = np.cov(rows.T, bias=True) + ridge * np.eye(fit_x.shape[1])
+        diff = test - rows.mean(0)
+        d2 = np.einsum("ni,ij,nj->n", diff, np.linalg.inv(sigma), diff)
+        out.append(d2 + np.linalg.slogdet(sigma)[1] - 2 * np.log(len(rows) / len(fit_x)))
+    return np.min(out, axis=0)
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 13])
+def test_per_class_covariance_matches_the_definition(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, chunk_rows: int | None
+) -> None:
+    rng = np.random.default_rng(6)
+    labels = rng.integers(0, 3, 240)
+    fit_x = rng.normal(size=(240, 4)) * (1 + labels[:, None]) + labels[:, None] * 3 + 50
+    if chunk_rows is not None:
+        monkeypatch.setattr(detectors, "CHUNK_BYTES", chunk_rows * 32)
+    created = client.post(
+        "/v1/detectors",
+        json={
+            "method": "mahalanobis",
+            "features": fit_x.tolist(),
+            "labels": labels.tolist(),
+            "params": {"covariance": "per_class", "ridge": 0.01},
+        },
+    )
+    assert created.status_code == 201, created.text
+    test = rng.normal(size=(40, 4)) * 3 + 52
+    out = client.post(f"/v1/detectors/{created.json()['id']}/score", json={"features": test.tolist()}).json()
+    np.testing.assert_allclose(out["scores"], per_class_oracle(fit_x, labels, test, 0.01), rtol=1e-8, atol=1e-8)
+
+
+def test_per_class_refuses_singular_and_tiny_classes(client: TestClient) -> None:
+    singular = client.post(
+        "/v1/detectors",
+        json={
+            "method": "mahalanobis",
+            "features": X.tolist(),
+            "labels": Y.tolist(),
+            "params": {"covariance": "per_class"},
+        },
+    )
+    assert_problem(singular, 422, "params.covariance")  # class 1 has rank 2 in the golden data (spec §10)
+    assert "singular" in singular.json()["detail"]
+    ridged = client.post(
+        "/v1/detectors",
+        json={
+            "method": "mahalanobis",
+            "features": X.tolist(),
+            "labels": Y.tolist(),
+            "params": {"covariance": "per_class", "ridge": 0.1},
+        },
+    )
+    assert ridged.status_code == 201
+    one_row = client.post(
+        "/v1/detectors",
+        json={
+            "method": "mahalanobis",
+            "features": X.tolist(),
+            "labels": [0, 0, 0, 0, 0, 0, 0, 1],
+            "params": {"covariance": "per_class", "ridge": 0.1},
+        },
+    )
+    assert_problem(one_row, 422, "labels")
+    assert sum(1 for _ in client.get("/v1/detectors").json()["items"]) == 1

@@ -37,6 +37,7 @@ class GaussianStats:
     scatter: F64 = field(default_factory=lambda: np.zeros((0, 0)))  # Σ (x − x̄)(x − x̄)ᵀ
     class_counts: F64 = field(default_factory=lambda: np.zeros(0))
     class_sums: F64 = field(default_factory=lambda: np.zeros((0, 0)))
+    class_scatter: F64 | None = None  # [C, D, D] centred per class, kept only for per-class covariances
 
     def __post_init__(self) -> None:
         if self.mean.size == 0:
@@ -46,14 +47,21 @@ class GaussianStats:
             self.class_sums = np.zeros((self.classes, self.dim))
 
     @classmethod
-    def of(cls, features: np.ndarray, labels: np.ndarray, classes: int) -> GaussianStats:
+    def of(cls, features: np.ndarray, labels: np.ndarray, classes: int, per_class: bool = False) -> GaussianStats:
         x = features.astype(np.float64)
         mean = x.mean(0)
         centred = x - mean
         counts = np.bincount(labels, minlength=classes).astype(np.float64)
         sums = np.zeros((classes, x.shape[1]))
         np.add.at(sums, labels, x)
-        return cls(classes, x.shape[1], float(len(x)), mean, centred.T @ centred, counts, sums)
+        scatter = None
+        if per_class:
+            scatter = np.zeros((classes, x.shape[1], x.shape[1]))
+            for c in np.flatnonzero(counts):
+                rows = x[labels == c]
+                rows = rows - rows.mean(0)
+                scatter[c] = rows.T @ rows
+        return cls(classes, x.shape[1], float(len(x)), mean, centred.T @ centred, counts, sums, scatter)
 
     def merge(self, other: GaussianStats) -> GaussianStats:
         """Chan et al.'s pairwise update: exact for disjoint row sets, in any order."""
@@ -64,6 +72,16 @@ class GaussianStats:
         n = self.n + other.n
         delta = other.mean - self.mean
         scatter = self.scatter + other.scatter + np.outer(delta, delta) * (self.n * other.n / n)
+        class_scatter = None
+        if self.class_scatter is not None and other.class_scatter is not None:  # Chan's update per class
+            na, nb = self.class_counts, other.class_counts
+            mean_a = self.class_sums / np.maximum(na, 1.0)[:, None]
+            mean_b = other.class_sums / np.maximum(nb, 1.0)[:, None]
+            shift = np.where(((na > 0) & (nb > 0))[:, None], mean_b - mean_a, 0.0)
+            weight = na * nb / np.maximum(na + nb, 1.0)
+            class_scatter = (
+                self.class_scatter + other.class_scatter + np.einsum("ci,cj->cij", shift, shift) * weight[:, None, None]
+            )
         return GaussianStats(
             self.classes,
             self.dim,
@@ -72,6 +90,7 @@ class GaussianStats:
             scatter,
             self.class_counts + other.class_counts,
             self.class_sums + other.class_sums,
+            class_scatter,
         )
 
     @property
@@ -237,3 +256,57 @@ def vim_graph(model: VimModel, dtype: np.dtype) -> onnx.ModelProto:
     energy = op.reduce_log_sum_exp(logits, ints(-1), keepdims=0)
     score = op.sub(op.mul(c(model.alpha), norm), energy)
     return build({"features": features}, {"scores": score, "nearest_class": op.arg_max(logits, axis=-1, keepdims=0)})
+
+
+@dataclass(frozen=True)
+class PerClassModel:
+    """Untied Gaussians (mahalanobis.md §3.2): per class a whitening A_c (A_cᵀA_c = Σ_c⁻¹), its mean, and
+    the offset log|Σ_c| − 2 log π_c, so that min_c [d_c² + offset_c] = −2 max_c log(π_c p(x|c)) + const."""
+
+    whiten: F64  # [C, D, D]
+    means: F64  # [C, D]
+    offsets: F64  # [C]
+
+
+def fit_per_class(
+    stats: GaussianStats, shrinkage: Literal["oas"] | float | None = None, ridge: float = 0.0
+) -> PerClassModel:
+    """Σ_c = W_c / n_c (MLE per class), optionally shrunk and ridged; every Σ_c must be positive
+    definite (the log-determinant is part of the score), so a class with too few rows is refused."""
+    assert stats.class_scatter is not None
+    whitens, offsets = [], []
+    for c in range(stats.classes):
+        n_c = stats.class_counts[c]
+        if n_c < 2:
+            raise InputError("labels", f"class {c} has {int(n_c)} row(s); a per-class covariance needs at least 2")
+        covariance = shrunk(stats.class_scatter[c] / n_c, shrinkage, n_c) + ridge * np.eye(stats.dim)
+        values, vectors = np.linalg.eigh(covariance)
+        if values.min() <= values.max() * stats.dim * np.finfo(np.float64).eps:
+            raise InputError(
+                "params.covariance",
+                f"class {c}'s covariance is singular ({int(n_c)} rows, D = "
+                f"{stats.dim}); add a ridge or shrinkage, or use covariance 'tied'",
+            )
+        whitens.append((vectors / np.sqrt(values)).T)
+        offsets.append(float(np.sum(np.log(values)) - 2.0 * np.log(n_c / stats.n)))
+    return PerClassModel(np.stack(whitens), stats.class_means, np.asarray(offsets))
+
+
+def per_class_graph(model: PerClassModel, dtype: np.dtype) -> onnx.ModelProto:
+    """features [N, D] -> `scores` = min_c [‖A_c(x − μ_c)‖² + log|Σ_c| − 2 log π_c], `nearest_class` = argmin.
+    All classes in one product: x [N, D] @ [D, C·D], minus the whitened means, squared and summed per class."""
+    classes, dim = model.means.shape
+    features = argument(Tensor(dtype, ("N", dim)))
+
+    def c(value: object) -> Var:
+        return op.constant(value=np.asarray(value, dtype=dtype))
+
+    stacked = np.concatenate([w.T for w in model.whiten], axis=1)  # [D, C·D]
+    shifts = np.einsum("cij,cj->ci", model.whiten, model.means).reshape(-1)  # A_c μ_c, [C·D]
+    z = op.sub(op.matmul(features, c(stacked)), c(shifts))
+    per_class = op.reshape(z, ints(-1, classes, dim))
+    d2 = op.add(op.reduce_sum(op.mul(per_class, per_class), ints(-1), keepdims=0), c(model.offsets))
+    return build(
+        {"features": features},
+        {"scores": op.reduce_min(d2, ints(-1), keepdims=0), "nearest_class": op.arg_min(d2, axis=-1, keepdims=0)},
+    )

@@ -15,10 +15,13 @@ from app.core.errors import InputError
 from app.core.mahalanobis import (
     GaussianStats,
     MahalanobisModel,
+    PerClassModel,
     VimModel,
     fit,
+    fit_per_class,
     fit_vim,
     knn_graph,
+    per_class_graph,
     scoring_graph,
     vim_graph,
 )
@@ -94,11 +97,20 @@ def fit_detector(
             raise InputError("params.k", f"k = {params.k} exceeds the {len(features)} fit rows")
         unit = _normalized(features.astype(np.float64), True).astype(np.float32)
         return {"support": unit, "support_labels": labels}, params.model_dump(mode="json"), info, classes
+    per_class = params.covariance == "per_class"
+    if per_class and (request.method == "relative_mahalanobis" or params.shrinkage == "ledoit_wolf"):
+        raise InputError("params.covariance", "per_class works with method mahalanobis and shrinkage null, oas or α")
     step = max(1, CHUNK_BYTES // features[0].nbytes)
     stats = GaussianStats(classes, features.shape[1])
+    if per_class:
+        stats.class_scatter = np.zeros((classes, features.shape[1], features.shape[1]))
     for start in range(0, len(features), step):
         chunk = _normalized(features[start : start + step].astype(np.float64), params.normalize)
-        stats = stats.merge(GaussianStats.of(chunk, labels[start : start + step], classes))
+        stats = stats.merge(GaussianStats.of(chunk, labels[start : start + step], classes, per_class))
+    if per_class:
+        untied = fit_per_class(stats, params.shrinkage, params.ridge)  # type: ignore[arg-type]
+        fitted_pc = {"pc_whiten": untied.whiten, "pc_means": untied.means, "pc_offsets": untied.offsets}
+        return fitted_pc, params.model_dump(mode="json"), info, classes
     fourth = None
     if params.shrinkage == "ledoit_wolf":
         means = stats.class_means
@@ -155,9 +167,8 @@ def store_detector(
     classes: int,
     sessions: sessionmaker[Session],
 ) -> DetectorRecord:
-    dim = int(
-        fitted["support"].shape[1] if "support" in fitted else fitted["origin" if "origin" in fitted else "mean"].size
-    )
+    first = next(k for k in ("support", "origin", "mean", "pc_means") if k in fitted)
+    dim = int(fitted[first].shape[-1])
     record = DetectorRecord(
         id=uuid.uuid4().hex,
         created_at=datetime.now(UTC).replace(tzinfo=None),
@@ -185,6 +196,8 @@ def scoring_model(record: DetectorRecord, dtype: np.dtype) -> onnx.ModelProto:
             VimModel(arrays["weight"], arrays["bias"], arrays["origin"], arrays["residual"], float(arrays["alpha"])),
             dtype,
         )
+    if "pc_whiten" in arrays:
+        return per_class_graph(PerClassModel(arrays["pc_whiten"], arrays["pc_means"], arrays["pc_offsets"]), dtype)
     model = MahalanobisModel(
         arrays["mean"],
         arrays["whiten"],
@@ -203,7 +216,12 @@ def score(
     features = _features(values, field, record.dim)
     dtype = features.dtype
     session = cache.get(f"detector:{record.id}:{dtype}", lambda: scoring_model(record, dtype))
-    width = int(record.fit_info["n"]) if record.method == "knn" else features.shape[1]
+    if record.method == "knn":
+        width = int(record.fit_info["n"])  # the [chunk, N_fit] distance matrix
+    elif record.params.get("covariance") == "per_class":
+        width = record.classes * record.dim  # the [chunk, C·D] whitened copies
+    else:
+        width = features.shape[1]
     step = max(1, CHUNK_BYTES // (8 * max(width, features.shape[1])))
     parts = [session.run(None, {"features": features[a : a + step]}) for a in range(0, len(features), step)]
     scores, nearest = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

@@ -74,7 +74,11 @@ class MahalanobisParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    covariance: Literal["tied"] = Field("tied", description="per_class is not built yet.")
+    covariance: Literal["tied", "per_class"] = Field(
+        "tied",
+        description="per_class: Σ_c = W_c/n_c with score min_c [d_c² + log|Σ_c| − 2 log π_c]; needs n_c ≫ D "
+        "(a singular Σ_c is refused: add ridge or shrinkage). Not with relative_mahalanobis or ledoit_wolf.",
+    )
     shrinkage: Literal["ledoit_wolf", "oas"] | Annotated[float, Field(ge=0, le=1)] | None = Field(
         None, description="ledoit_wolf, oas, or α for (1 − α)Σ + α·tr(Σ)/D·I."
     )

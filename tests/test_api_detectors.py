@@ -275,3 +275,109 @@ def test_per_class_refuses_singular_and_tiny_classes(client: TestClient) -> None
     )
     assert_problem(one_row, 422, "labels")
     assert sum(1 for _ in client.get("/v1/detectors").json()["items"]) == 1
+
+
+def ensemble_data(seed: int = 8) -> dict[str, Any]:
+    """Two layers: `noisy` separates ID from OOD badly, `clean` well."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 300)
+    centres = np.array([[0.0] * 3, [4.0] * 3])
+
+    def layers(rows: np.ndarray, shift: float) -> dict[str, list[list[float]]]:
+        clean = centres[rows] + rng.normal(size=(len(rows), 3)) + shift
+        noisy = rng.normal(size=(len(rows), 5)) * 3 + shift * 0.05
+        return {"clean": clean.tolist(), "noisy": noisy.tolist()}
+
+    return {
+        "fit": layers(labels, 0.0),
+        "labels": labels.tolist(),
+        "valid_in": layers(rng.integers(0, 2, 100), 0.0),
+        "valid_out": layers(rng.integers(0, 2, 100), 6.0),
+        "test_in": layers(rng.integers(0, 2, 100), 0.0),
+        "test_out": layers(rng.integers(0, 2, 100), 6.0),
+    }
+
+
+def test_feature_ensemble_weights_given_and_fitted(client: TestClient) -> None:
+    data = ensemble_data()
+    given = client.post(
+        "/v1/detectors",
+        json={
+            "method": "mahalanobis",
+            "features": data["fit"],
+            "labels": data["labels"],
+            "params": {"layer_weights": {"clean": 1.0, "noisy": 0.0}},
+        },
+    )
+    assert given.status_code == 201, given.text
+    assert given.json()["params"]["layers"] == ["clean", "noisy"] and given.json()["dim"] == 8
+    # with weight 0 on `noisy`, the ensemble equals the `clean` layer alone
+    clean_only = client.post(
+        "/v1/detectors", json={"method": "mahalanobis", "features": data["fit"]["clean"], "labels": data["labels"]}
+    ).json()
+    a = client.post(f"/v1/detectors/{given.json()['id']}/score", json={"features": data["test_out"]}).json()
+    b = client.post(f"/v1/detectors/{clean_only['id']}/score", json={"features": data["test_out"]["clean"]}).json()
+    np.testing.assert_allclose(a["scores"], b["scores"], rtol=1e-12)
+    fitted = client.post(
+        "/v1/detectors",
+        json={
+            "method": "mahalanobis",
+            "features": data["fit"],
+            "labels": data["labels"],
+            "validation": {"features_in": data["valid_in"], "features_out": data["valid_out"]},
+        },
+    )
+    assert fitted.status_code == 201, fitted.text
+    weights = fitted.json()["params"]["layer_weights"]
+    assert weights["clean"] > abs(weights["noisy"])  # logistic regression prefers the informative layer
+    equal = client.post(
+        "/v1/detectors", json={"method": "mahalanobis", "features": data["fit"], "labels": data["labels"]}
+    ).json()
+    assert equal["params"]["layer_weights"] == {"clean": 1.0, "noisy": 1.0}
+    separation = {}
+    for name, detector in (("fitted", fitted.json()), ("equal", equal)):
+        out = client.post(
+            "/v1/ood/evaluate",
+            json={"detector_id": detector["id"], "features_in": data["test_in"], "features_out": data["test_out"]},
+        )
+        assert out.status_code == 200, out.text
+        separation[name] = out.json()["auroc"]
+    assert separation["fitted"] >= separation["equal"] - 1e-9 and separation["fitted"] > 0.95
+
+
+def test_bad_ensembles(client: TestClient) -> None:
+    data = ensemble_data(9)
+    base = {"method": "mahalanobis", "features": data["fit"], "labels": data["labels"]}
+    assert_problem(
+        client.post("/v1/detectors", json={**base, "params": {"layer_weights": {"clean": 1.0}}}),
+        422,
+        "params.layer_weights",
+    )
+    assert_problem(client.post("/v1/detectors", json={**base, "method": "knn"}), 422, "features")
+    created = client.post("/v1/detectors", json=base).json()
+    wrong = client.post(f"/v1/detectors/{created['id']}/score", json={"features": {"clean": data["test_in"]["clean"]}})
+    assert_problem(wrong, 422, "features")
+    flat = client.post(f"/v1/detectors/{created['id']}/score", json={"features": data["test_in"]["clean"]})
+    assert_problem(flat, 422, "features")
+
+
+def test_ensemble_layers_as_multipart_parts(client: TestClient) -> None:
+    import io
+    import json
+
+    data = ensemble_data(10)
+
+    def npy(values: Any) -> bytes:
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(values))
+        return buffer.getvalue()
+
+    files = {
+        "request": (None, json.dumps({"method": "mahalanobis"}), "application/json"),
+        "features.clean": ("c.npy", npy(data["fit"]["clean"])),
+        "features.noisy": ("n.npy", npy(data["fit"]["noisy"])),
+        "labels": ("y.npy", npy(data["labels"])),
+    }
+    created = client.post("/v1/detectors", files=files)
+    assert created.status_code == 201, created.text
+    assert created.json()["params"]["layers"] == ["clean", "noisy"]

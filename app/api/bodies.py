@@ -56,13 +56,13 @@ async def read_tensor_body(
         for part in parse_multipart(await request.body(), content_type):
             if part.name == "request":
                 options = _parse_json(part.data.tobytes())
-            elif part.name in fields:
+            elif _accepts(fields, part.name):
                 if part.name in arrays:
                     raise InputError(part.name, "given twice")
                 arrays[part.name] = decode_npy(part.name, part.data)
             else:
                 raise InputError(part.name, f"unknown multipart part (expected 'request' or one of {sorted(fields)})")
-        for name, array in _pop_tensors(options, fields, integer_fields).items():
+        for name, array in _pop_tensors(options, fields, integer_fields).items():  # JSON tensors in `request`
             if name in arrays:
                 raise InputError(name, "given both as a part and inside 'request'")
             arrays[name] = array
@@ -73,16 +73,33 @@ async def read_tensor_body(
 
 
 def _pop_tensors(body: dict[str, Any], fields: set[str], integer_fields: frozenset[str]) -> dict[str, np.ndarray]:
-    """Take the tensor fields (dotted paths for nested ones, e.g. `validation.logits`) out of a JSON body."""
+    """Take the tensor fields out of a JSON body: dotted paths for nested ones (`validation.logits`), and
+    `name.*` for a dict of named tensors (`features: {"layer1": …}` -> `features.layer1`)."""
     arrays = {}
     for path in fields:
         *parents, leaf = path.split(".")
         node: Any = body
         for key in parents:
             node = node.get(key) if isinstance(node, dict) else None
+        if leaf == "*":
+            named = node
+            if isinstance(named, dict) and named and "data_b64" not in named:
+                base = path[:-2]
+                for name in list(named):
+                    arrays[f"{base}.{name}"] = decode_json_tensor(f"{base}.{name}", named.pop(name), False)
+            continue
         if isinstance(node, dict) and node.get(leaf) is not None:
+            value = node[leaf]
+            if f"{path}.*" in fields and isinstance(value, dict) and "data_b64" not in value:
+                continue  # a dict of named tensors, taken by the wildcard
             arrays[path] = decode_json_tensor(path, node.pop(leaf), path in integer_fields)
     return arrays
+
+
+def _accepts(fields: set[str], name: str) -> bool:
+    return name in fields or any(
+        f.endswith(".*") and name.startswith(f[:-1]) and len(name) > len(f) - 1 for f in fields
+    )
 
 
 def _parse_json(raw: bytes | str) -> dict[str, Any]:

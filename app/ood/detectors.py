@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,7 +28,8 @@ from app.core.mahalanobis import (
 )
 from app.core.runtime import SessionCache
 from app.evaluation.service import rfc3339
-from app.ood.schemas import DetectorOut, DetectorRequest, KnnParams, VimParams
+from app.ood.ensembles import check_layers, layers_of, logistic_weights, weights_for
+from app.ood.schemas import DetectorOut, DetectorRequest, KnnParams, MahalanobisParams, VimParams
 from app.storage.blobs import decode_arrays, encode_arrays
 from app.storage.models import DetectorRecord
 
@@ -87,6 +89,15 @@ def fit_detector(
     except ValidationError as exc:
         first = exc.errors()[0]
         raise InputError("params." + ".".join(str(p) for p in first["loc"]), first["msg"]) from exc
+    layers = layers_of(arrays, "features")
+    if layers:
+        if not isinstance(params, MahalanobisParams) or "features" in arrays:
+            raise InputError(
+                "features",
+                "a dict of layers (a feature ensemble) is for the mahalanobis methods, "
+                "and replaces a single features array",
+            )
+        return _fit_ensemble(request, params, layers, arrays)
     features = _features(arrays.get("features"), "features")
     if isinstance(params, VimParams):
         return _fit_vim(params, features)
@@ -133,6 +144,50 @@ def fit_detector(
     return fitted, params.model_dump(mode="json"), info, classes
 
 
+def _fit_ensemble(
+    request: DetectorRequest, params: MahalanobisParams, layers: dict[str, np.ndarray], arrays: dict[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any], int]:
+    """One detector per layer (same labels and params), arrays stored under `layer<i>.`; weights given,
+    fitted by logistic regression on validation layers, or 1 each."""
+    names = list(layers)
+    fitted: dict[str, np.ndarray] = {}
+    single = request.model_copy(update={"params": params.model_dump(exclude={"layer_weights"})})
+    dims: list[int] = []
+    info: dict[str, Any] = {}
+    classes = 0
+    per_layer: list[tuple[dict[str, np.ndarray], dict[str, Any]]] = []
+    for index, name in enumerate(names):
+        features = _features(layers[name], f"features.{name}")
+        layer_fit, layer_params, info, classes = fit_detector(
+            single, {"features": features, "labels": arrays.get("labels", np.zeros(0))}
+        )
+        fitted.update({f"layer{index}.{k}": v for k, v in layer_fit.items()})
+        per_layer.append((layer_fit, layer_params))
+        dims.append(int(features.shape[1]))
+    weights = weights_for(names, params.layer_weights, request.validation)
+    if weights is None:
+        valid_in, valid_out = layers_of(arrays, "validation.features_in"), layers_of(arrays, "validation.features_out")
+        if valid_in or valid_out:
+            check_layers(valid_in, names, "validation.features_in")
+            check_layers(valid_out, names, "validation.features_out")
+            columns_in: list[np.ndarray] = []
+            columns_out: list[np.ndarray] = []
+            for index, name in enumerate(names):
+                layer_fit, layer_params = per_layer[index]
+                graph = scoring_model_from(layer_fit, request.method, layer_params, np.dtype(np.float64))
+                session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+                for column, given, side in ((columns_in, valid_in, "in"), (columns_out, valid_out, "out")):
+                    x = _features(given[name], f"validation.features_{side}.{name}", dims[index]).astype(np.float64)
+                    column.append(session.run(None, {"features": x})[0])
+            coef, loss = logistic_weights(np.column_stack(columns_in), np.column_stack(columns_out))
+            weights = dict(zip(names, coef.tolist(), strict=True))
+            info = {**info, "ensemble_logistic_loss": loss}
+        else:
+            weights = dict.fromkeys(names, 1.0)
+    dumped = {**params.model_dump(mode="json"), "layers": names, "layer_weights": weights, "dims": dims}
+    return fitted, dumped, info, classes
+
+
 def _fit_vim(
     params: VimParams, features: np.ndarray
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any], int]:
@@ -167,8 +222,11 @@ def store_detector(
     classes: int,
     sessions: sessionmaker[Session],
 ) -> DetectorRecord:
-    first = next(k for k in ("support", "origin", "mean", "pc_means") if k in fitted)
-    dim = int(fitted[first].shape[-1])
+    if "dims" in params:
+        dim = int(sum(params["dims"]))
+    else:
+        first = next(k for k in ("support", "origin", "mean", "pc_means") if k in fitted)
+        dim = int(fitted[first].shape[-1])
     record = DetectorRecord(
         id=uuid.uuid4().hex,
         created_at=datetime.now(UTC).replace(tzinfo=None),
@@ -187,11 +245,12 @@ def store_detector(
     return record
 
 
-def scoring_model(record: DetectorRecord, dtype: np.dtype) -> onnx.ModelProto:
-    arrays = decode_arrays(record.arrays)
-    if record.method == "knn":
-        return knn_graph(arrays["support"].astype(np.float64), int(record.params["k"]), dtype)
-    if record.method == "vim":
+def scoring_model_from(
+    arrays: dict[str, np.ndarray], method: str, params: dict[str, Any], dtype: np.dtype
+) -> onnx.ModelProto:
+    if method == "knn":
+        return knn_graph(arrays["support"].astype(np.float64), int(params["k"]), dtype)
+    if method == "vim":
         return vim_graph(
             VimModel(arrays["weight"], arrays["bias"], arrays["origin"], arrays["residual"], float(arrays["alpha"])),
             dtype,
@@ -203,23 +262,55 @@ def scoring_model(record: DetectorRecord, dtype: np.dtype) -> onnx.ModelProto:
         arrays["whiten"],
         arrays["means"],
         arrays.get("background"),
-        bool(record.params.get("normalize", False)),
+        bool(params.get("normalize", False)),
     )
     return scoring_graph(model, dtype)
 
 
+def _layer_arrays(record: DetectorRecord, index: int | None) -> dict[str, np.ndarray]:
+    arrays = decode_arrays(record.arrays)
+    if index is None:
+        return arrays
+    prefix = f"layer{index}."
+    return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
 def score(
-    record: DetectorRecord, values: np.ndarray | None, cache: SessionCache, field: str = "features"
+    record: DetectorRecord, arrays: dict[str, np.ndarray], cache: SessionCache, field: str = "features"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Outlier scores (higher = more OOD) and nearest classes of features, in chunks bounded by bytes
-    (for knn: of the [chunk, N_fit] distance matrix)."""
-    features = _features(values, field, record.dim)
+    """Outlier scores (higher = more OOD) and nearest classes, in chunks bounded by bytes (for knn: of
+    the [chunk, N_fit] distance matrix). An ensemble sums w_l·s_l over its layers (given as
+    `field.<layer>`) and reports the nearest class of its last layer."""
+    names = record.params.get("layers")
+    if not names:
+        return _score_layer(record, None, _features(arrays.get(field), field, record.dim), cache)
+    given = layers_of(arrays, field)
+    check_layers(given, names, field)
+    total: np.ndarray | None = None
+    nearest = np.zeros(0, dtype=np.int64)
+    for index, name in enumerate(names):
+        features = _features(given[name], f"{field}.{name}", int(record.params["dims"][index]))
+        scores, nearest = _score_layer(record, index, features, cache)
+        weighted = float(record.params["layer_weights"][name]) * scores.astype(np.float64)
+        if total is not None and len(weighted) != len(total):
+            raise InputError(f"{field}.{name}", "every layer must have the same rows")
+        total = weighted if total is None else total + weighted
+    assert total is not None
+    return total, nearest
+
+
+def _score_layer(
+    record: DetectorRecord, index: int | None, features: np.ndarray, cache: SessionCache
+) -> tuple[np.ndarray, np.ndarray]:
     dtype = features.dtype
-    session = cache.get(f"detector:{record.id}:{dtype}", lambda: scoring_model(record, dtype))
+    session = cache.get(
+        f"detector:{record.id}:{index}:{dtype}",
+        lambda: scoring_model_from(_layer_arrays(record, index), record.method, record.params, dtype),
+    )
     if record.method == "knn":
         width = int(record.fit_info["n"])  # the [chunk, N_fit] distance matrix
     elif record.params.get("covariance") == "per_class":
-        width = record.classes * record.dim  # the [chunk, C·D] whitened copies
+        width = record.classes * features.shape[1]  # the [chunk, C·D] whitened copies
     else:
         width = features.shape[1]
     step = max(1, CHUNK_BYTES // (8 * max(width, features.shape[1])))

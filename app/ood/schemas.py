@@ -12,8 +12,9 @@ from app.core.specs import TermSpec
 from app.evaluation.schemas import Tensor
 
 SCORE_TENSORS = ("logits",)
-EVALUATE_TENSORS = ("scores_in", "scores_out", "features_in", "features_out")
-DETECTOR_TENSORS = ("features", "labels")
+EVALUATE_TENSORS = ("scores_in", "scores_out", "features_in", "features_out", "features_in.*", "features_out.*")
+DETECTOR_TENSORS = ("features", "labels", "features.*", "validation.features_in.*", "validation.features_out.*")
+SCORE_FEATURES = ("features", "features.*")
 
 
 def default_methods() -> list[TermSpec]:
@@ -87,6 +88,11 @@ class MahalanobisParams(BaseModel):
     inverse: Literal["pinv", "solve"] = Field(
         "pinv", description="pinv (pinvh cut-off) or Cholesky (refuses singular Σ)."
     )
+    layer_weights: dict[str, float] | None = Field(
+        None,
+        description="Feature ensemble (features as a dict of layers): the weight of each layer's score. Omitted: "
+        "fitted by logistic regression on `validation` when given, else 1 for every layer.",
+    )
 
 
 class KnnParams(BaseModel):
@@ -117,11 +123,18 @@ class DetectorRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: Literal["mahalanobis", "relative_mahalanobis", "knn", "vim"]
-    features: Tensor = Field(None, description="[N, D] features.")
+    features: Tensor = Field(
+        None, description="[N, D] features, or a dict of named layers {name: [N, D_l]} for a feature ensemble."
+    )
     labels: Tensor = Field(None, description="[N] integer labels 0..C−1, every class present.")
     params: dict[str, Any] = Field(
         default_factory=dict,
         description="MahalanobisParams for mahalanobis methods, KnnParams for knn, VimParams for vim.",
+    )
+    validation: dict[str, Any] | None = Field(
+        None,
+        description="For a feature ensemble: {features_in: {layer: [N, D_l]}, features_out: {layer: …}}, labelled "
+        "ID/OOD features on which logistic regression fits the layer weights (Lee et al. 2018).",
     )
 
     def typed_params(self) -> MahalanobisParams | KnnParams | VimParams:
@@ -156,7 +169,7 @@ class DetectorList(BaseModel):
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    features: Tensor = Field(None, description="[N, D] features, D as at fit time.")
+    features: Tensor = Field(None, description="[N, D] features, D as at fit time (a dict of layers for an ensemble).")
 
 
 class DetectorScoresOut(BaseModel):

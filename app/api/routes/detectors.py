@@ -15,6 +15,7 @@ from app.api.problems import PROBLEM_RESPONSES, ProblemError
 from app.ood import detectors
 from app.ood.schemas import (
     DETECTOR_TENSORS,
+    SCORE_FEATURES,
     DetectorList,
     DetectorOut,
     DetectorRequest,
@@ -94,9 +95,9 @@ def delete(detector_id: str, resources: ResourcesDep) -> Response:
 )
 async def score(detector_id: str, request: Request) -> Response:
     resources = resources_of(request)
-    options, arrays = await read_tensor_body(request, ("features",), frozenset())
+    options, arrays = await read_tensor_body(request, SCORE_FEATURES, frozenset())
     ScoreRequest.model_validate(options)
     record = await run_in_threadpool(load_detector, resources, detector_id)
-    scores, nearest = await run_in_threadpool(detectors.score, record, arrays.get("features"), resources.cache)
+    scores, nearest = await run_in_threadpool(detectors.score, record, arrays, resources.cache)
     out = DetectorScoresOut(scores=scores.astype(float).tolist(), nearest_class=nearest.astype(int).tolist())
     return Response(out.model_dump_json(), media_type="application/json")

@@ -56,9 +56,7 @@ async def evaluate(request: Request) -> Response:
                     f"scores_{side}: give scores or detector_id with features, not both",
                     [{"field": f"scores_{side}", "message": "not with detector_id"}],
                 )
-            scores, _ = await run_in_threadpool(
-                detectors.score, record, arrays.get(f"features_{side}"), resources.cache, f"features_{side}"
-            )
+            scores, _ = await run_in_threadpool(detectors.score, record, arrays, resources.cache, f"features_{side}")
             arrays[f"scores_{side}"] = scores
     out = await run_in_threadpool(service.evaluate, body, arrays)
     return Response(out.model_dump_json(), media_type="application/json")

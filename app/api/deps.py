@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 from fastapi import Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.api.problems import ProblemError
 from app.config import Settings
 from app.core.runtime import RuntimeConfig, SessionCache
 from app.storage.db import make_engine, make_session_factory
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -25,6 +29,15 @@ class Resources:
         engine = make_engine(settings.database_url)
         cache = SessionCache(RuntimeConfig(provider=settings.provider, intra_op_threads=settings.intra_op_threads))
         return cls(settings, engine, make_session_factory(engine), cache)
+
+
+def load_or_404(resources: Resources, model: type[T], record_id: str, noun: str) -> T:
+    """A stored record by id, or a 404 problem naming what was looked for."""
+    with resources.sessions() as session:
+        record = session.get(model, record_id)
+    if record is None:
+        raise ProblemError(404, f"no {noun} with id {record_id!r}")
+    return record
 
 
 def resources_of(request: Request) -> Resources:

@@ -9,10 +9,6 @@ from app.storage.models import CalibratorRecord
 from app.storage.pagination import page
 
 
-def get_calibrator(session: Session, calibrator_id: str) -> CalibratorRecord | None:
-    return session.get(CalibratorRecord, calibrator_id)
-
-
 def list_calibrators(
     session: Session, model: str | None, dataset: str | None, method: str | None, limit: int, cursor: str | None
 ) -> tuple[list[CalibratorRecord], str | None]:

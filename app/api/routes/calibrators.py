@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.api.bodies import read_tensor_body, tensor_request_body
-from app.api.deps import Resources, get_resources, resources_of
+from app.api.deps import Resources, get_resources, load_or_404, resources_of
 from app.api.problems import PROBLEM_RESPONSES, ProblemError
 from app.calibration import service
 from app.calibration.schemas import (
@@ -22,7 +22,7 @@ from app.calibration.schemas import (
     CalibratorOut,
     CalibratorRequest,
 )
-from app.storage.calibrators import delete_calibrator, get_calibrator, list_calibrators
+from app.storage.calibrators import delete_calibrator, list_calibrators
 from app.storage.models import CalibratorRecord
 from app.storage.pagination import InvalidCursorError
 
@@ -32,11 +32,7 @@ NPZ = "application/x-npz"
 
 
 def load_record(resources: Resources, calibrator_id: str) -> CalibratorRecord:
-    with resources.sessions() as session:
-        record = get_calibrator(session, calibrator_id)
-    if record is None:
-        raise ProblemError(404, f"no calibrator with id {calibrator_id!r}")
-    return record
+    return load_or_404(resources, CalibratorRecord, calibrator_id, "calibrator")
 
 
 @router.post(

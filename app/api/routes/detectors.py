@@ -10,7 +10,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from app.api.bodies import read_tensor_body, tensor_request_body
-from app.api.deps import Resources, get_resources, resources_of
+from app.api.deps import Resources, get_resources, load_or_404, resources_of
 from app.api.problems import PROBLEM_RESPONSES, ProblemError
 from app.ood import detectors
 from app.ood.schemas import (
@@ -30,11 +30,7 @@ ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 
 def load_detector(resources: Resources, detector_id: str) -> DetectorRecord:
-    with resources.sessions() as session:
-        record = session.get(DetectorRecord, detector_id)
-    if record is None:
-        raise ProblemError(404, f"no detector with id {detector_id!r}")
-    return record
+    return load_or_404(resources, DetectorRecord, detector_id, "detector")
 
 
 @router.post(

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from sqlalchemy import select
 
-from app.api.deps import Resources, get_resources
+from app.api.deps import Resources, get_resources, load_or_404
 from app.api.problems import PROBLEM_RESPONSES, ProblemError
 from app.gating.schemas import GateList, GateOut, GateRequest
 from app.gating.service import NotFoundError, evaluate_gate, gate_out
@@ -54,8 +54,4 @@ def list_(
 
 @router.get("/{gate_id}", response_model=GateOut, summary="One gate verdict", responses=PROBLEM_RESPONSES)
 def get(gate_id: str, resources: ResourcesDep) -> GateOut:
-    with resources.sessions() as session:
-        record = session.get(GateRecord, gate_id)
-        if record is None:
-            raise ProblemError(404, f"no gate with id {gate_id!r}")
-        return gate_out(record)
+    return gate_out(load_or_404(resources, GateRecord, gate_id, "gate"))

@@ -268,3 +268,15 @@ def test_view_temperatures_follow_the_documented_formula() -> None:
     best = loss(fitted.temperature_, fitted.agreement_slope_)  # type: ignore[arg-type]
     for dt, ds in ((1e-3, 0), (-1e-3, 0), (0, 1e-3), (0, -1e-3)):
         assert best <= loss(fitted.temperature_ * (1 + dt), fitted.agreement_slope_ + ds) + 1e-12  # type: ignore[operator]
+
+
+def test_session_cache_keys_tell_fitted_states_apart() -> None:
+    """Two calibrators of one method share the session cache: their keys must differ with any state."""
+    a = TemperatureScaling().load({"temperature": 1.5})
+    b = TemperatureScaling().load({"temperature": 2.5})
+    assert a.signature(np.dtype(np.float64)) != b.signature(np.dtype(np.float64))
+    assert not np.allclose(a.transform(Z_A), b.transform(Z_A))
+    views = {"temperature": 1.2, "agreement_slope": 3.0, "views": True}
+    wide = CorrectnessAwareTemperature().load({**views, "bounds": [0.1, 10.0]})
+    narrow = CorrectnessAwareTemperature().load({**views, "bounds": [0.1, 1.5]})
+    assert wide.signature(np.dtype(np.float64)) != narrow.signature(np.dtype(np.float64))

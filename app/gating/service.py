@@ -61,13 +61,12 @@ def _spec(record: Evaluation, kind: str, key: str) -> dict[str, Any] | None:
     return None
 
 
-def row_values(record: Evaluation, session: Session, kind: str, key: str) -> tuple[RowValues | None, str]:
+def row_values(record: Evaluation, arrays: dict[str, np.ndarray], kind: str, key: str) -> tuple[RowValues | None, str]:
     """Per-row values from which `key` is a plain mean or a binned ECE, or why there are none."""
     if record.parameters.get("weighted"):
         return None, "the evaluation used sample weights"
     spec = _spec(record, kind, key) or {"name": key}
     name = spec["name"]
-    arrays = load_arrays(session, record.id)
     if kind == "loss":
         weighted = any(p in spec for p in ("weight",))
         if weighted or f"loss.{key}" not in arrays:
@@ -104,12 +103,13 @@ def _intervals(
     if request.significance is None:
         return {}, {}
     pairs, indices, notes = [], [], {}
+    arrays_c, arrays_b = load_arrays(session, candidate.id), load_arrays(session, baseline.id)  # once per gate
     for index, rule in enumerate(request.rules):
         kind = values.get(rule.metric, ("metric", None))[0]
         if rule.op in ("min", "max"):
             continue
-        rows_c, why_c = row_values(candidate, session, kind, rule.metric)
-        rows_b, why_b = row_values(baseline, session, kind, rule.metric)
+        rows_c, why_c = row_values(candidate, arrays_c, kind, rule.metric)
+        rows_b, why_b = row_values(baseline, arrays_b, kind, rule.metric)
         if rows_c is None or rows_b is None:
             notes[index] = f"; no interval: {why_c or why_b}"
             continue

@@ -5,6 +5,7 @@ Losses and gradients are computed by ONNX objective graphs (`objectives.py`); sc
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -40,7 +41,15 @@ class Calibrator(ABC):
         """Restore fitted state from `fitted()` output."""
 
     def signature(self, dtype: np.dtype) -> str:
-        return f"calibrator:{self.method}:{dtype}:{sorted(self.fitted().items())!r}"
+        """Session-cache key: a digest of the fitted state's bytes (cheap even for a C×C matrix)."""
+        digest = hashlib.sha256(self.method.encode())
+        for name in sorted(k for k in vars(self) if k not in ("cache", "fit_info_")):  # hyper-parameters and fit
+            value = getattr(self, name)
+            numeric = isinstance(value, np.ndarray | float | int)
+            digest.update(
+                name.encode() + (np.asarray(value, np.float64).tobytes() if numeric else repr(value).encode())
+            )
+        return f"calibrator:{self.method}:{dtype}:{digest.hexdigest()}"
 
     def transform(self, logits: np.ndarray) -> np.ndarray:
         dtype = logits.dtype

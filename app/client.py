@@ -103,6 +103,39 @@ class CaliperClient:
     def delete_calibrator(self, calibrator_id: str) -> None:
         self._check(self.http.delete(f"/v1/calibrators/{calibrator_id}"))
 
+    # ---- SDM ---------------------------------------------------------------------------------------
+    def fit_sdm(
+        self,
+        *,
+        support: tuple[np.ndarray, np.ndarray, np.ndarray],
+        calibration: tuple[np.ndarray, np.ndarray, np.ndarray],
+        **options: Any,
+    ) -> dict[str, Any]:
+        """POST /v1/sdm; each set is (embeddings, logits, labels); options: params, model, dataset, tags."""
+        tensors = {
+            f"{part}.{name}": np.asarray(value)
+            for part, values in (("support", support), ("calibration", calibration))
+            for name, value in zip(("embeddings", "logits", "labels"), values, strict=True)
+        }
+        return self._post_tensors("/v1/sdm", options, tensors)
+
+    def score_sdm(self, sdm_id: str, *, embeddings: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-row SDM outputs, fetched as .npz (array names as api.md's JSON fields)."""
+        tensors = {"embeddings": np.asarray(embeddings), "logits": np.asarray(logits)}
+        response = self._send(f"/v1/sdm/{sdm_id}/score", {}, tensors, {"accept": "application/x-npz"})
+        self._raise_for_problem(response)
+        with np.load(io.BytesIO(response.content), allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+
+    def get_sdm(self, sdm_id: str) -> dict[str, Any]:
+        return self._check(self.http.get(f"/v1/sdm/{sdm_id}"))
+
+    def list_sdm(self, **filters: Any) -> dict[str, Any]:
+        return self._check(self.http.get("/v1/sdm", params={k: v for k, v in filters.items() if v is not None}))
+
+    def delete_sdm(self, sdm_id: str) -> None:
+        self._check(self.http.delete(f"/v1/sdm/{sdm_id}"))
+
     # ---- gates -------------------------------------------------------------------------------------
     def create_gate(self, body: Mapping[str, Any]) -> dict[str, Any]:
         return self._check(self.http.post("/v1/gates", json=dict(body)))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from fastapi import Request
@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.api.problems import ProblemError
 from app.config import Settings
 from app.core.runtime import RuntimeConfig, SessionCache
+from app.sdm.service import EstimatorCache
 from app.storage.db import make_engine, make_session_factory
 
 T = TypeVar("T")
@@ -23,6 +24,7 @@ class Resources:
     engine: Engine
     sessions: sessionmaker[Session]
     cache: SessionCache
+    estimators: EstimatorCache = field(default_factory=EstimatorCache)  # loaded SDM models by id
 
     @classmethod
     def create(cls, settings: Settings) -> Resources:

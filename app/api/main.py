@@ -13,11 +13,12 @@ from app import __version__
 from app.api.deps import Resources
 from app.api.limits import BodySizeLimit
 from app.api.problems import install_problem_handlers
-from app.api.routes import calibrators, detectors, evaluations, gates, health, ood
+from app.api.routes import calibrators, detectors, evaluations, gates, health, ood, sdm
 from app.calibration.schemas import ApplyRequest, CalibratorRequest
 from app.config import Settings, get_settings
 from app.evaluation.schemas import EvaluationRequest
 from app.ood.schemas import DetectorRequest, OodEvaluateRequest, ScoreRequest, ScoresRequest
+from app.sdm.schemas import SdmRequest, SdmScoreRequest
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(gates.router)
     app.include_router(detectors.router)
     app.include_router(ood.router)
+    app.include_router(sdm.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 
     def openapi() -> dict[str, Any]:
@@ -58,6 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 OodEvaluateRequest,
                 DetectorRequest,
                 ScoreRequest,
+                SdmRequest,
+                SdmScoreRequest,
             ):
                 request_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(request_schema.pop("$defs", {}))

@@ -38,6 +38,29 @@ def summed(
     return total
 
 
+def mapped_outputs(
+    signature: str,
+    build: Callable[[], onnx.ModelProto],
+    rows: Mapping[str, np.ndarray],
+    constants: Mapping[str, np.ndarray] | None = None,
+    cache: SessionCache | None = None,
+    chunk_bytes: int = 8 << 20,
+    row_bytes: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Run a row-wise graph chunk by chunk and concatenate each output's rows. `rows` are sliced along
+    axis 0, `constants` fed whole; `row_bytes` (default: the input bytes per row) sizes the chunks when
+    a row's intermediates are larger than its inputs."""
+    session = (cache or default_cache()).get(signature, build)
+    names = [o.name for o in session.get_outputs()]
+    n = len(next(iter(rows.values())))
+    width = row_bytes or sum(a[0].nbytes for a in rows.values())
+    parts = [
+        session.run(names, {k: v[a:b] for k, v in rows.items()} | dict(constants or {}))
+        for a, b in chunk_rows(n, width, chunk_bytes)
+    ]
+    return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
+
+
 def mapped(
     signature: str,
     build: Callable[[], onnx.ModelProto],
@@ -45,11 +68,5 @@ def mapped(
     cache: SessionCache | None = None,
     chunk_bytes: int = 8 << 20,
 ) -> np.ndarray:
-    """Run a row-wise graph with one output chunk by chunk and concatenate the output rows."""
-    session = (cache or default_cache()).get(signature, build)
-    n = len(next(iter(rows.values())))
-    row_bytes = sum(a[0].nbytes for a in rows.values())
-    parts = [
-        session.run(None, {k: v[a:b] for k, v in rows.items()})[0] for a, b in chunk_rows(n, row_bytes, chunk_bytes)
-    ]
-    return np.concatenate(parts)
+    """`mapped_outputs` of a graph with one output."""
+    return next(iter(mapped_outputs(signature, build, rows, None, cache, chunk_bytes).values()))

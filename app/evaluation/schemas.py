@@ -11,7 +11,7 @@ from app.core.metrics import MetricSpec
 from app.tensors import TENSOR_JSON_SCHEMA
 
 Tensor = Annotated[Any, WithJsonSchema(TENSOR_JSON_SCHEMA)]
-TENSOR_FIELDS = ("logits", "probabilities", "labels", "targets", "teacher_logits", "sample_weight")
+TENSOR_FIELDS = ("logits", "probabilities", "labels", "targets", "teacher_logits", "sample_weight", "embeddings")
 INTEGER_FIELDS = frozenset({"labels"})
 
 
@@ -62,6 +62,13 @@ class EvaluationRequest(BaseModel):
     calibrator_id: str | None = Field(
         None, description="Evaluate the probabilities of this stored calibrator applied to `logits`."
     )
+    sdm_id: str | None = Field(
+        None,
+        description="Also score `embeddings` and the raw `logits` with this SDM estimator and report, as metrics, "
+        "sdm_hr_coverage, sdm_hr_accuracy, sdm_non_hr_accuracy, their sdm_hr_lower_* counterparts and "
+        "sdm_ood_share (accuracy of an empty side: null). Needs `logits` and `labels`.",
+    )
+    embeddings: Tensor = Field(None, description="[N, M] exemplar vectors for `sdm_id`.")
 
     _normalise_losses = field_validator("losses", "metrics", mode="before")(_named)
 
@@ -96,6 +103,7 @@ class EvaluationOut(BaseModel):
     metrics: dict[str, float | None]
     reliability: Reliability
     calibrator_id: str | None = Field(None, description="The calibrator applied before evaluating, if any.")
+    sdm_id: str | None = Field(None, description="The SDM estimator whose region metrics are included, if any.")
     per_sample: dict[str, list[float | None]] | None = None
 
 

@@ -133,6 +133,7 @@ def store(computed: ComputedEvaluation, sessions: sessionmaker[Session]) -> str:
         },
         reliability=computed.result.reliability,
         calibrator_id=request.calibrator_id,
+        sdm_id=request.sdm_id,
     )
     arrays = _row_arrays(batch, plan, computed.per_row)
     with sessions.begin() as session:
@@ -158,6 +159,7 @@ def evaluation_out(computed: ComputedEvaluation, record_id: str | None) -> Evalu
         metrics=computed.metrics,
         reliability=Reliability.model_validate({"bins": computed.result.reliability}),
         calibrator_id=request.calibrator_id,
+        sdm_id=request.sdm_id,
         per_sample=per_sample,
     )
 
@@ -191,5 +193,6 @@ def stored_evaluation_out(record: Evaluation, per_sample: dict[str, np.ndarray] 
         metrics={v.name: v.value for v in record.values if v.kind == "metric"},
         reliability=Reliability.model_validate({"bins": record.reliability}),
         calibrator_id=record.calibrator_id,
+        sdm_id=record.sdm_id,
         per_sample={k: row_values(v) for k, v in per_sample.items()} if per_sample is not None else None,
     )

@@ -27,6 +27,7 @@ from app.core.mahalanobis import (
     vim_graph,
 )
 from app.core.runtime import SessionCache
+from app.core.validation import float_matrix
 from app.evaluation.service import rfc3339
 from app.ood.ensembles import check_layers, layers_of, logistic_weights, weights_for
 from app.ood.schemas import DetectorOut, DetectorRequest, KnnParams, MahalanobisParams, VimParams
@@ -34,23 +35,6 @@ from app.storage.blobs import decode_arrays, encode_arrays
 from app.storage.models import DetectorRecord
 
 CHUNK_BYTES = 8 << 20
-
-
-def _features(values: np.ndarray | None, field: str, dim: int | None = None) -> np.ndarray:
-    if values is None:
-        raise InputError(field, "required")
-    if values.ndim != 2:
-        raise InputError(field, f"must be a 2-D array [N, D], got shape {list(values.shape)}")
-    if values.shape[0] == 0:
-        raise InputError(field, "is empty (N = 0)")
-    if values.dtype.kind not in "fiu" or (values.dtype.kind == "f" and values.dtype not in (np.float32, np.float64)):
-        raise InputError(field, f"dtype {values.dtype} is not supported (use float32 or float64)")
-    if dim is not None and values.shape[1] != dim:
-        raise InputError(field, f"has D = {values.shape[1]} features; the detector was fitted on D = {dim}")
-    features = np.ascontiguousarray(values, dtype=values.dtype if values.dtype.kind == "f" else np.float64)
-    if not np.isfinite(features).all():
-        raise InputError(field, "contains NaN or infinite value(s)")
-    return features
 
 
 def _normalized(x: np.ndarray, normalize: bool) -> np.ndarray:
@@ -98,7 +82,7 @@ def fit_detector(
                 "and replaces a single features array",
             )
         return _fit_ensemble(request, params, layers, arrays)
-    features = _features(arrays.get("features"), "features")
+    features = float_matrix(arrays.get("features"), "features")
     if isinstance(params, VimParams):
         return _fit_vim(params, features)
     labels, classes = _labels(arrays, len(features))
@@ -157,7 +141,7 @@ def _fit_ensemble(
     classes = 0
     per_layer: list[tuple[dict[str, np.ndarray], dict[str, Any]]] = []
     for index, name in enumerate(names):
-        features = _features(layers[name], f"features.{name}")
+        features = float_matrix(layers[name], f"features.{name}")
         layer_fit, layer_params, info, classes = fit_detector(
             single, {"features": features, "labels": arrays.get("labels", np.zeros(0))}
         )
@@ -177,7 +161,7 @@ def _fit_ensemble(
                 graph = scoring_model_from(layer_fit, request.method, layer_params, np.dtype(np.float64))
                 session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
                 for column, given, side in ((columns_in, valid_in, "in"), (columns_out, valid_out, "out")):
-                    x = _features(given[name], f"validation.features_{side}.{name}", dims[index]).astype(np.float64)
+                    x = float_matrix(given[name], f"validation.features_{side}.{name}", dims[index]).astype(np.float64)
                     column.append(session.run(None, {"features": x})[0])
             coef, loss = logistic_weights(np.column_stack(columns_in), np.column_stack(columns_out))
             weights = dict(zip(names, coef.tolist(), strict=True))
@@ -283,13 +267,13 @@ def score(
     `field.<layer>`) and reports the nearest class of its last layer."""
     names = record.params.get("layers")
     if not names:
-        return _score_layer(record, None, _features(arrays.get(field), field, record.dim), cache)
+        return _score_layer(record, None, float_matrix(arrays.get(field), field, record.dim), cache)
     given = layers_of(arrays, field)
     check_layers(given, names, field)
     total: np.ndarray | None = None
     nearest = np.zeros(0, dtype=np.int64)
     for index, name in enumerate(names):
-        features = _features(given[name], f"{field}.{name}", int(record.params["dims"][index]))
+        features = float_matrix(given[name], f"{field}.{name}", int(record.params["dims"][index]))
         scores, nearest = _score_layer(record, index, features, cache)
         weighted = float(record.params["layer_weights"][name]) * scores.astype(np.float64)
         if total is not None and len(weighted) != len(total):

@@ -35,6 +35,7 @@ class Evaluation(Base):
     parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
     reliability: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     calibrator_id: Mapped[str | None] = mapped_column(String(32), index=True)  # evaluated after this calibrator
+    sdm_id: Mapped[str | None] = mapped_column(String(32), index=True)  # SDM region metrics from this estimator
 
     tags: Mapped[list[EvaluationTag]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True, lazy="selectin"
@@ -132,3 +133,26 @@ class DetectorRecord(Base):
     arrays: Mapped[bytes] = mapped_column(LargeBinary)
 
     __table_args__ = (Index("ix_detectors_created_at_id", "created_at", "id"),)
+
+
+class SdmRecord(Base):
+    """A fitted SDM estimator: thresholds and calibration report as JSON; the support exemplars, their
+    prediction codes and the per-class eCDF tables as one zstd-compressed .npz blob, loaded only to score."""
+
+    __tablename__ = "sdm_estimators"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime())  # naive UTC
+    classes: Mapped[int] = mapped_column(Integer)
+    dim: Mapped[int] = mapped_column(Integer)
+    n_support: Mapped[int] = mapped_column(Integer)
+    n_calibration: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str | None] = mapped_column(String(256), index=True)
+    dataset: Mapped[str | None] = mapped_column(String(256))
+    tags: Mapped[dict[str, str]] = mapped_column(JSON)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    fitted: Mapped[dict[str, Any]] = mapped_column(JSON)
+    calibration: Mapped[dict[str, Any]] = mapped_column(JSON)
+    arrays: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+
+    __table_args__ = (Index("ix_sdm_estimators_created_at_id", "created_at", "id"),)

@@ -12,10 +12,13 @@ from app.api.bodies import read_tensor_body, tensor_request_body
 from app.api.deps import Resources, get_resources, resources_of
 from app.api.problems import PROBLEM_RESPONSES, ProblemError
 from app.api.routes.calibrators import load_record
+from app.api.routes.sdm import scored
 from app.calibration.service import calibrated_inputs
+from app.core.errors import InputError
 from app.evaluation.schemas import INTEGER_FIELDS, TENSOR_FIELDS, EvaluationList, EvaluationOut, EvaluationRequest
-from app.evaluation.service import compute, evaluation_out, store, stored_evaluation_out
+from app.evaluation.service import compute, evaluation_out, finite_or_none, store, stored_evaluation_out
 from app.gating.service import NotFoundError, add_tags
+from app.sdm.service import evaluation_metrics
 from app.storage.evaluations import (
     EvaluationFilter,
     delete_evaluation,
@@ -43,6 +46,10 @@ async def create_evaluation(request: Request) -> Response:
     resources = resources_of(request)  # no Depends on the hot path: dependency solving costs ~0.2 ms
     options, arrays = await read_tensor_body(request, TENSOR_FIELDS, INTEGER_FIELDS)
     body = EvaluationRequest.model_validate(options)
+    embeddings = arrays.pop("embeddings", None)
+    if (embeddings is None) != (body.sdm_id is None):
+        raise InputError("embeddings" if embeddings is None else "sdm_id", "give `sdm_id` and `embeddings` together")
+    sdm_inputs = {k: v for k, v in (("embeddings", embeddings), ("logits", arrays.get("logits"))) if v is not None}
     if body.calibrator_id is not None:
         record = await run_in_threadpool(load_record, resources, body.calibrator_id)
         arrays = await run_in_threadpool(calibrated_inputs, record, arrays, resources.cache)
@@ -52,6 +59,11 @@ async def create_evaluation(request: Request) -> Response:
         computed = compute(*args)  # sub-millisecond: a thread hop would cost more than the work
     else:
         computed = await run_in_threadpool(compute, *args)
+    if body.sdm_id is not None:
+        if "logits" not in sdm_inputs or computed.batch.labels is None:
+            raise InputError("sdm_id", "SDM metrics need `logits` (the SDM activation uses them) and integer `labels`")
+        _, scores = await run_in_threadpool(scored, resources, body.sdm_id, sdm_inputs)
+        computed.metrics.update(finite_or_none(evaluation_metrics(scores, computed.batch.labels)))
     record_id = await run_in_threadpool(store, computed, resources.sessions) if body.store else None
     # Serialized once by the model itself (the declared response_model documents it).
     return Response(

@@ -1,0 +1,124 @@
+"""Exact L2 k-nearest neighbours in ONNX (sdm.md §4.2, FAISS IndexFlatL2's convention: squared L2).
+
+Squared distances come from one matrix product per block, ‖x‖² − 2x·s + ‖s‖², clamped at 0 (§6). The
+support set is walked in chunks and each step merges the chunk into a running [Q, k] best set with one
+TopK, so memory is O(Q·(k + S_chunk)) whatever the support size. Ties are broken by support index: ONNX
+TopK returns equal values in position order, and the running set (all lower indices) precedes the chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import spox.opset.ai.onnx.v21 as op
+from spox import Tensor, argument, build
+
+from app.core.graph import ints, scalar
+from app.core.graphrun import mapped_outputs
+from app.core.runtime import SessionCache, default_cache
+
+
+def merge_graph(dim: int, k: int, dtype: np.dtype) -> onnx.ModelProto:
+    """(queries [Q, M], support [S, M], support_sq [S], offset, best_d/best_i [Q, k]) -> the k nearest of
+    the running set and this chunk (support rows numbered from `offset`), sorted by distance then index."""
+    queries = argument(Tensor(dtype, ("Q", dim)))
+    support = argument(Tensor(dtype, ("S", dim)))
+    support_sq = argument(Tensor(dtype, ("S",)))
+    offset = argument(Tensor(np.int64, ()))
+    best_d = argument(Tensor(dtype, ("Q", k)))
+    best_i = argument(Tensor(np.int64, ("Q", k)))
+    query_sq = op.reduce_sum(op.mul(queries, queries), ints(1), keepdims=1)
+    cross = op.matmul(queries, op.transpose(support, perm=[1, 0]))
+    squared = op.clip(op.add(op.sub(query_sq, op.mul(scalar(2.0, dtype), cross)), support_sq), scalar(0.0, dtype))
+    values, position = op.top_k(op.concat([best_d, squared], axis=1), ints(k), axis=1, largest=0, sorted=1)
+    kept = op.less(position, scalar(k, np.int64))
+    from_running = op.gather_elements(best_i, op.min([position, scalar(k - 1, np.int64)]), axis=1)
+    from_chunk = op.add(op.sub(position, scalar(k, np.int64)), offset)
+    return build(
+        {
+            "queries": queries,
+            "support": support,
+            "support_sq": support_sq,
+            "offset": offset,
+            "best_d": best_d,
+            "best_i": best_i,
+        },
+        {"distances": values, "indices": op.where(kept, from_running, from_chunk)},
+    )
+
+
+def exact_distance_graph(dim: int, dtype: np.dtype) -> onnx.ModelProto:
+    """(queries [Q, M], rows [Q, M]) -> Σ (x − s)² per row: the nearest distance without the matrix
+    product's cancellation, so a query equal to a support row is at exactly 0 (§4.3)."""
+    queries = argument(Tensor(dtype, ("Q", dim)))
+    rows = argument(Tensor(dtype, ("Q", dim)))
+    difference = op.sub(queries, rows)
+    return build(
+        {"queries": queries, "rows": rows},
+        {"distances": op.reduce_sum(op.mul(difference, difference), ints(1), keepdims=0)},
+    )
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """The k nearest support rows of each query, nearest first: squared distances and support indices."""
+
+    distances: np.ndarray  # [Q, k], the support's dtype
+    indices: np.ndarray  # [Q, k] int64
+
+
+def nearest(
+    queries: np.ndarray,
+    support: np.ndarray,
+    k: int,
+    cache: SessionCache | None = None,
+    block_bytes: int = 32 << 20,
+    exclude_self: bool = False,
+) -> Neighbours:
+    """Exact k nearest neighbours (k ≤ len(support)). Queries go in blocks and the support in chunks
+    so that one [Q_block, k + S_chunk] distance block stays near `block_bytes`. `exclude_self` (queries
+    are the support rows themselves, §4.3 leave-self-out) retrieves k + 1 and drops the first. The
+    nearest distance (column 0) is then recomputed directly from the two vectors."""
+    dtype = support.dtype
+    wanted = k + 1 if exclude_self else k
+    if not 1 <= wanted <= len(support):
+        raise ValueError(f"k = {k} needs 1 ≤ k{' + 1' if exclude_self else ''} ≤ {len(support)} support rows")
+    session = (cache or default_cache()).get(
+        f"knn-merge:{support.shape[1]}:{wanted}:{dtype}", lambda: merge_graph(support.shape[1], wanted, dtype)
+    )
+    support_sq = np.einsum("ij,ij->i", support, support)
+    itemsize = dtype.itemsize
+    query_block = int(np.clip(block_bytes // (itemsize * (wanted + 8192)), 16, 4096))
+    support_chunk = int(max(1024, block_bytes // (itemsize * query_block) - wanted))
+    distances = np.empty((len(queries), wanted), dtype)
+    indices = np.empty((len(queries), wanted), np.int64)
+    for q0 in range(0, len(queries), query_block):
+        block = np.ascontiguousarray(queries[q0 : q0 + query_block], dtype)
+        best_d = np.full((len(block), wanted), np.inf, dtype)
+        best_i = np.full((len(block), wanted), -1, np.int64)
+        for s0 in range(0, len(support), support_chunk):
+            best_d, best_i = session.run(
+                None,
+                {
+                    "queries": block,
+                    "support": support[s0 : s0 + support_chunk],
+                    "support_sq": support_sq[s0 : s0 + support_chunk],
+                    "offset": np.asarray(s0, np.int64),
+                    "best_d": best_d,
+                    "best_i": best_i,
+                },
+            )
+        distances[q0 : q0 + len(block)] = best_d
+        indices[q0 : q0 + len(block)] = best_i
+    if exclude_self:
+        distances, indices = distances[:, 1:], indices[:, 1:]
+    exact = mapped_outputs(
+        f"knn-exact:{support.shape[1]}:{dtype}",
+        lambda: exact_distance_graph(support.shape[1], dtype),
+        {"queries": np.asarray(queries, dtype), "rows": support[indices[:, 0]]},
+        cache=cache,
+    )
+    distances[:, 0] = exact["distances"]
+    return Neighbours(distances, indices)

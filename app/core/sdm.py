@@ -1,0 +1,389 @@
+"""SDM uncertainty, the canonical (v2) estimator of sdm.md §4 (Schmaltz, "Similarity-Distance-Magnitude
+Activations", arXiv 2509.12760, §3 and App. A.4–A.5).
+
+Per row, all in one ONNX graph after the neighbour search (`neighbours.py`):
+- q: the leading run of nearest support points that are correctly predicted and share ŷ (§4.3);
+- d = min_c (1 − #{v ∈ D_c : v < d_nearest} / |D_c|), 0 for an empty D_c (§4.4);
+- sdm = softmax(ln(2 + q)·d·z) (§4.5); q′ = min(q, (2 + q)^{sdm_ŷ}); OOD ⇔ ⌊q′⌋ ≤ 0 (§4.6);
+- n̂_c = min(#{v ∈ Q_c : v < q′}, |Q_c| − 1), ε = max_c √(ln(2/(1−α)) / (2 n̂_c)) (1 when n̂_c = 0),
+  d_lower/upper = clip(d ∓ ε, 0, 1), sdm and q′ again with them (§4.8);
+- HR: ¬OOD ∧ q′ ≥ q′_min ∧ {c : sdm_c ≥ ψ_c} = {ŷ}, and HR_lower with the lower values (§4.9).
+The fit-time threshold search (Alg. 1, §4.7) runs in numpy, as the spec recommends (§8).
+
+Precision: the neighbour search runs in the support's dtype (float32 by default, as FAISS does); the
+estimator runs in float64, so values that tie in exact arithmetic (integer q′ = q, the roots (2+q)^{1/C}
+at d = 0) tie here too. The float32 reference can break such ties by one ulp and then count ⌊q′⌋ or n̂
+one lower (§6); this implementation follows exact arithmetic, like the spec's tables (§9).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import spox.opset.ai.onnx.v21 as op
+from spox import Tensor, Var, argument, build
+
+from app.core.graph import class_range, ints, scalar
+from app.core.graphrun import mapped_outputs
+from app.core.neighbours import nearest
+from app.core.runtime import SessionCache
+
+F64 = np.float64
+
+
+def similarity_graph(k: int) -> onnx.ModelProto:
+    """(logits [N, C] f64, neighbours [N, k], support_code [S]) -> prediction ŷ = argmax z (first index
+    on ties) and q = Σ_i Π_{l≤i} m_l, with m_l = [code of neighbour l = ŷ] and a support row's code its
+    prediction when correct, else −1 (§4.3); the run is counted as the neighbours whose cumulative
+    count of non-matches is still 0 (§8: CumSum in place of CumProd)."""
+    logits = argument(Tensor(F64, ("N", "C")))
+    neighbours = argument(Tensor(np.int64, ("N", k)))
+    support_code = argument(Tensor(np.int64, ("S",)))
+    prediction = op.arg_max(logits, axis=1, keepdims=0, select_last_index=0)
+    codes = op.gather(support_code, neighbours, axis=0)
+    misses = op.cast(op.not_(op.equal(codes, op.unsqueeze(prediction, ints(1)))), to=np.int64)
+    run = op.equal(op.cum_sum(misses, scalar(1, np.int64)), scalar(0, np.int64))
+    q = op.reduce_sum(op.cast(run, to=np.int64), ints(1), keepdims=0)
+    return build(
+        {"logits": logits, "neighbours": neighbours, "support_code": support_code},
+        {"prediction": prediction, "q": q},
+    )
+
+
+def _strictly_less(table: Var, x: Var) -> Var:
+    """[N, C] counts #{v ∈ table[c] : v < x_n} (searchsorted-left, §4.4); the table is [C, L] padded with +∞."""
+    below = op.less(op.unsqueeze(table, ints(0)), op.unsqueeze(x, ints(1, 2)))
+    return op.reduce_sum(op.cast(below, to=F64), ints(2), keepdims=0)
+
+
+def _activation(logits: Var, log_base: Var, d: Var) -> tuple[Var, Var]:
+    """log sdm and sdm: a max-shifted log-softmax of ln(2 + q)·d·z (§4.5)."""
+    scaled = op.mul(logits, op.unsqueeze(op.mul(log_base, d), ints(1)))
+    shifted = op.sub(scaled, op.reduce_max(scaled, ints(1), keepdims=1))
+    log_p = op.sub(shifted, op.log(op.reduce_sum(op.exp(shifted), ints(1), keepdims=1)))
+    return log_p, op.exp(log_p)
+
+
+def _rescaled(q: Var, base: Var, probabilities: Var, prediction: Var) -> Var:
+    """q′ = min(q, (2 + q)^{sdm_ŷ}) (§4.6)."""
+    top = op.squeeze(op.gather_elements(probabilities, op.unsqueeze(prediction, ints(1)), axis=1), ints(1))
+    return op.min([q, op.pow(base, top)])
+
+
+def _high_reliability(q_rescaled: Var, probabilities: Var, prediction: Var, psi: Var, q_min: Var) -> Var:
+    """¬OOD ∧ q′ ≥ q′_min ∧ {c : sdm_c ≥ ψ_c} = {ŷ} (§4.9); q′_min = +∞ admits nothing."""
+    predicted = op.equal(class_range(probabilities), op.unsqueeze(prediction, ints(1)))
+    singleton = op.reduce_min(
+        op.cast(op.equal(op.greater_or_equal(probabilities, psi), predicted), to=np.int64), ints(1), keepdims=0
+    )
+    inside = op.and_(op.greater(op.floor(q_rescaled), scalar(0.0, F64)), op.greater_or_equal(q_rescaled, q_min))
+    return op.and_(inside, op.cast(singleton, to=np.bool_))
+
+
+def estimator_graph() -> onnx.ModelProto:
+    """Everything after q, for one batch of rows, against a fitted model's tables (graph inputs, so one
+    session serves every model). Tables are [C, L] sorted values padded with +∞ plus [C] sizes."""
+    logits = argument(Tensor(F64, ("N", "C")))
+    prediction = argument(Tensor(np.int64, ("N",)))
+    q = argument(Tensor(F64, ("N",)))  # integers from the search; real values only in property tests
+    d_nearest = argument(Tensor(F64, ("N",)))
+    distance_table = argument(Tensor(F64, ("C", "L")))
+    distance_sizes = argument(Tensor(F64, ("C",)))
+    similarity_table = argument(Tensor(F64, ("C", "K")))
+    similarity_sizes = argument(Tensor(F64, ("C",)))
+    psi = argument(Tensor(F64, ("C",)))
+    q_min = argument(Tensor(F64, ()))
+    dkw_log = argument(Tensor(F64, ()))  # ln(2/(1−α)); +∞ at α = 1, where every ε is 1 (same clipped d)
+
+    zero, one = scalar(0.0, F64), scalar(1.0, F64)
+    base = op.add(q, scalar(2.0, F64))
+    log_base = op.log(base)
+    below = _strictly_less(distance_table, d_nearest)
+    quantile = op.where(
+        op.greater(distance_sizes, zero), op.sub(one, op.div(below, op.max([distance_sizes, one]))), zero
+    )
+    d = op.reduce_min(quantile, ints(1), keepdims=0)
+    log_p, probabilities = _activation(logits, log_base, d)
+    q_rescaled = _rescaled(q, base, probabilities, prediction)
+    is_ood = op.less_or_equal(op.floor(q_rescaled), zero)
+
+    counts = _strictly_less(similarity_table, q_rescaled)
+    n_hat = op.min([counts, op.max([op.sub(similarity_sizes, one), zero])])
+    epsilon_c = op.where(
+        op.greater(n_hat, zero), op.sqrt(op.div(dkw_log, op.mul(scalar(2.0, F64), op.max([n_hat, one])))), one
+    )
+    epsilon = op.reduce_max(epsilon_c, ints(1), keepdims=0)
+    d_lower = op.clip(op.sub(d, epsilon), zero, one)
+    d_upper = op.clip(op.add(d, epsilon), zero, one)
+    _, probabilities_lower = _activation(logits, log_base, d_lower)
+    _, probabilities_upper = _activation(logits, log_base, d_upper)
+    q_rescaled_lower = _rescaled(q, base, probabilities_lower, prediction)
+    return build(
+        {
+            "logits": logits,
+            "prediction": prediction,
+            "q": q,
+            "d_nearest": d_nearest,
+            "distance_table": distance_table,
+            "distance_sizes": distance_sizes,
+            "similarity_table": similarity_table,
+            "similarity_sizes": similarity_sizes,
+            "psi": psi,
+            "q_min": q_min,
+            "dkw_log": dkw_log,
+        },
+        {
+            "d": d,
+            "log_probabilities": log_p,
+            "probabilities": probabilities,
+            "q_rescaled": q_rescaled,
+            "is_ood": is_ood,
+            "effective_sample_size": op.cast(n_hat, to=np.int64),
+            "d_lower": d_lower,
+            "d_upper": d_upper,
+            "probabilities_lower": probabilities_lower,
+            "probabilities_upper": probabilities_upper,
+            "q_rescaled_lower": q_rescaled_lower,
+            "high_reliability": _high_reliability(q_rescaled, probabilities, prediction, psi, q_min),
+            "high_reliability_lower": _high_reliability(q_rescaled_lower, probabilities_lower, prediction, psi, q_min),
+        },
+    )
+
+
+def padded_table(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class sorted values as a [C, max(1, L)] float64 table padded with +∞, and the [C] sizes."""
+    width = max([1, *(len(g) for g in groups)])
+    table = np.full((len(groups), width), np.inf)
+    for c, values in enumerate(groups):
+        table[c, : len(values)] = np.sort(values)
+    return table, np.asarray([len(g) for g in groups], dtype=F64)
+
+
+def lower_quantile_index(n: int, alpha: float) -> int:
+    """min(⌊(1−α)·n⌋, n−1) with 1 − α in float64, exactly as the reference (§4.7, §6 'float trap')."""
+    return min(int((1.0 - alpha) * n), n - 1)
+
+
+def _prefix_quantiles(values: np.ndarray, alpha: float) -> np.ndarray:
+    """ψ of every prefix: out[n] = the lower (1−α) quantile of values[:n] (out[0] = 0). Two heaps keep the
+    index+1 smallest values apart from the rest; the index grows by at most one per added value."""
+    out = np.zeros(len(values) + 1)
+    low: list[float] = []  # max-heap (negated) of the index+1 smallest
+    high: list[float] = []  # min-heap of the rest
+    for n, value in enumerate(values.tolist(), start=1):
+        if low and value < -low[0]:
+            heapq.heappush(low, -value)
+        else:
+            heapq.heappush(high, value)
+        wanted = lower_quantile_index(n, alpha) + 1
+        while len(low) > wanted:
+            heapq.heappush(high, -heapq.heappop(low))
+        while len(low) < wanted:
+            heapq.heappush(low, -heapq.heappop(high))
+        out[n] = max(-low[0], 0.0)
+    return out
+
+
+def high_reliability_thresholds(
+    q_rescaled: np.ndarray, probabilities: np.ndarray, labels: np.ndarray, alpha: float
+) -> tuple[float, np.ndarray]:
+    """Alg. 1 (§4.7): the smallest candidate t among the non-OOD calibration q′ such that for every class
+    c, ψ_c = the lower (1−α) quantile of {sdm_i[c] : y_i = c, q′_i ≥ t} is ≥ α; (+∞, 0) when none does.
+    Each class's ψ over growing sets is computed once (q′ descending), then every candidate is checked."""
+    classes = probabilities.shape[1]
+    kept = np.floor(q_rescaled) > 0
+    candidates = np.unique(q_rescaled[kept])
+    psi_at = np.zeros((classes, len(candidates)))
+    for c in range(classes):
+        rows = np.flatnonzero(kept & (labels == c))
+        order = rows[np.argsort(-q_rescaled[rows], kind="stable")]
+        prefix = _prefix_quantiles(probabilities[order, c], alpha)
+        descending = q_rescaled[order]
+        sizes = np.searchsorted(-descending, -candidates, side="right")  # #{q′ ≥ t}
+        psi_at[c] = prefix[sizes]
+    passing = np.flatnonzero((psi_at >= alpha).all(axis=0))
+    if not len(passing):
+        return math.inf, np.zeros(classes)
+    first = int(passing[0])
+    return float(candidates[first]), psi_at[:, first].copy()
+
+
+@dataclass
+class LabelledSet:
+    """Exemplar vectors h′ [N, M], logits z′ [N, C] and labels [N] of a support or calibration set."""
+
+    embeddings: np.ndarray
+    logits: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class Scores:
+    """Per-row outputs of `SdmEstimator.score` (api.md names) plus the neighbour search's."""
+
+    prediction: np.ndarray
+    q: np.ndarray
+    d_nearest: np.ndarray
+    nearest_index: np.ndarray
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class SdmEstimator:
+    """The v2 estimator without adaptor training (§8): support and calibration exemplars in, the
+    fitted tables out. Fitted state: support_embeddings_, support_code_, k_, distance_ecdfs_ (D_c),
+    similarity_ecdfs_ (Q_c), q_min_, psi_, and calibration_ (in-sample report)."""
+
+    def __init__(self, alpha: float = 0.95, k: int = 2048, cache: SessionCache | None = None) -> None:
+        self.alpha = alpha
+        self.k = k
+        self.cache = cache
+
+    def fit(self, support: LabelledSet, calibration: LabelledSet) -> SdmEstimator:
+        classes = support.logits.shape[1]
+        self.support_embeddings_ = support.embeddings
+        prediction = np.argmax(support.logits, axis=1)
+        self.support_code_ = np.where(prediction == support.labels, prediction, -1).astype(np.int64)
+        self.k_ = min(self.k, len(support.embeddings))
+        self.distance_ecdfs_ = [np.zeros(0)] * classes
+        self.similarity_ecdfs_ = [np.zeros(0)] * classes
+        self.q_min_, self.psi_ = math.inf, np.zeros(classes)
+        found = self._neighbours(calibration.embeddings, calibration.logits)
+        self.distance_ecdfs_ = _class_groups(found.d_nearest, calibration.labels, found.q > 0, classes)
+        first = self._estimate(found, calibration.logits)
+        self.q_min_, self.psi_ = high_reliability_thresholds(
+            first["q_rescaled"], first["probabilities"], calibration.labels, self.alpha
+        )
+        everything = np.ones(len(calibration.labels), dtype=bool)
+        self.similarity_ecdfs_ = _class_groups(first["q_rescaled"], calibration.labels, everything, classes)
+        final = self._estimate(found, calibration.logits)
+        self.calibration_ = _report(found, final, calibration.labels)
+        return self
+
+    @property
+    def hr_class_conditional_accuracy(self) -> float:
+        """α when Alg. 1 found a threshold, else 0 (§4.7)."""
+        return self.alpha if math.isfinite(self.q_min_) else 0.0
+
+    def score(self, embeddings: np.ndarray, logits: np.ndarray) -> Scores:
+        found = self._neighbours(embeddings, logits)
+        found.columns = self._estimate(found, logits)
+        return found
+
+    def support_statistics(self, support: LabelledSet) -> dict[str, Any]:
+        """Leave-self-out q, d_nearest and d of the support points (§4.3–4.4, as training sees them from
+        epoch 2): the first neighbour (the point itself) is dropped and d uses the support's own
+        eCDFs (support rows of true class c with q > 0)."""
+        classes = support.logits.shape[1]
+        k = min(self.k, len(support.embeddings) - 1)
+        found = self._neighbours(support.embeddings, support.logits, k=k, exclude_self=True)
+        own_ecdfs = _class_groups(found.d_nearest, support.labels, found.q > 0, classes)
+        columns = self._estimate(found, support.logits, own_ecdfs)
+        return {
+            "q": found.q,
+            "d_nearest": found.d_nearest,
+            "d": columns["d"],
+            "sdm_loss": _sdm_losses(columns["log_probabilities"], found.q, support.labels),
+        }
+
+    def _neighbours(
+        self, embeddings: np.ndarray, logits: np.ndarray, k: int | None = None, exclude_self: bool = False
+    ) -> Scores:
+        k = k or self.k_
+        queries = embeddings.astype(self.support_embeddings_.dtype, copy=False)
+        found = nearest(queries, self.support_embeddings_, k, self.cache, exclude_self=exclude_self)
+        similarity = mapped_outputs(
+            f"sdm-similarity:{k}",
+            lambda: similarity_graph(k),
+            {"logits": logits.astype(F64, copy=False), "neighbours": found.indices},
+            {"support_code": self.support_code_},
+            self.cache,
+        )
+        return Scores(similarity["prediction"], similarity["q"], found.distances[:, 0].astype(F64), found.indices[:, 0])
+
+    def _estimate(
+        self, found: Scores, logits: np.ndarray, distance_ecdfs: list[np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        distance_table, distance_sizes = padded_table(distance_ecdfs or self.distance_ecdfs_)
+        similarity_table, similarity_sizes = padded_table(self.similarity_ecdfs_)
+        dkw_log = math.inf if self.alpha >= 1.0 else math.log(2.0 / (1.0 - self.alpha))
+        classes = logits.shape[1]
+        return mapped_outputs(
+            "sdm-estimator",
+            estimator_graph,
+            {
+                "logits": logits.astype(F64, copy=False),
+                "prediction": found.prediction,
+                "q": found.q.astype(F64),
+                "d_nearest": found.d_nearest,
+            },
+            {
+                "distance_table": distance_table,
+                "distance_sizes": distance_sizes,
+                "similarity_table": similarity_table,
+                "similarity_sizes": similarity_sizes,
+                "psi": np.asarray(self.psi_, dtype=F64),
+                "q_min": np.asarray(self.q_min_, dtype=F64),
+                "dkw_log": np.asarray(dkw_log, dtype=F64),
+            },
+            self.cache,
+            row_bytes=8 * classes * (distance_table.shape[1] + similarity_table.shape[1] + 8),
+        )
+
+    def fitted_arrays(self) -> dict[str, np.ndarray]:
+        """The state to store: support exemplars and codes, per-class tables, thresholds."""
+        return {
+            "support_embeddings": self.support_embeddings_,
+            "support_code": self.support_code_,
+            "distance_values": np.concatenate(self.distance_ecdfs_),
+            "distance_sizes": np.asarray([len(v) for v in self.distance_ecdfs_], np.int64),
+            "similarity_values": np.concatenate(self.similarity_ecdfs_),
+            "similarity_sizes": np.asarray([len(v) for v in self.similarity_ecdfs_], np.int64),
+            "psi": np.asarray(self.psi_, F64),
+            "q_min": np.asarray(self.q_min_, F64),
+            "k": np.asarray(self.k_, np.int64),
+        }
+
+    def load(self, arrays: dict[str, np.ndarray]) -> SdmEstimator:
+        self.support_embeddings_ = arrays["support_embeddings"]
+        self.support_code_ = arrays["support_code"].astype(np.int64)
+        self.distance_ecdfs_ = np.split(arrays["distance_values"], np.cumsum(arrays["distance_sizes"])[:-1])
+        self.similarity_ecdfs_ = np.split(arrays["similarity_values"], np.cumsum(arrays["similarity_sizes"])[:-1])
+        self.psi_ = arrays["psi"]
+        self.q_min_ = float(arrays["q_min"])
+        self.k_ = int(arrays["k"])
+        return self
+
+
+def _class_groups(values: np.ndarray, labels: np.ndarray, keep: np.ndarray, classes: int) -> list[np.ndarray]:
+    """Sorted values of the kept rows of each true class (D_c with keep = q > 0; Q_c with every row)."""
+    return [np.sort(values[keep & (labels == c)]) for c in range(classes)]
+
+
+def _sdm_losses(log_probabilities: np.ndarray, q: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Mean −log_{2+q} sdm_y (§4.5): marginal, and balanced (the mean over all C classes of each class's
+    mean; a class without rows counts 0)."""
+    rows = -log_probabilities[np.arange(len(labels)), labels] / np.log(2.0 + q)
+    classes = log_probabilities.shape[1]
+    counts = np.bincount(labels, minlength=classes)
+    sums = np.bincount(labels, weights=rows, minlength=classes)
+    per_class = np.divide(sums, counts, out=np.zeros(classes), where=counts > 0)
+    return {"marginal": float(rows.mean()), "balanced": float(per_class.mean())}
+
+
+def _report(found: Scores, columns: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, Any]:
+    """In-sample summary of the calibration set under the fitted thresholds."""
+    correct = found.prediction == labels
+    hr = columns["high_reliability"]
+    return {
+        "sdm_loss": _sdm_losses(columns["log_probabilities"], found.q, labels),
+        "ood": int(columns["is_ood"].sum()),
+        "high_reliability": int(hr.sum()),
+        "high_reliability_lower": int(columns["high_reliability_lower"].sum()),
+        "high_reliability_accuracy": float(correct[hr].mean()) if hr.any() else None,
+        "accuracy": float(correct.mean()),
+    }

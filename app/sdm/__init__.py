@@ -1,0 +1,1 @@
+"""SDM uncertainty: fit, store and score the similarity-distance-magnitude estimator (sdm.md)."""

@@ -1,0 +1,234 @@
+"""SDM use cases: validate and fit, store, load (cached by id), score, and the evaluation summary."""
+
+from __future__ import annotations
+
+import math
+import threading
+import uuid
+from collections import OrderedDict
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.core.errors import InputError
+from app.core.evaluation import validate_batch
+from app.core.runtime import SessionCache
+from app.core.sdm import LabelledSet, Scores, SdmEstimator
+from app.core.validation import float_matrix
+from app.evaluation.service import rfc3339
+from app.sdm.schemas import CalibrationReport, ScoreSummary, SdmOut, SdmParams, SdmRequest, SdmScoresOut
+from app.storage.blobs import decode_arrays, encode_arrays
+from app.storage.models import SdmRecord
+
+EMPTY_REGION = (
+    "no threshold q′_min attains α for every class on this calibration set (sdm.md §4.7): the high-reliability "
+    "region is empty, so no point will be flagged high_reliability. Lower α, or add calibration data."
+)
+
+
+def labelled_set(
+    arrays: dict[str, np.ndarray], part: str, dim: int | None = None, classes: int | None = None
+) -> LabelledSet:
+    """One validated {embeddings, logits, labels} set; errors name the dotted field."""
+    try:
+        batch = validate_batch(logits=arrays.get(f"{part}.logits"), labels=arrays.get(f"{part}.labels"))
+    except InputError as exc:
+        raise InputError(f"{part}.{exc.field}", exc.message) from exc
+    if classes is not None and batch.classes != classes:
+        raise InputError(f"{part}.logits", f"has C = {batch.classes} classes; the support has C = {classes}")
+    embeddings = float_matrix(arrays.get(f"{part}.embeddings"), f"{part}.embeddings")
+    if dim is not None and embeddings.shape[1] != dim:
+        raise InputError(
+            f"{part}.embeddings", f"has M = {embeddings.shape[1]} dimensions; support.embeddings has M = {dim}"
+        )
+    if len(embeddings) != batch.n:
+        raise InputError(f"{part}.embeddings", f"has {len(embeddings)} rows; {part}.logits has {batch.n}")
+    assert batch.labels is not None
+    return LabelledSet(embeddings, batch.scores, batch.labels)
+
+
+def fit(request: SdmRequest, arrays: dict[str, np.ndarray], cache: SessionCache) -> tuple[SdmEstimator, dict[str, Any]]:
+    """Validate both sets, fit; returns the estimator and (when asked) the support statistics."""
+    params = request.params
+    support = labelled_set(arrays, "support")
+    dtype = np.dtype(params.precision)
+    support.embeddings = support.embeddings.astype(dtype, copy=False)
+    calibration = labelled_set(arrays, "calibration", support.embeddings.shape[1], support.logits.shape[1])
+    present = np.unique(calibration.labels).size
+    if present < 2:
+        raise InputError("calibration.labels", f"needs at least 2 distinct classes, got {present}")
+    k = params.k
+    if params.k_from_largest_class:
+        k = min(k, int(np.bincount(support.labels).max()))
+    estimator = SdmEstimator(params.alpha, k, cache).fit(support, calibration)
+    extra: dict[str, Any] = {}
+    if params.support_statistics:
+        if len(support.labels) < 2:
+            raise InputError("params.support_statistics", "leave-self-out needs at least 2 support points")
+        stats = estimator.support_statistics(support)
+        extra = {
+            "q": stats["q"].tolist(),
+            "d_nearest": stats["d_nearest"].tolist(),
+            "d": stats["d"].tolist(),
+            "sdm_loss": stats["sdm_loss"],
+        }
+    return estimator, extra
+
+
+def store(
+    request: SdmRequest, estimator: SdmEstimator, n_calibration: int, sessions: sessionmaker[Session]
+) -> SdmRecord:
+    """One row with the JSON summary and the fitted arrays (support exemplars included) as one blob."""
+    support = estimator.support_embeddings_
+    record = SdmRecord(
+        id=uuid.uuid4().hex,
+        created_at=datetime.now(UTC).replace(tzinfo=None),
+        classes=len(estimator.psi_),
+        dim=int(support.shape[1]),
+        n_support=len(support),
+        n_calibration=n_calibration,
+        model=request.model,
+        dataset=request.dataset,
+        tags=request.tags,
+        params=request.params.model_dump(mode="json"),
+        fitted={
+            "q_min": estimator.q_min_ if math.isfinite(estimator.q_min_) else None,
+            "psi": [float(v) for v in estimator.psi_],
+            "k": estimator.k_,
+        },
+        calibration={
+            **estimator.calibration_,
+            "distance_ecdf_sizes": [len(v) for v in estimator.distance_ecdfs_],
+            "similarity_ecdf_sizes": [len(v) for v in estimator.similarity_ecdfs_],
+        },
+        arrays=encode_arrays(estimator.fitted_arrays()),
+    )
+    with sessions.begin() as session:
+        session.add(record)
+    return record
+
+
+def sdm_out(record: SdmRecord, support_statistics: dict[str, Any] | None = None) -> SdmOut:
+    q_min = record.fitted["q_min"]
+    alpha = float(record.params["alpha"])
+    return SdmOut(
+        id=record.id,
+        created_at=rfc3339(record.created_at),
+        q_min=q_min,
+        psi=record.fitted["psi"],
+        alpha=alpha,
+        hr_class_conditional_accuracy=alpha if q_min is not None else 0.0,
+        high_reliability_attainable=q_min is not None,
+        message=None if q_min is not None else EMPTY_REGION,
+        k=record.fitted["k"],
+        n_support=record.n_support,
+        n_calibration=record.n_calibration,
+        classes=record.classes,
+        dim=record.dim,
+        params=SdmParams.model_validate(record.params),
+        calibration=CalibrationReport.model_validate(record.calibration),
+        support_statistics=support_statistics or None,
+        model=record.model,
+        dataset=record.dataset,
+        tags=record.tags,
+    )
+
+
+class EstimatorCache:
+    """Loaded estimators by record id (records never change; deleting one evicts it), so scoring does not
+    decode the support blob on every request. Bounded by count: support sets can be large."""
+
+    def __init__(self, capacity: int = 4) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, SdmEstimator] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, record: SdmRecord, cache: SessionCache) -> SdmEstimator:
+        with self._lock:
+            found = self._items.get(record.id)
+            if found is not None:
+                self._items.move_to_end(record.id)
+                return found
+        estimator = SdmEstimator(float(record.params["alpha"]), int(record.fitted["k"]), cache)
+        estimator.load(decode_arrays(record.arrays))
+        with self._lock:
+            self._items[record.id] = estimator
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return estimator
+
+    def evict(self, record_id: str) -> None:
+        with self._lock:
+            self._items.pop(record_id, None)
+
+
+def score_rows(estimator: SdmEstimator, record: SdmRecord, arrays: dict[str, np.ndarray]) -> Scores:
+    """Validated embeddings [N, M] and logits [N, C] of one fitted model -> the estimator's columns."""
+    embeddings = float_matrix(arrays.get("embeddings"), "embeddings", record.dim)
+    logits = float_matrix(arrays.get("logits"), "logits", record.classes)
+    if len(embeddings) != len(logits):
+        raise InputError("embeddings", f"has {len(embeddings)} rows; logits has {len(logits)}")
+    return estimator.score(embeddings, logits)
+
+
+def scores_out(record: SdmRecord, scores: Scores) -> SdmScoresOut:
+    columns = scores.columns
+    q_min = record.fitted["q_min"]
+    alpha = float(record.params["alpha"])
+    return SdmScoresOut(
+        prediction=scores.prediction.tolist(),
+        q=scores.q.tolist(),
+        d=columns["d"].tolist(),
+        d_nearest=scores.d_nearest.tolist(),
+        nearest_index=scores.nearest_index.tolist(),
+        probabilities=columns["probabilities"].tolist(),
+        q_rescaled=columns["q_rescaled"].tolist(),
+        is_ood=columns["is_ood"].tolist(),
+        high_reliability=columns["high_reliability"].tolist(),
+        effective_sample_size=columns["effective_sample_size"].tolist(),
+        d_lower=columns["d_lower"].tolist(),
+        d_upper=columns["d_upper"].tolist(),
+        probabilities_lower=columns["probabilities_lower"].tolist(),
+        probabilities_upper=columns["probabilities_upper"].tolist(),
+        q_rescaled_lower=columns["q_rescaled_lower"].tolist(),
+        high_reliability_lower=columns["high_reliability_lower"].tolist(),
+        summary=ScoreSummary(
+            n=len(scores.q),
+            ood=int(columns["is_ood"].sum()),
+            high_reliability=int(columns["high_reliability"].sum()),
+            high_reliability_lower=int(columns["high_reliability_lower"].sum()),
+            q_min=q_min,
+            psi=record.fitted["psi"],
+            alpha=alpha,
+            hr_class_conditional_accuracy=alpha if q_min is not None else 0.0,
+        ),
+    )
+
+
+def npz_columns(scores: Scores) -> dict[str, np.ndarray]:
+    """The per-row columns under their JSON names, for `Accept: application/x-npz`."""
+    columns = {k: v for k, v in scores.columns.items() if k != "log_probabilities"}
+    return {
+        "prediction": scores.prediction,
+        "q": scores.q,
+        "d_nearest": scores.d_nearest,
+        "nearest_index": scores.nearest_index,
+        **columns,
+    }
+
+
+def evaluation_metrics(scores: Scores, labels: np.ndarray) -> dict[str, float]:
+    """What an evaluation with `sdm_id` adds: coverage of the high-reliability region (and its lower
+    variant), accuracy inside and outside it, and the OOD share. NaN (reported null) for an empty side."""
+    correct = scores.prediction == labels
+    out = {"sdm_ood_share": float(scores.columns["is_ood"].mean())}
+    for name, inside in (
+        ("hr", scores.columns["high_reliability"]),
+        ("hr_lower", scores.columns["high_reliability_lower"]),
+    ):
+        out[f"sdm_{name}_coverage"] = float(inside.mean())
+        out[f"sdm_{name}_accuracy"] = float(correct[inside].mean()) if inside.any() else math.nan
+        out[f"sdm_non_{name}_accuracy"] = float(correct[~inside].mean()) if (~inside).any() else math.nan
+    return out

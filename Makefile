@@ -45,6 +45,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.calibrate
 	$(BIN)/python -m bench.gate
 	$(BIN)/python -m bench.ood
+	$(BIN)/python -m bench.sdm
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache

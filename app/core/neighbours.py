@@ -74,7 +74,7 @@ def nearest(
     support: np.ndarray,
     k: int,
     cache: SessionCache | None = None,
-    block_bytes: int = 32 << 20,
+    block_bytes: int = 16 << 20,
     exclude_self: bool = False,
 ) -> Neighbours:
     """Exact k nearest neighbours (k ≤ len(support)). Queries go in blocks and the support in chunks

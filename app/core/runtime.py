@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -12,6 +10,7 @@ import onnx
 import onnxruntime as ort
 
 from app.core.errors import ProviderUnavailableError
+from app.core.lru import LruCache
 
 ProviderName = Literal["cpu", "cuda"]
 _ORT_PROVIDERS: dict[str, list[str]] = {
@@ -45,21 +44,10 @@ class SessionCache:
     def __init__(self, config: RuntimeConfig) -> None:
         self.config = config
         self.providers = resolve_providers(config.provider)
-        self._sessions: OrderedDict[str, ort.InferenceSession] = OrderedDict()
-        self._lock = threading.Lock()
+        self._sessions: LruCache[ort.InferenceSession] = LruCache(config.max_cached_sessions)
 
     def get(self, signature: str, build: Callable[[], onnx.ModelProto]) -> ort.InferenceSession:
-        with self._lock:
-            session = self._sessions.get(signature)
-            if session is not None:
-                self._sessions.move_to_end(signature)
-                return session
-        session = self._create(build())
-        with self._lock:
-            self._sessions[signature] = session
-            while len(self._sessions) > self.config.max_cached_sessions:
-                self._sessions.popitem(last=False)
-        return session
+        return self._sessions.get(signature, lambda: self._create(build()))
 
     def _create(self, model: onnx.ModelProto) -> ort.InferenceSession:
         options = ort.SessionOptions()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-import threading
 import uuid
-from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.errors import InputError
 from app.core.evaluation import validate_batch
+from app.core.lru import LruCache
 from app.core.runtime import SessionCache
 from app.core.sdm import LabelledSet, Scores, SdmEstimator
 from app.core.validation import float_matrix
@@ -141,27 +140,15 @@ class EstimatorCache:
     decode the support blob on every request. Bounded by count: support sets can be large."""
 
     def __init__(self, capacity: int = 4) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[str, SdmEstimator] = OrderedDict()
-        self._lock = threading.Lock()
+        self._items: LruCache[SdmEstimator] = LruCache(capacity)
 
     def get(self, record: SdmRecord, cache: SessionCache) -> SdmEstimator:
-        with self._lock:
-            found = self._items.get(record.id)
-            if found is not None:
-                self._items.move_to_end(record.id)
-                return found
-        estimator = SdmEstimator(float(record.params["alpha"]), int(record.fitted["k"]), cache)
-        estimator.load(decode_arrays(record.arrays))
-        with self._lock:
-            self._items[record.id] = estimator
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-        return estimator
+        """The record's estimator; its blob is read (a deferred column) only when not cached."""
+        alpha, k = float(record.params["alpha"]), int(record.fitted["k"])
+        return self._items.get(record.id, lambda: SdmEstimator(alpha, k, cache).load(decode_arrays(record.arrays)))
 
     def evict(self, record_id: str) -> None:
-        with self._lock:
-            self._items.pop(record_id, None)
+        self._items.evict(record_id)
 
 
 def score_rows(estimator: SdmEstimator, record: SdmRecord, arrays: dict[str, np.ndarray]) -> Scores:

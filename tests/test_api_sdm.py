@@ -34,8 +34,9 @@ def fit(client: TestClient, **overrides: Any) -> dict[str, Any]:
     return response.json()
 
 
-def test_worked_example_over_http(client: TestClient) -> None:
-    created = fit(client)
+@pytest.mark.parametrize(("precision", "tolerance"), [("auto", 1e-9), ("float32", 1e-6)])
+def test_worked_example_over_http(client: TestClient, precision: str, tolerance: float) -> None:
+    created = fit(client, params={"precision": precision})
     assert created["q_min"] == 3.0 and created["alpha"] == 0.95
     np.testing.assert_allclose(created["psi"], [0.9825610935, 0.9914068753], atol=1e-10)
     assert created["n_support"] == 10 and created["n_calibration"] == 12 and created["k"] == 10
@@ -50,8 +51,8 @@ def test_worked_example_over_http(client: TestClient) -> None:
     for name, expected in TEST_EXPECTED.items():
         if isinstance(expected[0], bool) or name in ("prediction", "q", "nearest_index", "effective_sample_size"):
             assert body[name] == expected, name
-        else:  # the default precision is float32: distances carry float32 rounding
-            np.testing.assert_allclose(body[name], expected, rtol=1e-6, atol=1e-6, err_msg=name)
+        else:  # JSON lists are float64 (auto keeps them); a float32 search rounds the distances
+            np.testing.assert_allclose(body[name], expected, rtol=tolerance, atol=tolerance, err_msg=name)
     assert body["summary"] == {
         "n": 6,
         "ood": 1,
@@ -70,7 +71,7 @@ def test_multipart_fit_and_npz_scores_through_the_client(caliper: CaliperClient)
     created = small.fit_sdm(
         support=(np.asarray(SUP_H), np.asarray(SUP_Z, np.float32), np.asarray(SUP_Y, np.int32)),
         calibration=(np.asarray(CAL_H), np.asarray(CAL_Z, np.float32), np.asarray(CAL_Y)),
-        params={"precision": "float64", "support_statistics": True},
+        params={"support_statistics": True},
     )
     assert created["q_min"] == 3.0
     assert created["support_statistics"]["q"] == [3, 2, 3, 0, 3, 2, 2, 3, 0, 3]
@@ -84,7 +85,7 @@ def test_multipart_fit_and_npz_scores_through_the_client(caliper: CaliperClient)
     # float32 calibration logits move ψ and the sdm values by ~1e-8 (test row 4 ties calibration row 0's
     # distance exactly, so float32 *embeddings* would change its d: see sdm.md §6)
     np.testing.assert_allclose(columns["probabilities_lower"], TEST_EXPECTED["probabilities_lower"], atol=1e-6)
-    np.testing.assert_allclose(columns["d_nearest"], TEST_EXPECTED["d_nearest"], rtol=1e-12)  # float64 search
+    np.testing.assert_allclose(columns["d_nearest"], TEST_EXPECTED["d_nearest"], rtol=1e-12)  # float64 support
     assert columns["effective_sample_size"].tolist() == TEST_EXPECTED["effective_sample_size"]
 
 

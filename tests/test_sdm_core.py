@@ -407,3 +407,23 @@ def test_no_correct_calibration_prediction_gives_an_empty_region() -> None:
     np.testing.assert_array_equal(estimator.psi_, 0.0)
     rows = estimator.score(np.asarray(TEST_H), np.asarray(TEST_Z))
     assert not rows.columns["high_reliability"].any() and not rows.columns["high_reliability_lower"].any()
+
+
+def test_scoring_is_row_wise_under_permutation_and_chunking() -> None:
+    rng = np.random.default_rng(8)
+    centres = 3.0 * rng.standard_normal((3, 5))
+    support = clustered(rng, 150, 3, 5, centres, centres.T / 2)
+    calibration = clustered(rng, 120, 3, 5, centres, centres.T / 2)
+    test_x, test_z, _ = clustered(rng, 90, 3, 5, centres, centres.T / 2)
+    estimator = SdmEstimator(0.9, 40).fit(LabelledSet(*support), LabelledSet(*calibration))
+    whole = estimator.score(test_x, test_z)
+    order = rng.permutation(90)
+    permuted = estimator.score(test_x[order], test_z[order])
+    parts = [estimator.score(test_x[a : a + 17], test_z[a : a + 17]) for a in range(0, 90, 17)]
+    np.testing.assert_array_equal(permuted.q, whole.q[order])
+    np.testing.assert_array_equal(permuted.nearest_index, whole.nearest_index[order])
+    for name, column in whole.columns.items():
+        # integers and flags exactly; floats to rounding (SIMD lanes depend on a row's place in the batch)
+        joined = np.concatenate([p.columns[name] for p in parts])
+        np.testing.assert_allclose(permuted.columns[name], column[order], rtol=1e-12, atol=0, err_msg=name)
+        np.testing.assert_allclose(joined, column, rtol=1e-12, atol=0, err_msg=name)

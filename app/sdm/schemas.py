@@ -32,10 +32,13 @@ class SdmParams(BaseModel):
         description="Use the largest support class count as k (the reference's "
         "--use_training_set_max_label_size_as_max_q), still capped by `k`.",
     )
-    precision: Literal["float32", "float64"] = Field(
-        "float32",
-        description="dtype of the stored support exemplars and of the neighbour search (FAISS uses float32). "
-        "The estimator after the search always runs in float64.",
+    precision: Literal["auto", "float32", "float64"] = Field(
+        "auto",
+        description="dtype of the stored support exemplars and of the neighbour search. auto: the support "
+        "embeddings' own dtype (api.md: inputs are computed in their own precision), so float32 tensors are "
+        "searched in float32 as FAISS does and JSON lists (float64) in float64; calibration and scored embeddings are "
+        "cast to it. The estimator after the search "
+        "always runs in float64, so values tied in exact arithmetic stay tied (sdm.md §6).",
     )
     support_statistics: bool = Field(
         False,
@@ -159,7 +162,10 @@ class SdmScoresOut(BaseModel):
     prediction: list[int] = Field(description="ŷ = argmax z′ (ties → lowest index).")
     q: list[int] = Field(description="Similarity: leading run of matching nearest support points.")
     d: list[float] = Field(description="Distance quantile min_c (1 − eCDF_c(d_nearest)).")
-    d_nearest: list[float] = Field(description="Squared L2 distance to the nearest support point.")
+    d_nearest: list[float] = Field(
+        description="Squared L2 distance to the nearest support point, recomputed from the two vectors (the "
+        "search's ‖x‖² − 2x·s + ‖s‖² form loses digits to cancellation); a copy of a support point gets 0."
+    )
     nearest_index: list[int] = Field(description="Support row of the nearest neighbour.")
     probabilities: list[list[float]]
     q_rescaled: list[float] = Field(description="q′ = min(q, (2+q)^{sdm_ŷ}).")

@@ -52,8 +52,8 @@ def fit(request: SdmRequest, arrays: dict[str, np.ndarray], cache: SessionCache)
     """Validate both sets, fit; returns the estimator and (when asked) the support statistics."""
     params = request.params
     support = labelled_set(arrays, "support")
-    dtype = np.dtype(params.precision)
-    support.embeddings = support.embeddings.astype(dtype, copy=False)
+    if params.precision != "auto":
+        support.embeddings = support.embeddings.astype(params.precision, copy=False)
     calibration = labelled_set(arrays, "calibration", support.embeddings.shape[1], support.logits.shape[1])
     present = np.unique(calibration.labels).size
     if present < 2:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.special import softmax
 
+from app.core import sdm as sdm_core
 from app.core.graphrun import mapped_outputs
 from app.core.neighbours import nearest
 from app.core.sdm import (
@@ -427,3 +428,15 @@ def test_scoring_is_row_wise_under_permutation_and_chunking() -> None:
         joined = np.concatenate([p.columns[name] for p in parts])
         np.testing.assert_allclose(permuted.columns[name], column[order], rtol=1e-12, atol=0, err_msg=name)
         np.testing.assert_allclose(joined, column, rtol=1e-12, atol=0, err_msg=name)
+
+
+def test_query_blocks_give_the_same_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scoring keeps only one block of [rows, k] neighbour lists at a time; block edges change nothing."""
+    support, calibration = worked_example()
+    estimator = SdmEstimator(alpha=0.95, k=2048).fit(support, calibration)
+    whole = estimator.score(np.asarray(TEST_H), np.asarray(TEST_Z))
+    monkeypatch.setattr(sdm_core, "NEIGHBOUR_LIST_BYTES", 12 * 11 * 4)  # blocks of 4 rows for k = 10
+    blocked = estimator.score(np.asarray(TEST_H), np.asarray(TEST_Z))
+    assert blocked.q.tolist() == whole.q.tolist() and blocked.nearest_index.tolist() == whole.nearest_index.tolist()
+    for name, column in whole.columns.items():
+        np.testing.assert_allclose(blocked.columns[name], column, rtol=1e-12, atol=0, err_msg=name)

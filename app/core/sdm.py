@@ -34,6 +34,7 @@ from app.core.neighbours import nearest
 from app.core.runtime import SessionCache
 
 F64 = np.float64
+NEIGHBOUR_LIST_BYTES = 64 << 20  # [block, k] distances and indices kept at once while scoring
 
 
 def similarity_graph(k: int) -> onnx.ModelProto:
@@ -293,17 +294,32 @@ class SdmEstimator:
     def _neighbours(
         self, embeddings: np.ndarray, logits: np.ndarray, k: int | None = None, exclude_self: bool = False
     ) -> Scores:
+        """Search, then q, one block of queries at a time: only the nearest neighbour and q are kept, so
+        the [block, k] neighbour lists bound the memory however many rows are scored."""
         k = k or self.k_
         queries = embeddings.astype(self.support_embeddings_.dtype, copy=False)
-        found = nearest(queries, self.support_embeddings_, k, self.cache, exclude_self=exclude_self)
-        similarity = mapped_outputs(
-            f"sdm-similarity:{k}",
-            lambda: similarity_graph(k),
-            {"logits": logits.astype(F64, copy=False), "neighbours": found.indices},
-            {"support_code": self.support_code_},
-            self.cache,
-        )
-        return Scores(similarity["prediction"], similarity["q"], found.distances[:, 0].astype(F64), found.indices[:, 0])
+        block = max(1, NEIGHBOUR_LIST_BYTES // (12 * (k + 1)))
+        blocks: list[Scores] = []
+        for start in range(0, len(queries), block):
+            rows = slice(start, start + block)
+            found = nearest(queries[rows], self.support_embeddings_, k, self.cache, exclude_self=exclude_self)
+            similarity = mapped_outputs(
+                f"sdm-similarity:{k}",
+                lambda: similarity_graph(k),
+                {"logits": logits[rows].astype(F64, copy=False), "neighbours": found.indices},
+                {"support_code": self.support_code_},
+                self.cache,
+            )
+            blocks.append(
+                Scores(
+                    similarity["prediction"], similarity["q"], found.distances[:, 0].astype(F64), found.indices[:, 0]
+                )
+            )
+
+        def joined(name: str) -> np.ndarray:
+            return np.concatenate([getattr(b, name) for b in blocks])
+
+        return Scores(joined("prediction"), joined("q"), joined("d_nearest"), joined("nearest_index"))
 
     def _estimate(
         self, found: Scores, logits: np.ndarray, distance_ecdfs: list[np.ndarray] | None = None

@@ -201,25 +201,6 @@ def scoring_graph(model: MahalanobisModel, dtype: np.dtype) -> onnx.ModelProto:
     return build({"features": features}, {"scores": score, "nearest_class": op.arg_min(d2, axis=-1, keepdims=0)})
 
 
-def knn_graph(support: F64, k: int, dtype: np.dtype) -> onnx.ModelProto:
-    """KNN detector (Sun et al. 2022): features L2-normalised, score = distance to the k-th nearest
-    normalised fit feature (higher = more OOD), by ‖a − b‖² = 2 − 2a·b on unit vectors and TopK;
-    `nearest_index` is the nearest fit row (ties → lowest index)."""
-    features = argument(Tensor(dtype, ("N", support.shape[1])))
-
-    def c(value: object) -> Var:
-        return op.constant(value=np.asarray(value, dtype=dtype))
-
-    unit = op.div(
-        features, op.clip(op.sqrt(op.reduce_sum(op.mul(features, features), ints(-1), keepdims=1)), c(1e-12), None)
-    )
-    squared = op.clip(op.sub(c(2.0), op.mul(c(2.0), op.matmul(unit, c(support.T)))), c(0.0), None)
-    nearest_k, index = op.top_k(squared, ints(k), axis=-1, largest=0, sorted=1)
-    kth = op.squeeze(op.slice(nearest_k, ints(k - 1), ints(k), ints(1)), ints(1))
-    first = op.squeeze(op.slice(index, ints(0), ints(1), ints(1)), ints(1))
-    return build({"features": features}, {"scores": op.sqrt(kth), "nearest_index": first})
-
-
 @dataclass(frozen=True)
 class VimModel:
     """ViM (Wang et al. 2022, mahalanobis.md §6): origin u = −W⁺b, residual basis R = eigenvectors of

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.errors import InputError
+from app.core.lru import LruCache
 from app.core.mahalanobis import (
     GaussianStats,
     MahalanobisModel,
@@ -21,11 +22,11 @@ from app.core.mahalanobis import (
     fit,
     fit_per_class,
     fit_vim,
-    knn_graph,
     per_class_graph,
     scoring_graph,
     vim_graph,
 )
+from app.core.neighbours import nearest
 from app.core.runtime import SessionCache
 from app.core.validation import float_matrix
 from app.evaluation.service import rfc3339
@@ -232,8 +233,6 @@ def store_detector(
 def scoring_model_from(
     arrays: dict[str, np.ndarray], method: str, params: dict[str, Any], dtype: np.dtype
 ) -> onnx.ModelProto:
-    if method == "knn":
-        return knn_graph(arrays["support"].astype(np.float64), int(params["k"]), dtype)
     if method == "vim":
         return vim_graph(
             VimModel(arrays["weight"], arrays["bias"], arrays["origin"], arrays["residual"], float(arrays["alpha"])),
@@ -259,11 +258,15 @@ def _layer_arrays(record: DetectorRecord, index: int | None) -> dict[str, np.nda
     return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
 
 
+# KNN scoring reads the fit features on every request: decoded once per detector (ids are never reused).
+_KNN_SUPPORT: LruCache[dict[str, np.ndarray]] = LruCache(capacity=8)
+
+
 def score(
     record: DetectorRecord, arrays: dict[str, np.ndarray], cache: SessionCache, field: str = "features"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Outlier scores (higher = more OOD) and nearest classes, in chunks bounded by bytes (for knn: of
-    the [chunk, N_fit] distance matrix). An ensemble sums w_l·s_l over its layers (given as
+    """Outlier scores (higher = more OOD) and nearest classes, in chunks bounded by bytes (knn: the
+    exact search of app.core.neighbours, support in chunks with a running top-k). An ensemble sums w_l·s_l over its layers (given as
     `field.<layer>`) and reports the nearest class of its last layer."""
     names = record.params.get("layers")
     if not names:
@@ -287,22 +290,20 @@ def _score_layer(
     record: DetectorRecord, index: int | None, features: np.ndarray, cache: SessionCache
 ) -> tuple[np.ndarray, np.ndarray]:
     dtype = features.dtype
+    if record.method == "knn":  # the exact search of the SDM estimator, on L2-normalised features
+        arrays = _KNN_SUPPORT.get(f"{record.id}:{index}", lambda: _layer_arrays(record, index))
+        support = arrays["support"]
+        unit = _normalized(features.astype(np.float64), True).astype(support.dtype)
+        found = nearest(unit, support, int(record.params["k"]), cache)
+        return np.sqrt(found.distances[:, -1]).astype(dtype), arrays["support_labels"][found.indices[:, 0]]
     session = cache.get(
         f"detector:{record.id}:{index}:{dtype}",
         lambda: scoring_model_from(_layer_arrays(record, index), record.method, record.params, dtype),
     )
-    if record.method == "knn":
-        width = int(record.fit_info["n"])  # the [chunk, N_fit] distance matrix
-    elif record.params.get("covariance") == "per_class":
-        width = record.classes * features.shape[1]  # the [chunk, C·D] whitened copies
-    else:
-        width = features.shape[1]
-    step = max(1, CHUNK_BYTES // (8 * max(width, features.shape[1])))
+    copies = record.classes if record.params.get("covariance") == "per_class" else 1  # [chunk, C·D] whitened
+    step = max(1, CHUNK_BYTES // (8 * copies * features.shape[1]))
     parts = [session.run(None, {"features": features[a : a + step]}) for a in range(0, len(features), step)]
-    scores, nearest = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    if record.method == "knn":
-        nearest = decode_arrays(record.arrays)["support_labels"][nearest]
-    return scores, nearest
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def detector_out(record: DetectorRecord) -> DetectorOut:

@@ -284,6 +284,29 @@ def test_threshold_search_matches_the_naive_scan(alpha: float, seed: int) -> Non
     np.testing.assert_array_equal(got[1], want[1])
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.integers(0, 2), st.integers(0, 6), st.floats(0.0, 1.0), st.booleans()), min_size=1, max_size=60
+    ),
+    alpha=st.sampled_from([0.55, 0.8, 0.9, 0.95, 1.0]),
+)
+def test_threshold_search_matches_the_naive_scan_on_tied_values(
+    rows: list[tuple[int, int, float, bool]], alpha: float
+) -> None:
+    """Few distinct q′ (many ties) and sdm values drawn freely, some exactly 1 (saturated)."""
+    labels = np.asarray([r[0] for r in rows])
+    q_rescaled = np.asarray([r[1] / 2 for r in rows])  # 0, 0.5 (OOD), 1, 1.5, …
+    own = np.asarray([1.0 if r[3] else r[2] for r in rows])
+    probabilities = np.full((len(rows), 3), 0.0)
+    probabilities[np.arange(len(rows)), labels] = own
+    probabilities[np.arange(len(rows)), (labels + 1) % 3] = 1.0 - own
+    got = high_reliability_thresholds(q_rescaled, probabilities, labels, alpha)
+    want = sdm_oracle.algorithm_1(q_rescaled, probabilities, labels, alpha)
+    assert got[0] == want[0]
+    np.testing.assert_array_equal(got[1], want[1])
+
+
 def test_quantile_index_reproduces_the_float_trap() -> None:
     """sdm.md §6: int((1 − α)·n) with 1 − α in float64."""
     assert lower_quantile_index(20, 0.95) == 1

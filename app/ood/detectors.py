@@ -266,8 +266,8 @@ def score(
     record: DetectorRecord, arrays: dict[str, np.ndarray], cache: SessionCache, field: str = "features"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Outlier scores (higher = more OOD) and nearest classes, in chunks bounded by bytes (knn: the
-    exact search of app.core.neighbours, support in chunks with a running top-k). An ensemble sums w_l·s_l over its layers (given as
-    `field.<layer>`) and reports the nearest class of its last layer."""
+    exact search of app.core.neighbours, support in chunks with a running top-k). An ensemble sums
+    w_l·s_l over its layers (given as `field.<layer>`) and reports the nearest class of its last layer."""
     names = record.params.get("layers")
     if not names:
         return _score_layer(record, None, float_matrix(arrays.get(field), field, record.dim), cache)

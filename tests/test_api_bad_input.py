@@ -237,3 +237,11 @@ def test_fortran_order_and_big_endian_npy_are_read_correctly(client: TestClient)
     response = client.post("/v1/evaluations", files=files)
     assert response.status_code == 201, response.text
     np.testing.assert_allclose(response.json()["losses"]["cross_entropy"], 0.9389701905189698, rtol=1e-12)
+
+
+@pytest.mark.parametrize("path", ["/v1/evaluations", "/v1/calibrators", "/v1/detectors", "/v1/sdm", "/v1/gates"])
+@pytest.mark.parametrize("cursor", ["not-a-cursor", "AAAA", "MjAyNnxhYmM"])
+def test_a_cursor_this_service_did_not_issue_is_422(client: TestClient, path: str, cursor: str) -> None:
+    assert_problem(client.get(path, params={"cursor": cursor}), 422, "cursor")
+    page = client.get(path, params={"limit": 1})
+    assert page.status_code == 200 and page.json() == {"items": [], "next_cursor": None}

@@ -66,11 +66,6 @@ class CalibratorOut(BaseModel):
     tags: dict[str, str]
 
 
-class CalibratorList(BaseModel):
-    items: list[CalibratorOut]
-    next_cursor: str | None
-
-
 class ApplyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

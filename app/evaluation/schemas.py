@@ -105,8 +105,3 @@ class EvaluationOut(BaseModel):
     calibrator_id: str | None = Field(None, description="The calibrator applied before evaluating, if any.")
     sdm_id: str | None = Field(None, description="The SDM estimator whose region metrics are included, if any.")
     per_sample: dict[str, list[float | None]] | None = None
-
-
-class EvaluationList(BaseModel):
-    items: list[EvaluationOut]
-    next_cursor: str | None

@@ -72,8 +72,3 @@ class GateOut(BaseModel):
     bootstrap: str | None = Field(None, description="paired | unpaired, when significance was asked for.")
     rules: list[RuleResult]
     request: dict[str, Any]
-
-
-class GateList(BaseModel):
-    items: list[GateOut]
-    next_cursor: str | None

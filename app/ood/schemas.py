@@ -161,11 +161,6 @@ class DetectorOut(BaseModel):
     tags: dict[str, str]
 
 
-class DetectorList(BaseModel):
-    items: list[DetectorOut]
-    next_cursor: str | None
-
-
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

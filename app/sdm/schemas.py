@@ -131,11 +131,6 @@ class SdmOut(BaseModel):
     tags: dict[str, str]
 
 
-class SdmList(BaseModel):
-    items: list[SdmOut]
-    next_cursor: str | None
-
-
 class SdmScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

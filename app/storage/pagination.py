@@ -5,14 +5,29 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from pydantic import BaseModel
 from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import Session
 
+from app.core.errors import InputError
 
-class InvalidCursorError(ValueError):
-    pass
+T = TypeVar("T")
+
+
+class InvalidCursorError(InputError):
+    """A `cursor` query parameter this service did not issue (answered as 422, field `cursor`)."""
+
+    def __init__(self) -> None:
+        super().__init__("cursor", "is not one this service issued")
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list, newest first; `next_cursor` fetches the next (null on the last page)."""
+
+    items: list[T]
+    next_cursor: str | None
 
 
 def encode_cursor(created_at: datetime, record_id: str) -> str:
@@ -26,7 +41,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         stamp, record_id = raw.split("|", 1)
         return datetime.fromisoformat(stamp), record_id
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidCursorError("cursor is not one this service issued") from exc
+        raise InvalidCursorError from exc
 
 
 def page(

@@ -18,13 +18,12 @@ from app.calibration.schemas import (
     INTEGER_TENSORS,
     ApplyOut,
     ApplyRequest,
-    CalibratorList,
     CalibratorOut,
     CalibratorRequest,
 )
 from app.storage.calibrators import delete_calibrator, list_calibrators
 from app.storage.models import CalibratorRecord
-from app.storage.pagination import InvalidCursorError
+from app.storage.pagination import Page
 
 router = APIRouter(prefix="/v1/calibrators", tags=["calibrators"])
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
@@ -52,7 +51,9 @@ async def create_calibrator(request: Request) -> Response:
     return Response(service.calibrator_out(record).model_dump_json(), status_code=201, media_type="application/json")
 
 
-@router.get("", response_model=CalibratorList, summary="List calibrators, newest first", responses=PROBLEM_RESPONSES)
+@router.get(
+    "", response_model=Page[CalibratorOut], summary="List calibrators, newest first", responses=PROBLEM_RESPONSES
+)
 def list_(
     resources: ResourcesDep,
     model: str | None = None,
@@ -60,13 +61,10 @@ def list_(
     method: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
-) -> CalibratorList:
+) -> Page[CalibratorOut]:
     with resources.sessions() as session:
-        try:
-            rows, next_cursor = list_calibrators(session, model, dataset, method, limit, cursor)
-        except InvalidCursorError as exc:
-            raise ProblemError(422, str(exc), [{"field": "cursor", "message": str(exc)}]) from exc
-    return CalibratorList(items=[service.calibrator_out(r) for r in rows], next_cursor=next_cursor)
+        rows, next_cursor = list_calibrators(session, model, dataset, method, limit, cursor)
+    return Page[CalibratorOut](items=[service.calibrator_out(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get("/{calibrator_id}", response_model=CalibratorOut, summary="One calibrator", responses=PROBLEM_RESPONSES)

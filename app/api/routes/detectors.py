@@ -16,14 +16,13 @@ from app.ood import detectors
 from app.ood.schemas import (
     DETECTOR_TENSORS,
     SCORE_FEATURES,
-    DetectorList,
     DetectorOut,
     DetectorRequest,
     DetectorScoresOut,
     ScoreRequest,
 )
 from app.storage.models import DetectorRecord
-from app.storage.pagination import InvalidCursorError, page
+from app.storage.pagination import Page, page
 
 router = APIRouter(prefix="/v1/detectors", tags=["detectors"])
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
@@ -50,22 +49,19 @@ async def create_detector(request: Request) -> Response:
     return Response(detectors.detector_out(record).model_dump_json(), status_code=201, media_type="application/json")
 
 
-@router.get("", response_model=DetectorList, summary="List detectors, newest first", responses=PROBLEM_RESPONSES)
+@router.get("", response_model=Page[DetectorOut], summary="List detectors, newest first", responses=PROBLEM_RESPONSES)
 def list_(
     resources: ResourcesDep,
     model: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
-) -> DetectorList:
+) -> Page[DetectorOut]:
     query = select(DetectorRecord)
     if model is not None:
         query = query.where(DetectorRecord.model == model)
     with resources.sessions() as session:
-        try:
-            rows, next_cursor = page(session, query, DetectorRecord, limit, cursor)
-        except InvalidCursorError as exc:
-            raise ProblemError(422, str(exc), [{"field": "cursor", "message": str(exc)}]) from exc
-        return DetectorList(items=[detectors.detector_out(r) for r in rows], next_cursor=next_cursor)
+        rows, next_cursor = page(session, query, DetectorRecord, limit, cursor)
+        return Page[DetectorOut](items=[detectors.detector_out(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get("/{detector_id}", response_model=DetectorOut, summary="One detector", responses=PROBLEM_RESPONSES)

@@ -15,7 +15,7 @@ from app.api.routes.calibrators import load_record
 from app.api.routes.sdm import scored
 from app.calibration.service import calibrated_inputs
 from app.core.errors import InputError
-from app.evaluation.schemas import INTEGER_FIELDS, TENSOR_FIELDS, EvaluationList, EvaluationOut, EvaluationRequest
+from app.evaluation.schemas import INTEGER_FIELDS, TENSOR_FIELDS, EvaluationOut, EvaluationRequest
 from app.evaluation.service import compute, evaluation_out, finite_or_none, store, stored_evaluation_out
 from app.gating.service import NotFoundError, add_tags
 from app.sdm.service import evaluation_metrics
@@ -26,7 +26,7 @@ from app.storage.evaluations import (
     list_evaluations,
     load_arrays,
 )
-from app.storage.pagination import InvalidCursorError
+from app.storage.pagination import Page
 
 router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"])
 INLINE_COMPUTE_BYTES = 64 * 1024  # requests this small are computed on the event loop
@@ -71,7 +71,9 @@ async def create_evaluation(request: Request) -> Response:
     )
 
 
-@router.get("", response_model=EvaluationList, summary="List evaluations, newest first", responses=PROBLEM_RESPONSES)
+@router.get(
+    "", response_model=Page[EvaluationOut], summary="List evaluations, newest first", responses=PROBLEM_RESPONSES
+)
 def list_(
     resources: ResourcesDep,
     model: str | None = None,
@@ -79,7 +81,7 @@ def list_(
     tag: Annotated[list[str] | None, Query(description="key:value; repeat to require several tags.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
-) -> EvaluationList:
+) -> Page[EvaluationOut]:
     tags = []
     for item in tag or []:
         key, sep, value = item.partition(":")
@@ -89,11 +91,8 @@ def list_(
             )
         tags.append((key, value))
     with resources.sessions() as session:
-        try:
-            rows, next_cursor = list_evaluations(session, EvaluationFilter(model, dataset, tuple(tags)), limit, cursor)
-        except InvalidCursorError as exc:
-            raise ProblemError(422, str(exc), [{"field": "cursor", "message": str(exc)}]) from exc
-        return EvaluationList(items=[stored_evaluation_out(r) for r in rows], next_cursor=next_cursor)
+        rows, next_cursor = list_evaluations(session, EvaluationFilter(model, dataset, tuple(tags)), limit, cursor)
+        return Page[EvaluationOut](items=[stored_evaluation_out(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get(

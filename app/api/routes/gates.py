@@ -9,10 +9,10 @@ from sqlalchemy import select
 
 from app.api.deps import Resources, get_resources, load_or_404
 from app.api.problems import PROBLEM_RESPONSES, ProblemError
-from app.gating.schemas import GateList, GateOut, GateRequest
+from app.gating.schemas import GateOut, GateRequest
 from app.gating.service import NotFoundError, evaluate_gate, gate_out
 from app.storage.models import GateRecord
-from app.storage.pagination import InvalidCursorError, page
+from app.storage.pagination import Page, page
 
 router = APIRouter(prefix="/v1/gates", tags=["gates"])
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
@@ -34,22 +34,19 @@ def create_gate(body: GateRequest, resources: ResourcesDep) -> GateOut:
     return out
 
 
-@router.get("", response_model=GateList, summary="List gate verdicts, newest first", responses=PROBLEM_RESPONSES)
+@router.get("", response_model=Page[GateOut], summary="List gate verdicts, newest first", responses=PROBLEM_RESPONSES)
 def list_(
     resources: ResourcesDep,
     candidate: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
-) -> GateList:
+) -> Page[GateOut]:
     query = select(GateRecord)
     if candidate is not None:
         query = query.where(GateRecord.candidate_id == candidate)
     with resources.sessions() as session:
-        try:
-            rows, next_cursor = page(session, query, GateRecord, limit, cursor)
-        except InvalidCursorError as exc:
-            raise ProblemError(422, str(exc), [{"field": "cursor", "message": str(exc)}]) from exc
-        return GateList(items=[gate_out(r) for r in rows], next_cursor=next_cursor)
+        rows, next_cursor = page(session, query, GateRecord, limit, cursor)
+        return Page[GateOut](items=[gate_out(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get("/{gate_id}", response_model=GateOut, summary="One gate verdict", responses=PROBLEM_RESPONSES)

@@ -21,14 +21,13 @@ from app.sdm.schemas import (
     FIT_INTEGER_FIELDS,
     FIT_TENSORS,
     SCORE_TENSORS,
-    SdmList,
     SdmOut,
     SdmRequest,
     SdmScoreRequest,
     SdmScoresOut,
 )
 from app.storage.models import SdmRecord
-from app.storage.pagination import InvalidCursorError, page
+from app.storage.pagination import Page, page
 
 router = APIRouter(prefix="/v1/sdm", tags=["sdm"])
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
@@ -57,22 +56,19 @@ async def create_sdm(request: Request) -> Response:
     return Response(out.model_dump_json(), status_code=201, media_type="application/json")
 
 
-@router.get("", response_model=SdmList, summary="List SDM estimators, newest first", responses=PROBLEM_RESPONSES)
+@router.get("", response_model=Page[SdmOut], summary="List SDM estimators, newest first", responses=PROBLEM_RESPONSES)
 def list_(
     resources: ResourcesDep,
     model: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
-) -> SdmList:
+) -> Page[SdmOut]:
     query = select(SdmRecord)
     if model is not None:
         query = query.where(SdmRecord.model == model)
     with resources.sessions() as session:
-        try:
-            rows, next_cursor = page(session, query, SdmRecord, limit, cursor)
-        except InvalidCursorError as exc:
-            raise ProblemError(422, str(exc), [{"field": "cursor", "message": str(exc)}]) from exc
-        return SdmList(items=[service.sdm_out(r) for r in rows], next_cursor=next_cursor)
+        rows, next_cursor = page(session, query, SdmRecord, limit, cursor)
+        return Page[SdmOut](items=[service.sdm_out(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get("/{sdm_id}", response_model=SdmOut, summary="One SDM estimator", responses=PROBLEM_RESPONSES)

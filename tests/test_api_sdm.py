@@ -139,6 +139,17 @@ BAD_FITS = [
     ("empty set", _with("calibration", embeddings=[], logits=[], labels=[]), "calibration"),
     ("missing support", {k: v for k, v in fit_body().items() if k != "support"}, "support"),
     ("missing tensor", _with("support", embeddings=None), "support.embeddings"),
+    (
+        "float32 overflow",
+        fit_body(params={"precision": "float32"})
+        | {"support": {"embeddings": [[1e30, 0.0], *SUP_H[1:]], "logits": SUP_Z, "labels": SUP_Y}},
+        "support.embeddings",
+    ),
+    (
+        "calibration overflow",
+        _with("calibration", embeddings=_tensor([[1e200, 0.0], *CAL_H[1:]])),
+        "calibration.embeddings",
+    ),
     ("alpha at 0.5", fit_body(params={"alpha": 0.5}), "params.alpha"),
     ("alpha above 1", fit_body(params={"alpha": 1.01}), "params.alpha"),
     ("k = 0", fit_body(params={"k": 0}), "params.k"),
@@ -161,6 +172,7 @@ def test_bad_fit_input_is_4xx_and_stores_nothing(client: TestClient, body: dict[
         ({"embeddings": [[*r, 1.0] for r in TEST_H], "logits": TEST_Z}, "embeddings"),
         ({"embeddings": TEST_H, "logits": [[*r, 1.0] for r in TEST_Z]}, "logits"),
         ({"embeddings": TEST_H[:5], "logits": TEST_Z}, "embeddings"),
+        ({"embeddings": [[1e160, 0.0], *TEST_H[1:]], "logits": TEST_Z}, "embeddings"),
         ({"embeddings": _tensor([[np.inf, 0.0], *TEST_H[1:]]), "logits": TEST_Z}, "embeddings"),
         ({"embeddings": TEST_H, "logits": _tensor([[np.nan, 0.0], *TEST_Z[1:]], np.float32)}, "logits"),
         ({"logits": TEST_Z}, "embeddings"),

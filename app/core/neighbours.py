@@ -61,6 +61,13 @@ def exact_distance_graph(dim: int, dtype: np.dtype) -> onnx.ModelProto:
     )
 
 
+def distances_stay_finite(vectors: np.ndarray) -> bool:
+    """Whether every squared distance among vectors of this magnitude is finite in their dtype:
+    ‖x − s‖² ≤ 4·M·max|x|² (a float32 search of values near 1e18 would overflow to +inf and tie)."""
+    largest = float(np.max(np.abs(vectors))) if vectors.size else 0.0
+    return bool(4.0 * vectors.shape[1] * largest * largest < float(np.finfo(vectors.dtype).max))
+
+
 @dataclass(frozen=True)
 class Neighbours:
     """The k nearest support rows of each query, nearest first: squared distances and support indices."""

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.core.errors import InputError
 from app.core.evaluation import validate_batch
 from app.core.lru import LruCache
+from app.core.neighbours import distances_stay_finite
 from app.core.runtime import SessionCache
 from app.core.sdm import LabelledSet, Scores, SdmEstimator
 from app.core.validation import float_matrix
@@ -27,20 +28,36 @@ EMPTY_REGION = (
 )
 
 
+def searchable(values: np.ndarray | None, field: str, dtype: np.dtype | None, dim: int | None = None) -> np.ndarray:
+    """A finite [N, M] float matrix in the search dtype (its own when None) whose squared distances
+    cannot overflow that dtype."""
+    embeddings = float_matrix(values, field, dim)
+    embeddings = embeddings.astype(dtype or embeddings.dtype, copy=False)
+    if not distances_stay_finite(embeddings):
+        raise InputError(
+            field, f"values are too large for squared L2 distances in {embeddings.dtype} (use precision float64)"
+        )
+    return embeddings
+
+
 def labelled_set(
-    arrays: dict[str, np.ndarray], part: str, dim: int | None = None, classes: int | None = None
+    arrays: dict[str, np.ndarray], part: str, dtype: np.dtype | None, like: LabelledSet | None = None
 ) -> LabelledSet:
-    """One validated {embeddings, logits, labels} set; errors name the dotted field."""
+    """One validated {embeddings, logits, labels} set, embeddings in the search dtype; a calibration set
+    must match the support's (`like`) dimensions and classes. Errors name the dotted field."""
     try:
         batch = validate_batch(logits=arrays.get(f"{part}.logits"), labels=arrays.get(f"{part}.labels"))
     except InputError as exc:
         raise InputError(f"{part}.{exc.field}", exc.message) from exc
-    if classes is not None and batch.classes != classes:
-        raise InputError(f"{part}.logits", f"has C = {batch.classes} classes; the support has C = {classes}")
-    embeddings = float_matrix(arrays.get(f"{part}.embeddings"), f"{part}.embeddings")
-    if dim is not None and embeddings.shape[1] != dim:
+    if like is not None and batch.classes != like.logits.shape[1]:
         raise InputError(
-            f"{part}.embeddings", f"has M = {embeddings.shape[1]} dimensions; support.embeddings has M = {dim}"
+            f"{part}.logits", f"has C = {batch.classes} classes; the support has C = {like.logits.shape[1]}"
+        )
+    embeddings = searchable(arrays.get(f"{part}.embeddings"), f"{part}.embeddings", dtype)
+    if like is not None and embeddings.shape[1] != like.embeddings.shape[1]:
+        raise InputError(
+            f"{part}.embeddings",
+            f"has M = {embeddings.shape[1]} dimensions; support.embeddings has M = {like.embeddings.shape[1]}",
         )
     if len(embeddings) != batch.n:
         raise InputError(f"{part}.embeddings", f"has {len(embeddings)} rows; {part}.logits has {batch.n}")
@@ -51,10 +68,8 @@ def labelled_set(
 def fit(request: SdmRequest, arrays: dict[str, np.ndarray], cache: SessionCache) -> tuple[SdmEstimator, dict[str, Any]]:
     """Validate both sets, fit; returns the estimator and (when asked) the support statistics."""
     params = request.params
-    support = labelled_set(arrays, "support")
-    if params.precision != "auto":
-        support.embeddings = support.embeddings.astype(params.precision, copy=False)
-    calibration = labelled_set(arrays, "calibration", support.embeddings.shape[1], support.logits.shape[1])
+    support = labelled_set(arrays, "support", None if params.precision == "auto" else np.dtype(params.precision))
+    calibration = labelled_set(arrays, "calibration", support.embeddings.dtype, like=support)
     present = np.unique(calibration.labels).size
     if present < 2:
         raise InputError("calibration.labels", f"needs at least 2 distinct classes, got {present}")
@@ -153,7 +168,7 @@ class EstimatorCache:
 
 def score_rows(estimator: SdmEstimator, record: SdmRecord, arrays: dict[str, np.ndarray]) -> Scores:
     """Validated embeddings [N, M] and logits [N, C] of one fitted model -> the estimator's columns."""
-    embeddings = float_matrix(arrays.get("embeddings"), "embeddings", record.dim)
+    embeddings = searchable(arrays.get("embeddings"), "embeddings", estimator.support_embeddings_.dtype, record.dim)
     logits = float_matrix(arrays.get("logits"), "logits", record.classes)
     if len(embeddings) != len(logits):
         raise InputError("embeddings", f"has {len(embeddings)} rows; logits has {len(logits)}")

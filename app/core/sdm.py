@@ -157,11 +157,12 @@ def estimator_graph() -> onnx.ModelProto:
 
 
 def padded_table(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class sorted values as a [C, max(1, L)] float64 table padded with +∞, and the [C] sizes."""
+    """Per-class values as a [C, max(1, L)] float64 table padded with +∞, and the [C] sizes (the counts
+    in the graph need no order; the groups arrive sorted anyway)."""
     width = max([1, *(len(g) for g in groups)])
     table = np.full((len(groups), width), np.inf)
     for c, values in enumerate(groups):
-        table[c, : len(values)] = np.sort(values)
+        table[c, : len(values)] = values
     return table, np.asarray([len(g) for g in groups], dtype=F64)
 
 
@@ -255,7 +256,7 @@ class SdmEstimator:
         self.q_min_, self.psi_ = math.inf, np.zeros(classes)
         found = self._neighbours(calibration.embeddings, calibration.logits)
         self.distance_ecdfs_ = _class_groups(found.d_nearest, calibration.labels, found.q > 0, classes)
-        first = self._estimate(found, calibration.logits)
+        first = self._estimate(found, calibration.logits)  # d, sdm and q′ need only D_c; Q_c comes next
         self.q_min_, self.psi_ = high_reliability_thresholds(
             first["q_rescaled"], first["probabilities"], calibration.labels, self.alpha
         )

@@ -75,7 +75,7 @@ def test_multipart_fit_and_npz_scores_through_the_client(caliper: CaliperClient)
     )
     assert created["q_min"] == 3.0
     assert created["support_statistics"]["q"] == [3, 2, 3, 0, 3, 2, 2, 3, 0, 3]
-    assert created["support_statistics"]["sdm_loss"]["marginal"] == pytest.approx(0.3244983082, abs=1e-9)
+    assert created["support_statistics"]["sdm_loss"]["marginal"] == pytest.approx(0.3244983082, abs=1e-6)  # float32
     assert (
         "support_statistics" not in small.get_sdm(created["id"])
         or small.get_sdm(created["id"])["support_statistics"] is None
@@ -85,7 +85,8 @@ def test_multipart_fit_and_npz_scores_through_the_client(caliper: CaliperClient)
     # float32 calibration logits move ψ and the sdm values by ~1e-8 (test row 4 ties calibration row 0's
     # distance exactly, so float32 *embeddings* would change its d: see sdm.md §6)
     np.testing.assert_allclose(columns["probabilities_lower"], TEST_EXPECTED["probabilities_lower"], atol=1e-6)
-    np.testing.assert_allclose(columns["d_nearest"], TEST_EXPECTED["d_nearest"], rtol=1e-12)  # float64 support
+    # float64 search, reported (and used) in the estimator's float32 (the calibration logits' dtype)
+    np.testing.assert_allclose(columns["d_nearest"], TEST_EXPECTED["d_nearest"], rtol=1e-7)
     assert columns["effective_sample_size"].tolist() == TEST_EXPECTED["effective_sample_size"]
 
 

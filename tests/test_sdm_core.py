@@ -256,6 +256,43 @@ def test_random_data_matches_the_numpy_oracle(
     assert rows.columns["high_reliability"].any() == math.isfinite(estimator.q_min_) or not rows.q.any()
 
 
+@pytest.mark.parametrize(("classes", "k", "alpha", "seed"), [(2, 60, 0.95, 10), (10, 40, 0.8, 11), (4, 2048, 0.9, 12)])
+def test_float32_logits_run_the_estimator_in_float32(classes: int, k: int, alpha: float, seed: int) -> None:
+    """Float32 logits are computed in float32 (as the reference is); against the float64 oracle on the
+    same float32 values, flags and counts agree and values to float32 precision (data without ties)."""
+    rng = np.random.default_rng(seed)
+    centres = 3.0 * rng.standard_normal((classes, 6))
+    sets = [clustered(rng, n, classes, 6, centres, centres.T / 2) for n in (150, 300, 120)]
+    support, calibration, test = (tuple(a.astype(np.float32) if i < 2 else a for i, a in enumerate(s)) for s in sets)
+    estimator = SdmEstimator(alpha, k).fit(LabelledSet(*support), LabelledSet(*calibration))
+    expected_fit = sdm_oracle.fit(support, calibration, alpha, k)
+    assert estimator.dtype_ == np.float32 and estimator.psi_.dtype == np.float32
+    assert estimator.q_min_ == pytest.approx(expected_fit.q_min, rel=1e-5)  # the same candidate, in float32
+    np.testing.assert_allclose(estimator.psi_, expected_fit.psi, rtol=1e-6)
+    rows = estimator.score(test[0], test[1])
+    expected = sdm_oracle.score(expected_fit, test[0], test[1])
+    got = {"prediction": rows.prediction, "q": rows.q, "d_nearest": rows.d_nearest, "nearest_index": rows.nearest_index}
+    got |= rows.columns
+    for name, want in expected.items():
+        if want.dtype == bool or want.dtype.kind == "i":
+            assert got[name].tolist() == want.tolist(), name
+        else:
+            assert got[name].dtype == np.float32, name
+            np.testing.assert_allclose(got[name], want, rtol=2e-5, atol=1e-6, err_msg=name)
+
+
+def test_float32_psi_is_compared_with_alpha_rounded_to_float32() -> None:
+    """sdm.md §6: the reference compares a float32 ψ with α as torch does, in float32: ψ = f32(0.95)
+    passes there (and here, for float32 outputs), while the same value fails a float64 comparison."""
+    labels = np.repeat([0, 1], 10)
+    probabilities = np.full((20, 2), np.float32(0.05), dtype=np.float32)
+    probabilities[np.arange(20), labels] = np.float32(0.95)
+    q_rescaled = np.full(20, 3.0)
+    q_min, psi = high_reliability_thresholds(q_rescaled, probabilities, labels, 0.95)
+    assert q_min == 3.0 and psi.tolist() == [np.float32(0.95)] * 2
+    assert high_reliability_thresholds(q_rescaled, probabilities.astype(np.float64), labels, 0.95)[0] == math.inf
+
+
 def test_random_data_exercise_both_outcomes_of_the_search() -> None:
     """The oracle comparison above covers a fitted region and an empty one (q′_min = ∞)."""
     outcomes = []
@@ -319,11 +356,12 @@ def run_estimator(
 ) -> dict[str, np.ndarray]:
     """The estimator graph alone, with distance eCDFs given and no fitted region."""
     classes = logits.shape[1]
-    table, sizes = padded_table(ecdfs)
-    empty_table, empty_sizes = padded_table([np.zeros(0)] * classes)
+    f64 = np.dtype(np.float64)
+    table, sizes = padded_table(ecdfs, f64)
+    empty_table, empty_sizes = padded_table([np.zeros(0)] * classes, f64)
     return mapped_outputs(
-        "sdm-estimator",
-        estimator_graph,
+        "sdm-estimator:float64",
+        lambda: estimator_graph(f64),
         {"logits": logits, "prediction": logits.argmax(1), "q": q, "d_nearest": d_nearest},
         {
             "distance_table": table,

@@ -10,10 +10,12 @@ Per row, all in one ONNX graph after the neighbour search (`neighbours.py`):
 - HR: ¬OOD ∧ q′ ≥ q′_min ∧ {c : sdm_c ≥ ψ_c} = {ŷ}, and HR_lower with the lower values (§4.9).
 The fit-time threshold search (Alg. 1, §4.7) runs in numpy, as the spec recommends (§8).
 
-Precision: the neighbour search runs in the support's dtype (float32 by default, as FAISS does); the
-estimator runs in float64, so values that tie in exact arithmetic (integer q′ = q, the roots (2+q)^{1/C}
-at d = 0) tie here too. The float32 reference can break such ties by one ulp and then count ⌊q′⌋ or n̂
-one lower (§6); this implementation follows exact arithmetic, like the spec's tables (§9).
+Precision: the neighbour search runs in the support's dtype, and the estimator in the calibration
+logits' dtype (scored logits are cast to it), each in its own precision as api.md asks. float32 follows
+the float32 reference (torch) operation by operation: (z·d)·ln(2+q), softmax as exp/Σexp, ψ ≥ α with α
+rounded to float32, so saturated outputs (sdm_ŷ = 1.0) and its one-ulp tie breaks are the reference's.
+float64 keeps exact-arithmetic ties (integer q′ = q, the roots (2+q)^{1/C} at d = 0), like the spec's
+tables (§6, §9).
 """
 
 from __future__ import annotations
@@ -33,16 +35,15 @@ from app.core.graphrun import mapped_outputs
 from app.core.neighbours import nearest
 from app.core.runtime import SessionCache
 
-F64 = np.float64
 NEIGHBOUR_LIST_BYTES = 64 << 20  # [block, k] distances and indices kept at once while scoring
 
 
-def similarity_graph(k: int) -> onnx.ModelProto:
-    """(logits [N, C] f64, neighbours [N, k], support_code [S]) -> prediction ŷ = argmax z (first index
+def similarity_graph(k: int, dtype: np.dtype) -> onnx.ModelProto:
+    """(logits [N, C], neighbours [N, k], support_code [S]) -> prediction ŷ = argmax z (first index
     on ties) and q = Σ_i Π_{l≤i} m_l, with m_l = [code of neighbour l = ŷ] and a support row's code its
     prediction when correct, else −1 (§4.3); the run is counted as the neighbours whose cumulative
     count of non-matches is still 0 (§8: CumSum in place of CumProd)."""
-    logits = argument(Tensor(F64, ("N", "C")))
+    logits = argument(Tensor(dtype, ("N", "C")))
     neighbours = argument(Tensor(np.int64, ("N", k)))
     support_code = argument(Tensor(np.int64, ("S",)))
     prediction = op.arg_max(logits, axis=1, keepdims=0, select_last_index=0)
@@ -56,18 +57,19 @@ def similarity_graph(k: int) -> onnx.ModelProto:
     )
 
 
-def _strictly_less(table: Var, x: Var) -> Var:
+def _strictly_less(table: Var, x: Var, dtype: np.dtype) -> Var:
     """[N, C] counts #{v ∈ table[c] : v < x_n} (searchsorted-left, §4.4); the table is [C, L] padded with +∞."""
     below = op.less(op.unsqueeze(table, ints(0)), op.unsqueeze(x, ints(1, 2)))
-    return op.reduce_sum(op.cast(below, to=F64), ints(2), keepdims=0)
+    return op.reduce_sum(op.cast(below, to=dtype), ints(2), keepdims=0)
 
 
 def _activation(logits: Var, log_base: Var, d: Var) -> tuple[Var, Var]:
-    """log sdm and sdm: a max-shifted log-softmax of ln(2 + q)·d·z (§4.5)."""
-    scaled = op.mul(logits, op.unsqueeze(op.mul(log_base, d), ints(1)))
+    """log sdm and sdm of the scaled logits (z·d)·ln(2 + q) (§4.5), max-shifted; sdm = exp/Σexp."""
+    scaled = op.mul(op.mul(logits, op.unsqueeze(d, ints(1))), op.unsqueeze(log_base, ints(1)))
     shifted = op.sub(scaled, op.reduce_max(scaled, ints(1), keepdims=1))
-    log_p = op.sub(shifted, op.log(op.reduce_sum(op.exp(shifted), ints(1), keepdims=1)))
-    return log_p, op.exp(log_p)
+    exp = op.exp(shifted)
+    total = op.reduce_sum(exp, ints(1), keepdims=1)
+    return op.sub(shifted, op.log(total)), op.div(exp, total)
 
 
 def _rescaled(q: Var, base: Var, probabilities: Var, prediction: Var) -> Var:
@@ -76,35 +78,35 @@ def _rescaled(q: Var, base: Var, probabilities: Var, prediction: Var) -> Var:
     return op.min([q, op.pow(base, top)])
 
 
-def _high_reliability(q_rescaled: Var, probabilities: Var, prediction: Var, psi: Var, q_min: Var) -> Var:
+def _high_reliability(is_ood: Var, q_rescaled: Var, probabilities: Var, prediction: Var, psi: Var, q_min: Var) -> Var:
     """¬OOD ∧ q′ ≥ q′_min ∧ {c : sdm_c ≥ ψ_c} = {ŷ} (§4.9); q′_min = +∞ admits nothing."""
     predicted = op.equal(class_range(probabilities), op.unsqueeze(prediction, ints(1)))
     singleton = op.reduce_min(
         op.cast(op.equal(op.greater_or_equal(probabilities, psi), predicted), to=np.int64), ints(1), keepdims=0
     )
-    inside = op.and_(op.greater(op.floor(q_rescaled), scalar(0.0, F64)), op.greater_or_equal(q_rescaled, q_min))
+    inside = op.and_(op.not_(is_ood), op.greater_or_equal(q_rescaled, q_min))
     return op.and_(inside, op.cast(singleton, to=np.bool_))
 
 
-def estimator_graph() -> onnx.ModelProto:
+def estimator_graph(dtype: np.dtype) -> onnx.ModelProto:
     """Everything after q, for one batch of rows, against a fitted model's tables (graph inputs, so one
     session serves every model). Tables are [C, L] sorted values padded with +∞ plus [C] sizes."""
-    logits = argument(Tensor(F64, ("N", "C")))
+    logits = argument(Tensor(dtype, ("N", "C")))
     prediction = argument(Tensor(np.int64, ("N",)))
-    q = argument(Tensor(F64, ("N",)))  # integers from the search; real values only in property tests
-    d_nearest = argument(Tensor(F64, ("N",)))
-    distance_table = argument(Tensor(F64, ("C", "L")))
-    distance_sizes = argument(Tensor(F64, ("C",)))
-    similarity_table = argument(Tensor(F64, ("C", "K")))
-    similarity_sizes = argument(Tensor(F64, ("C",)))
-    psi = argument(Tensor(F64, ("C",)))
-    q_min = argument(Tensor(F64, ()))
-    dkw_log = argument(Tensor(F64, ()))  # ln(2/(1−α)); +∞ at α = 1, where every ε is 1 (same clipped d)
+    q = argument(Tensor(dtype, ("N",)))  # integers from the search; real values only in property tests
+    d_nearest = argument(Tensor(dtype, ("N",)))
+    distance_table = argument(Tensor(dtype, ("C", "L")))
+    distance_sizes = argument(Tensor(dtype, ("C",)))
+    similarity_table = argument(Tensor(dtype, ("C", "K")))
+    similarity_sizes = argument(Tensor(dtype, ("C",)))
+    psi = argument(Tensor(dtype, ("C",)))
+    q_min = argument(Tensor(dtype, ()))
+    dkw_log = argument(Tensor(dtype, ()))  # ln(2/(1−α)); +∞ at α = 1, where every ε is 1 (same clipped d)
 
-    zero, one = scalar(0.0, F64), scalar(1.0, F64)
-    base = op.add(q, scalar(2.0, F64))
+    zero, one, two = scalar(0.0, dtype), scalar(1.0, dtype), scalar(2.0, dtype)
+    base = op.add(scalar(2.0, dtype), q)
     log_base = op.log(base)
-    below = _strictly_less(distance_table, d_nearest)
+    below = _strictly_less(distance_table, d_nearest, dtype)
     quantile = op.where(
         op.greater(distance_sizes, zero), op.sub(one, op.div(below, op.max([distance_sizes, one]))), zero
     )
@@ -113,17 +115,16 @@ def estimator_graph() -> onnx.ModelProto:
     q_rescaled = _rescaled(q, base, probabilities, prediction)
     is_ood = op.less_or_equal(op.floor(q_rescaled), zero)
 
-    counts = _strictly_less(similarity_table, q_rescaled)
+    counts = _strictly_less(similarity_table, q_rescaled, dtype)
     n_hat = op.min([counts, op.max([op.sub(similarity_sizes, one), zero])])
-    epsilon_c = op.where(
-        op.greater(n_hat, zero), op.sqrt(op.div(dkw_log, op.mul(scalar(2.0, F64), op.max([n_hat, one])))), one
-    )
+    epsilon_c = op.where(op.greater(n_hat, zero), op.sqrt(op.div(dkw_log, op.mul(two, op.max([n_hat, one])))), one)
     epsilon = op.reduce_max(epsilon_c, ints(1), keepdims=0)
     d_lower = op.clip(op.sub(d, epsilon), zero, one)
     d_upper = op.clip(op.add(d, epsilon), zero, one)
     _, probabilities_lower = _activation(logits, log_base, d_lower)
     _, probabilities_upper = _activation(logits, log_base, d_upper)
     q_rescaled_lower = _rescaled(q, base, probabilities_lower, prediction)
+    is_ood_lower = op.less_or_equal(op.floor(q_rescaled_lower), zero)
     return build(
         {
             "logits": logits,
@@ -150,20 +151,22 @@ def estimator_graph() -> onnx.ModelProto:
             "probabilities_lower": probabilities_lower,
             "probabilities_upper": probabilities_upper,
             "q_rescaled_lower": q_rescaled_lower,
-            "high_reliability": _high_reliability(q_rescaled, probabilities, prediction, psi, q_min),
-            "high_reliability_lower": _high_reliability(q_rescaled_lower, probabilities_lower, prediction, psi, q_min),
+            "high_reliability": _high_reliability(is_ood, q_rescaled, probabilities, prediction, psi, q_min),
+            "high_reliability_lower": _high_reliability(
+                is_ood_lower, q_rescaled_lower, probabilities_lower, prediction, psi, q_min
+            ),
         },
     )
 
 
-def padded_table(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class values as a [C, max(1, L)] float64 table padded with +∞, and the [C] sizes (the counts
-    in the graph need no order; the groups arrive sorted anyway)."""
+def padded_table(groups: list[np.ndarray], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class values as a [C, max(1, L)] table padded with +∞, and the [C] sizes (the counts in the
+    graph need no order; the groups arrive sorted anyway)."""
     width = max([1, *(len(g) for g in groups)])
-    table = np.full((len(groups), width), np.inf)
+    table = np.full((len(groups), width), np.inf, dtype=dtype)
     for c, values in enumerate(groups):
         table[c, : len(values)] = values
-    return table, np.asarray([len(g) for g in groups], dtype=F64)
+    return table, np.asarray([len(g) for g in groups], dtype=dtype)
 
 
 def lower_quantile_index(n: int, alpha: float) -> int:
@@ -196,7 +199,8 @@ def high_reliability_thresholds(
 ) -> tuple[float, np.ndarray]:
     """Alg. 1 (§4.7): the smallest candidate t among the non-OOD calibration q′ such that for every class
     c, ψ_c = the lower (1−α) quantile of {sdm_i[c] : y_i = c, q′_i ≥ t} is ≥ α; (+∞, 0) when none does.
-    Each class's ψ over growing sets is computed once (q′ descending), then every candidate is checked."""
+    Each class's ψ over growing sets is computed once (q′ descending), then every candidate is checked.
+    ψ ≥ α is compared in the outputs' precision (α as a float32 for float32 outputs, as torch does)."""
     classes = probabilities.shape[1]
     kept = np.floor(q_rescaled) > 0
     candidates = np.unique(q_rescaled[kept])
@@ -208,11 +212,12 @@ def high_reliability_thresholds(
         descending = q_rescaled[order]
         sizes = np.searchsorted(-descending, -candidates, side="right")  # #{q′ ≥ t}
         psi_at[c] = prefix[sizes]
-    passing = np.flatnonzero((psi_at >= alpha).all(axis=0))
+    dtype = probabilities.dtype
+    passing = np.flatnonzero((psi_at >= dtype.type(alpha)).all(axis=0))  # α rounded like the reference's
     if not len(passing):
-        return math.inf, np.zeros(classes)
+        return math.inf, np.zeros(classes, dtype)
     first = int(passing[0])
-    return float(candidates[first]), psi_at[:, first].copy()
+    return float(candidates[first]), psi_at[:, first].astype(dtype)
 
 
 @dataclass
@@ -237,8 +242,9 @@ class Scores:
 
 class SdmEstimator:
     """The v2 estimator without adaptor training (§8): support and calibration exemplars in, the
-    fitted tables out. Fitted state: support_embeddings_, support_code_, k_, distance_ecdfs_ (D_c),
-    similarity_ecdfs_ (Q_c), q_min_, psi_, and calibration_ (in-sample report)."""
+    fitted tables out. Fitted state: support_embeddings_, support_code_, k_, dtype_ (the calibration
+    logits' dtype, in which the estimator runs), distance_ecdfs_ (D_c), similarity_ecdfs_ (Q_c), q_min_,
+    psi_, and calibration_ (in-sample report)."""
 
     def __init__(self, alpha: float = 0.95, k: int = 2048, cache: SessionCache | None = None) -> None:
         self.alpha = alpha
@@ -251,9 +257,10 @@ class SdmEstimator:
         prediction = np.argmax(support.logits, axis=1)
         self.support_code_ = np.where(prediction == support.labels, prediction, -1).astype(np.int64)
         self.k_ = min(self.k, len(support.embeddings))
-        self.distance_ecdfs_ = [np.zeros(0)] * classes
-        self.similarity_ecdfs_ = [np.zeros(0)] * classes
-        self.q_min_, self.psi_ = math.inf, np.zeros(classes)
+        self.dtype_ = calibration.logits.dtype
+        self.distance_ecdfs_ = [np.zeros(0, self.dtype_)] * classes
+        self.similarity_ecdfs_ = [np.zeros(0, self.dtype_)] * classes
+        self.q_min_, self.psi_ = math.inf, np.zeros(classes, self.dtype_)
         found = self._neighbours(calibration.embeddings, calibration.logits)
         self.distance_ecdfs_ = _class_groups(found.d_nearest, calibration.labels, found.q > 0, classes)
         first = self._estimate(found, calibration.logits)  # d, sdm and q′ need only D_c; Q_c comes next
@@ -305,17 +312,14 @@ class SdmEstimator:
             rows = slice(start, start + block)
             found = nearest(queries[rows], self.support_embeddings_, k, self.cache, exclude_self=exclude_self)
             similarity = mapped_outputs(
-                f"sdm-similarity:{k}",
-                lambda: similarity_graph(k),
-                {"logits": logits[rows].astype(F64, copy=False), "neighbours": found.indices},
+                f"sdm-similarity:{k}:{logits.dtype}",
+                lambda: similarity_graph(k, logits.dtype),
+                {"logits": logits[rows], "neighbours": found.indices},
                 {"support_code": self.support_code_},
                 self.cache,
             )
-            blocks.append(
-                Scores(
-                    similarity["prediction"], similarity["q"], found.distances[:, 0].astype(F64), found.indices[:, 0]
-                )
-            )
+            nearest_distance = found.distances[:, 0].astype(self.dtype_)
+            blocks.append(Scores(similarity["prediction"], similarity["q"], nearest_distance, found.indices[:, 0]))
 
         def joined(name: str) -> np.ndarray:
             return np.concatenate([getattr(b, name) for b in blocks])
@@ -325,30 +329,31 @@ class SdmEstimator:
     def _estimate(
         self, found: Scores, logits: np.ndarray, distance_ecdfs: list[np.ndarray] | None = None
     ) -> dict[str, np.ndarray]:
-        distance_table, distance_sizes = padded_table(distance_ecdfs or self.distance_ecdfs_)
-        similarity_table, similarity_sizes = padded_table(self.similarity_ecdfs_)
-        dkw_log = math.inf if self.alpha >= 1.0 else math.log(2.0 / (1.0 - self.alpha))
-        classes = logits.shape[1]
+        dtype = self.dtype_
+        distance_table, distance_sizes = padded_table(distance_ecdfs or self.distance_ecdfs_, dtype)
+        similarity_table, similarity_sizes = padded_table(self.similarity_ecdfs_, dtype)
+        # ln(2/(1−α)) as the reference forms it: 2/(1−α) in float64, then rounded and logged in dtype
+        dkw_log = np.log(dtype.type(2.0 / (1.0 - self.alpha))) if self.alpha < 1.0 else dtype.type(np.inf)
         return mapped_outputs(
-            "sdm-estimator",
-            estimator_graph,
+            f"sdm-estimator:{dtype}",
+            lambda: estimator_graph(dtype),
             {
-                "logits": logits.astype(F64, copy=False),
+                "logits": logits.astype(dtype, copy=False),
                 "prediction": found.prediction,
-                "q": found.q.astype(F64),
-                "d_nearest": found.d_nearest,
+                "q": found.q.astype(dtype),
+                "d_nearest": found.d_nearest.astype(dtype, copy=False),
             },
             {
                 "distance_table": distance_table,
                 "distance_sizes": distance_sizes,
                 "similarity_table": similarity_table,
                 "similarity_sizes": similarity_sizes,
-                "psi": np.asarray(self.psi_, dtype=F64),
-                "q_min": np.asarray(self.q_min_, dtype=F64),
-                "dkw_log": np.asarray(dkw_log, dtype=F64),
+                "psi": np.asarray(self.psi_, dtype=dtype),
+                "q_min": np.asarray(self.q_min_, dtype=dtype),
+                "dkw_log": np.asarray(dkw_log, dtype=dtype),
             },
             self.cache,
-            row_bytes=8 * classes * (distance_table.shape[1] + similarity_table.shape[1] + 8),
+            row_bytes=dtype.itemsize * logits.shape[1] * (distance_table.shape[1] + similarity_table.shape[1] + 8),
         )
 
     def fitted_arrays(self) -> dict[str, np.ndarray]:
@@ -360,8 +365,8 @@ class SdmEstimator:
             "distance_sizes": np.asarray([len(v) for v in self.distance_ecdfs_], np.int64),
             "similarity_values": np.concatenate(self.similarity_ecdfs_),
             "similarity_sizes": np.asarray([len(v) for v in self.similarity_ecdfs_], np.int64),
-            "psi": np.asarray(self.psi_, F64),
-            "q_min": np.asarray(self.q_min_, F64),
+            "psi": np.asarray(self.psi_, self.dtype_),  # its dtype is the estimator's (restored by `load`)
+            "q_min": np.asarray(self.q_min_, np.float64),
             "k": np.asarray(self.k_, np.int64),
         }
 
@@ -371,6 +376,7 @@ class SdmEstimator:
         self.distance_ecdfs_ = np.split(arrays["distance_values"], np.cumsum(arrays["distance_sizes"])[:-1])
         self.similarity_ecdfs_ = np.split(arrays["similarity_values"], np.cumsum(arrays["similarity_sizes"])[:-1])
         self.psi_ = arrays["psi"]
+        self.dtype_ = self.psi_.dtype
         self.q_min_ = float(arrays["q_min"])
         self.k_ = int(arrays["k"])
         return self
@@ -384,7 +390,7 @@ def _class_groups(values: np.ndarray, labels: np.ndarray, keep: np.ndarray, clas
 def _sdm_losses(log_probabilities: np.ndarray, q: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Mean −log_{2+q} sdm_y (§4.5): marginal, and balanced (the mean over all C classes of each class's
     mean; a class without rows counts 0)."""
-    rows = -log_probabilities[np.arange(len(labels)), labels] / np.log(2.0 + q)
+    rows = -log_probabilities[np.arange(len(labels)), labels].astype(np.float64) / np.log(2.0 + q)
     classes = log_probabilities.shape[1]
     counts = np.bincount(labels, minlength=classes)
     sums = np.bincount(labels, weights=rows, minlength=classes)

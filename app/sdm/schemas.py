@@ -37,8 +37,9 @@ class SdmParams(BaseModel):
         description="dtype of the stored support exemplars and of the neighbour search. auto: the support "
         "embeddings' own dtype (api.md: inputs are computed in their own precision), so float32 tensors are "
         "searched in float32 as FAISS does and JSON lists (float64) in float64; calibration and scored embeddings are "
-        "cast to it. The estimator after the search "
-        "always runs in float64, so values tied in exact arithmetic stay tied (sdm.md §6).",
+        "cast to it. The estimator after the search runs in the calibration logits' dtype (scored logits are cast "
+        "to it): float32 follows the float32 reference operation by operation (saturation at 1.0, ψ ≥ α with α "
+        "in float32), float64 keeps ties of exact arithmetic (sdm.md §6).",
     )
     support_statistics: bool = Field(
         False,

@@ -254,3 +254,23 @@ def test_evaluation_with_an_unknown_sdm_id_is_404(client: TestClient) -> None:
     )
     assert_problem(response, 404)
     assert count_rows(client.app)["evaluations"] == 0  # type: ignore[arg-type]
+
+
+def test_gates_treat_sdm_coverage_as_higher_is_better(client: TestClient) -> None:
+    sdm_id = fit(client)["id"]
+
+    def evaluation(scale: float) -> str:
+        logits = (np.asarray(TEST_Z) * scale).tolist()
+        body = {"logits": logits, "labels": [0, 1, 1, 1, 1, 1], "embeddings": TEST_H, "sdm_id": sdm_id}
+        response = client.post("/v1/evaluations", json=body)
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    candidate, baseline = evaluation(1.0), evaluation(0.01)  # shrunken logits: nothing clears ψ
+    rules = [
+        {"metric": "sdm_hr_coverage", "op": "min_improvement_abs", "value": 0.4},
+        {"metric": "sdm_hr_coverage", "op": "min", "value": 0.6, "severity": "warn"},
+    ]
+    gate = client.post("/v1/gates", json={"candidate": candidate, "baseline": baseline, "rules": rules}).json()
+    assert [r["passed"] for r in gate["rules"]] == [True, False] and gate["verdict"] == "warn"
+    assert gate["rules"][0]["candidate"] == pytest.approx(0.5) and gate["rules"][0]["baseline"] == 0.0

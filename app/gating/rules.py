@@ -25,7 +25,17 @@ Op = Literal[
     "min_improvement_rel",
 ]
 Severity = Literal["fail", "warn"]
-HIGHER_IS_BETTER = frozenset({"accuracy", "top_k_accuracy", "auroc", "aupr_in", "aupr_out"})
+HIGHER_IS_BETTER = frozenset(
+    {
+        "accuracy",
+        "top_k_accuracy",
+        "auroc",
+        "aupr_in",
+        "aupr_out",
+        *(f"sdm_{name}" for name in ("hr_coverage", "hr_accuracy", "non_hr_accuracy")),
+        *(f"sdm_{name}" for name in ("hr_lower_coverage", "hr_lower_accuracy", "non_hr_lower_accuracy")),
+    }
+)
 
 
 def better_direction(kind: str, name: str) -> int:

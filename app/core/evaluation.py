@@ -21,6 +21,7 @@ from app.core.calibration_error import BinStats
 from app.core.errors import InputError
 from app.core.graph import GraphContext, InputKind, InputLayout
 from app.core.losses import LOSSES
+from app.core.lru import LruCache
 from app.core.metrics import METRICS, bin_stats, uniform_bin_state
 from app.core.runtime import SessionCache, default_cache
 from app.core.specs import TermSpec
@@ -97,10 +98,36 @@ class EvaluationState:
         rows = {name: [*self.rows.get(name, []), *other.rows.get(name, [])] for name in {*self.rows, *other.rows}}
         return EvaluationState(self.n + other.n, sums, rows)
 
-    def part(self, prefix: str) -> dict[str, np.ndarray]:
-        found = {k[len(prefix) :]: v for k, v in self.sums.items() if k.startswith(prefix)}
-        found.update({k[len(prefix) :]: np.concatenate(v) for k, v in self.rows.items() if k.startswith(prefix)})
-        return found
+    def part(self, names: tuple[tuple[str, str], ...]) -> dict[str, np.ndarray]:
+        """One term's state by part name, from its (output name, part name) pairs."""
+        return {part: np.concatenate(self.rows[full]) if full in self.rows else self.sums[full] for full, part in names}
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """How a plan's graph outputs are read, built once per signature: the names in session order, each
+    output's kind (a partial sum, kept rows concatenated on merge, or a per-row output), and every
+    metric's and the reliability table's (output name, part name) pairs."""
+
+    names: tuple[str, ...]
+    kinds: tuple[str, ...]
+    parts: dict[str, tuple[tuple[str, str], ...]]
+
+    @classmethod
+    def of(cls, plan: EvaluationPlan, names: list[str]) -> OutputLayout:
+        concat = {metric_output(s.report_key, part) for s in plan.metrics for part in METRICS[s.name].concat_parts}
+
+        def kind(name: str) -> str:
+            if name in concat:
+                return "rows"
+            return "row" if name.startswith("row.") or name.endswith(".row") else "sum"
+
+        prefixes = [metric_output(s.report_key, "") for s in plan.metrics] + [f"{RELIABILITY}."]
+        parts = {p: tuple((n, n[len(p) :]) for n in names if n.startswith(p)) for p in prefixes}
+        return cls(tuple(names), tuple(kind(n) for n in names), parts)
+
+
+_LAYOUTS: LruCache[OutputLayout] = LruCache(capacity=256)
 
 
 @dataclass(frozen=True)
@@ -151,25 +178,25 @@ class Evaluator:
 
     def __init__(self, plan: EvaluationPlan, cache: SessionCache | None = None) -> None:
         self.plan = plan
-        self.session = (cache or default_cache()).get(plan.signature, lambda: build_graph(plan))
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self.concat_parts = {
-            metric_output(s.report_key, part) for s in plan.metrics for part in METRICS[s.name].concat_parts
-        }
+        signature = plan.signature
+        self.session = (cache or default_cache()).get(signature, lambda: build_graph(plan))
+        self.outputs = _LAYOUTS.get(
+            signature, lambda: OutputLayout.of(plan, [o.name for o in self.session.get_outputs()])
+        )
 
     def update(self, state: EvaluationState, batch: Batch, start: int, stop: int) -> dict[str, np.ndarray]:
         """Add rows [start, stop) to `state`; returns that chunk's per-row outputs."""
-        values = self.session.run(self.output_names, batch.feeds(start, stop))
+        values = self.session.run(self.outputs.names, batch.feeds(start, stop))
         chunk = EvaluationState(stop - start)
         per_row: dict[str, np.ndarray] = {}
-        for name, value in zip(self.output_names, values, strict=True):
-            if name in self.concat_parts:
+        for name, kind, value in zip(self.outputs.names, self.outputs.kinds, values, strict=True):
+            if kind == "rows":
                 chunk.rows[name] = [value]
-            elif name.startswith("row.") or name.endswith(".row"):
+            elif kind == "row":
                 per_row[name] = value
             else:
                 chunk.sums[name] = np.asarray(value, dtype=np.float64)
-        merged = state.merge(chunk)
+        merged = state.merge(chunk) if state.n else chunk  # the first chunk is the state (no copies)
         state.n, state.sums, state.rows = merged.n, merged.sums, merged.rows
         return per_row
 
@@ -198,12 +225,13 @@ class Evaluator:
             )
             for s in self.plan.losses
         }
+        parts = self.outputs.parts
         metrics = {
-            s.report_key: METRICS[s.name].finalize(state.part(metric_output(s.report_key, "")), s)
+            s.report_key: METRICS[s.name].finalize(state.part(parts[metric_output(s.report_key, "")]), s)
             for s in self.plan.metrics
         }
         return EvaluationResult(
-            state.n, classes, losses, metrics, reliability_table(bin_stats(state.part(f"{RELIABILITY}.")))
+            state.n, classes, losses, metrics, reliability_table(bin_stats(state.part(parts[f"{RELIABILITY}."])))
         )
 
 

@@ -33,7 +33,11 @@ POISSON_TABLE = _poisson_table()
 
 
 def poisson_weights(rng: np.random.Generator, replicates: int, n: int) -> npt.NDArray[np.float32]:
-    weights: npt.NDArray[np.float32] = POISSON_TABLE[rng.integers(0, 65_536, size=(replicates, n), dtype=np.uint16)]
+    """[replicates, n] Poisson(1) weights: 16-bit uniforms (the generator's raw 64-bit output split in
+    four, half the cost of `integers`) looked up in the quantile table."""
+    raw = rng.bit_generator.random_raw(-(-replicates * n // 4))
+    uniforms = raw.view(np.uint16)[: replicates * n].reshape(replicates, n)
+    weights: npt.NDArray[np.float32] = POISSON_TABLE[uniforms]
     return weights
 
 

@@ -435,8 +435,8 @@ def test_neighbour_ties_go_to_the_lower_support_index_across_chunks() -> None:
     support = np.concatenate([base, base, base])
     queries = rng.integers(-3, 4, (30, 3)).astype(np.float64)
     want_d, want_i = sdm_oracle.neighbours(queries, support, 25)
-    for block in (1 << 10, 1 << 20):  # chunks of the support smaller and larger than the set
-        got = nearest(queries, support, 25, block_bytes=block)
+    for chunk in (7, 40, 10_000):  # support chunks smaller than k, between k and the set, and the whole set
+        got = nearest(queries, support, 25, block_bytes=4096, support_chunk=chunk)
         np.testing.assert_array_equal(got.indices, want_i)
         np.testing.assert_allclose(got.distances, want_d, atol=1e-12)
 

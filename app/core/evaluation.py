@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,7 @@ class EvaluationPlan:
     metrics: tuple[TermSpec, ...] = ()
     reliability_bins: int = 15
 
-    @property
+    @cached_property
     def signature(self) -> str:
         return json.dumps(
             {

@@ -6,6 +6,7 @@ import hashlib
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,6 +25,7 @@ from app.core.evaluation import (
 from app.core.losses import DEFAULT_LOSSES, LOSSES
 from app.core.metrics import DEFAULT_METRICS, DEFAULT_METRICS_WIDE, METRICS, Ece
 from app.core.runtime import SessionCache
+from app.core.specs import TermSpec
 from app.evaluation.schemas import EvaluationOut, EvaluationRequest, Reliability
 from app.storage.blobs import compact_indices
 from app.storage.evaluations import add_evaluation
@@ -40,10 +42,17 @@ def dataset_fingerprint(batch: Batch) -> str:
     return hashlib.sha256(data.tobytes()).hexdigest()
 
 
+@cache
+def default_terms(wide: bool) -> tuple[tuple[TermSpec, ...], tuple[TermSpec, ...]]:
+    """The default losses and metrics (frozen specs, built once): top_k_accuracy joins when C > 5."""
+    metrics = DEFAULT_METRICS_WIDE if wide else DEFAULT_METRICS
+    return tuple(LOSSES[n].spec(name=n) for n in DEFAULT_LOSSES), tuple(METRICS[n].spec(name=n) for n in metrics)
+
+
 def make_plan(request: EvaluationRequest, batch: Batch) -> EvaluationPlan:
-    losses = request.losses if request.losses is not None else [LOSSES[n].spec(name=n) for n in DEFAULT_LOSSES]
-    default_metrics = DEFAULT_METRICS_WIDE if batch.classes > 5 else DEFAULT_METRICS
-    metrics = request.metrics if request.metrics is not None else [METRICS[n].spec(name=n) for n in default_metrics]
+    default_losses, default_metrics = default_terms(batch.classes > 5)
+    losses = request.losses if request.losses is not None else default_losses
+    metrics = request.metrics if request.metrics is not None else default_metrics
     uniform = [m.bins for m in metrics if isinstance(m, Ece) and m.binning == "uniform"]
     plan = EvaluationPlan(
         batch.layout, tuple(losses), tuple(metrics), uniform[0] if uniform else request.reliability_bins

@@ -17,6 +17,7 @@ from app.core.graphrun import mapped_outputs
 from app.core.neighbours import nearest
 from app.core.sdm import (
     LabelledSet,
+    Scores,
     SdmEstimator,
     estimator_graph,
     high_reliability_thresholds,
@@ -182,22 +183,31 @@ def test_worked_example_calibration_rows() -> None:
     np.testing.assert_allclose(rows.columns["q_rescaled"], CAL_QR, atol=1e-9)
 
 
+def assert_rows_match(
+    rows: Scores, expected: dict[str, np.ndarray], tolerance: dict[str, tuple[float, float]], dtype: type | None = None
+) -> None:
+    """Every expected field: integers and flags exactly, floats to (rtol, atol) per field (default under
+    "*"); with `dtype`, every float column must have it."""
+    got = {"prediction": rows.prediction, "q": rows.q, "d_nearest": rows.d_nearest, "nearest_index": rows.nearest_index}
+    got |= rows.columns
+    for name, want in expected.items():
+        if want.dtype == bool or want.dtype.kind == "i":
+            assert got[name].tolist() == want.tolist(), name
+            continue
+        if dtype is not None:
+            assert got[name].dtype == dtype, name
+        rtol, atol = tolerance.get(name, tolerance["*"])
+        np.testing.assert_allclose(got[name], want, rtol=rtol, atol=atol, err_msg=name)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_worked_example_test_points(dtype: type) -> None:
     support, calibration = worked_example(dtype)
     estimator = SdmEstimator(alpha=0.95, k=2048).fit(support, calibration)
     rows = estimator.score(np.asarray(TEST_H, dtype), np.asarray(TEST_Z))
-    got = {"prediction": rows.prediction, "q": rows.q, "d_nearest": rows.d_nearest, "nearest_index": rows.nearest_index}
-    got |= rows.columns
-    for name, expected in TEST_EXPECTED.items():
-        value = got[name]
-        if value.dtype == bool or value.dtype.kind == "i":
-            assert value.tolist() == expected, name
-        else:
-            loose = dtype is np.float32 and name == "d_nearest"  # float32 coordinates: ~1e-7 each
-            np.testing.assert_allclose(
-                value, expected, rtol=1e-6 if loose else 1e-9, atol=1e-6 if loose else 1e-9, err_msg=name
-            )
+    d_nearest = (1e-6, 1e-6) if dtype is np.float32 else (1e-9, 1e-9)  # float32 coordinates: ~1e-7 each
+    expected = {name: np.asarray(values) for name, values in TEST_EXPECTED.items()}
+    assert_rows_match(rows, expected, {"*": (1e-9, 1e-9), "d_nearest": d_nearest})
 
 
 def test_worked_example_support_leave_self_out() -> None:
@@ -245,15 +255,8 @@ def test_random_data_matches_the_numpy_oracle(
         np.testing.assert_allclose(got, want, atol=1e-12)
     rows = estimator.score(test_x.astype(precision), test_z)
     expected = sdm_oracle.score(expected_fit, test_x.astype(precision), test_z)
-    got = {"prediction": rows.prediction, "q": rows.q, "d_nearest": rows.d_nearest, "nearest_index": rows.nearest_index}
-    got |= rows.columns
-    for name, want in expected.items():
-        if want.dtype == bool or want.dtype.kind == "i":
-            assert got[name].tolist() == want.tolist(), name
-        else:
-            rtol = 1e-10 if precision is np.float64 or name != "d_nearest" else 2e-6
-            np.testing.assert_allclose(got[name], want, rtol=rtol, atol=1e-10, err_msg=name)
-    assert rows.columns["high_reliability"].any() == math.isfinite(estimator.q_min_) or not rows.q.any()
+    d_nearest = (1e-10 if precision is np.float64 else 2e-6, 1e-10)  # float32 search
+    assert_rows_match(rows, expected, {"*": (1e-10, 1e-10), "d_nearest": d_nearest})
 
 
 @pytest.mark.parametrize(("classes", "k", "alpha", "seed"), [(2, 60, 0.95, 10), (10, 40, 0.8, 11), (4, 2048, 0.9, 12)])
@@ -271,14 +274,7 @@ def test_float32_logits_run_the_estimator_in_float32(classes: int, k: int, alpha
     np.testing.assert_allclose(estimator.psi_, expected_fit.psi, rtol=1e-6)
     rows = estimator.score(test[0], test[1])
     expected = sdm_oracle.score(expected_fit, test[0], test[1])
-    got = {"prediction": rows.prediction, "q": rows.q, "d_nearest": rows.d_nearest, "nearest_index": rows.nearest_index}
-    got |= rows.columns
-    for name, want in expected.items():
-        if want.dtype == bool or want.dtype.kind == "i":
-            assert got[name].tolist() == want.tolist(), name
-        else:
-            assert got[name].dtype == np.float32, name
-            np.testing.assert_allclose(got[name], want, rtol=2e-5, atol=1e-6, err_msg=name)
+    assert_rows_match(rows, expected, {"*": (2e-5, 1e-6)}, dtype=np.float32)
 
 
 def test_float32_psi_is_compared_with_alpha_rounded_to_float32() -> None:

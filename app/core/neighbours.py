@@ -63,6 +63,12 @@ def exact_distance_graph(dim: int, dtype: np.dtype) -> onnx.ModelProto:
     )
 
 
+def squared_norms(vectors: np.ndarray) -> np.ndarray:
+    """‖v‖² per row, in the vectors' dtype."""
+    norms: np.ndarray = np.einsum("ij,ij->i", vectors, vectors)
+    return norms
+
+
 def distances_stay_finite(vectors: np.ndarray) -> bool:
     """Whether every squared distance among vectors of this magnitude is finite in their dtype:
     ‖x − s‖² ≤ 4·M·max|x|² (a float32 search of values near 1e18 would overflow to +inf and tie)."""
@@ -86,12 +92,14 @@ def nearest(
     block_bytes: int = 32 << 20,
     support_chunk: int = SUPPORT_CHUNK,
     exclude_self: bool = False,
+    support_sq: np.ndarray | None = None,
 ) -> Neighbours:
     """Exact k nearest neighbours (k ≤ len(support)). The support goes in chunks of `support_chunk` rows
     and queries in blocks sized so that one [Q_block, k + S_chunk] distance block stays near
     `block_bytes`. `exclude_self` (queries are the support rows themselves, §4.3 leave-self-out)
     retrieves k + 1 and drops the first. The nearest distance (column 0) is then recomputed directly
-    from the two vectors."""
+    from the two vectors. `support_sq` (‖s‖² per support row) saves callers that search in blocks from
+    recomputing it."""
     dtype = support.dtype
     wanted = k + 1 if exclude_self else k
     if not 1 <= wanted <= len(support):
@@ -99,7 +107,8 @@ def nearest(
     session = (cache or default_cache()).get(
         f"knn-merge:{support.shape[1]}:{wanted}:{dtype}", lambda: merge_graph(support.shape[1], wanted, dtype)
     )
-    support_sq = np.einsum("ij,ij->i", support, support)
+    if support_sq is None:
+        support_sq = squared_norms(support)
     itemsize = dtype.itemsize
     # Long support chunks amortise each merge's re-sort of the running k over many candidates; the query
     # block then shrinks to keep the distance block near `block_bytes` (measured best at k = 100 and 2048).

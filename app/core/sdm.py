@@ -32,7 +32,7 @@ from spox import Tensor, Var, argument, build
 
 from app.core.graph import class_range, ints, scalar
 from app.core.graphrun import mapped_outputs
-from app.core.neighbours import nearest
+from app.core.neighbours import nearest, squared_norms
 from app.core.runtime import SessionCache
 
 NEIGHBOUR_LIST_BYTES = 64 << 20  # [block, k] distances and indices kept at once while scoring
@@ -307,10 +307,18 @@ class SdmEstimator:
         k = k or self.k_
         queries = embeddings.astype(self.support_embeddings_.dtype, copy=False)
         block = max(1, NEIGHBOUR_LIST_BYTES // (12 * (k + 1)))
+        support_sq = squared_norms(self.support_embeddings_)  # once, not per block
         blocks: list[Scores] = []
         for start in range(0, len(queries), block):
             rows = slice(start, start + block)
-            found = nearest(queries[rows], self.support_embeddings_, k, self.cache, exclude_self=exclude_self)
+            found = nearest(
+                queries[rows],
+                self.support_embeddings_,
+                k,
+                self.cache,
+                exclude_self=exclude_self,
+                support_sq=support_sq,
+            )
             similarity = mapped_outputs(
                 f"sdm-similarity:{k}:{logits.dtype}",
                 lambda: similarity_graph(k, logits.dtype),

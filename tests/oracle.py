@@ -126,6 +126,27 @@ def loss_mean(
     return float((w * value).sum() / (w * denominator).sum())
 
 
+def _collapse_terms(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """log Σ_{j≠ŷ} e^(z_j − m) and m − min z per row, in float64."""
+    top = z.argmax(1)
+    others = np.where(np.arange(z.shape[1]) == top[:, None], -np.inf, z - z.max(1, keepdims=True))
+    return logsumexp(others, axis=1), np.ptp(z, axis=1)
+
+
+def collapsed_rows(z: np.ndarray) -> np.ndarray:
+    """api.md's softmax_collapse rule in float64: log Σ_{j≠ŷ} e^(z_j − m) < −24·ln 2, or m − min z > 150·ln 2."""
+    log_sum, spread = _collapse_terms(z)
+    return (log_sum < -24 * math.log(2)) | (spread > 150 * math.log(2))
+
+
+def collapse_margin(z: np.ndarray) -> float:
+    """The smallest relative distance of any row from either collapse threshold (for keeping test data off
+    the discontinuity: a row closer than the rounding of exp/log could be counted either way)."""
+    log_sum, spread = _collapse_terms(z)  # |log S − log 2⁻²⁴| is S's relative distance from its limit
+    sum_margin = np.min(np.abs(log_sum + 24 * math.log(2)))
+    return float(min(sum_margin, np.min(np.abs(spread / (150 * math.log(2)) - 1))))
+
+
 def _bins(conf: np.ndarray, bins: int) -> np.ndarray:
     return np.minimum(np.floor(conf * bins), bins - 1).astype(int)
 
@@ -190,6 +211,5 @@ def metric(name: str, z: np.ndarray, y: np.ndarray, params: dict[str, Any], w: n
         risk = np.cumsum(ws * err) / np.cumsum(ws)
         return float((ws * risk).sum() / ws.sum())
     if name == "softmax_collapse":
-        p32 = softmax(z.astype(np.float32), axis=1).astype(np.float32)
-        return float(np.average(((p32 == 0) | (p32 == 1)).any(1), weights=w))
+        return float(np.average(collapsed_rows(z), weights=w))
     raise KeyError(name)

@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.ood import detectors
+from app.tensors import encode_tensor_object
 from tests.conftest import count_rows
 from tests.test_api_bad_input import assert_problem
 from tests.test_mahalanobis import TEST, X, Y
@@ -142,20 +143,38 @@ def test_bad_scoring_input(client: TestClient) -> None:
     )
 
 
-def test_knn_matches_a_brute_force_oracle(client: TestClient) -> None:
+@pytest.mark.parametrize(
+    ("as_float32", "precision", "rtol"),
+    [
+        (False, "auto", 1e-9),  # JSON lists are float64, and float64 stays float64
+        (True, "float64", 1e-9),
+        (True, "auto", 1e-5),  # float32 tensors are searched in float32
+        (False, "float32", 1e-5),
+    ],
+)
+def test_knn_matches_a_brute_force_oracle(client: TestClient, as_float32: bool, precision: str, rtol: float) -> None:
+    """The k-th smallest distance is continuous in the inputs, so it is compared at the dtype's rtol; the
+    nearest class is not, so the data keeps every nearest distance ≫ rtol from the second nearest."""
     rng = np.random.default_rng(3)
     fit_features = rng.normal(size=(120, 6)) + 1
     labels = rng.integers(0, 3, 120)
-    created = client.post(
-        "/v1/detectors",
-        json={"method": "knn", "features": fit_features.tolist(), "labels": labels.tolist(), "params": {"k": 5}},
-    )
-    assert created.status_code == 201, created.text
     test = rng.normal(size=(30, 6))
-    out = client.post(f"/v1/detectors/{created.json()['id']}/score", json={"features": test.tolist()}).json()
+    if as_float32:
+        fit_features, test = fit_features.astype(np.float32), test.astype(np.float32)
+
+    def wire(a: np.ndarray) -> Any:
+        return encode_tensor_object(a) if as_float32 else a.tolist()
+
+    body = {"method": "knn", "features": wire(fit_features), "labels": labels.tolist()}
+    created = client.post("/v1/detectors", json={**body, "params": {"k": 5, "precision": precision}})
+    assert created.status_code == 201, created.text
+    out = client.post(f"/v1/detectors/{created.json()['id']}/score", json={"features": wire(test)}).json()
     unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
-    distances = np.linalg.norm(unit(test)[:, None, :] - unit(fit_features)[None, :, :], axis=2)
-    np.testing.assert_allclose(out["scores"], np.sort(distances, axis=1)[:, 4], atol=1e-5)  # float32 support
+    x, s = unit(test.astype(np.float64)), unit(fit_features.astype(np.float64))
+    distances = np.sqrt(((x[:, None, :] - s[None, :, :]) ** 2).sum(axis=2))
+    ordered = np.sort(distances, axis=1)
+    assert np.min(ordered[:, 1] - ordered[:, 0]) > 100 * rtol
+    np.testing.assert_allclose(out["scores"], ordered[:, 4], rtol=rtol)
     np.testing.assert_array_equal(out["nearest_class"], labels[np.argmin(distances, axis=1)])
 
 

@@ -15,7 +15,7 @@ from pydantic import Field
 from spox import Var
 
 from app.core.calibration_error import BinStats, Norm, calibration_gap, quantile_bin_stats, smooth_ece
-from app.core.graph import GraphContext, scalar
+from app.core.graph import GraphContext, class_range, scalar
 from app.core.selective import aurc
 from app.core.specs import TermSpec
 
@@ -90,7 +90,10 @@ class Aurc(TermSpec):
 
 
 class SoftmaxCollapse(TermSpec):
-    """Share of rows whose float32 softmax rounds some class to exactly 0 or 1."""
+    """Share of rows that float32 cannot hold as a softmax, decided in float64 from the logits so that every
+    CPU counts the same (api.md): with m = max_j z_j and S = Σ_{j≠ŷ} exp(z_j − m), a row collapses when
+    S < 2⁻²⁴ (1 + S rounds to 1 in float32) or m − min_j z_j > 150·ln 2 (exp underflows to 0 in float32).
+    With probabilities, z = log p."""
 
     name: Literal["softmax_collapse"]
 
@@ -176,17 +179,25 @@ def _entropy(ctx: GraphContext, p: TermSpec) -> dict[str, Var]:
     return _weighted_mean_state(ctx, op.neg(ctx.row_sum(op.mul(ctx.probs, ctx.log_probs))))
 
 
+COLLAPSE_SUM = 2.0**-24  # below it, the float32 sum 1 + S rounds to 1 (api.md)
+COLLAPSE_SPREAD = 150.0 * np.log(2.0)  # beyond it, exp(z_j − m) underflows to 0 in float32 (api.md)
+
+
 def _softmax_collapse(ctx: GraphContext, p: TermSpec) -> dict[str, Var]:
-    if ctx.layout.input_kind == "logits":
-        logits32 = ctx.inputs["logits"]
-        if ctx.layout.dtype != "float32":
-            logits32 = op.cast(logits32, to=np.float32)
-        probs32 = op.softmax(logits32, axis=-1)
-    else:
-        probs32 = op.cast(ctx.probs, to=np.float32)
-    extreme = op.or_(op.equal(probs32, scalar(0, np.float32)), op.equal(probs32, scalar(1, np.float32)))
-    collapsed = op.reduce_max(op.cast(extreme, to=np.int32), ctx.ints(-1), keepdims=0)
-    return _weighted_mean_state(ctx, op.cast(collapsed, to=ctx.layout.np_dtype))
+    """The pinned exact rule of api.md, in float64 for both input dtypes (no float32 softmax is consulted:
+    whether one rounds to 0 or 1 depends on the SIMD kernel)."""
+    if ctx.from_logits:
+        z = ctx.f64(ctx.inputs["logits"])
+    else:  # log p; p = 0 gives log of the smallest float64 normal, far beyond the spread threshold
+        z = op.log(op.clip(ctx.f64(ctx.inputs["probabilities"]), scalar(np.finfo(np.float64).tiny, np.float64), None))
+    top = op.reduce_max(z, ctx.ints(-1), keepdims=1)
+    others = op.not_(op.equal(class_range(z), op.arg_max(z, axis=-1, keepdims=1)))
+    rest = ctx.row_sum(op.where(others, op.exp(op.sub(z, top)), scalar(0.0, np.float64)))
+    spread = op.squeeze(op.sub(top, op.reduce_min(z, ctx.ints(-1), keepdims=1)), ctx.ints(1))
+    collapsed = op.or_(
+        op.less(rest, scalar(COLLAPSE_SUM, np.float64)), op.greater(spread, scalar(COLLAPSE_SPREAD, np.float64))
+    )
+    return _weighted_mean_state(ctx, op.cast(collapsed, to=np.float64))
 
 
 def _ece(ctx: GraphContext, p: Ece) -> dict[str, Var]:

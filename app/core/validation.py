@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from app.core.errors import InputError
+
+Precision = Literal["auto", "float32", "float64"]
+
+
+def precision_dtype(precision: Precision, values: np.ndarray) -> np.dtype:
+    """The dtype a fitted state is kept and searched in: `auto` is the values' own (api.md: float64 stays
+    float64)."""
+    return values.dtype if precision == "auto" else np.dtype(precision)
 
 
 def float_matrix(values: np.ndarray | None, field: str, width: int | None = None) -> np.ndarray:

@@ -28,7 +28,7 @@ from app.core.mahalanobis import (
 )
 from app.core.neighbours import nearest
 from app.core.runtime import SessionCache
-from app.core.validation import float_matrix
+from app.core.validation import float_matrix, precision_dtype
 from app.evaluation.service import rfc3339
 from app.ood.ensembles import check_layers, layers_of, logistic_weights, weights_for
 from app.ood.schemas import DetectorOut, DetectorRequest, KnnParams, MahalanobisParams, VimParams
@@ -91,7 +91,8 @@ def fit_detector(
     if isinstance(params, KnnParams):
         if params.k > len(features):
             raise InputError("params.k", f"k = {params.k} exceeds the {len(features)} fit rows")
-        unit = _normalized(features.astype(np.float64), True).astype(np.float32)
+        dtype = precision_dtype(params.precision, features)
+        unit = _normalized(features.astype(np.float64), True).astype(dtype)
         return {"support": unit, "support_labels": labels}, params.model_dump(mode="json"), info, classes
     per_class = params.covariance == "per_class"
     if per_class and (request.method == "relative_mahalanobis" or params.shrinkage == "ledoit_wolf"):
@@ -295,7 +296,7 @@ def _score_layer(
         support = arrays["support"]
         unit = _normalized(features.astype(np.float64), True).astype(support.dtype)
         found = nearest(unit, support, int(record.params["k"]), cache)
-        return np.sqrt(found.distances[:, -1]).astype(dtype), arrays["support_labels"][found.indices[:, 0]]
+        return np.sqrt(found.distances[:, -1]), arrays["support_labels"][found.indices[:, 0]]
     session = cache.get(
         f"detector:{record.id}:{index}:{dtype}",
         lambda: scoring_model_from(_layer_arrays(record, index), record.method, record.params, dtype),

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from app.core.logit_scores import SCORES, ScoreSpec
 from app.core.ood_metrics import PrIntegral
 from app.core.specs import TermSpec
+from app.core.validation import Precision
 from app.evaluation.schemas import Tensor
 
 SCORE_TENSORS = ("logits",)
@@ -101,6 +102,12 @@ class KnnParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     k: int = Field(50, ge=1, description="Which neighbour's distance is the score.")
+    precision: Precision = Field(
+        "auto",
+        description="dtype of the stored normalised fit features and of the search. auto: the fit features' own "
+        "dtype (float64 stays float64; JSON lists are float64); scored features are normalised in float64 and "
+        "cast to it, and scores come back in it.",
+    )
 
 
 class VimParams(BaseModel):

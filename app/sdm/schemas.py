@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.core.validation import Precision
 from app.evaluation.schemas import Tensor
 
 FIT_TENSORS = tuple(
@@ -32,7 +33,7 @@ class SdmParams(BaseModel):
         description="Use the largest support class count as k (the reference's "
         "--use_training_set_max_label_size_as_max_q), still capped by `k`.",
     )
-    precision: Literal["auto", "float32", "float64"] = Field(
+    precision: Precision = Field(
         "auto",
         description="dtype of the stored support exemplars and of the neighbour search. auto: the support "
         "embeddings' own dtype (api.md: inputs are computed in their own precision), so float32 tensors are "

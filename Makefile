@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install dev run migrate test lint bench clean
+.PHONY: install dev run migrate test test-narrow lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,18 @@ run: migrate
 
 test: dev
 	$(BIN)/pytest
+
+# The numeric-core tests again on another code path: numpy's SIMD dispatch narrowed to its x86-64-v2
+# baseline (no AVX2/AVX-512 kernels) and onnxruntime on 1, then 2 intra-op threads. A test that holds on
+# one CPU's kernels only fails here.
+NARROW_DISPATCH := X86_V3 X86_V4 AVX512_ICL AVX512_SPR
+CORE_TESTS := tests/test_dispatch.py tests/test_core_golden.py tests/test_core_oracle.py tests/test_core_properties.py \
+	tests/test_softmax_collapse.py tests/test_calibration_core.py tests/test_sdm_core.py tests/test_mahalanobis.py
+
+test-narrow: dev
+	for threads in 1 2; do \
+	  NPY_DISABLE_CPU_FEATURES="$(NARROW_DISPATCH)" CALIPER_INTRA_OP_THREADS=$$threads $(BIN)/pytest $(CORE_TESTS) || exit 1; \
+	done
 
 lint: dev
 	$(BIN)/ruff check app tests bench migrations

@@ -18,6 +18,7 @@ from sqlalchemy import delete
 from app.api.main import create_app
 from app.client import CaliperClient
 from app.config import Settings
+from app.core import runtime
 from app.storage.migrate import downgrade, upgrade
 from app.storage.models import Base
 
@@ -45,6 +46,14 @@ Z_B = np.array(
     ]
 )
 Y_B = np.array([0, 1, 2, 1, 0, 2, 2, 0, 2, 0])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _core_threads() -> None:
+    """The core's default session cache honours CALIPER_INTRA_OP_THREADS as the service does, so the whole
+    suite can run with onnxruntime on 1 or 2 intra-op threads (.ci/run's narrowed pass)."""
+    threads = int(os.environ.get("CALIPER_INTRA_OP_THREADS", "0"))
+    runtime._default = runtime.SessionCache(runtime.RuntimeConfig(intra_op_threads=threads))
 
 
 def load_golden(name: str) -> dict[str, Any]:

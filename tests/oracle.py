@@ -147,6 +147,33 @@ def collapse_margin(z: np.ndarray) -> float:
     return float(min(sum_margin, np.min(np.abs(spread / (150 * math.log(2)) - 1))))
 
 
+EDGE_MARGIN = 1e-5  # ≫ the float32 error of a probability (a few ulps of 1, ~1e-7·C), ≪ a bin's width
+
+
+def off_discontinuities(z: np.ndarray, uniform_bins: set[int], margin: float = EDGE_MARGIN) -> np.ndarray:
+    """Which rows sit away from every discontinuity of the binned and order-based metrics, so that two
+    correct implementations (say the float32 core and this float64 oracle) cannot disagree there by more
+    than rounding. A row is dropped when
+    - a probability lies within `margin` of an inner edge k/B of a uniform binning (ece, mce, classwise);
+    - its confidence lies within `margin` of another row's (AURC and quantile bins order by confidence);
+    - its remainder S = Σ_{j≠ŷ} p_j lies in (1e-20, margin): the confidence 1 − S may or may not round to
+      exactly 1 (joining the block of rows tied at 1, which both sides order by row index). Below 1e-20 it
+      is exactly 1 in both dtypes."""
+    p = softmax(z, axis=1)
+    keep = np.ones(len(z), bool)
+    for bins in uniform_bins:
+        edge = np.rint(p * bins)
+        near = (np.abs(p * bins - edge) < margin * bins) & (edge > 0) & (edge < bins)
+        keep &= ~near.any(1)
+    rest = np.sort(p, axis=1)[:, :-1].sum(1)
+    keep &= ~((rest > 1e-20) & (rest < margin))
+    conf = p.max(1)
+    order = np.argsort(conf)
+    close = (np.diff(conf[order]) < margin) & (conf[order][1:] < 1.0)  # exact ties at 1 order alike
+    keep[order[1:][close]] = keep[order[:-1][close]] = False
+    return keep
+
+
 def _bins(conf: np.ndarray, bins: int) -> np.ndarray:
     return np.minimum(np.floor(conf * bins), bins - 1).astype(int)
 

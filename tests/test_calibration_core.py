@@ -53,7 +53,10 @@ def test_temperature_matches_golden_and_a_high_precision_optimizer(
     tol = 1e-6 if dtype is np.float64 else 1e-5
     np.testing.assert_allclose(fitted.temperature_, golden_t, rtol=tol)
     np.testing.assert_allclose(fitted.fit_info_["nll"], nll_after, rtol=tol)
-    assert abs(fitted.fit_info_["gradient"]) < 1e-7 and not fitted.fit_info_["bound_hit"]
+    # the gradient is evaluated in the data's dtype: each of its n terms Σ_c z_c (p_c − y_c) carries
+    # ~(C + n)·eps·max|z| rounding, whichever SIMD kernel computed the exp (float32: ~1e-6, not 1e-7)
+    rounding = 4 * (z.shape[1] + len(y)) * float(np.finfo(dtype).eps) * float(np.abs(z).max())
+    assert abs(fitted.fit_info_["gradient"]) < max(1e-7, rounding) and not fitted.fit_info_["bound_hit"]
 
     def nll(t: float) -> float:
         return float(-np.mean(log_softmax(z / t, axis=1)[np.arange(len(y)), y]))

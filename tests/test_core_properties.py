@@ -6,10 +6,11 @@ import itertools
 from typing import Any
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from app.core.evaluation import EvaluationState
+from tests import oracle
 from tests.test_core_golden import LOSS, METRIC, evaluate
 
 SHIFT_INVARIANT_LOSSES: list[dict[str, Any]] = [
@@ -61,6 +62,7 @@ def problems(draw: st.DrawFn, max_rows: int = 40) -> tuple[np.ndarray, np.ndarra
 @given(problems(), st.floats(-50, 50))
 def test_softmax_losses_are_shift_invariant(problem: tuple[np.ndarray, ...], shift: float) -> None:
     z, y, zt = problem
+    assume(oracle.off_discontinuities(z, {15}).all())  # the shift moves probabilities by rounding only
     base, _ = evaluate(z, y, SHIFT_INVARIANT_LOSSES, ALL_METRICS, teacher_logits=zt)
     shifted, _ = evaluate(z + shift, y, SHIFT_INVARIANT_LOSSES, ALL_METRICS, teacher_logits=zt + shift)
     for group in ("losses", "metrics"):
@@ -89,6 +91,7 @@ def test_merged_chunks_equal_the_one_shot_result(problem: tuple[np.ndarray, ...]
     from app.core.evaluation import EvaluationPlan, Evaluator, validate_batch
 
     z, y, zt = problem
+    assume(oracle.off_discontinuities(z, {15}).all())  # chunks may take other softmax shifts (rounding)
     specs = (*SHIFT_INVARIANT_LOSSES, {"name": "stablemax_ce"}, {"name": "taylor_softmax_ce"})
     one_shot, _ = evaluate(z, y, list(specs), ALL_METRICS, chunk=len(y), teacher_logits=zt)
     batch = validate_batch(logits=z, labels=y, teacher_logits=zt)

@@ -40,7 +40,7 @@ def test_migrations_downgrade_and_upgrade_cleanly(tmp_path: Any) -> None:
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
 def test_blob_round_trip_is_exact(dtype: type) -> None:
     array = (np.random.default_rng(0).normal(size=1000) * 100).astype(dtype)
-    decoded = decode_array(encode_array(array))
+    decoded = decode_array(encode_array(array), "test")
     assert decoded.dtype == array.dtype and np.array_equal(decoded, array)
 
 

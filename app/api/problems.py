@@ -14,6 +14,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core.errors import InputError
+from app.storage.blobs import CorruptBlobError
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger("caliper")
@@ -120,6 +121,11 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(PoolTimeoutError, _database_down)
+
+    @app.exception_handler(CorruptBlobError)
+    async def _corrupt(_: Request, exc: CorruptBlobError) -> JSONResponse:
+        log.error("%s", exc)
+        return problem_response(500, f"{exc}; the stored record cannot be read and was not used")
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -252,7 +252,7 @@ def scoring_model_from(
 
 
 def _layer_arrays(record: DetectorRecord, index: int | None) -> dict[str, np.ndarray]:
-    arrays = decode_arrays(record.arrays)
+    arrays = decode_arrays(record.arrays, f"detector {record.id}")
     if index is None:
         return arrays
     prefix = f"layer{index}."

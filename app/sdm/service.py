@@ -160,7 +160,9 @@ class EstimatorCache:
     def get(self, record: SdmRecord, cache: SessionCache) -> SdmEstimator:
         """The record's estimator; its blob is read (a deferred column) only when not cached."""
         alpha, k = float(record.params["alpha"]), int(record.fitted["k"])
-        return self._items.get(record.id, lambda: SdmEstimator(alpha, k, cache).load(decode_arrays(record.arrays)))
+        return self._items.get(
+            record.id, lambda: SdmEstimator(alpha, k, cache).load(decode_arrays(record.arrays, f"sdm {record.id}"))
+        )
 
     def evict(self, record_id: str) -> None:
         self._items.evict(record_id)

@@ -46,7 +46,9 @@ def load_arrays(session: Session, evaluation_id: str, names: list[str] | None = 
     query = select(EvaluationArray).where(EvaluationArray.evaluation_id == evaluation_id)
     if names is not None:
         query = query.where(EvaluationArray.name.in_(names))
-    return {row.name: decode_array(row.data) for row in session.scalars(query)}
+    return {
+        row.name: decode_array(row.data, f"evaluation {evaluation_id} ({row.name})") for row in session.scalars(query)
+    }
 
 
 def list_evaluations(

@@ -25,6 +25,12 @@ class Settings(BaseSettings):
     provider: Literal["cpu", "cuda"] = Field("cpu", description="onnxruntime execution provider.")
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0 = one per core).")
     max_body_bytes: int = Field(512 * 1024 * 1024, gt=0, description="Largest accepted request body (413 above).")
+    max_json_bytes: int = Field(
+        32 * 1024 * 1024,
+        gt=0,
+        description="Largest accepted JSON body or multipart `request` part (413 above): parsing nested lists costs "
+        "~10–20x their text in memory, so large tensors go as base64 tensor objects or multipart .npy parts.",
+    )
     chunk_size: int = Field(65_536, gt=0, description="Most rows per onnxruntime call; bounds working memory.")
     chunk_bytes: int = Field(
         8 * 1024 * 1024, gt=0, description="Most input bytes per onnxruntime call (keeps intermediates in cache)."

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -67,7 +68,7 @@ def _from_b64(field: str, obj: TensorObject) -> np.ndarray:
     except (binascii.Error, ValueError) as exc:
         raise InputError(field, "data_b64 is not valid base64") from exc
     dtype = np.dtype(WIRE_DTYPES[obj.dtype])
-    expected = int(np.prod(obj.shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(obj.shape) * dtype.itemsize  # Python integers: no int64 wrap-around
     if len(raw) != expected:
         raise InputError(field, f"data_b64 holds {len(raw)} bytes; shape {obj.shape} of {obj.dtype} needs {expected}")
     return np.frombuffer(raw, dtype=dtype).reshape(obj.shape)
@@ -89,7 +90,7 @@ def decode_npy(field: str, data: bytes | memoryview) -> np.ndarray:
         raise InputError(field, f"is not a valid .npy file ({exc})") from exc
     if dtype.hasobject or dtype.kind not in "fiub" or len(shape) > MAX_DIMS:
         raise InputError(field, f"must be a numeric .npy array of at most {MAX_DIMS} dimensions, got {dtype}")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)  # Python integers, checked against the bytes before any allocation
     offset = header.tell()
     if len(view) - offset != count * dtype.itemsize:
         raise InputError(

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 from fastapi import Request
 
+from app.api.json_body import parse_json
 from app.api.multipart import parse_multipart
 from app.api.problems import ProblemError
 from app.core.errors import InputError
@@ -47,15 +47,20 @@ async def read_tensor_body(
     fields = set(tensor_fields)
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";")[0].strip().lower()
+    max_json = request.app.state.resources.settings.max_json_bytes
     if media_type == "application/json":
-        body = _parse_json(await request.body())
+        body = _object(await parse_json(await request.body(), max_json))
         return body, _pop_tensors(body, fields, integer_fields)
     if media_type == "multipart/form-data":
         options: dict[str, Any] = {}
         arrays = {}
+        seen_request = False
         for part in parse_multipart(await request.body(), content_type):
             if part.name == "request":
-                options = _parse_json(part.data.tobytes())
+                if seen_request:
+                    raise InputError("request", "given twice")
+                seen_request = True
+                options = _object(await parse_json(part.data.tobytes(), max_json))
             elif _accepts(fields, part.name):
                 if part.name in arrays:
                     raise InputError(part.name, "given twice")
@@ -102,11 +107,7 @@ def _accepts(fields: set[str], name: str) -> bool:
     )
 
 
-def _parse_json(raw: bytes | str) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProblemError(400, f"body is not valid JSON: {exc}") from exc
+def _object(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ProblemError(400, "body must be a JSON object")
     return body

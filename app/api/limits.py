@@ -1,17 +1,22 @@
-"""Request body size limit as a pure ASGI middleware: 413 from Content-Length, or as soon as a
-streamed body passes the limit, before anything is parsed."""
+"""Request limits as pure ASGI middleware, applied before any route runs: the body size (413 from
+Content-Length, or as soon as a streamed body passes the limit) and NUL characters in the URL."""
 
 from __future__ import annotations
 
 import json
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.problems import PROBLEM_JSON, TITLES
 
 
-class BodyTooLargeError(Exception):
-    pass
+class BodyTooLargeError(HTTPException):
+    """An HTTPException, so that a route reading its body (FastAPI's own JSON parsing included) passes it
+    on as a 413 instead of turning it into a 400."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"request body exceeds the limit of {max_bytes} bytes (CALIPER_MAX_BODY_BYTES)")
 
 
 class BodySizeLimit:
@@ -37,7 +42,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise BodyTooLargeError
+                    raise BodyTooLargeError(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -53,20 +58,42 @@ class BodySizeLimit:
                 await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
-        body = json.dumps(
-            {
-                "type": "https://caliper.dev/problems/413",
-                "title": TITLES[413],
-                "status": 413,
-                "detail": f"request body exceeds the limit of {self.max_bytes} bytes (CALIPER_MAX_BODY_BYTES)",
-                "errors": [],
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())],
-            }
+        await send_problem(
+            send, 413, f"request body exceeds the limit of {self.max_bytes} bytes (CALIPER_MAX_BODY_BYTES)"
         )
-        await send({"type": "http.response.body", "body": body})
+
+
+class RefuseNulInUrl:
+    """A NUL character (%00) in the path or query answers 400: PostgreSQL text cannot hold one, so an id,
+    filter or cursor carrying it could never match and would fail in the driver."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            raw = scope.get("raw_path", b"") + b"?" + scope.get("query_string", b"")
+            if b"\x00" in raw or b"%00" in raw or "\x00" in scope.get("path", ""):
+                await send_problem(send, 400, "the URL contains a NUL character (%00)")
+                return
+        await self.app(scope, receive, send)
+
+
+async def send_problem(send: Send, status: int, detail: str) -> None:
+    body = json.dumps(
+        {
+            "type": f"https://caliper.dev/problems/{status}",
+            "title": TITLES[status],
+            "status": status,
+            "detail": detail,
+            "errors": [],
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -11,7 +11,7 @@ from fastapi.openapi.utils import get_openapi
 
 from app import __version__
 from app.api.deps import Resources
-from app.api.limits import BodySizeLimit
+from app.api.limits import BodySizeLimit, RefuseNulInUrl
 from app.api.problems import install_problem_handlers
 from app.api.routes import calibrators, detectors, evaluations, gates, health, ood, sdm
 from app.calibration.schemas import ApplyRequest, CalibratorRequest
@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ood.router)
     app.include_router(sdm.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RefuseNulInUrl)
 
     def openapi() -> dict[str, Any]:
         """Request bodies parsed by hand (JSON or multipart) still get their schemas documented."""

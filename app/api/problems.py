@@ -60,15 +60,25 @@ class ProblemError(Exception):
         self.headers = headers
 
 
+MAX_DETAIL = 1000  # characters; error texts echo field names and input, which are the client's and unbounded
+MAX_ERRORS = 20
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def problem_response(
     status: int, detail: str, errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
+    """An RFC 9457 body; echoed text is clipped (detail to 1,000 characters, each error's field and
+    message to 200, at most 20 errors), so a bad 1 MB key cannot make a 2 MB error."""
     body = {
         "type": f"https://caliper.dev/problems/{status}",
         "title": TITLES.get(status, "Error"),
         "status": status,
-        "detail": detail,
-        "errors": errors or [],
+        "detail": _clip(detail, MAX_DETAIL),
+        "errors": [{k: _clip(str(v), 200) for k, v in e.items()} for e in (errors or [])[:MAX_ERRORS]],
     }
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.calibration.registry import METHODS
 from app.evaluation.schemas import Tensor
+from app.tags import Tags
 
 if TYPE_CHECKING:
     MethodName = str
@@ -45,9 +46,7 @@ class CalibratorRequest(BaseModel):
     cv: int | None = Field(None, ge=2, le=20, description="k-fold cross-validation of the fit (pooled out-of-fold).")
     model: str | None = Field(None, max_length=256)
     dataset: str | None = Field(None, max_length=256)
-    tags: dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=512)]] = Field(
-        default_factory=dict
-    )
+    tags: Tags = Field(default_factory=dict)
 
 
 class CalibratorOut(BaseModel):

@@ -72,7 +72,8 @@ class RowValues:
     def statistic(self, sums: npt.NDArray[np.floating[Any]], totals: F64) -> F64:
         """Per replicate, from the weighted column sums and the total weight."""
         sums = sums.astype(np.float64)
-        value: F64 = sums[:, 0] / totals if self.kind == "mean" else np.abs(sums).sum(1) / totals
+        with np.errstate(divide="ignore", invalid="ignore"):  # an empty resample: 0/0, dropped later
+            value: F64 = sums[:, 0] / totals if self.kind == "mean" else np.abs(sums).sum(1) / totals
         return value
 
 
@@ -124,8 +125,14 @@ def bootstrap_difference(
     return replicates
 
 
-def percentile_interval(replicates: F64, level: float) -> tuple[float, float]:
-    """The equal-tailed percentile interval at confidence `level` (e.g. 0.95 -> 2.5% and 97.5%)."""
+def percentile_interval(replicates: F64, level: float) -> tuple[float, float] | None:
+    """The equal-tailed percentile interval at confidence `level` (e.g. 0.95 -> 2.5% and 97.5%), over
+    the replicates whose resample is not empty: with few rows, Poisson weights can all be 0 on a side
+    (probability e⁻ⁿ), whose statistic 0/0 is undefined; the bootstrap then conditions on non-empty
+    resamples. None when no replicate is defined."""
+    defined = replicates[np.isfinite(replicates)]
+    if defined.size == 0:
+        return None
     tail = (1 - level) / 2
-    low, high = np.quantile(replicates, [tail, 1 - tail])
+    low, high = np.quantile(defined, [tail, 1 - tail])
     return float(low), float(high)

@@ -324,6 +324,11 @@ class GraphContext:
         return op.arg_max(self.targets, axis=-1, keepdims=0)
 
     @cached_property
+    def reference_col(self) -> Var:
+        """[N, 1] reference labels (the labels, or the argmax of soft targets)."""
+        return self.labels_col if self.has_labels else op.unsqueeze(self.reference_labels, self.ints(1))
+
+    @cached_property
     def correct(self) -> Var:
         """1[ŷ = y] as floats, [N]."""
         return op.cast(op.equal(self.prediction, self.reference_labels), to=self.layout.np_dtype)

@@ -127,10 +127,19 @@ def shrunk(covariance: F64, shrinkage: Shrinkage, n: float, fourth_moment: float
     return out
 
 
+def eigen(covariance: F64) -> tuple[F64, F64]:
+    """eigh of a covariance whose entries are finite: features beyond ~1e154 overflow their second
+    moments in float64 (LAPACK would fail on the inf/NaN), which is the caller's data to rescale."""
+    if not np.isfinite(covariance).all():
+        raise InputError("features", "values are too large: their second moments overflow float64; rescale them")
+    values, vectors = np.linalg.eigh(covariance)
+    return values, vectors
+
+
 def whitening(covariance: F64, inverse: Literal["pinv", "solve"]) -> F64:
     """A with AᵀA = Σ⁻¹: pinv from eigh with scipy's pinvh cut-off (the reference's choice), or the
     inverse Cholesky factor, which refuses a singular Σ with a clear error instead of amplifying noise."""
-    values, vectors = np.linalg.eigh(covariance)
+    values, vectors = eigen(covariance)
     cutoff = values.max() * covariance.shape[0] * np.finfo(np.float64).eps
     if inverse == "solve":
         if values.min() <= cutoff:
@@ -261,7 +270,7 @@ def fit_per_class(
         if n_c < 2:
             raise InputError("labels", f"class {c} has {int(n_c)} row(s); a per-class covariance needs at least 2")
         covariance = shrunk(stats.class_scatter[c] / n_c, shrinkage, n_c) + ridge * np.eye(stats.dim)
-        values, vectors = np.linalg.eigh(covariance)
+        values, vectors = eigen(covariance)
         if values.min() <= values.max() * stats.dim * np.finfo(np.float64).eps:
             raise InputError(
                 "params.covariance",

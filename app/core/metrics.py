@@ -30,7 +30,8 @@ class Accuracy(TermSpec):
 
 
 class TopKAccuracy(TermSpec):
-    """Share of rows whose label is among the k highest scores (ties → lower index ranks first)."""
+    """Share of rows whose label (with soft targets: their argmax) is among the k highest scores (ties →
+    lower index ranks first)."""
 
     name: Literal["top_k_accuracy"]
     k: int = Field(5, ge=1)
@@ -159,9 +160,11 @@ def _accuracy(ctx: GraphContext, p: TermSpec) -> dict[str, Var]:
 
 def _top_k(ctx: GraphContext, p: TopKAccuracy) -> dict[str, Var]:
     scores = ctx.scores
-    true_score = op.unsqueeze(ctx.at_label(scores), ctx.ints(1))
+    true_score = op.gather_elements(scores, ctx.reference_col, axis=1)
     above = op.cast(op.greater(scores, true_score), to=np.int64)
-    tied_before = op.cast(op.and_(op.equal(scores, true_score), op.less(ctx.class_index, ctx.labels_col)), to=np.int64)
+    tied_before = op.cast(
+        op.and_(op.equal(scores, true_score), op.less(ctx.class_index, ctx.reference_col)), to=np.int64
+    )
     rank = ctx.row_sum(op.add(above, tied_before))
     hit = op.cast(op.less(rank, scalar(p.k, np.int64)), to=ctx.layout.np_dtype)
     return _weighted_mean_state(ctx, hit)

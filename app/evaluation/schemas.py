@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validat
 
 from app.core.losses import LossSpec
 from app.core.metrics import MetricSpec
+from app.tags import Tags
 from app.tensors import TENSOR_JSON_SCHEMA
 
 Tensor = Annotated[Any, WithJsonSchema(TENSOR_JSON_SCHEMA)]
@@ -55,9 +56,7 @@ class EvaluationRequest(BaseModel):
     per_sample: bool = Field(False, description="Return per-row loss values too.")
     model: str | None = Field(None, max_length=256)
     dataset: str | None = Field(None, max_length=256)
-    tags: dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=512)]] = Field(
-        default_factory=dict
-    )
+    tags: Tags = Field(default_factory=dict)
     store: bool = Field(True, description="false: compute and answer without writing (the response id is null).")
     calibrator_id: str | None = Field(
         None, description="Evaluate the probabilities of this stored calibrator applied to `logits`."

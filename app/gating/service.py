@@ -118,7 +118,14 @@ def _intervals(
     if not pairs:
         return {}, notes
     replicates = bootstrap_differences(pairs, paired, request.resamples, request.seed)
-    return {i: percentile_interval(replicates[:, k], request.significance) for k, i in enumerate(indices)}, notes
+    intervals = {}
+    for k, index in enumerate(indices):
+        interval = percentile_interval(replicates[:, k], request.significance)
+        if interval is None:
+            notes[index] = "; no interval: every resample was empty"
+        else:
+            intervals[index] = interval
+    return intervals, notes
 
 
 def evaluate_gate(session: Session, request: GateRequest) -> tuple[GateRecord, GateOut]:

@@ -11,6 +11,7 @@ from app.core.ood_metrics import PrIntegral
 from app.core.specs import TermSpec
 from app.core.validation import Precision
 from app.evaluation.schemas import Tensor
+from app.tags import Tags
 
 SCORE_TENSORS = ("logits",)
 EVALUATE_TENSORS = ("scores_in", "scores_out", "features_in", "features_out", "features_in.*", "features_out.*")
@@ -150,9 +151,7 @@ class DetectorRequest(BaseModel):
 
     model: str | None = Field(None, max_length=256)
     dataset: str | None = Field(None, max_length=256)
-    tags: dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=512)]] = Field(
-        default_factory=dict
-    )
+    tags: Tags = Field(default_factory=dict)
 
 
 class DetectorOut(BaseModel):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.validation import Precision
 from app.evaluation.schemas import Tensor
+from app.tags import Tags
 
 FIT_TENSORS = tuple(
     f"{part}.{name}" for part in ("support", "calibration") for name in ("embeddings", "logits", "labels")
@@ -76,9 +75,7 @@ class SdmRequest(BaseModel):
     params: SdmParams = Field(default_factory=SdmParams)
     model: str | None = Field(None, max_length=256)
     dataset: str | None = Field(None, max_length=256)
-    tags: dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=512)]] = Field(
-        default_factory=dict
-    )
+    tags: Tags = Field(default_factory=dict)
 
 
 class SdmLoss(BaseModel):

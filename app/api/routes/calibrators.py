@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.bodies import read_tensor_body, tensor_request_body
 from app.api.deps import Resources, get_resources, load_or_404, resources_of
+from app.api.json_body import StrictJsonRoute
 from app.api.problems import PROBLEM_RESPONSES, ProblemError
 from app.calibration import service
 from app.calibration.schemas import (
@@ -25,7 +26,7 @@ from app.storage.calibrators import delete_calibrator, list_calibrators
 from app.storage.models import CalibratorRecord
 from app.storage.pagination import Page
 
-router = APIRouter(prefix="/v1/calibrators", tags=["calibrators"])
+router = APIRouter(prefix="/v1/calibrators", tags=["calibrators"], route_class=StrictJsonRoute)
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 NPZ = "application/x-npz"
 

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.bodies import read_tensor_body, tensor_request_body
 from app.api.deps import Resources, get_resources, load_or_404, resources_of
+from app.api.json_body import StrictJsonRoute
 from app.api.problems import PROBLEM_RESPONSES, ProblemError
 from app.ood import detectors
 from app.ood.schemas import (
@@ -24,7 +25,7 @@ from app.ood.schemas import (
 from app.storage.models import DetectorRecord
 from app.storage.pagination import Page, page
 
-router = APIRouter(prefix="/v1/detectors", tags=["detectors"])
+router = APIRouter(prefix="/v1/detectors", tags=["detectors"], route_class=StrictJsonRoute)
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 

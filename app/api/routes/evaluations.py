@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from app.api.bodies import read_tensor_body, tensor_request_body
 from app.api.deps import Resources, get_resources, resources_of
+from app.api.json_body import StrictJsonRoute
 from app.api.problems import PROBLEM_RESPONSES, ProblemError
 from app.api.routes.calibrators import load_record
 from app.api.routes.sdm import scored
@@ -27,8 +28,9 @@ from app.storage.evaluations import (
     load_arrays,
 )
 from app.storage.pagination import Page
+from app.tags import Tags
 
-router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"])
+router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"], route_class=StrictJsonRoute)
 INLINE_COMPUTE_BYTES = 64 * 1024  # requests this small are computed on the event loop
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
@@ -120,7 +122,7 @@ def get(
 class TagsBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    tags: dict[Annotated[str, Field(min_length=1, max_length=128)], Annotated[str, Field(max_length=512)]]
+    tags: Tags
 
 
 @router.post(

@@ -8,13 +8,14 @@ from fastapi import APIRouter, Depends, Query
 from sqlalchemy import select
 
 from app.api.deps import Resources, get_resources, load_or_404
+from app.api.json_body import StrictJsonRoute
 from app.api.problems import PROBLEM_RESPONSES, ProblemError
 from app.gating.schemas import GateOut, GateRequest
 from app.gating.service import NotFoundError, evaluate_gate, gate_out
 from app.storage.models import GateRecord
 from app.storage.pagination import Page, page
 
-router = APIRouter(prefix="/v1/gates", tags=["gates"])
+router = APIRouter(prefix="/v1/gates", tags=["gates"], route_class=StrictJsonRoute)
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 

@@ -7,6 +7,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.bodies import read_tensor_body, tensor_request_body
 from app.api.deps import resources_of
+from app.api.json_body import StrictJsonRoute
 from app.api.problems import PROBLEM_RESPONSES, ProblemError
 from app.api.routes.detectors import load_detector
 from app.ood import detectors, service
@@ -19,7 +20,7 @@ from app.ood.schemas import (
     ScoresRequest,
 )
 
-router = APIRouter(prefix="/v1/ood", tags=["ood"])
+router = APIRouter(prefix="/v1/ood", tags=["ood"], route_class=StrictJsonRoute)
 
 
 @router.post(

@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.bodies import read_tensor_body, tensor_request_body
 from app.api.deps import Resources, get_resources, load_or_404, resources_of
+from app.api.json_body import StrictJsonRoute
 from app.api.problems import PROBLEM_RESPONSES, ProblemError
 from app.api.routes.calibrators import NPZ
 from app.core.sdm import Scores
@@ -29,7 +30,7 @@ from app.sdm.schemas import (
 from app.storage.models import SdmRecord
 from app.storage.pagination import Page, page
 
-router = APIRouter(prefix="/v1/sdm", tags=["sdm"])
+router = APIRouter(prefix="/v1/sdm", tags=["sdm"], route_class=StrictJsonRoute)
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 

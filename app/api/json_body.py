@@ -1,0 +1,89 @@
+"""Strict JSON request bodies, for hand-parsed routes and FastAPI-parsed ones alike (`StrictJsonRoute`).
+
+- size: bodies over CALIPER_MAX_JSON_BYTES answer 413 pointing to base64 tensor objects and multipart
+  (nested lists of numbers cost ~10–20x their text in Python objects while parsing);
+- duplicate keys (RFC 8259 leaves them open; the last would win silently) and NUL characters in keys or
+  string values (PostgreSQL text cannot hold them) answer 400;
+- nesting deeper than the parser's recursion limit answers 400 instead of a RecursionError;
+- bodies above OFF_LOOP_BYTES are parsed in a worker thread, so one large upload does not stall the
+  event loop (and /healthz) while it parses.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import HTTPException, Request, Response
+from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
+
+from app.api.problems import ProblemError
+
+OFF_LOOP_BYTES = 256 * 1024
+
+
+class _Refused(ValueError):
+    pass
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    body = dict(pairs)
+    if len(body) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise _Refused(f"duplicate key {duplicate[:64]!r} in a JSON object")
+    for key, value in pairs:
+        if "\x00" in key or (isinstance(value, str) and "\x00" in value):
+            raise _Refused(f"NUL character in JSON key or string {key[:64]!r}")
+        if isinstance(value, list) and value and isinstance(value[0], str) and any("\x00" in v for v in value):
+            raise _Refused(f"NUL character in a string of {key[:64]!r}")
+    return body
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        return json.loads(raw, object_pairs_hook=_pairs)
+    except _Refused as exc:
+        raise ProblemError(400, str(exc)) from exc
+    except RecursionError as exc:
+        raise ProblemError(400, "body is nested too deeply to parse") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProblemError(400, f"body is not valid JSON: {str(exc)[:200]}") from exc
+
+
+async def parse_json(raw: bytes, max_bytes: int) -> Any:
+    """The decoded body; ProblemError (400/413) for what the module docstring lists."""
+    if len(raw) > max_bytes:
+        raise ProblemError(
+            413,
+            f"JSON body of {len(raw)} bytes exceeds CALIPER_MAX_JSON_BYTES = {max_bytes}; send large tensors as "
+            'base64 tensor objects ({"dtype", "shape", "data_b64"}) or as .npy parts of a multipart/form-data body',
+        )
+    if len(raw) > OFF_LOOP_BYTES:
+        return await run_in_threadpool(_decode, raw)
+    return _decode(raw)
+
+
+class StrictJsonRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            limit = self.app.state.resources.settings.max_json_bytes
+            try:
+                self._json = await parse_json(await self.body(), limit)
+            except ProblemError as exc:  # FastAPI turns anything but an HTTPException into a bare 400
+                raise HTTPException(exc.status, exc.detail) from exc
+        return self._json
+
+
+class StrictJsonRoute(APIRoute):
+    """An APIRoute whose request body JSON goes through `parse_json`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request) -> Response:
+            return await handler(StrictJsonRequest(request.scope, request.receive))
+
+        return strict

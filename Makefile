@@ -58,6 +58,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.gate
 	$(BIN)/python -m bench.ood
 	$(BIN)/python -m bench.sdm
+	$(BIN)/python -m bench.load
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache

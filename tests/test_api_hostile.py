@@ -221,3 +221,24 @@ def test_json_over_its_own_limit_is_413_and_points_to_binary_tensors(
     assert_problem(response, 413)
     assert "data_b64" in response.json()["detail"] and "multipart" in response.json()["detail"]
     assert client.post("/v1/evaluations", json=EVALUATION).status_code == 201  # small bodies still pass
+
+
+def test_a_500_keeps_the_keep_alive_connection(live_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected error answers a 500 problem and the same connection serves the next request."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    from app.storage import evaluations as evaluation_store
+
+    def explode(array: np.ndarray) -> bytes:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(evaluation_store, "encode_array", explode)
+    address = urlsplit(live_server)
+    connection = http.client.HTTPConnection(address.hostname or "", address.port)
+    connection.request("POST", "/v1/evaluations", json.dumps(EVALUATION), {"content-type": "application/json"})
+    failed = connection.getresponse()
+    assert failed.status == 500 and json.loads(failed.read())["status"] == 500
+    socket_before = connection.sock
+    connection.request("GET", "/healthz")
+    assert connection.getresponse().status == 200 and connection.sock is socket_before

@@ -12,7 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from app import __version__
 from app.api.deps import Resources
 from app.api.limits import BodySizeLimit, RefuseNulInUrl
-from app.api.problems import install_problem_handlers
+from app.api.problems import UnexpectedErrors, install_problem_handlers
 from app.api.routes import calibrators, detectors, evaluations, gates, health, ood, sdm
 from app.calibration.schemas import ApplyRequest, CalibratorRequest
 from app.config import Settings, get_settings
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(detectors.router)
     app.include_router(ood.router)
     app.include_router(sdm.router)
+    app.add_middleware(UnexpectedErrors)  # added first: the innermost, right outside the routes' handlers
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RefuseNulInUrl)
 

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import InputError
 from app.storage.blobs import CorruptBlobError
@@ -102,6 +103,34 @@ def validation_problem(exc: ValidationError | RequestValidationError) -> JSONRes
     return problem_response(422, detail or "invalid request", errors)
 
 
+class UnexpectedErrors:
+    """Any other exception becomes a 500 problem here, inside the app. A handler for `Exception` would
+    run in Starlette's ServerErrorMiddleware, which re-raises to the server, and uvicorn then closes the
+    client's keep-alive connection after every 500."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise
+            log.exception("unhandled error", exc_info=exc)
+            await problem_response(500, "internal error; nothing was stored")(scope, receive, send)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(_: Request, exc: ProblemError) -> JSONResponse:
@@ -136,11 +165,6 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _corrupt(_: Request, exc: CorruptBlobError) -> JSONResponse:
         log.error("%s", exc)
         return problem_response(500, f"{exc}; the stored record cannot be read and was not used")
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return problem_response(500, "internal error; nothing was stored")
 
     @app.exception_handler(DBAPIError)
     async def _dbapi(request: Request, exc: DBAPIError) -> JSONResponse:

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install dev run migrate test test-narrow lint bench clean
+.PHONY: install dev run migrate test test-narrow fuzz lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ test-narrow: dev
 	for threads in 1 2; do \
 	  NPY_DISABLE_CPU_FEATURES="$(NARROW_DISPATCH)" CALIPER_INTRA_OP_THREADS=$$threads $(BIN)/pytest $(CORE_TESTS) || exit 1; \
 	done
+
+# schemathesis over every operation, 50 examples each (make test runs 5): no 5xx, every response valid.
+fuzz: dev
+	CALIPER_FUZZ_EXAMPLES=50 $(BIN)/pytest tests/test_schema_fuzz.py
 
 lint: dev
 	$(BIN)/ruff check app tests bench migrations

@@ -242,3 +242,17 @@ def test_a_500_keeps_the_keep_alive_connection(live_server: str, monkeypatch: py
     socket_before = connection.sock
     connection.request("GET", "/healthz")
     assert connection.getresponse().status == 200 and connection.sock is socket_before
+
+
+def test_columns_that_can_overflow_are_nullable_in_the_schema(client: TestClient) -> None:
+    """Per-row outputs computed from finite inputs can still overflow their dtype; JSON has no inf/NaN, so
+    they answer null, and the OpenAPI document must allow it (a client's validator would reject it)."""
+    components = client.get("/openapi.json").json()["components"]["schemas"]
+    for model, name in [
+        ("DetectorScoresOut", "scores"),
+        ("ScoresOut", "scores"),
+        ("ApplyOut", "probabilities"),
+        ("SdmScoresOut", "d_nearest"),
+        ("RuleResult", "interval"),
+    ]:
+        assert '"null"' in json.dumps(components[model]["properties"][name]), model

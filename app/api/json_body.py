@@ -37,7 +37,12 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     for key, value in pairs:
         if "\x00" in key or (isinstance(value, str) and "\x00" in value):
             raise _Refused(f"NUL character in JSON key or string {key[:64]!r}")
-        if isinstance(value, list) and value and isinstance(value[0], str) and any("\x00" in v for v in value):
+        if (
+            isinstance(value, list)
+            and value
+            and isinstance(value[0], str)
+            and any(isinstance(v, str) and "\x00" in v for v in value)
+        ):
             raise _Refused(f"NUL character in a string of {key[:64]!r}")
     return body
 

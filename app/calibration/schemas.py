@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.calibration.registry import METHODS
-from app.evaluation.schemas import Tensor
+from app.evaluation.schemas import NULL_NOTE, Tensor
 from app.tags import Tags
 
 if TYPE_CHECKING:
@@ -72,4 +72,7 @@ class ApplyRequest(BaseModel):
 
 
 class ApplyOut(BaseModel):
-    probabilities: list[list[float]]
+    probabilities: list[list[float | None]] = Field(
+        description=f"[N, C] calibrated probabilities; {NULL_NOTE} (e.g. logits near the float limit divided by a "
+        "temperature below 1)."
+    )

@@ -338,6 +338,8 @@ def validate_batch(
         if w.shape != (n,):
             raise InputError("sample_weight", f"shape {list(w.shape)} does not match rows: expected [{n}]")
         _check_finite("sample_weight", w)
+        if not np.isfinite(w.sum(dtype=np.float64)):
+            raise InputError("sample_weight", "the weights' total overflows float64; rescale them")
         if (w < 0).any() or not (w > 0).any():
             raise InputError("sample_weight", "weights must be ≥ 0 with at least one > 0")
         batch.sample_weight = w

@@ -11,6 +11,10 @@ from app.core.metrics import MetricSpec
 from app.tags import Tags
 from app.tensors import TENSOR_JSON_SCHEMA
 
+NULL_NOTE = (
+    "null where a value is not finite (it overflowed its dtype, e.g. for inputs far beyond the fit data's scale)"
+)
+
 Tensor = Annotated[Any, WithJsonSchema(TENSOR_JSON_SCHEMA)]
 TENSOR_FIELDS = ("logits", "probabilities", "labels", "targets", "teacher_logits", "sample_weight", "embeddings")
 INTEGER_FIELDS = frozenset({"labels"})

@@ -58,7 +58,11 @@ class RuleResult(BaseModel):
     candidate: float | None
     baseline: float | None
     delta: float | None
-    interval: list[float] | None = Field(None, description="Bootstrap interval of candidate − baseline.")
+    interval: list[float | None] | None = Field(
+        None,
+        description="Bootstrap interval of candidate − baseline (null without significance or resamplable rows; "
+        "an end is null where the metric itself is not finite, e.g. an NLL that overflowed).",
+    )
     passed: bool
     reason: str
 

@@ -10,7 +10,7 @@ from app.core.logit_scores import SCORES, ScoreSpec
 from app.core.ood_metrics import PrIntegral
 from app.core.specs import TermSpec
 from app.core.validation import Precision
-from app.evaluation.schemas import Tensor
+from app.evaluation.schemas import NULL_NOTE, Tensor
 from app.tags import Tags
 
 SCORE_TENSORS = ("logits",)
@@ -42,7 +42,7 @@ class ScoresRequest(BaseModel):
 
 
 class ScoresOut(BaseModel):
-    scores: dict[str, list[float]]
+    scores: dict[str, list[float | None]] = Field(description=f"One column per method; {NULL_NOTE}.")
 
 
 class OodEvaluateRequest(BaseModel):
@@ -174,5 +174,5 @@ class ScoreRequest(BaseModel):
 
 
 class DetectorScoresOut(BaseModel):
-    scores: list[float] = Field(description="Higher = more out-of-distribution.")
+    scores: list[float | None] = Field(description=f"Higher = more out-of-distribution; {NULL_NOTE}.")
     nearest_class: list[int] = Field(description="argmin_c d_c² (ties → lowest index).")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.validation import Precision
-from app.evaluation.schemas import Tensor
+from app.evaluation.schemas import NULL_NOTE, Tensor
 from app.tags import Tags
 
 FIT_TENSORS = tuple(
@@ -156,9 +156,10 @@ class SdmScoresOut(BaseModel):
     prediction: list[int] = Field(description="ŷ = argmax z′ (ties → lowest index).")
     q: list[int] = Field(description="Similarity: leading run of matching nearest support points.")
     d: list[float] = Field(description="Distance quantile min_c (1 − eCDF_c(d_nearest)).")
-    d_nearest: list[float] = Field(
+    d_nearest: list[float | None] = Field(
         description="Squared L2 distance to the nearest support point, recomputed from the two vectors (the "
-        "search's ‖x‖² − 2x·s + ‖s‖² form loses digits to cancellation); a copy of a support point gets 0."
+        "search's ‖x‖² − 2x·s + ‖s‖² form loses digits to cancellation); a copy of a support point gets 0; "
+        f"{NULL_NOTE}."
     )
     nearest_index: list[int] = Field(description="Support row of the nearest neighbour.")
     probabilities: list[list[float]]

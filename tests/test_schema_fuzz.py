@@ -1,0 +1,27 @@
+"""schemathesis over every operation of the OpenAPI document: no input may produce a 5xx, and every
+response must validate against the document (non-finite values included). Bounded: CALIPER_FUZZ_EXAMPLES
+examples per operation (5 in `make test`; `make fuzz`, which CI runs, uses 50)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error, response_schema_conformance
+
+from app.api.main import create_app
+from app.config import Settings
+from app.storage.migrate import upgrade
+
+_settings = Settings(database_url=f"sqlite:///{tempfile.mkdtemp()}/fuzz.db", max_body_bytes=8 * 1024 * 1024)
+upgrade(_settings)
+schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(_settings))
+EXAMPLES = int(os.environ.get("CALIPER_FUZZ_EXAMPLES", "5"))
+
+
+@schema.parametrize()
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+def test_no_server_error_and_every_response_matches_the_schema(case: schemathesis.Case) -> None:
+    case.call_and_validate(checks=[not_a_server_error, response_schema_conformance])

@@ -1,7 +1,8 @@
 """Tensor wire formats of api.md: nested JSON lists, base64 tensor objects and .npy bytes.
 
-Decoding copies nothing it does not have to (np.frombuffer over the base64-decoded bytes) and never
-unpickles (.npy is read with allow_pickle=False, and object arrays are refused).
+Decoding copies nothing it does not have to (base64 is decoded slice by slice into the array's buffer;
+.npy parts are viewed in place) and never unpickles (.npy is read with allow_pickle=False, and object
+arrays are refused).
 """
 
 from __future__ import annotations
@@ -60,18 +61,34 @@ def decode_json_tensor(field: str, value: Any, integer: bool = False) -> np.ndar
     return array
 
 
+B64_SLICE = 4 << 20  # characters of base64 decoded at a time (a multiple of 4)
+
+
 def _from_b64(field: str, obj: TensorObject) -> np.ndarray:
+    """Decode into one preallocated buffer, slice by slice: `b64decode` of a whole str first copies it
+    to ASCII bytes (at 4M × 4 float32 the request's peak was 2.10x the body with it, 2.01x without;
+    bench/memory.py)."""
     if any(d < 0 for d in obj.shape):
         raise InputError(field, f"shape {obj.shape} has a negative dimension")
-    try:
-        raw = base64.b64decode(obj.data_b64, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InputError(field, "data_b64 is not valid base64") from exc
     dtype = np.dtype(WIRE_DTYPES[obj.dtype])
     expected = math.prod(obj.shape) * dtype.itemsize  # Python integers: no int64 wrap-around
-    if len(raw) != expected:
-        raise InputError(field, f"data_b64 holds {len(raw)} bytes; shape {obj.shape} of {obj.dtype} needs {expected}")
-    return np.frombuffer(raw, dtype=dtype).reshape(obj.shape)
+    text = obj.data_b64
+    padding = len(text) - len(text.rstrip("="))
+    held = len(text) // 4 * 3 - padding if len(text) % 4 == 0 and padding <= 2 else -1
+    if held < 0:
+        raise InputError(field, "data_b64 is not valid base64")
+    if held != expected:
+        raise InputError(field, f"data_b64 holds {held} bytes; shape {obj.shape} of {obj.dtype} needs {expected}")
+    out = np.empty(expected, np.uint8)
+    position = 0
+    try:
+        for start in range(0, len(text), B64_SLICE):
+            piece = binascii.a2b_base64(text[start : start + B64_SLICE], strict_mode=True)
+            out[position : position + len(piece)] = np.frombuffer(piece, np.uint8)
+            position += len(piece)
+    except (binascii.Error, ValueError) as exc:
+        raise InputError(field, "data_b64 is not valid base64") from exc
+    return out.view(dtype).reshape(obj.shape)
 
 
 def decode_npy(field: str, data: bytes | memoryview) -> np.ndarray:

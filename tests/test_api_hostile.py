@@ -256,3 +256,39 @@ def test_columns_that_can_overflow_are_nullable_in_the_schema(client: TestClient
         ("RuleResult", "interval"),
     ]:
         assert '"null"' in json.dumps(components[model]["properties"][name]), model
+
+
+def test_base64_tensors_decode_slice_by_slice(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app import tensors
+    from app.tensors import encode_tensor_object
+
+    monkeypatch.setattr(tensors, "B64_SLICE", 8)  # many slices for a small tensor
+    logits = np.random.default_rng(1).normal(size=(37, 3))
+    body = {"logits": encode_tensor_object(logits), "labels": [0, 1, 2] * 12 + [0], "per_sample": True}
+    sliced = client.post("/v1/evaluations", json={**body, "store": False}).json()
+    plain = client.post(
+        "/v1/evaluations", json={"logits": logits.tolist(), "labels": body["labels"], "per_sample": True}
+    )
+    assert sliced["per_sample"] == plain.json()["per_sample"] and sliced["metrics"] == plain.json()["metrics"]
+    broken = dict(body["logits"], data_b64="A!" + body["logits"]["data_b64"][2:])  # right length, bad character
+    assert_problem(client.post("/v1/evaluations", json={**body, "logits": broken}), 422, "logits")
+    unpadded = dict(body["logits"], data_b64=body["logits"]["data_b64"][:-1])
+    assert_problem(client.post("/v1/evaluations", json={**body, "logits": unpadded}), 422, "logits")
+    assert _stored(client) > 0  # only the plain, stored one
+
+
+def test_a_body_shorter_than_its_content_length_is_400() -> None:
+    from app.api.bodies import read_body
+    from app.api.problems import ProblemError
+
+    class Short:
+        def __init__(self) -> None:
+            self.headers = {"content-length": "10"}
+
+        async def stream(self) -> Any:
+            yield b"{}"
+
+    import asyncio
+
+    with pytest.raises(ProblemError, match="ended after 2 of its Content-Length of 10"):
+        asyncio.run(read_body(Short()))  # type: ignore[arg-type]

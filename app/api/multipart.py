@@ -48,7 +48,7 @@ def _headers(raw: bytes) -> tuple[str, str | None]:
     return name, filename if isinstance(filename, str) else None
 
 
-def parse_multipart(body: bytes, content_type: str) -> list[Part]:
+def parse_multipart(body: bytes | bytearray, content_type: str) -> list[Part]:
     delimiter = b"--" + boundary_of(content_type)
     view = memoryview(body)
     start = body.find(delimiter)
@@ -64,7 +64,7 @@ def parse_multipart(body: bytes, content_type: str) -> list[Part]:
         header_end = body.find(b"\r\n\r\n", position + 2)
         if header_end < 0:
             raise ProblemError(400, "multipart part headers are not terminated")
-        name, filename = _headers(body[position + 2 : header_end])
+        name, filename = _headers(bytes(body[position + 2 : header_end]))
         content_start = header_end + 4
         next_delimiter = body.find(b"\r\n" + delimiter, content_start)
         if next_delimiter < 0:

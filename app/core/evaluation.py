@@ -104,6 +104,14 @@ class EvaluationState:
         return {part: np.concatenate(self.rows[full]) if full in self.rows else self.sums[full] for full, part in names}
 
 
+def index_dtype(upper: int) -> np.dtype:
+    """The smallest unsigned dtype that holds class indices in [0, upper)."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if upper <= np.iinfo(dtype).max + 1:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
+
+
 @dataclass(frozen=True)
 class OutputLayout:
     """How a plan's graph outputs are read, built once per signature: the names in session order, each
@@ -202,20 +210,25 @@ class Evaluator:
         return per_row
 
     def run(
-        self, batch: Batch, chunk_size: int, chunk_bytes: int | None = None
+        self, batch: Batch, chunk_size: int, chunk_bytes: int | None = None, keep_rows: bool = True
     ) -> tuple[EvaluationState, dict[str, np.ndarray]]:
         """All rows, at most `chunk_size` rows and `chunk_bytes` input bytes per call (wide rows get
-        smaller chunks so that the intermediates stay in cache); per-row outputs are written into
-        preallocated arrays."""
+        smaller chunks so that the intermediates stay in cache). Per-row outputs, when kept, are written
+        into preallocated arrays, class indices in the smallest dtype that holds them (at 1M rows the
+        int64 prediction alone is 8 MB; bench/memory.py); without keep_rows only the state remains."""
         if chunk_bytes is not None:
             chunk_size = max(1, min(chunk_size, chunk_bytes // max(1, batch.scores[0].nbytes)))
         state = EvaluationState()
         per_row: dict[str, np.ndarray] = {}
         for start in range(0, batch.n, chunk_size):
             stop = min(start + chunk_size, batch.n)
-            for name, value in self.update(state, batch, start, stop).items():
+            chunk = self.update(state, batch, start, stop)
+            if not keep_rows:
+                continue
+            for name, value in chunk.items():
                 if name not in per_row:
-                    per_row[name] = np.empty(batch.n, dtype=value.dtype)
+                    dtype = index_dtype(batch.classes) if value.dtype.kind in "iu" else value.dtype
+                    per_row[name] = np.empty(batch.n, dtype=dtype)
                 per_row[name][start:stop] = value
         return state, per_row
 

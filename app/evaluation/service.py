@@ -19,6 +19,7 @@ from app.core.evaluation import (
     EvaluationResult,
     Evaluator,
     check_plan,
+    index_dtype,
     loss_output,
     validate_batch,
 )
@@ -27,7 +28,6 @@ from app.core.metrics import DEFAULT_METRICS, DEFAULT_METRICS_WIDE, METRICS, Ece
 from app.core.runtime import SessionCache
 from app.core.specs import TermSpec
 from app.evaluation.schemas import EvaluationOut, EvaluationRequest, Reliability
-from app.storage.blobs import compact_indices
 from app.storage.evaluations import add_evaluation
 from app.storage.models import Evaluation
 
@@ -89,18 +89,19 @@ def compute(
     batch = validate_batch(**arrays)
     plan = make_plan(request, batch)
     evaluator = Evaluator(plan, cache)
-    state, per_row = evaluator.run(batch, chunk_size, chunk_bytes)
+    keep_rows = request.store or request.per_sample  # rows are for storage and per_sample only
+    state, per_row = evaluator.run(batch, chunk_size, chunk_bytes, keep_rows)
     return ComputedEvaluation(request, batch, plan, evaluator.finalize(state, batch.classes), per_row)
 
 
 def _row_arrays(batch: Batch, plan: EvaluationPlan, per_row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """What a later paired comparison needs: label, prediction, confidence and each loss per row."""
     arrays = {
-        "prediction": compact_indices(per_row[ROW_PREDICTION], batch.classes),
+        "prediction": per_row[ROW_PREDICTION],  # already in index_dtype(C)
         "confidence": per_row[ROW_CONFIDENCE],
     }
     if batch.labels is not None:
-        arrays["label"] = compact_indices(batch.labels, batch.classes)
+        arrays["label"] = batch.labels.astype(index_dtype(batch.classes), copy=False)
     for spec in plan.losses:
         arrays[f"loss.{spec.report_key}"] = per_row[loss_output(spec.report_key, "row")]
     return arrays

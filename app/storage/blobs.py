@@ -84,14 +84,6 @@ def decode_array(blob: bytes, owner: str) -> np.ndarray:
     return array
 
 
-def compact_indices(array: np.ndarray, upper: int) -> np.ndarray:
-    """Class indices in [0, upper) in the smallest unsigned dtype that holds them."""
-    for dtype in (np.uint8, np.uint16, np.uint32):
-        if upper <= np.iinfo(dtype).max + 1:
-            return array.astype(dtype, copy=False)
-    return array.astype(np.int64, copy=False)
-
-
 def encode_arrays(arrays: dict[str, np.ndarray]) -> bytes:
     """Several named arrays as one sealed .npz."""
     buffer = io.BytesIO()

@@ -292,3 +292,31 @@ def test_a_body_shorter_than_its_content_length_is_400() -> None:
 
     with pytest.raises(ProblemError, match="ended after 2 of its Content-Length of 10"):
         asyncio.run(read_body(Short()))  # type: ignore[arg-type]
+
+
+def test_a_large_json_body_is_parsed_and_converted_off_the_event_loop(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parsing and list → array conversion of a body above 256 KiB run in a worker thread (no running event
+    loop there), so /healthz keeps answering while a large upload is decoded."""
+    import asyncio
+
+    from app.api import bodies
+
+    seen: list[bool] = []
+    original = bodies._pop_tensors
+
+    def recording(*args: Any) -> dict[str, np.ndarray]:
+        try:
+            asyncio.get_running_loop()
+            seen.append(True)
+        except RuntimeError:
+            seen.append(False)
+        return original(*args)
+
+    monkeypatch.setattr(bodies, "_pop_tensors", recording)
+    small = client.post("/v1/evaluations", json=EVALUATION)
+    rows = np.random.default_rng(2).normal(size=(20_000, 3))
+    large = client.post("/v1/evaluations", json={"logits": rows.tolist(), "labels": [0] * 20_000})
+    assert small.status_code == large.status_code == 201
+    assert seen == [True, False]  # the small body on the loop, the large one off it

@@ -48,11 +48,16 @@ async def read_tensor_body(
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";")[0].strip().lower()
     max_json = request.app.state.resources.settings.max_json_bytes
+
+    def split(body: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        options = _object(body)
+        return options, _pop_tensors(options, fields, integer_fields)
+
     if media_type == "application/json":
-        body = _object(await parse_json(await read_body(request), max_json))  # consumes the buffer
-        return body, _pop_tensors(body, fields, integer_fields)
+        return await parse_json(await read_body(request), max_json, split)  # consumes the buffer
     if media_type == "multipart/form-data":
         options: dict[str, Any] = {}
+        inline: dict[str, np.ndarray] = {}
         arrays = {}
         seen_request = False
         for part in parse_multipart(await read_body(request), content_type):
@@ -60,14 +65,14 @@ async def read_tensor_body(
                 if seen_request:
                     raise InputError("request", "given twice")
                 seen_request = True
-                options = _object(await parse_json(part.data.tobytes(), max_json))
+                options, inline = await parse_json(part.data.tobytes(), max_json, split)
             elif _accepts(fields, part.name):
                 if part.name in arrays:
                     raise InputError(part.name, "given twice")
                 arrays[part.name] = decode_npy(part.name, part.data)
             else:
                 raise InputError(part.name, f"unknown multipart part (expected 'request' or one of {sorted(fields)})")
-        for name, array in _pop_tensors(options, fields, integer_fields).items():  # JSON tensors in `request`
+        for name, array in inline.items():  # JSON tensors in `request`
             if name in arrays:
                 raise InputError(name, "given both as a part and inside 'request'")
             arrays[name] = array

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import HTTPException, Request, Response
 from fastapi.routing import APIRoute
@@ -22,6 +22,13 @@ from starlette.concurrency import run_in_threadpool
 from app.api.problems import ProblemError
 
 OFF_LOOP_BYTES = 256 * 1024
+
+
+T = TypeVar("T")
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 class _Refused(ValueError):
@@ -64,18 +71,23 @@ def _decode(raw: bytes | bytearray) -> Any:
         raise ProblemError(400, f"body is not valid JSON: {str(exc)[:200]}") from exc
 
 
-async def parse_json(raw: bytes | bytearray, max_bytes: int) -> Any:
-    """The decoded body (a bytearray is consumed); ProblemError (400/413) for what the module docstring
-    lists."""
+async def parse_json(raw: bytes | bytearray, max_bytes: int, then: Callable[[Any], T] = _same) -> T:
+    """`then(decoded body)` (a bytearray is consumed), both in a worker thread for bodies above
+    OFF_LOOP_BYTES, so that turning nested lists into arrays does not stall the event loop either;
+    ProblemError (400/413) for what the module docstring lists."""
     if len(raw) > max_bytes:
         raise ProblemError(
             413,
             f"JSON body of {len(raw)} bytes exceeds CALIPER_MAX_JSON_BYTES = {max_bytes}; send large tensors as "
             'base64 tensor objects ({"dtype", "shape", "data_b64"}) or as .npy parts of a multipart/form-data body',
         )
+
+    def parse() -> T:
+        return then(_decode(raw))
+
     if len(raw) > OFF_LOOP_BYTES:
-        return await run_in_threadpool(_decode, raw)
-    return _decode(raw)
+        return await run_in_threadpool(parse)
+    return parse()
 
 
 class StrictJsonRequest(Request):

@@ -48,6 +48,11 @@ class GaussianStats:
 
     @classmethod
     def of(cls, features: np.ndarray, labels: np.ndarray, classes: int, per_class: bool = False) -> GaussianStats:
+        with np.errstate(over="ignore", invalid="ignore"):  # moments that overflow are refused by `eigen`
+            return cls._of(features, labels, classes, per_class)
+
+    @classmethod
+    def _of(cls, features: np.ndarray, labels: np.ndarray, classes: int, per_class: bool) -> GaussianStats:
         x = features.astype(np.float64)
         mean = x.mean(0)
         centred = x - mean
@@ -100,7 +105,8 @@ class GaussianStats:
 
     def within_scatter(self) -> F64:
         offsets = self.class_means - self.mean
-        within: F64 = self.scatter - (offsets.T * self.class_counts) @ offsets
+        with np.errstate(over="ignore", invalid="ignore"):  # refused by `eigen` when not finite
+            within: F64 = self.scatter - (offsets.T * self.class_counts) @ offsets
         return within
 
 

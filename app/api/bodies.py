@@ -15,6 +15,8 @@ from app.api.problems import ProblemError
 from app.core.errors import InputError
 from app.tensors import decode_json_tensor, decode_npy
 
+NPZ = "application/x-npz"  # the media type of .npz responses (Accept: application/x-npz)
+
 
 def tensor_request_body(schema: str, tensor_fields: Iterable[str]) -> dict[str, Any]:
     """OpenAPI requestBody for a route that parses its body by hand: JSON per `schema`, or multipart with

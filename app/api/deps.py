@@ -1,36 +1,16 @@
-"""Per-application resources (settings, engine, sessions, onnxruntime cache) and their dependencies."""
+"""Request-scoped access to the composition root (`app.context.Resources`) and the 404 lookup routes share."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 from fastapi import Request
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
 from app.api.problems import ProblemError
-from app.config import Settings
-from app.core.runtime import RuntimeConfig, SessionCache
-from app.sdm.service import EstimatorCache
-from app.storage.db import make_engine, make_session_factory
+from app.context import Resources
+from app.storage.models import CalibratorRecord, DetectorRecord, SdmRecord
 
 T = TypeVar("T")
-
-
-@dataclass
-class Resources:
-    settings: Settings
-    engine: Engine
-    sessions: sessionmaker[Session]
-    cache: SessionCache
-    estimators: EstimatorCache = field(default_factory=EstimatorCache)  # loaded SDM models by id
-
-    @classmethod
-    def create(cls, settings: Settings) -> Resources:
-        engine = make_engine(settings.database_url)
-        cache = SessionCache(RuntimeConfig(provider=settings.provider, intra_op_threads=settings.intra_op_threads))
-        return cls(settings, engine, make_session_factory(engine), cache)
 
 
 def load_or_404(resources: Resources, model: type[T], record_id: str, noun: str) -> T:
@@ -40,6 +20,18 @@ def load_or_404(resources: Resources, model: type[T], record_id: str, noun: str)
     if record is None:
         raise ProblemError(404, f"no {noun} with id {record_id!r}")
     return record
+
+
+def load_calibrator(resources: Resources, calibrator_id: str) -> CalibratorRecord:
+    return load_or_404(resources, CalibratorRecord, calibrator_id, "calibrator")
+
+
+def load_detector(resources: Resources, detector_id: str) -> DetectorRecord:
+    return load_or_404(resources, DetectorRecord, detector_id, "detector")
+
+
+def load_sdm(resources: Resources, sdm_id: str) -> SdmRecord:
+    return load_or_404(resources, SdmRecord, sdm_id, "SDM estimator")
 
 
 def resources_of(request: Request) -> Resources:

@@ -10,12 +10,12 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app import __version__
-from app.api.deps import Resources
 from app.api.limits import BodySizeLimit, RefuseNulInUrl
 from app.api.problems import UnexpectedErrors, install_problem_handlers
 from app.api.routes import calibrators, detectors, evaluations, gates, health, ood, sdm
 from app.calibration.schemas import ApplyRequest, CalibratorRequest
 from app.config import Settings, get_settings
+from app.context import Resources
 from app.evaluation.schemas import EvaluationRequest
 from app.ood.schemas import DetectorRequest, OodEvaluateRequest, ScoreRequest, ScoresRequest
 from app.sdm.schemas import SdmRequest, SdmScoreRequest

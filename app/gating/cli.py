@@ -42,8 +42,8 @@ class LocalBackend:
     """The service functions on the configured database (DATABASE_URL), without HTTP."""
 
     def __init__(self) -> None:
-        from app.api.deps import Resources
         from app.config import get_settings
+        from app.context import Resources
 
         self.resources = Resources.create(get_settings())
 

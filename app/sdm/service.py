@@ -168,6 +168,20 @@ class EstimatorCache:
         self._items.evict(record_id)
 
 
+def score_stored(
+    record: SdmRecord,
+    arrays: dict[str, np.ndarray],
+    sessions: sessionmaker[Session],
+    estimators: EstimatorCache,
+    cache: SessionCache,
+) -> Scores:
+    """Score validated embeddings and logits with a stored estimator, loaded (or reused from the cache)."""
+    with sessions() as session:  # the blob is deferred: loaded only when the model is not cached
+        session.add(record)
+        estimator = estimators.get(record, cache)
+    return score_rows(estimator, record, arrays)
+
+
 def score_rows(estimator: SdmEstimator, record: SdmRecord, arrays: dict[str, np.ndarray]) -> Scores:
     """Validated embeddings [N, M] and logits [N, C] of one fitted model -> the estimator's columns."""
     embeddings = searchable(arrays.get("embeddings"), "embeddings", estimator.support_embeddings_.dtype, record.dim)

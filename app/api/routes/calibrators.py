@@ -9,8 +9,8 @@ import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from app.api.bodies import read_tensor_body, tensor_request_body
-from app.api.deps import Resources, get_resources, load_or_404, resources_of
+from app.api.bodies import NPZ, read_tensor_body, tensor_request_body
+from app.api.deps import get_resources, load_calibrator, resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.problems import PROBLEM_RESPONSES, ProblemError
 from app.calibration import service
@@ -22,17 +22,12 @@ from app.calibration.schemas import (
     CalibratorOut,
     CalibratorRequest,
 )
+from app.context import Resources
 from app.storage.calibrators import delete_calibrator, list_calibrators
-from app.storage.models import CalibratorRecord
 from app.storage.pagination import Page
 
 router = APIRouter(prefix="/v1/calibrators", tags=["calibrators"], route_class=StrictJsonRoute)
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
-NPZ = "application/x-npz"
-
-
-def load_record(resources: Resources, calibrator_id: str) -> CalibratorRecord:
-    return load_or_404(resources, CalibratorRecord, calibrator_id, "calibrator")
 
 
 @router.post(
@@ -70,7 +65,7 @@ def list_(
 
 @router.get("/{calibrator_id}", response_model=CalibratorOut, summary="One calibrator", responses=PROBLEM_RESPONSES)
 def get(calibrator_id: str, resources: ResourcesDep) -> CalibratorOut:
-    return service.calibrator_out(load_record(resources, calibrator_id))
+    return service.calibrator_out(load_calibrator(resources, calibrator_id))
 
 
 @router.delete("/{calibrator_id}", status_code=204, summary="Delete a calibrator", responses=PROBLEM_RESPONSES)
@@ -94,7 +89,7 @@ async def apply(calibrator_id: str, request: Request) -> Response:
     ApplyRequest.model_validate(options)
     if "logits" not in arrays:
         raise ProblemError(422, "logits: required", [{"field": "logits", "message": "required"}])
-    record = await run_in_threadpool(load_record, resources, calibrator_id)
+    record = await run_in_threadpool(load_calibrator, resources, calibrator_id)
     probabilities = await run_in_threadpool(service.apply, record, arrays["logits"], resources.cache)
     if NPZ in request.headers.get("accept", ""):
         buffer = io.BytesIO()
@@ -116,7 +111,7 @@ def export(
     resources: ResourcesDep,
     dtype: Annotated[str, Query(pattern="^(float32|float64)$", description="Input/output dtype.")] = "float32",
 ) -> Response:
-    record = load_record(resources, calibrator_id)
+    record = load_calibrator(resources, calibrator_id)
     model = service.restored(record, resources.cache).apply_graph(np.dtype(dtype))
     return Response(
         model.SerializeToString(),

@@ -10,9 +10,10 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from app.api.bodies import read_tensor_body, tensor_request_body
-from app.api.deps import Resources, get_resources, load_or_404, resources_of
+from app.api.deps import get_resources, load_detector, resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.problems import PROBLEM_RESPONSES, ProblemError
+from app.context import Resources
 from app.ood import detectors
 from app.ood.schemas import (
     DETECTOR_TENSORS,
@@ -27,10 +28,6 @@ from app.storage.pagination import Page, page
 
 router = APIRouter(prefix="/v1/detectors", tags=["detectors"], route_class=StrictJsonRoute)
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
-
-
-def load_detector(resources: Resources, detector_id: str) -> DetectorRecord:
-    return load_or_404(resources, DetectorRecord, detector_id, "detector")
 
 
 @router.post(

@@ -9,17 +9,16 @@ from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
 from app.api.bodies import read_tensor_body, tensor_request_body
-from app.api.deps import Resources, get_resources, resources_of
+from app.api.deps import get_resources, load_calibrator, load_sdm, resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.problems import PROBLEM_RESPONSES, ProblemError
-from app.api.routes.calibrators import load_record
-from app.api.routes.sdm import scored
 from app.calibration.service import calibrated_inputs
+from app.context import Resources
 from app.core.errors import InputError
 from app.evaluation.schemas import INTEGER_FIELDS, TENSOR_FIELDS, EvaluationOut, EvaluationRequest
 from app.evaluation.service import compute, evaluation_out, finite_or_none, store, stored_evaluation_out
 from app.gating.service import NotFoundError, add_tags
-from app.sdm.service import evaluation_metrics
+from app.sdm.service import evaluation_metrics, score_stored
 from app.storage.evaluations import (
     EvaluationFilter,
     delete_evaluation,
@@ -53,7 +52,7 @@ async def create_evaluation(request: Request) -> Response:
         raise InputError("embeddings" if embeddings is None else "sdm_id", "give `sdm_id` and `embeddings` together")
     sdm_inputs = {k: v for k, v in (("embeddings", embeddings), ("logits", arrays.get("logits"))) if v is not None}
     if body.calibrator_id is not None:
-        record = await run_in_threadpool(load_record, resources, body.calibrator_id)
+        record = await run_in_threadpool(load_calibrator, resources, body.calibrator_id)
         arrays = await run_in_threadpool(calibrated_inputs, record, arrays, resources.cache)
     settings = resources.settings
     args = (body, arrays, resources.cache, settings.chunk_size, settings.chunk_bytes)
@@ -64,7 +63,10 @@ async def create_evaluation(request: Request) -> Response:
     if body.sdm_id is not None:
         if "logits" not in sdm_inputs or computed.batch.labels is None:
             raise InputError("sdm_id", "SDM metrics need `logits` (the SDM activation uses them) and integer `labels`")
-        _, scores = await run_in_threadpool(scored, resources, body.sdm_id, sdm_inputs)
+        sdm = await run_in_threadpool(load_sdm, resources, body.sdm_id)
+        scores = await run_in_threadpool(
+            score_stored, sdm, sdm_inputs, resources.sessions, resources.estimators, resources.cache
+        )
         computed.metrics.update(finite_or_none(evaluation_metrics(scores, computed.batch.labels)))
     record_id = await run_in_threadpool(store, computed, resources.sessions) if body.store else None
     # Serialized once by the model itself (the declared response_model documents it).

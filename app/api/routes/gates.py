@@ -7,9 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from sqlalchemy import select
 
-from app.api.deps import Resources, get_resources, load_or_404
+from app.api.deps import get_resources, load_or_404
 from app.api.json_body import StrictJsonRoute
 from app.api.problems import PROBLEM_RESPONSES, ProblemError
+from app.context import Resources
 from app.gating.schemas import GateOut, GateRequest
 from app.gating.service import NotFoundError, evaluate_gate, gate_out
 from app.storage.models import GateRecord

@@ -8,9 +8,10 @@ from fastapi import APIRouter, Depends
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import Resources, get_resources
+from app.api.deps import get_resources
 from app.api.json_body import StrictJsonRoute
 from app.api.problems import ProblemError
+from app.context import Resources
 from app.storage.migrate import is_at_head
 
 router = APIRouter(tags=["health"], route_class=StrictJsonRoute)

@@ -6,10 +6,9 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.api.bodies import read_tensor_body, tensor_request_body
-from app.api.deps import resources_of
+from app.api.deps import load_detector, resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.problems import PROBLEM_RESPONSES, ProblemError
-from app.api.routes.detectors import load_detector
 from app.ood import detectors, service
 from app.ood.schemas import (
     EVALUATE_TENSORS,

@@ -11,11 +11,11 @@ from sqlalchemy import delete as sql_delete
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from app.api.bodies import read_tensor_body, tensor_request_body
-from app.api.deps import Resources, get_resources, load_or_404, resources_of
+from app.api.bodies import NPZ, read_tensor_body, tensor_request_body
+from app.api.deps import get_resources, load_sdm, resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.problems import PROBLEM_RESPONSES, ProblemError
-from app.api.routes.calibrators import NPZ
+from app.context import Resources
 from app.core.sdm import Scores
 from app.sdm import service
 from app.sdm.schemas import (
@@ -32,10 +32,6 @@ from app.storage.pagination import Page, page
 
 router = APIRouter(prefix="/v1/sdm", tags=["sdm"], route_class=StrictJsonRoute)
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
-
-
-def load_sdm(resources: Resources, sdm_id: str) -> SdmRecord:
-    return load_or_404(resources, SdmRecord, sdm_id, "SDM estimator")
 
 
 @router.post(
@@ -88,12 +84,8 @@ def delete(sdm_id: str, resources: ResourcesDep) -> Response:
 
 
 def scored(resources: Resources, sdm_id: str, arrays: dict[str, np.ndarray]) -> tuple[SdmRecord, Scores]:
-    """Load (or reuse) a fitted estimator and score validated embeddings and logits with it."""
     record = load_sdm(resources, sdm_id)
-    with resources.sessions() as session:  # the blob is deferred: loaded only when the model is not cached
-        session.add(record)
-        estimator = resources.estimators.get(record, resources.cache)
-    return record, service.score_rows(estimator, record, arrays)
+    return record, service.score_stored(record, arrays, resources.sessions, resources.estimators, resources.cache)
 
 
 @router.post(

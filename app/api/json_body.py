@@ -1,7 +1,7 @@
 """Strict JSON request bodies, for hand-parsed routes and FastAPI-parsed ones alike (`StrictJsonRoute`).
 
 - size: bodies over CALIPER_MAX_JSON_BYTES answer 413 pointing to base64 tensor objects and multipart
-  (nested lists of numbers cost ~10–20x their text in Python objects while parsing);
+  (parsed nested lists of numbers take ~3x their text in Python objects; bench/memory.py);
 - duplicate keys (RFC 8259 leaves them open; the last would win silently) and NUL characters in keys or
   string values (PostgreSQL text cannot hold them) answer 400;
 - nesting deeper than the parser's recursion limit answers 400 instead of a RecursionError;

@@ -227,7 +227,7 @@ class Evaluator:
                 continue
             for name, value in chunk.items():
                 if name not in per_row:
-                    dtype = index_dtype(batch.classes) if value.dtype.kind in "iu" else value.dtype
+                    dtype = index_dtype(batch.classes) if name == ROW_PREDICTION else value.dtype
                     per_row[name] = np.empty(batch.n, dtype=dtype)
                 per_row[name][start:stop] = value
         return state, per_row

@@ -53,17 +53,18 @@ def _seal(raw: memoryview | bytes) -> bytes:
 
 
 def _open(blob: bytes, owner: str) -> bytes:
-    """The verified uncompressed bytes of a blob."""
-    blob = bytes(blob)
+    """The verified uncompressed bytes of a blob (the blob itself is read in place, not copied)."""
+    view = memoryview(blob)
+    head = bytes(view[: len(MAGIC)])
     try:
-        if blob.startswith(MAGIC):
-            digest, frame = blob[len(MAGIC) : len(MAGIC) + _DIGEST], blob[len(MAGIC) + _DIGEST :]
+        if head == MAGIC:
+            digest, frame = bytes(view[len(MAGIC) : len(MAGIC) + _DIGEST]), view[len(MAGIC) + _DIGEST :]
             raw: bytes = _decompressor().decompress(frame)
             if hashlib.sha256(raw).digest() != digest:
                 raise CorruptBlobError(owner, "digest mismatch")
             return raw
-        if blob.startswith(_LEGACY_MAGIC):
-            legacy: bytes = _decompressor().decompress(blob)
+        if head == _LEGACY_MAGIC:
+            legacy: bytes = _decompressor().decompress(view)
             return legacy
     except zstandard.ZstdError as exc:
         raise CorruptBlobError(owner, f"zstd: {exc}") from exc

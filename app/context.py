@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
+from app.core.chunking import Chunking
 from app.core.runtime import RuntimeConfig, SessionCache
 from app.sdm.service import EstimatorCache
 from app.storage.db import make_engine, make_session_factory
@@ -25,5 +26,6 @@ class Resources:
     @classmethod
     def create(cls, settings: Settings) -> Resources:
         engine = make_engine(settings.database_url)
-        cache = SessionCache(RuntimeConfig(provider=settings.provider, intra_op_threads=settings.intra_op_threads))
+        chunking = Chunking(rows=settings.chunk_size, bytes=settings.chunk_bytes)
+        cache = SessionCache(RuntimeConfig(settings.provider, settings.intra_op_threads, chunking=chunking))
         return cls(settings, engine, make_session_factory(engine), cache)

@@ -87,7 +87,7 @@ def bench_temperature(repeats: int) -> None:
     evaluator = Evaluator(EvaluationPlan(batch.layout, (), specs))
 
     def one_pass() -> None:
-        state, _ = evaluator.run(batch, 65_536, 8 << 20)
+        state, _ = evaluator.run(batch)
         evaluator.finalize(state, batch.classes)
 
     fitted = TemperatureScaling().fit(z, y)

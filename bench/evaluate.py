@@ -12,6 +12,7 @@ import numpy as np
 from pydantic import TypeAdapter
 
 from app.config import Settings
+from app.core.chunking import Chunking
 from app.core.evaluation import EvaluationPlan, Evaluator, validate_batch
 from app.core.losses import LossSpec
 from app.core.metrics import MetricSpec
@@ -72,7 +73,7 @@ def bench_size(n: int, c: int, repeats: int, chunk_size: int, chunk_bytes: int, 
     evaluator = Evaluator(plan)
 
     def caliper() -> None:
-        state, _ = evaluator.run(batch, chunk_size, chunk_bytes)
+        state, _ = evaluator.run(batch, Chunking(chunk_size, chunk_bytes))
         evaluator.finalize(state, c)
 
     rows = {

@@ -103,6 +103,12 @@ def count_rows(app: FastAPI) -> dict[str, int]:
         return {t.name: session.scalar(select(func.count()).select_from(t)) or 0 for t in Base.metadata.sorted_tables}
 
 
+def runtime_of(client: TestClient) -> runtime.SessionCache:
+    """The app's onnxruntime sessions and chunking (tests change its chunking to compare chunked runs)."""
+    cache: runtime.SessionCache = client.app.state.resources.cache  # type: ignore[attr-defined]
+    return cache
+
+
 @pytest.fixture
 def client(app: FastAPI) -> Iterator[TestClient]:
     clear_tables(app)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app.ood import detectors
+from app.core.chunking import Chunking
 from app.tensors import encode_tensor_object
-from tests.conftest import count_rows
+from tests.conftest import count_rows, runtime_of
 from tests.test_api_bad_input import assert_problem
 from tests.test_mahalanobis import TEST, X, Y
 
@@ -62,8 +62,9 @@ def test_streamed_fit_equals_one_shot(client: TestClient, monkeypatch: pytest.Mo
         "labels": labels.tolist(),
         "params": {"shrinkage": "ledoit_wolf"},
     }
+    monkeypatch.setattr(runtime_of(client), "chunking", Chunking(rows=10**6, bytes=1 << 40))  # one chunk
     one_shot = client.post("/v1/detectors", json=body).json()
-    monkeypatch.setattr(detectors, "CHUNK_BYTES", 7 * 40)  # 7 rows per chunk
+    monkeypatch.setattr(runtime_of(client), "chunking", Chunking(bytes=7 * 40))  # 7 rows per chunk
     streamed = client.post("/v1/detectors", json=body).json()
     test = {"features": (rng.normal(size=(50, 5)) + 20).tolist()}
     a = client.post(f"/v1/detectors/{one_shot['id']}/score", json=test).json()["scores"]
@@ -244,8 +245,9 @@ def test_per_class_covariance_matches_the_definition(
     rng = np.random.default_rng(6)
     labels = rng.integers(0, 3, 240)
     fit_x = rng.normal(size=(240, 4)) * (1 + labels[:, None]) + labels[:, None] * 3 + 50
-    if chunk_rows is not None:
-        monkeypatch.setattr(detectors, "CHUNK_BYTES", chunk_rows * 32)
+    one_chunk = Chunking(rows=10**6, bytes=1 << 40)
+    chunking = one_chunk if chunk_rows is None else Chunking(bytes=chunk_rows * 32)
+    monkeypatch.setattr(runtime_of(client), "chunking", chunking)
     created = client.post(
         "/v1/detectors",
         json={

@@ -20,7 +20,9 @@ from app.core.calibration.fitters import (
     PlattScaling,
     TemperatureScaling,
 )
+from app.core.chunking import Chunking
 from app.core.graphrun import mapped
+from app.core.runtime import RuntimeConfig, SessionCache
 from tests.conftest import Y_A, Y_B, Z_A, Z_B
 
 S_D = np.array([0.1, 0.3, 0.4, 0.6, 0.8, 0.9])
@@ -250,7 +252,7 @@ def test_mapped_runs_in_chunks_like_one_call() -> None:
     z = np.random.default_rng(1).normal(size=(1000, 3))
     graph = lambda: apply.temperature_graph(2.0, np.dtype(np.float64))  # noqa: E731
     whole = mapped("chunk-test", graph, {"logits": z})
-    chunked = mapped("chunk-test", graph, {"logits": z}, chunk_bytes=240)
+    chunked = mapped("chunk-test", graph, {"logits": z}, SessionCache(RuntimeConfig(chunking=Chunking(bytes=240))))
     np.testing.assert_array_equal(whole, chunked)
 
 

@@ -94,7 +94,9 @@ def test_concurrent_writers_lose_and_corrupt_nothing(live_server: str, app: Fast
             stored_arrays = decode_arrays(record.arrays, f"detector {detector_id}")  # verified against its digest
             request = DetectorRequest.model_validate({k: v for k, v in fit.items() if k not in ("features", "labels")})
             expected, *_ = fit_detector(
-                request, {"features": np.asarray(fit["features"]), "labels": np.asarray(fit["labels"])}
+                request,
+                {"features": np.asarray(fit["features"]), "labels": np.asarray(fit["labels"])},
+                app.state.resources.cache,
             )
             assert stored_arrays.keys() == expected.keys()
             for name, value in expected.items():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from pydantic import TypeAdapter
 
+from app.core.chunking import Chunking
 from app.core.evaluation import EvaluationPlan, EvaluationResult, Evaluator, validate_batch
 from app.core.losses import LossSpec
 from app.core.metrics import MetricSpec
@@ -33,7 +34,7 @@ def evaluate(
         batch.layout, tuple(LOSS.validate_python(x) for x in losses), tuple(METRIC.validate_python(x) for x in metrics)
     )
     evaluator = Evaluator(plan)
-    state, rows = evaluator.run(batch, chunk)
+    state, rows = evaluator.run(batch, Chunking(rows=chunk))
     return evaluator.finalize(state, batch.classes), rows
 
 
@@ -194,7 +195,7 @@ def test_pinned_binning_convention_on_vector_e() -> None:
     batch = validate_batch(probabilities=probs, labels=labels)
     specs = (METRIC.validate_python({"name": "ece", "bins": 2}), METRIC.validate_python({"name": "mce", "bins": 2}))
     evaluator = Evaluator(EvaluationPlan(batch.layout, (), specs))
-    state, _ = evaluator.run(batch, 2)
+    state, _ = evaluator.run(batch, Chunking(rows=2))
     metrics = evaluator.finalize(state, 4).metrics
     np.testing.assert_allclose([metrics["ece"], metrics["mce"]], [0.28, 0.70], rtol=1e-12)
 

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from app.core.chunking import Chunking
 from tests import oracle
 from tests.test_core_golden import evaluate
 
@@ -137,7 +138,7 @@ def test_probabilities_input_matches_logits_input() -> None:
         batch.layout, tuple(LOSS.validate_python(s) for s in specs), tuple(METRIC.validate_python(m) for m in metrics)
     )
     evaluator = Evaluator(plan)
-    state, _ = evaluator.run(batch, 30)
+    state, _ = evaluator.run(batch, Chunking(rows=30))
     got = evaluator.finalize(state, 4)
     for key, value in from_probs_expected.losses.items():
         np.testing.assert_allclose(got.losses[key], value, rtol=1e-10, err_msg=key)

@@ -9,6 +9,7 @@ import numpy as np
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from app.core.chunking import Chunking
 from app.core.evaluation import EvaluationState
 from tests import oracle
 from tests.test_core_golden import LOSS, METRIC, evaluate
@@ -105,7 +106,7 @@ def test_merged_chunks_equal_the_one_shot_result(problem: tuple[np.ndarray, ...]
     merged = EvaluationState()
     for lo, hi in itertools.pairwise(bounds):
         part = validate_batch(logits=z[lo:hi], labels=y[lo:hi], teacher_logits=zt[lo:hi])
-        state, _ = evaluator.run(part, chunk)
+        state, _ = evaluator.run(part, Chunking(rows=chunk))
         merged = merged.merge(state)
     result = evaluator.finalize(merged, batch.classes)
     assert result.n == len(y)

@@ -12,6 +12,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from app.core.chunking import Chunking
 from app.core.evaluation import EvaluationPlan, Evaluator, validate_batch
 from tests import oracle
 from tests.test_core_golden import METRIC, evaluate
@@ -45,7 +46,7 @@ ROWS = [
 def _collapse(dtype: type, **arrays: np.ndarray) -> float:
     batch = validate_batch(labels=np.zeros(len(next(iter(arrays.values()))), np.int64), **arrays)
     evaluator = Evaluator(EvaluationPlan(batch.layout, (), (METRIC.validate_python({"name": "softmax_collapse"}),)))
-    state, _ = evaluator.run(batch, 7)
+    state, _ = evaluator.run(batch, Chunking(rows=7))
     return evaluator.finalize(state, batch.classes).metrics["softmax_collapse"]
 
 

@@ -34,7 +34,7 @@ def report_metrics(
     """NLL, ECE (15 uniform bins) and Brier of logits or of calibrated probabilities."""
     batch = validate_batch(logits=logits, probabilities=probabilities, labels=labels)
     evaluator = Evaluator(EvaluationPlan(batch.layout, (), REPORT_METRICS), cache)
-    state, _ = evaluator.run(batch, 65_536, 8 << 20)
+    state, _ = evaluator.run(batch)
     return evaluator.finalize(state, batch.classes).metrics
 
 

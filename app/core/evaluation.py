@@ -19,6 +19,7 @@ import onnx
 from spox import build
 
 from app.core.calibration_error import BinStats
+from app.core.chunking import Chunking
 from app.core.errors import InputError
 from app.core.graph import GraphContext, InputKind, InputLayout
 from app.core.losses import LOSSES
@@ -187,8 +188,9 @@ class Evaluator:
 
     def __init__(self, plan: EvaluationPlan, cache: SessionCache | None = None) -> None:
         self.plan = plan
+        self.cache = cache or default_cache()
         signature = plan.signature
-        self.session = (cache or default_cache()).get(signature, lambda: build_graph(plan))
+        self.session = self.cache.get(signature, lambda: build_graph(plan))
         self.outputs = _LAYOUTS.get(
             signature, lambda: OutputLayout.of(plan, [o.name for o in self.session.get_outputs()])
         )
@@ -210,18 +212,16 @@ class Evaluator:
         return per_row
 
     def run(
-        self, batch: Batch, chunk_size: int, chunk_bytes: int | None = None, keep_rows: bool = True
+        self, batch: Batch, chunking: Chunking | None = None, keep_rows: bool = True
     ) -> tuple[EvaluationState, dict[str, np.ndarray]]:
-        """All rows, at most `chunk_size` rows and `chunk_bytes` input bytes per call (wide rows get
-        smaller chunks so that the intermediates stay in cache). Per-row outputs, when kept, are written
+        """All rows in chunks (the cache's `Chunking` unless given: wide rows get smaller chunks so that
+        the intermediates stay in cache). Per-row outputs, when kept, are written
         into preallocated arrays, class indices in the smallest dtype that holds them (at 1M rows the
         int64 prediction alone is 8 MB; bench/memory.py); without keep_rows only the state remains."""
-        if chunk_bytes is not None:
-            chunk_size = max(1, min(chunk_size, chunk_bytes // max(1, batch.scores[0].nbytes)))
+        chunking = chunking or self.cache.chunking
         state = EvaluationState()
         per_row: dict[str, np.ndarray] = {}
-        for start in range(0, batch.n, chunk_size):
-            stop = min(start + chunk_size, batch.n)
+        for start, stop in chunking.spans(batch.n, batch.scores[0].nbytes if batch.n else 1):
             chunk = self.update(state, batch, start, stop)
             if not keep_rows:
                 continue

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import onnx
 import onnxruntime as ort
 
+from app.core.chunking import Chunking
 from app.core.errors import ProviderUnavailableError
 from app.core.lru import LruCache
 
@@ -36,13 +37,16 @@ class RuntimeConfig:
     provider: ProviderName = "cpu"
     intra_op_threads: int = 0  # 0: onnxruntime's default (one per physical core)
     max_cached_sessions: int = 64
+    chunking: Chunking = field(default_factory=Chunking)  # rows per call for every chunked run that uses these sessions
 
 
 class SessionCache:
-    """LRU cache of inference sessions; building a graph and a session happens once per signature."""
+    """LRU cache of inference sessions; building a graph and a session happens once per signature.
+    Its `chunking` is how every chunked run through these sessions sizes its calls."""
 
     def __init__(self, config: RuntimeConfig) -> None:
         self.config = config
+        self.chunking = config.chunking
         self.providers = resolve_providers(config.provider)
         self._sessions: LruCache[ort.InferenceSession] = LruCache(config.max_cached_sessions)
 

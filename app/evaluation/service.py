@@ -78,19 +78,13 @@ class ComputedEvaluation:
         self.fingerprint = dataset_fingerprint(self.batch)
 
 
-def compute(
-    request: EvaluationRequest,
-    arrays: dict[str, np.ndarray],
-    cache: SessionCache,
-    chunk_size: int,
-    chunk_bytes: int | None = None,
-) -> ComputedEvaluation:
+def compute(request: EvaluationRequest, arrays: dict[str, np.ndarray], cache: SessionCache) -> ComputedEvaluation:
     """Validate, run the fused graph chunk by chunk, finalize."""
     batch = validate_batch(**arrays)
     plan = make_plan(request, batch)
     evaluator = Evaluator(plan, cache)
     keep_rows = request.store or request.per_sample  # rows are for storage and per_sample only
-    state, per_row = evaluator.run(batch, chunk_size, chunk_bytes, keep_rows)
+    state, per_row = evaluator.run(batch, keep_rows=keep_rows)
     return ComputedEvaluation(request, batch, plan, evaluator.finalize(state, batch.classes), per_row)
 
 
@@ -178,12 +172,10 @@ def evaluate_and_store(
     request: EvaluationRequest,
     arrays: dict[str, np.ndarray],
     cache: SessionCache,
-    chunk_size: int,
     sessions: sessionmaker[Session] | None,
-    chunk_bytes: int | None = None,
 ) -> EvaluationOut:
     """Compute, then (unless store is false) write: the whole use case in one call."""
-    computed = compute(request, arrays, cache, chunk_size, chunk_bytes)
+    computed = compute(request, arrays, cache)
     record_id = store(computed, sessions) if request.store and sessions is not None else None
     return evaluation_out(computed, record_id)
 

@@ -51,14 +51,11 @@ class LocalBackend:
         from app.evaluation.schemas import EvaluationRequest
         from app.evaluation.service import evaluate_and_store
 
-        settings = self.resources.settings
         out = evaluate_and_store(
             EvaluationRequest.model_validate(options),
             {"logits": logits, "labels": labels},
             self.resources.cache,
-            settings.chunk_size,
             self.resources.sessions,
-            settings.chunk_bytes,
         )
         return out.model_dump(mode="json")
 

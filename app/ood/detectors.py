@@ -35,8 +35,6 @@ from app.ood.schemas import DetectorOut, DetectorRequest, KnnParams, Mahalanobis
 from app.storage.blobs import decode_arrays, encode_arrays
 from app.storage.models import DetectorRecord
 
-CHUNK_BYTES = 8 << 20
-
 
 def _normalized(x: np.ndarray, normalize: bool) -> np.ndarray:
     if not normalize:
@@ -64,7 +62,7 @@ def _labels(arrays: dict[str, np.ndarray], n: int) -> tuple[np.ndarray, int]:
 
 
 def fit_detector(
-    request: DetectorRequest, arrays: dict[str, np.ndarray]
+    request: DetectorRequest, arrays: dict[str, np.ndarray], cache: SessionCache
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any], int]:
     """Fitted arrays to store, the validated params, fit info and C. Mahalanobis streams the features
     in chunks into mergeable float64 statistics (Ledoit–Wolf takes a second pass for its fourth moment
@@ -82,7 +80,7 @@ def fit_detector(
                 "a dict of layers (a feature ensemble) is for the mahalanobis methods, "
                 "and replaces a single features array",
             )
-        return _fit_ensemble(request, params, layers, arrays)
+        return _fit_ensemble(request, params, layers, arrays, cache)
     features = float_matrix(arrays.get("features"), "features")
     if isinstance(params, VimParams):
         return _fit_vim(params, features)
@@ -97,13 +95,13 @@ def fit_detector(
     per_class = params.covariance == "per_class"
     if per_class and (request.method == "relative_mahalanobis" or params.shrinkage == "ledoit_wolf"):
         raise InputError("params.covariance", "per_class works with method mahalanobis and shrinkage null, oas or α")
-    step = max(1, CHUNK_BYTES // features[0].nbytes)
+    spans = cache.chunking.spans(len(features), features[0].nbytes)
     stats = GaussianStats(classes, features.shape[1])
     if per_class:
         stats.class_scatter = np.zeros((classes, features.shape[1], features.shape[1]))
-    for start in range(0, len(features), step):
-        chunk = _normalized(features[start : start + step].astype(np.float64), params.normalize)
-        stats = stats.merge(GaussianStats.of(chunk, labels[start : start + step], classes, per_class))
+    for start, stop in spans:
+        chunk = _normalized(features[start:stop].astype(np.float64), params.normalize)
+        stats = stats.merge(GaussianStats.of(chunk, labels[start:stop], classes, per_class))
     if per_class:
         untied = fit_per_class(stats, params.shrinkage, params.ridge)  # type: ignore[arg-type]
         fitted_pc = {"pc_whiten": untied.whiten, "pc_means": untied.means, "pc_offsets": untied.offsets}
@@ -112,9 +110,9 @@ def fit_detector(
     if params.shrinkage == "ledoit_wolf":
         means = stats.class_means
         fourth = 0.0
-        for start in range(0, len(features), step):
-            chunk = _normalized(features[start : start + step].astype(np.float64), params.normalize)
-            fourth += float(np.sum(np.sum((chunk - means[labels[start : start + step]]) ** 2, axis=1) ** 2))
+        for start, stop in spans:
+            chunk = _normalized(features[start:stop].astype(np.float64), params.normalize)
+            fourth += float(np.sum(np.sum((chunk - means[labels[start:stop]]) ** 2, axis=1) ** 2))
     model = fit(
         stats,
         shrinkage=params.shrinkage,
@@ -131,7 +129,11 @@ def fit_detector(
 
 
 def _fit_ensemble(
-    request: DetectorRequest, params: MahalanobisParams, layers: dict[str, np.ndarray], arrays: dict[str, np.ndarray]
+    request: DetectorRequest,
+    params: MahalanobisParams,
+    layers: dict[str, np.ndarray],
+    arrays: dict[str, np.ndarray],
+    cache: SessionCache,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any], int]:
     """One detector per layer (same labels and params), arrays stored under `layer<i>.`; weights given,
     fitted by logistic regression on validation layers, or 1 each."""
@@ -145,7 +147,7 @@ def _fit_ensemble(
     for index, name in enumerate(names):
         features = float_matrix(layers[name], f"features.{name}")
         layer_fit, layer_params, info, classes = fit_detector(
-            single, {"features": features, "labels": arrays.get("labels", np.zeros(0))}
+            single, {"features": features, "labels": arrays.get("labels", np.zeros(0))}, cache
         )
         fitted.update({f"layer{index}.{k}": v for k, v in layer_fit.items()})
         per_layer.append((layer_fit, layer_params))
@@ -302,8 +304,8 @@ def _score_layer(
         lambda: scoring_model_from(_layer_arrays(record, index), record.method, record.params, dtype),
     )
     copies = record.classes if record.params.get("covariance") == "per_class" else 1  # [chunk, C·D] whitened
-    step = max(1, CHUNK_BYTES // (8 * copies * features.shape[1]))
-    parts = [session.run(None, {"features": features[a : a + step]}) for a in range(0, len(features), step)]
+    spans = cache.chunking.spans(len(features), 8 * copies * features.shape[1])
+    parts = [session.run(None, {"features": features[a:b]}) for a, b in spans]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 

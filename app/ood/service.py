@@ -6,6 +6,7 @@ import numpy as np
 
 from app.core.errors import InputError
 from app.core.evaluation import validate_batch
+from app.core.graphrun import mapped_outputs
 from app.core.logit_scores import scores_graph
 from app.core.ood_metrics import separation
 from app.core.runtime import SessionCache
@@ -23,16 +24,13 @@ def logit_scores(request: ScoresRequest, arrays: dict[str, np.ndarray], cache: S
     batch = validate_batch(logits=arrays["logits"], labels=np.zeros(len(arrays["logits"]), dtype=np.int64))
     specs = tuple(request.methods)
     dtype, classes = batch.scores.dtype, batch.classes
-    session = cache.get(
-        f"ood:scores:{dtype}:{classes}:{[s.model_dump() for s in specs]}", lambda: scores_graph(specs, classes, dtype)
+    columns = mapped_outputs(
+        f"ood:scores:{dtype}:{classes}:{[s.model_dump() for s in specs]}",
+        lambda: scores_graph(specs, classes, dtype),
+        {"logits": batch.scores},
+        cache=cache,
     )
-    names = [o.name for o in session.get_outputs()]
-    columns: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    step = max(1, (8 << 20) // batch.scores[0].nbytes)
-    for start in range(0, batch.n, step):
-        for name, value in zip(names, session.run(names, {"logits": batch.scores[start : start + step]}), strict=True):
-            columns[name].append(value)
-    return ScoresOut(scores={k: np.concatenate(v).astype(np.float64).tolist() for k, v in columns.items()})
+    return ScoresOut(scores={k: v.astype(np.float64).tolist() for k, v in columns.items()})
 
 
 def _scores(arrays: dict[str, np.ndarray], field: str) -> np.ndarray:

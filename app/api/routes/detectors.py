@@ -42,7 +42,7 @@ async def create_detector(request: Request) -> Response:
     resources = resources_of(request)
     options, arrays = await read_tensor_body(request, DETECTOR_TENSORS, frozenset({"labels"}))
     body = DetectorRequest.model_validate(options)
-    fitted, params, info, classes = await run_in_threadpool(detectors.fit_detector, body, arrays)
+    fitted, params, info, classes = await run_in_threadpool(detectors.fit_detector, body, arrays, resources.cache)
     record = await run_in_threadpool(detectors.store_detector, body, fitted, params, info, classes, resources.sessions)
     return Response(detectors.detector_out(record).model_dump_json(), status_code=201, media_type="application/json")
 

@@ -54,8 +54,7 @@ async def create_evaluation(request: Request) -> Response:
     if body.calibrator_id is not None:
         record = await run_in_threadpool(load_calibrator, resources, body.calibrator_id)
         arrays = await run_in_threadpool(calibrated_inputs, record, arrays, resources.cache)
-    settings = resources.settings
-    args = (body, arrays, resources.cache, settings.chunk_size, settings.chunk_bytes)
+    args = (body, arrays, resources.cache)
     if sum(a.nbytes for a in arrays.values()) <= INLINE_COMPUTE_BYTES:
         computed = compute(*args)  # sub-millisecond: a thread hop would cost more than the work
     else:

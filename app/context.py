@@ -1,31 +1,60 @@
-"""The composition root: settings, database, onnxruntime session cache and fitted-model caches, built once
-per process and handed to the use cases; the HTTP app and the CLI's in-process mode both start here."""
+"""The composition root: settings, database, onnxruntime sessions, repositories and the use-case services
+built on them, once per process. The HTTP app and the CLI's in-process mode both start here."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.calibration.service import CalibrationService
 from app.config import Settings
 from app.core.chunking import Chunking
 from app.core.runtime import RuntimeConfig, SessionCache
-from app.sdm.service import EstimatorCache
+from app.evaluation.service import EvaluationService
+from app.gating.service import GateService
+from app.ood.detectors import DetectorService
+from app.ood.service import OodService
+from app.sdm.service import SdmService
 from app.storage.db import make_engine, make_session_factory
+from app.storage.evaluations import EvaluationRepository
+from app.storage.models import CalibratorRecord, DetectorRecord, GateRecord
+from app.storage.repository import Repository, SdmRepository
 
 
 @dataclass
 class Resources:
     settings: Settings
     engine: Engine
-    sessions: sessionmaker[Session]
-    cache: SessionCache
-    estimators: EstimatorCache = field(default_factory=EstimatorCache)  # loaded SDM models by id
+    database: sessionmaker[Session]  # database sessions (only repositories open them)
+    runtime: SessionCache  # onnxruntime sessions and the chunking of every run
+    evaluations: EvaluationService
+    calibrators: CalibrationService
+    detectors: DetectorService
+    ood: OodService
+    sdm: SdmService
+    gates: GateService
 
     @classmethod
     def create(cls, settings: Settings) -> Resources:
         engine = make_engine(settings.database_url)
+        database = make_session_factory(engine)
         chunking = Chunking(rows=settings.chunk_size, bytes=settings.chunk_bytes)
-        cache = SessionCache(RuntimeConfig(settings.provider, settings.intra_op_threads, chunking=chunking))
-        return cls(settings, engine, make_session_factory(engine), cache)
+        runtime = SessionCache(RuntimeConfig(settings.provider, settings.intra_op_threads, chunking=chunking))
+        evaluation_records = EvaluationRepository(database)
+        calibrators = CalibrationService(Repository(database, CalibratorRecord, "calibrator"), runtime)
+        detectors = DetectorService(Repository(database, DetectorRecord, "detector"), runtime)
+        sdm = SdmService(SdmRepository(database), runtime)
+        return cls(
+            settings,
+            engine,
+            database,
+            runtime,
+            evaluations=EvaluationService(evaluation_records, calibrators, sdm, runtime),
+            calibrators=calibrators,
+            detectors=detectors,
+            ood=OodService(detectors, runtime),
+            sdm=sdm,
+            gates=GateService(evaluation_records, Repository(database, GateRecord, "gate")),
+        )

@@ -11,11 +11,11 @@ import base64
 import binascii
 import io
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from numpy.lib import format as npy_format
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from app.core.errors import InputError
 
@@ -39,6 +39,10 @@ TENSOR_JSON_SCHEMA: dict[str, Any] = {
     "fields), or a tensor object with base64 little-endian bytes.",
     "anyOf": [{"type": "array", "items": {}}, TensorObject.model_json_schema()],
 }
+Tensor = Annotated[Any, WithJsonSchema(TENSOR_JSON_SCHEMA)]  # a request field decoded by the tensor readers
+NULL_NOTE = (
+    "null where a value is not finite (it overflowed its dtype, e.g. for inputs far beyond the fit data's scale)"
+)
 
 
 def decode_json_tensor(field: str, value: Any, integer: bool = False) -> np.ndarray:

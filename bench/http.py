@@ -25,11 +25,8 @@ import numpy as np
 
 from app.client import CaliperClient
 from app.config import Settings
-from app.core.chunking import Chunking
-from app.core.runtime import RuntimeConfig, SessionCache
+from app.context import Resources
 from app.evaluation.schemas import EvaluationRequest
-from app.evaluation.service import evaluate_and_store
-from app.storage.db import make_engine, make_session_factory
 from app.storage.migrate import upgrade
 from bench.timing import median_seconds
 
@@ -101,8 +98,7 @@ def large_request(url: str, settings: Settings, repeats: int) -> None:
     rng = np.random.default_rng(0)
     z = rng.normal(size=(1_000_000, 10)).astype(np.float32)
     y = rng.integers(0, 10, 1_000_000)
-    cache = SessionCache(RuntimeConfig(chunking=Chunking(settings.chunk_size, settings.chunk_bytes)))
-    sessions = make_session_factory(make_engine(settings.database_url))
+    evaluations = Resources.create(settings).evaluations  # the service code the server runs, in-process
     client = CaliperClient(url, multipart_threshold=0)
     print("\n(1) 1,000,000 x 10 float32, multipart .npy, default losses and metrics")
     for store in (False, True):
@@ -110,7 +106,7 @@ def large_request(url: str, settings: Settings, repeats: int) -> None:
 
         def in_process(request: EvaluationRequest = request) -> None:
             arrays = {"logits": z, "labels": y}
-            evaluate_and_store(request, arrays, cache, sessions)
+            evaluations.create(request, arrays)
 
         def over_http(store: bool = store) -> None:
             client.evaluate(logits=z, labels=y, store=store)

@@ -91,7 +91,7 @@ def app(settings: Settings) -> FastAPI:
 
 
 def clear_tables(app: FastAPI) -> None:
-    with app.state.resources.sessions.begin() as session:
+    with app.state.resources.database.begin() as session:
         for table in reversed(Base.metadata.sorted_tables):
             session.execute(delete(table))
 
@@ -99,13 +99,13 @@ def clear_tables(app: FastAPI) -> None:
 def count_rows(app: FastAPI) -> dict[str, int]:
     from sqlalchemy import func, select
 
-    with app.state.resources.sessions() as session:
+    with app.state.resources.database() as session:
         return {t.name: session.scalar(select(func.count()).select_from(t)) or 0 for t in Base.metadata.sorted_tables}
 
 
 def runtime_of(client: TestClient) -> runtime.SessionCache:
     """The app's onnxruntime sessions and chunking (tests change its chunking to compare chunked runs)."""
-    cache: runtime.SessionCache = client.app.state.resources.cache  # type: ignore[attr-defined]
+    cache: runtime.SessionCache = client.app.state.resources.runtime  # type: ignore[attr-defined]
     return cache
 
 

@@ -97,6 +97,20 @@ def test_list_and_delete(client: TestClient) -> None:
     assert_problem(client.delete(f"/v1/detectors/{first['id']}"), 404)
 
 
+@pytest.mark.parametrize("method", ["knn", "mahalanobis"])
+def test_delete_evicts_what_scoring_cached(client: TestClient, method: str) -> None:
+    """No module-global caches: a deleted detector's decoded arrays and scoring sessions are let go."""
+    params = {"k": 2} if method == "knn" else {}
+    created = fit(client, method=method, params=params)
+    assert client.post(f"/v1/detectors/{created['id']}/score", json={"features": TEST.tolist()}).status_code == 200
+    resources = client.app.state.resources  # type: ignore[attr-defined]
+    held = lambda: [k for k in resources.detectors._fitted._items if created["id"] in k]  # noqa: E731
+    sessions = lambda: [k for k in resources.runtime._sessions._items if created["id"] in k]  # noqa: E731
+    assert held() or sessions()  # what the first score cached, so the check below can fail
+    assert client.delete(f"/v1/detectors/{created['id']}").status_code == 204
+    assert held() == [] and sessions() == []
+
+
 BAD_FITS: list[tuple[str, dict[str, Any], str]] = [
     ("fewer_rows_than_classes", {"features": [[1.0, 2.0]], "labels": [3]}, "features"),
     ("missing_class", {"features": X.tolist(), "labels": [0, 0, 0, 0, 2, 2, 2, 2]}, "labels"),

@@ -87,7 +87,7 @@ def test_concurrent_writers_lose_and_corrupt_nothing(live_server: str, app: Fast
             assert stored.json()["per_sample"]["cross_entropy"] == rows  # this request's rows, bit for bit
         for gate_id, verdict in out.gates.items():
             assert http.get(f"/v1/gates/{gate_id}").json()["verdict"] == verdict
-    with app.state.resources.sessions() as session:
+    with app.state.resources.database() as session:
         for detector_id, fit in out.detectors.items():
             record = session.get(DetectorRecord, detector_id)
             assert record is not None, detector_id
@@ -96,7 +96,7 @@ def test_concurrent_writers_lose_and_corrupt_nothing(live_server: str, app: Fast
             expected, *_ = fit_detector(
                 request,
                 {"features": np.asarray(fit["features"]), "labels": np.asarray(fit["labels"])},
-                app.state.resources.cache,
+                app.state.resources.runtime,
             )
             assert stored_arrays.keys() == expected.keys()
             for name, value in expected.items():

@@ -19,6 +19,7 @@ from app.api.main import create_app
 from app.config import Settings
 from app.storage import evaluations as evaluation_store
 from app.storage.blobs import decode_array, encode_array
+from app.storage.evaluations import EvaluationRepository
 from app.storage.migrate import alembic_config, upgrade
 from tests.conftest import Y_A, Z_A, count_rows
 
@@ -46,8 +47,7 @@ def test_blob_round_trip_is_exact(dtype: type) -> None:
 
 def test_stored_arrays_pair_rows_with_the_request(client: TestClient) -> None:
     created = client.post("/v1/evaluations", json={**BODY, "losses": ["cross_entropy", "brier"]}).json()
-    with client.app.state.resources.sessions() as session:  # type: ignore[attr-defined]
-        arrays = evaluation_store.load_arrays(session, created["id"])
+    arrays = EvaluationRepository(client.app.state.resources.database).arrays(created["id"])  # type: ignore[attr-defined]
     assert set(arrays) == {"label", "prediction", "confidence", "loss.cross_entropy", "loss.brier"}
     np.testing.assert_array_equal(arrays["label"], Y_A)
     np.testing.assert_array_equal(arrays["prediction"], [0, 2, 1, 0])

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.calibration.registry import METHODS
-from app.evaluation.schemas import NULL_NOTE, Tensor
-from app.tags import Tags
+from app.records import Labels
+from app.tensors import NULL_NOTE, Tensor
 
 if TYPE_CHECKING:
     MethodName = str
@@ -25,7 +25,7 @@ class Split(BaseModel):
     labels: Tensor = Field(None, description="[N] integer labels.")
 
 
-class CalibratorRequest(BaseModel):
+class CalibratorRequest(Labels):
     """Fit a calibrator on (logits, labels). Binary methods (platt, beta) calibrate p_1 when C = 2 and the
     top-label confidence otherwise (the other classes then share 1 − s′ in proportion). Isotonic and
     histogram binning are one-vs-rest, rows renormalised (a row mapped to all zeros becomes uniform).
@@ -44,9 +44,6 @@ class CalibratorRequest(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict, description="Hyper-parameters of the method.")
     validation: Split | None = Field(None, description="Held-out split reported before/after, not fitted on.")
     cv: int | None = Field(None, ge=2, le=20, description="k-fold cross-validation of the fit (pooled out-of-fold).")
-    model: str | None = Field(None, max_length=256)
-    dataset: str | None = Field(None, max_length=256)
-    tags: Tags = Field(default_factory=dict)
 
 
 class CalibratorOut(BaseModel):

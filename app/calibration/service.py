@@ -1,24 +1,22 @@
-"""Calibration use cases: fit (with its report), store, restore and apply."""
+"""Calibration use cases: fit (with its report), store, restore, apply and export."""
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
-from sqlalchemy.orm import Session, sessionmaker
 
 from app.calibration.schemas import CalibratorOut, CalibratorRequest
 from app.core.calibration.fitters import Calibrator
 from app.core.calibration.registry import METHODS, restore
 from app.core.errors import InputError
-from app.core.evaluation import EvaluationPlan, Evaluator, validate_batch
+from app.core.evaluation import EvaluationPlan, Evaluator, validate_batch, validate_scores
 from app.core.metrics import BrierMetric, Ece, NllMetric
 from app.core.runtime import SessionCache
-from app.evaluation.service import rfc3339
+from app.records import new_id, rfc3339, utc_now
 from app.storage.models import CalibratorRecord
+from app.storage.repository import Repository
 
 REPORT_METRICS = (NllMetric(name="nll"), Ece(name="ece"), BrierMetric(name="brier"))
 CV_SEED = 0
@@ -77,20 +75,27 @@ def _inputs(arrays: dict[str, np.ndarray], prefix: str, method: str) -> tuple[np
         batch = validate_batch(logits=logits, labels=labels)
         assert batch.labels is not None
         return batch.scores, batch.labels
-    return _views(logits, labels, f"{prefix}logits", method)
+    views, view_labels = _views(logits, labels, f"{prefix}logits", method)
+    assert view_labels is not None
+    return views, view_labels
 
 
-def _views(logits: np.ndarray, labels: np.ndarray | None, field: str, method: str) -> tuple[np.ndarray, np.ndarray]:
+def _views(
+    logits: np.ndarray, labels: np.ndarray | None, field: str, method: str
+) -> tuple[np.ndarray, np.ndarray | None]:
     if method != "temperature_ca":
         raise InputError(field, f"[N, V, C] views are accepted by temperature_ca only, not by {method}")
     if logits.shape[1] < 2:
         raise InputError(field, f"views [N, V, C] need V ≥ 2 (the original and a transform), got V = {logits.shape[1]}")
-    given = labels if labels is not None else np.zeros(len(logits), dtype=np.int64)
-    batch = validate_batch(logits=np.ascontiguousarray(logits[:, 0, :]), labels=given)  # shape, classes, labels
+    original = np.ascontiguousarray(logits[:, 0, :])
+    if labels is None:
+        scores = validate_scores(original)  # shape and classes
+    else:
+        batch = validate_batch(logits=original, labels=labels)  # shape, classes and labels
+        scores, labels = batch.scores, batch.labels
     if not np.isfinite(logits).all():
         raise InputError(field, "contains NaN or infinite value(s)")
-    assert batch.labels is not None
-    return np.ascontiguousarray(logits, dtype=batch.scores.dtype), batch.labels
+    return np.ascontiguousarray(logits, dtype=scores.dtype), labels
 
 
 def _original(logits: np.ndarray) -> np.ndarray:
@@ -150,29 +155,75 @@ def cross_validate(
     }
 
 
-def store(
-    request: CalibratorRequest,
-    calibrator: Calibrator,
-    params: dict[str, Any],
-    report: dict[str, Any],
-    classes: int,
-    sessions: sessionmaker[Session],
-) -> CalibratorRecord:
-    record = CalibratorRecord(
-        id=uuid.uuid4().hex,
-        created_at=datetime.now(UTC).replace(tzinfo=None),
-        method=request.method,
-        classes=classes,
-        model=request.model,
-        dataset=request.dataset,
-        tags=request.tags,
-        params=params,
-        fitted=calibrator.fitted(),
-        fit_report=report,
-    )
-    with sessions.begin() as session:
-        session.add(record)
-    return record
+class CalibrationService:
+    """Calibrator use cases: fit and store, look up, list, delete, apply, export; the evaluation service
+    applies a stored calibrator through `calibrated_inputs`."""
+
+    def __init__(self, repository: Repository[CalibratorRecord], runtime: SessionCache) -> None:
+        self.repository, self.runtime = repository, runtime
+
+    def create(self, request: CalibratorRequest, arrays: dict[str, np.ndarray]) -> CalibratorRecord:
+        calibrator, params, report, classes = fit(request, arrays, self.runtime)
+        return self.repository.add(
+            CalibratorRecord(
+                id=new_id(),
+                created_at=utc_now(),
+                method=request.method,
+                classes=classes,
+                model=request.model,
+                dataset=request.dataset,
+                tags=request.tags,
+                params=params,
+                fitted=calibrator.fitted(),
+                fit_report=report,
+            )
+        )
+
+    def get(self, calibrator_id: str) -> CalibratorRecord:
+        return self.repository.get(calibrator_id)
+
+    def page(
+        self, limit: int, cursor: str | None, model: str | None, dataset: str | None, method: str | None
+    ) -> tuple[list[CalibratorRecord], str | None]:
+        return self.repository.page(limit, cursor, model=model, dataset=dataset, method=method)
+
+    def delete(self, calibrator_id: str) -> None:
+        self.repository.delete(calibrator_id)
+
+    def restored(self, record: CalibratorRecord) -> Calibrator:
+        return restore(record.method, record.params, record.fitted, self.runtime)
+
+    def apply(self, calibrator_id: str, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities of logits with the calibrator's class count (422 names both counts);
+        a calibrator fitted on views takes [N, V, C] views."""
+        record = self.get(calibrator_id)
+        if logits.ndim >= 2 and logits.shape[-1] != record.classes:
+            raise InputError(
+                "logits",
+                f"has C = {logits.shape[-1]} classes; calibrator {record.id} was fitted on C = {record.classes}",
+            )
+        if record.fitted.get("views"):
+            if logits.ndim != 3:
+                raise InputError(
+                    "logits",
+                    f"calibrator {record.id} was fitted on views: send [N, V, C] (view 0 the original), "
+                    f"got shape {list(logits.shape)}",
+                )
+            views, _ = _views(logits, None, "logits", record.method)
+            return self.restored(record).transform(views)
+        return self.restored(record).transform(validate_scores(logits))
+
+    def calibrated_inputs(self, calibrator_id: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """An evaluation's inputs with `logits` replaced by this calibrator's probabilities."""
+        if "logits" not in arrays:
+            raise InputError("logits", "calibrator_id needs 'logits' (a calibrator maps logits to probabilities)")
+        rest = {k: v for k, v in arrays.items() if k != "logits"}
+        return rest | {"probabilities": self.apply(calibrator_id, arrays["logits"])}
+
+    def onnx(self, calibrator_id: str, dtype: np.dtype) -> bytes:
+        """The standalone apply model: input `logits` [N, C] -> output `probabilities`."""
+        serialized: bytes = self.restored(self.get(calibrator_id)).apply_graph(dtype).SerializeToString()
+        return serialized
 
 
 def calibrator_out(record: CalibratorRecord) -> CalibratorOut:
@@ -188,37 +239,3 @@ def calibrator_out(record: CalibratorRecord) -> CalibratorOut:
         dataset=record.dataset,
         tags=record.tags,
     )
-
-
-def restored(record: CalibratorRecord, cache: SessionCache) -> Calibrator:
-    return restore(record.method, record.params, record.fitted, cache)
-
-
-def apply(record: CalibratorRecord, logits: np.ndarray, cache: SessionCache) -> np.ndarray:
-    """Calibrated probabilities of logits with the calibrator's class count (422 names both counts); a
-    calibrator fitted on views takes [N, V, C] views."""
-    if logits.ndim >= 2 and logits.shape[-1] != record.classes:
-        raise InputError(
-            "logits", f"has C = {logits.shape[-1]} classes; calibrator {record.id} was fitted on C = {record.classes}"
-        )
-    if record.fitted.get("views"):
-        if logits.ndim != 3:
-            raise InputError(
-                "logits",
-                f"calibrator {record.id} was fitted on views: send [N, V, C] (view 0 the original), "
-                f"got shape {list(logits.shape)}",
-            )
-        views, _ = _views(logits, None, "logits", record.method)
-        return restored(record, cache).transform(views)
-    batch = validate_batch(logits=logits, labels=np.zeros(len(logits), dtype=np.int64))
-    return restored(record, cache).transform(batch.scores)
-
-
-def calibrated_inputs(
-    record: CalibratorRecord, arrays: dict[str, np.ndarray], cache: SessionCache
-) -> dict[str, np.ndarray]:
-    """An evaluation's inputs with `logits` replaced by this calibrator's probabilities."""
-    if "logits" not in arrays:
-        raise InputError("logits", "calibrator_id needs 'logits' (a calibrator maps logits to probabilities)")
-    rest = {k: v for k, v in arrays.items() if k != "logits"}
-    return rest | {"probabilities": apply(record, arrays["logits"], cache)}

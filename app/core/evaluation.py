@@ -297,6 +297,22 @@ def _check_distribution(name: str, x: np.ndarray) -> None:
         raise InputError(name, f"rows must sum to 1 (row {worst} sums to {row_sums[worst]:.10g})")
 
 
+def validate_scores(raw: np.ndarray, kind: InputKind = "logits") -> np.ndarray:
+    """A finite [N ≥ 1, C ≥ 2] float matrix of logits, or of probabilities (each row a distribution)."""
+    scores = _as_float(kind, raw)
+    if scores.ndim != 2:
+        raise InputError(kind, f"must be a 2-D array [N, C], got shape {list(scores.shape)}")
+    n, c = scores.shape
+    if n == 0:
+        raise InputError(kind, "is empty (N = 0)")
+    if c < 2:
+        raise InputError(kind, f"needs at least 2 classes, got C = {c}")
+    _check_finite(kind, scores)
+    if kind == "probabilities":
+        _check_distribution(kind, scores)
+    return scores
+
+
 def validate_batch(
     *,
     logits: np.ndarray | None = None,
@@ -314,17 +330,8 @@ def validate_batch(
     kind: InputKind = "logits" if logits is not None else "probabilities"
     raw = logits if logits is not None else probabilities
     assert raw is not None
-    scores = _as_float(kind, raw)
-    if scores.ndim != 2:
-        raise InputError(kind, f"must be a 2-D array [N, C], got shape {list(scores.shape)}")
+    scores = validate_scores(raw, kind)
     n, c = scores.shape
-    if n == 0:
-        raise InputError(kind, "is empty (N = 0)")
-    if c < 2:
-        raise InputError(kind, f"needs at least 2 classes, got C = {c}")
-    _check_finite(kind, scores)
-    if kind == "probabilities":
-        _check_distribution(kind, scores)
     dtype = scores.dtype
     batch = Batch(
         scores=scores,

@@ -51,9 +51,13 @@ class SessionCache:
         self._sessions: LruCache[ort.InferenceSession] = LruCache(config.max_cached_sessions)
 
     def get(self, signature: str, build: Callable[[], onnx.ModelProto]) -> ort.InferenceSession:
-        return self._sessions.get(signature, lambda: self._create(build()))
+        return self._sessions.get(signature, lambda: self.create(build()))
 
-    def _create(self, model: onnx.ModelProto) -> ort.InferenceSession:
+    def evict(self, signature: str) -> None:
+        self._sessions.evict(signature)
+
+    def create(self, model: onnx.ModelProto) -> ort.InferenceSession:
+        """An uncached session with the configured provider and options (for a graph used once)."""
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.config.intra_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.core.losses import LossSpec
 from app.core.metrics import MetricSpec
-from app.tags import Tags
-from app.tensors import TENSOR_JSON_SCHEMA
+from app.records import Labels
+from app.tensors import Tensor
 
-NULL_NOTE = (
-    "null where a value is not finite (it overflowed its dtype, e.g. for inputs far beyond the fit data's scale)"
-)
-
-Tensor = Annotated[Any, WithJsonSchema(TENSOR_JSON_SCHEMA)]
 TENSOR_FIELDS = ("logits", "probabilities", "labels", "targets", "teacher_logits", "sample_weight", "embeddings")
 INTEGER_FIELDS = frozenset({"labels"})
 
@@ -27,7 +22,7 @@ def _named(value: Any) -> Any:
     return value
 
 
-class EvaluationRequest(BaseModel):
+class EvaluationRequest(Labels):
     """Predictions (logits or probabilities) with labels (or soft targets), and what to compute.
 
     Conventions: argmax ties go to the lowest class index; AURC sorts by (−confidence, row index);
@@ -58,9 +53,6 @@ class EvaluationRequest(BaseModel):
         description="Uniform bins of the reliability table (the first uniform `ece`'s bins when one is requested).",
     )
     per_sample: bool = Field(False, description="Return per-row loss values too.")
-    model: str | None = Field(None, max_length=256)
-    dataset: str | None = Field(None, max_length=256)
-    tags: Tags = Field(default_factory=dict)
     store: bool = Field(True, description="false: compute and answer without writing (the response id is null).")
     calibrator_id: str | None = Field(
         None, description="Evaluate the probabilities of this stored calibrator applied to `logits`."

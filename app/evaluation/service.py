@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cache
 
 import numpy as np
-from sqlalchemy.orm import Session, sessionmaker
 
+from app.calibration.service import CalibrationService
+from app.core.errors import InputError
 from app.core.evaluation import (
     ROW_CONFIDENCE,
     ROW_PREDICTION,
@@ -28,7 +28,9 @@ from app.core.metrics import DEFAULT_METRICS, DEFAULT_METRICS_WIDE, METRICS, Ece
 from app.core.runtime import SessionCache
 from app.core.specs import TermSpec
 from app.evaluation.schemas import EvaluationOut, EvaluationRequest, Reliability
-from app.storage.evaluations import add_evaluation
+from app.records import new_id, rfc3339, utc_now
+from app.sdm.service import SdmService
+from app.storage.evaluations import EvaluationFilter, EvaluationRepository
 from app.storage.models import Evaluation
 
 
@@ -70,7 +72,7 @@ class ComputedEvaluation:
     plan: EvaluationPlan
     result: EvaluationResult
     per_row: dict[str, np.ndarray]
-    created: datetime = field(default_factory=lambda: datetime.now(UTC).replace(tzinfo=None))
+    created: datetime = field(default_factory=utc_now)
 
     def __post_init__(self) -> None:
         self.losses = finite_or_none(self.result.losses)
@@ -114,35 +116,83 @@ def row_values(array: np.ndarray) -> list[float | None]:
     return [v if ok else None for v, ok in zip(values.tolist(), finite.tolist(), strict=True)]
 
 
-def rfc3339(stamp: datetime) -> str:
-    return stamp.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
+class EvaluationService:
+    """Evaluation use cases. `create` composes the others: a calibrator (by id) turns the logits into
+    the probabilities that are evaluated, while SDM (by id) scores the raw logits with the embeddings;
+    the evaluation with its SDM metrics is then stored in one transaction."""
 
+    def __init__(
+        self,
+        repository: EvaluationRepository,
+        calibrators: CalibrationService,
+        sdm: SdmService,
+        runtime: SessionCache,
+    ) -> None:
+        self.repository, self.calibrators, self.sdm, self.runtime = repository, calibrators, sdm, runtime
 
-def store(computed: ComputedEvaluation, sessions: sessionmaker[Session]) -> str:
-    """Write the evaluation, its values and per-row arrays in one transaction; returns its id."""
-    batch, plan, request = computed.batch, computed.plan, computed.request
-    record = Evaluation(
-        id=uuid.uuid4().hex,
-        created_at=computed.created,
-        model=request.model,
-        dataset=request.dataset,
-        n=computed.result.n,
-        classes=computed.result.classes,
-        dataset_fingerprint=computed.fingerprint,
-        parameters={
-            "input": batch.layout.__dict__,
-            "losses": [s.model_dump(exclude_none=True) for s in plan.losses],
-            "metrics": [s.model_dump(exclude_none=True) for s in plan.metrics],
-            "weighted": batch.sample_weight is not None,
-        },
-        reliability=computed.result.reliability,
-        calibrator_id=request.calibrator_id,
-        sdm_id=request.sdm_id,
-    )
-    arrays = _row_arrays(batch, plan, computed.per_row)
-    with sessions.begin() as session:
-        add_evaluation(session, record, request.tags, computed.losses, computed.metrics, arrays)
-    return record.id
+    def create(self, request: EvaluationRequest, arrays: dict[str, np.ndarray]) -> EvaluationOut:
+        arrays = dict(arrays)
+        embeddings = arrays.pop("embeddings", None)
+        if (embeddings is None) != (request.sdm_id is None):
+            field = "embeddings" if embeddings is None else "sdm_id"
+            raise InputError(field, "give `sdm_id` and `embeddings` together")
+        raw_logits = arrays.get("logits")
+        if request.calibrator_id is not None:
+            arrays = self.calibrators.calibrated_inputs(request.calibrator_id, arrays)
+        computed = compute(request, arrays, self.runtime)
+        if embeddings is not None and request.sdm_id is not None:
+            labels = computed.batch.labels
+            if raw_logits is None or labels is None:
+                raise InputError(
+                    "sdm_id", "SDM metrics need `logits` (the SDM activation uses them) and integer `labels`"
+                )
+            sdm_inputs = {"embeddings": embeddings, "logits": raw_logits}
+            computed.metrics.update(finite_or_none(self.sdm.evaluation_metrics(request.sdm_id, sdm_inputs, labels)))
+        record_id = self.store(computed) if request.store else None
+        return evaluation_out(computed, record_id)
+
+    def store(self, computed: ComputedEvaluation) -> str:
+        """Write the evaluation, its values and per-row arrays in one transaction; returns its id."""
+        batch, plan, request = computed.batch, computed.plan, computed.request
+        record = Evaluation(
+            id=new_id(),
+            created_at=computed.created,
+            model=request.model,
+            dataset=request.dataset,
+            n=computed.result.n,
+            classes=computed.result.classes,
+            dataset_fingerprint=computed.fingerprint,
+            parameters={
+                "input": batch.layout.__dict__,
+                "losses": [s.model_dump(exclude_none=True) for s in plan.losses],
+                "metrics": [s.model_dump(exclude_none=True) for s in plan.metrics],
+                "weighted": batch.sample_weight is not None,
+            },
+            reliability=computed.result.reliability,
+            calibrator_id=request.calibrator_id,
+            sdm_id=request.sdm_id,
+        )
+        arrays = _row_arrays(batch, plan, computed.per_row)
+        return self.repository.add(record, request.tags, computed.losses, computed.metrics, arrays).id
+
+    def get(self, evaluation_id: str, per_sample: bool = False) -> EvaluationOut:
+        record = self.repository.get(evaluation_id)
+        rows = None
+        if per_sample:
+            rows = {k.removeprefix("loss."): v for k, v in self.repository.arrays(evaluation_id, "loss.").items()}
+        return stored_evaluation_out(record, rows)
+
+    def page(self, filters: EvaluationFilter, limit: int, cursor: str | None) -> tuple[list[EvaluationOut], str | None]:
+        rows, next_cursor = self.repository.page(filters, limit, cursor)
+        return [stored_evaluation_out(r) for r in rows], next_cursor
+
+    def set_tags(self, evaluation_id: str, tags: dict[str, str]) -> EvaluationOut:
+        """`caliper promote EVAL_ID --tag prod` sets tag `prod`; a gate's baseline selector then picks
+        the newest evaluation with it."""
+        return stored_evaluation_out(self.repository.set_tags(evaluation_id, tags))
+
+    def delete(self, evaluation_id: str) -> None:
+        self.repository.delete(evaluation_id)
 
 
 def evaluation_out(computed: ComputedEvaluation, record_id: str | None) -> EvaluationOut:
@@ -166,18 +216,6 @@ def evaluation_out(computed: ComputedEvaluation, record_id: str | None) -> Evalu
         sdm_id=request.sdm_id,
         per_sample=per_sample,
     )
-
-
-def evaluate_and_store(
-    request: EvaluationRequest,
-    arrays: dict[str, np.ndarray],
-    cache: SessionCache,
-    sessions: sessionmaker[Session] | None,
-) -> EvaluationOut:
-    """Compute, then (unless store is false) write: the whole use case in one call."""
-    computed = compute(request, arrays, cache)
-    record_id = store(computed, sessions) if request.store and sessions is not None else None
-    return evaluation_out(computed, record_id)
 
 
 def stored_evaluation_out(record: Evaluation, per_sample: dict[str, np.ndarray] | None = None) -> EvaluationOut:

@@ -49,30 +49,18 @@ class LocalBackend:
 
     def evaluate(self, logits: np.ndarray, labels: np.ndarray, options: dict[str, Any]) -> dict[str, Any]:
         from app.evaluation.schemas import EvaluationRequest
-        from app.evaluation.service import evaluate_and_store
 
-        out = evaluate_and_store(
-            EvaluationRequest.model_validate(options),
-            {"logits": logits, "labels": labels},
-            self.resources.cache,
-            self.resources.sessions,
-        )
+        request = EvaluationRequest.model_validate(options)
+        out = self.resources.evaluations.create(request, {"logits": logits, "labels": labels})
         return out.model_dump(mode="json")
 
     def gate(self, body: dict[str, Any]) -> dict[str, Any]:
         from app.gating.schemas import GateRequest
-        from app.gating.service import evaluate_gate
 
-        with self.resources.sessions.begin() as session:
-            _, out = evaluate_gate(session, GateRequest.model_validate(body))
-        return out.model_dump(mode="json")
+        return self.resources.gates.create(GateRequest.model_validate(body)).model_dump(mode="json")
 
     def tag(self, evaluation_id: str, tags: dict[str, str]) -> dict[str, Any]:
-        from app.evaluation.service import stored_evaluation_out
-        from app.gating.service import add_tags
-
-        with self.resources.sessions.begin() as session:
-            return stored_evaluation_out(add_tags(session, evaluation_id, tags)).model_dump(mode="json")
+        return self.resources.evaluations.set_tags(evaluation_id, tags).model_dump(mode="json")
 
 
 def load_policy(path: Path) -> dict[str, Any]:

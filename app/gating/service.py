@@ -3,48 +3,18 @@ arrays where the metric allows it, check every rule, store the verdict."""
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from app.core.bootstrap import RowValues, bootstrap_differences, percentile_interval
 from app.core.errors import InputError
-from app.evaluation.service import rfc3339
 from app.gating import rules as gate_rules
 from app.gating.schemas import BaselineSelector, GateOut, GateRequest, RuleResult
-from app.storage.evaluations import get_evaluation, load_arrays
-from app.storage.models import Evaluation, EvaluationTag, GateRecord
-
-
-class NotFoundError(LookupError):
-    pass
-
-
-def resolve_baseline(session: Session, baseline: str | BaselineSelector) -> Evaluation:
-    if isinstance(baseline, str):
-        record = get_evaluation(session, baseline)
-        if record is None:
-            raise NotFoundError(f"no evaluation with id {baseline!r} (baseline)")
-        return record
-    query = select(Evaluation)
-    if baseline.model is not None:
-        query = query.where(Evaluation.model == baseline.model)
-    if baseline.dataset is not None:
-        query = query.where(Evaluation.dataset == baseline.dataset)
-    if baseline.tag is not None:
-        key, sep, value = baseline.tag.partition(":")
-        tagged = select(EvaluationTag.evaluation_id).where(EvaluationTag.key == key)
-        if sep:
-            tagged = tagged.where(EvaluationTag.value == value)
-        query = query.where(Evaluation.id.in_(tagged))
-    record = session.scalars(query.order_by(Evaluation.created_at.desc(), Evaluation.id.desc()).limit(1)).first()
-    if record is None:
-        raise NotFoundError(f"no evaluation matches the baseline selector {baseline.model_dump(exclude_none=True)}")
-    return record
+from app.records import new_id, rfc3339, utc_now
+from app.storage.evaluations import EvaluationFilter, EvaluationRepository
+from app.storage.models import Evaluation, GateRecord
+from app.storage.repository import NotFoundError, Repository
 
 
 def _values(record: Evaluation) -> dict[str, tuple[str, float | None]]:
@@ -91,7 +61,7 @@ def row_values(record: Evaluation, arrays: dict[str, np.ndarray], kind: str, key
 
 
 def _intervals(
-    session: Session,
+    evaluations: EvaluationRepository,
     request: GateRequest,
     candidate: Evaluation,
     baseline: Evaluation,
@@ -103,7 +73,7 @@ def _intervals(
     if request.significance is None:
         return {}, {}
     pairs, indices, notes = [], [], {}
-    arrays_c, arrays_b = load_arrays(session, candidate.id), load_arrays(session, baseline.id)  # once per gate
+    arrays_c, arrays_b = evaluations.arrays(candidate.id), evaluations.arrays(baseline.id)  # once per gate
     for index, rule in enumerate(request.rules):
         kind = values.get(rule.metric, ("metric", None))[0]
         if rule.op in ("min", "max"):
@@ -128,17 +98,16 @@ def _intervals(
     return intervals, notes
 
 
-def evaluate_gate(session: Session, request: GateRequest) -> tuple[GateRecord, GateOut]:
-    candidate = get_evaluation(session, request.candidate)
-    if candidate is None:
-        raise NotFoundError(f"no evaluation with id {request.candidate!r} (candidate)")
-    baseline = resolve_baseline(session, request.baseline)
+def judge(evaluations: EvaluationRepository, request: GateRequest) -> GateRecord:
+    """Check every rule of `request` on the candidate against its baseline: the verdict to store."""
+    candidate = evaluations.get(request.candidate, "candidate")
+    baseline = resolve_baseline(evaluations, request.baseline)
     if baseline.id == candidate.id:
         raise InputError("baseline", "the baseline is the candidate itself")
     paired = candidate.dataset_fingerprint == baseline.dataset_fingerprint and candidate.n == baseline.n
     mode = None if request.significance is None else ("paired" if paired else "unpaired")
     cand_values, base_values = _values(candidate), _values(baseline)
-    intervals, notes = _intervals(session, request, candidate, baseline, cand_values, paired)
+    intervals, notes = _intervals(evaluations, request, candidate, baseline, cand_values, paired)
     results: list[RuleResult] = []
     for index, rule in enumerate(request.rules):
         kind, cand = cand_values.get(rule.metric, ("metric", None))
@@ -163,17 +132,46 @@ def evaluate_gate(session: Session, request: GateRequest) -> tuple[GateRecord, G
         )
     failed = [r for r in results if not r.passed]
     verdict = "fail" if any(r.severity == "fail" for r in failed) else ("warn" if failed else "pass")
-    record = GateRecord(
-        id=uuid.uuid4().hex,
-        created_at=datetime.now(UTC).replace(tzinfo=None),
+    return GateRecord(
+        id=new_id(),
+        created_at=utc_now(),
         candidate_id=candidate.id,
         baseline_id=baseline.id,
         verdict=verdict,
         request=request.model_dump(mode="json"),
         report={"bootstrap": mode, "rules": [r.model_dump(mode="json") for r in results]},
     )
-    session.add(record)
-    return record, gate_out(record)
+
+
+class GateService:
+    """Gate use cases: judge and store a verdict, look verdicts up, list them."""
+
+    def __init__(self, evaluations: EvaluationRepository, gates: Repository[GateRecord]) -> None:
+        self.evaluations, self.gates = evaluations, gates
+
+    def create(self, request: GateRequest) -> GateOut:
+        return gate_out(self.gates.add(judge(self.evaluations, request)))
+
+    def get(self, gate_id: str) -> GateOut:
+        return gate_out(self.gates.get(gate_id))
+
+    def page(self, limit: int, cursor: str | None, candidate: str | None) -> tuple[list[GateOut], str | None]:
+        rows, next_cursor = self.gates.page(limit, cursor, candidate_id=candidate)
+        return [gate_out(r) for r in rows], next_cursor
+
+
+def resolve_baseline(evaluations: EvaluationRepository, baseline: str | BaselineSelector) -> Evaluation:
+    """The baseline by id, or the newest evaluation matching the selector (a tag `key` or `key:value`)."""
+    if isinstance(baseline, str):
+        return evaluations.get(baseline, "baseline")
+    tags: tuple[tuple[str, str | None], ...] = ()
+    if baseline.tag is not None:
+        key, sep, value = baseline.tag.partition(":")
+        tags = ((key, value if sep else None),)
+    record = evaluations.newest(EvaluationFilter(baseline.model, baseline.dataset, tags))
+    if record is None:
+        raise NotFoundError(f"no evaluation matches the baseline selector {baseline.model_dump(exclude_none=True)}")
+    return record
 
 
 def gate_out(record: GateRecord) -> GateOut:
@@ -187,18 +185,3 @@ def gate_out(record: GateRecord) -> GateOut:
         rules=[RuleResult.model_validate(r) for r in record.report["rules"]],
         request=record.request,
     )
-
-
-def add_tags(session: Session, evaluation_id: str, tags: dict[str, str]) -> Evaluation:
-    """Set tags on a stored evaluation (`caliper promote`); an existing key gets the new value."""
-    record = get_evaluation(session, evaluation_id)
-    if record is None:
-        raise NotFoundError(f"no evaluation with id {evaluation_id!r}")
-    current = {t.key: t for t in record.tags}
-    for key, value in tags.items():
-        if key in current:
-            current[key].value = value
-        else:
-            record.tags.append(EvaluationTag(key=key, value=value))
-    session.flush()
-    return record

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from pydantic import ValidationError
-from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.errors import InputError
 from app.core.lru import LruCache
@@ -29,11 +25,12 @@ from app.core.mahalanobis import (
 from app.core.neighbours import nearest
 from app.core.runtime import SessionCache
 from app.core.validation import float_matrix, precision_dtype
-from app.evaluation.service import rfc3339
 from app.ood.ensembles import check_layers, layers_of, logistic_weights, weights_for
 from app.ood.schemas import DetectorOut, DetectorRequest, KnnParams, MahalanobisParams, VimParams
+from app.records import new_id, rfc3339, utc_now
 from app.storage.blobs import decode_arrays, encode_arrays
 from app.storage.models import DetectorRecord
+from app.storage.repository import Repository
 
 
 def _normalized(x: np.ndarray, normalize: bool) -> np.ndarray:
@@ -163,7 +160,7 @@ def _fit_ensemble(
             for index, name in enumerate(names):
                 layer_fit, layer_params = per_layer[index]
                 graph = scoring_model_from(layer_fit, request.method, layer_params, np.dtype(np.float64))
-                session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+                session = cache.create(graph)
                 for column, given, side in ((columns_in, valid_in, "in"), (columns_out, valid_out, "out")):
                     x = float_matrix(given[name], f"validation.features_{side}.{name}", dims[index]).astype(np.float64)
                     column.append(session.run(None, {"features": x})[0])
@@ -202,37 +199,6 @@ def _fit_vim(
     return fitted, {"dim": params.dim}, info, int(weight.shape[0])
 
 
-def store_detector(
-    request: DetectorRequest,
-    fitted: dict[str, np.ndarray],
-    params: dict[str, Any],
-    info: dict[str, Any],
-    classes: int,
-    sessions: sessionmaker[Session],
-) -> DetectorRecord:
-    if "dims" in params:
-        dim = int(sum(params["dims"]))
-    else:
-        first = next(k for k in ("support", "origin", "mean", "pc_means") if k in fitted)
-        dim = int(fitted[first].shape[-1])
-    record = DetectorRecord(
-        id=uuid.uuid4().hex,
-        created_at=datetime.now(UTC).replace(tzinfo=None),
-        method=request.method,
-        classes=classes,
-        dim=dim,
-        model=request.model,
-        dataset=request.dataset,
-        tags=request.tags,
-        params=params,
-        fit_info=info,
-        arrays=encode_arrays(fitted),
-    )
-    with sessions.begin() as session:
-        session.add(record)
-    return record
-
-
 def scoring_model_from(
     arrays: dict[str, np.ndarray], method: str, params: dict[str, Any], dtype: np.dtype
 ) -> onnx.ModelProto:
@@ -253,60 +219,111 @@ def scoring_model_from(
     return scoring_graph(model, dtype)
 
 
-def _layer_arrays(record: DetectorRecord, index: int | None) -> dict[str, np.ndarray]:
-    arrays = decode_arrays(record.arrays, f"detector {record.id}")
-    if index is None:
-        return arrays
-    prefix = f"layer{index}."
-    return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+class DetectorService:
+    """Detector use cases: fit and store, look up, list, delete, score. Decoded fitted arrays are kept
+    per detector (KNN scoring reads its whole support on every request); deleting one evicts them and
+    its scoring sessions."""
 
+    DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
-# KNN scoring reads the fit features on every request: decoded once per detector (ids are never reused).
-_KNN_SUPPORT: LruCache[dict[str, np.ndarray]] = LruCache(capacity=8)
+    def __init__(self, repository: Repository[DetectorRecord], runtime: SessionCache, capacity: int = 8) -> None:
+        self.repository, self.runtime = repository, runtime
+        self._fitted: LruCache[dict[str, np.ndarray]] = LruCache(capacity)
 
+    def create(self, request: DetectorRequest, arrays: dict[str, np.ndarray]) -> DetectorRecord:
+        fitted, params, info, classes = fit_detector(request, arrays, self.runtime)
+        if "dims" in params:
+            dim = int(sum(params["dims"]))
+        else:
+            first = next(k for k in ("support", "origin", "mean", "pc_means") if k in fitted)
+            dim = int(fitted[first].shape[-1])
+        return self.repository.add(
+            DetectorRecord(
+                id=new_id(),
+                created_at=utc_now(),
+                method=request.method,
+                classes=classes,
+                dim=dim,
+                model=request.model,
+                dataset=request.dataset,
+                tags=request.tags,
+                params=params,
+                fit_info=info,
+                arrays=encode_arrays(fitted),
+            )
+        )
 
-def score(
-    record: DetectorRecord, arrays: dict[str, np.ndarray], cache: SessionCache, field: str = "features"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Outlier scores (higher = more OOD) and nearest classes, in chunks bounded by bytes (knn: the
-    exact search of app.core.neighbours, support in chunks with a running top-k). An ensemble sums
-    w_l·s_l over its layers (given as `field.<layer>`) and reports the nearest class of its last layer."""
-    names = record.params.get("layers")
-    if not names:
-        return _score_layer(record, None, float_matrix(arrays.get(field), field, record.dim), cache)
-    given = layers_of(arrays, field)
-    check_layers(given, names, field)
-    total: np.ndarray | None = None
-    nearest = np.zeros(0, dtype=np.int64)
-    for index, name in enumerate(names):
-        features = float_matrix(given[name], f"{field}.{name}", int(record.params["dims"][index]))
-        scores, nearest = _score_layer(record, index, features, cache)
-        weighted = float(record.params["layer_weights"][name]) * scores.astype(np.float64)
-        if total is not None and len(weighted) != len(total):
-            raise InputError(f"{field}.{name}", "every layer must have the same rows")
-        total = weighted if total is None else total + weighted
-    assert total is not None
-    return total, nearest
+    def get(self, detector_id: str) -> DetectorRecord:
+        return self.repository.get(detector_id)
 
+    def page(self, limit: int, cursor: str | None, model: str | None) -> tuple[list[DetectorRecord], str | None]:
+        return self.repository.page(limit, cursor, model=model)
 
-def _score_layer(
-    record: DetectorRecord, index: int | None, features: np.ndarray, cache: SessionCache
-) -> tuple[np.ndarray, np.ndarray]:
-    dtype = features.dtype
-    if record.method == "knn":  # the exact search of the SDM estimator, on L2-normalised features
-        arrays = _KNN_SUPPORT.get(f"{record.id}:{index}", lambda: _layer_arrays(record, index))
-        support = arrays["support"]
-        unit = _normalized(features.astype(np.float64), True).astype(support.dtype)
-        found = nearest(unit, support, int(record.params["k"]), cache)
-        return np.sqrt(found.distances[:, -1]), arrays["support_labels"][found.indices[:, 0]]
-    session = cache.get(
-        f"detector:{record.id}:{index}:{dtype}",
-        lambda: scoring_model_from(_layer_arrays(record, index), record.method, record.params, dtype),
-    )
-    copies = record.classes if record.params.get("covariance") == "per_class" else 1  # [chunk, C·D] whitened
-    spans = cache.chunking.spans(len(features), 8 * copies * features.shape[1])
-    parts = [session.run(None, {"features": features[a:b]}) for a, b in spans]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    def delete(self, detector_id: str) -> None:
+        record = self.repository.get(detector_id)
+        self.repository.delete(detector_id)
+        self._fitted.evict(detector_id)
+        for index in self._layer_indices(record):
+            for dtype in self.DTYPES:
+                self.runtime.evict(self._signature(detector_id, index, dtype))
+
+    def score(
+        self, detector_id: str, arrays: dict[str, np.ndarray], field: str = "features"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Outlier scores (higher = more OOD) and nearest classes, in chunks (knn: the exact search of
+        app.core.neighbours, support in chunks with a running top-k). An ensemble sums w_l·s_l over its
+        layers (given as `field.<layer>`) and reports the nearest class of its last layer."""
+        record = self.get(detector_id)
+        names = record.params.get("layers")
+        if not names:
+            return self._score_layer(record, None, float_matrix(arrays.get(field), field, record.dim))
+        given = layers_of(arrays, field)
+        check_layers(given, names, field)
+        total: np.ndarray | None = None
+        nearest_class = np.zeros(0, dtype=np.int64)
+        for index, name in enumerate(names):
+            features = float_matrix(given[name], f"{field}.{name}", int(record.params["dims"][index]))
+            scores, nearest_class = self._score_layer(record, index, features)
+            weighted = float(record.params["layer_weights"][name]) * scores.astype(np.float64)
+            if total is not None and len(weighted) != len(total):
+                raise InputError(f"{field}.{name}", "every layer must have the same rows")
+            total = weighted if total is None else total + weighted
+        assert total is not None
+        return total, nearest_class
+
+    @staticmethod
+    def _layer_indices(record: DetectorRecord) -> list[int | None]:
+        return list(range(len(record.params["layers"]))) if record.params.get("layers") else [None]
+
+    @staticmethod
+    def _signature(detector_id: str, index: int | None, dtype: np.dtype) -> str:
+        return f"detector:{detector_id}:{index}:{dtype}"
+
+    def _layer_arrays(self, record: DetectorRecord, index: int | None) -> dict[str, np.ndarray]:
+        arrays = self._fitted.get(record.id, lambda: decode_arrays(record.arrays, f"detector {record.id}"))
+        if index is None:
+            return arrays
+        prefix = f"layer{index}."
+        return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+    def _score_layer(
+        self, record: DetectorRecord, index: int | None, features: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        dtype = features.dtype
+        if record.method == "knn":  # the exact search of the SDM estimator, on L2-normalised features
+            arrays = self._layer_arrays(record, index)
+            support = arrays["support"]
+            unit = _normalized(features.astype(np.float64), True).astype(support.dtype)
+            found = nearest(unit, support, int(record.params["k"]), self.runtime)
+            return np.sqrt(found.distances[:, -1]), arrays["support_labels"][found.indices[:, 0]]
+        session = self.runtime.get(
+            self._signature(record.id, index, dtype),
+            lambda: scoring_model_from(self._layer_arrays(record, index), record.method, record.params, dtype),
+        )
+        copies = record.classes if record.params.get("covariance") == "per_class" else 1  # [chunk, C·D] whitened
+        spans = self.runtime.chunking.spans(len(features), 8 * copies * features.shape[1])
+        parts = [session.run(None, {"features": features[a:b]}) for a, b in spans]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def detector_out(record: DetectorRecord) -> DetectorOut:

@@ -10,8 +10,8 @@ from app.core.logit_scores import SCORES, ScoreSpec
 from app.core.ood_metrics import PrIntegral
 from app.core.specs import TermSpec
 from app.core.validation import Precision
-from app.evaluation.schemas import NULL_NOTE, Tensor
-from app.tags import Tags
+from app.records import Labels
+from app.tensors import NULL_NOTE, Tensor
 
 SCORE_TENSORS = ("logits",)
 EVALUATE_TENSORS = ("scores_in", "scores_out", "features_in", "features_out", "features_in.*", "features_out.*")
@@ -121,7 +121,7 @@ class VimParams(BaseModel):
     dim: int = Field(ge=1, description="Principal subspace dimension d (1 ≤ d < D).")
 
 
-class DetectorRequest(BaseModel):
+class DetectorRequest(Labels):
     """Fit a detector on in-distribution features and labels. Scores are higher for more OOD inputs:
     mahalanobis = min_c d_c²; relative_mahalanobis = min_c d_c² − d_0² (Ren et al. 2021); knn = the
     distance of the L2-normalised feature to its k-th nearest normalised fit feature (Sun et al. 2022;
@@ -148,10 +148,6 @@ class DetectorRequest(BaseModel):
     def typed_params(self) -> MahalanobisParams | KnnParams | VimParams:
         model = {"knn": KnnParams, "vim": VimParams}.get(self.method, MahalanobisParams)
         return model.model_validate(self.params)  # type: ignore[attr-defined, no-any-return]
-
-    model: str | None = Field(None, max_length=256)
-    dataset: str | None = Field(None, max_length=256)
-    tags: Tags = Field(default_factory=dict)
 
 
 class DetectorOut(BaseModel):

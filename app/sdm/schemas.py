@@ -5,8 +5,8 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.validation import Precision
-from app.evaluation.schemas import NULL_NOTE, Tensor
-from app.tags import Tags
+from app.records import Labels
+from app.tensors import NULL_NOTE, Tensor
 
 FIT_TENSORS = tuple(
     f"{part}.{name}" for part in ("support", "calibration") for name in ("embeddings", "logits", "labels")
@@ -56,7 +56,7 @@ class LabelledSetIn(BaseModel):
     labels: Tensor = Field(None, description="[N] true labels in [0, C).")
 
 
-class SdmRequest(BaseModel):
+class SdmRequest(Labels):
     """Fit the SDM estimator (sdm.md §8): neighbours of the calibration points among the support points
     (exact squared L2, ties by support index), q, the per-class distance eCDFs, d, the SDM activation,
     q′ and the Alg. 1 threshold search for q′_min and ψ. Support and calibration must be disjoint and come
@@ -73,9 +73,6 @@ class SdmRequest(BaseModel):
         "a part named by its dotted path (support.embeddings, calibration.labels, …).",
     )
     params: SdmParams = Field(default_factory=SdmParams)
-    model: str | None = Field(None, max_length=256)
-    dataset: str | None = Field(None, max_length=256)
-    tags: Tags = Field(default_factory=dict)
 
 
 class SdmLoss(BaseModel):

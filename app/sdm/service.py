@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import math
-import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy.orm import Session, sessionmaker
 
 from app.core.errors import InputError
 from app.core.evaluation import validate_batch
@@ -17,10 +14,11 @@ from app.core.neighbours import distances_stay_finite
 from app.core.runtime import SessionCache
 from app.core.sdm import LabelledSet, Scores, SdmEstimator
 from app.core.validation import float_matrix
-from app.evaluation.service import rfc3339
+from app.records import new_id, rfc3339, utc_now
 from app.sdm.schemas import CalibrationReport, ScoreSummary, SdmOut, SdmParams, SdmRequest, SdmScoresOut
 from app.storage.blobs import decode_arrays, encode_arrays
 from app.storage.models import SdmRecord
+from app.storage.repository import SdmRepository
 
 EMPTY_REGION = (
     "no threshold q′_min attains α for every class on this calibration set (sdm.md §4.7): the high-reliability "
@@ -91,39 +89,6 @@ def fit(request: SdmRequest, arrays: dict[str, np.ndarray], cache: SessionCache)
     return estimator, extra
 
 
-def store(
-    request: SdmRequest, estimator: SdmEstimator, n_calibration: int, sessions: sessionmaker[Session]
-) -> SdmRecord:
-    """One row with the JSON summary and the fitted arrays (support exemplars included) as one blob."""
-    support = estimator.support_embeddings_
-    record = SdmRecord(
-        id=uuid.uuid4().hex,
-        created_at=datetime.now(UTC).replace(tzinfo=None),
-        classes=len(estimator.psi_),
-        dim=int(support.shape[1]),
-        n_support=len(support),
-        n_calibration=n_calibration,
-        model=request.model,
-        dataset=request.dataset,
-        tags=request.tags,
-        params=request.params.model_dump(mode="json"),
-        fitted={
-            "q_min": estimator.q_min_ if math.isfinite(estimator.q_min_) else None,
-            "psi": [float(v) for v in estimator.psi_],
-            "k": estimator.k_,
-        },
-        calibration={
-            **estimator.calibration_,
-            "distance_ecdf_sizes": [len(v) for v in estimator.distance_ecdfs_],
-            "similarity_ecdf_sizes": [len(v) for v in estimator.similarity_ecdfs_],
-        },
-        arrays=encode_arrays(estimator.fitted_arrays()),
-    )
-    with sessions.begin() as session:
-        session.add(record)
-    return record
-
-
 def sdm_out(record: SdmRecord, support_statistics: dict[str, Any] | None = None) -> SdmOut:
     q_min = record.fitted["q_min"]
     alpha = float(record.params["alpha"])
@@ -150,36 +115,74 @@ def sdm_out(record: SdmRecord, support_statistics: dict[str, Any] | None = None)
     )
 
 
-class EstimatorCache:
-    """Loaded estimators by record id (records never change; deleting one evicts it), so scoring does not
-    decode the support blob on every request. Bounded by count: support sets can be large."""
+class SdmService:
+    """SDM use cases: fit and store, look up, list, delete, score, and the metrics an evaluation with
+    `sdm_id` adds. Loaded estimators are kept by id (records never change; deleting one evicts it), so
+    scoring does not decode the support blob on every request; bounded by count, supports are large."""
 
-    def __init__(self, capacity: int = 4) -> None:
-        self._items: LruCache[SdmEstimator] = LruCache(capacity)
+    def __init__(self, repository: SdmRepository, runtime: SessionCache, capacity: int = 4) -> None:
+        self.repository, self.runtime = repository, runtime
+        self._estimators: LruCache[SdmEstimator] = LruCache(capacity)
 
-    def get(self, record: SdmRecord, cache: SessionCache) -> SdmEstimator:
+    def create(self, request: SdmRequest, arrays: dict[str, np.ndarray]) -> tuple[SdmRecord, dict[str, Any]]:
+        """Fit, store one row with the JSON summary and the fitted arrays (support exemplars included)
+        as one blob; returns the record and (when asked) the support statistics."""
+        estimator, support_statistics = fit(request, arrays, self.runtime)
+        support = estimator.support_embeddings_
+        record = SdmRecord(
+            id=new_id(),
+            created_at=utc_now(),
+            classes=len(estimator.psi_),
+            dim=int(support.shape[1]),
+            n_support=len(support),
+            n_calibration=len(arrays["calibration.labels"]),
+            model=request.model,
+            dataset=request.dataset,
+            tags=request.tags,
+            params=request.params.model_dump(mode="json"),
+            fitted={
+                "q_min": estimator.q_min_ if math.isfinite(estimator.q_min_) else None,
+                "psi": [float(v) for v in estimator.psi_],
+                "k": estimator.k_,
+            },
+            calibration={
+                **estimator.calibration_,
+                "distance_ecdf_sizes": [len(v) for v in estimator.distance_ecdfs_],
+                "similarity_ecdf_sizes": [len(v) for v in estimator.similarity_ecdfs_],
+            },
+            arrays=encode_arrays(estimator.fitted_arrays()),
+        )
+        return self.repository.add(record), support_statistics
+
+    def get(self, sdm_id: str) -> SdmRecord:
+        return self.repository.get(sdm_id)
+
+    def page(self, limit: int, cursor: str | None, model: str | None) -> tuple[list[SdmRecord], str | None]:
+        return self.repository.page(limit, cursor, model=model)
+
+    def delete(self, sdm_id: str) -> None:
+        self.repository.delete(sdm_id)
+        self._estimators.evict(sdm_id)
+
+    def estimator(self, record: SdmRecord) -> SdmEstimator:
         """The record's estimator; its blob is read (a deferred column) only when not cached."""
         alpha, k = float(record.params["alpha"]), int(record.fitted["k"])
-        return self._items.get(
-            record.id, lambda: SdmEstimator(alpha, k, cache).load(decode_arrays(record.arrays, f"sdm {record.id}"))
+        return self._estimators.get(
+            record.id,
+            lambda: SdmEstimator(alpha, k, self.runtime).load(
+                decode_arrays(self.repository.fitted_blob(record.id), f"sdm {record.id}")
+            ),
         )
 
-    def evict(self, record_id: str) -> None:
-        self._items.evict(record_id)
+    def score(self, sdm_id: str, arrays: dict[str, np.ndarray]) -> tuple[SdmRecord, Scores]:
+        """Score embeddings and logits with a stored estimator, loaded (or reused from the cache)."""
+        record = self.get(sdm_id)
+        return record, score_rows(self.estimator(record), record, arrays)
 
-
-def score_stored(
-    record: SdmRecord,
-    arrays: dict[str, np.ndarray],
-    sessions: sessionmaker[Session],
-    estimators: EstimatorCache,
-    cache: SessionCache,
-) -> Scores:
-    """Score validated embeddings and logits with a stored estimator, loaded (or reused from the cache)."""
-    with sessions() as session:  # the blob is deferred: loaded only when the model is not cached
-        session.add(record)
-        estimator = estimators.get(record, cache)
-    return score_rows(estimator, record, arrays)
+    def evaluation_metrics(self, sdm_id: str, arrays: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
+        """What an evaluation with `sdm_id` adds, from the raw logits and embeddings of its rows."""
+        _, scores = self.score(sdm_id, arrays)
+        return evaluation_metrics(scores, labels)
 
 
 def score_rows(estimator: SdmEstimator, record: SdmRecord, arrays: dict[str, np.ndarray]) -> Scores:

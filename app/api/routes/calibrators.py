@@ -10,10 +10,9 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.api.bodies import NPZ, read_tensor_body, tensor_request_body
-from app.api.deps import get_resources, load_calibrator, resources_of
+from app.api.deps import get_resources, resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.problems import PROBLEM_RESPONSES, ProblemError
-from app.calibration import service
 from app.calibration.schemas import (
     FIT_TENSORS,
     INTEGER_TENSORS,
@@ -22,8 +21,8 @@ from app.calibration.schemas import (
     CalibratorOut,
     CalibratorRequest,
 )
+from app.calibration.service import calibrator_out
 from app.context import Resources
-from app.storage.calibrators import delete_calibrator, list_calibrators
 from app.storage.pagination import Page
 
 router = APIRouter(prefix="/v1/calibrators", tags=["calibrators"], route_class=StrictJsonRoute)
@@ -42,9 +41,8 @@ async def create_calibrator(request: Request) -> Response:
     resources = resources_of(request)
     options, arrays = await read_tensor_body(request, FIT_TENSORS, INTEGER_TENSORS)
     body = CalibratorRequest.model_validate(options)
-    calibrator, params, report, classes = await run_in_threadpool(service.fit, body, arrays, resources.cache)
-    record = await run_in_threadpool(service.store, body, calibrator, params, report, classes, resources.sessions)
-    return Response(service.calibrator_out(record).model_dump_json(), status_code=201, media_type="application/json")
+    record = await run_in_threadpool(resources.calibrators.create, body, arrays)
+    return Response(calibrator_out(record).model_dump_json(), status_code=201, media_type="application/json")
 
 
 @router.get(
@@ -58,21 +56,18 @@ def list_(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> Page[CalibratorOut]:
-    with resources.sessions() as session:
-        rows, next_cursor = list_calibrators(session, model, dataset, method, limit, cursor)
-    return Page[CalibratorOut](items=[service.calibrator_out(r) for r in rows], next_cursor=next_cursor)
+    rows, next_cursor = resources.calibrators.page(limit, cursor, model, dataset, method)
+    return Page[CalibratorOut](items=[calibrator_out(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get("/{calibrator_id}", response_model=CalibratorOut, summary="One calibrator", responses=PROBLEM_RESPONSES)
 def get(calibrator_id: str, resources: ResourcesDep) -> CalibratorOut:
-    return service.calibrator_out(load_calibrator(resources, calibrator_id))
+    return calibrator_out(resources.calibrators.get(calibrator_id))
 
 
 @router.delete("/{calibrator_id}", status_code=204, summary="Delete a calibrator", responses=PROBLEM_RESPONSES)
 def delete(calibrator_id: str, resources: ResourcesDep) -> Response:
-    with resources.sessions.begin() as session:
-        if not delete_calibrator(session, calibrator_id):
-            raise ProblemError(404, f"no calibrator with id {calibrator_id!r}")
+    resources.calibrators.delete(calibrator_id)
     return Response(status_code=204)
 
 
@@ -89,8 +84,7 @@ async def apply(calibrator_id: str, request: Request) -> Response:
     ApplyRequest.model_validate(options)
     if "logits" not in arrays:
         raise ProblemError(422, "logits: required", [{"field": "logits", "message": "required"}])
-    record = await run_in_threadpool(load_calibrator, resources, calibrator_id)
-    probabilities = await run_in_threadpool(service.apply, record, arrays["logits"], resources.cache)
+    probabilities = await run_in_threadpool(resources.calibrators.apply, calibrator_id, arrays["logits"])
     if NPZ in request.headers.get("accept", ""):
         buffer = io.BytesIO()
         np.savez(buffer, probabilities=probabilities)
@@ -111,10 +105,8 @@ def export(
     resources: ResourcesDep,
     dtype: Annotated[str, Query(pattern="^(float32|float64)$", description="Input/output dtype.")] = "float32",
 ) -> Response:
-    record = load_calibrator(resources, calibrator_id)
-    model = service.restored(record, resources.cache).apply_graph(np.dtype(dtype))
     return Response(
-        model.SerializeToString(),
+        resources.calibrators.onnx(calibrator_id, np.dtype(dtype)),
         media_type="application/octet-stream",
         headers={"content-disposition": f'attachment; filename="calibrator-{calibrator_id}.onnx"'},
     )

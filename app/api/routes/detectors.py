@@ -5,16 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from sqlalchemy import delete as sql_delete
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from app.api.bodies import read_tensor_body, tensor_request_body
-from app.api.deps import get_resources, load_detector, resources_of
+from app.api.deps import get_resources, resources_of
 from app.api.json_body import StrictJsonRoute
-from app.api.problems import PROBLEM_RESPONSES, ProblemError
+from app.api.problems import PROBLEM_RESPONSES
 from app.context import Resources
-from app.ood import detectors
+from app.ood.detectors import detector_out
 from app.ood.schemas import (
     DETECTOR_TENSORS,
     SCORE_FEATURES,
@@ -23,8 +21,7 @@ from app.ood.schemas import (
     DetectorScoresOut,
     ScoreRequest,
 )
-from app.storage.models import DetectorRecord
-from app.storage.pagination import Page, page
+from app.storage.pagination import Page
 
 router = APIRouter(prefix="/v1/detectors", tags=["detectors"], route_class=StrictJsonRoute)
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
@@ -42,9 +39,8 @@ async def create_detector(request: Request) -> Response:
     resources = resources_of(request)
     options, arrays = await read_tensor_body(request, DETECTOR_TENSORS, frozenset({"labels"}))
     body = DetectorRequest.model_validate(options)
-    fitted, params, info, classes = await run_in_threadpool(detectors.fit_detector, body, arrays, resources.cache)
-    record = await run_in_threadpool(detectors.store_detector, body, fitted, params, info, classes, resources.sessions)
-    return Response(detectors.detector_out(record).model_dump_json(), status_code=201, media_type="application/json")
+    record = await run_in_threadpool(resources.detectors.create, body, arrays)
+    return Response(detector_out(record).model_dump_json(), status_code=201, media_type="application/json")
 
 
 @router.get("", response_model=Page[DetectorOut], summary="List detectors, newest first", responses=PROBLEM_RESPONSES)
@@ -54,25 +50,18 @@ def list_(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> Page[DetectorOut]:
-    query = select(DetectorRecord)
-    if model is not None:
-        query = query.where(DetectorRecord.model == model)
-    with resources.sessions() as session:
-        rows, next_cursor = page(session, query, DetectorRecord, limit, cursor)
-        return Page[DetectorOut](items=[detectors.detector_out(r) for r in rows], next_cursor=next_cursor)
+    rows, next_cursor = resources.detectors.page(limit, cursor, model)
+    return Page[DetectorOut](items=[detector_out(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get("/{detector_id}", response_model=DetectorOut, summary="One detector", responses=PROBLEM_RESPONSES)
 def get(detector_id: str, resources: ResourcesDep) -> DetectorOut:
-    return detectors.detector_out(load_detector(resources, detector_id))
+    return detector_out(resources.detectors.get(detector_id))
 
 
 @router.delete("/{detector_id}", status_code=204, summary="Delete a detector", responses=PROBLEM_RESPONSES)
 def delete(detector_id: str, resources: ResourcesDep) -> Response:
-    with resources.sessions.begin() as session:
-        deleted = session.execute(sql_delete(DetectorRecord).where(DetectorRecord.id == detector_id)).rowcount  # type: ignore[attr-defined]
-    if not deleted:
-        raise ProblemError(404, f"no detector with id {detector_id!r}")
+    resources.detectors.delete(detector_id)
     return Response(status_code=204)
 
 
@@ -87,7 +76,6 @@ async def score(detector_id: str, request: Request) -> Response:
     resources = resources_of(request)
     options, arrays = await read_tensor_body(request, SCORE_FEATURES, frozenset())
     ScoreRequest.model_validate(options)
-    record = await run_in_threadpool(load_detector, resources, detector_id)
-    scores, nearest = await run_in_threadpool(detectors.score, record, arrays, resources.cache)
+    scores, nearest = await run_in_threadpool(resources.detectors.score, detector_id, arrays)
     out = DetectorScoresOut(scores=scores.astype(float).tolist(), nearest_class=nearest.astype(int).tolist())
     return Response(out.model_dump_json(), media_type="application/json")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
-from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import get_resources
@@ -28,11 +27,6 @@ def healthz() -> dict[str, str]:
     responses={503: {"description": "Database down or migrations pending (problem+json)."}},
 )
 async def readyz(resources: Annotated[Resources, Depends(get_resources)]) -> dict[str, str]:
-    def check() -> bool:
-        with resources.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        return is_at_head(resources.settings, resources.engine)
-
-    if not await run_in_threadpool(check):
+    if not await run_in_threadpool(is_at_head, resources.settings, resources.engine):
         raise ProblemError(503, "database schema is not at the latest migration: run `caliper db upgrade`")
     return {"status": "ready"}

@@ -6,10 +6,9 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.api.bodies import read_tensor_body, tensor_request_body
-from app.api.deps import load_detector, resources_of
+from app.api.deps import resources_of
 from app.api.json_body import StrictJsonRoute
-from app.api.problems import PROBLEM_RESPONSES, ProblemError
-from app.ood import detectors, service
+from app.api.problems import PROBLEM_RESPONSES
 from app.ood.schemas import (
     EVALUATE_TENSORS,
     SCORE_TENSORS,
@@ -32,7 +31,7 @@ router = APIRouter(prefix="/v1/ood", tags=["ood"], route_class=StrictJsonRoute)
 async def scores(request: Request) -> Response:
     options, arrays = await read_tensor_body(request, SCORE_TENSORS, frozenset())
     body = ScoresRequest.model_validate(options)
-    out = await run_in_threadpool(service.logit_scores, body, arrays, resources_of(request).cache)
+    out = await run_in_threadpool(resources_of(request).ood.logit_scores, body, arrays)
     return Response(out.model_dump_json(), media_type="application/json")
 
 
@@ -46,17 +45,5 @@ async def scores(request: Request) -> Response:
 async def evaluate(request: Request) -> Response:
     options, arrays = await read_tensor_body(request, EVALUATE_TENSORS, frozenset())
     body = OodEvaluateRequest.model_validate(options)
-    if body.detector_id is not None:
-        resources = resources_of(request)
-        record = await run_in_threadpool(load_detector, resources, body.detector_id)
-        for side in ("in", "out"):
-            if f"scores_{side}" in arrays:
-                raise ProblemError(
-                    422,
-                    f"scores_{side}: give scores or detector_id with features, not both",
-                    [{"field": f"scores_{side}", "message": "not with detector_id"}],
-                )
-            scores, _ = await run_in_threadpool(detectors.score, record, arrays, resources.cache, f"features_{side}")
-            arrays[f"scores_{side}"] = scores
-    out = await run_in_threadpool(service.evaluate, body, arrays)
+    out = await run_in_threadpool(resources_of(request).ood.evaluate, body, arrays)
     return Response(out.model_dump_json(), media_type="application/json")

@@ -7,17 +7,13 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
-from sqlalchemy import delete as sql_delete
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from app.api.bodies import NPZ, read_tensor_body, tensor_request_body
-from app.api.deps import get_resources, load_sdm, resources_of
+from app.api.deps import get_resources, resources_of
 from app.api.json_body import StrictJsonRoute
-from app.api.problems import PROBLEM_RESPONSES, ProblemError
+from app.api.problems import PROBLEM_RESPONSES
 from app.context import Resources
-from app.core.sdm import Scores
-from app.sdm import service
 from app.sdm.schemas import (
     FIT_INTEGER_FIELDS,
     FIT_TENSORS,
@@ -27,8 +23,8 @@ from app.sdm.schemas import (
     SdmScoreRequest,
     SdmScoresOut,
 )
-from app.storage.models import SdmRecord
-from app.storage.pagination import Page, page
+from app.sdm.service import npz_columns, scores_out, sdm_out
+from app.storage.pagination import Page
 
 router = APIRouter(prefix="/v1/sdm", tags=["sdm"], route_class=StrictJsonRoute)
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
@@ -46,10 +42,8 @@ async def create_sdm(request: Request) -> Response:
     resources = resources_of(request)
     options, arrays = await read_tensor_body(request, FIT_TENSORS, FIT_INTEGER_FIELDS)
     body = SdmRequest.model_validate(options)
-    estimator, support_statistics = await run_in_threadpool(service.fit, body, arrays, resources.cache)
-    n_calibration = len(arrays["calibration.labels"])
-    record = await run_in_threadpool(service.store, body, estimator, n_calibration, resources.sessions)
-    out = service.sdm_out(record, support_statistics)
+    record, support_statistics = await run_in_threadpool(resources.sdm.create, body, arrays)
+    out = sdm_out(record, support_statistics)
     return Response(out.model_dump_json(), status_code=201, media_type="application/json")
 
 
@@ -60,32 +54,19 @@ def list_(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> Page[SdmOut]:
-    query = select(SdmRecord)
-    if model is not None:
-        query = query.where(SdmRecord.model == model)
-    with resources.sessions() as session:
-        rows, next_cursor = page(session, query, SdmRecord, limit, cursor)
-        return Page[SdmOut](items=[service.sdm_out(r) for r in rows], next_cursor=next_cursor)
+    rows, next_cursor = resources.sdm.page(limit, cursor, model)
+    return Page[SdmOut](items=[sdm_out(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get("/{sdm_id}", response_model=SdmOut, summary="One SDM estimator", responses=PROBLEM_RESPONSES)
 def get(sdm_id: str, resources: ResourcesDep) -> SdmOut:
-    return service.sdm_out(load_sdm(resources, sdm_id))
+    return sdm_out(resources.sdm.get(sdm_id))
 
 
 @router.delete("/{sdm_id}", status_code=204, summary="Delete an SDM estimator", responses=PROBLEM_RESPONSES)
 def delete(sdm_id: str, resources: ResourcesDep) -> Response:
-    with resources.sessions.begin() as session:
-        deleted = session.execute(sql_delete(SdmRecord).where(SdmRecord.id == sdm_id)).rowcount  # type: ignore[attr-defined]
-    resources.estimators.evict(sdm_id)
-    if not deleted:
-        raise ProblemError(404, f"no SDM estimator with id {sdm_id!r}")
+    resources.sdm.delete(sdm_id)
     return Response(status_code=204)
-
-
-def scored(resources: Resources, sdm_id: str, arrays: dict[str, np.ndarray]) -> tuple[SdmRecord, Scores]:
-    record = load_sdm(resources, sdm_id)
-    return record, service.score_stored(record, arrays, resources.sessions, resources.estimators, resources.cache)
 
 
 @router.post(
@@ -99,9 +80,9 @@ async def score(sdm_id: str, request: Request) -> Response:
     resources = resources_of(request)
     options, arrays = await read_tensor_body(request, SCORE_TENSORS, frozenset())
     SdmScoreRequest.model_validate(options)
-    record, scores = await run_in_threadpool(scored, resources, sdm_id, arrays)
+    record, scores = await run_in_threadpool(resources.sdm.score, sdm_id, arrays)
     if NPZ in request.headers.get("accept", ""):
         buffer = io.BytesIO()
-        np.savez(buffer, **service.npz_columns(scores))  # type: ignore[arg-type]
+        np.savez(buffer, **npz_columns(scores))  # type: ignore[arg-type]
         return Response(buffer.getvalue(), media_type=NPZ)
-    return Response(service.scores_out(record, scores).model_dump_json(), media_type="application/json")
+    return Response(scores_out(record, scores).model_dump_json(), media_type="application/json")

@@ -1,0 +1,71 @@
+"""One repository per resource: plain fields in, records out, `NotFoundError` for a missing id. Every
+query the service runs lives in `app.storage`; this is where a project filter goes next."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Select, select
+from sqlalchemy import delete as sql_delete
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.storage.models import Base, SdmRecord
+from app.storage.pagination import page
+
+R = TypeVar("R", bound=Base)
+
+
+class NotFoundError(LookupError):
+    """No record with that id (or none matching a selector): answered 404 with this message."""
+
+    @classmethod
+    def of(cls, noun: str, record_id: str, role: str = "") -> NotFoundError:
+        return cls(f"no {noun} with id {record_id!r}" + (f" ({role})" if role else ""))
+
+
+class Repository(Generic[R]):
+    """Add, get, page newest first by equality filters, delete: each call its own transaction."""
+
+    def __init__(self, sessions: sessionmaker[Session], record: type[R], noun: str) -> None:
+        self.sessions, self.record, self.noun = sessions, record, noun
+        self.id_column = getattr(record, "id")  # noqa: B009 (every resource table has an `id` key)
+
+    def add(self, record: R) -> R:
+        with self.sessions.begin() as session:
+            session.add(record)
+        return record
+
+    def get(self, record_id: str, role: str = "") -> R:
+        with self.sessions() as session:
+            record: R | None = session.get(self.record, record_id)
+        if record is None:
+            raise NotFoundError.of(self.noun, record_id, role)
+        return record
+
+    def page(self, limit: int, cursor: str | None, **equal: str | None) -> tuple[list[R], str | None]:
+        """Rows whose columns equal the given (non-None) values, newest first, and the next cursor."""
+        query: Select[Any] = select(self.record)
+        for column, value in equal.items():
+            if value is not None:
+                query = query.where(getattr(self.record, column) == value)
+        with self.sessions() as session:
+            return page(session, query, self.record, limit, cursor)
+
+    def delete(self, record_id: str) -> None:
+        with self.sessions.begin() as session:
+            result = session.execute(sql_delete(self.record).where(self.id_column == record_id))
+        if not result.rowcount:  # type: ignore[attr-defined]
+            raise NotFoundError.of(self.noun, record_id)
+
+
+class SdmRepository(Repository[SdmRecord]):
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        super().__init__(sessions, SdmRecord, "SDM estimator")
+
+    def fitted_blob(self, record_id: str) -> bytes:
+        """The deferred blob of fitted arrays (support exemplars included), read only to score."""
+        with self.sessions() as session:
+            blob = session.scalar(select(SdmRecord.arrays).where(SdmRecord.id == record_id))
+        if blob is None:
+            raise NotFoundError.of(self.noun, record_id)
+        return blob

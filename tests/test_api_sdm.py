@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.client import CaliperClient
+from app.sdm.service import EVALUATION_METRICS
 from app.tensors import encode_npy, encode_tensor_object
 from tests.conftest import count_rows
 from tests.test_api_bad_input import assert_problem
@@ -227,6 +228,7 @@ def test_evaluation_with_sdm_id_reports_the_region(client: TestClient) -> None:
     assert metrics["sdm_non_hr_accuracy"] == pytest.approx(1 / 3)  # rows 2, 3, 4: only row 3 is right
     assert metrics["sdm_hr_lower_coverage"] == pytest.approx(1 / 6)
     assert metrics["sdm_ood_share"] == pytest.approx(1 / 6)
+    assert {k for k in metrics if k.startswith("sdm_")} == set(EVALUATION_METRICS)  # each declares its direction
     stored = client.get(f"/v1/evaluations/{response.json()['id']}").json()
     assert stored["metrics"]["sdm_hr_coverage"] == pytest.approx(0.5) and stored["sdm_id"] == created["id"]
 

@@ -6,11 +6,12 @@ import itertools
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from app.core.chunking import Chunking
-from app.core.evaluation import EvaluationState
+from app.core.evaluation import EvaluationPlan, EvaluationState, Evaluator, IncompatibleStateError, validate_batch
 from tests import oracle
 from tests.test_core_golden import LOSS, METRIC, evaluate
 
@@ -89,7 +90,6 @@ def test_permuting_rows_changes_nothing(problem: tuple[np.ndarray, ...], seed: i
 def test_merged_chunks_equal_the_one_shot_result(problem: tuple[np.ndarray, ...], cuts: list[int], chunk: int) -> None:
     """Split rows at random cuts, evaluate each part separately (with its own chunking) and merge the
     states: the numbers equal one call over all rows, sort-based metrics included."""
-    from app.core.evaluation import EvaluationPlan, Evaluator, validate_batch
 
     z, y, zt = problem
     assume(oracle.off_discontinuities(z, {15}).all())  # chunks may take other softmax shifts (rounding)
@@ -107,7 +107,7 @@ def test_merged_chunks_equal_the_one_shot_result(problem: tuple[np.ndarray, ...]
     for lo, hi in itertools.pairwise(bounds):
         part = validate_batch(logits=z[lo:hi], labels=y[lo:hi], teacher_logits=zt[lo:hi])
         state, _ = evaluator.run(part, Chunking(rows=chunk))
-        merged = merged.merge(state)
+        merged = merged.merge(EvaluationState.from_bytes(state.to_bytes()))  # as a distributed worker sends it
     result = evaluator.finalize(merged, batch.classes)
     assert result.n == len(y)
     for group in ("losses", "metrics"):
@@ -127,3 +127,17 @@ def test_float32_agrees_with_float64(problem: tuple[np.ndarray, ...]) -> None:
     for group in ("losses", "metrics"):
         for key, value in getattr(f64, group).items():
             np.testing.assert_allclose(getattr(f32, group)[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_states_of_different_plans_refuse_to_merge() -> None:
+    z, y = np.random.default_rng(0).normal(size=(20, 3)), np.arange(20) % 3
+    batch = validate_batch(logits=z, labels=y)
+    states = []
+    for metrics in (("accuracy",), ("accuracy", "nll")):
+        plan = EvaluationPlan(batch.layout, (), tuple(METRIC.validate_python({"name": m}) for m in metrics))
+        states.append(Evaluator(plan).run(batch)[0])
+    assert states[0].merge(EvaluationState.from_bytes(states[0].to_bytes())).n == 40
+    with pytest.raises(IncompatibleStateError, match="different evaluation plans"):
+        states[0].merge(EvaluationState.from_bytes(states[1].to_bytes()))
+    with pytest.raises(IncompatibleStateError, match="not a serialised evaluation state"):
+        EvaluationState.from_bytes(b"PK\x03\x04 not really")

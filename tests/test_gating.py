@@ -17,7 +17,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.core.bootstrap import RowValues, bootstrap_difference, percentile_interval, point
-from app.gating.rules import better_direction, check
+from app.core.metrics import uniform_bins
+from app.gating.rules import check
+from app.gating.service import higher_is_better
+from app.storage.models import Evaluation
 from tests.test_api_bad_input import assert_problem
 
 # ---- rule semantics -------------------------------------------------------------------------------------
@@ -74,9 +77,30 @@ def test_intervals_make_tolerance_rules_lenient_and_improvement_rules_strict() -
     assert check("min_improvement_abs", 0.01, 0.92, 0.9, 1, interval=(0.012, 0.04)).passed
 
 
-def test_better_directions() -> None:
-    assert better_direction("metric", "accuracy") == 1 and better_direction("metric", "ece") == -1
-    assert better_direction("loss", "accuracy") == -1  # a loss keyed "accuracy" is still a loss
+def test_better_directions_come_from_the_metric_definitions() -> None:
+    record = Evaluation(
+        parameters={
+            "losses": [{"name": "brier", "key": "accuracy"}],
+            "metrics": [{"name": "accuracy"}, {"name": "ece"}, {"name": "nll", "key": "auroc"}],
+        }
+    )
+    assert higher_is_better(record, "metric", "accuracy") and not higher_is_better(record, "metric", "ece")
+    assert not higher_is_better(record, "loss", "accuracy")  # a loss keyed "accuracy" is still a loss
+    assert not higher_is_better(record, "metric", "auroc")  # an NLL under a custom key is still an NLL
+    assert higher_is_better(record, "metric", "sdm_hr_coverage")
+    assert not higher_is_better(record, "metric", "sdm_ood_share")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_bootstrap_bins_with_the_metric_fragment(dtype: type) -> None:
+    """The ECE resampled by the gate bins by the metric's own fragment: min(floor(p·B), B − 1) in float64,
+    checked here against numpy on random confidences and on every bin edge (where a float32 product
+    could round across)."""
+    bins = 15
+    rng = np.random.default_rng(0)
+    confidence = np.concatenate([rng.random(1000), np.arange(bins + 1) / bins]).astype(dtype)
+    expected = np.minimum(np.floor(confidence.astype(np.float64) * bins), bins - 1).astype(np.int64)
+    np.testing.assert_array_equal(uniform_bins(confidence, bins), expected)
 
 
 # ---- bootstrap ------------------------------------------------------------------------------------------

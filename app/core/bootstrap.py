@@ -16,6 +16,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from app.core.metrics import uniform_bins
+
 F64 = npt.NDArray[np.float64]
 Statistic = Literal["mean", "ece"]
 BLOCK_BYTES = 32 << 20
@@ -64,7 +66,7 @@ class RowValues:
             assert self.values is not None
             return self.values[:, None].astype(np.float64)
         assert self.confidence is not None and self.correct is not None
-        index = np.minimum(np.floor(self.confidence * self.bins), self.bins - 1).astype(np.int64)
+        index = uniform_bins(self.confidence, self.bins)  # the ECE metric's own binning fragment
         design = np.zeros((len(index), self.bins))
         design[np.arange(len(index)), index] = self.correct - self.confidence
         return design

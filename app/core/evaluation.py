@@ -8,14 +8,17 @@ same numbers) and finalizes into losses, metrics and the reliability table.
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import onnx
+import onnxruntime as ort
 from spox import build
 
 from app.core.calibration_error import BinStats
@@ -63,10 +66,17 @@ def metric_output(key: str, part: str) -> str:
     return f"metric.{key}.{part}"
 
 
+STATE_VERSION = 1  # of EvaluationState.to_bytes
+REDUCTIONS = "caliper.reductions"  # model metadata: JSON {output: reduction}
+Reduction = Literal["row", "sum", "rows"]  # per-row output (not state); added on merge; concatenated on merge
+
+
 def build_graph(plan: EvaluationPlan) -> onnx.ModelProto:
-    """One graph for all requested terms; shared intermediates are built once by the context."""
+    """One graph for all requested terms; shared intermediates are built once by the context. Each
+    output's reduction is declared where the output is made and travels in the model's metadata."""
     ctx = GraphContext(plan.layout)
     outputs = {ROW_PREDICTION: ctx.prediction, ROW_CONFIDENCE: ctx.confidence}
+    reductions: dict[str, Reduction] = dict.fromkeys(outputs, "row")
     for spec in plan.losses:
         term = LOSSES[spec.name].build(ctx, spec)
         key = spec.report_key
@@ -75,30 +85,72 @@ def build_graph(plan: EvaluationPlan) -> onnx.ModelProto:
         outputs[loss_output(key, "weight")] = (
             ctx.total(ctx.weights) if term.denominator is None else ctx.weighted_total(term.denominator)
         )
+        reductions |= {
+            loss_output(key, "row"): "row",
+            loss_output(key, "sum"): "sum",
+            loss_output(key, "weight"): "sum",
+        }
     for spec in plan.metrics:
-        for part, var in METRICS[spec.name].state(ctx, spec).items():
+        metric = METRICS[spec.name]
+        for part, var in metric.state(ctx, spec).items():
             outputs[metric_output(spec.report_key, part)] = var
+            reductions[metric_output(spec.report_key, part)] = "rows" if part in metric.kept_parts else "sum"
     for part, var in uniform_bin_state(ctx, plan.reliability_bins).items():
         outputs[f"{RELIABILITY}.{part}"] = var
-    return build(ctx.inputs, outputs)
+        reductions[f"{RELIABILITY}.{part}"] = "sum"
+    model = build(ctx.inputs, outputs)
+    onnx.helper.set_model_props(model, {REDUCTIONS: json.dumps(reductions)})
+    return model
+
+
+class IncompatibleStateError(ValueError):
+    """Two states of different plans (or a blob that is not a state) cannot be merged."""
 
 
 @dataclass
 class EvaluationState:
-    """Merged partial sums (added) and kept rows (concatenated), in float64, plus the row count."""
+    """Merged partial sums (added) and kept rows (concatenated), in float64, plus the row count and the
+    signature of the plan that made them (states of different plans refuse to merge)."""
 
     n: int = 0
     sums: dict[str, np.ndarray] = field(default_factory=dict)
     rows: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    signature: str = ""
 
     def merge(self, other: EvaluationState) -> EvaluationState:
         """Associative merge: states of disjoint row sets combine into the state of their union
         (row order = self's rows, then other's)."""
+        if self.signature and other.signature and self.signature != other.signature:
+            raise IncompatibleStateError("the two states come from different evaluation plans")
         sums = dict(self.sums)
         for name, value in other.sums.items():
             sums[name] = sums[name] + value if name in sums else value.copy()
         rows = {name: [*self.rows.get(name, []), *other.rows.get(name, [])] for name in {*self.rows, *other.rows}}
-        return EvaluationState(self.n + other.n, sums, rows)
+        return EvaluationState(self.n + other.n, sums, rows, self.signature or other.signature)
+
+    def to_bytes(self) -> bytes:
+        """An .npz of the parts (no pickles) with a JSON header: version, signature, row count."""
+        header = json.dumps({"state_version": STATE_VERSION, "signature": self.signature, "n": self.n})
+        arrays = {f"sum:{k}": v for k, v in self.sums.items()} | {
+            f"rows:{k}": np.concatenate(v) for k, v in self.rows.items()
+        }
+        buffer = io.BytesIO()
+        np.savez(buffer, header=np.frombuffer(header.encode(), np.uint8), **arrays)  # type: ignore[arg-type]
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> EvaluationState:
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                header = json.loads(npz["header"].tobytes())
+                parts = {k: npz[k] for k in npz.files if k != "header"}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise IncompatibleStateError(f"not a serialised evaluation state: {exc}") from exc
+        if header.get("state_version") != STATE_VERSION:
+            raise IncompatibleStateError(f"state version {header.get('state_version')} is not {STATE_VERSION}")
+        sums = {k.removeprefix("sum:"): v for k, v in parts.items() if k.startswith("sum:")}
+        rows = {k.removeprefix("rows:"): [v] for k, v in parts.items() if k.startswith("rows:")}
+        return cls(int(header["n"]), sums, rows, str(header["signature"]))
 
     def part(self, names: tuple[tuple[str, str], ...]) -> dict[str, np.ndarray]:
         """One term's state by part name, from its (output name, part name) pairs."""
@@ -124,17 +176,12 @@ class OutputLayout:
     parts: dict[str, tuple[tuple[str, str], ...]]
 
     @classmethod
-    def of(cls, plan: EvaluationPlan, names: list[str]) -> OutputLayout:
-        concat = {metric_output(s.report_key, part) for s in plan.metrics for part in METRICS[s.name].concat_parts}
-
-        def kind(name: str) -> str:
-            if name in concat:
-                return "rows"
-            return "row" if name.startswith("row.") or name.endswith(".row") else "sum"
-
+    def of(cls, plan: EvaluationPlan, session: ort.InferenceSession) -> OutputLayout:
+        names = [o.name for o in session.get_outputs()]
+        reductions = json.loads(session.get_modelmeta().custom_metadata_map[REDUCTIONS])
         prefixes = [metric_output(s.report_key, "") for s in plan.metrics] + [f"{RELIABILITY}."]
         parts = {p: tuple((n, n[len(p) :]) for n in names if n.startswith(p)) for p in prefixes}
-        return cls(tuple(names), tuple(kind(n) for n in names), parts)
+        return cls(tuple(names), tuple(reductions[n] for n in names), parts)
 
 
 _LAYOUTS: LruCache[OutputLayout] = LruCache(capacity=256)
@@ -191,14 +238,12 @@ class Evaluator:
         self.cache = cache or default_cache()
         signature = plan.signature
         self.session = self.cache.get(signature, lambda: build_graph(plan))
-        self.outputs = _LAYOUTS.get(
-            signature, lambda: OutputLayout.of(plan, [o.name for o in self.session.get_outputs()])
-        )
+        self.outputs = _LAYOUTS.get(signature, lambda: OutputLayout.of(plan, self.session))
 
     def update(self, state: EvaluationState, batch: Batch, start: int, stop: int) -> dict[str, np.ndarray]:
         """Add rows [start, stop) to `state`; returns that chunk's per-row outputs."""
         values = self.session.run(self.outputs.names, batch.feeds(start, stop))
-        chunk = EvaluationState(stop - start)
+        chunk = EvaluationState(stop - start, signature=self.plan.signature)
         per_row: dict[str, np.ndarray] = {}
         for name, kind, value in zip(self.outputs.names, self.outputs.kinds, values, strict=True):
             if kind == "rows":
@@ -208,7 +253,7 @@ class Evaluator:
             else:
                 chunk.sums[name] = np.asarray(value, dtype=np.float64)
         merged = state.merge(chunk) if state.n else chunk  # the first chunk is the state (no copies)
-        state.n, state.sums, state.rows = merged.n, merged.sums, merged.rows
+        state.n, state.sums, state.rows, state.signature = merged.n, merged.sums, merged.rows, merged.signature
         return per_row
 
     def run(
@@ -219,7 +264,7 @@ class Evaluator:
         into preallocated arrays, class indices in the smallest dtype that holds them (at 1M rows the
         int64 prediction alone is 8 MB; bench/memory.py); without keep_rows only the state remains."""
         chunking = chunking or self.cache.chunking
-        state = EvaluationState()
+        state = EvaluationState(signature=self.plan.signature)
         per_row: dict[str, np.ndarray] = {}
         for start, stop in chunking.spans(batch.n, batch.scores[0].nbytes if batch.n else 1):
             chunk = self.update(state, batch, start, stop)

@@ -6,16 +6,19 @@ merged state into one number (the torchmetrics update/merge/compute pattern).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Literal, Union
 
 import numpy as np
+import onnx
 import spox.opset.ai.onnx.v21 as op
 from pydantic import Field
-from spox import Var
+from spox import Tensor, Var, argument, build
 
 from app.core.calibration_error import BinStats, Norm, calibration_gap, quantile_bin_stats, smooth_ece
 from app.core.graph import GraphContext, class_range, scalar
+from app.core.graphrun import mapped
+from app.core.runtime import SessionCache
 from app.core.selective import aurc
 from app.core.specs import TermSpec
 
@@ -110,10 +113,24 @@ def _finalize_mean(state: State, spec: TermSpec) -> float:
     return float(state["sum"] / state["weight"])
 
 
-def _uniform_bin_index(ctx: GraphContext, p: Var, bins: int) -> Var:
-    """min(floor(p·B), B − 1) computed in float64 so that float32 rounding cannot move a row across an edge."""
-    scaled = op.floor(op.mul(ctx.f64(p), scalar(bins, np.float64)))
+def uniform_bin_index(p: Var, bins: int) -> Var:
+    """min(floor(p·B), B − 1) computed in float64 so that float32 rounding cannot move a row across an
+    edge (api.md pins the rule). The one binning function: the metrics' graphs and the gate's bootstrap
+    (through `uniform_bins`) both run it."""
+    wide = p if p.unwrap_tensor().dtype == np.float64 else op.cast(p, to=np.float64)
+    scaled = op.floor(op.mul(wide, scalar(bins, np.float64)))
     return op.clip(op.cast(scaled, to=np.int64), None, scalar(bins - 1, np.int64))
+
+
+def uniform_bins(confidence: np.ndarray, bins: int, cache: SessionCache | None = None) -> np.ndarray:
+    """The uniform bin of each confidence, by the metrics' own fragment (int64 [N])."""
+    dtype = confidence.dtype
+
+    def graph() -> onnx.ModelProto:
+        p = argument(Tensor(dtype, ("N",)))
+        return build({"confidence": p}, {"bin": uniform_bin_index(p, bins)})
+
+    return mapped(f"uniform-bins:{bins}:{dtype}", graph, {"confidence": confidence}, cache)
 
 
 def _scatter_sum(zeros: Var, index: Var, values: Var) -> Var:
@@ -127,7 +144,7 @@ def uniform_bin_state(ctx: GraphContext, bins: int) -> dict[str, Var]:
 
 
 def _uniform_bin_sums(ctx: GraphContext, bins: int) -> dict[str, Var]:
-    index = _uniform_bin_index(ctx, ctx.confidence, bins)
+    index = uniform_bin_index(ctx.confidence, bins)
     zeros = op.constant(value=np.zeros(bins, np.float64))
     w = ctx.f64(ctx.weights)
     return {
@@ -220,7 +237,7 @@ def _mce(ctx: GraphContext, p: Mce) -> dict[str, Var]:
 def _classwise_ece(ctx: GraphContext, p: ClasswiseEce) -> dict[str, Var]:
     """Per (class, bin) sums over all rows and classes: one scatter over the flattened [N·C] index c·B + bin."""
     bins = p.bins
-    index = op.add(_uniform_bin_index(ctx, ctx.probs, bins), op.mul(ctx.class_index, scalar(bins, np.int64)))
+    index = op.add(uniform_bin_index(ctx.probs, bins), op.mul(ctx.class_index, scalar(bins, np.int64)))
     flat_index = op.reshape(index, ctx.ints(-1))
     size = op.reshape(op.mul(ctx.num_classes, scalar(bins, np.int64)), ctx.ints(1))
     zeros = op.constant_of_shape(size, value=np.array([0.0], np.float64))
@@ -249,32 +266,65 @@ def _rows_fragment(ctx: GraphContext, p: TermSpec) -> dict[str, Var]:
 
 
 @dataclass(frozen=True)
+class Resampling:
+    """How the gate's bootstrap rebuilds a metric from an evaluation's stored per-row arrays: the mean of
+    each row's correctness, the uniform-bin L1 ECE of (confidence, correctness) with `uniform_bins`, or
+    the mean of the per-row values of a plain (unweighted, unsmoothed) loss named in `losses`."""
+
+    statistic: Literal["correct", "ece", "loss"]
+    bins: int = 15
+    losses: tuple[str, ...] = ()
+
+
+def _not_resampled(spec: TermSpec) -> Resampling | None:
+    return None
+
+
+def _ece_resampling(spec: Ece) -> Resampling | None:
+    return Resampling("ece", bins=spec.bins) if spec.binning == "uniform" and spec.norm == "l1" else None
+
+
+@dataclass(frozen=True)
 class MetricDef:
+    """A metric's facts: its parameters, its state fragment and finalize step, which state parts are
+    kept rows (concatenated on merge, torchmetrics' dist_reduce_fx="cat"; every other part is summed),
+    whether higher is better (the gate's direction), and how the bootstrap resamples it."""
+
     spec: type[TermSpec]
     state: Callable[[GraphContext, TermSpec], dict[str, Var]]
     finalize: Callable[[State, TermSpec], float]
-    concat_parts: frozenset[str] = field(default=frozenset({"rows_confidence", "rows_correct", "rows_weight"}))
+    kept_parts: frozenset[str] = frozenset()
+    higher_is_better: bool = False
+    resampling: Callable[[TermSpec], Resampling | None] = _not_resampled
+
+
+ROWS_PARTS = frozenset({"rows_confidence", "rows_correct", "rows_weight"})  # what `_rows_state` keeps
 
 
 def _def(
-    spec: type[TermSpec], state: Callable[..., dict[str, Var]], finalize: Callable[..., float]
+    spec: type[TermSpec],
+    state: Callable[..., dict[str, Var]],
+    finalize: Callable[..., float],
+    kept_parts: frozenset[str] = frozenset(),
+    higher_is_better: bool = False,
+    resampling: Callable[..., Resampling | None] = _not_resampled,
 ) -> tuple[str, MetricDef]:
     name = spec.model_fields["name"].annotation.__args__[0]  # type: ignore[union-attr]
-    return name, MetricDef(spec, state, finalize)
+    return name, MetricDef(spec, state, finalize, kept_parts, higher_is_better, resampling)
 
 
 METRICS: dict[str, MetricDef] = dict(
     [
-        _def(Accuracy, _accuracy, _finalize_mean),
-        _def(TopKAccuracy, _top_k, _finalize_mean),
-        _def(NllMetric, _nll, _finalize_mean),
-        _def(BrierMetric, _brier, _finalize_mean),
-        _def(Ece, _ece, _finalize_ece),
+        _def(Accuracy, _accuracy, _finalize_mean, higher_is_better=True, resampling=lambda p: Resampling("correct")),
+        _def(TopKAccuracy, _top_k, _finalize_mean, higher_is_better=True),
+        _def(NllMetric, _nll, _finalize_mean, resampling=lambda p: Resampling("loss", losses=("nll", "cross_entropy"))),
+        _def(BrierMetric, _brier, _finalize_mean, resampling=lambda p: Resampling("loss", losses=("brier",))),
+        _def(Ece, _ece, _finalize_ece, kept_parts=ROWS_PARTS, resampling=_ece_resampling),
         _def(Mce, _mce, lambda s, p: calibration_gap(bin_stats(s), "max")),
         _def(ClasswiseEce, _classwise_ece, _finalize_classwise),
-        _def(SmoothEce, _rows_fragment, lambda s, p: smooth_ece(*_rows(s))),
+        _def(SmoothEce, _rows_fragment, lambda s, p: smooth_ece(*_rows(s)), kept_parts=ROWS_PARTS),
         _def(Entropy, _entropy, _finalize_mean),
-        _def(Aurc, _rows_fragment, lambda s, p: aurc(*_rows(s))),
+        _def(Aurc, _rows_fragment, lambda s, p: aurc(*_rows(s)), kept_parts=ROWS_PARTS),
         _def(SoftmaxCollapse, _softmax_collapse, _finalize_mean),
     ]
 )

@@ -25,22 +25,6 @@ Op = Literal[
     "min_improvement_rel",
 ]
 Severity = Literal["fail", "warn"]
-HIGHER_IS_BETTER = frozenset(
-    {
-        "accuracy",
-        "top_k_accuracy",
-        "auroc",
-        "aupr_in",
-        "aupr_out",
-        *(f"sdm_{name}" for name in ("hr_coverage", "hr_accuracy", "non_hr_accuracy")),
-        *(f"sdm_{name}" for name in ("hr_lower_coverage", "hr_lower_accuracy", "non_hr_lower_accuracy")),
-    }
-)
-
-
-def better_direction(kind: str, name: str) -> int:
-    """+1 when higher is better, −1 when lower is (every loss, and calibration errors, NLL, Brier…)."""
-    return 1 if kind == "metric" and name in HIGHER_IS_BETTER else -1
 
 
 def relative(change: float, baseline: float) -> float:

@@ -9,9 +9,11 @@ import numpy as np
 
 from app.core.bootstrap import RowValues, bootstrap_differences, percentile_interval
 from app.core.errors import InputError
+from app.core.metrics import METRICS, Resampling
 from app.gating import rules as gate_rules
 from app.gating.schemas import BaselineSelector, GateOut, GateRequest, RuleResult
 from app.records import new_id, rfc3339, utc_now
+from app.sdm.service import EVALUATION_METRICS as SDM_METRICS
 from app.storage.evaluations import EvaluationFilter, EvaluationRepository
 from app.storage.models import Evaluation, GateRecord
 from app.storage.repository import NotFoundError, Repository
@@ -31,12 +33,30 @@ def _spec(record: Evaluation, kind: str, key: str) -> dict[str, Any] | None:
     return None
 
 
+def higher_is_better(record: Evaluation, kind: str, key: str) -> bool:
+    """The metric's own declared direction, found through the stored spec's name (so a custom key keeps
+    its metric's direction); SDM metrics declare theirs; every loss is lower-is-better."""
+    if kind == "loss":
+        return False
+    spec = _spec(record, kind, key)
+    if spec is not None and spec["name"] in METRICS:
+        return METRICS[spec["name"]].higher_is_better
+    return SDM_METRICS.get(key, False)
+
+
+def _resampling(spec: dict[str, Any]) -> Resampling | None:
+    metric = METRICS.get(spec["name"])
+    if metric is None:
+        return None
+    return metric.resampling(metric.spec.model_validate(spec))
+
+
 def row_values(record: Evaluation, arrays: dict[str, np.ndarray], kind: str, key: str) -> tuple[RowValues | None, str]:
-    """Per-row values from which `key` is a plain mean or a binned ECE, or why there are none."""
+    """Per-row values from which `key` is a plain mean or a binned ECE (as the metric declares), or why
+    there are none."""
     if record.parameters.get("weighted"):
         return None, "the evaluation used sample weights"
     spec = _spec(record, kind, key) or {"name": key}
-    name = spec["name"]
     if kind == "loss":
         weighted = any(p in spec for p in ("weight",))
         if weighted or f"loss.{key}" not in arrays:
@@ -44,15 +64,14 @@ def row_values(record: Evaluation, arrays: dict[str, np.ndarray], kind: str, key
         return RowValues("mean", values=arrays[f"loss.{key}"].astype(np.float64)), ""
     if "label" not in arrays:
         return None, "the evaluation has no integer labels"
+    resampling = _resampling(spec)
     correct = (arrays["prediction"].astype(np.int64) == arrays["label"].astype(np.int64)).astype(np.float64)
-    if name == "accuracy":
+    if resampling is not None and resampling.statistic == "correct":
         return RowValues("mean", values=correct), ""
-    if name == "ece" and spec.get("binning", "uniform") == "uniform" and spec.get("norm", "l1") == "l1":
-        return RowValues(
-            "ece", confidence=arrays["confidence"].astype(np.float64), correct=correct, bins=int(spec.get("bins", 15))
-        ), ""
-    per_row_loss = {"nll": ("nll", "cross_entropy"), "brier": ("brier",)}.get(name, ())
-    for loss_name in per_row_loss:
+    if resampling is not None and resampling.statistic == "ece":
+        confidence = arrays["confidence"].astype(np.float64)
+        return RowValues("ece", confidence=confidence, correct=correct, bins=resampling.bins), ""
+    for loss_name in resampling.losses if resampling is not None else ():
         for loss in record.parameters.get("losses", []):
             plain = not any(k in loss for k in ("weight", "label_smoothing", "alpha"))
             if loss["name"] == loss_name and plain and f"loss.{loss.get('key', loss_name)}" in arrays:
@@ -113,9 +132,8 @@ def judge(evaluations: EvaluationRepository, request: GateRequest) -> GateRecord
         kind, cand = cand_values.get(rule.metric, ("metric", None))
         base = base_values.get(rule.metric, (kind, None))[1]
         interval = intervals.get(index)
-        outcome = gate_rules.check(
-            rule.op, rule.value, cand, base, gate_rules.better_direction(kind, rule.metric), interval
-        )
+        direction = 1 if higher_is_better(candidate, kind, rule.metric) else -1
+        outcome = gate_rules.check(rule.op, rule.value, cand, base, direction, interval)
         results.append(
             RuleResult(
                 metric=rule.metric,

@@ -240,9 +240,21 @@ def npz_columns(scores: Scores) -> dict[str, np.ndarray]:
     }
 
 
+# What an evaluation with `sdm_id` adds, each with whether higher is better (the gate's direction).
+EVALUATION_METRICS: dict[str, bool] = {
+    "sdm_ood_share": False,
+    "sdm_hr_coverage": True,
+    "sdm_hr_accuracy": True,
+    "sdm_non_hr_accuracy": True,
+    "sdm_hr_lower_coverage": True,
+    "sdm_hr_lower_accuracy": True,
+    "sdm_non_hr_lower_accuracy": True,
+}
+
+
 def evaluation_metrics(scores: Scores, labels: np.ndarray) -> dict[str, float]:
-    """What an evaluation with `sdm_id` adds: coverage of the high-reliability region (and its lower
-    variant), accuracy inside and outside it, and the OOD share. NaN (reported null) for an empty side."""
+    """Coverage of the high-reliability region (and its lower variant), accuracy inside and outside it,
+    and the OOD share (the keys of EVALUATION_METRICS). NaN (reported null) for an empty side."""
     correct = scores.prediction == labels
     out = {"sdm_ood_share": float(scores.columns["is_ood"].mean())}
     for name, inside in (

@@ -136,7 +136,9 @@ def test_vector_scaling_reaches_the_golden_optimum() -> None:
 def test_affine_apply_graphs_match_golden(
     weight: np.ndarray, bias: np.ndarray, on_log_probs: bool, row1: list[float], row4: list[float], nll: float
 ) -> None:
-    probs = run_graph(apply.affine_graph(weight, bias, on_log_probs, np.dtype(np.float64)), Z_A)
+    probs = run_graph(
+        apply.standalone(lambda z: apply.affine(z, weight, bias, on_log_probs), np.dtype(np.float64)), Z_A
+    )
     np.testing.assert_allclose(probs[0], row1, atol=1e-9)
     np.testing.assert_allclose(probs[3], row4, atol=1e-9)
     np.testing.assert_allclose(-np.mean(np.log(probs[np.arange(4), Y_A])), nll, rtol=1e-9)
@@ -193,7 +195,7 @@ def test_beta_matches_golden() -> None:
 
 
 def test_beta_apply_only_matches_golden() -> None:
-    graph = apply.sigmoid_map_graph(np.array([1.2, -0.8]), 0.1, "binary", np.dtype(np.float64))
+    graph = apply.standalone(lambda z: apply.sigmoid_map(z, np.array([1.2, -0.8]), 0.1, "binary"), np.dtype(np.float64))
     expected = [0.0306544268, 0.3067919763, 0.4558009518, 0.6041813383, 0.9194600948]
     np.testing.assert_allclose(run_graph(graph, binary_logits(S_TEST))[:, 1], expected, atol=1e-9)
 
@@ -250,7 +252,7 @@ def test_rows_sum_to_one_and_restore_round_trips(calibrator: object) -> None:
 
 def test_mapped_runs_in_chunks_like_one_call() -> None:
     z = np.random.default_rng(1).normal(size=(1000, 3))
-    graph = lambda: apply.temperature_graph(2.0, np.dtype(np.float64))  # noqa: E731
+    graph = lambda: apply.standalone(lambda z: apply.temperature(z, 2.0), np.dtype(np.float64))  # noqa: E731
     whole = mapped("chunk-test", graph, {"logits": z})
     chunked = mapped("chunk-test", graph, {"logits": z}, SessionCache(RuntimeConfig(chunking=Chunking(bytes=240))))
     np.testing.assert_array_equal(whole, chunked)

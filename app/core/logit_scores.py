@@ -79,10 +79,15 @@ def _score(spec: TermSpec, logits: Var, log_p: Var, p: Var, classes: int, dtype:
     return op.reduce_sum(term, ints(-1), keepdims=0)
 
 
-def scores_graph(specs: tuple[TermSpec, ...], classes: int, dtype: np.dtype) -> onnx.ModelProto:
-    """logits [N, C] -> one [N] output per requested score, sharing one log-softmax."""
-    logits = argument(Tensor(dtype, ("N", classes)))
+def scores_fragment(specs: tuple[TermSpec, ...], logits: Var, classes: int) -> dict[str, Var]:
+    """logits Var [N, C] -> one [N] score per requested spec (by report key), sharing one log-softmax."""
+    dtype = np.dtype(logits.unwrap_tensor().dtype)
     log_p = op.log_softmax(logits, axis=-1)
     p = op.exp(log_p)
-    outputs = {spec.report_key: _score(spec, logits, log_p, p, classes, dtype) for spec in specs}
-    return build({"logits": logits}, outputs)
+    return {spec.report_key: _score(spec, logits, log_p, p, classes, dtype) for spec in specs}
+
+
+def scores_graph(specs: tuple[TermSpec, ...], classes: int, dtype: np.dtype) -> onnx.ModelProto:
+    """The fragment as a model: input `logits` [N, C] -> one [N] output per score."""
+    logits = argument(Tensor(dtype, ("N", classes)))
+    return build({"logits": logits}, scores_fragment(specs, logits, classes))

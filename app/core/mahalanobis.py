@@ -10,8 +10,9 @@ matrix products in ONNX, clamped at 0 (§7); outlier score min_c d_c² (higher =
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -172,6 +173,28 @@ class MahalanobisModel:
     background: F64 | None = None  # [D, D] whitening of the label-free covariance
     normalize: bool = False
 
+    @property
+    def dim(self) -> int:
+        return int(self.mean.size)
+
+    def fragment(self, features: Var) -> tuple[Var, Var]:
+        """`scores` = min_c d_c² (minus d_0² when relative) and `nearest_class` = argmin_c d_c²."""
+        c = _constants(features)
+        x = features
+        if self.normalize:
+            norm = op.sqrt(op.reduce_sum(op.mul(x, x), ints(-1), keepdims=1))
+            x = op.div(x, op.clip(norm, c(1e-12), None))
+        centred = op.sub(x, c(self.mean))
+        z = op.matmul(centred, c(self.whiten.T))
+        squared = op.reduce_sum(op.mul(z, z), ints(-1), keepdims=1)
+        cross = op.matmul(z, c(self.means.T))
+        d2 = op.clip(op.add(op.sub(squared, op.mul(c(2.0), cross)), c(np.sum(self.means**2, axis=1))), c(0.0), None)
+        score = op.reduce_min(d2, ints(-1), keepdims=0)
+        if self.background is not None:
+            zb = op.matmul(centred, c(self.background.T))
+            score = op.sub(score, op.reduce_sum(op.mul(zb, zb), ints(-1), keepdims=0))
+        return score, op.arg_min(d2, axis=-1, keepdims=0)
+
 
 def fit(
     stats: GaussianStats,
@@ -193,27 +216,29 @@ def fit(
     return MahalanobisModel(stats.mean, a, means, background, normalize)
 
 
-def scoring_graph(model: MahalanobisModel, dtype: np.dtype) -> onnx.ModelProto:
-    """features [N, D] -> `scores` (min_c d_c², minus d_0² when relative) and `nearest_class`."""
-    features = argument(Tensor(dtype, ("N", model.mean.size)))
+class ScoringModel(Protocol):
+    """A fitted detector as a graph fragment: features [N, D] -> (scores [N], nearest_class [N])."""
+
+    @property
+    def dim(self) -> int: ...
+
+    def fragment(self, features: Var) -> tuple[Var, Var]: ...
+
+
+def scoring_graph(model: ScoringModel, dtype: np.dtype) -> onnx.ModelProto:
+    """The fragment as a model: input `features` [N, D] -> outputs `scores`, `nearest_class`."""
+    features = argument(Tensor(dtype, ("N", model.dim)))
+    scores, nearest = model.fragment(features)
+    return build({"features": features}, {"scores": scores, "nearest_class": nearest})
+
+
+def _constants(features: Var) -> Callable[[object], Var]:
+    dtype = features.unwrap_tensor().dtype
 
     def c(value: object) -> Var:
         return op.constant(value=np.asarray(value, dtype=dtype))
 
-    x = features
-    if model.normalize:
-        norm = op.sqrt(op.reduce_sum(op.mul(x, x), ints(-1), keepdims=1))
-        x = op.div(x, op.clip(norm, c(1e-12), None))
-    centred = op.sub(x, c(model.mean))
-    z = op.matmul(centred, c(model.whiten.T))
-    squared = op.reduce_sum(op.mul(z, z), ints(-1), keepdims=1)
-    cross = op.matmul(z, c(model.means.T))
-    d2 = op.clip(op.add(op.sub(squared, op.mul(c(2.0), cross)), c(np.sum(model.means**2, axis=1))), c(0.0), None)
-    score = op.reduce_min(d2, ints(-1), keepdims=0)
-    if model.background is not None:
-        zb = op.matmul(centred, c(model.background.T))
-        score = op.sub(score, op.reduce_sum(op.mul(zb, zb), ints(-1), keepdims=0))
-    return build({"features": features}, {"scores": score, "nearest_class": op.arg_min(d2, axis=-1, keepdims=0)})
+    return c
 
 
 @dataclass(frozen=True)
@@ -227,6 +252,20 @@ class VimModel:
     residual: F64  # [D, D − dim]
     alpha: float
 
+    @property
+    def dim(self) -> int:
+        return int(self.origin.size)
+
+    def fragment(self, features: Var) -> tuple[Var, Var]:
+        """`scores` = α‖Rᵀ(x − u)‖ − logsumexp(Wx + b) (the negated ViM score: higher = more OOD) and
+        `nearest_class` = argmax of the logits."""
+        c = _constants(features)
+        logits = op.add(op.matmul(features, c(self.weight.T)), c(self.bias))
+        projected = op.matmul(op.sub(features, c(self.origin)), c(self.residual))
+        norm = op.sqrt(op.reduce_sum(op.mul(projected, projected), ints(-1), keepdims=0))
+        energy = op.reduce_log_sum_exp(logits, ints(-1), keepdims=0)
+        return op.sub(op.mul(c(self.alpha), norm), energy), op.arg_max(logits, axis=-1, keepdims=0)
+
 
 def fit_vim(features: F64, weight: F64, bias: F64, dim: int) -> VimModel:
     origin = -np.linalg.pinv(weight) @ bias
@@ -238,22 +277,6 @@ def fit_vim(features: F64, weight: F64, bias: F64, dim: int) -> VimModel:
     return VimModel(weight, bias, origin, residual, float(max_logit.mean() / norms.mean()))
 
 
-def vim_graph(model: VimModel, dtype: np.dtype) -> onnx.ModelProto:
-    """features [N, D] -> `scores` = α‖Rᵀ(x − u)‖ − logsumexp(Wx + b) (the negated ViM score: higher =
-    more OOD) and `nearest_class` = argmax of the logits."""
-    features = argument(Tensor(dtype, ("N", model.origin.size)))
-
-    def c(value: object) -> Var:
-        return op.constant(value=np.asarray(value, dtype=dtype))
-
-    logits = op.add(op.matmul(features, c(model.weight.T)), c(model.bias))
-    projected = op.matmul(op.sub(features, c(model.origin)), c(model.residual))
-    norm = op.sqrt(op.reduce_sum(op.mul(projected, projected), ints(-1), keepdims=0))
-    energy = op.reduce_log_sum_exp(logits, ints(-1), keepdims=0)
-    score = op.sub(op.mul(c(model.alpha), norm), energy)
-    return build({"features": features}, {"scores": score, "nearest_class": op.arg_max(logits, axis=-1, keepdims=0)})
-
-
 @dataclass(frozen=True)
 class PerClassModel:
     """Untied Gaussians (mahalanobis.md §3.2): per class a whitening A_c (A_cᵀA_c = Σ_c⁻¹), its mean, and
@@ -262,6 +285,22 @@ class PerClassModel:
     whiten: F64  # [C, D, D]
     means: F64  # [C, D]
     offsets: F64  # [C]
+
+    @property
+    def dim(self) -> int:
+        return int(self.means.shape[1])
+
+    def fragment(self, features: Var) -> tuple[Var, Var]:
+        """`scores` = min_c [‖A_c(x − μ_c)‖² + log|Σ_c| − 2 log π_c], `nearest_class` = argmin. All classes
+        in one product: x [N, D] @ [D, C·D], minus the whitened means, squared and summed per class."""
+        c = _constants(features)
+        classes, dim = self.means.shape
+        stacked = np.concatenate([w.T for w in self.whiten], axis=1)  # [D, C·D]
+        shifts = np.einsum("cij,cj->ci", self.whiten, self.means).reshape(-1)  # A_c μ_c, [C·D]
+        z = op.sub(op.matmul(features, c(stacked)), c(shifts))
+        per_class = op.reshape(z, ints(-1, classes, dim))
+        d2 = op.add(op.reduce_sum(op.mul(per_class, per_class), ints(-1), keepdims=0), c(self.offsets))
+        return op.reduce_min(d2, ints(-1), keepdims=0), op.arg_min(d2, axis=-1, keepdims=0)
 
 
 def fit_per_class(
@@ -286,23 +325,3 @@ def fit_per_class(
         whitens.append((vectors / np.sqrt(values)).T)
         offsets.append(float(np.sum(np.log(values)) - 2.0 * np.log(n_c / stats.n)))
     return PerClassModel(np.stack(whitens), stats.class_means, np.asarray(offsets))
-
-
-def per_class_graph(model: PerClassModel, dtype: np.dtype) -> onnx.ModelProto:
-    """features [N, D] -> `scores` = min_c [‖A_c(x − μ_c)‖² + log|Σ_c| − 2 log π_c], `nearest_class` = argmin.
-    All classes in one product: x [N, D] @ [D, C·D], minus the whitened means, squared and summed per class."""
-    classes, dim = model.means.shape
-    features = argument(Tensor(dtype, ("N", dim)))
-
-    def c(value: object) -> Var:
-        return op.constant(value=np.asarray(value, dtype=dtype))
-
-    stacked = np.concatenate([w.T for w in model.whiten], axis=1)  # [D, C·D]
-    shifts = np.einsum("cij,cj->ci", model.whiten, model.means).reshape(-1)  # A_c μ_c, [C·D]
-    z = op.sub(op.matmul(features, c(stacked)), c(shifts))
-    per_class = op.reshape(z, ints(-1, classes, dim))
-    d2 = op.add(op.reduce_sum(op.mul(per_class, per_class), ints(-1), keepdims=0), c(model.offsets))
-    return build(
-        {"features": features},
-        {"scores": op.reduce_min(d2, ints(-1), keepdims=0), "nearest_class": op.arg_min(d2, axis=-1, keepdims=0)},
-    )

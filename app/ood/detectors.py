@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import onnx
 from pydantic import ValidationError
 
 from app.core.errors import InputError
@@ -14,13 +13,12 @@ from app.core.mahalanobis import (
     GaussianStats,
     MahalanobisModel,
     PerClassModel,
+    ScoringModel,
     VimModel,
     fit,
     fit_per_class,
     fit_vim,
-    per_class_graph,
     scoring_graph,
-    vim_graph,
 )
 from app.core.neighbours import nearest
 from app.core.runtime import SessionCache
@@ -159,8 +157,8 @@ def _fit_ensemble(
             columns_out: list[np.ndarray] = []
             for index, name in enumerate(names):
                 layer_fit, layer_params = per_layer[index]
-                graph = scoring_model_from(layer_fit, request.method, layer_params, np.dtype(np.float64))
-                session = cache.create(graph)
+                model = scoring_model(layer_fit, request.method, layer_params)
+                session = cache.create(scoring_graph(model, np.dtype(np.float64)))
                 for column, given, side in ((columns_in, valid_in, "in"), (columns_out, valid_out, "out")):
                     x = float_matrix(given[name], f"validation.features_{side}.{name}", dims[index]).astype(np.float64)
                     column.append(session.run(None, {"features": x})[0])
@@ -199,24 +197,19 @@ def _fit_vim(
     return fitted, {"dim": params.dim}, info, int(weight.shape[0])
 
 
-def scoring_model_from(
-    arrays: dict[str, np.ndarray], method: str, params: dict[str, Any], dtype: np.dtype
-) -> onnx.ModelProto:
+def scoring_model(arrays: dict[str, np.ndarray], method: str, params: dict[str, Any]) -> ScoringModel:
+    """A stored detector's (or one layer's) fitted arrays as its scoring fragment (knn aside: it searches)."""
     if method == "vim":
-        return vim_graph(
-            VimModel(arrays["weight"], arrays["bias"], arrays["origin"], arrays["residual"], float(arrays["alpha"])),
-            dtype,
-        )
+        return VimModel(arrays["weight"], arrays["bias"], arrays["origin"], arrays["residual"], float(arrays["alpha"]))
     if "pc_whiten" in arrays:
-        return per_class_graph(PerClassModel(arrays["pc_whiten"], arrays["pc_means"], arrays["pc_offsets"]), dtype)
-    model = MahalanobisModel(
+        return PerClassModel(arrays["pc_whiten"], arrays["pc_means"], arrays["pc_offsets"])
+    return MahalanobisModel(
         arrays["mean"],
         arrays["whiten"],
         arrays["means"],
         arrays.get("background"),
         bool(params.get("normalize", False)),
     )
-    return scoring_graph(model, dtype)
 
 
 class DetectorService:
@@ -299,6 +292,10 @@ class DetectorService:
     def _signature(detector_id: str, index: int | None, dtype: np.dtype) -> str:
         return f"detector:{detector_id}:{index}:{dtype}"
 
+    def scoring_model(self, record: DetectorRecord, index: int | None = None) -> ScoringModel:
+        """The stored detector's (or its layer's) scoring fragment, for the service and for exports."""
+        return scoring_model(self._layer_arrays(record, index), record.method, record.params)
+
     def _layer_arrays(self, record: DetectorRecord, index: int | None) -> dict[str, np.ndarray]:
         arrays = self._fitted.get(record.id, lambda: decode_arrays(record.arrays, f"detector {record.id}"))
         if index is None:
@@ -318,7 +315,9 @@ class DetectorService:
             return np.sqrt(found.distances[:, -1]), arrays["support_labels"][found.indices[:, 0]]
         session = self.runtime.get(
             self._signature(record.id, index, dtype),
-            lambda: scoring_model_from(self._layer_arrays(record, index), record.method, record.params, dtype),
+            lambda: scoring_graph(
+                scoring_model(self._layer_arrays(record, index), record.method, record.params), dtype
+            ),
         )
         copies = record.classes if record.params.get("covariance") == "per_class" else 1  # [chunk, C·D] whitened
         spans = self.runtime.chunking.spans(len(features), 8 * copies * features.shape[1])

@@ -1,8 +1,11 @@
-"""Apply graphs: logits [N, C] -> calibrated probabilities [N, C], one parametrized builder per family.
-The service runs these graphs and `GET /v1/calibrators/{id}/onnx` exports the very same model."""
+"""Apply fragments: logits Var [N, C] -> calibrated probabilities Var [N, C] (spox `Var → Var`), one
+parametrized fragment per family, in the logits' dtype. `standalone` builds the model the service runs
+and `GET /v1/calibrators/{id}/onnx` exports; a composed export feeds the same fragment a model's
+logits output instead of a graph input."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -19,26 +22,28 @@ def _const(value: object, dtype: np.dtype) -> Var:
     return op.constant(value=np.asarray(value, dtype=dtype))
 
 
-def _model(logits: Var, probabilities: Var) -> onnx.ModelProto:
-    return build({"logits": logits}, {"probabilities": probabilities})
+Fragment = Callable[[Var], Var]
 
 
-def _logits(dtype: np.dtype) -> Var:
-    return argument(Tensor(dtype, ("N", "C")))
+def dtype_of(x: Var) -> np.dtype:
+    return np.dtype(x.unwrap_tensor().dtype)
 
 
-def temperature_graph(temperature: float, dtype: np.dtype) -> onnx.ModelProto:
+def standalone(fragment: Fragment, dtype: np.dtype, views: bool = False) -> onnx.ModelProto:
+    """The fragment as a model: input `logits` [N, C] ([N, V, C] for views) -> output `probabilities`."""
+    logits = argument(Tensor(dtype, ("N", "V", "C") if views else ("N", "C")))
+    return build({"logits": logits}, {"probabilities": fragment(logits)})
+
+
+def temperature(z: Var, temperature: float) -> Var:
     """softmax(z / T) (Guo et al. 2017)."""
-    z = _logits(dtype)
-    return _model(z, op.softmax(op.div(z, _const(temperature, dtype)), axis=-1))
+    return op.softmax(op.div(z, _const(temperature, dtype_of(z))), axis=-1)
 
 
-def view_temperature_graph(
-    temperature: float, slope: float, bounds: tuple[float, float], dtype: np.dtype
-) -> onnx.ModelProto:
+def view_temperature(views: Var, temperature: float, slope: float, bounds: tuple[float, float]) -> Var:
     """softmax(z₀ / T_i) with T_i = clip(T·exp(slope·(1 − a_i)), bounds), a_i the share of views v ≥ 1
-    whose argmax agrees with view 0's; input `logits` [N, V, C] (view 0 the original), output [N, C]."""
-    views = argument(Tensor(dtype, ("N", "V", "C")))
+    whose argmax agrees with view 0's; `views` [N, V, C] (view 0 the original) -> [N, C]."""
+    dtype = dtype_of(views)
     top = op.arg_max(views, axis=-1, keepdims=0)
     original = op.slice(top, ints(0), ints(1), ints(1))
     others = op.slice(top, ints(1), ints(np.iinfo(np.int64).max), ints(1))
@@ -47,17 +52,17 @@ def view_temperature_graph(
     log_t = op.add(_const(np.log(temperature), dtype), op.mul(_const(slope, dtype), disagreement))
     log_t = op.clip(log_t, _const(np.log(bounds[0]), dtype), _const(np.log(bounds[1]), dtype))
     z0 = op.squeeze(op.slice(views, ints(0), ints(1), ints(1)), ints(1))
-    return _model(views, op.softmax(op.div(z0, op.exp(log_t)), axis=-1))
+    return op.softmax(op.div(z0, op.exp(log_t)), axis=-1)
 
 
-def affine_graph(weight: np.ndarray, bias: np.ndarray, on_log_probs: bool, dtype: np.dtype) -> onnx.ModelProto:
+def affine(z: Var, weight: np.ndarray, bias: np.ndarray, on_log_probs: bool) -> Var:
     """softmax(w ⊙ x + b) for a weight vector, softmax(x Wᵀ + b) for a matrix; x = z or log_softmax(z)
     (vector/matrix scaling, Guo et al. 2017; Dirichlet calibration, Kull et al. 2019)."""
-    z = _logits(dtype)
+    dtype = dtype_of(z)
     x = op.log_softmax(z, axis=-1) if on_log_probs else z
     w = _const(weight, dtype)
     linear = op.mul(x, w) if weight.ndim == 1 else op.matmul(x, _const(weight.T, dtype))
-    return _model(z, op.softmax(op.add(linear, _const(bias, dtype)), axis=-1))
+    return op.softmax(op.add(linear, _const(bias, dtype)), axis=-1)
 
 
 def _renormalised(values: Var, dtype: np.dtype) -> Var:
@@ -83,22 +88,22 @@ def bin_index(p: Var, inner_edges: np.ndarray, dtype: np.dtype) -> Var:
     return op.reduce_sum(op.cast(above, to=np.int64), ints(-1), keepdims=0)
 
 
-def histogram_graph(bin_edges: np.ndarray, bin_values: np.ndarray, dtype: np.dtype) -> onnx.ModelProto:
+def histogram(z: Var, bin_edges: np.ndarray, bin_values: np.ndarray) -> Var:
     """One-vs-rest histogram binning (Zadrozny & Elkan 2001): each p_c replaced by its bin's value for
     class c, rows renormalised. `bin_values` is [C, B], `bin_edges` the B + 1 edges."""
-    z = _logits(dtype)
+    dtype = dtype_of(z)
     p = op.softmax(z, axis=-1)
     bins = bin_values.shape[1]
     index = op.add(bin_index(p, bin_edges[1:-1], dtype), _class_offsets(p, bins))
     mapped = op.gather(_const(bin_values.reshape(-1), dtype), index)
-    return _model(z, _renormalised(mapped, dtype))
+    return _renormalised(mapped, dtype)
 
 
-def isotonic_graph(thresholds_x: np.ndarray, thresholds_y: np.ndarray, dtype: np.dtype) -> onnx.ModelProto:
+def isotonic(z: Var, thresholds_x: np.ndarray, thresholds_y: np.ndarray) -> Var:
     """One-vs-rest isotonic regression applied as scikit-learn does: linear interpolation between the
     fitted thresholds, clipped outside them ([C, K] tables, rows padded by repeating their last point);
     rows renormalised (Zadrozny & Elkan 2002)."""
-    z = _logits(dtype)
+    dtype = dtype_of(z)
     p = op.softmax(z, axis=-1)
     width = thresholds_x.shape[1]
     # segment k: x_{k-1} ≤ p < x_k, found by counting thresholds ≤ p per class ([N, C, K] comparison)
@@ -116,7 +121,7 @@ def isotonic_graph(thresholds_x: np.ndarray, thresholds_y: np.ndarray, dtype: np
     t = op.div(op.sub(p, x0), op.where(flat, _const(1.0, dtype), span))
     t = op.clip(t, _const(0.0, dtype), _const(1.0, dtype))
     value = op.where(flat, y0, op.add(y0, op.mul(t, op.sub(y1, y0))))
-    return _model(z, _renormalised(value, dtype))
+    return _renormalised(value, dtype)
 
 
 def score_logs(z: Var, scope: Scope, dtype: np.dtype) -> tuple[Var, Var, Var]:
@@ -149,23 +154,23 @@ def _with_score(z: Var, scope: Scope, onehot: Var, log_s: Var, new_s: Var, dtype
     return op.add(others, op.mul(onehot, op.unsqueeze(new_s, ints(1))))
 
 
-def sigmoid_map_graph(coef: np.ndarray, intercept: float, scope: Scope, dtype: np.dtype) -> onnx.ModelProto:
+def sigmoid_map(z: Var, coef: np.ndarray, intercept: float, scope: Scope) -> Var:
     """s′ = σ(a₁·log s + a₂·log(1 − s) + c): Platt scaling on f = logit(s) = log s − log(1 − s)
     (coef = (−A, A) with Platt's p = 1/(1 + exp(A f + B)), c = −B) and beta calibration
     logit(s′) = a·ln s − b·ln(1 − s) + c (coef = (a, −b)) share this form (Kull et al. 2017)."""
-    z = _logits(dtype)
+    dtype = dtype_of(z)
     log_s, log_not_s, onehot = score_logs(z, scope, dtype)
     u = op.add(
         op.add(op.mul(_const(coef[0], dtype), log_s), op.mul(_const(coef[1], dtype), log_not_s)),
         _const(intercept, dtype),
     )
-    return _model(z, _with_score(z, scope, onehot, log_s, op.sigmoid(u), dtype))
+    return _with_score(z, scope, onehot, log_s, op.sigmoid(u), dtype)
 
 
 def score_features_graph(scope: Scope, dtype: np.dtype) -> onnx.ModelProto:
     """For fitting Platt/beta: [log s, log(1 − s)] per row and the binary target (y = 1 for `binary`,
     top-label correctness for `top_label`)."""
-    z = _logits(dtype)
+    z = argument(Tensor(dtype, ("N", "C")))
     labels = argument(Tensor(np.int64, ("N",)))
     log_s, log_not_s, _ = score_logs(z, scope, dtype)
     if scope == "binary":
@@ -178,7 +183,7 @@ def score_features_graph(scope: Scope, dtype: np.dtype) -> onnx.ModelProto:
 
 def histogram_counts_graph(bin_edges: np.ndarray, dtype: np.dtype) -> onnx.ModelProto:
     """Per (class, bin) of p_c: the row count and the count of rows whose label is c (one scatter each)."""
-    z = _logits(dtype)
+    z = argument(Tensor(dtype, ("N", "C")))
     labels = argument(Tensor(np.int64, ("N",)))
     p = op.softmax(z, axis=-1)
     bins = len(bin_edges) - 1

@@ -1,6 +1,7 @@
 """Calibrator fitters. Each has the scikit-learn shape: hyper-parameters in the constructor, `fit`
 sets trailing-underscore fitted state (and `fit_info_`: iterations, final gradient, bound hit),
-`transform` maps logits to probabilities with the ONNX apply graph, `apply_graph` is that graph.
+`apply_fragment` is the fitted map as a spox `Var → Var` fragment (logits -> probabilities), `apply_graph`
+that fragment as a standalone model and `transform` runs it.
 Losses and gradients are computed by ONNX objective graphs (`objectives.py`); scipy drives them."""
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx
 from scipy.optimize import isotonic_regression, minimize, minimize_scalar
+from spox import Var
 
 from app.core.calibration import apply, objectives
-from app.core.errors import InputError
 from app.core.graphrun import mapped, summed
 from app.core.runtime import SessionCache
 
@@ -30,7 +31,15 @@ class Calibrator(ABC):
     def fit(self, logits: np.ndarray, labels: np.ndarray) -> Calibrator: ...
 
     @abstractmethod
-    def apply_graph(self, dtype: np.dtype) -> onnx.ModelProto: ...
+    def apply_fragment(self, logits: Var) -> Var:
+        """Probabilities [N, C] from logits [N, C] (or [N, V, C] views when `takes_views`)."""
+
+    @property
+    def takes_views(self) -> bool:
+        return False
+
+    def apply_graph(self, dtype: np.dtype) -> onnx.ModelProto:
+        return apply.standalone(self.apply_fragment, dtype, self.takes_views)
 
     @abstractmethod
     def fitted(self) -> dict[str, Any]:
@@ -54,12 +63,6 @@ class Calibrator(ABC):
     def transform(self, logits: np.ndarray) -> np.ndarray:
         dtype = logits.dtype
         return mapped(self.signature(dtype), lambda: self.apply_graph(dtype), {"logits": logits}, self.cache)
-
-
-def _need_classes(labels: np.ndarray, minimum: int, method: str) -> None:
-    present = np.unique(labels).size
-    if present < minimum:
-        raise InputError("labels", f"{method} needs at least {minimum} distinct classes in the labels, got {present}")
 
 
 class TemperatureScaling(Calibrator):
@@ -121,8 +124,8 @@ class TemperatureScaling(Calibrator):
         self.fit_info_ = {"iterations": iterations, "gradient": grad, "nll": nll, "bound_hit": bool(at_bound)}
         return self
 
-    def apply_graph(self, dtype: np.dtype) -> onnx.ModelProto:
-        return apply.temperature_graph(self.temperature_, dtype)
+    def apply_fragment(self, logits: Var) -> Var:
+        return apply.temperature(logits, self.temperature_)
 
     def fitted(self) -> dict[str, Any]:
         return {"temperature": self.temperature_}
@@ -221,10 +224,14 @@ class CorrectnessAwareTemperature(TemperatureScaling):
             return (float(out["sq_right"]) + float(out["sq_wrong"])) / (n_right + n_wrong)
         return ((1 - accuracy) * float(out["sq_right"]) + accuracy * float(out["sq_wrong"])) / weight
 
-    def apply_graph(self, dtype: np.dtype) -> onnx.ModelProto:
+    @property
+    def takes_views(self) -> bool:
+        return self.agreement_slope_ is not None
+
+    def apply_fragment(self, logits: Var) -> Var:
         if self.agreement_slope_ is None:
-            return apply.temperature_graph(self.temperature_, dtype)
-        return apply.view_temperature_graph(self.temperature_, self.agreement_slope_, self.bounds, dtype)
+            return apply.temperature(logits, self.temperature_)
+        return apply.view_temperature(logits, self.temperature_, self.agreement_slope_, self.bounds)
 
     def fitted(self) -> dict[str, Any]:
         if self.agreement_slope_ is None:
@@ -305,8 +312,8 @@ class AffineScaling(Calibrator):
         }
         return self
 
-    def apply_graph(self, dtype: np.dtype) -> onnx.ModelProto:
-        return apply.affine_graph(self.weights_, self.bias_, self.on_log_probs, dtype)
+    def apply_fragment(self, logits: Var) -> Var:
+        return apply.affine(logits, self.weights_, self.bias_, self.on_log_probs)
 
     def fitted(self) -> dict[str, Any]:
         names = ("scale", "bias") if self.kind == "vector" else ("weights", "bias")
@@ -346,8 +353,8 @@ class HistogramBinning(Calibrator):
         self.fit_info_ = {"empty_bins": int(np.sum(count == 0))}
         return self
 
-    def apply_graph(self, dtype: np.dtype) -> onnx.ModelProto:
-        return apply.histogram_graph(self.bin_edges_, self.bin_values_, dtype)
+    def apply_fragment(self, logits: Var) -> Var:
+        return apply.histogram(logits, self.bin_edges_, self.bin_values_)
 
     def fitted(self) -> dict[str, Any]:
         return {"bin_edges": self.bin_edges_.tolist(), "bin_values": self.bin_values_.tolist()}
@@ -367,7 +374,7 @@ class IsotonicCalibration(Calibrator):
     def fit(self, logits: np.ndarray, labels: np.ndarray) -> IsotonicCalibration:
         probs = mapped(
             f"calibrator:temperature:{logits.dtype}:1.0",
-            lambda: apply.temperature_graph(1.0, logits.dtype),
+            lambda: apply.standalone(lambda z: apply.temperature(z, 1.0), logits.dtype),
             {"logits": logits},
             self.cache,
         )
@@ -390,8 +397,8 @@ class IsotonicCalibration(Calibrator):
         self.fit_info_ = {"thresholds": [len(x) for x in xs]}
         return self
 
-    def apply_graph(self, dtype: np.dtype) -> onnx.ModelProto:
-        return apply.isotonic_graph(self.thresholds_x_, self.thresholds_y_, dtype)
+    def apply_fragment(self, logits: Var) -> Var:
+        return apply.isotonic(logits, self.thresholds_x_, self.thresholds_y_)
 
     def fitted(self) -> dict[str, Any]:
         return {"thresholds_x": self.thresholds_x_.tolist(), "thresholds_y": self.thresholds_y_.tolist()}
@@ -452,8 +459,8 @@ class ScoreMap(Calibrator):
         }
         return result.x[:k], float(result.x[k])
 
-    def apply_graph(self, dtype: np.dtype) -> onnx.ModelProto:
-        return apply.sigmoid_map_graph(self.coef_, self.intercept_, self.scope_, dtype)
+    def apply_fragment(self, logits: Var) -> Var:
+        return apply.sigmoid_map(logits, self.coef_, self.intercept_, self.scope_)
 
 
 class PlattScaling(ScoreMap):

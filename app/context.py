@@ -15,7 +15,7 @@ from app.core.runtime import RuntimeConfig, SessionCache
 from app.evaluation.service import EvaluationService
 from app.gating.service import GateService
 from app.ood.detectors import DetectorService
-from app.ood.service import OodService
+from app.ood.scores import OodService
 from app.sdm.service import SdmService
 from app.storage.db import make_engine, make_session_factory
 from app.storage.evaluations import EvaluationRepository

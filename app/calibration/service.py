@@ -38,7 +38,7 @@ def report_metrics(
 
 def _check_fit_data(method: str, logits: np.ndarray, labels: np.ndarray) -> None:
     n, c = logits.shape
-    needed = METHODS[method].parameter_count(c)
+    needed = METHODS[method].min_rows(c)
     if n < needed:
         raise InputError(
             "logits", f"{method} has {needed} parameters for C = {c} classes; it needs at least {needed} rows, got {n}"

@@ -13,10 +13,9 @@ import json
 import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
-import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 from spox import build
@@ -24,7 +23,7 @@ from spox import build
 from app.core.calibration_error import BinStats
 from app.core.chunking import Chunking
 from app.core.errors import InputError
-from app.core.graph import GraphContext, InputKind, InputLayout
+from app.core.graph_context import GraphContext, InputKind, InputLayout
 from app.core.losses import LOSSES
 from app.core.lru import LruCache
 from app.core.metrics import METRICS, bin_stats, uniform_bin_state
@@ -315,8 +314,6 @@ def reliability_table(stats: BinStats) -> list[dict[str, float | None]]:
 
 
 # ---- input validation ------------------------------------------------------------------------------------
-
-FloatArray = npt.NDArray[np.floating[Any]]
 
 
 def _check_finite(name: str, x: np.ndarray) -> None:

@@ -11,7 +11,7 @@ import spox.opset.ai.onnx.v21 as op
 from pydantic import Field
 from spox import Tensor, Var, argument, build
 
-from app.core.graph import ints, scalar
+from app.core.graph_context import ints, scalar
 from app.core.specs import TermSpec
 
 

@@ -17,7 +17,7 @@ import spox.opset.ai.onnx.v21 as op
 from pydantic import Field, model_validator
 from spox import Var
 
-from app.core.graph import GraphContext
+from app.core.graph_context import GraphContext
 from app.core.specs import TermSpec
 
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]

@@ -21,7 +21,7 @@ import spox.opset.ai.onnx.v21 as op
 from spox import Tensor, Var, argument, build
 
 from app.core.errors import InputError
-from app.core.graph import ints
+from app.core.graph_context import ints
 
 F64 = npt.NDArray[np.float64]
 Shrinkage = Literal["ledoit_wolf", "oas"] | float | None

@@ -16,7 +16,7 @@ from pydantic import Field
 from spox import Tensor, Var, argument, build
 
 from app.core.calibration_error import BinStats, Norm, calibration_gap, quantile_bin_stats, smooth_ece
-from app.core.graph import GraphContext, class_range, scalar
+from app.core.graph_context import GraphContext, class_range, scalar
 from app.core.graphrun import mapped
 from app.core.runtime import SessionCache
 from app.core.selective import aurc

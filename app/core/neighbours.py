@@ -15,7 +15,7 @@ import onnx
 import spox.opset.ai.onnx.v21 as op
 from spox import Tensor, argument, build
 
-from app.core.graph import ints, scalar
+from app.core.graph_context import ints, scalar
 from app.core.graphrun import mapped_outputs
 from app.core.runtime import SessionCache, default_cache
 

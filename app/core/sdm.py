@@ -30,7 +30,7 @@ import onnx
 import spox.opset.ai.onnx.v21 as op
 from spox import Tensor, Var, argument, build
 
-from app.core.graph import class_range, ints, scalar
+from app.core.graph_context import class_range, ints, scalar
 from app.core.graphrun import mapped_outputs
 from app.core.neighbours import nearest, squared_norms
 from app.core.runtime import SessionCache

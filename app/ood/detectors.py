@@ -162,7 +162,7 @@ def _fit_ensemble(
                 for column, given, side in ((columns_in, valid_in, "in"), (columns_out, valid_out, "out")):
                     x = float_matrix(given[name], f"validation.features_{side}.{name}", dims[index]).astype(np.float64)
                     column.append(session.run(None, {"features": x})[0])
-            coef, loss = logistic_weights(np.column_stack(columns_in), np.column_stack(columns_out))
+            coef, loss = logistic_weights(np.column_stack(columns_in), np.column_stack(columns_out), cache)
             weights = dict(zip(names, coef.tolist(), strict=True))
             info = {**info, "ensemble_logistic_loss": loss}
         else:

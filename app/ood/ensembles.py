@@ -7,11 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.optimize import minimize
 
-from app.core.calibration import objectives
 from app.core.errors import InputError
-from app.core.graphrun import summed
+from app.core.logistic import fit_logistic
+from app.core.runtime import SessionCache
 
 PENALTY = 1e-3
 
@@ -21,29 +20,17 @@ def layers_of(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarra
     return {k[len(prefix) + 1 :]: v for k, v in arrays.items() if k.startswith(prefix + ".")}
 
 
-def logistic_weights(scores_in: np.ndarray, scores_out: np.ndarray) -> tuple[np.ndarray, float]:
+def logistic_weights(
+    scores_in: np.ndarray, scores_out: np.ndarray, cache: SessionCache | None = None
+) -> tuple[np.ndarray, float]:
     """Weights of a logistic regression of OOD (1) vs ID (0) on per-layer scores [N, L], standardised,
     mapped back to raw-score weights (the intercept does not change a ranking)."""
     x = np.vstack([scores_in, scores_out]).astype(np.float64)
     y = np.r_[np.zeros(len(scores_in)), np.ones(len(scores_out))]
     mean, scale = x.mean(0), np.maximum(x.std(0), 1e-12)
     z = (x - mean) / scale
-    k = z.shape[1]
-
-    def value_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        out = summed(
-            "objective:logistic:float64",
-            lambda: objectives.logistic_objective(np.dtype(np.float64)),
-            {"features": z, "targets": y},
-            {"coef": theta[:k], "intercept": np.asarray(theta[k])},
-        )
-        n = len(y)
-        grad = np.concatenate([out["grad_coef"], [out["grad_intercept"]]]) / n
-        grad[:k] += 2 * PENALTY * theta[:k]
-        return float(out["loss"]) / n + PENALTY * float(theta[:k] @ theta[:k]), grad
-
-    result = minimize(value_and_grad, np.zeros(k + 1), jac=True, method="L-BFGS-B", options={"gtol": 1e-10})
-    return result.x[:k] / scale, float(result.fun)
+    fitted = fit_logistic(z, y, ridge=PENALTY, options={"gtol": 1e-10}, cache=cache)
+    return fitted.coef / scale, fitted.loss
 
 
 def check_layers(given: dict[str, np.ndarray], names: list[str], field: str) -> None:

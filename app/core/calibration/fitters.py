@@ -17,6 +17,7 @@ from spox import Var
 
 from app.core.calibration import apply, objectives
 from app.core.graphrun import mapped, summed
+from app.core.logistic import fit_logistic
 from app.core.runtime import SessionCache
 
 
@@ -432,32 +433,10 @@ class ScoreMap(Calibrator):
         return features.astype(np.float64), target.astype(np.float64)
 
     def _logistic(self, features: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, float]:
-        k = features.shape[1]
-
-        def value_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
-            out = summed(
-                "objective:logistic:float64",
-                lambda: objectives.logistic_objective(np.dtype(np.float64)),
-                {"features": features, "targets": targets},
-                {"coef": theta[:k], "intercept": np.asarray(theta[k])},
-                self.cache,
-            )
-            n = len(targets)
-            return float(out["loss"]) / n, np.concatenate([out["grad_coef"], [out["grad_intercept"]]]) / n
-
-        result = minimize(
-            value_and_grad,
-            np.zeros(k + 1),
-            jac=True,
-            method="L-BFGS-B",
-            options={"maxiter": 1000, "gtol": 1e-12, "ftol": 1e-15},
-        )
-        self.fit_info_ = {
-            "iterations": int(result.nit),
-            "gradient": float(np.max(np.abs(result.jac))),
-            "converged": bool(result.success),
-        }
-        return result.x[:k], float(result.x[k])
+        options = {"maxiter": 1000, "gtol": 1e-12, "ftol": 1e-15}
+        result = fit_logistic(features, targets, options=options, cache=self.cache)
+        self.fit_info_ = result.info
+        return result.coef, result.intercept
 
     def apply_fragment(self, logits: Var) -> Var:
         return apply.sigmoid_map(logits, self.coef_, self.intercept_, self.scope_)

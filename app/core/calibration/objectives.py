@@ -13,7 +13,7 @@ import onnx
 import spox.opset.ai.onnx.v21 as op
 from spox import Tensor, Var, argument, build
 
-from app.core.graph import class_range, ints
+from app.core.graph_context import class_range, ints
 
 AffineKind = Literal["vector", "matrix"]
 

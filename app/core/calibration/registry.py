@@ -59,7 +59,7 @@ class BinsParams(NoParams):
 class Method:
     params: type[NoParams]
     make: Callable[[NoParams, SessionCache | None], Calibrator]
-    parameter_count: Callable[[int], int]  # for C classes: the fewest rows a fit needs
+    min_rows: Callable[[int], int]  # for C classes: its parameter count, the fewest rows a fit needs
 
     def create(self, params: NoParams, cache: SessionCache | None = None) -> Calibrator:
         return self.make(params, cache)

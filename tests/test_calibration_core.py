@@ -20,7 +20,9 @@ from app.core.calibration.fitters import (
     PlattScaling,
     TemperatureScaling,
 )
+from app.core.calibration.registry import METHODS
 from app.core.chunking import Chunking
+from app.core.fitted_state import IncompatibleFittedStateError
 from app.core.graphrun import mapped
 from app.core.runtime import RuntimeConfig, SessionCache
 from tests.conftest import Y_A, Y_B, Z_A, Z_B
@@ -283,7 +285,22 @@ def test_session_cache_keys_tell_fitted_states_apart() -> None:
     b = TemperatureScaling().load({"temperature": 2.5})
     assert a.signature(np.dtype(np.float64)) != b.signature(np.dtype(np.float64))
     assert not np.allclose(a.transform(Z_A), b.transform(Z_A))
-    views = {"temperature": 1.2, "agreement_slope": 3.0, "views": True}
-    wide = CorrectnessAwareTemperature().load({**views, "bounds": [0.1, 10.0]})
-    narrow = CorrectnessAwareTemperature().load({**views, "bounds": [0.1, 1.5]})
+    views = {"temperature": 1.2, "agreement_slope": 3.0}
+    wide = CorrectnessAwareTemperature((0.1, 10.0)).load(views)  # bounds: a hyper-parameter, not fitted state
+    narrow = CorrectnessAwareTemperature((0.1, 1.5)).load(views)
     assert wide.signature(np.dtype(np.float64)) != narrow.signature(np.dtype(np.float64))
+
+
+def test_fitted_state_round_trips_and_refuses_other_versions() -> None:
+    from tests.test_api_calibrators import views_data
+
+    views, y = views_data()
+    z = np.ascontiguousarray(views[:, 0, :])
+    for method in ("temperature", "vector_scaling", "dirichlet", "histogram_binning", "isotonic", "platt", "beta"):
+        fitted = METHODS[method].create(METHODS[method].params()).fit(z, y)
+        state = fitted.fitted()
+        assert state["state_version"] == 1 and not any(k.endswith("_") for k in state)
+        restored = METHODS[method].create(METHODS[method].params()).load(state)
+        np.testing.assert_array_equal(restored.transform(z), fitted.transform(z))
+        with pytest.raises(IncompatibleFittedStateError, match="state version 2"):
+            METHODS[method].create(METHODS[method].params()).load({**state, "state_version": 2})

@@ -12,6 +12,7 @@ from app.core.calibration.fitters import Calibrator
 from app.core.calibration.registry import METHODS, restore
 from app.core.errors import InputError
 from app.core.evaluation import EvaluationPlan, Evaluator, validate_batch, validate_scores
+from app.core.fitted_state import STATE_VERSION
 from app.core.metrics import BrierMetric, Ece, NllMetric
 from app.core.runtime import SessionCache
 from app.records import new_id, rfc3339, utc_now
@@ -202,7 +203,8 @@ class CalibrationService:
                 "logits",
                 f"has C = {logits.shape[-1]} classes; calibrator {record.id} was fitted on C = {record.classes}",
             )
-        if record.fitted.get("views"):
+        calibrator = self.restored(record)
+        if calibrator.takes_views:
             if logits.ndim != 3:
                 raise InputError(
                     "logits",
@@ -210,8 +212,8 @@ class CalibrationService:
                     f"got shape {list(logits.shape)}",
                 )
             views, _ = _views(logits, None, "logits", record.method)
-            return self.restored(record).transform(views)
-        return self.restored(record).transform(validate_scores(logits))
+            return calibrator.transform(views)
+        return calibrator.transform(validate_scores(logits))
 
     def calibrated_inputs(self, calibrator_id: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """An evaluation's inputs with `logits` replaced by this calibrator's probabilities."""
@@ -233,7 +235,7 @@ def calibrator_out(record: CalibratorRecord) -> CalibratorOut:
         method=record.method,
         classes=record.classes,
         params=record.params,
-        fitted=record.fitted,
+        fitted={k: v for k, v in record.fitted.items() if k != STATE_VERSION},  # the learned parameters only
         fit_report=record.fit_report,
         model=record.model,
         dataset=record.dataset,

@@ -16,12 +16,15 @@ from scipy.optimize import isotonic_regression, minimize, minimize_scalar
 from spox import Var
 
 from app.core.calibration import apply, objectives
-from app.core.graphrun import mapped, summed
+from app.core.fitted_state import FittedState
+from app.core.graphrun import mapped, mapped_outputs, summed
 from app.core.logistic import fit_logistic
 from app.core.runtime import SessionCache
 
 
-class Calibrator(ABC):
+class Calibrator(FittedState, ABC):
+    """Hyper-parameters in the constructor; `fit` sets the fitted attributes named by `state_keys()`."""
+
     method: ClassVar[str]
 
     def __init__(self, cache: SessionCache | None = None) -> None:
@@ -41,14 +44,6 @@ class Calibrator(ABC):
 
     def apply_graph(self, dtype: np.dtype) -> onnx.ModelProto:
         return apply.standalone(self.apply_fragment, dtype, self.takes_views)
-
-    @abstractmethod
-    def fitted(self) -> dict[str, Any]:
-        """The learned parameters under api.md's stable names (JSON-ready)."""
-
-    @abstractmethod
-    def load(self, fitted: dict[str, Any]) -> Calibrator:
-        """Restore fitted state from `fitted()` output."""
 
     def signature(self, dtype: np.dtype) -> str:
         """Session-cache key: a digest of the fitted state's bytes (cheap even for a C×C matrix)."""
@@ -128,12 +123,8 @@ class TemperatureScaling(Calibrator):
     def apply_fragment(self, logits: Var) -> Var:
         return apply.temperature(logits, self.temperature_)
 
-    def fitted(self) -> dict[str, Any]:
-        return {"temperature": self.temperature_}
-
-    def load(self, fitted: dict[str, Any]) -> TemperatureScaling:
-        self.temperature_ = float(fitted["temperature"])
-        return self
+    def state_keys(self) -> tuple[str, ...]:
+        return ("temperature",)
 
 
 class CorrectnessAwareTemperature(TemperatureScaling):
@@ -142,6 +133,7 @@ class CorrectnessAwareTemperature(TemperatureScaling):
     The loss is not convex in T: a grid of 61 points on log T over `bounds`, then bounded Brent."""
 
     method = "temperature_ca"
+    agreement_slope_: float | None = None  # fitted on [N, V, C] views only
 
     def __init__(self, bounds: tuple[float, float] = (0.1, 10.0), cache: SessionCache | None = None) -> None:
         super().__init__(bounds, cache)
@@ -150,7 +142,7 @@ class CorrectnessAwareTemperature(TemperatureScaling):
         """Global T from [N, C] logits; with [N, V, C] views (view 0 the original) also the agreement slope."""
         if logits.ndim == 3:
             return self._fit_views(logits, labels)
-        self.agreement_slope_: float | None = None
+        self.agreement_slope_ = None
         log_lo, log_hi = np.log(self.bounds[0]), np.log(self.bounds[1])
         grid = np.linspace(log_lo, log_hi, 61)
         values = [self.loss(logits, labels, float(np.exp(t))) for t in grid]
@@ -234,29 +226,22 @@ class CorrectnessAwareTemperature(TemperatureScaling):
             return apply.temperature(logits, self.temperature_)
         return apply.view_temperature(logits, self.temperature_, self.agreement_slope_, self.bounds)
 
-    def fitted(self) -> dict[str, Any]:
-        if self.agreement_slope_ is None:
-            return {"temperature": self.temperature_}
-        return {
-            "temperature": self.temperature_,
-            "agreement_slope": self.agreement_slope_,
-            "views": True,
-            "bounds": list(self.bounds),
-        }
+    def state_keys(self) -> tuple[str, ...]:
+        return ("temperature", "agreement_slope")
 
-    def load(self, fitted: dict[str, Any]) -> CorrectnessAwareTemperature:
-        self.temperature_ = float(fitted["temperature"])
-        slope = fitted.get("agreement_slope")
-        if "bounds" in fitted:
-            self.bounds = (float(fitted["bounds"][0]), float(fitted["bounds"][1]))
-        self.agreement_slope_ = None if slope is None else float(slope)
-        return self
+    def fitted(self) -> dict[str, Any]:
+        """The state, and `views: true` (derived, read back by nothing) for a fit on views, as api.md shows it."""
+        return super().fitted() | ({"views": True} if self.takes_views else {})
 
 
 class AffineScaling(Calibrator):
     """Vector scaling softmax(w ⊙ z + b), matrix scaling softmax(z Wᵀ + b) (Guo et al. 2017) and
     Dirichlet calibration softmax(log_softmax(z) Wᵀ + b) (Kull et al. 2019), fitted by L-BFGS-B on the
     mean NLL plus the ODIR penalty λ Σ_{i≠j} W_ij²/(C(C−1)) + μ Σ_j b_j²/C (matrix/Dirichlet)."""
+
+    scale_: np.ndarray  # vector scaling's w
+    weights_: np.ndarray  # matrix scaling's and Dirichlet's W
+    bias_: np.ndarray
 
     def __init__(
         self,
@@ -302,7 +287,7 @@ class AffineScaling(Calibrator):
         result = minimize(
             value_and_grad, start, jac=True, method="L-BFGS-B", options={"maxiter": 1000, "gtol": 1e-9, "ftol": 1e-15}
         )
-        self.weights_ = result.x[:size].reshape(shape)
+        setattr(self, self.state_keys()[0] + "_", result.x[:size].reshape(shape))
         self.bias_ = result.x[size:]
         self.fit_info_ = {
             "iterations": int(result.nit),
@@ -314,16 +299,11 @@ class AffineScaling(Calibrator):
         return self
 
     def apply_fragment(self, logits: Var) -> Var:
-        return apply.affine(logits, self.weights_, self.bias_, self.on_log_probs)
+        weight = self.scale_ if self.kind == "vector" else self.weights_
+        return apply.affine(logits, weight, self.bias_, self.on_log_probs)
 
-    def fitted(self) -> dict[str, Any]:
-        names = ("scale", "bias") if self.kind == "vector" else ("weights", "bias")
-        return {names[0]: self.weights_.tolist(), names[1]: self.bias_.tolist()}
-
-    def load(self, fitted: dict[str, Any]) -> AffineScaling:
-        self.weights_ = np.asarray(fitted["scale" if self.kind == "vector" else "weights"], dtype=np.float64)
-        self.bias_ = np.asarray(fitted["bias"], dtype=np.float64)
-        return self
+    def state_keys(self) -> tuple[str, ...]:
+        return ("scale", "bias") if self.kind == "vector" else ("weights", "bias")
 
 
 class HistogramBinning(Calibrator):
@@ -357,13 +337,8 @@ class HistogramBinning(Calibrator):
     def apply_fragment(self, logits: Var) -> Var:
         return apply.histogram(logits, self.bin_edges_, self.bin_values_)
 
-    def fitted(self) -> dict[str, Any]:
-        return {"bin_edges": self.bin_edges_.tolist(), "bin_values": self.bin_values_.tolist()}
-
-    def load(self, fitted: dict[str, Any]) -> HistogramBinning:
-        self.bin_edges_ = np.asarray(fitted["bin_edges"], dtype=np.float64)
-        self.bin_values_ = np.asarray(fitted["bin_values"], dtype=np.float64)
-        return self
+    def state_keys(self) -> tuple[str, ...]:
+        return ("bin_edges", "bin_values")
 
 
 class IsotonicCalibration(Calibrator):
@@ -401,22 +376,24 @@ class IsotonicCalibration(Calibrator):
     def apply_fragment(self, logits: Var) -> Var:
         return apply.isotonic(logits, self.thresholds_x_, self.thresholds_y_)
 
-    def fitted(self) -> dict[str, Any]:
-        return {"thresholds_x": self.thresholds_x_.tolist(), "thresholds_y": self.thresholds_y_.tolist()}
-
-    def load(self, fitted: dict[str, Any]) -> IsotonicCalibration:
-        self.thresholds_x_ = np.asarray(fitted["thresholds_x"], dtype=np.float64)
-        self.thresholds_y_ = np.asarray(fitted["thresholds_y"], dtype=np.float64)
-        return self
+    def state_keys(self) -> tuple[str, ...]:
+        return ("thresholds_x", "thresholds_y")
 
 
 class ScoreMap(Calibrator):
     """Binary calibrators of one score s: p_1 with two classes, the top-label confidence with more
     (the other classes then share 1 − s′ in proportion). Fitted by L-BFGS-B on the ONNX logistic loss."""
 
-    coef_: np.ndarray
-    intercept_: float
     scope_: apply.Scope
+
+    @property
+    @abstractmethod
+    def coef(self) -> np.ndarray:
+        """(a₁, a₂) of the sigmoid map on (log s, log(1 − s)), derived from the fitted state."""
+
+    @property
+    @abstractmethod
+    def intercept(self) -> float: ...
 
     def scope(self, classes: int) -> apply.Scope:
         return "binary" if classes == 2 else "top_label"
@@ -424,13 +401,13 @@ class ScoreMap(Calibrator):
     def _features(self, logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scope = self.scope(logits.shape[1])
         session_rows = {"logits": logits, "labels": labels}
-        from app.core.runtime import default_cache
-
-        session = (self.cache or default_cache()).get(
-            f"fit:score:{scope}:{logits.dtype}", lambda: apply.score_features_graph(scope, logits.dtype)
+        out = mapped_outputs(
+            f"fit:score:{scope}:{logits.dtype}",
+            lambda: apply.score_features_graph(scope, logits.dtype),
+            session_rows,
+            cache=self.cache,
         )
-        features, target = session.run(None, session_rows)
-        return features.astype(np.float64), target.astype(np.float64)
+        return out["features"].astype(np.float64), out["target"].astype(np.float64)
 
     def _logistic(self, features: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, float]:
         options = {"maxiter": 1000, "gtol": 1e-12, "ftol": 1e-15}
@@ -439,7 +416,7 @@ class ScoreMap(Calibrator):
         return result.coef, result.intercept
 
     def apply_fragment(self, logits: Var) -> Var:
-        return apply.sigmoid_map(logits, self.coef_, self.intercept_, self.scope_)
+        return apply.sigmoid_map(logits, self.coef, self.intercept, self.scope_)
 
 
 class PlattScaling(ScoreMap):
@@ -457,16 +434,18 @@ class PlattScaling(ScoreMap):
         logit = (features[:, 0] - features[:, 1])[:, None]
         (slope,), intercept = self._logistic(logit, smoothed)
         self.a_, self.b_ = -float(slope), -intercept
-        self.coef_, self.intercept_ = np.array([slope, -slope]), intercept
         return self
 
-    def fitted(self) -> dict[str, Any]:
-        return {"a": self.a_, "b": self.b_, "scope": self.scope_}
+    @property
+    def coef(self) -> np.ndarray:
+        return np.array([-self.a_, self.a_])
 
-    def load(self, fitted: dict[str, Any]) -> PlattScaling:
-        self.a_, self.b_, self.scope_ = float(fitted["a"]), float(fitted["b"]), fitted["scope"]
-        self.coef_, self.intercept_ = np.array([-self.a_, self.a_]), -self.b_
-        return self
+    @property
+    def intercept(self) -> float:
+        return -self.b_
+
+    def state_keys(self) -> tuple[str, ...]:
+        return ("a", "b", "scope")
 
 
 class BetaCalibration(ScoreMap):
@@ -490,18 +469,15 @@ class BetaCalibration(ScoreMap):
                 coef[keep[0]] = sub[0]
                 break
         self.a_, self.b_, self.c_ = float(coef[0]), float(coef[1]), intercept
-        self.coef_, self.intercept_ = np.array([self.a_, -self.b_]), intercept
         return self
 
-    def fitted(self) -> dict[str, Any]:
-        return {"a": self.a_, "b": self.b_, "c": self.c_, "scope": self.scope_}
+    @property
+    def coef(self) -> np.ndarray:
+        return np.array([self.a_, -self.b_])
 
-    def load(self, fitted: dict[str, Any]) -> BetaCalibration:
-        self.a_, self.b_, self.c_, self.scope_ = (
-            float(fitted["a"]),
-            float(fitted["b"]),
-            float(fitted["c"]),
-            fitted["scope"],
-        )
-        self.coef_, self.intercept_ = np.array([self.a_, -self.b_]), self.c_
-        return self
+    @property
+    def intercept(self) -> float:
+        return self.c_
+
+    def state_keys(self) -> tuple[str, ...]:
+        return ("a", "b", "c", "scope")

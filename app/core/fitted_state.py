@@ -1,0 +1,55 @@
+"""One serialiser for fitted state, scikit-learn's convention made storable: the state is the attributes
+named by `state_keys()` with a trailing underscore (set by `fit`), stored under the names without it
+(api.md's names) in JSON-ready form beside a `state_version`. Hyper-parameters are constructor arguments
+and never part of the state (a record keeps them as its `params`)."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any, ClassVar, Self
+
+import numpy as np
+
+STATE_VERSION = "state_version"
+
+
+class IncompatibleFittedStateError(ValueError):
+    """A stored state written by another state version of its estimator."""
+
+
+class FittedState:
+    state_version: ClassVar[int] = 1
+
+    @abstractmethod
+    def state_keys(self) -> tuple[str, ...]:
+        """The names of the fitted attributes (without their trailing underscore)."""
+
+    def fitted(self) -> dict[str, Any]:
+        """The state, JSON-ready (arrays as nested lists); an unset optional attribute (None) is left out."""
+        state: dict[str, Any] = {STATE_VERSION: self.state_version}
+        for key in self.state_keys():
+            value = getattr(self, key + "_")
+            if value is not None:
+                state[key] = value.tolist() if isinstance(value, np.ndarray) else value
+        return state
+
+    def load(self, state: dict[str, Any]) -> Self:
+        """Restore what `fitted` wrote (lists become float64 arrays, numbers floats); states stored before
+        versions existed are version 1."""
+        version = state.get(STATE_VERSION, 1)
+        if version != self.state_version:
+            raise IncompatibleFittedStateError(
+                f"{type(self).__name__} state version {version} cannot be read (this build reads {self.state_version})"
+            )
+        for key in self.state_keys():
+            if key in state:
+                setattr(self, key + "_", _restored(state[key]))
+        return self
+
+
+def _restored(value: Any) -> Any:
+    if isinstance(value, list):
+        return np.asarray(value, dtype=np.float64)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return value

@@ -11,12 +11,14 @@ RUN pip install .
 
 # Runtime stage: the venv and the migrations, run as an unprivileged user.
 FROM python:3.11-slim
-RUN useradd --create-home --uid 10001 caliper
+RUN useradd --create-home --uid 10001 caliper \
+ && mkdir -p /var/lib/caliper/artifacts && chown -R caliper /var/lib/caliper
 COPY --from=build /opt/venv /opt/venv
 COPY migrations /srv/caliper/migrations
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     CALIPER_MIGRATIONS_DIR=/srv/caliper/migrations \
+    CALIPER_ARTIFACT_DIR=/var/lib/caliper/artifacts \
     CALIPER_HOST=0.0.0.0 \
     CALIPER_PORT=8000
 WORKDIR /srv/caliper

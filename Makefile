@@ -47,8 +47,8 @@ fuzz: dev
 	CALIPER_FUZZ_EXAMPLES=50 $(BIN)/pytest tests/test_schema_fuzz.py
 
 lint: dev
-	$(BIN)/ruff check app tests bench migrations
-	$(BIN)/ruff format --check app tests bench migrations
+	$(BIN)/ruff check app tests bench migrations models
+	$(BIN)/ruff format --check app tests bench migrations models
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -35,6 +35,16 @@ class Settings(BaseSettings):
     chunk_bytes: int = Field(
         8 * 1024 * 1024, gt=0, description="Most input bytes per onnxruntime call (keeps intermediates in cache)."
     )
+    artifact_dir: Path = Field(
+        Path("./var/artifacts"), description="Content-addressed store of uploaded model files (a volume in compose)."
+    )
+    max_model_bytes: int = Field(256 * 1024 * 1024, gt=0, description="Largest accepted ONNX model upload (413 above).")
+    model_workers: int = Field(2, ge=1, le=64, description="Worker processes that run uploaded models.")
+    model_memory_bytes: int = Field(
+        4 * 1024**3, gt=0, description="Address-space limit of each model worker (RLIMIT_AS); beyond it a run is 422."
+    )
+    model_timeout_s: float = Field(60.0, gt=0, description="Time limit of one model call; beyond it the run is 422.")
+    model_batch_rows: int = Field(4096, gt=0, description="Most rows per model call: large inputs run in chunks.")
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
     access_log: bool = Field(True, description="uvicorn's per-request access log.")

@@ -14,13 +14,16 @@ from app.core.chunking import Chunking
 from app.core.runtime import RuntimeConfig, SessionCache
 from app.evaluation.service import EvaluationService
 from app.gating.service import GateService
+from app.models.service import ModelService
+from app.models.workers import WorkerLimits, WorkerPool
 from app.ood.detectors import DetectorService
 from app.ood.scores import OodService
 from app.sdm.service import SdmService
+from app.storage.artifacts import ArtifactStore
 from app.storage.db import make_engine, make_session_factory
 from app.storage.evaluations import EvaluationRepository
 from app.storage.models import CalibratorRecord, DetectorRecord, GateRecord
-from app.storage.repository import Repository, SdmRepository
+from app.storage.repository import ModelRepository, Repository, SdmRepository
 
 
 @dataclass
@@ -35,6 +38,9 @@ class Resources:
     ood: OodService
     sdm: SdmService
     gates: GateService
+    artifacts: ArtifactStore
+    workers: WorkerPool  # uploaded models run only here, in worker processes
+    models: ModelService
 
     @classmethod
     def create(cls, settings: Settings) -> Resources:
@@ -46,6 +52,19 @@ class Resources:
         calibrators = CalibrationService(Repository(database, CalibratorRecord, "calibrator"), runtime)
         detectors = DetectorService(Repository(database, DetectorRecord, "detector"), runtime)
         sdm = SdmService(SdmRepository(database), runtime)
+        artifacts = ArtifactStore(settings.artifact_dir, settings.max_model_bytes)
+        limits = WorkerLimits(settings.model_memory_bytes, settings.model_timeout_s, tuple(runtime.providers))
+        workers = WorkerPool(settings.model_workers, limits)
+        models = ModelService(
+            ModelRepository(database),
+            artifacts,
+            workers,
+            runtime,
+            calibrators,
+            detectors,
+            sdm,
+            settings.model_batch_rows,
+        )
         return cls(
             settings,
             engine,
@@ -57,4 +76,11 @@ class Resources:
             ood=OodService(detectors, runtime),
             sdm=sdm,
             gates=GateService(evaluation_records, Repository(database, GateRecord, "gate")),
+            artifacts=artifacts,
+            workers=workers,
+            models=models,
         )
+
+    def close(self) -> None:
+        self.workers.close()
+        self.engine.dispose()

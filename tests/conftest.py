@@ -78,7 +78,17 @@ def settings(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'caliper.db'}"
     else:
         url = os.environ["CALIPER_TEST_POSTGRES_URL"]
-    settings = Settings(database_url=url, chunk_size=7, max_body_bytes=8 * 1024 * 1024)
+    settings = Settings(
+        database_url=url,
+        chunk_size=7,
+        max_body_bytes=8 * 1024 * 1024,
+        artifact_dir=tmp_path_factory.mktemp("artifacts"),
+        max_model_bytes=1024 * 1024,
+        model_workers=2,
+        model_memory_bytes=2 * 1024**3,
+        model_timeout_s=30.0,
+        model_batch_rows=64,
+    )
     if request.param == "postgres":
         downgrade(settings, "base")
     upgrade(settings)
@@ -91,9 +101,12 @@ def app(settings: Settings) -> FastAPI:
 
 
 def clear_tables(app: FastAPI) -> None:
+    """Every table emptied and every stored model file removed."""
     with app.state.resources.database.begin() as session:
         for table in reversed(Base.metadata.sorted_tables):
             session.execute(delete(table))
+    for path in app.state.resources.artifacts.root.glob("*"):
+        path.unlink()
 
 
 def count_rows(app: FastAPI) -> dict[str, int]:

@@ -12,11 +12,12 @@ from fastapi.openapi.utils import get_openapi
 from app import __version__
 from app.api.limits import BodySizeLimit, RefuseNulInUrl
 from app.api.problems import UnexpectedErrors, install_problem_handlers
-from app.api.routes import calibrators, detectors, evaluations, gates, health, ood, sdm
+from app.api.routes import calibrators, detectors, evaluations, gates, health, models, ood, sdm
 from app.calibration.schemas import ApplyRequest, CalibratorRequest
 from app.config import Settings, get_settings
 from app.context import Resources
 from app.evaluation.schemas import EvaluationRequest
+from app.models.schemas import ModelRequest, PredictRequest
 from app.ood.schemas import DetectorRequest, OodEvaluateRequest, ScoreRequest, ScoresRequest
 from app.sdm.schemas import SdmRequest, SdmScoreRequest
 
@@ -28,7 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        resources.engine.dispose()
+        resources.close()
 
     app = FastAPI(
         title="Caliper",
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(detectors.router)
     app.include_router(ood.router)
     app.include_router(sdm.router)
+    app.include_router(models.router)
     app.add_middleware(UnexpectedErrors)  # added first: the innermost, right outside the routes' handlers
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RefuseNulInUrl)
@@ -64,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ScoreRequest,
                 SdmRequest,
                 SdmScoreRequest,
+                ModelRequest,
+                PredictRequest,
             ):
                 request_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(request_schema.pop("$defs", {}))

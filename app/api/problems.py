@@ -15,13 +15,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import InputError
+from app.models.workers import ModelLimitError, ModelRunError, WorkerUnavailableError
 from app.storage.blobs import CorruptBlobError
 from app.storage.repository import NotFoundError
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger("caliper")
 
-TITLES = {
+TITLES: dict[int | str, str] = {
+    "model-limits": "The model exceeded its limits",
     400: "Bad request",
     404: "Not found",
     405: "Method not allowed",
@@ -71,13 +73,17 @@ def _clip(text: str, limit: int) -> str:
 
 
 def problem_response(
-    status: int, detail: str, errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None
+    status: int,
+    detail: str,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+    kind: str | None = None,
 ) -> JSONResponse:
     """An RFC 9457 body; echoed text is clipped (detail to 1,000 characters, each error's field and
     message to 200, at most 20 errors), so a bad 1 MB key cannot make a 2 MB error."""
     body = {
-        "type": f"https://caliper.dev/problems/{status}",
-        "title": TITLES.get(status, "Error"),
+        "type": f"https://caliper.dev/problems/{kind or status}",
+        "title": TITLES.get(kind or status, "Error"),
         "status": status,
         "detail": _clip(detail, MAX_DETAIL),
         "errors": [{k: _clip(str(v), 200) for k, v in e.items()} for e in (errors or [])[:MAX_ERRORS]],
@@ -140,6 +146,18 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(NotFoundError)
     async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
         return problem_response(404, str(exc))
+
+    @app.exception_handler(ModelLimitError)
+    async def _model_limits(_: Request, exc: ModelLimitError) -> JSONResponse:
+        return problem_response(422, str(exc), kind="model-limits")
+
+    @app.exception_handler(ModelRunError)
+    async def _model_run(_: Request, exc: ModelRunError) -> JSONResponse:
+        return problem_response(422, f"onnxruntime refused the model or its inputs: {exc}")
+
+    @app.exception_handler(WorkerUnavailableError)
+    async def _no_worker(_: Request, exc: WorkerUnavailableError) -> JSONResponse:
+        return problem_response(503, str(exc), headers={"Retry-After": "5"})
 
     @app.exception_handler(InputError)
     async def _input(_: Request, exc: InputError) -> JSONResponse:

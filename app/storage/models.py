@@ -156,3 +156,26 @@ class SdmRecord(Base):
     arrays: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
 
     __table_args__ = (Index("ix_sdm_estimators_created_at_id", "created_at", "id"),)
+
+
+class ModelRecord(Base):
+    """An uploaded ONNX classifier: what intake read from it; its bytes live in the artifact store under
+    `sha256` (shared by uploads of the same bytes, removed with the last record that names them)."""
+
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime())  # naive UTC
+    name: Mapped[str] = mapped_column(String(256), index=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    opset: Mapped[int] = mapped_column(Integer)
+    inputs: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    outputs: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    logits_output: Mapped[str] = mapped_column(String(256))
+    embedding_output: Mapped[str | None] = mapped_column(String(256))
+    feature_outputs: Mapped[list[str]] = mapped_column(JSON)
+    classes: Mapped[int | None] = mapped_column(Integer)
+    tags: Mapped[dict[str, str]] = mapped_column(JSON)
+
+    __table_args__ = (Index("ix_models_created_at_id", "created_at", "id"),)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 from sqlalchemy import delete as sql_delete
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.storage.models import Base, SdmRecord
+from app.storage.models import Base, ModelRecord, SdmRecord
 from app.storage.pagination import page
 
 R = TypeVar("R", bound=Base)
@@ -69,3 +69,20 @@ class SdmRepository(Repository[SdmRecord]):
         if blob is None:
             raise NotFoundError.of(self.noun, record_id)
         return blob
+
+
+class ModelRepository(Repository[ModelRecord]):
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        super().__init__(sessions, ModelRecord, "model")
+
+    def delete_model(self, model_id: str) -> str | None:
+        """Delete the record; returns its artifact digest when no other model names it (then unused)."""
+        with self.sessions.begin() as session:
+            record = session.get(ModelRecord, model_id)
+            if record is None:
+                raise NotFoundError.of(self.noun, model_id)
+            digest = record.sha256
+            session.delete(record)
+            session.flush()
+            others = session.scalar(select(func.count()).select_from(ModelRecord).where(ModelRecord.sha256 == digest))
+        return digest if not others else None

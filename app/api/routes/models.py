@@ -1,0 +1,137 @@
+"""/v1/models: upload (streamed to the artifact store), get, list, delete, the bytes back, predict."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+
+from app.api.bodies import NPZ, read_tensor_body
+from app.api.deps import get_resources, resources_of
+from app.api.json_body import StrictJsonRoute
+from app.api.problems import PROBLEM_RESPONSES
+from app.api.uploads import read_model_upload
+from app.context import Resources
+from app.models.schemas import ModelOut, ModelRequest, PredictRequest
+from app.models.service import Heads, model_out
+from app.storage.pagination import Page
+
+router = APIRouter(prefix="/v1/models", tags=["models"], route_class=StrictJsonRoute)
+ResourcesDep = Annotated[Resources, Depends(get_resources)]
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "The .onnx bytes."},
+                        "request": {"$ref": "#/components/schemas/ModelRequest"},
+                    },
+                },
+                "encoding": {"request": {"contentType": "application/json"}},
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ModelOut,
+    summary="Upload an ONNX classifier (multipart: `file` and `request`)",
+    responses=PROBLEM_RESPONSES,
+    openapi_extra=UPLOAD_BODY,
+)
+async def create_model(request: Request) -> Response:
+    resources = resources_of(request)
+    options, upload = await read_model_upload(request, resources.artifacts, resources.settings.max_json_bytes)
+    with upload:
+        body = ModelRequest.model_validate(options)
+        record = await run_in_threadpool(resources.models.create, body, upload)
+    return Response(model_out(record).model_dump_json(), status_code=201, media_type="application/json")
+
+
+@router.get("", response_model=Page[ModelOut], summary="List models, newest first", responses=PROBLEM_RESPONSES)
+def list_(
+    resources: ResourcesDep,
+    name: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> Page[ModelOut]:
+    rows, next_cursor = resources.models.page(limit, cursor, name)
+    return Page[ModelOut](items=[model_out(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/{model_id}", response_model=ModelOut, summary="One model", responses=PROBLEM_RESPONSES)
+def get(model_id: str, resources: ResourcesDep) -> ModelOut:
+    return model_out(resources.models.get(model_id))
+
+
+@router.get(
+    "/{model_id}/onnx",
+    summary="The uploaded bytes",
+    responses={**PROBLEM_RESPONSES, 200: {"content": {"application/octet-stream": {}}}},
+    response_class=FileResponse,
+)
+def onnx_file(model_id: str, resources: ResourcesDep) -> FileResponse:
+    record, path = resources.models.file(model_id)
+    return FileResponse(path, media_type="application/octet-stream", filename=f"{record.name}.onnx")
+
+
+@router.delete("/{model_id}", status_code=204, summary="Delete a model", responses=PROBLEM_RESPONSES)
+def delete(model_id: str, resources: ResourcesDep) -> Response:
+    resources.models.delete(model_id)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/{model_id}/predict",
+    summary="Run the model on inputs, with optional calibrator, detector and SDM heads",
+    responses={**PROBLEM_RESPONSES, 200: {"content": {"application/json": {}, NPZ: {}}}},
+)
+async def predict(model_id: str, request: Request) -> Response:
+    resources = resources_of(request)
+    options, arrays = await read_tensor_body(request, ("inputs.*",), frozenset())
+    body = PredictRequest.model_validate(options)
+    inputs = {k.removeprefix("inputs."): v for k, v in arrays.items()}
+    heads = Heads(body.calibrator_id, body.detector_id, body.sdm_id)
+    columns = await run_in_threadpool(resources.models.predict, model_id, inputs, heads, body.return_embedding)
+    if NPZ in request.headers.get("accept", ""):
+        buffer = io.BytesIO()
+        np.savez(buffer, **columns)  # type: ignore[arg-type]
+        return Response(buffer.getvalue(), media_type=NPZ)
+    return Response(predict_json(columns), media_type="application/json")
+
+
+def predict_json(columns: dict[str, np.ndarray]) -> str:
+    """api.md's columns, `sdm.*` nested under `sdm` (non-finite values as null)."""
+
+    def listed(value: np.ndarray) -> object:
+        values: list[object] = value.tolist()
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            return _nulled(values)
+        return values
+
+    out: dict[str, object] = {k: listed(v) for k, v in columns.items() if not k.startswith("sdm.")}
+    sdm = {k.removeprefix("sdm."): listed(v) for k, v in columns.items() if k.startswith("sdm.")}
+    if sdm:
+        out["sdm"] = sdm
+    return json.dumps(out)
+
+
+def _nulled(values: object) -> object:
+    """Nested lists with inf/NaN replaced by None (JSON has neither)."""
+    if isinstance(values, list):
+        return [_nulled(v) for v in values]
+    return (
+        values if isinstance(values, float) and np.isfinite(values) else (None if isinstance(values, float) else values)
+    )

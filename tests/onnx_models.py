@@ -1,0 +1,136 @@
+"""ONNX classifiers built for the tests with onnx.helper (not with the code under test): an MLP with
+`logits` and `embedding` outputs, and hostile models of every kind the intake must refuse."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class Mlp:
+    w1: np.ndarray  # [D, H]
+    b1: np.ndarray
+    w2: np.ndarray  # [H, C]
+    b2: np.ndarray
+
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """numpy oracle: (logits, embedding) in float64."""
+        h = np.maximum(x.astype(np.float64) @ self.w1 + self.b1, 0)
+        return h @ self.w2 + self.b2, h
+
+
+def mlp(
+    d: int = 6, hidden: int = 5, classes: int = 3, dtype: type = np.float32, batch: int | None = None, seed: int = 0
+) -> tuple[bytes, Mlp]:
+    rng = np.random.default_rng(seed)
+    weights = Mlp(
+        rng.normal(size=(d, hidden)),
+        rng.normal(size=hidden),
+        rng.normal(size=(hidden, classes)),
+        rng.normal(size=classes),
+    )
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    n = batch if batch is not None else "N"
+    inits = [numpy_helper.from_array(getattr(weights, k).astype(dtype), k) for k in ("w1", "b1", "w2", "b2")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h0"]),
+        helper.make_node("Add", ["h0", "b1"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["embedding"]),
+        helper.make_node("MatMul", ["embedding", "w2"], ["z0"]),
+        helper.make_node("Add", ["z0", "b2"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", elem, [n, d])],
+        [
+            helper.make_tensor_value_info("logits", elem, [n, classes]),
+            helper.make_tensor_value_info("embedding", elem, [n, hidden]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    return model.SerializeToString(), weights
+
+
+def _single(
+    nodes: list[onnx.NodeProto],
+    inputs: list[onnx.ValueInfoProto],
+    outputs: list[onnx.ValueInfoProto],
+    inits: list[onnx.TensorProto] | None = None,
+    opset: int = OPSET,
+    domain: str = "",
+) -> bytes:
+    graph = helper.make_graph(nodes, "hostile", inputs, outputs, inits or [])
+    imports = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    model = helper.make_model(graph, opset_imports=imports)
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+X = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])
+LOGITS = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])
+
+
+def external_data() -> bytes:
+    weight = numpy_helper.from_array(np.eye(2, dtype=np.float32), "w")
+    weight.data_location = TensorProto.EXTERNAL
+    weight.ClearField("raw_data")
+    entry = weight.external_data.add()
+    entry.key, entry.value = "location", "/etc/passwd"
+    return _single([helper.make_node("MatMul", ["x", "w"], ["logits"])], [X], [LOGITS], [weight])
+
+
+def custom_domain() -> bytes:
+    return _single(
+        [helper.make_node("Evil", ["x"], ["logits"], domain="com.example")], [X], [LOGITS], domain="com.example"
+    )
+
+
+def future_opset() -> bytes:
+    return _single([helper.make_node("Identity", ["x"], ["logits"])], [X], [LOGITS], opset=99)
+
+
+def huge_allocation() -> bytes:
+    """Passes every static check, then asks for a [200000, 200000] float32 tensor (160 GB) at run time."""
+    shape = numpy_helper.from_array(np.array([200_000, 200_000], np.int64), "shape")
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shape"], ["big"], value=numpy_helper.from_array(np.ones(1, np.float32))),
+        helper.make_node("ReduceSum", ["big"], ["total"], keepdims=1),
+        helper.make_node("Add", ["x", "total"], ["logits"]),
+    ]
+    return _single(nodes, [X], [LOGITS], [shape])
+
+
+def long_loop(trips: int = 2_000_000_000) -> bytes:
+    """A Loop whose body adds one, `trips` times: runs far longer than any time limit."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Add", ["acc_in", "one"], ["acc_out"]),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, ["N", 2]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, ["N", 2]),
+        ],
+        [numpy_helper.from_array(np.array(1.0, np.float32), "one")],
+    )
+    inits = [
+        numpy_helper.from_array(np.array(trips, np.int64), "trips"),
+        numpy_helper.from_array(np.array(True), "cond"),
+    ]
+    nodes = [helper.make_node("Loop", ["trips", "cond", "x"], ["logits"], body=body)]
+    return _single(nodes, [X], [LOGITS], inits)

@@ -1,0 +1,295 @@
+"""/v1/models: upload, intake refusals, storage of the bytes, predict against a plain onnxruntime session
+and numpy oracles, and models that exceed their limits or kill their worker."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import threading
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from fastapi.testclient import TestClient
+
+from app.tensors import encode_tensor_object
+from tests import onnx_models
+from tests.conftest import count_rows
+from tests.test_api_bad_input import assert_problem
+
+
+def upload(client: TestClient, data: bytes, **request: Any) -> Any:
+    request = {"name": "mlp", **request}
+    files = {"file": ("model.onnx", data, "application/octet-stream")}
+    return client.post("/v1/models", files=files, data={"request": json.dumps(request)})
+
+
+def resources(client: TestClient) -> Any:
+    return client.app.state.resources  # type: ignore[attr-defined]
+
+
+def plain_run(data: bytes, x: np.ndarray) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": x}), strict=True))
+
+
+def test_upload_describes_the_model_and_keeps_its_bytes(client: TestClient) -> None:
+    data, _ = onnx_models.mlp(d=6, hidden=5, classes=3)
+    response = upload(client, data, embedding_output="embedding", tags={"team": "a"})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["sha256"] == hashlib.sha256(data).hexdigest() and body["size_bytes"] == len(data)
+    assert body["inputs"] == [{"name": "x", "dtype": "float32", "shape": [-1, 6]}]
+    assert {o["name"]: o["shape"] for o in body["outputs"]} == {"logits": [-1, 3], "embedding": [-1, 5]}
+    assert body["logits_output"] == "logits" and body["embedding_output"] == "embedding" and body["classes"] == 3
+    assert body["opset"] == onnx_models.OPSET and body["tags"] == {"team": "a"}
+    assert client.get(f"/v1/models/{body['id']}").json() == body
+    assert client.get(f"/v1/models/{body['id']}/onnx").content == data
+    assert [m["id"] for m in client.get("/v1/models", params={"name": "mlp"}).json()["items"]] == [body["id"]]
+    assert client.get("/v1/models", params={"name": "other"}).json()["items"] == []
+
+
+def test_the_same_bytes_share_one_file_removed_with_the_last_model(client: TestClient) -> None:
+    data, _ = onnx_models.mlp()
+    first, second = upload(client, data).json(), upload(client, data).json()
+    path = resources(client).artifacts.path(first["sha256"])
+    assert path.read_bytes() == data
+    assert client.delete(f"/v1/models/{first['id']}").status_code == 204
+    assert path.exists()
+    assert client.delete(f"/v1/models/{second['id']}").status_code == 204
+    assert not path.exists()
+    assert_problem(client.get(f"/v1/models/{second['id']}"), 404)
+    assert_problem(client.delete(f"/v1/models/{second['id']}"), 404)
+
+
+def test_form_fields_work_like_the_request_part(client: TestClient) -> None:
+    data, _ = onnx_models.mlp()
+    files = {"file": ("m.onnx", data, "application/octet-stream")}
+    fields = {"name": "by-form", "embedding_output": "embedding", "tags": json.dumps({"k": "v"})}
+    body = client.post("/v1/models", files=files, data=fields).json()
+    assert body["name"] == "by-form" and body["embedding_output"] == "embedding" and body["tags"] == {"k": "v"}
+
+
+HOSTILE: list[tuple[str, bytes, dict[str, Any], str, str]] = [
+    ("not_a_model", b"\x00\x01 this is not a protobuf \xff" * 10, {}, "file", "not an ONNX model"),
+    ("empty", b"", {}, "file", "empty"),
+    ("truncated", onnx_models.mlp()[0][:200], {}, "file", "not an ONNX model"),
+    ("external_data", onnx_models.external_data(), {}, "file", "external data"),
+    ("custom_domain", onnx_models.custom_domain(), {}, "file", "com.example"),
+    ("future_opset", onnx_models.future_opset(), {}, "file", "opset 99"),
+    ("missing_logits_output", onnx_models.mlp()[0], {"logits_output": "nope"}, "logits_output", "no output"),
+    (
+        "ambiguous_outputs",
+        onnx_models.mlp()[0],
+        {"logits_output": None, "embedding_output": "zz"},
+        "embedding_output",
+        "no output",
+    ),
+    (
+        "embedding_not_a_matrix",
+        onnx_models.mlp()[0],
+        {"logits_output": "embedding", "embedding_output": "logits", "feature_outputs": ["x"]},
+        "feature_outputs",
+        "no output",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "data", "request_fields", "field", "message"), HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_models_get_a_422_naming_the_fault_and_store_nothing(
+    client: TestClient, case: str, data: bytes, request_fields: dict[str, Any], field: str, message: str
+) -> None:
+    response = upload(client, data, **request_fields)
+    assert_problem(response, 422)
+    assert response.json()["errors"][0]["field"] == field and message in response.json()["detail"], response.text
+    assert count_rows(client.app)["models"] == 0  # type: ignore[arg-type]
+    assert list(resources(client).artifacts.root.iterdir()) == []  # no file, not even a temporary one
+
+
+def test_an_oversized_model_is_413_and_leaves_no_file(client: TestClient) -> None:
+    data = onnx_models.mlp(d=600, hidden=500)[0]  # ~1.2 MB, over the suite's 1 MiB CALIPER_MAX_MODEL_BYTES
+    assert len(data) > resources(client).settings.max_model_bytes
+    assert_problem(upload(client, data), 413)
+    assert list(resources(client).artifacts.root.iterdir()) == []
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_predict_equals_a_plain_session_and_the_numpy_oracle(client: TestClient, dtype: type) -> None:
+    data, weights = onnx_models.mlp(dtype=dtype)
+    model = upload(client, data, embedding_output="embedding").json()
+    x = np.random.default_rng(1).normal(size=(150, 6)).astype(dtype)  # 150 rows: three worker calls of 64
+    out = client.post(f"/v1/models/{model['id']}/predict", json={"inputs": {"x": x.tolist()}, "return_embedding": True})
+    assert out.status_code == 200, out.text
+    got = out.json()
+    expected = plain_run(data, x)
+    np.testing.assert_array_equal(np.asarray(got["logits"], dtype), expected["logits"])
+    np.testing.assert_array_equal(np.asarray(got["embedding"], dtype), expected["embedding"])
+    logits, _ = weights.forward(x)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got["probabilities"], p, rtol=tol, atol=tol)
+    assert got["prediction"] == np.argmax(p, axis=1).tolist()
+    np.testing.assert_allclose(got["confidence"], p.max(1), rtol=tol, atol=tol)
+
+
+def test_predict_with_heads_equals_the_heads_applied_to_the_model_outputs(client: TestClient) -> None:
+    data, _ = onnx_models.mlp(d=6, hidden=5, classes=3, dtype=np.float64)
+    model = upload(client, data, embedding_output="embedding").json()
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(120, 6))
+    outputs = plain_run(data, x)
+    labels = np.argmax(outputs["logits"] + rng.normal(size=(120, 3)), axis=1)
+    calibrator = client.post(
+        "/v1/calibrators",
+        json={"method": "temperature", "logits": outputs["logits"].tolist(), "labels": labels.tolist()},
+    ).json()
+    detector = client.post(
+        "/v1/detectors",
+        json={
+            "method": "mahalanobis",
+            "features": outputs["embedding"].tolist(),
+            "labels": labels.tolist(),
+            "params": {"ridge": 0.1},
+        },
+    ).json()
+    got = client.post(
+        f"/v1/models/{model['id']}/predict",
+        json={"inputs": {"x": x.tolist()}, "calibrator_id": calibrator["id"], "detector_id": detector["id"]},
+    ).json()
+    applied = client.post(f"/v1/calibrators/{calibrator['id']}/apply", json={"logits": outputs["logits"].tolist()})
+    np.testing.assert_allclose(got["probabilities"], applied.json()["probabilities"], rtol=1e-12, atol=1e-15)
+    scored = client.post(f"/v1/detectors/{detector['id']}/score", json={"features": outputs["embedding"].tolist()})
+    np.testing.assert_allclose(got["ood_score"], scored.json()["scores"], rtol=1e-12, atol=1e-12)
+
+
+def test_a_fixed_batch_dimension_runs_in_padded_batches(client: TestClient) -> None:
+    data, _ = onnx_models.mlp(batch=4)
+    model = upload(client, data).json()
+    assert model["inputs"][0]["shape"] == [4, 6]
+    x = np.random.default_rng(3).normal(size=(10, 6)).astype(np.float32)  # 4 + 4 + 2 (padded to 4)
+    got = client.post(f"/v1/models/{model['id']}/predict", json={"inputs": {"x": x.tolist()}}).json()
+    expected = np.concatenate(
+        [plain_run(data, np.resize(x[i : i + 4], (4, 6)))["logits"] for i in (0, 4)]
+        + [plain_run(data, np.concatenate([x[8:], x[9:], x[9:]]))["logits"][:2]]
+    )
+    np.testing.assert_array_equal(np.asarray(got["logits"], np.float32), expected)
+
+
+def test_predict_as_npz(client: TestClient) -> None:
+    data, _ = onnx_models.mlp()
+    model = upload(client, data).json()
+    x = np.ones((3, 6), np.float32)
+    response = client.post(
+        f"/v1/models/{model['id']}/predict", json={"inputs": {"x": x.tolist()}}, headers={"accept": "application/x-npz"}
+    )
+    import io
+
+    with np.load(io.BytesIO(response.content), allow_pickle=False) as npz:
+        np.testing.assert_array_equal(npz["logits"], plain_run(data, x)["logits"])
+
+
+BAD_INPUTS: list[tuple[str, dict[str, Any], str]] = [
+    ("missing", {}, "inputs.x"),
+    ("unknown", {"x": np.ones((2, 6)).tolist(), "y": [[1.0]]}, "inputs.y"),
+    ("trailing_shape", {"x": np.ones((2, 5)).tolist()}, "inputs.x"),
+    ("rank", {"x": np.ones((2, 6, 1)).tolist()}, "inputs.x"),
+    ("nan", {"x": encode_tensor_object(np.full((1, 6), np.nan, np.float32))}, "inputs.x"),
+    ("empty", {"x": {"dtype": "float32", "shape": [0, 6], "data_b64": ""}}, "inputs.x"),
+    ("wrong_dtype", {"x": {"dtype": "bool", "shape": [1, 6], "data_b64": "AQEBAQEB"}}, "inputs.x"),
+]
+
+
+@pytest.mark.parametrize(("case", "inputs", "field"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_inputs_are_422_naming_the_input(client: TestClient, case: str, inputs: dict[str, Any], field: str) -> None:
+    model = upload(client, onnx_models.mlp()[0]).json()
+    response = client.post(f"/v1/models/{model['id']}/predict", json={"inputs": inputs})
+    assert_problem(response, 422)
+    assert response.json()["errors"][0]["field"] == field, response.text
+
+
+def test_heads_that_do_not_fit_are_refused_before_running(client: TestClient) -> None:
+    model = upload(client, onnx_models.mlp(classes=3)[0], embedding_output="embedding").json()
+    rng = np.random.default_rng(4)
+    calibrator = client.post(
+        "/v1/calibrators",
+        json={
+            "method": "temperature",
+            "logits": rng.normal(size=(20, 4)).tolist(),
+            "labels": (np.arange(20) % 4).tolist(),
+        },
+    ).json()
+    detector = client.post(
+        "/v1/detectors",
+        json={
+            "method": "mahalanobis",
+            "features": rng.normal(size=(30, 7)).tolist(),
+            "labels": (np.arange(30) % 3).tolist(),
+        },
+    ).json()
+    x = {"x": np.ones((2, 6)).tolist()}
+    for field, head in (("calibrator_id", calibrator["id"]), ("detector_id", detector["id"])):
+        response = client.post(f"/v1/models/{model['id']}/predict", json={"inputs": x, field: head})
+        assert_problem(response, 422)
+        assert response.json()["errors"][0]["field"] == field, response.text
+    assert_problem(client.post(f"/v1/models/{model['id']}/predict", json={"inputs": x, "sdm_id": "nope"}), 404)
+    assert_problem(client.post("/v1/models/nope/predict", json={"inputs": x}), 404)
+
+
+def test_a_model_that_allocates_too_much_answers_422_and_the_service_keeps_serving(client: TestClient) -> None:
+    model = upload(client, onnx_models.huge_allocation(), name="greedy").json()
+    response = client.post(f"/v1/models/{model['id']}/predict", json={"inputs": {"x": [[1.0, 2.0]]}})
+    assert_problem(response, 422)
+    assert response.json()["type"].endswith("model-limits"), response.text
+    good = upload(client, onnx_models.mlp()[0]).json()
+    ok = client.post(f"/v1/models/{good['id']}/predict", json={"inputs": {"x": np.ones((1, 6)).tolist()}})
+    assert ok.status_code == 200, ok.text
+
+
+def test_a_model_that_runs_too_long_answers_422_and_its_worker_is_replaced(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = resources(client).workers
+    model = upload(client, onnx_models.long_loop(), name="slow").json()
+    monkeypatch.setattr(pool, "limits", replace(pool.limits, timeout_s=1.0))
+    response = client.post(f"/v1/models/{model['id']}/predict", json={"inputs": {"x": [[1.0, 2.0]]}})
+    assert_problem(response, 422)
+    assert "CALIPER_MODEL_TIMEOUT_S" in response.json()["detail"]
+    good = upload(client, onnx_models.mlp()[0]).json()
+    assert (
+        client.post(f"/v1/models/{good['id']}/predict", json={"inputs": {"x": np.ones((1, 6)).tolist()}}).status_code
+        == 200
+    )
+
+
+def test_a_worker_killed_mid_request_answers_422_and_the_next_request_succeeds(client: TestClient) -> None:
+    pool = resources(client).workers
+    model = upload(client, onnx_models.long_loop(), name="slow").json()
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        outcome["response"] = client.post(f"/v1/models/{model['id']}/predict", json={"inputs": {"x": [[1.0, 2.0]]}})
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    victim = None
+    for _ in range(200):  # the busy worker: the one not idle
+        busy = [w for w in list(pool._busy) if w.process.is_alive()]
+        if busy:
+            victim = busy[0]
+            break
+        threading.Event().wait(0.05)
+    assert victim is not None
+    os.kill(victim.process.pid, signal.SIGKILL)
+    thread.join(timeout=30)
+    assert_problem(outcome["response"], 422)
+    assert "crashed" in outcome["response"].json()["detail"]
+    good = upload(client, onnx_models.mlp()[0]).json()
+    assert (
+        client.post(f"/v1/models/{good['id']}/predict", json={"inputs": {"x": np.ones((1, 6)).tolist()}}).status_code
+        == 200
+    )

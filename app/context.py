@@ -14,10 +14,12 @@ from app.core.chunking import Chunking
 from app.core.runtime import RuntimeConfig, SessionCache
 from app.evaluation.service import EvaluationService
 from app.gating.service import GateService
+from app.models.runner import ModelRunner
 from app.models.service import ModelService
 from app.models.workers import WorkerLimits, WorkerPool
 from app.ood.detectors import DetectorService
 from app.ood.scores import OodService
+from app.pipelines.predict import PredictService
 from app.sdm.service import SdmService
 from app.storage.artifacts import ArtifactStore
 from app.storage.db import make_engine, make_session_factory
@@ -41,6 +43,7 @@ class Resources:
     artifacts: ArtifactStore
     workers: WorkerPool  # uploaded models run only here, in worker processes
     models: ModelService
+    predictions: PredictService  # a model with its heads
 
     @classmethod
     def create(cls, settings: Settings) -> Resources:
@@ -49,22 +52,15 @@ class Resources:
         chunking = Chunking(rows=settings.chunk_size, bytes=settings.chunk_bytes)
         runtime = SessionCache(RuntimeConfig(settings.provider, settings.intra_op_threads, chunking=chunking))
         evaluation_records = EvaluationRepository(database)
-        calibrators = CalibrationService(Repository(database, CalibratorRecord, "calibrator"), runtime)
-        detectors = DetectorService(Repository(database, DetectorRecord, "detector"), runtime)
-        sdm = SdmService(SdmRepository(database), runtime)
         artifacts = ArtifactStore(settings.artifact_dir, settings.max_model_bytes)
         limits = WorkerLimits(settings.model_memory_bytes, settings.model_timeout_s, tuple(runtime.providers))
         workers = WorkerPool(settings.model_workers, limits)
-        models = ModelService(
-            ModelRepository(database),
-            artifacts,
-            workers,
-            runtime,
-            calibrators,
-            detectors,
-            sdm,
-            settings.model_batch_rows,
-        )
+        model_records = ModelRepository(database)
+        runner = ModelRunner(model_records, artifacts, workers, settings.model_batch_rows)
+        models = ModelService(model_records, artifacts, workers)
+        calibrators = CalibrationService(Repository(database, CalibratorRecord, "calibrator"), runtime, runner)
+        detectors = DetectorService(Repository(database, DetectorRecord, "detector"), runtime, runner)
+        sdm = SdmService(SdmRepository(database), runtime, runner)
         return cls(
             settings,
             engine,
@@ -79,6 +75,7 @@ class Resources:
             artifacts=artifacts,
             workers=workers,
             models=models,
+            predictions=PredictService(runner, calibrators, detectors, sdm, runtime),
         )
 
     def close(self) -> None:

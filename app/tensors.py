@@ -18,6 +18,7 @@ from numpy.lib import format as npy_format
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from app.core.errors import InputError
+from app.core.npy_headers import NPY_HEADERS
 
 WIRE_DTYPES = {"float32": "<f4", "float64": "<f8", "int32": "<i4", "int64": "<i8"}
 MAX_DIMS = 4
@@ -101,12 +102,13 @@ def decode_npy(field: str, data: bytes | memoryview) -> np.ndarray:
     header = io.BytesIO(view[:MAX_NPY_HEADER].tobytes())
     try:
         version = npy_format.read_magic(header)
-        if version == (1, 0):
-            shape, fortran, dtype = npy_format.read_array_header_1_0(header)
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = npy_format.read_array_header_2_0(header)
-        else:
-            raise ValueError(f"unsupported .npy version {version}")
+        with NPY_HEADERS:
+            if version == (1, 0):
+                shape, fortran, dtype = npy_format.read_array_header_1_0(header)
+            elif version in ((2, 0), (3, 0)):
+                shape, fortran, dtype = npy_format.read_array_header_2_0(header)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
     except (ValueError, OSError, EOFError, SyntaxError) as exc:
         raise InputError(field, f"is not a valid .npy file ({exc})") from exc
     if dtype.hasobject or dtype.kind not in "fiub" or len(shape) > MAX_DIMS:

@@ -293,3 +293,127 @@ def test_a_worker_killed_mid_request_answers_422_and_the_next_request_succeeds(c
         client.post(f"/v1/models/{good['id']}/predict", json={"inputs": {"x": np.ones((1, 6)).tolist()}}).status_code
         == 200
     )
+
+
+def test_fitting_from_a_model_equals_fitting_on_what_the_model_produces(client: TestClient) -> None:
+    """One code path resolves `model_id` + `inputs` into the tensors every fitter reads."""
+    data, _ = onnx_models.mlp(d=6, hidden=5, classes=3, dtype=np.float64)
+    model = upload(client, data, embedding_output="embedding").json()
+    rng = np.random.default_rng(5)
+    x, x_val = rng.normal(size=(90, 6)), rng.normal(size=(40, 6))
+    out, out_val = plain_run(data, x), plain_run(data, x_val)
+    labels = np.argmax(out["logits"] + rng.normal(size=(90, 3)), axis=1)
+    labels_val = np.argmax(out_val["logits"] + rng.normal(size=(40, 3)), axis=1)
+    from_model = client.post(
+        "/v1/calibrators",
+        json={
+            "method": "temperature",
+            "model_id": model["id"],
+            "inputs": {"x": x.tolist()},
+            "labels": labels.tolist(),
+            "validation": {"inputs": {"x": x_val.tolist()}, "labels": labels_val.tolist()},
+        },
+    )
+    assert from_model.status_code == 201, from_model.text
+    given = client.post(
+        "/v1/calibrators",
+        json={
+            "method": "temperature",
+            "logits": out["logits"].tolist(),
+            "labels": labels.tolist(),
+            "validation": {"logits": out_val["logits"].tolist(), "labels": labels_val.tolist()},
+        },
+    ).json()
+    assert from_model.json()["fitted"] == given["fitted"] and from_model.json()["fit_report"] == given["fit_report"]
+    detector = client.post(
+        "/v1/detectors",
+        json={
+            "method": "mahalanobis",
+            "model_id": model["id"],
+            "inputs": {"x": x.tolist()},
+            "labels": labels.tolist(),
+            "params": {"ridge": 0.1},
+        },
+    )
+    assert detector.status_code == 201, detector.text
+    direct = client.post(
+        "/v1/detectors",
+        json={
+            "method": "mahalanobis",
+            "features": out["embedding"].tolist(),
+            "labels": labels.tolist(),
+            "params": {"ridge": 0.1},
+        },
+    ).json()
+    probe = {"features": out_val["embedding"].tolist()}
+    assert (
+        client.post(f"/v1/detectors/{detector.json()['id']}/score", json=probe).json()
+        == client.post(f"/v1/detectors/{direct['id']}/score", json=probe).json()
+    )
+    sets = {"support": (x, out, labels), "calibration": (x_val, out_val, labels_val)}
+    sdm = client.post(
+        "/v1/sdm",
+        json={
+            "model_id": model["id"],
+            "params": {"k": 10},
+            **{k: {"inputs": {"x": v[0].tolist()}, "labels": v[2].tolist()} for k, v in sets.items()},
+        },
+    )
+    assert sdm.status_code == 201, sdm.text
+    sdm_direct = client.post(
+        "/v1/sdm",
+        json={
+            "params": {"k": 10},
+            **{
+                k: {
+                    "embeddings": v[1]["embedding"].tolist(),
+                    "logits": v[1]["logits"].tolist(),
+                    "labels": v[2].tolist(),
+                }
+                for k, v in sets.items()
+            },
+        },
+    ).json()
+    for key in ("q_min", "psi", "calibration"):
+        assert sdm.json()[key] == sdm_direct[key]
+    predicted = client.post(
+        f"/v1/models/{model['id']}/predict", json={"inputs": {"x": x_val.tolist()}, "sdm_id": sdm.json()["id"]}
+    )
+    assert predicted.status_code == 200, predicted.text
+    scored = client.post(
+        f"/v1/sdm/{sdm_direct['id']}/score",
+        json={"embeddings": out_val["embedding"].tolist(), "logits": out_val["logits"].tolist()},
+    ).json()
+    for column in ("q", "d", "probabilities", "high_reliability", "is_ood"):
+        assert predicted.json()["sdm"][column] == scored[column], column
+
+
+def test_inputs_need_a_model_and_a_model_needs_inputs_or_tensors_not_both(client: TestClient) -> None:
+    data, _ = onnx_models.mlp(dtype=np.float64)
+    model = upload(client, data).json()
+    x = np.ones((8, 6)).tolist()
+    stray = client.post("/v1/calibrators", json={"method": "temperature", "inputs": {"x": x}, "labels": [0] * 8})
+    assert_problem(stray, 422)
+    assert stray.json()["errors"][0]["field"] == "inputs.x"
+    both = client.post(
+        "/v1/calibrators",
+        json={
+            "method": "temperature",
+            "model_id": model["id"],
+            "inputs": {"x": x},
+            "logits": np.ones((8, 3)).tolist(),
+            "labels": [0] * 8,
+        },
+    )
+    assert_problem(both, 422)
+    assert both.json()["errors"][0]["field"] == "logits"
+    no_embedding = client.post(
+        "/v1/detectors", json={"method": "mahalanobis", "model_id": model["id"], "inputs": {"x": x}, "labels": [0] * 8}
+    )
+    assert_problem(no_embedding, 422)
+    assert_problem(
+        client.post(
+            "/v1/calibrators", json={"method": "temperature", "model_id": "nope", "inputs": {"x": x}, "labels": [0] * 8}
+        ),
+        404,
+    )

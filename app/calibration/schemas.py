@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     MethodName = str
 else:
     MethodName = Literal[tuple(METHODS)]
-FIT_TENSORS = ("logits", "labels", "validation.logits", "validation.labels")
+FIT_TENSORS = ("logits", "labels", "validation.logits", "validation.labels", "inputs.*", "validation.inputs.*")
 INTEGER_TENSORS = frozenset({"labels", "validation.labels"})
 
 
@@ -23,6 +23,7 @@ class Split(BaseModel):
 
     logits: Tensor = Field(None, description="[N, C] logits.")
     labels: Tensor = Field(None, description="[N] integer labels.")
+    inputs: dict[str, Tensor] | None = Field(None, description="With `model_id`: the model's inputs for this split.")
 
 
 class CalibratorRequest(Labels):
@@ -44,6 +45,8 @@ class CalibratorRequest(Labels):
     params: dict[str, Any] = Field(default_factory=dict, description="Hyper-parameters of the method.")
     validation: Split | None = Field(None, description="Held-out split reported before/after, not fitted on.")
     cv: int | None = Field(None, ge=2, le=20, description="k-fold cross-validation of the fit (pooled out-of-fold).")
+    model_id: str | None = Field(None, description="Fit from this uploaded model's outputs on `inputs`.")
+    inputs: dict[str, Tensor] | None = Field(None, description="With `model_id`: the model's inputs, by input name.")
 
 
 class CalibratorOut(BaseModel):

@@ -15,6 +15,7 @@ from app.core.evaluation import EvaluationPlan, Evaluator, validate_batch, valid
 from app.core.fitted_state import STATE_VERSION
 from app.core.metrics import BrierMetric, Ece, NllMetric
 from app.core.runtime import SessionCache
+from app.models.runner import ModelRunner
 from app.records import new_id, rfc3339, utc_now
 from app.storage.models import CalibratorRecord
 from app.storage.repository import Repository
@@ -160,10 +161,12 @@ class CalibrationService:
     """Calibrator use cases: fit and store, look up, list, delete, apply, export; the evaluation service
     applies a stored calibrator through `calibrated_inputs`."""
 
-    def __init__(self, repository: Repository[CalibratorRecord], runtime: SessionCache) -> None:
-        self.repository, self.runtime = repository, runtime
+    def __init__(self, repository: Repository[CalibratorRecord], runtime: SessionCache, models: ModelRunner) -> None:
+        self.repository, self.runtime, self.models = repository, runtime, models
 
     def create(self, request: CalibratorRequest, arrays: dict[str, np.ndarray]) -> CalibratorRecord:
+        """Fit on the given logits, or on a model's logits of the given inputs, and store."""
+        arrays = self.models.resolve(request.model_id, arrays, {"logits": "logits"}, ("", "validation."))
         calibrator, params, report, classes = fit(request, arrays, self.runtime)
         return self.repository.add(
             CalibratorRecord(

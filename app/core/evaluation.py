@@ -27,6 +27,7 @@ from app.core.graph_context import GraphContext, InputKind, InputLayout
 from app.core.losses import LOSSES
 from app.core.lru import LruCache
 from app.core.metrics import METRICS, bin_stats, uniform_bin_state
+from app.core.npy_headers import NPY_HEADERS
 from app.core.runtime import SessionCache, default_cache
 from app.core.specs import TermSpec
 
@@ -140,7 +141,7 @@ class EvaluationState:
     @classmethod
     def from_bytes(cls, data: bytes) -> EvaluationState:
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            with NPY_HEADERS, np.load(io.BytesIO(data), allow_pickle=False) as npz:
                 header = json.loads(npz["header"].tobytes())
                 parts = {k: npz[k] for k in npz.files if k != "header"}
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:

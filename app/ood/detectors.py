@@ -23,6 +23,7 @@ from app.core.mahalanobis import (
 from app.core.neighbours import nearest
 from app.core.runtime import SessionCache
 from app.core.validation import float_matrix, precision_dtype
+from app.models.runner import ModelRunner
 from app.ood.ensembles import check_layers, layers_of, logistic_weights, weights_for
 from app.ood.schemas import DetectorOut, DetectorRequest, KnnParams, MahalanobisParams, VimParams
 from app.records import new_id, rfc3339, utc_now
@@ -219,11 +220,14 @@ class DetectorService:
 
     DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
-    def __init__(self, repository: Repository[DetectorRecord], runtime: SessionCache, capacity: int = 8) -> None:
-        self.repository, self.runtime = repository, runtime
+    def __init__(
+        self, repository: Repository[DetectorRecord], runtime: SessionCache, models: ModelRunner, capacity: int = 8
+    ) -> None:
+        self.repository, self.runtime, self.models = repository, runtime, models
         self._fitted: LruCache[dict[str, np.ndarray]] = LruCache(capacity)
 
     def create(self, request: DetectorRequest, arrays: dict[str, np.ndarray]) -> DetectorRecord:
+        arrays = self.models.resolve(request.model_id, arrays, {"features": "features"}, ("",))
         fitted, params, info, classes = fit_detector(request, arrays, self.runtime)
         if "dims" in params:
             dim = int(sum(params["dims"]))

@@ -15,7 +15,14 @@ from app.tensors import NULL_NOTE, Tensor
 
 SCORE_TENSORS = ("logits",)
 EVALUATE_TENSORS = ("scores_in", "scores_out", "features_in", "features_out", "features_in.*", "features_out.*")
-DETECTOR_TENSORS = ("features", "labels", "features.*", "validation.features_in.*", "validation.features_out.*")
+DETECTOR_TENSORS = (
+    "features",
+    "labels",
+    "features.*",
+    "validation.features_in.*",
+    "validation.features_out.*",
+    "inputs.*",
+)
 SCORE_FEATURES = ("features", "features.*")
 
 
@@ -144,6 +151,11 @@ class DetectorRequest(Labels):
         description="For a feature ensemble: {features_in: {layer: [N, D_l]}, features_out: {layer: …}}, labelled "
         "ID/OOD features on which logistic regression fits the layer weights (Lee et al. 2018).",
     )
+    model_id: str | None = Field(
+        None,
+        description="Fit on this uploaded model's embedding (feature outputs: layers) of `inputs`.",
+    )
+    inputs: dict[str, Tensor] | None = Field(None, description="With `model_id`: the model's inputs, by input name.")
 
     def typed_params(self) -> MahalanobisParams | KnnParams | VimParams:
         model = {"knn": KnnParams, "vim": VimParams}.get(self.method, MahalanobisParams)

@@ -9,7 +9,7 @@ from app.records import Labels
 from app.tensors import NULL_NOTE, Tensor
 
 FIT_TENSORS = tuple(
-    f"{part}.{name}" for part in ("support", "calibration") for name in ("embeddings", "logits", "labels")
+    f"{part}.{name}" for part in ("support", "calibration") for name in ("embeddings", "logits", "labels", "inputs.*")
 )
 FIT_INTEGER_FIELDS = frozenset({"support.labels", "calibration.labels"})
 SCORE_TENSORS = ("embeddings", "logits")
@@ -54,6 +54,7 @@ class LabelledSetIn(BaseModel):
     embeddings: Tensor = Field(None, description="[N, M] exemplar vectors h′ (the vectors searched by L2).")
     logits: Tensor = Field(None, description="[N, C] logits z′; the prediction is argmax z′ (ties → lowest index).")
     labels: Tensor = Field(None, description="[N] true labels in [0, C).")
+    inputs: dict[str, Tensor] | None = Field(None, description="With `model_id`: the model's inputs for this set.")
 
 
 class SdmRequest(Labels):
@@ -73,6 +74,10 @@ class SdmRequest(Labels):
         "a part named by its dotted path (support.embeddings, calibration.labels, …).",
     )
     params: SdmParams = Field(default_factory=SdmParams)
+    model_id: str | None = Field(
+        None,
+        description="Fit on this uploaded model's embeddings and logits of each set's `inputs`.",
+    )
 
 
 class SdmLoss(BaseModel):

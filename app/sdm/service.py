@@ -14,6 +14,7 @@ from app.core.neighbours import distances_stay_finite
 from app.core.runtime import SessionCache
 from app.core.sdm import LabelledSet, Scores, SdmEstimator
 from app.core.validation import float_matrix
+from app.models.runner import ModelRunner, Role
 from app.records import new_id, rfc3339, utc_now
 from app.sdm.schemas import CalibrationReport, ScoreSummary, SdmOut, SdmParams, SdmRequest, SdmScoresOut
 from app.storage.blobs import decode_arrays, encode_arrays
@@ -120,13 +121,17 @@ class SdmService:
     `sdm_id` adds. Loaded estimators are kept by id (records never change; deleting one evicts it), so
     scoring does not decode the support blob on every request; bounded by count, supports are large."""
 
-    def __init__(self, repository: SdmRepository, runtime: SessionCache, capacity: int = 4) -> None:
-        self.repository, self.runtime = repository, runtime
+    def __init__(
+        self, repository: SdmRepository, runtime: SessionCache, models: ModelRunner, capacity: int = 4
+    ) -> None:
+        self.repository, self.runtime, self.models = repository, runtime, models
         self._estimators: LruCache[SdmEstimator] = LruCache(capacity)
 
     def create(self, request: SdmRequest, arrays: dict[str, np.ndarray]) -> tuple[SdmRecord, dict[str, Any]]:
         """Fit, store one row with the JSON summary and the fitted arrays (support exemplars included)
         as one blob; returns the record and (when asked) the support statistics."""
+        roles: dict[str, Role] = {"embeddings": "embedding", "logits": "logits"}
+        arrays = self.models.resolve(request.model_id, arrays, roles, ("support.", "calibration."))
         estimator, support_statistics = fit(request, arrays, self.runtime)
         support = estimator.support_embeddings_
         record = SdmRecord(

@@ -20,6 +20,8 @@ import zipfile
 import numpy as np
 import zstandard
 
+from app.core.npy_headers import NPY_HEADERS
+
 MAGIC = b"CLB1"
 _DIGEST = 32
 _LEGACY_MAGIC = b"\x28\xb5\x2f\xfd"  # a bare zstd frame
@@ -79,7 +81,9 @@ def encode_array(array: np.ndarray) -> bytes:
 
 def decode_array(blob: bytes, owner: str) -> np.ndarray:
     try:
-        array: np.ndarray = np.load(io.BytesIO(_open(blob, owner)), allow_pickle=False)
+        raw = io.BytesIO(_open(blob, owner))
+        with NPY_HEADERS:
+            array: np.ndarray = np.load(raw, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise CorruptBlobError(owner, f"npy: {exc}") from exc
     return array
@@ -94,7 +98,8 @@ def encode_arrays(arrays: dict[str, np.ndarray]) -> bytes:
 
 def decode_arrays(blob: bytes, owner: str) -> dict[str, np.ndarray]:
     try:
-        with np.load(io.BytesIO(_open(blob, owner)), allow_pickle=False) as data:
+        raw = io.BytesIO(_open(blob, owner))
+        with NPY_HEADERS, np.load(raw, allow_pickle=False) as data:
             return {name: data[name] for name in data.files}
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         raise CorruptBlobError(owner, f"npz: {exc}") from exc

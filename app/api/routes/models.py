@@ -18,7 +18,8 @@ from app.api.problems import PROBLEM_RESPONSES
 from app.api.uploads import read_model_upload
 from app.context import Resources
 from app.models.schemas import ModelOut, ModelRequest, PredictRequest
-from app.models.service import Heads, model_out
+from app.models.service import model_out
+from app.pipelines.predict import Heads
 from app.storage.pagination import Page
 
 router = APIRouter(prefix="/v1/models", tags=["models"], route_class=StrictJsonRoute)
@@ -104,7 +105,7 @@ async def predict(model_id: str, request: Request) -> Response:
     body = PredictRequest.model_validate(options)
     inputs = {k.removeprefix("inputs."): v for k, v in arrays.items()}
     heads = Heads(body.calibrator_id, body.detector_id, body.sdm_id)
-    columns = await run_in_threadpool(resources.models.predict, model_id, inputs, heads, body.return_embedding)
+    columns = await run_in_threadpool(resources.predictions.predict, model_id, inputs, heads, body.return_embedding)
     if NPZ in request.headers.get("accept", ""):
         buffer = io.BytesIO()
         np.savez(buffer, **columns)  # type: ignore[arg-type]

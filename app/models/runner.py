@@ -1,0 +1,131 @@
+"""Running an uploaded model, and the one code path that turns "inputs for a model" into the tensors a
+fitter reads: with a `model_id`, each split's `inputs.<name>` run through the model (in the worker pool,
+chunk by chunk) and come back as that split's logits, embeddings or feature layers, so that calibrators,
+detectors and SDM never know where their tensors came from."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from app.core.errors import InputError
+from app.models.schemas import TensorInfo
+from app.models.workers import WorkerPool
+from app.storage.artifacts import ArtifactStore
+from app.storage.models import ModelRecord
+from app.storage.repository import ModelRepository
+
+Role = Literal["logits", "embedding", "features"]  # features: the feature outputs as layers, else the embedding
+
+
+class ModelRunner:
+    def __init__(
+        self, repository: ModelRepository, artifacts: ArtifactStore, workers: WorkerPool, batch_rows: int
+    ) -> None:
+        self.repository, self.artifacts, self.workers, self.batch_rows = repository, artifacts, workers, batch_rows
+
+    def get(self, model_id: str) -> ModelRecord:
+        return self.repository.get(model_id)
+
+    def outputs(self, record: ModelRecord, arrays: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+        """The named outputs for the model's inputs (validated here), run in chunks of
+        CALIPER_MODEL_BATCH_ROWS rows; a fixed batch dimension runs in batches of that size, the last padded."""
+        inputs = validated_inputs(record, arrays)
+        n = len(next(iter(inputs.values())))
+        fixed = {i["shape"][0] for i in record.inputs if i["shape"] and i["shape"][0] > 0}
+        step = next(iter(fixed)) if fixed else self.batch_rows
+        path = str(self.artifacts.path(record.sha256))
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        for start in range(0, n, step):
+            chunk = {k: v[start : start + step] for k, v in inputs.items()}
+            rows = len(next(iter(chunk.values())))
+            if fixed and rows < step:
+                chunk = {k: np.concatenate([v, np.repeat(v[-1:], step - rows, axis=0)]) for k, v in chunk.items()}
+            for name, value in self.workers.run(record.sha256, path, chunk, names).items():
+                parts[name].append(value[:rows])
+        return {name: np.concatenate(values) for name, values in parts.items()}
+
+    def resolve(
+        self, model_id: str | None, arrays: dict[str, np.ndarray], fields: dict[str, Role], splits: tuple[str, ...]
+    ) -> dict[str, np.ndarray]:
+        """`arrays` as given without a model; with one, each split (a dotted prefix: "", "validation.",
+        "support.", …) that has `{split}inputs.<name>` gets `{split}{field}` computed for every field, in
+        one run of the model per split. Giving both a field and inputs for it is refused."""
+        if model_id is None:
+            stray = next((k for k in arrays if any(k.startswith(f"{s}inputs.") for s in splits)), None)
+            if stray is not None:
+                raise InputError(stray, "inputs are for a model: give `model_id` with them")
+            return arrays
+        record = self.get(model_id)
+        out = dict(arrays)
+        for split in splits:
+            prefix = f"{split}inputs."
+            inputs = {k.removeprefix(prefix): v for k, v in arrays.items() if k.startswith(prefix)}
+            if not inputs:
+                continue
+            for key in inputs:
+                del out[prefix + key]
+            names = {field: self._outputs_for(record, role, f"{split}{field}") for field, role in fields.items()}
+            wanted = list(dict.fromkeys(n for group in names.values() for n in group.values()))
+            computed = self.outputs(record, inputs, wanted)
+            for field, group in names.items():
+                for target, output in group.items():
+                    given = next((k for k in arrays if k == target or k.startswith(f"{split}{field}.")), None)
+                    if given is not None:
+                        raise InputError(given, f"give `{split}inputs` for model {model_id} or `{given}`, not both")
+                    out[target] = computed[output]
+        return out
+
+    @staticmethod
+    def _outputs_for(record: ModelRecord, role: Role, target: str) -> dict[str, str]:
+        """{array name the fitter reads: model output} for one field."""
+        if role == "logits":
+            return {target: record.logits_output}
+        if role == "features" and record.feature_outputs:
+            return {f"{target}.{name}": name for name in record.feature_outputs}
+        if record.embedding_output is None:
+            raise InputError(target, f"model {record.id} was uploaded without an `embedding_output`")
+        return {target: record.embedding_output}
+
+
+def validated_inputs(record: ModelRecord, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The model's inputs by name, cast where the kind matches (JSON numbers arrive as float64), with
+    trailing shapes checked and one batch size; 422 naming the input otherwise."""
+    expected = {i["name"]: TensorInfo.model_validate(i) for i in record.inputs}
+    unknown = sorted(set(arrays) - set(expected))
+    if unknown:
+        raise InputError(f"inputs.{unknown[0]}", f"the model has no input {unknown[0]!r} (inputs: {sorted(expected)})")
+    out: dict[str, np.ndarray] = {}
+    for name, info in expected.items():
+        field = f"inputs.{name}"
+        if name not in arrays:
+            raise InputError(field, "required (the model has this input)")
+        array, wanted = arrays[name], np.dtype(info.dtype)
+        if array.ndim != len(info.shape):
+            raise InputError(field, f"has rank {array.ndim}; the model's input is {info.shape}")
+        for axis, (got, want) in enumerate(zip(array.shape, info.shape, strict=True)):
+            if axis > 0 and want > 0 and got != want:
+                raise InputError(field, f"has shape {list(array.shape)}; the model's input is {info.shape}")
+        if array.shape[0] == 0:
+            raise InputError(field, "is empty (N = 0)")
+        if array.dtype != wanted:
+            if not _castable(array, wanted):
+                raise InputError(field, f"dtype {array.dtype} does not fit the model's {wanted}")
+            array = array.astype(wanted)
+        if wanted.kind == "f" and not np.isfinite(array).all():
+            raise InputError(field, "contains NaN or infinite value(s)")
+        out[name] = np.ascontiguousarray(array)
+    sizes = {len(a) for a in out.values()}
+    if len(sizes) > 1:
+        raise InputError("inputs", f"inputs have different batch sizes {sorted(sizes)}; the first axis is the batch")
+    return out
+
+
+def _castable(array: np.ndarray, wanted: np.dtype) -> bool:
+    """Numbers to a float input; integers, or floats that are whole (JSON), to an integer input."""
+    if wanted.kind == "f":
+        return array.dtype.kind in "fiu"
+    if wanted.kind in "iu":
+        return array.dtype.kind in "iu" or (array.dtype.kind == "f" and bool(np.all(np.mod(array, 1) == 0)))
+    return False

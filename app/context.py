@@ -66,7 +66,7 @@ class Resources:
             engine,
             database,
             runtime,
-            evaluations=EvaluationService(evaluation_records, calibrators, sdm, runtime),
+            evaluations=EvaluationService(evaluation_records, calibrators, sdm, runner, runtime),
             calibrators=calibrators,
             detectors=detectors,
             ood=OodService(detectors, runtime),

@@ -417,3 +417,68 @@ def test_inputs_need_a_model_and_a_model_needs_inputs_or_tensors_not_both(client
         ),
         404,
     )
+
+
+@pytest.mark.parametrize("with_heads", [False, True])
+def test_evaluating_a_model_equals_evaluating_its_logits(client: TestClient, with_heads: bool) -> None:
+    """150 rows in chunks of 64 (the suite's CALIPER_MODEL_BATCH_ROWS) fold into one evaluation state: the
+    numbers, the stored per-row arrays and the gate's view equal an evaluation of the model's logits."""
+    data, _ = onnx_models.mlp(d=6, hidden=5, classes=3, dtype=np.float64)
+    model = upload(client, data, embedding_output="embedding").json()
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(150, 6))
+    out = plain_run(data, x)
+    labels = np.argmax(out["logits"] + rng.normal(size=(150, 3)), axis=1)
+    heads: dict[str, Any] = {}
+    if with_heads:
+        calibrator = client.post(
+            "/v1/calibrators",
+            json={"method": "temperature", "logits": out["logits"].tolist(), "labels": labels.tolist()},
+        ).json()
+        sdm = client.post(
+            "/v1/sdm",
+            json={
+                "params": {"k": 10},
+                **{
+                    k: {
+                        "embeddings": out["embedding"].tolist(),
+                        "logits": out["logits"].tolist(),
+                        "labels": labels.tolist(),
+                    }
+                    for k in ("support", "calibration")
+                },
+            },
+        ).json()
+        heads = {"calibrator_id": calibrator["id"], "sdm_id": sdm["id"]}
+    options = {"labels": labels.tolist(), "losses": ["cross_entropy", "brier"], "per_sample": True, **heads}
+    evaluated = client.post(f"/v1/models/{model['id']}/evaluations", json={"inputs": {"x": x.tolist()}, **options})
+    assert evaluated.status_code == 201, evaluated.text
+    extra = {"embeddings": out["embedding"].tolist()} if with_heads else {}
+    direct = client.post("/v1/evaluations", json={"logits": out["logits"].tolist(), **extra, **options}).json()
+    got = evaluated.json()
+    assert got["model_id"] == model["id"] and got["model"] == "mlp" and direct["model_id"] is None
+    # the same rows, summed in other chunks (the model's 64 rows, then the evaluator's): equal to rounding
+    for ours, theirs in [
+        (got["losses"], direct["losses"]),
+        (got["metrics"], direct["metrics"]),
+        *zip(got["reliability"]["bins"], direct["reliability"]["bins"], strict=True),
+    ]:
+        assert ours.keys() == theirs.keys()
+        for name, value in theirs.items():  # null (an empty side or bin) on both sides
+            assert ours[name] == (value if value is None else pytest.approx(value, rel=1e-12, abs=1e-15)), name
+    for loss, values in direct["per_sample"].items():
+        np.testing.assert_allclose(got["per_sample"][loss], values, rtol=1e-12, atol=1e-15)
+    for key in ("dataset_fingerprint", "n", "classes"):
+        assert got[key] == direct[key], key
+    stored = client.get(f"/v1/evaluations/{got['id']}", params={"per_sample": "true"}).json()
+    assert stored["model_id"] == model["id"] and stored["per_sample"] == got["per_sample"]
+    gate = client.post(
+        "/v1/gates",
+        json={
+            "candidate": got["id"],
+            "baseline": direct["id"],
+            "significance": 0.95,
+            "rules": [{"metric": "accuracy", "op": "max_decrease_abs", "value": 0.0}],
+        },
+    )
+    assert gate.json()["verdict"] == "pass" and gate.json()["rules"][0]["interval"] == [0.0, 0.0], gate.text

@@ -16,7 +16,7 @@ from app.api.routes import calibrators, detectors, evaluations, gates, health, m
 from app.calibration.schemas import ApplyRequest, CalibratorRequest
 from app.config import Settings, get_settings
 from app.context import Resources
-from app.evaluation.schemas import EvaluationRequest
+from app.evaluation.schemas import EvaluationRequest, ModelEvaluationRequest
 from app.models.schemas import ModelRequest, PredictRequest
 from app.ood.schemas import DetectorRequest, OodEvaluateRequest, ScoreRequest, ScoresRequest
 from app.sdm.schemas import SdmRequest, SdmScoreRequest
@@ -68,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 SdmScoreRequest,
                 ModelRequest,
                 PredictRequest,
+                ModelEvaluationRequest,
             ):
                 request_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(request_schema.pop("$defs", {}))

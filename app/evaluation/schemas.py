@@ -99,4 +99,15 @@ class EvaluationOut(BaseModel):
     reliability: Reliability
     calibrator_id: str | None = Field(None, description="The calibrator applied before evaluating, if any.")
     sdm_id: str | None = Field(None, description="The SDM estimator whose region metrics are included, if any.")
+    model_id: str | None = Field(None, description="The uploaded model that produced the logits, if any.")
     per_sample: dict[str, list[float | None]] | None = None
+
+
+MODEL_TENSOR_FIELDS = ("labels", "targets", "teacher_logits", "sample_weight", "inputs.*")
+
+
+class ModelEvaluationRequest(EvaluationRequest):
+    """An evaluation of an uploaded model: its `inputs` (by input name) run through the model in place of
+    `logits`; every other option as for /v1/evaluations. `model` defaults to the model's name."""
+
+    inputs: dict[str, Tensor] = Field(default_factory=dict, description="One tensor per model input, batch first.")

@@ -17,6 +17,7 @@ from app.core.evaluation import (
     Batch,
     EvaluationPlan,
     EvaluationResult,
+    EvaluationState,
     Evaluator,
     check_plan,
     index_dtype,
@@ -27,9 +28,10 @@ from app.core.losses import DEFAULT_LOSSES, LOSSES
 from app.core.metrics import DEFAULT_METRICS, DEFAULT_METRICS_WIDE, METRICS, Ece
 from app.core.runtime import SessionCache
 from app.core.specs import TermSpec
-from app.evaluation.schemas import EvaluationOut, EvaluationRequest, Reliability
+from app.evaluation.schemas import EvaluationOut, EvaluationRequest, ModelEvaluationRequest, Reliability
+from app.models.runner import ModelRunner, validated_inputs
 from app.records import new_id, rfc3339, utc_now
-from app.sdm.service import SdmService
+from app.sdm.service import SdmService, region_metrics
 from app.storage.evaluations import EvaluationFilter, EvaluationRepository
 from app.storage.models import Evaluation
 
@@ -72,6 +74,7 @@ class ComputedEvaluation:
     plan: EvaluationPlan
     result: EvaluationResult
     per_row: dict[str, np.ndarray]
+    model_id: str | None = None  # the uploaded model that produced the logits
     created: datetime = field(default_factory=utc_now)
 
     def __post_init__(self) -> None:
@@ -88,6 +91,19 @@ def compute(request: EvaluationRequest, arrays: dict[str, np.ndarray], cache: Se
     keep_rows = request.store or request.per_sample  # rows are for storage and per_sample only
     state, per_row = evaluator.run(batch, keep_rows=keep_rows)
     return ComputedEvaluation(request, batch, plan, evaluator.finalize(state, batch.classes), per_row)
+
+
+def _streamed_batch(last: Batch, n: int, rows: dict[str, np.ndarray]) -> Batch:
+    """The whole evaluation's batch after streaming: its labels, targets and weights as given, and in
+    place of the logits (streamed, not kept) a zero-stride stand-in that only carries N and C."""
+    labels = rows.get("labels")
+    return Batch(
+        scores=np.broadcast_to(np.zeros((), last.scores.dtype), (n, last.classes)),
+        layout=last.layout,
+        labels=None if labels is None else np.ascontiguousarray(labels, dtype=np.int64),
+        targets=rows.get("targets"),
+        sample_weight=rows.get("sample_weight"),
+    )
 
 
 def _row_arrays(batch: Batch, plan: EvaluationPlan, per_row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -126,9 +142,11 @@ class EvaluationService:
         repository: EvaluationRepository,
         calibrators: CalibrationService,
         sdm: SdmService,
+        models: ModelRunner,
         runtime: SessionCache,
     ) -> None:
         self.repository, self.calibrators, self.sdm, self.runtime = repository, calibrators, sdm, runtime
+        self.models = models
 
     def create(self, request: EvaluationRequest, arrays: dict[str, np.ndarray]) -> EvaluationOut:
         arrays = dict(arrays)
@@ -148,6 +166,63 @@ class EvaluationService:
                 )
             sdm_inputs = {"embeddings": embeddings, "logits": raw_logits}
             computed.metrics.update(finite_or_none(self.sdm.evaluation_metrics(request.sdm_id, sdm_inputs, labels)))
+        record_id = self.store(computed) if request.store else None
+        return evaluation_out(computed, record_id)
+
+    def create_from_model(
+        self, model_id: str, request: ModelEvaluationRequest, arrays: dict[str, np.ndarray]
+    ) -> EvaluationOut:
+        """Evaluate an uploaded model on inputs: the model runs chunk by chunk (CALIPER_MODEL_BATCH_ROWS
+        rows) and each chunk's logits, calibrated when asked, fold into the mergeable evaluation state, so
+        the logits are never held whole (only the per-row columns a stored evaluation keeps)."""
+        record = self.models.get(model_id)
+        if request.model is None:
+            request = request.model_copy(update={"model": record.name})
+        inputs = validated_inputs(
+            record, {k.removeprefix("inputs."): v for k, v in arrays.items() if k.startswith("inputs.")}
+        )
+        rows = {k: v for k, v in arrays.items() if not k.startswith("inputs.")}
+        n = len(next(iter(inputs.values())))
+        for name, value in rows.items():
+            if len(value) != n:
+                raise InputError(name, f"has {len(value)} rows; the model's inputs have {n}")
+        wanted = [record.logits_output] + (
+            [record.embedding_output] if request.sdm_id and record.embedding_output else []
+        )
+        if request.sdm_id is not None and record.embedding_output is None:
+            raise InputError("sdm_id", f"model {model_id} was uploaded without an `embedding_output` for SDM")
+        keep_rows = request.store or request.per_sample
+        evaluator: Evaluator | None = None
+        state: EvaluationState | None = None
+        per_row: list[dict[str, np.ndarray]] = []
+        regions: list[dict[str, np.ndarray]] = []
+        for start in range(0, n, self.models.batch_rows):
+            stop = min(start + self.models.batch_rows, n)
+            out = self.models.outputs(record, {k: v[start:stop] for k, v in inputs.items()}, wanted)
+            chunk = {"logits": out[record.logits_output]} | {k: v[start:stop] for k, v in rows.items()}
+            raw_logits = chunk["logits"]
+            if request.calibrator_id is not None:
+                chunk = self.calibrators.calibrated_inputs(request.calibrator_id, chunk)
+            batch = validate_batch(**chunk)
+            if evaluator is None:
+                evaluator = Evaluator(make_plan(request, batch), self.runtime)
+            chunk_state, chunk_rows = evaluator.run(batch, keep_rows=keep_rows)
+            state = chunk_state if state is None else state.merge(chunk_state)
+            per_row.append(chunk_rows)
+            if request.sdm_id is not None:
+                if batch.labels is None:
+                    raise InputError("sdm_id", "SDM metrics need integer `labels`")
+                sdm_inputs = {"embeddings": out[record.embedding_output or ""], "logits": raw_logits}
+                regions.append(self.sdm.regions(request.sdm_id, sdm_inputs))
+        assert evaluator is not None and state is not None
+        whole = _streamed_batch(batch, n, rows)
+        result = evaluator.finalize(state, whole.classes)
+        kept = {k: np.concatenate([p[k] for p in per_row]) for k in per_row[0]} if keep_rows else {}
+        computed = ComputedEvaluation(request, whole, evaluator.plan, result, kept, model_id=model_id)
+        if regions:
+            joined = {k: np.concatenate([r[k] for r in regions]) for k in regions[0]}
+            assert whole.labels is not None
+            computed.metrics.update(finite_or_none(region_metrics(joined, whole.labels)))
         record_id = self.store(computed) if request.store else None
         return evaluation_out(computed, record_id)
 
@@ -171,6 +246,7 @@ class EvaluationService:
             reliability=computed.result.reliability,
             calibrator_id=request.calibrator_id,
             sdm_id=request.sdm_id,
+            model_id=computed.model_id,
         )
         arrays = _row_arrays(batch, plan, computed.per_row)
         return self.repository.add(record, request.tags, computed.losses, computed.metrics, arrays).id
@@ -214,6 +290,7 @@ def evaluation_out(computed: ComputedEvaluation, record_id: str | None) -> Evalu
         reliability=Reliability.model_validate({"bins": computed.result.reliability}),
         calibrator_id=request.calibrator_id,
         sdm_id=request.sdm_id,
+        model_id=computed.model_id,
         per_sample=per_sample,
     )
 
@@ -234,5 +311,6 @@ def stored_evaluation_out(record: Evaluation, per_sample: dict[str, np.ndarray] 
         reliability=Reliability.model_validate({"bins": record.reliability}),
         calibrator_id=record.calibrator_id,
         sdm_id=record.sdm_id,
+        model_id=record.model_id,
         per_sample={k: row_values(v) for k, v in per_sample.items()} if per_sample is not None else None,
     )

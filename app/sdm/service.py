@@ -184,6 +184,11 @@ class SdmService:
         record = self.get(sdm_id)
         return record, score_rows(self.estimator(record), record, arrays)
 
+    def regions(self, sdm_id: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The per-row REGION_COLUMNS of scored rows (what region metrics of a streamed evaluation need)."""
+        _, scores = self.score(sdm_id, arrays)
+        return {k: scores.prediction if k == "prediction" else scores.columns[k] for k in REGION_COLUMNS}
+
     def evaluation_metrics(self, sdm_id: str, arrays: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
         """What an evaluation with `sdm_id` adds, from the raw logits and embeddings of its rows."""
         _, scores = self.score(sdm_id, arrays)
@@ -257,15 +262,20 @@ EVALUATION_METRICS: dict[str, bool] = {
 }
 
 
+REGION_COLUMNS = ("prediction", "is_ood", "high_reliability", "high_reliability_lower")
+
+
 def evaluation_metrics(scores: Scores, labels: np.ndarray) -> dict[str, float]:
+    """What an evaluation with `sdm_id` adds (the keys of EVALUATION_METRICS), from its scores."""
+    return region_metrics({"prediction": scores.prediction, **scores.columns}, labels)
+
+
+def region_metrics(columns: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
     """Coverage of the high-reliability region (and its lower variant), accuracy inside and outside it,
-    and the OOD share (the keys of EVALUATION_METRICS). NaN (reported null) for an empty side."""
-    correct = scores.prediction == labels
-    out = {"sdm_ood_share": float(scores.columns["is_ood"].mean())}
-    for name, inside in (
-        ("hr", scores.columns["high_reliability"]),
-        ("hr_lower", scores.columns["high_reliability_lower"]),
-    ):
+    and the OOD share, from per-row REGION_COLUMNS. NaN (reported null) for an empty side."""
+    correct = columns["prediction"] == labels
+    out = {"sdm_ood_share": float(columns["is_ood"].mean())}
+    for name, inside in (("hr", columns["high_reliability"]), ("hr_lower", columns["high_reliability_lower"])):
         out[f"sdm_{name}_coverage"] = float(inside.mean())
         out[f"sdm_{name}_accuracy"] = float(correct[inside].mean()) if inside.any() else math.nan
         out[f"sdm_non_{name}_accuracy"] = float(correct[~inside].mean()) if (~inside).any() else math.nan

@@ -36,6 +36,7 @@ class Evaluation(Base):
     reliability: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     calibrator_id: Mapped[str | None] = mapped_column(String(32), index=True)  # evaluated after this calibrator
     sdm_id: Mapped[str | None] = mapped_column(String(32), index=True)  # SDM region metrics from this estimator
+    model_id: Mapped[str | None] = mapped_column(String(32), index=True)  # the uploaded model that was run
 
     tags: Mapped[list[EvaluationTag]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True, lazy="selectin"

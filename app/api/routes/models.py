@@ -11,12 +11,13 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.api.bodies import NPZ, read_tensor_body
+from app.api.bodies import NPZ, read_tensor_body, tensor_request_body
 from app.api.deps import get_resources, resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.problems import PROBLEM_RESPONSES
 from app.api.uploads import read_model_upload
 from app.context import Resources
+from app.evaluation.schemas import INTEGER_FIELDS, MODEL_TENSOR_FIELDS, EvaluationOut, ModelEvaluationRequest
 from app.models.schemas import ModelOut, ModelRequest, PredictRequest
 from app.models.service import model_out
 from app.pipelines.predict import Heads
@@ -92,6 +93,22 @@ def onnx_file(model_id: str, resources: ResourcesDep) -> FileResponse:
 def delete(model_id: str, resources: ResourcesDep) -> Response:
     resources.models.delete(model_id)
     return Response(status_code=204)
+
+
+@router.post(
+    "/{model_id}/evaluations",
+    status_code=201,
+    response_model=EvaluationOut,
+    summary="Evaluate the model on inputs (run chunk by chunk into the evaluation state) and store it",
+    responses=PROBLEM_RESPONSES,
+    openapi_extra=tensor_request_body("ModelEvaluationRequest", MODEL_TENSOR_FIELDS),
+)
+async def create_model_evaluation(model_id: str, request: Request) -> Response:
+    resources = resources_of(request)
+    options, arrays = await read_tensor_body(request, MODEL_TENSOR_FIELDS, INTEGER_FIELDS)
+    body = ModelEvaluationRequest.model_validate(options)
+    out = await run_in_threadpool(resources.evaluations.create_from_model, model_id, body, arrays)
+    return Response(out.model_dump_json(), status_code=201, media_type="application/json")
 
 
 @router.post(

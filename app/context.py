@@ -53,7 +53,9 @@ class Resources:
         runtime = SessionCache(RuntimeConfig(settings.provider, settings.intra_op_threads, chunking=chunking))
         evaluation_records = EvaluationRepository(database)
         artifacts = ArtifactStore(settings.artifact_dir, settings.max_model_bytes)
-        limits = WorkerLimits(settings.model_memory_bytes, settings.model_timeout_s, tuple(runtime.providers))
+        limits = WorkerLimits(
+            settings.model_memory_bytes, settings.model_timeout_s, tuple(runtime.providers), settings.intra_op_threads
+        )
         workers = WorkerPool(settings.model_workers, limits)
         model_records = ModelRepository(database)
         runner = ModelRunner(model_records, artifacts, workers, settings.model_batch_rows)

@@ -38,7 +38,7 @@ class WorkerLimits:
     memory_bytes: int
     timeout_s: float
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
-    intra_op_threads: int = 1
+    intra_op_threads: int = 0  # 0: onnxruntime's default (one per physical core), as for the core's sessions
     cached_sessions: int = 8
 
 

@@ -1,0 +1,141 @@
+"""Predict through the service against onnxruntime in the client process.
+
+(1) 100,000 rows float32 sent as a multipart .npy part, logits back as .npz: end-to-end time against
+    `InferenceSession.run` on the same inputs in this process (target ≤ 1.5x), for the digits demo MLP
+    (64 → 32 → 10) and a wider MLP (256 → 1024 → 1000).
+(2) a single-row predict: median latency against the same request's `InferenceSession.run` (the
+    worker-process overhead, target ≤ 1 ms).
+Run: `.venv/bin/python -m bench.models`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from app.config import Settings
+from app.models.workers import WorkerLimits, WorkerPool
+from app.storage.migrate import upgrade
+from bench.http import start_caliper
+from bench.timing import median_seconds
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wide_mlp() -> bytes:
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array((rng.normal(size=(256, 1024)) / 16).astype(np.float32), "w1"),
+        numpy_helper.from_array((rng.normal(size=(1024, 1000)) / 32).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["embedding"]),
+        helper.make_node("MatMul", ["embedding", "w2"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "wide",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 256])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1000])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    tmp = tempfile.mkdtemp()
+    os.environ["CALIPER_ARTIFACT_DIR"] = f"{tmp}/artifacts"  # start_caliper passes the environment on
+    settings = Settings(database_url=f"sqlite:///{tmp}/bench.db")
+    upgrade(settings)
+    server, url = start_caliper(settings.database_url)
+    client = httpx.Client(base_url=url, timeout=600)
+    try:
+        models = {
+            "digits MLP 64-32-10": (ROOT / "models/digits_mlp.onnx").read_bytes(),
+            "MLP 256-1024-1000": wide_mlp(),
+        }
+        print(f"(1) predict on {args.rows:,} rows float32, multipart .npy in, .npz out")
+        for name, data in models.items():
+            width = onnx.load_from_string(data).graph.input[0].type.tensor_type.shape.dim[1].dim_value
+            x = np.random.default_rng(1).random((args.rows, width), dtype=np.float32)
+            model = client.post("/v1/models", files={"file": ("m.onnx", data)}, data={"name": name}).json()
+            session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+            body = npy(x)
+
+            def remote(body: bytes = body, model_id: str = model["id"]) -> None:
+                response = client.post(
+                    f"/v1/models/{model_id}/predict",
+                    files={"inputs.x": ("x.npy", body)},
+                    headers={"accept": "application/x-npz"},
+                )
+                response.raise_for_status()
+
+            local = median_seconds(lambda x=x, session=session: session.run(None, {"x": x}), args.repeats)
+            over = median_seconds(remote, args.repeats)
+            print(
+                f"  {name:<22} InferenceSession {local * 1e3:8.1f} ms   service {over * 1e3:8.1f} ms"
+                f"   ratio {over / local:5.2f}x (target ≤ 1.5x)"
+            )
+        print("\n(2) one row, JSON in and out (median of 200)")
+        data = models["digits MLP 64-32-10"]
+        model = client.post("/v1/models", files={"file": ("m.onnx", data)}, data={"name": "one"}).json()
+        row = np.random.default_rng(2).random((1, 64), dtype=np.float32)
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        payload = json.dumps({"inputs": {"x": row.tolist()}})
+        samples = []
+        for _ in range(200):
+            start = time.perf_counter()
+            client.post(
+                f"/v1/models/{model['id']}/predict", content=payload, headers={"content-type": "application/json"}
+            )
+            samples.append(time.perf_counter() - start)
+        local = median_seconds(lambda: session.run(None, {"x": row}), 50)
+        remote = statistics.median(samples)
+        print(f"  InferenceSession {local * 1e3:.3f} ms   whole HTTP request {remote * 1e3:.3f} ms")
+        worker_hop(data, row, local)
+    finally:
+        client.close()
+        server.terminate()
+        server.wait()
+
+
+def worker_hop(data: bytes, row: np.ndarray, local: float) -> None:
+    """The worker-process hop alone: WorkerPool.run on one row (shared memory both ways, one pipe round trip)."""
+    path = Path(tempfile.mkdtemp()) / "m.onnx"
+    path.write_bytes(data)
+    pool = WorkerPool(1, WorkerLimits(memory_bytes=4 << 30, timeout_s=60))
+    try:
+        pool.load("bench", str(path))
+        hop = median_seconds(lambda: pool.run("bench", str(path), {"x": row}, ["logits"]), 200, warmup=20)
+    finally:
+        pool.close()
+    print(f"  worker hop (WorkerPool.run) {hop * 1e3:.3f} ms   overhead {(hop - local) * 1e3:.3f} ms (target ≤ 1 ms)")
+
+
+if __name__ == "__main__":
+    main()

@@ -44,7 +44,10 @@ class Settings(BaseSettings):
         4 * 1024**3, gt=0, description="Address-space limit of each model worker (RLIMIT_AS); beyond it a run is 422."
     )
     model_timeout_s: float = Field(60.0, gt=0, description="Time limit of one model call; beyond it the run is 422.")
-    model_batch_rows: int = Field(4096, gt=0, description="Most rows per model call: large inputs run in chunks.")
+    model_batch_rows: int = Field(65_536, gt=0, description="Most rows per model call: large inputs run in chunks.")
+    model_batch_bytes: int = Field(
+        32 * 1024 * 1024, gt=0, description="Most bytes of inputs and outputs per model call (wide rows get fewer)."
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
     access_log: bool = Field(True, description="uvicorn's per-request access log.")

@@ -196,8 +196,9 @@ class EvaluationService:
         state: EvaluationState | None = None
         per_row: list[dict[str, np.ndarray]] = []
         regions: list[dict[str, np.ndarray]] = []
-        for start in range(0, n, self.models.batch_rows):
-            stop = min(start + self.models.batch_rows, n)
+        step = self.models.step(record, inputs, wanted)
+        for start in range(0, n, step):
+            stop = min(start + step, n)
             out = self.models.outputs(record, {k: v[start:stop] for k, v in inputs.items()}, wanted)
             chunk = {"logits": out[record.logits_output]} | {k: v[start:stop] for k, v in rows.items()}
             raw_logits = chunk["logits"]

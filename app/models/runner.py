@@ -9,6 +9,7 @@ from typing import Literal
 
 import numpy as np
 
+from app.core.chunking import Chunking
 from app.core.errors import InputError
 from app.models.schemas import TensorInfo
 from app.models.workers import WorkerPool
@@ -21,30 +22,56 @@ Role = Literal["logits", "embedding", "features"]  # features: the feature outpu
 
 class ModelRunner:
     def __init__(
-        self, repository: ModelRepository, artifacts: ArtifactStore, workers: WorkerPool, batch_rows: int
+        self, repository: ModelRepository, artifacts: ArtifactStore, workers: WorkerPool, chunking: Chunking
     ) -> None:
-        self.repository, self.artifacts, self.workers, self.batch_rows = repository, artifacts, workers, batch_rows
+        self.repository, self.artifacts, self.workers, self.chunking = repository, artifacts, workers, chunking
 
     def get(self, model_id: str) -> ModelRecord:
         return self.repository.get(model_id)
 
     def outputs(self, record: ModelRecord, arrays: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
-        """The named outputs for the model's inputs (validated here), run in chunks of
-        CALIPER_MODEL_BATCH_ROWS rows; a fixed batch dimension runs in batches of that size, the last padded."""
+        """The named outputs for the model's inputs (validated here), run in chunks of at most
+        CALIPER_MODEL_BATCH_ROWS rows and CALIPER_MODEL_BATCH_BYTES of inputs and declared outputs per call
+        (a fixed batch dimension runs in batches of that size, the last padded), each chunk's outputs
+        copied once, from shared memory into the result."""
         inputs = validated_inputs(record, arrays)
         n = len(next(iter(inputs.values())))
-        fixed = {i["shape"][0] for i in record.inputs if i["shape"] and i["shape"][0] > 0}
-        step = next(iter(fixed)) if fixed else self.batch_rows
+        fixed = self._fixed_batch(record)
+        step = fixed or self.step(record, inputs, names)
         path = str(self.artifacts.path(record.sha256))
-        parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        result: dict[str, np.ndarray] = {}
         for start in range(0, n, step):
             chunk = {k: v[start : start + step] for k, v in inputs.items()}
             rows = len(next(iter(chunk.values())))
             if fixed and rows < step:
                 chunk = {k: np.concatenate([v, np.repeat(v[-1:], step - rows, axis=0)]) for k, v in chunk.items()}
-            for name, value in self.workers.run(record.sha256, path, chunk, names).items():
-                parts[name].append(value[:rows])
-        return {name: np.concatenate(values) for name, values in parts.items()}
+
+            def sink(name: str, value: np.ndarray, start: int = start, rows: int = rows) -> None:
+                if name not in result:
+                    result[name] = np.empty((n, *value.shape[1:]), value.dtype)
+                result[name][start : start + rows] = value[:rows]
+
+            self.workers.run(record.sha256, path, chunk, names, sink)
+        return result
+
+    @staticmethod
+    def _fixed_batch(record: ModelRecord) -> int | None:
+        fixed = {i["shape"][0] for i in record.inputs if i["shape"] and i["shape"][0] > 0}
+        return next(iter(fixed)) if fixed else None
+
+    def step(self, record: ModelRecord, inputs: dict[str, np.ndarray], names: list[str]) -> int:
+        """Rows per model call for these inputs and outputs (a fixed batch dimension decides alone)."""
+        return self._fixed_batch(record) or self.chunking.step(self._row_bytes(record, inputs, names))
+
+    @staticmethod
+    def _row_bytes(record: ModelRecord, inputs: dict[str, np.ndarray], names: list[str]) -> int:
+        """Bytes per row of the inputs and of the named outputs (a dynamic output width counts as 1)."""
+        declared = {o["name"]: o for o in record.outputs}
+        out = 0
+        for name in names:
+            info = declared[name]
+            out += np.dtype(info["dtype"]).itemsize * int(np.prod([max(d, 1) for d in info["shape"][1:]]))
+        return sum(int(v[0].nbytes) for v in inputs.values()) + out
 
     def resolve(
         self, model_id: str | None, arrays: dict[str, np.ndarray], fields: dict[str, Role], splits: tuple[str, ...]

@@ -11,6 +11,7 @@ import multiprocessing as mp
 import queue
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
@@ -192,7 +193,16 @@ class WorkerPool:
         """Create (and cache) the model's session in a worker: onnxruntime's refusals surface here."""
         self._call({"op": "load", "key": key, "path": path})
 
-    def run(self, key: str, path: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+    def run(
+        self,
+        key: str,
+        path: str,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str],
+        sink: Callable[[str, np.ndarray], None] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """The named outputs, copied out of shared memory; with `sink`, each output's view is handed to
+        it instead (to copy where it belongs) before its block is released, and nothing is returned."""
         blocks = {name: _share(np.ascontiguousarray(array)) for name, array in inputs.items()}
         try:
             described = [(n, b.name, inputs[n].dtype.str, inputs[n].shape) for n, b in blocks.items()]
@@ -204,7 +214,10 @@ class WorkerPool:
         result: dict[str, np.ndarray] = {}
         for item in reply:
             block, view = _attached(item)
-            result[item[0]] = view.copy()
+            if sink is None:
+                result[item[0]] = view.copy()
+            else:
+                sink(item[0], view)
             del view
             block.close()
             block.unlink()

@@ -11,7 +11,7 @@ import numpy as np
 from app.calibration.service import CalibrationService
 from app.core.calibration import apply
 from app.core.errors import InputError
-from app.core.graphrun import mapped
+from app.core.graphrun import mapped_outputs
 from app.core.runtime import SessionCache
 from app.models.runner import ModelRunner
 from app.ood.detectors import DetectorService
@@ -58,14 +58,9 @@ class PredictService:
             raise InputError("inputs", f"the model produced C = {logits.shape[1]}; it declares {record.classes}")
         if heads.calibrator_id is not None:
             probabilities = self.calibrators.apply(heads.calibrator_id, logits)
+            columns = {"logits": logits, "probabilities": probabilities} | top_label(probabilities, False, self.runtime)
         else:
-            probabilities = softmax(logits, self.runtime)
-        columns = {
-            "logits": logits,
-            "probabilities": probabilities,
-            "prediction": np.argmax(probabilities, axis=1),
-            "confidence": np.max(probabilities, axis=1),
-        }
+            columns = {"logits": logits} | top_label(logits, True, self.runtime)
         embedding = out.get(record.embedding_output or "")
         if return_embedding and embedding is not None:
             columns["embedding"] = embedding
@@ -127,7 +122,8 @@ class PredictService:
             raise InputError(field, f"the {noun} was fitted on D = {dim}; the model's embedding has D = {width}")
 
 
-def softmax(logits: np.ndarray, runtime: SessionCache) -> np.ndarray:
-    dtype = logits.dtype
-    graph = lambda: apply.standalone(lambda z: apply.temperature(z, 1.0), dtype)  # noqa: E731
-    return mapped(f"softmax:{dtype}", graph, {"logits": logits}, runtime)
+def top_label(scores: np.ndarray, from_logits: bool, runtime: SessionCache) -> dict[str, np.ndarray]:
+    """probabilities (the softmax, from logits), prediction and confidence, in one graph run in chunks."""
+    dtype = scores.dtype
+    build = lambda: apply.top_label_graph(dtype, from_logits)  # noqa: E731
+    return mapped_outputs(f"top-label:{from_logits}:{dtype}", build, {"scores": scores}, cache=runtime)

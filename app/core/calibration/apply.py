@@ -35,6 +35,15 @@ def standalone(fragment: Fragment, dtype: np.dtype, views: bool = False) -> onnx
     return build({"logits": logits}, {"probabilities": fragment(logits)})
 
 
+def top_label_graph(dtype: np.dtype, from_logits: bool) -> onnx.ModelProto:
+    """`scores` [N, C] -> `prediction` (argmax, ties → lowest index) and `confidence` (the max) of the
+    probabilities: the softmax of logits (also returned as `probabilities`), or the scores themselves."""
+    scores = argument(Tensor(dtype, ("N", "C")))
+    p = op.softmax(scores, axis=-1) if from_logits else scores
+    outputs = {"prediction": op.arg_max(p, axis=-1, keepdims=0), "confidence": op.reduce_max(p, ints(-1), keepdims=0)}
+    return build({"scores": scores}, outputs | ({"probabilities": p} if from_logits else {}))
+
+
 def temperature(z: Var, temperature: float) -> Var:
     """softmax(z / T) (Guo et al. 2017)."""
     return op.softmax(op.div(z, _const(temperature, dtype_of(z))), axis=-1)

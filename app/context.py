@@ -69,7 +69,7 @@ class Resources:
             engine,
             database,
             runtime,
-            evaluations=EvaluationService(evaluation_records, calibrators, sdm, runner, runtime),
+            evaluations=EvaluationService(evaluation_records, calibrators, sdm, detectors, runner, runtime),
             calibrators=calibrators,
             detectors=detectors,
             ood=OodService(detectors, runtime),

@@ -482,3 +482,45 @@ def test_evaluating_a_model_equals_evaluating_its_logits(client: TestClient, wit
         },
     )
     assert gate.json()["verdict"] == "pass" and gate.json()["rules"][0]["interval"] == [0.0, 0.0], gate.text
+
+
+def test_a_model_evaluation_with_a_detector_adds_the_ood_separation(client: TestClient) -> None:
+    data, _ = onnx_models.mlp(d=6, hidden=5, classes=3, dtype=np.float64)
+    model = upload(client, data, embedding_output="embedding").json()
+    rng = np.random.default_rng(7)
+    x, x_ood = rng.normal(size=(150, 6)), rng.normal(size=(70, 6)) * 4 + 3
+    out, out_ood = plain_run(data, x), plain_run(data, x_ood)
+    labels = np.argmax(out["logits"], axis=1)
+    detector = client.post(
+        "/v1/detectors",
+        json={
+            "method": "mahalanobis",
+            "features": out["embedding"].tolist(),
+            "labels": labels.tolist(),
+            "params": {"ridge": 0.1},
+        },
+    ).json()
+    body = {
+        "inputs": {"x": x.tolist()},
+        "labels": labels.tolist(),
+        "detector_id": detector["id"],
+        "ood_inputs": {"x": x_ood.tolist()},
+    }
+    evaluated = client.post(f"/v1/models/{model['id']}/evaluations", json=body)
+    assert evaluated.status_code == 201, evaluated.text
+    expected = client.post(
+        "/v1/ood/evaluate",
+        json={
+            "detector_id": detector["id"],
+            "features_in": out["embedding"].tolist(),
+            "features_out": out_ood["embedding"].tolist(),
+        },
+    ).json()
+    ood = evaluated.json()["ood"]
+    for key in ("auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr", "fpr_at_95_tpr_ood_positive", "detection_error"):
+        assert ood[key] == pytest.approx(expected[key], rel=1e-12, abs=1e-15), key
+    assert ood["n_in"] == 150 and ood["n_out"] == 70
+    assert client.get(f"/v1/evaluations/{evaluated.json()['id']}").json()["ood"] == ood
+    lone = client.post(f"/v1/models/{model['id']}/evaluations", json={**body, "detector_id": None})
+    assert_problem(lone, 422)
+    assert lone.json()["errors"][0]["field"] == "ood_inputs"

@@ -100,10 +100,15 @@ class EvaluationOut(BaseModel):
     calibrator_id: str | None = Field(None, description="The calibrator applied before evaluating, if any.")
     sdm_id: str | None = Field(None, description="The SDM estimator whose region metrics are included, if any.")
     model_id: str | None = Field(None, description="The uploaded model that produced the logits, if any.")
+    ood: dict[str, float | None] | None = Field(
+        None,
+        description="With a model, `detector_id` and `ood_inputs`: AUROC, AUPR-In/Out, FPR@95 (both), detection "
+        "error, n_in and n_out.",
+    )
     per_sample: dict[str, list[float | None]] | None = None
 
 
-MODEL_TENSOR_FIELDS = ("labels", "targets", "teacher_logits", "sample_weight", "inputs.*")
+MODEL_TENSOR_FIELDS = ("labels", "targets", "teacher_logits", "sample_weight", "inputs.*", "ood_inputs.*")
 
 
 class ModelEvaluationRequest(EvaluationRequest):
@@ -111,3 +116,9 @@ class ModelEvaluationRequest(EvaluationRequest):
     `logits`; every other option as for /v1/evaluations. `model` defaults to the model's name."""
 
     inputs: dict[str, Tensor] = Field(default_factory=dict, description="One tensor per model input, batch first.")
+    detector_id: str | None = Field(
+        None,
+        description="With `ood_inputs`: the separation of this detector's scores of `inputs` (in) and "
+        "`ood_inputs` (out), reported under `ood` (as /v1/ood/evaluate).",
+    )
+    ood_inputs: dict[str, Tensor] | None = Field(None, description="Inputs of out-of-distribution samples.")

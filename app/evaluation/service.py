@@ -26,14 +26,16 @@ from app.core.evaluation import (
 )
 from app.core.losses import DEFAULT_LOSSES, LOSSES
 from app.core.metrics import DEFAULT_METRICS, DEFAULT_METRICS_WIDE, METRICS, Ece
+from app.core.ood_metrics import separation
 from app.core.runtime import SessionCache
 from app.core.specs import TermSpec
 from app.evaluation.schemas import EvaluationOut, EvaluationRequest, ModelEvaluationRequest, Reliability
 from app.models.runner import ModelRunner, validated_inputs
+from app.ood.detectors import DetectorService
 from app.records import new_id, rfc3339, utc_now
 from app.sdm.service import SdmService, region_metrics
 from app.storage.evaluations import EvaluationFilter, EvaluationRepository
-from app.storage.models import Evaluation
+from app.storage.models import Evaluation, ModelRecord
 
 
 def dataset_fingerprint(batch: Batch) -> str:
@@ -75,6 +77,7 @@ class ComputedEvaluation:
     result: EvaluationResult
     per_row: dict[str, np.ndarray]
     model_id: str | None = None  # the uploaded model that produced the logits
+    ood: dict[str, float | None] | None = None  # separation of a detector's scores, in vs ood_inputs
     created: datetime = field(default_factory=utc_now)
 
     def __post_init__(self) -> None:
@@ -142,11 +145,12 @@ class EvaluationService:
         repository: EvaluationRepository,
         calibrators: CalibrationService,
         sdm: SdmService,
+        detectors: DetectorService,
         models: ModelRunner,
         runtime: SessionCache,
     ) -> None:
         self.repository, self.calibrators, self.sdm, self.runtime = repository, calibrators, sdm, runtime
-        self.models = models
+        self.detectors, self.models = detectors, models
 
     def create(self, request: EvaluationRequest, arrays: dict[str, np.ndarray]) -> EvaluationOut:
         arrays = dict(arrays)
@@ -181,21 +185,29 @@ class EvaluationService:
         inputs = validated_inputs(
             record, {k.removeprefix("inputs."): v for k, v in arrays.items() if k.startswith("inputs.")}
         )
-        rows = {k: v for k, v in arrays.items() if not k.startswith("inputs.")}
+        rows = {k: v for k, v in arrays.items() if not k.startswith(("inputs.", "ood_inputs."))}
         n = len(next(iter(inputs.values())))
         for name, value in rows.items():
             if len(value) != n:
                 raise InputError(name, f"has {len(value)} rows; the model's inputs have {n}")
-        wanted = [record.logits_output] + (
-            [record.embedding_output] if request.sdm_id and record.embedding_output else []
-        )
-        if request.sdm_id is not None and record.embedding_output is None:
-            raise InputError("sdm_id", f"model {model_id} was uploaded without an `embedding_output` for SDM")
+        wanted = [record.logits_output]
+        has_ood = any(k.startswith("ood_inputs.") for k in arrays)  # JSON or multipart parts
+        if (request.detector_id is None) == has_ood:
+            raise InputError("ood_inputs", "give `detector_id` and `ood_inputs` together")
+        detector_reads: dict[str, str] = {}
+        if request.detector_id is not None:
+            detector_reads = self.detectors.model_outputs(request.detector_id, record.embedding_output)
+            wanted += [name for name in detector_reads.values() if name not in wanted]
+        if request.sdm_id is not None:
+            if record.embedding_output is None:
+                raise InputError("sdm_id", f"model {model_id} was uploaded without an `embedding_output` for SDM")
+            wanted += [record.embedding_output] if record.embedding_output not in wanted else []
         keep_rows = request.store or request.per_sample
         evaluator: Evaluator | None = None
         state: EvaluationState | None = None
         per_row: list[dict[str, np.ndarray]] = []
         regions: list[dict[str, np.ndarray]] = []
+        scores_in: list[np.ndarray] = []
         step = self.models.step(record, inputs, wanted)
         for start in range(0, n, step):
             stop = min(start + step, n)
@@ -215,6 +227,9 @@ class EvaluationService:
                     raise InputError("sdm_id", "SDM metrics need integer `labels`")
                 sdm_inputs = {"embeddings": out[record.embedding_output or ""], "logits": raw_logits}
                 regions.append(self.sdm.regions(request.sdm_id, sdm_inputs))
+            if request.detector_id is not None:
+                features = {k: out[v] for k, v in detector_reads.items()}
+                scores_in.append(self.detectors.score(request.detector_id, features)[0])
         assert evaluator is not None and state is not None
         whole = _streamed_batch(batch, n, rows)
         result = evaluator.finalize(state, whole.classes)
@@ -224,8 +239,26 @@ class EvaluationService:
             joined = {k: np.concatenate([r[k] for r in regions]) for k in regions[0]}
             assert whole.labels is not None
             computed.metrics.update(finite_or_none(region_metrics(joined, whole.labels)))
+        if request.detector_id is not None:
+            computed.ood = self._separation(record, request, np.concatenate(scores_in), arrays, detector_reads)
         record_id = self.store(computed) if request.store else None
         return evaluation_out(computed, record_id)
+
+    def _separation(
+        self,
+        record: ModelRecord,
+        request: ModelEvaluationRequest,
+        scores_in: np.ndarray,
+        arrays: dict[str, np.ndarray],
+        reads: dict[str, str],
+    ) -> dict[str, float | None]:
+        """/v1/ood/evaluate's metrics of the detector's scores of the inputs against those of `ood_inputs`."""
+        assert request.detector_id is not None
+        given = {k.removeprefix("ood_inputs."): v for k, v in arrays.items() if k.startswith("ood_inputs.")}
+        out = self.models.outputs(record, given, list(dict.fromkeys(reads.values())))
+        scores_out, _ = self.detectors.score(request.detector_id, {k: out[v] for k, v in reads.items()})
+        metrics = separation(scores_in.astype(np.float64), scores_out.astype(np.float64))
+        return {**finite_or_none(metrics), "n_in": float(len(scores_in)), "n_out": float(len(scores_out))}
 
     def store(self, computed: ComputedEvaluation) -> str:
         """Write the evaluation, its values and per-row arrays in one transaction; returns its id."""
@@ -250,7 +283,8 @@ class EvaluationService:
             model_id=computed.model_id,
         )
         arrays = _row_arrays(batch, plan, computed.per_row)
-        return self.repository.add(record, request.tags, computed.losses, computed.metrics, arrays).id
+        stored = self.repository.add(record, request.tags, computed.losses, computed.metrics, arrays, computed.ood)
+        return stored.id
 
     def get(self, evaluation_id: str, per_sample: bool = False) -> EvaluationOut:
         record = self.repository.get(evaluation_id)
@@ -292,6 +326,7 @@ def evaluation_out(computed: ComputedEvaluation, record_id: str | None) -> Evalu
         calibrator_id=request.calibrator_id,
         sdm_id=request.sdm_id,
         model_id=computed.model_id,
+        ood=computed.ood,
         per_sample=per_sample,
     )
 
@@ -309,6 +344,7 @@ def stored_evaluation_out(record: Evaluation, per_sample: dict[str, np.ndarray] 
         dataset_fingerprint=record.dataset_fingerprint,
         losses={v.name: v.value for v in record.values if v.kind == "loss"},
         metrics={v.name: v.value for v in record.values if v.kind == "metric"},
+        ood={v.name: v.value for v in record.values if v.kind == "ood"} or None,
         reliability=Reliability.model_validate({"bins": record.reliability}),
         calibrator_id=record.calibrator_id,
         sdm_id=record.sdm_id,

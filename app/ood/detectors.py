@@ -288,6 +288,21 @@ class DetectorService:
         assert total is not None
         return total, nearest_class
 
+    def model_features(
+        self, detector_id: str, outputs: dict[str, np.ndarray], embedding_output: str | None
+    ) -> dict[str, np.ndarray]:
+        """The arrays `score` reads from a model's outputs: its layers for an ensemble, else the embedding."""
+        return {k: outputs[v] for k, v in self.model_outputs(detector_id, embedding_output).items()}
+
+    def model_outputs(self, detector_id: str, embedding_output: str | None) -> dict[str, str]:
+        """{array `score` reads: model output name} for a detector applied to a model."""
+        layers = self.get(detector_id).params.get("layers")
+        if layers:
+            return {f"features.{name}": name for name in layers}
+        if embedding_output is None:
+            raise InputError("detector_id", "the detector scores embeddings; the model has no `embedding_output`")
+        return {"features": embedding_output}
+
     @staticmethod
     def _layer_indices(record: DetectorRecord) -> list[int | None]:
         return list(range(len(record.params["layers"]))) if record.params.get("layers") else [None]

@@ -65,18 +65,12 @@ class PredictService:
         if return_embedding and embedding is not None:
             columns["embedding"] = embedding
         if heads.detector_id is not None:
-            columns["ood_score"], _ = self.detectors.score(heads.detector_id, self._features(record, heads, out))
+            features = self.detectors.model_features(heads.detector_id, out, record.embedding_output)
+            columns["ood_score"], _ = self.detectors.score(heads.detector_id, features)
         if heads.sdm_id is not None:
             _, scores = self.sdm.score(heads.sdm_id, {"embeddings": embedding, "logits": logits})  # type: ignore[dict-item]
             columns |= {f"sdm.{k}": v for k, v in npz_columns(scores).items()}
         return columns
-
-    def _features(self, record: ModelRecord, heads: Heads, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        assert heads.detector_id is not None
-        layers = self.detectors.get(heads.detector_id).params.get("layers")
-        if layers:
-            return {f"features.{name}": out[name] for name in layers}
-        return {"features": out[record.embedding_output or ""]}
 
     def _check_heads(self, record: ModelRecord, heads: Heads, return_embedding: bool) -> list[str]:
         """The outputs to compute; 422 before running anything when a head does not fit the model."""

@@ -50,12 +50,15 @@ class EvaluationRepository:
         losses: dict[str, float | None],
         metrics: dict[str, float | None],
         arrays: dict[str, np.ndarray],
+        ood: dict[str, float | None] | None = None,
     ) -> Evaluation:
         """Write an evaluation with its tags, values and per-row arrays in one transaction."""
         record.tags = [EvaluationTag(key=k, value=v) for k, v in tags.items()]
-        record.values = [MetricValue(kind="loss", name=k, value=v) for k, v in losses.items()] + [
-            MetricValue(kind="metric", name=k, value=v) for k, v in metrics.items()
-        ]
+        record.values = (
+            [MetricValue(kind="loss", name=k, value=v) for k, v in losses.items()]
+            + [MetricValue(kind="metric", name=k, value=v) for k, v in metrics.items()]
+            + [MetricValue(kind="ood", name=k, value=v) for k, v in (ood or {}).items()]
+        )
         with self.sessions.begin() as session:
             session.add(record)
             session.flush()

@@ -134,3 +134,30 @@ def long_loop(trips: int = 2_000_000_000) -> bytes:
     ]
     nodes = [helper.make_node("Loop", ["trips", "cond", "x"], ["logits"], body=body)]
     return _single(nodes, [X], [LOGITS], inits)
+
+
+def image_and_meta(dtype: type = np.float32, seed: int = 0) -> bytes:
+    """Two inputs: an NCHW image `image` [N, 1, 4, 4] and an integer `meta` [N, 2] (cast to the float
+    dtype), flattened, concatenated and mapped to 3 logits."""
+    rng = np.random.default_rng(seed)
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    inits = [numpy_helper.from_array(rng.normal(size=(18, 3)).astype(dtype), "w")]
+    nodes = [
+        helper.make_node("Flatten", ["image"], ["flat"], axis=1),
+        helper.make_node("Cast", ["meta"], ["meta_f"], to=elem),
+        helper.make_node("Concat", ["flat", "meta_f"], ["joined"], axis=1),
+        helper.make_node("MatMul", ["joined", "w"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "image_and_meta",
+        [
+            helper.make_tensor_value_info("image", elem, ["N", 1, 4, 4]),
+            helper.make_tensor_value_info("meta", TensorProto.INT64, ["N", 2]),
+        ],
+        [helper.make_tensor_value_info("logits", elem, ["N", 3])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    return model.SerializeToString()

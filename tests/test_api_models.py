@@ -524,3 +524,47 @@ def test_a_model_evaluation_with_a_detector_adds_the_ood_separation(client: Test
     lone = client.post(f"/v1/models/{model['id']}/evaluations", json={**body, "detector_id": None})
     assert_problem(lone, 422)
     assert lone.json()["errors"][0]["field"] == "ood_inputs"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_several_inputs_and_an_nchw_image(client: TestClient, dtype: type) -> None:
+    data = onnx_models.image_and_meta(dtype)
+    model = upload(client, data).json()
+    assert {i["name"]: (i["dtype"], i["shape"]) for i in model["inputs"]} == {
+        "image": (np.dtype(dtype).name, [-1, 1, 4, 4]),
+        "meta": ("int64", [-1, 2]),
+    }
+    rng = np.random.default_rng(8)
+    image, meta = rng.normal(size=(90, 1, 4, 4)).astype(dtype), rng.integers(-5, 5, size=(90, 2))
+    got = client.post(
+        f"/v1/models/{model['id']}/predict", json={"inputs": {"image": image.tolist(), "meta": meta.tolist()}}
+    )
+    assert got.status_code == 200, got.text
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    (expected,) = session.run(None, {"image": image, "meta": meta.astype(np.int64)})
+    np.testing.assert_array_equal(np.asarray(got.json()["logits"], dtype), expected)
+    fractional = client.post(
+        f"/v1/models/{model['id']}/predict",
+        json={"inputs": {"image": image[:2].tolist(), "meta": (meta[:2] + 0.5).tolist()}},
+    )
+    assert_problem(fractional, 422)
+    assert fractional.json()["errors"][0]["field"] == "inputs.meta"
+    mismatched = client.post(
+        f"/v1/models/{model['id']}/predict", json={"inputs": {"image": image[:3].tolist(), "meta": meta[:2].tolist()}}
+    )
+    assert_problem(mismatched, 422)
+
+
+def test_a_worker_that_cannot_start_answers_503_and_stores_nothing(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = resources(client).workers
+    pool.close()  # the idle workers go; new ones start with the limits below
+    monkeypatch.setattr(pool, "limits", replace(pool.limits, memory_bytes=32 * 1024 * 1024))  # too little for ort
+    response = upload(client, onnx_models.mlp()[0])
+    assert_problem(response, 503)
+    assert "did not start" in response.json()["detail"] and response.headers["retry-after"]
+    assert count_rows(client.app)["models"] == 0  # type: ignore[arg-type]
+    assert list(resources(client).artifacts.root.iterdir()) == []
+    monkeypatch.undo()
+    assert upload(client, onnx_models.mlp()[0]).status_code == 201  # the service recovers by itself

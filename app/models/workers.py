@@ -59,10 +59,11 @@ def _worker(conn: Connection, limits: WorkerLimits) -> None:  # pragma: no cover
     import resource
     from multiprocessing import resource_tracker
 
+    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))  # before onnxruntime loads
     import onnxruntime as ort
 
-    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
     sessions: OrderedDict[str, ort.InferenceSession] = OrderedDict()
+    conn.send(("ready", None))
 
     def session(key: str, path: str) -> ort.InferenceSession:
         if key in sessions:
@@ -109,8 +110,13 @@ def _worker(conn: Connection, limits: WorkerLimits) -> None:  # pragma: no cover
             conn.send((kind, f"{type(exc).__name__}: {text}"[:2000]))
 
 
+START_TIMEOUT_S = 60.0  # a spawned worker imports numpy and onnxruntime before it reports ready
+
+
 class _Worker:
     def __init__(self, limits: WorkerLimits) -> None:
+        """Start a worker and wait for its `ready`: one that dies or hangs while starting (too little
+        memory to import onnxruntime, a broken install) is a WorkerUnavailableError, not a model's fault."""
         context = mp.get_context("spawn")
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_worker, args=(child, limits), daemon=True)
@@ -119,6 +125,14 @@ class _Worker:
         except OSError as exc:
             raise WorkerUnavailableError(f"could not start a model worker: {exc}") from exc
         child.close()
+        try:
+            ready = self.conn.poll(START_TIMEOUT_S) and self.conn.recv() == ("ready", None)
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            code = self.process.exitcode
+            self.stop()
+            raise WorkerUnavailableError(f"a model worker did not start (exit code {code})")
 
     def stop(self) -> None:
         with contextlib.suppress(OSError, AttributeError):

@@ -5,6 +5,9 @@
     (64 → 32 → 10) and a wider MLP (256 → 1024 → 1000).
 (2) a single-row predict: median latency against the same request's `InferenceSession.run` (the
     worker-process overhead, target ≤ 1 ms).
+(3) an evaluation of the digits MLP on 1,000,000 rows, in-process: the streamed model evaluation against
+    predict + a separate evaluation of the materialised logits (target ≤ 1.1x), with the Python heap peak
+    beyond the inputs (tracemalloc) and the worker's peak RSS (target: bounded by the chunk, not by N).
 Run: `.venv/bin/python -m bench.models`.
 """
 
@@ -17,6 +20,7 @@ import os
 import statistics
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import httpx
@@ -26,6 +30,9 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from app.config import Settings
+from app.context import Resources
+from app.evaluation.schemas import EvaluationRequest, ModelEvaluationRequest
+from app.models.schemas import ModelRequest
 from app.models.workers import WorkerLimits, WorkerPool
 from app.storage.migrate import upgrade
 from bench.http import start_caliper
@@ -67,6 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--evaluation-rows", type=int, default=1_000_000)
     args = parser.parse_args()
     tmp = tempfile.mkdtemp()
     os.environ["CALIPER_ARTIFACT_DIR"] = f"{tmp}/artifacts"  # start_caliper passes the environment on
@@ -118,10 +126,59 @@ def main() -> None:
         remote = statistics.median(samples)
         print(f"  InferenceSession {local * 1e3:.3f} ms   whole HTTP request {remote * 1e3:.3f} ms")
         worker_hop(data, row, local)
+        streamed_evaluation(args.evaluation_rows)
     finally:
         client.close()
         server.terminate()
         server.wait()
+
+
+def streamed_evaluation(rows: int) -> None:
+    tmp = tempfile.mkdtemp()
+    resources = Resources.create(Settings(database_url=f"sqlite:///{tmp}/e.db", artifact_dir=f"{tmp}/a"))
+    upgrade(resources.settings)
+    upload = resources.artifacts.writer()
+    upload.write((ROOT / "models/digits_mlp.onnx").read_bytes())
+    record = resources.models.create(ModelRequest(name="digits"), upload)
+    rng = np.random.default_rng(3)
+    x, labels = rng.random((rows, 64), dtype=np.float32), rng.integers(0, 10, rows)
+    runner = resources.predictions.runner
+
+    def streamed() -> None:
+        resources.evaluations.create_from_model(
+            record.id, ModelEvaluationRequest(store=False), {"inputs.x": x, "labels": labels}
+        )
+
+    def materialised() -> None:
+        logits = runner.outputs(record, {"x": x}, ["logits"])["logits"]
+        resources.evaluations.create(EvaluationRequest(store=False), {"logits": logits, "labels": labels})
+
+    print(f"\n(3) evaluation of the digits MLP on {rows:,} rows (inputs {x.nbytes / 2**20:.0f} MiB), in-process")
+    runner.outputs(record, {"x": x[:1000]}, ["logits"])  # every worker started, its session loaded
+    runner.outputs(record, {"x": x[:1000]}, ["logits"])
+    before = {pid: peak_rss_mib(pid) for pid in resources.workers.pids()}
+    timings = {}
+    for name, run in (("predict + evaluation", materialised), ("streamed model evaluation", streamed)):
+        run()  # warm the sessions
+        tracemalloc.start()
+        start = time.perf_counter()
+        run()
+        timings[name] = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        print(f"  {name:<27} {timings[name]:6.2f} s   heap peak {peak / 2**20:7.1f} MiB")
+    ratio = timings["streamed model evaluation"] / timings["predict + evaluation"]
+    print(f"  streamed / materialised: {ratio:.2f}x (target ≤ 1.1x)")
+    for pid in resources.workers.pids():
+        print(
+            f"  worker {pid} peak RSS {before.get(pid, 0):.0f} MiB loaded, {peak_rss_mib(pid):.0f} MiB after both runs"
+        )
+    resources.close()
+
+
+def peak_rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
 
 
 def worker_hop(data: bytes, row: np.ndarray, local: float) -> None:

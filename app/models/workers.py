@@ -149,6 +149,7 @@ class WorkerPool:
         self.size, self.limits = size, limits
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         self._busy: set[_Worker] = set()  # workers inside a call (observable by tests and metrics)
+        self._alive: set[_Worker] = set()
         self._started = 0
         self._lock = threading.Lock()
 
@@ -157,16 +158,23 @@ class WorkerPool:
             if self._started < self.size:
                 self._started += 1
                 try:
-                    return _Worker(self.limits)
+                    worker = _Worker(self.limits)
                 except WorkerUnavailableError:
                     self._started -= 1
                     raise
+                self._alive.add(worker)
+                return worker
         return self._idle.get()
 
     def _replace(self, worker: _Worker) -> None:
         worker.stop()
         with self._lock:
             self._started -= 1
+            self._alive.discard(worker)
+
+    def pids(self) -> list[int]:
+        """The process ids of the running workers."""
+        return [w.process.pid for w in list(self._alive) if w.process.pid is not None]
 
     def _call(self, message: dict[str, Any]) -> Any:
         worker = self._take()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -135,6 +136,45 @@ class CaliperClient:
 
     def delete_sdm(self, sdm_id: str) -> None:
         self._check(self.http.delete(f"/v1/sdm/{sdm_id}"))
+
+    # ---- models ------------------------------------------------------------------------------------
+    def upload_model(self, onnx_file: str | Path | bytes, name: str, **options: Any) -> dict[str, Any]:
+        """POST /v1/models with a file path or the model's bytes; options: logits_output,
+        embedding_output, feature_outputs, tags."""
+        data = onnx_file if isinstance(onnx_file, bytes) else Path(onnx_file).read_bytes()
+        files = {
+            "file": ("model.onnx", data, "application/octet-stream"),
+            "request": ("request.json", json.dumps({"name": name, **options}).encode(), "application/json"),
+        }
+        return self._check(self.http.post("/v1/models", files=files))
+
+    def predict(self, model_id: str, inputs: Mapping[str, np.ndarray], **options: Any) -> dict[str, np.ndarray]:
+        """Per-row columns, fetched as .npz (`sdm.*` keys with sdm_id); options: calibrator_id, detector_id,
+        sdm_id, return_embedding."""
+        tensors = {f"inputs.{k}": np.asarray(v) for k, v in inputs.items()}
+        response = self._send(f"/v1/models/{model_id}/predict", options, tensors, {"accept": "application/x-npz"})
+        self._raise_for_problem(response)
+        with np.load(io.BytesIO(response.content), allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+
+    def evaluate_model(
+        self, model_id: str, inputs: Mapping[str, np.ndarray], *, labels: np.ndarray | None = None, **options: Any
+    ) -> dict[str, Any]:
+        """POST /v1/models/{id}/evaluations; `ood_inputs` (a mapping) and array options go as tensors."""
+        tensors = {f"inputs.{k}": np.asarray(v) for k, v in inputs.items()}
+        tensors |= {f"ood_inputs.{k}": np.asarray(v) for k, v in (options.pop("ood_inputs", None) or {}).items()}
+        tensors |= {k: np.asarray(v) for k, v in {"labels": labels, **options}.items() if isinstance(v, np.ndarray)}
+        body = {k: v for k, v in options.items() if k not in tensors}
+        return self._post_tensors(f"/v1/models/{model_id}/evaluations", body, tensors)
+
+    def get_model(self, model_id: str) -> dict[str, Any]:
+        return self._check(self.http.get(f"/v1/models/{model_id}"))
+
+    def list_models(self, **filters: Any) -> dict[str, Any]:
+        return self._check(self.http.get("/v1/models", params={k: v for k, v in filters.items() if v is not None}))
+
+    def delete_model(self, model_id: str) -> None:
+        self._check(self.http.delete(f"/v1/models/{model_id}"))
 
     # ---- gates -------------------------------------------------------------------------------------
     def create_gate(self, body: Mapping[str, Any]) -> dict[str, Any]:

@@ -568,3 +568,26 @@ def test_a_worker_that_cannot_start_answers_503_and_stores_nothing(
     assert list(resources(client).artifacts.root.iterdir()) == []
     monkeypatch.undo()
     assert upload(client, onnx_models.mlp()[0]).status_code == 201  # the service recovers by itself
+
+
+def test_the_python_client_uploads_predicts_and_evaluates(client: TestClient, tmp_path: Any) -> None:
+    from app.client import CaliperClient, CaliperError
+
+    data, _ = onnx_models.mlp(dtype=np.float32)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data)
+    caliper = CaliperClient(client, multipart_threshold=2_000)  # the 600-row inputs go as .npy parts
+    model = caliper.upload_model(path, "mlp", embedding_output="embedding")
+    x = np.random.default_rng(9).normal(size=(600, 6)).astype(np.float32)
+    columns = caliper.predict(model["id"], {"x": x}, return_embedding=True)
+    expected = plain_run(data, x)
+    np.testing.assert_array_equal(columns["logits"], expected["logits"])
+    np.testing.assert_array_equal(columns["embedding"], expected["embedding"])
+    labels = np.argmax(expected["logits"], axis=1)
+    evaluation = caliper.evaluate_model(model["id"], {"x": x}, labels=labels, metrics=["accuracy"])
+    assert evaluation["metrics"] == {"accuracy": 1.0} and evaluation["model_id"] == model["id"]
+    assert [m["id"] for m in caliper.list_models(name="mlp")["items"]] == [model["id"]]
+    caliper.delete_model(model["id"])
+    with pytest.raises(CaliperError) as missing:
+        caliper.get_model(model["id"])
+    assert missing.value.status == 404

@@ -37,6 +37,16 @@ def plain_run(data: bytes, x: np.ndarray) -> dict[str, np.ndarray]:
     return dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": x}), strict=True))
 
 
+def fit_temperature(client: TestClient, logits: np.ndarray, labels: np.ndarray) -> Any:
+    body = {"method": "temperature", "logits": logits.tolist(), "labels": labels.tolist()}
+    return client.post("/v1/calibrators", json=body).json()
+
+
+def fit_mahalanobis(client: TestClient, features: np.ndarray, labels: np.ndarray, ridge: float = 0.1) -> Any:
+    body = {"method": "mahalanobis", "features": features.tolist(), "labels": labels.tolist()}
+    return client.post("/v1/detectors", json={**body, "params": {"ridge": ridge}}).json()
+
+
 def test_upload_describes_the_model_and_keeps_its_bytes(client: TestClient) -> None:
     data, _ = onnx_models.mlp(d=6, hidden=5, classes=3)
     response = upload(client, data, embedding_output="embedding", tags={"team": "a"})
@@ -144,19 +154,8 @@ def test_predict_with_heads_equals_the_heads_applied_to_the_model_outputs(client
     x = rng.normal(size=(120, 6))
     outputs = plain_run(data, x)
     labels = np.argmax(outputs["logits"] + rng.normal(size=(120, 3)), axis=1)
-    calibrator = client.post(
-        "/v1/calibrators",
-        json={"method": "temperature", "logits": outputs["logits"].tolist(), "labels": labels.tolist()},
-    ).json()
-    detector = client.post(
-        "/v1/detectors",
-        json={
-            "method": "mahalanobis",
-            "features": outputs["embedding"].tolist(),
-            "labels": labels.tolist(),
-            "params": {"ridge": 0.1},
-        },
-    ).json()
+    calibrator = fit_temperature(client, outputs["logits"], labels)
+    detector = fit_mahalanobis(client, outputs["embedding"], labels)
     got = client.post(
         f"/v1/models/{model['id']}/predict",
         json={"inputs": {"x": x.tolist()}, "calibrator_id": calibrator["id"], "detector_id": detector["id"]},
@@ -215,22 +214,8 @@ def test_bad_inputs_are_422_naming_the_input(client: TestClient, case: str, inpu
 def test_heads_that_do_not_fit_are_refused_before_running(client: TestClient) -> None:
     model = upload(client, onnx_models.mlp(classes=3)[0], embedding_output="embedding").json()
     rng = np.random.default_rng(4)
-    calibrator = client.post(
-        "/v1/calibrators",
-        json={
-            "method": "temperature",
-            "logits": rng.normal(size=(20, 4)).tolist(),
-            "labels": (np.arange(20) % 4).tolist(),
-        },
-    ).json()
-    detector = client.post(
-        "/v1/detectors",
-        json={
-            "method": "mahalanobis",
-            "features": rng.normal(size=(30, 7)).tolist(),
-            "labels": (np.arange(30) % 3).tolist(),
-        },
-    ).json()
+    calibrator = fit_temperature(client, rng.normal(size=(20, 4)), np.arange(20) % 4)  # C = 4, the model has 3
+    detector = fit_mahalanobis(client, rng.normal(size=(30, 7)), np.arange(30) % 3, ridge=0.0)  # D = 7, not 5
     x = {"x": np.ones((2, 6)).tolist()}
     for field, head in (("calibrator_id", calibrator["id"]), ("detector_id", detector["id"])):
         response = client.post(f"/v1/models/{model['id']}/predict", json={"inputs": x, field: head})
@@ -336,15 +321,7 @@ def test_fitting_from_a_model_equals_fitting_on_what_the_model_produces(client: 
         },
     )
     assert detector.status_code == 201, detector.text
-    direct = client.post(
-        "/v1/detectors",
-        json={
-            "method": "mahalanobis",
-            "features": out["embedding"].tolist(),
-            "labels": labels.tolist(),
-            "params": {"ridge": 0.1},
-        },
-    ).json()
+    direct = fit_mahalanobis(client, out["embedding"], labels)
     probe = {"features": out_val["embedding"].tolist()}
     assert (
         client.post(f"/v1/detectors/{detector.json()['id']}/score", json=probe).json()
@@ -431,10 +408,7 @@ def test_evaluating_a_model_equals_evaluating_its_logits(client: TestClient, wit
     labels = np.argmax(out["logits"] + rng.normal(size=(150, 3)), axis=1)
     heads: dict[str, Any] = {}
     if with_heads:
-        calibrator = client.post(
-            "/v1/calibrators",
-            json={"method": "temperature", "logits": out["logits"].tolist(), "labels": labels.tolist()},
-        ).json()
+        calibrator = fit_temperature(client, out["logits"], labels)
         sdm = client.post(
             "/v1/sdm",
             json={
@@ -491,15 +465,7 @@ def test_a_model_evaluation_with_a_detector_adds_the_ood_separation(client: Test
     x, x_ood = rng.normal(size=(150, 6)), rng.normal(size=(70, 6)) * 4 + 3
     out, out_ood = plain_run(data, x), plain_run(data, x_ood)
     labels = np.argmax(out["logits"], axis=1)
-    detector = client.post(
-        "/v1/detectors",
-        json={
-            "method": "mahalanobis",
-            "features": out["embedding"].tolist(),
-            "labels": labels.tolist(),
-            "params": {"ridge": 0.1},
-        },
-    ).json()
+    detector = fit_mahalanobis(client, out["embedding"], labels)
     body = {
         "inputs": {"x": x.tolist()},
         "labels": labels.tolist(),

@@ -211,7 +211,7 @@ class EvaluationService:
         step = self.models.step(record, inputs, wanted)
         for start in range(0, n, step):
             stop = min(start + step, n)
-            out = self.models.outputs(record, {k: v[start:stop] for k, v in inputs.items()}, wanted)
+            out = self.models.run_validated(record, {k: v[start:stop] for k, v in inputs.items()}, wanted)
             chunk = {"logits": out[record.logits_output]} | {k: v[start:stop] for k, v in rows.items()}
             raw_logits = chunk["logits"]
             if request.calibrator_id is not None:

@@ -34,7 +34,12 @@ class ModelRunner:
         CALIPER_MODEL_BATCH_ROWS rows and CALIPER_MODEL_BATCH_BYTES of inputs and declared outputs per call
         (a fixed batch dimension runs in batches of that size, the last padded), each chunk's outputs
         copied once, from shared memory into the result."""
-        inputs = validated_inputs(record, arrays)
+        return self.run_validated(record, validated_inputs(record, arrays), names)
+
+    def run_validated(
+        self, record: ModelRecord, inputs: dict[str, np.ndarray], names: list[str]
+    ) -> dict[str, np.ndarray]:
+        """`outputs` for inputs that `validated_inputs` already returned (a streamed caller validates once)."""
         n = len(next(iter(inputs.values())))
         fixed = self._fixed_batch(record)
         step = fixed or self.step(record, inputs, names)

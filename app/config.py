@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     model_batch_bytes: int = Field(
         32 * 1024 * 1024, gt=0, description="Most bytes of inputs and outputs per model call (wide rows get fewer)."
     )
+    max_export_bytes: int = Field(
+        1024**3,
+        gt=0,
+        lt=2**31,
+        description="Largest composed export (model + heads, SDM support embedded); beyond it 422. ONNX's protobuf "
+        "limit is 2 GiB.",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
     access_log: bool = Field(True, description="uvicorn's per-request access log.")

@@ -19,6 +19,7 @@ from app.models.service import ModelService
 from app.models.workers import WorkerLimits, WorkerPool
 from app.ood.detectors import DetectorService
 from app.ood.scores import OodService
+from app.pipelines.export import ExportService
 from app.pipelines.predict import PredictService
 from app.sdm.service import SdmService
 from app.storage.artifacts import ArtifactStore
@@ -44,6 +45,7 @@ class Resources:
     workers: WorkerPool  # uploaded models run only here, in worker processes
     models: ModelService
     predictions: PredictService  # a model with its heads
+    exports: ExportService  # a model with its heads merged into one ONNX graph
 
     @classmethod
     def create(cls, settings: Settings) -> Resources:
@@ -79,6 +81,7 @@ class Resources:
             workers=workers,
             models=models,
             predictions=PredictService(runner, calibrators, detectors, sdm, runtime),
+            exports=ExportService(runner, calibrators, detectors, sdm, settings.max_export_bytes),
         )
 
     def close(self) -> None:

@@ -13,13 +13,42 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import spox.opset.ai.onnx.v21 as op
-from spox import Tensor, argument, build
+from spox import Tensor, Var, argument, build
 
 from app.core.graph_context import ints, scalar
 from app.core.graphrun import mapped_outputs
 from app.core.runtime import SessionCache, default_cache
 
 SUPPORT_CHUNK = 32768  # support rows per merge step
+
+
+def squared_distances(queries: Var, support: Var, support_sq: Var) -> Var:
+    """[Q, S] ‖x − s‖² = ‖x‖² − 2x·s + ‖s‖² by one matrix product, clamped at 0 (§6)."""
+    dtype = np.dtype(queries.unwrap_tensor().dtype)
+    query_sq = op.reduce_sum(op.mul(queries, queries), ints(1), keepdims=1)
+    cross = op.matmul(queries, op.transpose(support, perm=[1, 0]))
+    return op.clip(op.add(op.sub(query_sq, op.mul(scalar(2.0, dtype), cross)), support_sq), scalar(0.0, dtype))
+
+
+def exact_distances(queries: Var, rows: Var) -> Var:
+    """Σ (x − s)² per row: the nearest distance without the matrix product's cancellation, so a query
+    equal to a support row is at exactly 0 (§4.3)."""
+    difference = op.sub(queries, rows)
+    return op.reduce_sum(op.mul(difference, difference), ints(1), keepdims=0)
+
+
+def nearest_fragment(queries: Var, support: np.ndarray, k: int) -> tuple[Var, Var]:
+    """`nearest` as one fragment with the support embedded (for exports): queries [Q, M] in the support's
+    dtype -> squared distances [Q, k] (column 0 recomputed exactly) and support indices [Q, k], ties by
+    index (ONNX TopK keeps equal values in position order, as the chunked merge does)."""
+    rows = op.constant(value=support)
+    squared = squared_distances(queries, rows, op.constant(value=squared_norms(support)))
+    distances, indices = op.top_k(squared, ints(k), axis=1, largest=0, sorted=1)
+    first = op.slice(indices, ints(0), ints(1), ints(1))
+    nearest_row = op.gather(rows, op.squeeze(first, ints(1)), axis=0)
+    exact = op.unsqueeze(exact_distances(queries, nearest_row), ints(1))
+    rest = op.slice(distances, ints(1), ints(k), ints(1))
+    return op.concat([exact, rest], axis=1), indices
 
 
 def merge_graph(dim: int, k: int, dtype: np.dtype) -> onnx.ModelProto:
@@ -31,9 +60,7 @@ def merge_graph(dim: int, k: int, dtype: np.dtype) -> onnx.ModelProto:
     offset = argument(Tensor(np.int64, ()))
     best_d = argument(Tensor(dtype, ("Q", k)))
     best_i = argument(Tensor(np.int64, ("Q", k)))
-    query_sq = op.reduce_sum(op.mul(queries, queries), ints(1), keepdims=1)
-    cross = op.matmul(queries, op.transpose(support, perm=[1, 0]))
-    squared = op.clip(op.add(op.sub(query_sq, op.mul(scalar(2.0, dtype), cross)), support_sq), scalar(0.0, dtype))
+    squared = squared_distances(queries, support, support_sq)
     values, position = op.top_k(op.concat([best_d, squared], axis=1), ints(k), axis=1, largest=0, sorted=1)
     kept = op.less(position, scalar(k, np.int64))
     from_running = op.gather_elements(best_i, op.min([position, scalar(k - 1, np.int64)]), axis=1)
@@ -52,15 +79,10 @@ def merge_graph(dim: int, k: int, dtype: np.dtype) -> onnx.ModelProto:
 
 
 def exact_distance_graph(dim: int, dtype: np.dtype) -> onnx.ModelProto:
-    """(queries [Q, M], rows [Q, M]) -> Σ (x − s)² per row: the nearest distance without the matrix
-    product's cancellation, so a query equal to a support row is at exactly 0 (§4.3)."""
+    """(queries [Q, M], rows [Q, M]) -> `exact_distances`."""
     queries = argument(Tensor(dtype, ("Q", dim)))
     rows = argument(Tensor(dtype, ("Q", dim)))
-    difference = op.sub(queries, rows)
-    return build(
-        {"queries": queries, "rows": rows},
-        {"distances": op.reduce_sum(op.mul(difference, difference), ints(1), keepdims=0)},
-    )
+    return build({"queries": queries, "rows": rows}, {"distances": exact_distances(queries, rows)})
 
 
 def squared_norms(vectors: np.ndarray) -> np.ndarray:
@@ -144,3 +166,28 @@ def nearest(
     )
     distances[:, 0] = exact["distances"]
     return Neighbours(distances, indices)
+
+
+@dataclass(frozen=True)
+class KnnModel:
+    """The KNN OOD detector (Sun et al. 2022, "Out-of-distribution detection with deep nearest
+    neighbors"): score = ‖x̂ − s_(k)‖, the distance of the L2-normalised query to its k-th nearest
+    L2-normalised fit row; nearest_class = the label of the nearest. As a `ScoringModel` fragment for
+    exports (support embedded); the service scores large supports with the chunked `nearest`."""
+
+    support: np.ndarray  # [S, D] normalised fit rows, in the detector's precision
+    support_labels: np.ndarray  # [S] int64
+    k: int
+
+    @property
+    def dim(self) -> int:
+        return int(self.support.shape[1])
+
+    def fragment(self, features: Var) -> tuple[Var, Var]:
+        wide = op.cast(features, to=np.float64)
+        norm = op.sqrt(op.reduce_sum(op.mul(wide, wide), ints(1), keepdims=1))
+        unit = op.cast(op.div(wide, op.max([norm, scalar(1e-12, np.float64)])), to=self.support.dtype)
+        distances, indices = nearest_fragment(unit, self.support, self.k)
+        kth = op.squeeze(op.slice(distances, ints(self.k - 1), ints(self.k), ints(1)), ints(1))
+        first = op.squeeze(op.slice(indices, ints(0), ints(1), ints(1)), ints(1))
+        return op.sqrt(kth), op.gather(op.constant(value=self.support_labels), first, axis=0)

@@ -32,7 +32,7 @@ from spox import Tensor, Var, argument, build
 
 from app.core.graph_context import class_range, ints, scalar
 from app.core.graphrun import mapped_outputs
-from app.core.neighbours import nearest, squared_norms
+from app.core.neighbours import nearest, nearest_fragment, squared_norms
 from app.core.runtime import SessionCache
 
 NEIGHBOUR_LIST_BYTES = 64 << 20  # [block, k] distances and indices kept at once while scoring
@@ -46,15 +46,20 @@ def similarity_graph(k: int, dtype: np.dtype) -> onnx.ModelProto:
     logits = argument(Tensor(dtype, ("N", "C")))
     neighbours = argument(Tensor(np.int64, ("N", k)))
     support_code = argument(Tensor(np.int64, ("S",)))
-    prediction = op.arg_max(logits, axis=1, keepdims=0, select_last_index=0)
-    codes = op.gather(support_code, neighbours, axis=0)
-    misses = op.cast(op.not_(op.equal(codes, op.unsqueeze(prediction, ints(1)))), to=np.int64)
-    run = op.equal(op.cum_sum(misses, scalar(1, np.int64)), scalar(0, np.int64))
-    q = op.reduce_sum(op.cast(run, to=np.int64), ints(1), keepdims=0)
+    prediction, q = similarity(logits, neighbours, support_code)
     return build(
         {"logits": logits, "neighbours": neighbours, "support_code": support_code},
         {"prediction": prediction, "q": q},
     )
+
+
+def similarity(logits: Var, neighbours: Var, support_code: Var) -> tuple[Var, Var]:
+    """The fragment of `similarity_graph`: (ŷ, q) of logits [N, C] and neighbour indices [N, k]."""
+    prediction = op.arg_max(logits, axis=1, keepdims=0, select_last_index=0)
+    codes = op.gather(support_code, neighbours, axis=0)
+    misses = op.cast(op.not_(op.equal(codes, op.unsqueeze(prediction, ints(1)))), to=np.int64)
+    run = op.equal(op.cum_sum(misses, scalar(1, np.int64)), scalar(0, np.int64))
+    return prediction, op.reduce_sum(op.cast(run, to=np.int64), ints(1), keepdims=0)
 
 
 def _strictly_less(table: Var, x: Var, dtype: np.dtype) -> Var:
@@ -91,18 +96,39 @@ def _high_reliability(is_ood: Var, q_rescaled: Var, probabilities: Var, predicti
 def estimator_graph(dtype: np.dtype) -> onnx.ModelProto:
     """Everything after q, for one batch of rows, against a fitted model's tables (graph inputs, so one
     session serves every model). Tables are [C, L] sorted values padded with +∞ plus [C] sizes."""
-    logits = argument(Tensor(dtype, ("N", "C")))
-    prediction = argument(Tensor(np.int64, ("N",)))
-    q = argument(Tensor(dtype, ("N",)))  # integers from the search; real values only in property tests
-    d_nearest = argument(Tensor(dtype, ("N",)))
-    distance_table = argument(Tensor(dtype, ("C", "L")))
-    distance_sizes = argument(Tensor(dtype, ("C",)))
-    similarity_table = argument(Tensor(dtype, ("C", "K")))
-    similarity_sizes = argument(Tensor(dtype, ("C",)))
-    psi = argument(Tensor(dtype, ("C",)))
-    q_min = argument(Tensor(dtype, ()))
-    dkw_log = argument(Tensor(dtype, ()))  # ln(2/(1−α)); +∞ at α = 1, where every ε is 1 (same clipped d)
+    rows = {
+        "logits": argument(Tensor(dtype, ("N", "C"))),
+        "prediction": argument(Tensor(np.int64, ("N",))),
+        "q": argument(Tensor(dtype, ("N",))),  # integers from the search; real values only in property tests
+        "d_nearest": argument(Tensor(dtype, ("N",))),
+    }
+    tables = {
+        "distance_table": argument(Tensor(dtype, ("C", "L"))),
+        "distance_sizes": argument(Tensor(dtype, ("C",))),
+        "similarity_table": argument(Tensor(dtype, ("C", "K"))),
+        "similarity_sizes": argument(Tensor(dtype, ("C",))),
+        "psi": argument(Tensor(dtype, ("C",))),
+        "q_min": argument(Tensor(dtype, ())),
+        "dkw_log": argument(Tensor(dtype, ())),  # ln(2/(1−α)); +∞ at α = 1: every ε is 1 (same clipped d)
+    }
+    return build(rows | tables, estimate(**rows, **tables))
 
+
+def estimate(
+    logits: Var,
+    prediction: Var,
+    q: Var,
+    d_nearest: Var,
+    distance_table: Var,
+    distance_sizes: Var,
+    similarity_table: Var,
+    similarity_sizes: Var,
+    psi: Var,
+    q_min: Var,
+    dkw_log: Var,
+) -> dict[str, Var]:
+    """The fragment of `estimator_graph`, everything in the logits' dtype."""
+    dtype = np.dtype(logits.unwrap_tensor().dtype)
     zero, one, two = scalar(0.0, dtype), scalar(1.0, dtype), scalar(2.0, dtype)
     base = op.add(scalar(2.0, dtype), q)
     log_base = op.log(base)
@@ -125,38 +151,23 @@ def estimator_graph(dtype: np.dtype) -> onnx.ModelProto:
     _, probabilities_upper = _activation(logits, log_base, d_upper)
     q_rescaled_lower = _rescaled(q, base, probabilities_lower, prediction)
     is_ood_lower = op.less_or_equal(op.floor(q_rescaled_lower), zero)
-    return build(
-        {
-            "logits": logits,
-            "prediction": prediction,
-            "q": q,
-            "d_nearest": d_nearest,
-            "distance_table": distance_table,
-            "distance_sizes": distance_sizes,
-            "similarity_table": similarity_table,
-            "similarity_sizes": similarity_sizes,
-            "psi": psi,
-            "q_min": q_min,
-            "dkw_log": dkw_log,
-        },
-        {
-            "d": d,
-            "log_probabilities": log_p,
-            "probabilities": probabilities,
-            "q_rescaled": q_rescaled,
-            "is_ood": is_ood,
-            "effective_sample_size": op.cast(n_hat, to=np.int64),
-            "d_lower": d_lower,
-            "d_upper": d_upper,
-            "probabilities_lower": probabilities_lower,
-            "probabilities_upper": probabilities_upper,
-            "q_rescaled_lower": q_rescaled_lower,
-            "high_reliability": _high_reliability(is_ood, q_rescaled, probabilities, prediction, psi, q_min),
-            "high_reliability_lower": _high_reliability(
-                is_ood_lower, q_rescaled_lower, probabilities_lower, prediction, psi, q_min
-            ),
-        },
-    )
+    return {
+        "d": d,
+        "log_probabilities": log_p,
+        "probabilities": probabilities,
+        "q_rescaled": q_rescaled,
+        "is_ood": is_ood,
+        "effective_sample_size": op.cast(n_hat, to=np.int64),
+        "d_lower": d_lower,
+        "d_upper": d_upper,
+        "probabilities_lower": probabilities_lower,
+        "probabilities_upper": probabilities_upper,
+        "q_rescaled_lower": q_rescaled_lower,
+        "high_reliability": _high_reliability(is_ood, q_rescaled, probabilities, prediction, psi, q_min),
+        "high_reliability_lower": _high_reliability(
+            is_ood_lower, q_rescaled_lower, probabilities_lower, prediction, psi, q_min
+        ),
+    }
 
 
 def padded_table(groups: list[np.ndarray], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -334,14 +345,29 @@ class SdmEstimator:
 
         return Scores(joined("prediction"), joined("q"), joined("d_nearest"), joined("nearest_index"))
 
-    def _estimate(
-        self, found: Scores, logits: np.ndarray, distance_ecdfs: list[np.ndarray] | None = None
-    ) -> dict[str, np.ndarray]:
+    def _tables(self, distance_ecdfs: list[np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """The fitted tables `estimate` reads, in the estimator's dtype."""
         dtype = self.dtype_
         distance_table, distance_sizes = padded_table(distance_ecdfs or self.distance_ecdfs_, dtype)
         similarity_table, similarity_sizes = padded_table(self.similarity_ecdfs_, dtype)
         # ln(2/(1−α)) as the reference forms it: 2/(1−α) in float64, then rounded and logged in dtype
         dkw_log = np.log(dtype.type(2.0 / (1.0 - self.alpha))) if self.alpha < 1.0 else dtype.type(np.inf)
+        return {
+            "distance_table": distance_table,
+            "distance_sizes": distance_sizes,
+            "similarity_table": similarity_table,
+            "similarity_sizes": similarity_sizes,
+            "psi": np.asarray(self.psi_, dtype=dtype),
+            "q_min": np.asarray(self.q_min_, dtype=dtype),
+            "dkw_log": np.asarray(dkw_log, dtype=dtype),
+        }
+
+    def _estimate(
+        self, found: Scores, logits: np.ndarray, distance_ecdfs: list[np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        dtype = self.dtype_
+        tables = self._tables(distance_ecdfs)
+        widths = tables["distance_table"].shape[1] + tables["similarity_table"].shape[1]
         return mapped_outputs(
             f"sdm-estimator:{dtype}",
             lambda: estimator_graph(dtype),
@@ -351,18 +377,27 @@ class SdmEstimator:
                 "q": found.q.astype(dtype),
                 "d_nearest": found.d_nearest.astype(dtype, copy=False),
             },
-            {
-                "distance_table": distance_table,
-                "distance_sizes": distance_sizes,
-                "similarity_table": similarity_table,
-                "similarity_sizes": similarity_sizes,
-                "psi": np.asarray(self.psi_, dtype=dtype),
-                "q_min": np.asarray(self.q_min_, dtype=dtype),
-                "dkw_log": np.asarray(dkw_log, dtype=dtype),
-            },
+            tables,
             self.cache,
-            row_bytes=dtype.itemsize * logits.shape[1] * (distance_table.shape[1] + similarity_table.shape[1] + 8),
+            row_bytes=dtype.itemsize * logits.shape[1] * (widths + 8),
         )
+
+    def fragment(self, embeddings: Var, logits: Var) -> dict[str, Var]:
+        """`score` as one fragment with the support and tables embedded (for exports): embeddings [N, M]
+        and logits [N, C] -> prediction, q (int64) and the estimator's columns. The search runs in the
+        support's dtype and the estimate in the estimator's, as `score` does."""
+        queries = op.cast(embeddings, to=self.support_embeddings_.dtype)
+        distances, indices = nearest_fragment(queries, self.support_embeddings_, self.k_)
+        prediction, q = similarity(logits, indices, op.constant(value=self.support_code_))
+        d_nearest = op.squeeze(op.slice(distances, ints(0), ints(1), ints(1)), ints(1))
+        columns = estimate(
+            op.cast(logits, to=self.dtype_),
+            prediction,
+            op.cast(q, to=self.dtype_),
+            op.cast(d_nearest, to=self.dtype_),
+            **{name: op.constant(value=value) for name, value in self._tables().items()},
+        )
+        return {"prediction": prediction, "q": q, "d_nearest": d_nearest} | columns
 
     def fitted_arrays(self) -> dict[str, np.ndarray]:
         """The state to store: support exemplars and codes, per-class tables, thresholds."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import spox.opset.ai.onnx.v21 as op
 from pydantic import ValidationError
+from spox import Var
 
 from app.core.errors import InputError
 from app.core.lru import LruCache
@@ -20,7 +22,7 @@ from app.core.mahalanobis import (
     fit_vim,
     scoring_graph,
 )
-from app.core.neighbours import nearest
+from app.core.neighbours import KnnModel, nearest
 from app.core.runtime import SessionCache
 from app.core.validation import float_matrix, precision_dtype
 from app.models.runner import ModelRunner
@@ -199,7 +201,9 @@ def _fit_vim(
 
 
 def scoring_model(arrays: dict[str, np.ndarray], method: str, params: dict[str, Any]) -> ScoringModel:
-    """A stored detector's (or one layer's) fitted arrays as its scoring fragment (knn aside: it searches)."""
+    """A stored detector's (or one layer's) fitted arrays as its scoring fragment."""
+    if method == "knn":
+        return KnnModel(arrays["support"], arrays["support_labels"].astype(np.int64), int(params["k"]))
     if method == "vim":
         return VimModel(arrays["weight"], arrays["bias"], arrays["origin"], arrays["residual"], float(arrays["alpha"]))
     if "pc_whiten" in arrays:
@@ -287,6 +291,22 @@ class DetectorService:
             total = weighted if total is None else total + weighted
         assert total is not None
         return total, nearest_class
+
+    def score_fragment(self, detector_id: str, features: dict[str, Var]) -> Var:
+        """The detector's outlier score as a fragment of Vars keyed like `model_outputs` (`features`, or
+        `features.<layer>` for an ensemble, whose Σ w_l·s_l is summed in float64 as `score` does)."""
+        record = self.get(detector_id)
+        names = record.params.get("layers")
+        if not names:
+            return self.scoring_model(record).fragment(features["features"])[0]
+        total: Var | None = None
+        for index, name in enumerate(names):
+            scores = self.scoring_model(record, index).fragment(features[f"features.{name}"])[0]
+            weight = op.constant(value=np.asarray(record.params["layer_weights"][name], np.float64))
+            weighted = op.mul(weight, op.cast(scores, to=np.float64))
+            total = weighted if total is None else op.add(total, weighted)
+        assert total is not None
+        return total
 
     def model_features(
         self, detector_id: str, outputs: dict[str, np.ndarray], embedding_output: str | None

@@ -4,8 +4,6 @@ model (C, D) before anything runs. The composed export and V2 serving build on t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from app.calibration.service import CalibrationService
@@ -15,17 +13,8 @@ from app.core.graphrun import mapped_outputs
 from app.core.runtime import SessionCache
 from app.models.runner import ModelRunner
 from app.ood.detectors import DetectorService
+from app.pipelines.heads import HeadCheck, Heads
 from app.sdm.service import SdmService, npz_columns
-from app.storage.models import ModelRecord
-
-
-@dataclass(frozen=True)
-class Heads:
-    """The fitted heads a prediction applies, by id."""
-
-    calibrator_id: str | None = None
-    detector_id: str | None = None
-    sdm_id: str | None = None
 
 
 class PredictService:
@@ -44,6 +33,7 @@ class PredictService:
             sdm,
             runtime,
         )
+        self.heads = HeadCheck(calibrators, detectors, sdm)
 
     def predict(
         self, model_id: str, arrays: dict[str, np.ndarray], heads: Heads, return_embedding: bool = False
@@ -51,7 +41,7 @@ class PredictService:
         """The columns of api.md's predict: logits, probabilities (calibrated, or the softmax), prediction,
         confidence, and embedding, ood_score and sdm.* when asked."""
         record = self.runner.get(model_id)
-        wanted = self._check_heads(record, heads, return_embedding)
+        wanted = self.heads.outputs(record, heads, return_embedding)
         out = self.runner.outputs(record, arrays, wanted)
         logits = out[record.logits_output]
         if record.classes is not None and logits.shape[1] != record.classes:
@@ -71,49 +61,6 @@ class PredictService:
             _, scores = self.sdm.score(heads.sdm_id, {"embeddings": embedding, "logits": logits})  # type: ignore[dict-item]
             columns |= {f"sdm.{k}": v for k, v in npz_columns(scores).items()}
         return columns
-
-    def _check_heads(self, record: ModelRecord, heads: Heads, return_embedding: bool) -> list[str]:
-        """The outputs to compute; 422 before running anything when a head does not fit the model."""
-        wanted = [record.logits_output]
-        if heads.calibrator_id is not None:
-            classes = self.calibrators.get(heads.calibrator_id).classes
-            if record.classes is not None and classes != record.classes:
-                raise InputError(
-                    "calibrator_id", f"calibrator has C = {classes} classes; the model has C = {record.classes}"
-                )
-        needs_embedding = return_embedding or heads.sdm_id is not None
-        if heads.detector_id is not None:
-            detector = self.detectors.get(heads.detector_id)
-            layers = detector.params.get("layers")
-            if layers:
-                missing = [name for name in layers if name not in {o["name"] for o in record.outputs}]
-                if missing:
-                    raise InputError("detector_id", f"the detector's layers {missing} are not outputs of the model")
-                wanted += [name for name in layers if name not in wanted]
-            else:
-                self._check_width(record, detector.dim, "detector_id", "detector")
-                needs_embedding = True
-        if heads.sdm_id is not None:
-            estimator = self.sdm.get(heads.sdm_id)
-            self._check_width(record, estimator.dim, "sdm_id", "SDM estimator")
-            if record.classes is not None and estimator.classes != record.classes:
-                raise InputError(
-                    "sdm_id", f"SDM estimator has C = {estimator.classes}; the model has C = {record.classes}"
-                )
-        if needs_embedding:
-            if record.embedding_output is None:
-                raise InputError("inputs", "the model was uploaded without an `embedding_output`")
-            if record.embedding_output not in wanted:
-                wanted.append(record.embedding_output)
-        return wanted
-
-    @staticmethod
-    def _check_width(record: ModelRecord, dim: int, field: str, noun: str) -> None:
-        if record.embedding_output is None:
-            raise InputError(field, f"the {noun} scores embeddings; the model has no `embedding_output`")
-        width = next(o["shape"][1] for o in record.outputs if o["name"] == record.embedding_output)
-        if width > 0 and width != dim:
-            raise InputError(field, f"the {noun} was fitted on D = {dim}; the model's embedding has D = {width}")
 
 
 def top_label(scores: np.ndarray, from_logits: bool, runtime: SessionCache) -> dict[str, np.ndarray]:

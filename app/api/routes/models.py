@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -20,7 +20,7 @@ from app.context import Resources
 from app.evaluation.schemas import INTEGER_FIELDS, MODEL_TENSOR_FIELDS, EvaluationOut, ModelEvaluationRequest
 from app.models.schemas import ModelOut, ModelRequest, PredictRequest
 from app.models.service import model_out
-from app.pipelines.predict import Heads
+from app.pipelines.heads import Heads
 from app.storage.pagination import Page
 
 router = APIRouter(prefix="/v1/models", tags=["models"], route_class=StrictJsonRoute)
@@ -87,6 +87,34 @@ def get(model_id: str, resources: ResourcesDep) -> ModelOut:
 def onnx_file(model_id: str, resources: ResourcesDep) -> FileResponse:
     record, path = resources.models.file(model_id)
     return FileResponse(path, media_type="application/octet-stream", filename=f"{record.name}.onnx")
+
+
+@router.get(
+    "/{model_id}/export",
+    summary="The model with its heads merged into one self-contained ONNX model",
+    description="Inputs: the model's. Outputs: the model's, plus `probabilities` (calibrated with `calibrator_id`, "
+    "else the softmax), `ood_score` (with `detector_id`), and with `sdm_id` `sdm_probabilities`, `sdm_q` (raw q), "
+    "`sdm_d` and `high_reliability`. An output name the model already has gets the prefix `caliper_` (that one "
+    "only). `dtype` (default the logits output's) is the precision of the calibrator and the detector; the SDM "
+    "estimator runs in its fitted precision. Run in onnxruntime it gives what `/predict` gives.",
+    responses={**PROBLEM_RESPONSES, 200: {"content": {"application/octet-stream": {}}}},
+    response_class=Response,
+)
+def export(
+    model_id: str,
+    resources: ResourcesDep,
+    calibrator_id: str | None = None,
+    detector_id: str | None = None,
+    sdm_id: str | None = None,
+    dtype: Literal["float32", "float64"] | None = None,
+) -> Response:
+    record = resources.models.get(model_id)
+    heads = Heads(calibrator_id, detector_id, sdm_id)
+    model = resources.exports.export(model_id, heads, np.dtype(dtype) if dtype else None)
+    disposition = f'attachment; filename="{record.name}-caliper.onnx"'
+    return Response(
+        model.SerializeToString(), media_type="application/octet-stream", headers={"Content-Disposition": disposition}
+    )
 
 
 @router.delete("/{model_id}", status_code=204, summary="Delete a model", responses=PROBLEM_RESPONSES)

@@ -1,0 +1,232 @@
+"""The composed export (api.md "Models", `/export`): the user's graph unchanged, with the heads merged in
+as one self-contained ONNX model. The heads are built as one spox graph from the same fragments the
+service runs (a calibrator's apply fragment on the logits output, a detector's scoring fragment on the
+embedding or feature outputs, the SDM estimator with its support embedded), then joined to the user's
+graph by `onnx.compose.merge_models`: ours is the side that gets a prefix, theirs keeps every name.
+
+Opsets are reconciled with `onnx.version_converter`: our graph is converted to the user's ai.onnx opset
+when it differs; when that conversion fails, the user's model is converted to ours; when both fail, 422.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import onnx.compose
+import onnx.defs
+import onnx.version_converter
+import spox.opset.ai.onnx.v21 as op
+from spox import Tensor, Var, argument, build
+
+from app.calibration.service import CalibrationService
+from app.core.errors import InputError
+from app.models.runner import ModelRunner
+from app.ood.detectors import DetectorService
+from app.pipelines.heads import HeadCheck, Heads
+from app.sdm.service import SdmService
+from app.storage.models import ModelRecord
+
+PREFIX = "caliper_"  # on every name of our graph; on an output name only where the user's model has it
+OUR_OPSET = 21  # spox's ai.onnx.v21, in which every fragment is written
+INITIALIZER_BYTES = 1024  # constants larger than this become initializers (support sets, tables, weights)
+
+
+class ExportService:
+    def __init__(
+        self,
+        runner: ModelRunner,
+        calibrators: CalibrationService,
+        detectors: DetectorService,
+        sdm: SdmService,
+        max_bytes: int,
+    ) -> None:
+        self.runner, self.calibrators, self.detectors, self.sdm = runner, calibrators, detectors, sdm
+        self.heads = HeadCheck(calibrators, detectors, sdm)
+        self.max_bytes = max_bytes
+
+    def export(self, model_id: str, heads: Heads, dtype: np.dtype | None = None) -> onnx.ModelProto:
+        """The user's model with `probabilities` (calibrated, or the softmax), `ood_score` and the SDM
+        outputs; `dtype` (default: the logits output's) is the precision of the calibrator and detector
+        (the SDM estimator runs in its own, as `/predict` does). 422 when a head does not fit, the opsets
+        cannot be reconciled, or the result exceeds CALIPER_MAX_EXPORT_BYTES."""
+        record = self.runner.get(model_id)
+        wanted = self.heads.outputs(record, heads)
+        user = onnx.load(str(self.runner.artifacts.path(record.sha256)), load_external_data=False)
+        ours = self._heads_graph(record, heads, wanted, dtype)
+        merged = compose(user, ours, [(name, f"in_{i}") for i, name in enumerate(wanted)])
+        merged.metadata_props.add(key="caliper.export", value=json.dumps(vars(heads) | {"model_id": model_id}))
+        size = merged.ByteSize()
+        if size > self.max_bytes:
+            raise InputError(
+                "sdm_id" if heads.sdm_id else "model_id",
+                f"the export would be {size} bytes; CALIPER_MAX_EXPORT_BYTES is {self.max_bytes}",
+            )
+        onnx.checker.check_model(merged, full_check=True)
+        return merged
+
+    def _heads_graph(
+        self, record: ModelRecord, heads: Heads, wanted: list[str], dtype: np.dtype | None
+    ) -> onnx.ModelProto:
+        """Our graph: input `in_<i>` for the i-th model output it reads, api.md's output names."""
+        declared = {o["name"]: o for o in record.outputs}
+        arguments = [_argument(declared[name]) for name in wanted]
+        inputs = dict(zip(wanted, arguments, strict=True))
+        logits = inputs[record.logits_output]
+        dtype = dtype or np.dtype(declared[record.logits_output]["dtype"])
+        z = _as(logits, dtype)
+        outputs: dict[str, Var] = {}
+        if heads.calibrator_id is not None:
+            calibrator = self.calibrators.restored(self.calibrators.get(heads.calibrator_id))
+            outputs["probabilities"] = calibrator.apply_fragment(z)
+        else:
+            outputs["probabilities"] = op.softmax(z, axis=-1)
+        if heads.detector_id is not None:
+            reads = self.detectors.model_outputs(heads.detector_id, record.embedding_output)
+            features = {key: _as(inputs[name], dtype) for key, name in reads.items()}
+            outputs["ood_score"] = self.detectors.score_fragment(heads.detector_id, features)
+        if heads.sdm_id is not None:
+            estimator = self.sdm.estimator(self.sdm.get(heads.sdm_id))
+            columns = estimator.fragment(inputs[record.embedding_output or ""], logits)
+            outputs |= {
+                "sdm_probabilities": columns["probabilities"],
+                "sdm_q": columns["q"],
+                "sdm_d": columns["d"],
+                "high_reliability": columns["high_reliability"],
+            }
+        return build({f"in_{i}": var for i, var in enumerate(arguments)}, outputs)
+
+
+def _argument(info: dict[str, object]) -> Var:
+    shape = info["shape"]
+    assert isinstance(shape, list)
+    return argument(Tensor(np.dtype(str(info["dtype"])), tuple(d if d > 0 else None for d in shape)))
+
+
+def _as(x: Var, dtype: np.dtype) -> Var:
+    return x if np.dtype(x.unwrap_tensor().dtype) == dtype else op.cast(x, to=dtype)
+
+
+def compose(user: onnx.ModelProto, ours: onnx.ModelProto, io_map: list[tuple[str, str]]) -> onnx.ModelProto:
+    """`ours` fed by the user's model through `io_map` (user output, our input), every output of both
+    kept. Every name of ours gets a prefix free in the user's graph, except our output names that the
+    user's graph does not have (they stay api.md's)."""
+    user_opset = _default_opset(user)
+    ours = _constants_as_initializers(ours)
+    user, ours = _reconciled(user, ours, user_opset)
+    taken = _names(user.graph)
+    clashing = [o.name for o in ours.graph.output if o.name in taken]
+    prefix = next(
+        (p for p in _prefixes() if not any(p + name in taken for name in _names(ours.graph))),
+        None,
+    )
+    if prefix is None:
+        raise InputError("model_id", "the model's names leave no free prefix for the heads")
+    renamed = onnx.ModelProto()
+    renamed.CopyFrom(ours)
+    onnx.compose.add_prefix_graph(
+        renamed.graph, prefix, rename_outputs=False, inplace=True, name_map={o: prefix + o for o in clashing}
+    )
+    outputs = [o.name for o in user.graph.output] + [o.name for o in renamed.graph.output]
+    merged = onnx.compose.merge_models(
+        user,
+        renamed,
+        io_map=[(theirs, prefix + mine) for theirs, mine in io_map],
+        outputs=outputs,
+        producer_name="caliper",
+        doc_string=user.doc_string,
+    )
+    unique = {(o.domain or "", o.version): o for o in merged.opset_import}  # merge_models lists shared ones twice
+    del merged.opset_import[:]
+    merged.opset_import.extend(unique.values())
+    return merged
+
+
+def _names(graph: onnx.GraphProto) -> set[str]:
+    """Every value, node, initializer, input and output name of a graph (not its subgraphs')."""
+    names = {v for n in graph.node for v in (*n.input, *n.output, n.name)} | {i.name for i in graph.initializer}
+    return names | {v.name for v in (*graph.input, *graph.output, *graph.value_info)}
+
+
+def _prefixes() -> list[str]:
+    return [PREFIX, *(f"caliper{i}_" for i in range(1, 100))]
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def _reconciled(
+    user: onnx.ModelProto, ours: onnx.ModelProto, user_opset: int
+) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """Both at one ai.onnx opset and one IR version: ours converted to the user's, else theirs to ours."""
+    if user_opset == OUR_OPSET:
+        ours.ir_version = user.ir_version = max(user.ir_version, ours.ir_version)
+        return user, ours
+    attempts: list[tuple[str, Callable[[], tuple[onnx.ModelProto, onnx.ModelProto]]]] = [
+        ("ours", lambda: (user, _converted(ours, user_opset, user.ir_version))),
+        ("yours", lambda: (_converted(user, OUR_OPSET, max(user.ir_version, ours.ir_version)), ours)),
+    ]
+    faults: list[str] = []
+    for side, attempt in attempts:
+        try:
+            return attempt()
+        except Exception as exc:  # the converter raises bare RuntimeErrors and ValueErrors alike
+            faults.append(f"{side}: {str(exc).splitlines()[0][:200]}")
+    raise InputError(
+        "model_id",
+        f"cannot reconcile opsets: the model is ai.onnx {user_opset}, the heads {OUR_OPSET}; "
+        f"onnx.version_converter failed ({'; '.join(faults)})",
+    )
+
+
+def _converted(model: onnx.ModelProto, opset: int, ir_version: int) -> onnx.ModelProto:
+    converted = onnx.version_converter.convert_version(_without_default_attributes(model), opset)
+    onnx.checker.check_model(converted)
+    converted.ir_version = ir_version
+    return converted
+
+
+def _without_default_attributes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with every attribute that equals its schema default left out (same meaning): spox
+    writes defaults such as ReduceMax's `noop_with_empty_axes = 0`, which the converter's down-adapters
+    carry into opsets where the attribute does not exist."""
+    opset = _default_opset(model)
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        schema = onnx.defs.get_schema(node.op_type, opset, node.domain)
+        kept = []
+        for attribute in node.attribute:
+            declared = schema.attributes.get(attribute.name)
+            default = declared.default_value if declared is not None else None
+            if default is not None and default.name and _value(default) == _value(attribute):
+                continue
+            kept.append(attribute)
+        del node.attribute[:]
+        node.attribute.extend(kept)
+    return model
+
+
+def _value(attribute: onnx.AttributeProto) -> object:
+    return onnx.helper.get_attribute_value(attribute)
+
+
+def _constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Large `Constant` nodes (spox's way to embed an array) as graph initializers, where ONNX tools expect
+    weights (and where onnx.compose's name prefixing and checkers look)."""
+    kept: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
+        if value is not None and value.ByteSize() > INITIALIZER_BYTES:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(value)
+            tensor.name = node.output[0]
+            model.graph.initializer.append(tensor)
+        else:
+            kept.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return model

@@ -21,12 +21,13 @@ from app.ood.detectors import DetectorService
 from app.ood.scores import OodService
 from app.pipelines.export import ExportService
 from app.pipelines.predict import PredictService
+from app.pipelines.service import PipelineService
 from app.sdm.service import SdmService
 from app.storage.artifacts import ArtifactStore
 from app.storage.db import make_engine, make_session_factory
 from app.storage.evaluations import EvaluationRepository
 from app.storage.models import CalibratorRecord, DetectorRecord, GateRecord
-from app.storage.repository import ModelRepository, Repository, SdmRepository
+from app.storage.repository import ModelRepository, PipelineRepository, Repository, SdmRepository
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Resources:
     models: ModelService
     predictions: PredictService  # a model with its heads
     exports: ExportService  # a model with its heads merged into one ONNX graph
+    pipelines: PipelineService  # named, versioned exports, served on /v2
 
     @classmethod
     def create(cls, settings: Settings) -> Resources:
@@ -66,6 +68,7 @@ class Resources:
         calibrators = CalibrationService(Repository(database, CalibratorRecord, "calibrator"), runtime, runner)
         detectors = DetectorService(Repository(database, DetectorRecord, "detector"), runtime, runner)
         sdm = SdmService(SdmRepository(database), runtime, runner)
+        exports = ExportService(runner, calibrators, detectors, sdm, settings.max_export_bytes)
         return cls(
             settings,
             engine,
@@ -81,7 +84,8 @@ class Resources:
             workers=workers,
             models=models,
             predictions=PredictService(runner, calibrators, detectors, sdm, runtime),
-            exports=ExportService(runner, calibrators, detectors, sdm, settings.max_export_bytes),
+            exports=exports,
+            pipelines=PipelineService(PipelineRepository(database), exports, artifacts, workers),
         )
 
     def close(self) -> None:

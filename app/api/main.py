@@ -12,7 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from app import __version__
 from app.api.limits import BodySizeLimit, RefuseNulInUrl
 from app.api.problems import UnexpectedErrors, install_problem_handlers
-from app.api.routes import calibrators, detectors, evaluations, gates, health, models, ood, sdm
+from app.api.routes import calibrators, detectors, evaluations, gates, health, models, ood, pipelines, sdm
 from app.calibration.schemas import ApplyRequest, CalibratorRequest
 from app.config import Settings, get_settings
 from app.context import Resources
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ood.router)
     app.include_router(sdm.router)
     app.include_router(models.router)
+    app.include_router(pipelines.router)
     app.add_middleware(UnexpectedErrors)  # added first: the innermost, right outside the routes' handlers
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RefuseNulInUrl)

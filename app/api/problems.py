@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.core.errors import InputError
 from app.models.workers import ModelLimitError, ModelRunError, WorkerUnavailableError
 from app.storage.blobs import CorruptBlobError
-from app.storage.repository import NotFoundError
+from app.storage.repository import ConflictError, NotFoundError
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger("caliper")
@@ -27,6 +27,7 @@ TITLES: dict[int | str, str] = {
     400: "Bad request",
     404: "Not found",
     405: "Method not allowed",
+    409: "Conflict",
     413: "Request body too large",
     415: "Unsupported media type",
     422: "Invalid input",
@@ -146,6 +147,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(NotFoundError)
     async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
         return problem_response(404, str(exc))
+
+    @app.exception_handler(ConflictError)
+    async def _conflict(_: Request, exc: ConflictError) -> JSONResponse:
+        return problem_response(409, str(exc))
 
     @app.exception_handler(ModelLimitError)
     async def _model_limits(_: Request, exc: ModelLimitError) -> JSONResponse:

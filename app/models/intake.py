@@ -50,6 +50,13 @@ def _tensor_info(value: onnx.ValueInfoProto) -> TensorInfo:
     return TensorInfo(name=value.name, dtype=dtype_name(tensor.elem_type), shape=dims)
 
 
+def signature(model: onnx.ModelProto) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """The graph's inputs (initializers excluded) and outputs."""
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [_tensor_info(v) for v in model.graph.input if v.name not in initializers]
+    return inputs, [_tensor_info(v) for v in model.graph.output]
+
+
 def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """The graph and every subgraph (If/Loop/Scan bodies), depth first."""
     yield graph
@@ -131,9 +138,7 @@ def _float_matrix(outputs: dict[str, TensorInfo], name: str, field: str, what: s
 
 def describe(model: onnx.ModelProto, request: ModelRequest) -> ModelInfo:
     """Inputs (initializers excluded), outputs and the named outputs, checked against the request."""
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = [_tensor_info(v) for v in model.graph.input if v.name not in initializers]
-    outputs = [_tensor_info(v) for v in model.graph.output]
+    inputs, outputs = signature(model)
     by_name = {o.name: o for o in outputs}
     logits = request.logits_output
     if logits is None:

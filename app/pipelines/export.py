@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -34,6 +35,12 @@ OUR_OPSET = 21  # spox's ai.onnx.v21, in which every fragment is written
 INITIALIZER_BYTES = 1024  # constants larger than this become initializers (support sets, tables, weights)
 
 
+@dataclass(frozen=True)
+class Export:
+    model: onnx.ModelProto
+    dtype: np.dtype  # of the calibrator and detector heads
+
+
 class ExportService:
     def __init__(
         self,
@@ -47,7 +54,7 @@ class ExportService:
         self.heads = HeadCheck(calibrators, detectors, sdm)
         self.max_bytes = max_bytes
 
-    def export(self, model_id: str, heads: Heads, dtype: np.dtype | None = None) -> onnx.ModelProto:
+    def export(self, model_id: str, heads: Heads, dtype: np.dtype | None = None) -> Export:
         """The user's model with `probabilities` (calibrated, or the softmax), `ood_score` and the SDM
         outputs; `dtype` (default: the logits output's) is the precision of the calibrator and detector
         (the SDM estimator runs in its own, as `/predict` does). 422 when a head does not fit, the opsets
@@ -55,6 +62,7 @@ class ExportService:
         record = self.runner.get(model_id)
         wanted = self.heads.outputs(record, heads)
         user = onnx.load(str(self.runner.artifacts.path(record.sha256)), load_external_data=False)
+        dtype = dtype or np.dtype(next(o["dtype"] for o in record.outputs if o["name"] == record.logits_output))
         ours = self._heads_graph(record, heads, wanted, dtype)
         merged = compose(user, ours, [(name, f"in_{i}") for i, name in enumerate(wanted)])
         merged.metadata_props.add(key="caliper.export", value=json.dumps(vars(heads) | {"model_id": model_id}))
@@ -65,17 +73,14 @@ class ExportService:
                 f"the export would be {size} bytes; CALIPER_MAX_EXPORT_BYTES is {self.max_bytes}",
             )
         onnx.checker.check_model(merged, full_check=True)
-        return merged
+        return Export(merged, dtype)
 
-    def _heads_graph(
-        self, record: ModelRecord, heads: Heads, wanted: list[str], dtype: np.dtype | None
-    ) -> onnx.ModelProto:
+    def _heads_graph(self, record: ModelRecord, heads: Heads, wanted: list[str], dtype: np.dtype) -> onnx.ModelProto:
         """Our graph: input `in_<i>` for the i-th model output it reads, api.md's output names."""
         declared = {o["name"]: o for o in record.outputs}
         arguments = [_argument(declared[name]) for name in wanted]
         inputs = dict(zip(wanted, arguments, strict=True))
         logits = inputs[record.logits_output]
-        dtype = dtype or np.dtype(declared[record.logits_output]["dtype"])
         z = _as(logits, dtype)
         outputs: dict[str, Var] = {}
         if heads.calibrator_id is not None:

@@ -1,5 +1,5 @@
-"""A content-addressed file store for uploaded models: files named by the sha256 of their bytes under
-CALIPER_ARTIFACT_DIR, written while hashing to a temporary file and renamed into place (atomic on one
+"""A content-addressed file store for uploaded models and pipeline exports: files named by the sha256 of
+their bytes under CALIPER_ARTIFACT_DIR, written while hashing to a temporary file and renamed into place (atomic on one
 filesystem), so a reader never sees a partial file and two uploads of the same bytes share one file."""
 
 from __future__ import annotations
@@ -78,6 +78,12 @@ class ArtifactStore:
 
     def writer(self) -> ArtifactWriter:
         return ArtifactWriter(self.root, self.max_bytes)
+
+    def put(self, data: bytes) -> str:
+        """Store bytes the service made itself (an export), by digest; no upload limit applies."""
+        with ArtifactWriter(self.root, len(data)) as writer:
+            writer.write(data)
+            return writer.commit()
 
     def path(self, sha256: str) -> Path:
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):

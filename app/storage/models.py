@@ -180,3 +180,31 @@ class ModelRecord(Base):
     tags: Mapped[dict[str, str]] = mapped_column(JSON)
 
     __table_args__ = (Index("ix_models_created_at_id", "created_at", "id"),)
+
+
+class PipelineRecord(Base):
+    """A named, versioned deployment of a model with its heads. Its composed export is built once, at
+    creation, and kept in the artifact store under `sha256`; V2 serves that file, so the answers of a
+    version never change, whatever later happens to the heads it was built from."""
+
+    __tablename__ = "pipelines"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime())  # naive UTC
+    name: Mapped[str] = mapped_column(String(256))
+    version: Mapped[int] = mapped_column(Integer)
+    model_id: Mapped[str] = mapped_column(String(32), index=True)
+    calibrator_id: Mapped[str | None] = mapped_column(String(32))
+    detector_id: Mapped[str | None] = mapped_column(String(32))
+    sdm_id: Mapped[str | None] = mapped_column(String(32))
+    dtype: Mapped[str] = mapped_column(String(16))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    inputs: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    outputs: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    tags: Mapped[dict[str, str]] = mapped_column(JSON)
+
+    __table_args__ = (
+        Index("ix_pipelines_created_at_id", "created_at", "id"),
+        Index("ix_pipelines_name_version", "name", "version", unique=True),
+    )

@@ -7,9 +7,10 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Select, func, select
 from sqlalchemy import delete as sql_delete
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.storage.models import Base, ModelRecord, SdmRecord
+from app.storage.models import Base, ModelRecord, PipelineRecord, SdmRecord
 from app.storage.pagination import page
 
 R = TypeVar("R", bound=Base)
@@ -21,6 +22,10 @@ class NotFoundError(LookupError):
     @classmethod
     def of(cls, noun: str, record_id: str, role: str = "") -> NotFoundError:
         return cls(f"no {noun} with id {record_id!r}" + (f" ({role})" if role else ""))
+
+
+class ConflictError(Exception):
+    """The change would break stored records that depend on this one (answered 409 with this message)."""
 
 
 class Repository(Generic[R]):
@@ -81,8 +86,60 @@ class ModelRepository(Repository[ModelRecord]):
             record = session.get(ModelRecord, model_id)
             if record is None:
                 raise NotFoundError.of(self.noun, model_id)
+            pipelines = session.scalars(select(PipelineRecord).where(PipelineRecord.model_id == model_id)).all()
+            if pipelines:
+                named = ", ".join(f"{p.name} v{p.version} ({p.id})" for p in pipelines)
+                raise ConflictError(f"model {model_id!r} is deployed by pipelines: {named}; delete those first")
             digest = record.sha256
             session.delete(record)
             session.flush()
             others = session.scalar(select(func.count()).select_from(ModelRecord).where(ModelRecord.sha256 == digest))
+        return digest if not others else None
+
+
+class PipelineRepository(Repository[PipelineRecord]):
+    INSERT_ATTEMPTS = 5
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        super().__init__(sessions, PipelineRecord, "pipeline")
+
+    def add_version(self, record: PipelineRecord) -> PipelineRecord:
+        """Insert as the next version of its name (max + 1, in the insert's transaction); two concurrent
+        posts of one name meet at the unique (name, version) index, and the loser takes the next one."""
+        for attempt in range(self.INSERT_ATTEMPTS):
+            try:
+                with self.sessions.begin() as session:
+                    latest = session.scalar(
+                        select(func.max(PipelineRecord.version)).where(PipelineRecord.name == record.name)
+                    )
+                    record.version = (latest or 0) + 1
+                    session.add(record)
+                return record
+            except IntegrityError:
+                if attempt == self.INSERT_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def named(self, name: str, version: int | None = None) -> PipelineRecord:
+        """The given version of a name, or its latest."""
+        query = select(PipelineRecord).where(PipelineRecord.name == name)
+        query = query.where(PipelineRecord.version == version) if version is not None else query
+        with self.sessions() as session:
+            record = session.scalars(query.order_by(PipelineRecord.version.desc()).limit(1)).first()
+        if record is None:
+            raise NotFoundError(f"no pipeline named {name!r}" + (f" with version {version}" if version else ""))
+        return record
+
+    def delete_pipeline(self, pipeline_id: str) -> str | None:
+        """Delete the record; returns its export's digest when no other pipeline names it (then unused)."""
+        with self.sessions.begin() as session:
+            record = session.get(PipelineRecord, pipeline_id)
+            if record is None:
+                raise NotFoundError.of(self.noun, pipeline_id)
+            digest = record.sha256
+            session.delete(record)
+            session.flush()
+            others = session.scalar(
+                select(func.count()).select_from(PipelineRecord).where(PipelineRecord.sha256 == digest)
+            )
         return digest if not others else None

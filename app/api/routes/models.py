@@ -110,14 +110,24 @@ def export(
 ) -> Response:
     record = resources.models.get(model_id)
     heads = Heads(calibrator_id, detector_id, sdm_id)
-    model = resources.exports.export(model_id, heads, np.dtype(dtype) if dtype else None)
+    export = resources.exports.export(model_id, heads, np.dtype(dtype) if dtype else None)
     disposition = f'attachment; filename="{record.name}-caliper.onnx"'
     return Response(
-        model.SerializeToString(), media_type="application/octet-stream", headers={"Content-Disposition": disposition}
+        export.model.SerializeToString(),
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": disposition},
     )
 
 
-@router.delete("/{model_id}", status_code=204, summary="Delete a model", responses=PROBLEM_RESPONSES)
+@router.delete(
+    "/{model_id}",
+    status_code=204,
+    summary="Delete a model (409 while a pipeline deploys it)",
+    responses={
+        **PROBLEM_RESPONSES,
+        409: {"description": "Pipelines deploy the model (listed).", "content": {"application/problem+json": {}}},
+    },
+)
 def delete(model_id: str, resources: ResourcesDep) -> Response:
     resources.models.delete(model_id)
     return Response(status_code=204)

@@ -1,0 +1,63 @@
+"""/v1/pipelines: named, versioned deployments of a model with its heads, and their composed export."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response
+from fastapi.responses import FileResponse
+
+from app.api.deps import get_resources
+from app.api.json_body import StrictJsonRoute
+from app.api.problems import PROBLEM_RESPONSES
+from app.context import Resources
+from app.pipelines.schemas import PipelineOut, PipelineRequest
+from app.pipelines.service import pipeline_out
+from app.storage.pagination import Page
+
+router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"], route_class=StrictJsonRoute)
+ResourcesDep = Annotated[Resources, Depends(get_resources)]
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=PipelineOut,
+    summary="Deploy a model with its heads under a name (a new version per post); served on /v2 by name",
+    responses=PROBLEM_RESPONSES,
+)
+def create_pipeline(body: PipelineRequest, resources: ResourcesDep) -> PipelineOut:
+    return pipeline_out(resources.pipelines.create(body))
+
+
+@router.get("", response_model=Page[PipelineOut], summary="List pipelines, newest first", responses=PROBLEM_RESPONSES)
+def list_(
+    resources: ResourcesDep,
+    name: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> Page[PipelineOut]:
+    rows, next_cursor = resources.pipelines.page(limit, cursor, name)
+    return Page[PipelineOut](items=[pipeline_out(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/{pipeline_id}", response_model=PipelineOut, summary="One pipeline version", responses=PROBLEM_RESPONSES)
+def get(pipeline_id: str, resources: ResourcesDep) -> PipelineOut:
+    return pipeline_out(resources.pipelines.get(pipeline_id))
+
+
+@router.get(
+    "/{pipeline_id}/onnx",
+    summary="The pipeline's composed export (what /v2 runs)",
+    responses={**PROBLEM_RESPONSES, 200: {"content": {"application/octet-stream": {}}}},
+    response_class=FileResponse,
+)
+def onnx_file(pipeline_id: str, resources: ResourcesDep) -> FileResponse:
+    record, path = resources.pipelines.file(pipeline_id)
+    return FileResponse(path, media_type="application/octet-stream", filename=f"{record.name}-v{record.version}.onnx")
+
+
+@router.delete("/{pipeline_id}", status_code=204, summary="Delete a pipeline version", responses=PROBLEM_RESPONSES)
+def delete(pipeline_id: str, resources: ResourcesDep) -> Response:
+    resources.pipelines.delete(pipeline_id)
+    return Response(status_code=204)

@@ -1,0 +1,86 @@
+"""Pipeline use cases: a named, versioned model with its heads. Creation checks the heads against the
+model, builds the composed export once, stores it content-addressed and has a worker load it (so
+onnxruntime's refusals surface at creation, not at the first V2 call); the record keeps the export's
+signature, which V2 metadata and input validation read."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from app.models import intake
+from app.models.workers import WorkerPool
+from app.pipelines.export import ExportService
+from app.pipelines.heads import Heads
+from app.pipelines.schemas import PipelineOut, PipelineRequest
+from app.records import new_id, rfc3339, utc_now
+from app.storage.artifacts import ArtifactStore
+from app.storage.models import PipelineRecord
+from app.storage.repository import PipelineRepository
+
+
+class PipelineService:
+    def __init__(
+        self, repository: PipelineRepository, exports: ExportService, artifacts: ArtifactStore, workers: WorkerPool
+    ) -> None:
+        self.repository, self.exports, self.artifacts, self.workers = repository, exports, artifacts, workers
+        self._files = threading.Lock()  # a creation's store + insert vs a deletion's count + unlink
+
+    def create(self, request: PipelineRequest) -> PipelineRecord:
+        heads = Heads(request.calibrator_id, request.detector_id, request.sdm_id)
+        export = self.exports.export(request.model_id, heads, np.dtype(request.dtype) if request.dtype else None)
+        inputs, outputs = intake.signature(export.model)
+        data = export.model.SerializeToString()
+        with self._files:
+            digest = self.artifacts.put(data)
+            record = PipelineRecord(
+                id=new_id(),
+                created_at=utc_now(),
+                name=request.name,
+                version=0,
+                model_id=request.model_id,
+                calibrator_id=request.calibrator_id,
+                detector_id=request.detector_id,
+                sdm_id=request.sdm_id,
+                dtype=export.dtype.name,
+                sha256=digest,
+                size_bytes=len(data),
+                inputs=[i.model_dump() for i in inputs],
+                outputs=[o.model_dump() for o in outputs],
+                tags=request.tags,
+            )
+            try:
+                self.workers.load(digest, str(self.artifacts.path(digest)))
+                return self.repository.add_version(record)
+            except BaseException:
+                if not self.repository.page(1, None, sha256=digest)[0]:
+                    self.artifacts.remove(digest)
+                raise
+
+    def get(self, pipeline_id: str) -> PipelineRecord:
+        return self.repository.get(pipeline_id)
+
+    def named(self, name: str, version: int | None = None) -> PipelineRecord:
+        return self.repository.named(name, version)
+
+    def page(self, limit: int, cursor: str | None, name: str | None) -> tuple[list[PipelineRecord], str | None]:
+        return self.repository.page(limit, cursor, name=name)
+
+    def delete(self, pipeline_id: str) -> None:
+        with self._files:
+            unused = self.repository.delete_pipeline(pipeline_id)
+            if unused is not None:
+                self.artifacts.remove(unused)
+
+    def file(self, pipeline_id: str) -> tuple[PipelineRecord, Path]:
+        record = self.get(pipeline_id)
+        return record, self.artifacts.path(record.sha256)
+
+
+def pipeline_out(record: PipelineRecord) -> PipelineOut:
+    return PipelineOut.model_validate(
+        {column: getattr(record, column) for column in PipelineOut.model_fields if column != "created_at"}
+        | {"created_at": rfc3339(record.created_at)}
+    )

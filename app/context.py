@@ -22,6 +22,7 @@ from app.ood.scores import OodService
 from app.pipelines.export import ExportService
 from app.pipelines.predict import PredictService
 from app.pipelines.service import PipelineService
+from app.pipelines.v2 import InferenceService
 from app.sdm.service import SdmService
 from app.storage.artifacts import ArtifactStore
 from app.storage.db import make_engine, make_session_factory
@@ -48,6 +49,7 @@ class Resources:
     predictions: PredictService  # a model with its heads
     exports: ExportService  # a model with its heads merged into one ONNX graph
     pipelines: PipelineService  # named, versioned exports, served on /v2
+    inference: InferenceService  # the V2 protocol over pipelines
 
     @classmethod
     def create(cls, settings: Settings) -> Resources:
@@ -69,6 +71,7 @@ class Resources:
         detectors = DetectorService(Repository(database, DetectorRecord, "detector"), runtime, runner)
         sdm = SdmService(SdmRepository(database), runtime, runner)
         exports = ExportService(runner, calibrators, detectors, sdm, settings.max_export_bytes)
+        pipelines = PipelineService(PipelineRepository(database), exports, artifacts, workers)
         return cls(
             settings,
             engine,
@@ -85,7 +88,8 @@ class Resources:
             models=models,
             predictions=PredictService(runner, calibrators, detectors, sdm, runtime),
             exports=exports,
-            pipelines=PipelineService(PipelineRepository(database), exports, artifacts, workers),
+            pipelines=pipelines,
+            inference=InferenceService(pipelines, runner),
         )
 
     def close(self) -> None:

@@ -12,13 +12,14 @@ from fastapi.openapi.utils import get_openapi
 from app import __version__
 from app.api.limits import BodySizeLimit, RefuseNulInUrl
 from app.api.problems import UnexpectedErrors, install_problem_handlers
-from app.api.routes import calibrators, detectors, evaluations, gates, health, models, ood, pipelines, sdm
+from app.api.routes import calibrators, detectors, evaluations, gates, health, models, ood, pipelines, sdm, v2
 from app.calibration.schemas import ApplyRequest, CalibratorRequest
 from app.config import Settings, get_settings
 from app.context import Resources
 from app.evaluation.schemas import EvaluationRequest, ModelEvaluationRequest
 from app.models.schemas import ModelRequest, PredictRequest
 from app.ood.schemas import DetectorRequest, OodEvaluateRequest, ScoreRequest, ScoresRequest
+from app.pipelines.v2 import InferenceRequest
 from app.sdm.schemas import SdmRequest, SdmScoreRequest
 
 
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(sdm.router)
     app.include_router(models.router)
     app.include_router(pipelines.router)
+    app.include_router(v2.router)
     app.add_middleware(UnexpectedErrors)  # added first: the innermost, right outside the routes' handlers
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RefuseNulInUrl)
@@ -70,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ModelRequest,
                 PredictRequest,
                 ModelEvaluationRequest,
+                InferenceRequest,
             ):
                 request_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(request_schema.pop("$defs", {}))

@@ -5,7 +5,7 @@ detectors and SDM never know where their tensors came from."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -18,6 +18,19 @@ from app.storage.models import ModelRecord
 from app.storage.repository import ModelRepository
 
 Role = Literal["logits", "embedding", "features"]  # features: the feature outputs as layers, else the embedding
+
+
+class Runnable(Protocol):
+    """What runs in the workers: an uploaded model, or a pipeline's export (its file in the artifact store)."""
+
+    @property
+    def sha256(self) -> str: ...
+
+    @property
+    def inputs(self) -> list[dict[str, Any]]: ...
+
+    @property
+    def outputs(self) -> list[dict[str, Any]]: ...
 
 
 class ModelRunner:
@@ -36,9 +49,7 @@ class ModelRunner:
         copied once, from shared memory into the result."""
         return self.run_validated(record, validated_inputs(record, arrays), names)
 
-    def run_validated(
-        self, record: ModelRecord, inputs: dict[str, np.ndarray], names: list[str]
-    ) -> dict[str, np.ndarray]:
+    def run_validated(self, record: Runnable, inputs: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
         """`outputs` for inputs that `validated_inputs` already returned (a streamed caller validates once)."""
         n = len(next(iter(inputs.values())))
         fixed = self._fixed_batch(record)
@@ -60,16 +71,16 @@ class ModelRunner:
         return result
 
     @staticmethod
-    def _fixed_batch(record: ModelRecord) -> int | None:
+    def _fixed_batch(record: Runnable) -> int | None:
         fixed = {i["shape"][0] for i in record.inputs if i["shape"] and i["shape"][0] > 0}
         return next(iter(fixed)) if fixed else None
 
-    def step(self, record: ModelRecord, inputs: dict[str, np.ndarray], names: list[str]) -> int:
+    def step(self, record: Runnable, inputs: dict[str, np.ndarray], names: list[str]) -> int:
         """Rows per model call for these inputs and outputs (a fixed batch dimension decides alone)."""
         return self._fixed_batch(record) or self.chunking.step(self._row_bytes(record, inputs, names))
 
     @staticmethod
-    def _row_bytes(record: ModelRecord, inputs: dict[str, np.ndarray], names: list[str]) -> int:
+    def _row_bytes(record: Runnable, inputs: dict[str, np.ndarray], names: list[str]) -> int:
         """Bytes per row of the inputs and of the named outputs (a dynamic output width counts as 1)."""
         declared = {o["name"]: o for o in record.outputs}
         out = 0

@@ -1,0 +1,192 @@
+"""/v2: the Open Inference Protocol (KServe/Triton V2 REST, with the binary tensor data extension) over
+pipelines by name. Errors here follow the protocol, `{"error": "…"}` with a 4xx (503 while no model
+worker can start), not problem+json."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from sqlalchemy.exc import OperationalError
+from starlette.concurrency import run_in_threadpool
+
+from app import __version__
+from app.api.deps import get_resources, resources_of
+from app.context import Resources
+from app.core.errors import InputError
+from app.models.workers import ModelLimitError, ModelRunError, WorkerUnavailableError
+from app.pipelines.v2 import V2Error
+from app.storage.migrate import is_at_head
+from app.storage.repository import NotFoundError
+
+BINARY_HEADER = "Inference-Header-Content-Length"
+STATUS: dict[type[Exception], int] = {
+    V2Error: 400,
+    NotFoundError: 404,
+    InputError: 400,
+    ModelRunError: 400,
+    ModelLimitError: 422,
+    WorkerUnavailableError: 503,
+    OperationalError: 503,
+}
+
+
+class V2Route(APIRoute):
+    """Every failure of a /v2 route as the protocol's `{"error": message}`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def protocol_errors(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except tuple(STATUS) as exc:
+                status = exc.status if isinstance(exc, V2Error) else STATUS[type(exc)]
+                return JSONResponse({"error": str(exc)}, status_code=status)
+
+        return protocol_errors
+
+
+router = APIRouter(prefix="/v2", tags=["v2"], route_class=V2Route)
+ResourcesDep = Annotated[Resources, Depends(get_resources)]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {
+        "description": text,
+        "content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}},
+    }
+    for code, text in {400: "Bad request (the message says why).", 404: "Unknown pipeline or version."}.items()
+}
+
+
+@router.get("", summary="Server metadata (V2)")
+def server_metadata() -> dict[str, Any]:
+    return {"name": "caliper", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+
+@router.get("/health/live", summary="The server is live (V2)")
+def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready", summary="The server is ready: database reachable, schema at head (V2)", responses=ERRORS)
+async def ready(resources: ResourcesDep) -> Response:
+    if not await run_in_threadpool(is_at_head, resources.settings, resources.engine):
+        return JSONResponse({"ready": False, "error": "database schema is not at head"}, status_code=400)
+    return JSONResponse({"ready": True})
+
+
+def _metadata(resources: Resources, name: str, version: str | None) -> dict[str, Any]:
+    return resources.inference.metadata(name, version)
+
+
+@router.get("/models/{name}", summary="Pipeline metadata (V2; the latest version)", responses=ERRORS)
+def model_metadata(name: str, resources: ResourcesDep) -> dict[str, Any]:
+    return _metadata(resources, name, None)
+
+
+@router.get("/models/{name}/versions/{version}", summary="Pipeline version metadata (V2)", responses=ERRORS)
+def version_metadata(name: str, version: str, resources: ResourcesDep) -> dict[str, Any]:
+    return _metadata(resources, name, version)
+
+
+def _ready(resources: Resources, name: str, version: str | None) -> Response:
+    if not resources.inference.ready(name, version):
+        return JSONResponse({"name": name, "ready": False, "error": "the export file is missing"}, status_code=400)
+    return JSONResponse({"name": name, "ready": True})
+
+
+@router.get("/models/{name}/ready", summary="Pipeline readiness (V2)", responses=ERRORS)
+def model_ready(name: str, resources: ResourcesDep) -> Response:
+    return _ready(resources, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/ready", summary="Pipeline version readiness (V2)", responses=ERRORS)
+def version_ready(name: str, version: str, resources: ResourcesDep) -> Response:
+    return _ready(resources, name, version)
+
+
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": "Binary tensor data extension: the JSON header (its length in the "
+                "Inference-Header-Content-Length header), then each binary input's bytes in order.",
+            },
+        },
+    }
+}
+INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    200: {
+        "description": "JSON, or with binary outputs the JSON header (Inference-Header-Content-Length) and their "
+        "bytes.",
+        "content": {"application/json": {}, "application/octet-stream": {}},
+    },
+}
+
+
+async def _infer(request: Request, name: str, version: str | None) -> Response:
+    resources = resources_of(request)
+    body = _decompressed(
+        await request.body(), request.headers.get("content-encoding"), resources.settings.max_body_bytes
+    )
+    header = request.headers.get(BINARY_HEADER)
+    if header is not None and not header.strip().isdigit():
+        raise V2Error(400, f"{BINARY_HEADER} must be a non-negative integer, got {header!r}")
+    length = int(header) if header is not None else None
+    content, json_length = await run_in_threadpool(resources.inference.infer, name, version, body, length)
+    if json_length is None:
+        return Response(content, media_type="application/json")
+    return Response(content, media_type="application/octet-stream", headers={BINARY_HEADER: str(json_length)})
+
+
+def _decompressed(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
+    """The body, inflated for `Content-Encoding: gzip|deflate` (deflate: zlib-wrapped, as tritonclient and
+    browsers send it, or raw), at most max_bytes (a small body cannot inflate without bound)."""
+    name = (encoding or "identity").strip().lower()
+    if name in ("", "identity"):
+        return body
+    formats = {"gzip": [16 + zlib.MAX_WBITS], "deflate": [zlib.MAX_WBITS, -zlib.MAX_WBITS]}.get(name)
+    if formats is None:
+        raise V2Error(400, f"Content-Encoding {encoding!r} is not supported (gzip, deflate)")
+    fault: zlib.error | None = None
+    for wbits in formats:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(body, max_bytes + 1)
+        except zlib.error as exc:
+            fault = exc
+            continue
+        if len(out) > max_bytes:
+            raise V2Error(400, f"the inflated body exceeds CALIPER_MAX_BODY_BYTES ({max_bytes} bytes)")
+        if not inflater.eof:
+            raise V2Error(400, f"the {name} body is truncated")
+        return out
+    raise V2Error(400, f"the body is not valid {name} data: {fault}")
+
+
+@router.post(
+    "/models/{name}/infer",
+    summary="Run the pipeline (V2; the latest version)",
+    responses=INFER_RESPONSES,
+    openapi_extra=INFER_BODY,
+)
+async def infer(name: str, request: Request) -> Response:
+    return await _infer(request, name, None)
+
+
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    summary="Run a pipeline version (V2)",
+    responses=INFER_RESPONSES,
+    openapi_extra=INFER_BODY,
+)
+async def infer_version(name: str, version: str, request: Request) -> Response:
+    return await _infer(request, name, version)

@@ -1,0 +1,277 @@
+"""The Open Inference Protocol (V2, KServe/Triton REST) for pipelines: its JSON bodies, the binary tensor
+data extension, and the use cases behind `/v2` (metadata, readiness, infer). A pipeline version's
+composed export is what runs, in the model workers, so a V2 answer and the export never disagree.
+
+Codec (MLServer's split: bodies are pydantic models, tensors decoded here):
+- an input is JSON `data` (nested or flat, row-major) or, with `parameters.binary_data_size`, bytes of
+  the section after the JSON header (`Inference-Header-Content-Length`), little-endian, row-major, read
+  zero-copy with `np.frombuffer`; sizes are checked against shape × itemsize and against the body;
+- an output is JSON (flat `data`) or binary when the request asks (`outputs[].parameters.binary_data`,
+  or `parameters.binary_data_output` for every output);
+- datatypes must equal the pipeline's (no silent casts: a mismatch is 400, as in Triton). FP16 is
+  accepted where a model input is FP16 (binary or JSON); BYTES tensors are refused (pipelines take
+  numeric tensors).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from app.models.runner import ModelRunner
+from app.pipelines.service import PipelineService
+from app.storage.models import PipelineRecord
+
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+}
+V2_NAMES = {dtype.name: name for name, dtype in DATATYPES.items()}
+
+
+class V2Error(Exception):
+    """A protocol error: answered `{"error": message}` with this status (400 bad request, 404 unknown)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class RequestInput(BaseModel):
+    name: str
+    shape: list[int] = Field(description="Non-negative dimensions, batch first.")
+    datatype: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    data: Any = None
+
+
+class RequestOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class InferenceRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    inputs: list[RequestInput]
+    outputs: list[RequestOutput] | None = None
+
+
+@dataclass(frozen=True)
+class Decoded:
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, bool]  # requested output name -> binary; empty: every output, `binary_default`
+    binary_default: bool
+
+
+def decode(body: bytes, header_length: int | None) -> Decoded:
+    """The inference request of a body: the JSON header (all of it without the header length) and the
+    binary section after it, each input checked against its shape and datatype."""
+    if header_length is not None and not 0 < header_length <= len(body):
+        raise V2Error(400, f"Inference-Header-Content-Length {header_length} is outside the body ({len(body)} bytes)")
+    view = memoryview(body)
+    header, binary = (view[:header_length], view[header_length:]) if header_length is not None else (view, view[:0])
+    try:
+        request = InferenceRequest.model_validate_json(bytes(header))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise V2Error(400, f"invalid inference request{' at ' + where if where else ''}: {first['msg']}") from exc
+    if not request.inputs:
+        raise V2Error(400, "the request has no inputs")
+    offset = 0
+    inputs: dict[str, np.ndarray] = {}
+    for given in request.inputs:
+        if given.name in inputs:
+            raise V2Error(400, f"input {given.name!r} is given twice")
+        array, offset = _tensor(given, binary, offset)
+        inputs[given.name] = array
+    if offset != len(binary):
+        raise V2Error(400, f"the binary section has {len(binary) - offset} bytes that no input claims")
+    binary_default = _flag(request.parameters, "binary_data_output", "parameters")
+    outputs = {
+        o.name: _flag(o.parameters, "binary_data", f"outputs.{o.name}", binary_default) for o in request.outputs or []
+    }
+    return Decoded(request.id, inputs, outputs, binary_default)
+
+
+def _flag(parameters: dict[str, Any], key: str, where: str, default: bool = False) -> bool:
+    value = parameters.get(key, default)
+    if not isinstance(value, bool):
+        raise V2Error(400, f"{where}.{key} must be a boolean")
+    return value
+
+
+def _tensor(given: RequestInput, binary: memoryview, offset: int) -> tuple[np.ndarray, int]:
+    """One input as an array (a read-only view of the body for binary data) and the next offset."""
+    where = f"input {given.name!r}"
+    if given.datatype == "BYTES":
+        raise V2Error(400, f"{where}: BYTES tensors are not supported (pipelines take numeric tensors)")
+    dtype = DATATYPES.get(given.datatype)
+    if dtype is None:
+        raise V2Error(400, f"{where}: unknown datatype {given.datatype!r} (one of {sorted(DATATYPES)})")
+    if any(d < 0 for d in given.shape):
+        raise V2Error(400, f"{where}: shape {given.shape} has a negative dimension")
+    count = math.prod(given.shape)
+    size = given.parameters.get("binary_data_size")
+    if size is not None:
+        if given.data is not None:
+            raise V2Error(400, f"{where}: give `data` or `binary_data_size`, not both")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise V2Error(400, f"{where}: binary_data_size must be a non-negative integer")
+        if size != count * dtype.itemsize:
+            raise V2Error(
+                400,
+                f"{where}: binary_data_size {size} ≠ {count} elements × {dtype.itemsize} bytes of shape {given.shape}",
+            )
+        if offset + size > len(binary):
+            raise V2Error(400, f"{where}: its {size} bytes run past the end of the body ({len(binary) - offset} left)")
+        array = np.frombuffer(binary, dtype=dtype.newbyteorder("<"), count=count, offset=offset)
+        return array.reshape(given.shape), offset + size
+    if given.data is None:
+        raise V2Error(400, f"{where}: no `data` and no `binary_data_size`")
+    flat = np.asarray(given.data, dtype=object).reshape(-1) if isinstance(given.data, list) else None
+    if flat is None or flat.size != count:
+        got = "not a list" if flat is None else f"{flat.size} values"
+        raise V2Error(400, f"{where}: `data` has {got}; shape {given.shape} needs {count}")
+    return _typed(flat, dtype, where).reshape(given.shape), offset
+
+
+def _typed(values: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
+    """JSON values as the datatype, refusing what it cannot hold (strings, floats for integers, …)."""
+    kinds = {type(v) for v in values.tolist()}
+    allowed = {bool} if dtype.kind == "b" else ({int} if dtype.kind in "iu" else {int, float})
+    if not kinds <= allowed:
+        names = sorted(k.__name__ for k in kinds - allowed)
+        raise V2Error(400, f"{where}: `data` holds {', '.join(names)} values; {V2_NAMES[dtype.name]} needs numbers")
+    try:
+        return np.asarray(values.tolist(), dtype=dtype)
+    except (OverflowError, ValueError) as exc:
+        raise V2Error(400, f"{where}: `data` does not fit {V2_NAMES[dtype.name]}: {exc}") from exc
+
+
+def encode(
+    record: PipelineRecord, request_id: str | None, outputs: dict[str, np.ndarray], binary: dict[str, bool]
+) -> tuple[bytes, int | None]:
+    """The response body and, when any output is binary, the JSON header's length."""
+    described: list[dict[str, Any]] = []
+    sections: list[bytes] = []
+    for name, array in outputs.items():
+        entry: dict[str, Any] = {"name": name, "datatype": V2_NAMES[array.dtype.name], "shape": list(array.shape)}
+        if binary[name]:
+            raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            sections.append(raw)
+        else:
+            entry["data"] = _json_values(array)
+        described.append(entry)
+    header: dict[str, Any] = {"model_name": record.name, "model_version": str(record.version), "outputs": described}
+    if request_id is not None:
+        header["id"] = request_id
+    text = json.dumps(header, separators=(",", ":")).encode()
+    return (text + b"".join(sections), len(text)) if sections else (text, None)
+
+
+def _json_values(array: np.ndarray) -> list[Any]:
+    """Flat row-major values; a non-finite float as null (JSON has no NaN or infinity)."""
+    values: list[Any] = array.reshape(-1).tolist()
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        return [v if math.isfinite(v) else None for v in values]
+    return values
+
+
+def tensor_metadata(info: dict[str, Any]) -> dict[str, Any]:
+    return {"name": info["name"], "datatype": V2_NAMES[np.dtype(info["dtype"]).name], "shape": info["shape"]}
+
+
+class InferenceService:
+    """The V2 use cases over pipelines, by name (the latest version) or name and version."""
+
+    def __init__(self, pipelines: PipelineService, runner: ModelRunner) -> None:
+        self.pipelines, self.runner = pipelines, runner
+
+    def pipeline(self, name: str, version: str | None) -> PipelineRecord:
+        number = None
+        if version is not None:
+            if not version.isdigit() or int(version) < 1:
+                raise V2Error(400, f"version {version!r} is not a positive integer")
+            number = int(version)
+        return self.pipelines.named(name, number)
+
+    def metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        record = self.pipeline(name, version)
+        versions = [str(p.version) for p in self.pipelines.page(500, None, name)[0]]
+        return {
+            "name": record.name,
+            "versions": versions if version is None else [str(record.version)],
+            "platform": "onnxruntime_onnx",
+            "inputs": [tensor_metadata(i) for i in record.inputs],
+            "outputs": [tensor_metadata(o) for o in record.outputs],
+        }
+
+    def ready(self, name: str, version: str | None) -> bool:
+        record = self.pipeline(name, version)
+        return self.pipelines.artifacts.path(record.sha256).is_file()
+
+    def infer(self, name: str, version: str | None, body: bytes, header_length: int | None) -> tuple[bytes, int | None]:
+        record = self.pipeline(name, version)
+        request = decode(body, header_length)
+        inputs = _checked_inputs(record, request.inputs)
+        declared = [o["name"] for o in record.outputs]
+        unknown = sorted(set(request.outputs) - set(declared))
+        if unknown:
+            raise V2Error(400, f"unknown output(s) {unknown}; the pipeline's outputs are {declared}")
+        names = list(request.outputs) or declared
+        binary = request.outputs or dict.fromkeys(names, request.binary_default)
+        computed = self.runner.run_validated(record, inputs, names)
+        return encode(record, request.id, {n: computed[n] for n in names}, binary)
+
+
+def _checked_inputs(record: PipelineRecord, given: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The pipeline's inputs by name, each with the declared datatype and trailing shape, one batch size."""
+    expected = {i["name"]: i for i in record.inputs}
+    unknown = sorted(set(given) - set(expected))
+    if unknown:
+        raise V2Error(400, f"unknown input(s) {unknown}; the pipeline's inputs are {sorted(expected)}")
+    missing = sorted(set(expected) - set(given))
+    if missing:
+        raise V2Error(400, f"missing input(s) {missing}")
+    for name, info in expected.items():
+        array, want = given[name], tensor_metadata(info)
+        got = V2_NAMES[array.dtype.name]
+        if got != want["datatype"]:
+            raise V2Error(400, f"input {name!r} is {got}; the pipeline's input is {want['datatype']}")
+        shape = want["shape"]
+        fits = array.ndim == len(shape) and all(
+            w < 0 or g == w for g, w in zip(array.shape[1:], shape[1:], strict=True)
+        )
+        if not fits:
+            raise V2Error(400, f"input {name!r} has shape {list(array.shape)}; the pipeline's input is {shape}")
+        if array.shape[0] == 0:
+            raise V2Error(400, f"input {name!r} is empty (batch 0)")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise V2Error(400, f"input {name!r} contains NaN or infinite value(s)")
+    if len({a.shape[0] for a in given.values()}) > 1:
+        raise V2Error(400, f"inputs have different batch sizes {sorted({a.shape[0] for a in given.values()})}")
+    return {
+        name: np.ascontiguousarray(given[name].astype(given[name].dtype.newbyteorder("="), copy=False))
+        for name in expected
+    }

@@ -1,0 +1,218 @@
+"""/v2, the Open Inference Protocol over pipelines: the real `tritonclient.http` against a live server
+(health, metadata, binary and JSON inputs and outputs, a named subset, compression), plain V2 JSON with
+httpx, every answer compared with a plain onnxruntime session on the pipeline's export; and every bad
+input a 4xx `{"error"}`, never a 5xx."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from fastapi.testclient import TestClient
+from tritonclient.utils import InferenceServerException
+
+from tests import onnx_models
+from tests.test_api_models import upload
+from tests.test_export import fit_heads, make_data, probe, session_outputs
+from tests.test_pipelines import deploy
+
+OURS = ["probabilities", "ood_score", "sdm_probabilities", "sdm_q", "sdm_d", "high_reliability"]
+
+
+@pytest.fixture
+def served(client: TestClient) -> dict[str, Any]:
+    """A float32 MLP deployed twice as `mlp` (v1 bare, v2 with all three heads), and its v2 export."""
+    data, x, _, labels = make_data(np.float32)
+    model = upload(client, data, embedding_output="embedding").json()
+    heads = fit_heads(client, model["id"], x, labels)
+    deploy(client, "mlp", model["id"])
+    latest = deploy(client, "mlp", model["id"], **heads)
+    export = client.get(f"/v1/pipelines/{latest['id']}/onnx").content
+    return {"export": export, "pipeline": latest, "bare": client.get("/v1/pipelines", params={"name": "mlp"})}
+
+
+def test_tritonclient_health_metadata_and_infer(live_server: str, served: dict[str, Any]) -> None:
+    url = live_server.removeprefix("http://")
+    with triton.InferenceServerClient(url) as tc:
+        assert tc.is_server_live() and tc.is_server_ready()
+        assert tc.is_model_ready("mlp") and tc.is_model_ready("mlp", "1") and not tc.is_model_ready("nope")
+        assert "binary_tensor_data" in tc.get_server_metadata()["extensions"]
+        metadata = tc.get_model_metadata("mlp")
+        assert metadata["versions"] == ["2", "1"]
+        assert metadata["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 6]}]
+        datatypes = {o["name"]: o["datatype"] for o in metadata["outputs"]}
+        assert datatypes == {
+            "logits": "FP32",
+            "embedding": "FP32",
+            "probabilities": "FP32",
+            "ood_score": "FP32",
+            "sdm_probabilities": "FP32",
+            "sdm_q": "INT64",
+            "sdm_d": "FP32",
+            "high_reliability": "BOOL",
+        }
+        x = probe(np.float32)
+        want = session_outputs(served["export"], x)
+        for binary_input in (True, False):
+            given = triton.InferInput("x", list(x.shape), "FP32")
+            given.set_data_from_numpy(x, binary_data=binary_input)
+            result = tc.infer("mlp", [given])  # no outputs named: every output, binary
+            for name in want:
+                np.testing.assert_array_equal(result.as_numpy(name), want[name])
+            asked = [triton.InferRequestedOutput("probabilities", binary_data=False)]
+            asked.append(triton.InferRequestedOutput("high_reliability", binary_data=True))
+            subset = tc.infer("mlp", [given], outputs=asked)
+            assert [o["name"] for o in subset.get_response()["outputs"]] == ["probabilities", "high_reliability"]
+            assert "data" in subset.get_output("probabilities") and "data" not in subset.get_output("high_reliability")
+            np.testing.assert_array_equal(subset.as_numpy("probabilities"), want["probabilities"])
+            np.testing.assert_array_equal(subset.as_numpy("high_reliability"), want["high_reliability"])
+        for algorithm in ("gzip", "deflate"):
+            compressed = tc.infer("mlp", [given], request_compression_algorithm=algorithm)
+            np.testing.assert_array_equal(compressed.as_numpy("sdm_q"), want["sdm_q"])
+        first = tc.infer("mlp", [given], model_version="1")
+        assert set(first.get_response()["outputs"][i]["name"] for i in range(3)) == {
+            "logits",
+            "embedding",
+            "probabilities",
+        }
+        with pytest.raises(InferenceServerException, match="no pipeline named 'nope'"):
+            tc.infer("nope", [given])
+
+
+def test_plain_v2_json_with_nested_or_flat_data(client: TestClient, served: dict[str, Any]) -> None:
+    x = probe(np.float32)[:5]
+    want = session_outputs(served["export"], x)
+    for data in (x.tolist(), x.reshape(-1).tolist()):
+        body = {"id": "r1", "inputs": [{"name": "x", "shape": [5, 6], "datatype": "FP32", "data": data}]}
+        response = client.post("/v2/models/mlp/versions/2/infer", json=body)
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert (answer["model_name"], answer["model_version"], answer["id"]) == ("mlp", "2", "r1")
+        outputs = {o["name"]: o for o in answer["outputs"]}
+        assert list(outputs)[-6:] == OURS
+        for name, value in want.items():
+            assert outputs[name]["shape"] == list(value.shape)
+            np.testing.assert_array_equal(
+                np.asarray(outputs[name]["data"], dtype=value.dtype).reshape(value.shape), value
+            )
+
+
+def binary_request(x: np.ndarray, **extra: Any) -> tuple[bytes, dict[str, str]]:
+    header = {
+        "inputs": [
+            {"name": "x", "shape": list(x.shape), "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}
+        ],
+        **extra,
+    }
+    text = json.dumps(header).encode()
+    return text + x.tobytes(), {"Inference-Header-Content-Length": str(len(text))}
+
+
+def test_binary_answers_split_at_the_header_length(client: TestClient, served: dict[str, Any]) -> None:
+    x = probe(np.float32)
+    body, headers = binary_request(x, parameters={"binary_data_output": True})
+    response = client.post("/v2/models/mlp/infer", content=body, headers=headers)
+    assert response.status_code == 200 and response.headers["content-type"] == "application/octet-stream"
+    length = int(response.headers["inference-header-content-length"])
+    header = json.loads(response.content[:length])
+    offset, want = length, session_outputs(served["export"], x)
+    for output in header["outputs"]:
+        size = output["parameters"]["binary_data_size"]
+        dtype = want[output["name"]].dtype
+        got = np.frombuffer(response.content[offset : offset + size], dtype=dtype).reshape(output["shape"])
+        np.testing.assert_array_equal(got, want[output["name"]])
+        offset += size
+    assert offset == len(response.content)
+
+
+def v2_error(response: httpx.Response, status: int, fragment: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert set(response.json()) == {"error"} and fragment in response.json()["error"], response.json()
+
+
+def test_every_bad_request_is_a_4xx_error_object(client: TestClient, served: dict[str, Any]) -> None:
+    x = probe(np.float32)[:4]
+    body, headers = binary_request(x)
+    header_length = int(headers["Inference-Header-Content-Length"])
+    post = client.post
+    v2_error(post("/v2/models/nope/infer", content=body, headers=headers), 404, "no pipeline named 'nope'")
+    v2_error(post("/v2/models/mlp/versions/9/infer", content=body, headers=headers), 404, "version 9")
+    v2_error(post("/v2/models/mlp/versions/one/infer", content=body, headers=headers), 400, "positive integer")
+    v2_error(client.get("/v2/models/nope"), 404, "nope")
+    v2_error(post("/v2/models/mlp/infer", content=body[:-3], headers=headers), 400, "past the end of the body")
+    v2_error(post("/v2/models/mlp/infer", content=body + b"\0" * 4, headers=headers), 400, "no input claims")
+    too_long = {"Inference-Header-Content-Length": str(len(body) + 1)}
+    v2_error(post("/v2/models/mlp/infer", content=body, headers=too_long), 400, "outside the body")
+    v2_error(
+        post("/v2/models/mlp/infer", content=body, headers={"Inference-Header-Content-Length": "x"}), 400, "integer"
+    )
+    v2_error(
+        post("/v2/models/mlp/infer", content=body[: header_length - 5], headers={}), 400, "invalid inference request"
+    )
+    v2_error(post("/v2/models/mlp/infer", content=b"\x00\xff not json"), 400, "invalid inference request")
+
+    def json_case(inputs: list[dict[str, Any]], **extra: Any) -> httpx.Response:
+        text = json.dumps({"inputs": inputs, **extra})  # NaN written as Python's json writes it
+        return client.post("/v2/models/mlp/infer", content=text, headers={"Content-Type": "application/json"})
+
+    good = {"name": "x", "shape": [4, 6], "datatype": "FP32", "data": x.reshape(-1).tolist()}
+    v2_error(json_case([{**good, "datatype": "FP64"}]), 400, "is FP64; the pipeline's input is FP32")
+    v2_error(json_case([{**good, "datatype": "INT64", "data": [1] * 24}]), 400, "is INT64")
+    v2_error(json_case([{**good, "datatype": "FP16"}]), 400, "is FP16")
+    v2_error(json_case([{**good, "datatype": "BYTES", "data": ["a"] * 24}]), 400, "BYTES tensors are not supported")
+    v2_error(json_case([{**good, "datatype": "COMPLEX"}]), 400, "unknown datatype")
+    v2_error(json_case([{**good, "shape": [4, 5]}]), 400, "needs 20")
+    v2_error(json_case([{**good, "shape": [3, 8]}]), 400, "has shape [3, 8]")
+    v2_error(json_case([{**good, "shape": [4, -6]}]), 400, "negative")
+    v2_error(json_case([{**good, "data": ["a"] * 24}]), 400, "holds str values")
+    v2_error(json_case([{**good, "data": [float("nan")] * 24}]), 400, "NaN")
+    v2_error(json_case([{**good, "name": "y"}]), 400, "unknown input(s) ['y']")
+    v2_error(json_case([]), 400, "no inputs")
+    v2_error(json_case([good, good]), 400, "given twice")
+    v2_error(json_case([{**good, "data": None}]), 400, "no `data`")
+    v2_error(json_case([good], outputs=[{"name": "nope"}]), 400, "unknown output(s) ['nope']")
+    v2_error(json_case([good], parameters={"binary_data_output": "yes"}), 400, "must be a boolean")
+    sized = {**good, "parameters": {"binary_data_size": 3}}
+    v2_error(json_case([sized]), 400, "not both")
+    v2_error(
+        post("/v2/models/mlp/infer", content=body, headers={**headers, "Content-Encoding": "br"}), 400, "not supported"
+    )
+    v2_error(
+        post("/v2/models/mlp/infer", content=b"garbage", headers={"Content-Encoding": "gzip"}), 400, "not valid gzip"
+    )
+    v2_error(
+        post(
+            "/v2/models/mlp/infer", content=gzip.compress(body)[:-12], headers={**headers, "Content-Encoding": "gzip"}
+        ),
+        400,
+        "truncated",
+    )
+
+
+def test_a_compressed_body_cannot_inflate_past_the_body_limit(
+    client: TestClient, served: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limit = 1 << 20
+    monkeypatch.setattr(client.app.state.resources.settings, "max_body_bytes", limit)  # type: ignore[attr-defined]
+    bomb = zlib.compress(b"\0" * (limit + 1024), 9)
+    response = client.post("/v2/models/mlp/infer", content=bomb, headers={"Content-Encoding": "deflate"})
+    v2_error(response, 400, "exceeds CALIPER_MAX_BODY_BYTES")
+
+
+def test_a_pipeline_that_exceeds_its_memory_limit_answers_422_and_serving_goes_on(
+    client: TestClient, served: dict[str, Any]
+) -> None:
+    greedy = upload(client, onnx_models.huge_allocation(), name="greedy").json()
+    deploy(client, "greedy", greedy["id"])
+    body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}]}
+    v2_error(client.post("/v2/models/greedy/infer", json=body), 422, "")
+    x = probe(np.float32)[:2]
+    good = {"inputs": [{"name": "x", "shape": [2, 6], "datatype": "FP32", "data": x.reshape(-1).tolist()}]}
+    assert client.post("/v2/models/mlp/infer", json=good).status_code == 200

@@ -20,6 +20,7 @@ from app.storage.blobs import CorruptBlobError
 from app.storage.repository import ConflictError, NotFoundError
 
 PROBLEM_JSON = "application/problem+json"
+DATABASE_DOWN: tuple[type[Exception], ...] = (OperationalError, PoolTimeoutError)  # answered 503
 log = logging.getLogger("caliper")
 
 TITLES: dict[int | str, str] = {
@@ -186,8 +187,8 @@ def install_problem_handlers(app: FastAPI) -> None:
             503, "the database is unreachable; nothing was stored, retry later", headers={"Retry-After": "5"}
         )
 
-    app.add_exception_handler(OperationalError, _database_down)
-    app.add_exception_handler(PoolTimeoutError, _database_down)
+    for kind in DATABASE_DOWN:
+        app.add_exception_handler(kind, _database_down)
 
     @app.exception_handler(CorruptBlobError)
     async def _corrupt(_: Request, exc: CorruptBlobError) -> JSONResponse:

@@ -11,11 +11,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from app import __version__
 from app.api.deps import get_resources, resources_of
+from app.api.problems import DATABASE_DOWN
 from app.context import Resources
 from app.core.errors import InputError
 from app.models.workers import ModelLimitError, ModelRunError, WorkerUnavailableError
@@ -31,8 +31,7 @@ STATUS: dict[type[Exception], int] = {
     ModelRunError: 400,
     ModelLimitError: 422,
     WorkerUnavailableError: 503,
-    OperationalError: 503,
-}
+} | dict.fromkeys(DATABASE_DOWN, 503)
 
 
 class V2Route(APIRoute):

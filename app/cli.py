@@ -8,6 +8,7 @@ import sys
 from app.config import get_settings
 from app.core.errors import ProviderUnavailableError
 from app.gating.cli import add_parsers as add_gate_parsers
+from app.pipelines.cli import add_parsers as add_export_parsers
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     db.add_argument("revision", nargs="?", default=None)
     db.set_defaults(func=_db)
     add_gate_parsers(sub)
+    add_export_parsers(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -176,6 +176,33 @@ class CaliperClient:
     def delete_model(self, model_id: str) -> None:
         self._check(self.http.delete(f"/v1/models/{model_id}"))
 
+    def export_model(self, model_id: str, **heads: str | None) -> bytes:
+        """The model with its heads merged into one ONNX model (calibrator_id, detector_id, sdm_id, dtype)."""
+        params = {k: v for k, v in heads.items() if v is not None}
+        response = self.http.get(f"/v1/models/{model_id}/export", params=params)
+        self._raise_for_problem(response)
+        return response.content
+
+    # ---- pipelines ---------------------------------------------------------------------------------
+    def create_pipeline(self, name: str, model_id: str, **heads: Any) -> dict[str, Any]:
+        """POST /v1/pipelines: a new version of `name` (served on /v2 by that name)."""
+        body = {"name": name, "model_id": model_id, **{k: v for k, v in heads.items() if v is not None}}
+        return self._check(self.http.post("/v1/pipelines", json=body))
+
+    def get_pipeline(self, pipeline_id: str) -> dict[str, Any]:
+        return self._check(self.http.get(f"/v1/pipelines/{pipeline_id}"))
+
+    def list_pipelines(self, **filters: Any) -> dict[str, Any]:
+        return self._check(self.http.get("/v1/pipelines", params={k: v for k, v in filters.items() if v is not None}))
+
+    def pipeline_onnx(self, pipeline_id: str) -> bytes:
+        response = self.http.get(f"/v1/pipelines/{pipeline_id}/onnx")
+        self._raise_for_problem(response)
+        return response.content
+
+    def delete_pipeline(self, pipeline_id: str) -> None:
+        self._check(self.http.delete(f"/v1/pipelines/{pipeline_id}"))
+
     # ---- gates -------------------------------------------------------------------------------------
     def create_gate(self, body: Mapping[str, Any]) -> dict[str, Any]:
         return self._check(self.http.post("/v1/gates", json=dict(body)))

@@ -6,6 +6,10 @@ are reconciled (or refused clearly) and the size limit holds."""
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from onnx import helper, numpy_helper
 
+from app.config import Settings
 from tests import onnx_models
 from tests.test_api_bad_input import assert_problem
 from tests.test_api_models import plain_run, resources, upload
@@ -317,3 +322,35 @@ def test_unknown_and_unfitting_heads(client: TestClient) -> None:
     response = client.get(f"/v1/models/{model['id']}/export", params={"calibrator_id": calibrator.json()["id"]})
     assert_problem(response, 422)
     assert "C = 4" in response.json()["detail"]
+
+
+def test_the_cli_writes_the_same_export_in_process_and_from_a_server(
+    client: TestClient, live_server: str, settings: Settings, tmp_path: Path
+) -> None:
+    data, x, _, labels = make_data(np.float32)
+    model = upload(client, data, embedding_output="embedding").json()
+    heads = fit_heads(client, model["id"], x, labels)
+    want = exported(client, model["id"], **heads)
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env |= {"CALIPER_DATABASE_URL": settings.database_url, "CALIPER_ARTIFACT_DIR": str(settings.artifact_dir)}
+    flags = ["--calibrator", heads["calibrator_id"], "--detector", heads["detector_id"], "--sdm", heads["sdm_id"]]
+    for where in ([], ["--url", live_server]):
+        target = tmp_path / f"export{len(where)}.onnx"
+        done = subprocess.run(
+            [sys.executable, "-m", "app.cli", "export", model["id"], *flags, *where, "-o", str(target)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert target.read_bytes() == want and str(target) in done.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "app.cli", "export", "nope", "--url", live_server, "-o", str(tmp_path / "x.onnx")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == 2 and "no model with id 'nope'" in missing.stderr
+    assert "Traceback" not in missing.stderr and not (tmp_path / "x.onnx").exists()

@@ -63,6 +63,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.gate
 	$(BIN)/python -m bench.ood
 	$(BIN)/python -m bench.sdm
+	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.load
 
 clean:

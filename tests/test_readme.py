@@ -29,7 +29,7 @@ def expected_prints(code: str) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("name", ["models"])
+@pytest.mark.parametrize("name", ["models", "serving"])
 def test_readme_block_runs_and_prints_what_it_says(
     name: str, live_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

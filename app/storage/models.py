@@ -208,3 +208,13 @@ class PipelineRecord(Base):
         Index("ix_pipelines_created_at_id", "created_at", "id"),
         Index("ix_pipelines_name_version", "name", "version", unique=True),
     )
+
+
+class PipelineName(Base):
+    """The last version given to a pipeline name, so that a deleted version's number is never given again
+    (a V2 client pinned to `name/versions/2` never reaches another deployment)."""
+
+    __tablename__ = "pipeline_names"
+
+    name: Mapped[str] = mapped_column(String(256), primary_key=True)
+    last_version: Mapped[int] = mapped_column(Integer)

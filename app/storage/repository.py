@@ -10,7 +10,7 @@ from sqlalchemy import delete as sql_delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.storage.models import Base, ModelRecord, PipelineRecord, SdmRecord
+from app.storage.models import Base, ModelRecord, PipelineName, PipelineRecord, SdmRecord
 from app.storage.pagination import page
 
 R = TypeVar("R", bound=Base)
@@ -104,15 +104,18 @@ class PipelineRepository(Repository[PipelineRecord]):
         super().__init__(sessions, PipelineRecord, "pipeline")
 
     def add_version(self, record: PipelineRecord) -> PipelineRecord:
-        """Insert as the next version of its name (max + 1, in the insert's transaction); two concurrent
-        posts of one name meet at the unique (name, version) index, and the loser takes the next one."""
+        """Insert as the next version of its name (its counter + 1, in the insert's transaction: a deleted
+        version's number is never given again); two concurrent posts of one name meet at the counter's
+        key or the unique (name, version) index, and the loser retries with the next number."""
         for attempt in range(self.INSERT_ATTEMPTS):
             try:
                 with self.sessions.begin() as session:
-                    latest = session.scalar(
-                        select(func.max(PipelineRecord.version)).where(PipelineRecord.name == record.name)
-                    )
-                    record.version = (latest or 0) + 1
+                    counter = session.get(PipelineName, record.name)
+                    if counter is None:
+                        counter = PipelineName(name=record.name, last_version=0)
+                        session.add(counter)
+                    counter.last_version += 1
+                    record.version = counter.last_version
                     session.add(record)
                 return record
             except IntegrityError:

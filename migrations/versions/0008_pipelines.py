@@ -1,4 +1,5 @@
-"""pipelines: named, versioned deployments of a model with its heads (exports in the artifact store)
+"""pipelines: named, versioned deployments of a model with its heads (exports in the artifact store), and
+the last version given to each name
 
 Revision ID: 0008
 Revises: 0007
@@ -32,6 +33,12 @@ def upgrade() -> None:
         sa.Column("tags", sa.JSON(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_pipelines")),
     )
+    op.create_table(
+        "pipeline_names",
+        sa.Column("name", sa.String(length=256), nullable=False),
+        sa.Column("last_version", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_pipeline_names")),
+    )
     with op.batch_alter_table("pipelines", schema=None) as batch_op:
         batch_op.create_index("ix_pipelines_created_at_id", ["created_at", "id"], unique=False)
         batch_op.create_index(batch_op.f("ix_pipelines_model_id"), ["model_id"], unique=False)
@@ -46,3 +53,4 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_pipelines_model_id"))
         batch_op.drop_index("ix_pipelines_created_at_id")
     op.drop_table("pipelines")
+    op.drop_table("pipeline_names")

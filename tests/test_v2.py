@@ -228,3 +228,8 @@ def test_a_deleted_or_new_version_is_seen_at_once(client: TestClient, served: di
     assert deploy(client, "mlp", model_id)["version"] == 3  # a deleted version's number is not given again
     assert client.get("/v2/models/mlp/ready").status_code == 200
     v2_error(client.get("/v2/models/mlp/versions/2"), 404, "version 2")
+
+
+def test_unknown_v2_paths_answer_the_protocol_error(client: TestClient) -> None:
+    v2_error(client.get("/v2/repository/index"), 404, "no V2 endpoint /v2/repository/index")
+    v2_error(client.post("/v2/models/x/unload"), 404, "no V2 endpoint")

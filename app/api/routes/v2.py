@@ -189,3 +189,11 @@ async def infer(name: str, request: Request) -> Response:
 )
 async def infer_version(name: str, version: str, request: Request) -> Response:
     return await _infer(request, name, version)
+
+
+@router.api_route(
+    "/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False, responses=ERRORS
+)
+def unknown(path: str) -> Response:
+    """Any other path under /v2 answers the protocol's error object, not problem+json."""
+    return JSONResponse({"error": f"no V2 endpoint /v2/{path}"}, status_code=404)

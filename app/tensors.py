@@ -11,11 +11,11 @@ import base64
 import binascii
 import io
 import math
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.lib import format as npy_format
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from app.core.errors import InputError
 from app.core.npy_headers import NPY_HEADERS
@@ -35,12 +35,21 @@ class TensorObject(BaseModel):
     data_b64: str
 
 
-TENSOR_JSON_SCHEMA: dict[str, Any] = {
-    "description": "A tensor: a row-major nested list of numbers (read as float64; integers for label "
-    "fields), or a tensor object with base64 little-endian bytes.",
-    "anyOf": [{"type": "array", "items": {}}, TensorObject.model_json_schema()],
-}
-Tensor = Annotated[Any, WithJsonSchema(TENSOR_JSON_SCHEMA)]  # a request field decoded by the tensor readers
+def _one_of(schema: dict[str, Any]) -> None:
+    """A nested list and a tensor object never overlap: `oneOf`, as generated clients expect."""
+    schema["oneOf"] = schema.pop("anyOf")
+
+
+class Tensor(RootModel[list[Any] | TensorObject]):
+    """A tensor: a row-major nested list of numbers (read as float64; integers for label fields), or a
+    tensor object with base64 little-endian bytes."""
+
+    # Fields of this type are decoded by the tensor readers (`decode_json_tensor`, `.npy` parts) before a
+    # body's model is validated: the type documents them, as one schema that every field references.
+    model_config = ConfigDict(json_schema_extra=_one_of)
+
+
+Layers = dict[str, Tensor]  # named tensors, e.g. a feature ensemble's layers or a model's inputs
 NULL_NOTE = (
     "null where a value is not finite (it overflowed its dtype, e.g. for inputs far beyond the fit data's scale)"
 )

@@ -20,23 +20,32 @@ NPZ = "application/x-npz"  # the media type of .npz responses (Accept: applicati
 
 def tensor_request_body(schema: str, tensor_fields: Iterable[str]) -> dict[str, Any]:
     """OpenAPI requestBody for a route that parses its body by hand: JSON per `schema`, or multipart with
-    a `request` part and one .npy part per tensor field."""
-    multipart = {
+    a `request` part (that JSON without its tensors) and one .npy part per tensor field; a field of named
+    tensors (`features.*`) takes any part named `features.<name>`."""
+    fields = list(tensor_fields)
+    named = [f[:-2] for f in fields if f.endswith(".*")]
+    npy = {"type": "string", "format": "binary"}
+    multipart: dict[str, Any] = {
         "type": "object",
         "properties": {
-            "request": {"type": "string", "description": "The JSON body without its tensors."},
-            **{
-                name: {"type": "string", "format": "binary", "description": f"{name} as .npy"} for name in tensor_fields
-            },
+            "request": {"$ref": f"#/components/schemas/{schema}"},
+            **{name: {**npy, "description": f"`{name}` as .npy"} for name in fields if not name.endswith(".*")},
         },
         "required": ["request"],
     }
+    if named:
+        multipart["additionalProperties"] = {
+            **npy,
+            "description": "Named tensors as .npy, one part each: " + ", ".join(f"`{n}.<name>`" for n in named),
+        }
+    encoding = {"request": {"contentType": "application/json"}}
+    encoding |= {name: {"contentType": "application/octet-stream"} for name in fields if not name.endswith(".*")}
     return {
         "requestBody": {
             "required": True,
             "content": {
                 "application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}},
-                "multipart/form-data": {"schema": multipart},
+                "multipart/form-data": {"schema": multipart, "encoding": encoding},
             },
         }
     }

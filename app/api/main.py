@@ -11,8 +11,9 @@ from fastapi.openapi.utils import get_openapi
 
 from app import __version__
 from app.api.limits import BodySizeLimit, RefuseNulInUrl
-from app.api.problems import UnexpectedErrors, install_problem_handlers
+from app.api.problems import Problem, UnexpectedErrors, install_problem_handlers
 from app.api.routes import calibrators, detectors, evaluations, gates, health, models, ood, pipelines, sdm, v2
+from app.api.routes.v2 import V2ErrorBody
 from app.calibration.schemas import ApplyRequest, CalibratorRequest
 from app.config import Settings, get_settings
 from app.context import Resources
@@ -73,12 +74,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 PredictRequest,
                 ModelEvaluationRequest,
                 InferenceRequest,
+                Problem,
+                V2ErrorBody,
             ):
                 request_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(request_schema.pop("$defs", {}))
                 components[model.__name__] = request_schema
+            _without_impossible_validation_errors(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _without_impossible_validation_errors(schema: dict[str, Any]) -> None:
+    """FastAPI documents a 422 `HTTPValidationError` on every route with parameters; here validation
+    errors are problem+json, and routes that can answer 422 declare it with the Problem schema. The
+    default is dropped where a route declares none (its path parameters are plain strings), and with
+    it the components only it used."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            default = operation.get("responses", {}).get("422", {})
+            if "HTTPValidationError" in str(default):
+                del operation["responses"]["422"]
+    components = schema.get("components", {}).get("schemas", {})
+    if "HTTPValidationError" not in str(schema.get("paths")):
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -36,17 +36,57 @@ TITLES: dict[int | str, str] = {
 }
 
 
-PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"description": text, "content": {PROBLEM_JSON: {}}}
-    for code, text in {
-        400: "Malformed JSON or multipart body.",
-        404: "Unknown id.",
-        413: "Body over CALIPER_MAX_BODY_BYTES.",
-        415: "Not JSON or multipart.",
-        422: "Bad tensors or parameters (the message names the field).",
-        503: "Database down; nothing stored.",
-    }.items()
+class FieldError(BaseModel):
+    field: str = Field(description="The field at fault, dotted (`params.bins`, `inputs.x`); empty for the body.")
+    message: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem: every 4xx and 5xx of /v1 and the health routes."""
+
+    type: str = Field(description="A URI naming the kind of problem, e.g. https://caliper.dev/problems/422.")
+    title: str
+    status: int
+    detail: str = Field(description="What went wrong, naming the field and the fault.")
+    errors: list[FieldError] = Field(default_factory=list, description="One entry per faulty field.")
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "type": "https://caliper.dev/problems/422",
+                    "title": "Invalid input",
+                    "status": 422,
+                    "detail": "labels: values must be in [0, C) = [0, 2)",
+                    "errors": [{"field": "labels", "message": "values must be in [0, C) = [0, 2)"}],
+                }
+            ]
+        }
+    }
+
+
+PROBLEM_TEXTS = {
+    400: "Malformed JSON or multipart body.",
+    404: "Unknown id (of the resource or of one it names).",
+    409: "The resource is in use (the message lists what uses it).",
+    413: "Body over CALIPER_MAX_BODY_BYTES (or its JSON over CALIPER_MAX_JSON_BYTES).",
+    415: "Not JSON or multipart.",
+    422: "Bad tensors or parameters (the message names the field), or a model over its limits.",
+    503: "Database down, migrations pending or no model worker; nothing stored. Retry after Retry-After.",
 }
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for the problem statuses a route can answer, each with the Problem schema."""
+    schema = {"schema": {"$ref": "#/components/schemas/Problem"}}
+    return {code: {"description": PROBLEM_TEXTS[code], "content": {PROBLEM_JSON: schema}} for code in codes}
+
+
+TENSOR_WRITE = problems(400, 404, 413, 415, 422, 503)  # hand-parsed JSON or multipart bodies with tensors
+JSON_WRITE = problems(400, 404, 413, 422, 503)  # JSON bodies FastAPI parses
+READ = problems(404, 422, 503)  # one resource (422: a bad query parameter)
+LISTING = problems(422, 503)
+DELETION = problems(404, 503)
 
 
 class ProblemError(Exception):

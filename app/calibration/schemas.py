@@ -21,8 +21,8 @@ INTEGER_TENSORS = frozenset({"labels", "validation.labels"})
 class Split(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    logits: Tensor = Field(None, description="[N, C] logits.")
-    labels: Tensor = Field(None, description="[N] integer labels.")
+    logits: Tensor | None = Field(None, description="[N, C] logits.")
+    labels: Tensor | None = Field(None, description="[N] integer labels.")
     inputs: dict[str, Tensor] | None = Field(None, description="With `model_id`: the model's inputs for this split.")
 
 
@@ -35,13 +35,13 @@ class CalibratorRequest(Labels):
     model_config = ConfigDict(extra="forbid")
 
     method: MethodName
-    logits: Tensor = Field(
+    logits: Tensor | None = Field(
         None,
         description="[N, C] logits; for temperature_ca also [N, V, C] views (view 0 the original): the fit then "
         "adds a per-row temperature T·exp(s·(1 − a)), a = share of views whose argmax agrees with view 0, "
         "and apply/export take views too.",
     )
-    labels: Tensor = Field(None, description="[N] integer labels in [0, C).")
+    labels: Tensor | None = Field(None, description="[N] integer labels in [0, C).")
     params: dict[str, Any] = Field(default_factory=dict, description="Hyper-parameters of the method.")
     validation: Split | None = Field(None, description="Held-out split reported before/after, not fitted on.")
     cv: int | None = Field(None, ge=2, le=20, description="k-fold cross-validation of the fit (pooled out-of-fold).")
@@ -68,7 +68,7 @@ class CalibratorOut(BaseModel):
 class ApplyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    logits: Tensor = Field(None, description="[N, C] logits, C as at fit time.")
+    logits: Tensor | None = Field(None, description="[N, C] logits, C as at fit time.")
 
 
 class ApplyOut(BaseModel):

@@ -33,12 +33,12 @@ class EvaluationRequest(Labels):
 
     model_config = ConfigDict(extra="forbid")
 
-    logits: Tensor = Field(None, description="[N, C] logits (give this or `probabilities`).")
-    probabilities: Tensor = Field(None, description="[N, C] probabilities, rows summing to 1.")
-    labels: Tensor = Field(None, description="[N] integer labels in [0, C) (or give `targets`).")
-    targets: Tensor = Field(None, description="[N, C] soft targets, rows summing to 1.")
-    teacher_logits: Tensor = Field(None, description="[N, C] teacher logits for `kd` and `nkd`.")
-    sample_weight: Tensor = Field(None, description="[N] non-negative row weights.")
+    logits: Tensor | None = Field(None, description="[N, C] logits (give this or `probabilities`).")
+    probabilities: Tensor | None = Field(None, description="[N, C] probabilities, rows summing to 1.")
+    labels: Tensor | None = Field(None, description="[N] integer labels in [0, C) (or give `targets`).")
+    targets: Tensor | None = Field(None, description="[N, C] soft targets, rows summing to 1.")
+    teacher_logits: Tensor | None = Field(None, description="[N, C] teacher logits for `kd` and `nkd`.")
+    sample_weight: Tensor | None = Field(None, description="[N] non-negative row weights.")
     losses: list[LossSpec] | None = Field(
         None, description='Names or {"name", "key"?, params}; omitted: ["cross_entropy"]; [] for none.'
     )
@@ -63,7 +63,7 @@ class EvaluationRequest(Labels):
         "sdm_hr_coverage, sdm_hr_accuracy, sdm_non_hr_accuracy, their sdm_hr_lower_* counterparts and "
         "sdm_ood_share (accuracy of an empty side: null). Needs `logits` and `labels`.",
     )
-    embeddings: Tensor = Field(None, description="[N, M] exemplar vectors for `sdm_id`.")
+    embeddings: Tensor | None = Field(None, description="[N, M] exemplar vectors for `sdm_id`.")
 
     _normalise_losses = field_validator("losses", "metrics", mode="before")(_named)
 

@@ -11,7 +11,7 @@ from app.core.ood_metrics import PrIntegral
 from app.core.specs import TermSpec
 from app.core.validation import Precision
 from app.records import Labels
-from app.tensors import NULL_NOTE, Tensor
+from app.tensors import NULL_NOTE, Layers, Tensor
 
 SCORE_TENSORS = ("logits",)
 EVALUATE_TENSORS = ("scores_in", "scores_out", "features_in", "features_out", "features_in.*", "features_out.*")
@@ -35,7 +35,7 @@ class ScoresRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    logits: Tensor = Field(None, description="[N, C] logits.")
+    logits: Tensor | None = Field(None, description="[N, C] logits.")
     methods: list[ScoreSpec] = Field(
         default_factory=default_methods,
         description='Names or {"name", params}: msp, max_logit, energy (temperature 1), entropy, gen (gamma 0.1, '
@@ -59,11 +59,11 @@ class OodEvaluateRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    scores_in: Tensor = Field(None, description="[N_in] scores of in-distribution samples.")
-    scores_out: Tensor = Field(None, description="[N_out] scores of out-of-distribution samples.")
+    scores_in: Tensor | None = Field(None, description="[N_in] scores of in-distribution samples.")
+    scores_out: Tensor | None = Field(None, description="[N_out] scores of out-of-distribution samples.")
     detector_id: str | None = Field(None, description="Score features_in/features_out with this detector.")
-    features_in: Tensor = Field(None, description="[N_in, D] in-distribution features (with detector_id).")
-    features_out: Tensor = Field(None, description="[N_out, D] out-of-distribution features (with detector_id).")
+    features_in: Tensor | None = Field(None, description="[N_in, D] in-distribution features (with detector_id).")
+    features_out: Tensor | None = Field(None, description="[N_out, D] out-of-distribution features (with detector_id).")
     aupr: PrIntegral = Field("average_precision", description="average_precision (step) or trapezoid.")
 
 
@@ -138,10 +138,10 @@ class DetectorRequest(Labels):
     model_config = ConfigDict(extra="forbid")
 
     method: Literal["mahalanobis", "relative_mahalanobis", "knn", "vim"]
-    features: Tensor = Field(
+    features: Tensor | Layers | None = Field(
         None, description="[N, D] features, or a dict of named layers {name: [N, D_l]} for a feature ensemble."
     )
-    labels: Tensor = Field(None, description="[N] integer labels 0..C−1, every class present.")
+    labels: Tensor | None = Field(None, description="[N] integer labels 0..C−1, every class present.")
     params: dict[str, Any] = Field(
         default_factory=dict,
         description="MahalanobisParams for mahalanobis methods, KnnParams for knn, VimParams for vim.",
@@ -178,7 +178,9 @@ class DetectorOut(BaseModel):
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    features: Tensor = Field(None, description="[N, D] features, D as at fit time (a dict of layers for an ensemble).")
+    features: Tensor | Layers | None = Field(
+        None, description="[N, D] features, D as at fit time (a dict of layers for an ensemble)."
+    )
 
 
 class DetectorScoresOut(BaseModel):

@@ -51,9 +51,11 @@ class SdmParams(BaseModel):
 class LabelledSetIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    embeddings: Tensor = Field(None, description="[N, M] exemplar vectors h′ (the vectors searched by L2).")
-    logits: Tensor = Field(None, description="[N, C] logits z′; the prediction is argmax z′ (ties → lowest index).")
-    labels: Tensor = Field(None, description="[N] true labels in [0, C).")
+    embeddings: Tensor | None = Field(None, description="[N, M] exemplar vectors h′ (the vectors searched by L2).")
+    logits: Tensor | None = Field(
+        None, description="[N, C] logits z′; the prediction is argmax z′ (ties → lowest index)."
+    )
+    labels: Tensor | None = Field(None, description="[N] true labels in [0, C).")
     inputs: dict[str, Tensor] | None = Field(None, description="With `model_id`: the model's inputs for this set.")
 
 
@@ -135,8 +137,8 @@ class SdmOut(BaseModel):
 class SdmScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    embeddings: Tensor = Field(None, description="[N, M] exemplar vectors, M as at fit time.")
-    logits: Tensor = Field(None, description="[N, C] logits, C as at fit time.")
+    embeddings: Tensor | None = Field(None, description="[N, M] exemplar vectors, M as at fit time.")
+    logits: Tensor | None = Field(None, description="[N, C] logits, C as at fit time.")
 
 
 class ScoreSummary(BaseModel):

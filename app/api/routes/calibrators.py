@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.bodies import NPZ, read_tensor_body, tensor_request_body
 from app.api.deps import get_resources, resources_of
 from app.api.json_body import StrictJsonRoute
-from app.api.problems import PROBLEM_RESPONSES, ProblemError
+from app.api.problems import DELETION, LISTING, READ, TENSOR_WRITE, ProblemError
 from app.calibration.schemas import (
     FIT_TENSORS,
     INTEGER_TENSORS,
@@ -31,10 +31,11 @@ ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 @router.post(
     "",
+    operation_id="createCalibrator",
     status_code=201,
     response_model=CalibratorOut,
     summary="Fit a calibrator and store it",
-    responses=PROBLEM_RESPONSES,
+    responses=TENSOR_WRITE,
     openapi_extra=tensor_request_body("CalibratorRequest", FIT_TENSORS),
 )
 async def create_calibrator(request: Request) -> Response:
@@ -46,7 +47,11 @@ async def create_calibrator(request: Request) -> Response:
 
 
 @router.get(
-    "", response_model=Page[CalibratorOut], summary="List calibrators, newest first", responses=PROBLEM_RESPONSES
+    "",
+    operation_id="listCalibrators",
+    response_model=Page[CalibratorOut],
+    summary="List calibrators, newest first",
+    responses=LISTING,
 )
 def list_(
     resources: ResourcesDep,
@@ -60,12 +65,24 @@ def list_(
     return Page[CalibratorOut](items=[calibrator_out(r) for r in rows], next_cursor=next_cursor)
 
 
-@router.get("/{calibrator_id}", response_model=CalibratorOut, summary="One calibrator", responses=PROBLEM_RESPONSES)
+@router.get(
+    "/{calibrator_id}",
+    operation_id="getCalibrator",
+    response_model=CalibratorOut,
+    summary="One calibrator",
+    responses=READ,
+)
 def get(calibrator_id: str, resources: ResourcesDep) -> CalibratorOut:
     return calibrator_out(resources.calibrators.get(calibrator_id))
 
 
-@router.delete("/{calibrator_id}", status_code=204, summary="Delete a calibrator", responses=PROBLEM_RESPONSES)
+@router.delete(
+    "/{calibrator_id}",
+    operation_id="deleteCalibrator",
+    status_code=204,
+    summary="Delete a calibrator",
+    responses=DELETION,
+)
 def delete(calibrator_id: str, resources: ResourcesDep) -> Response:
     resources.calibrators.delete(calibrator_id)
     return Response(status_code=204)
@@ -73,9 +90,10 @@ def delete(calibrator_id: str, resources: ResourcesDep) -> Response:
 
 @router.post(
     "/{calibrator_id}/apply",
+    operation_id="applyCalibrator",
     response_model=ApplyOut,
     summary="Calibrated probabilities of new logits (JSON, or .npz with Accept: application/x-npz)",
-    responses={**PROBLEM_RESPONSES, 200: {"content": {"application/json": {}, NPZ: {}}}},
+    responses={**TENSOR_WRITE, 200: {"content": {"application/json": {}, NPZ: {}}}},
     openapi_extra=tensor_request_body("ApplyRequest", ("logits",)),
 )
 async def apply(calibrator_id: str, request: Request) -> Response:
@@ -97,8 +115,9 @@ async def apply(calibrator_id: str, request: Request) -> Response:
 
 @router.get(
     "/{calibrator_id}/onnx",
+    operation_id="exportCalibrator",
     summary="The calibrator as a standalone ONNX model: input `logits` [N, C] -> output `probabilities`",
-    responses={**PROBLEM_RESPONSES, 200: {"content": {"application/octet-stream": {}}}},
+    responses={**READ, 200: {"content": {"application/octet-stream": {}}}},
 )
 def export(
     calibrator_id: str,

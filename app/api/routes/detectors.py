@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.bodies import read_tensor_body, tensor_request_body
 from app.api.deps import get_resources, resources_of
 from app.api.json_body import StrictJsonRoute
-from app.api.problems import PROBLEM_RESPONSES
+from app.api.problems import DELETION, LISTING, READ, TENSOR_WRITE
 from app.context import Resources
 from app.ood.detectors import detector_out
 from app.ood.schemas import (
@@ -29,10 +29,11 @@ ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 @router.post(
     "",
+    operation_id="createDetector",
     status_code=201,
     response_model=DetectorOut,
     summary="Fit an OOD detector and store it",
-    responses=PROBLEM_RESPONSES,
+    responses=TENSOR_WRITE,
     openapi_extra=tensor_request_body("DetectorRequest", DETECTOR_TENSORS),
 )
 async def create_detector(request: Request) -> Response:
@@ -43,7 +44,13 @@ async def create_detector(request: Request) -> Response:
     return Response(detector_out(record).model_dump_json(), status_code=201, media_type="application/json")
 
 
-@router.get("", response_model=Page[DetectorOut], summary="List detectors, newest first", responses=PROBLEM_RESPONSES)
+@router.get(
+    "",
+    operation_id="listDetectors",
+    response_model=Page[DetectorOut],
+    summary="List detectors, newest first",
+    responses=LISTING,
+)
 def list_(
     resources: ResourcesDep,
     model: str | None = None,
@@ -54,12 +61,16 @@ def list_(
     return Page[DetectorOut](items=[detector_out(r) for r in rows], next_cursor=next_cursor)
 
 
-@router.get("/{detector_id}", response_model=DetectorOut, summary="One detector", responses=PROBLEM_RESPONSES)
+@router.get(
+    "/{detector_id}", operation_id="getDetector", response_model=DetectorOut, summary="One detector", responses=READ
+)
 def get(detector_id: str, resources: ResourcesDep) -> DetectorOut:
     return detector_out(resources.detectors.get(detector_id))
 
 
-@router.delete("/{detector_id}", status_code=204, summary="Delete a detector", responses=PROBLEM_RESPONSES)
+@router.delete(
+    "/{detector_id}", operation_id="deleteDetector", status_code=204, summary="Delete a detector", responses=DELETION
+)
 def delete(detector_id: str, resources: ResourcesDep) -> Response:
     resources.detectors.delete(detector_id)
     return Response(status_code=204)
@@ -67,9 +78,10 @@ def delete(detector_id: str, resources: ResourcesDep) -> Response:
 
 @router.post(
     "/{detector_id}/score",
+    operation_id="scoreDetector",
     response_model=DetectorScoresOut,
     summary="OOD scores of features",
-    responses=PROBLEM_RESPONSES,
+    responses=TENSOR_WRITE,
     openapi_extra=tensor_request_body("ScoreRequest", ("features",)),
 )
 async def score(detector_id: str, request: Request) -> Response:

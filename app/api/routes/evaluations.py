@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 from app.api.bodies import read_tensor_body, tensor_request_body
 from app.api.deps import INLINE_BYTES, get_resources, off_loop, resources_of
 from app.api.json_body import StrictJsonRoute
-from app.api.problems import PROBLEM_RESPONSES, ProblemError
+from app.api.problems import DELETION, JSON_WRITE, LISTING, READ, TENSOR_WRITE, ProblemError
 from app.context import Resources
 from app.evaluation.schemas import INTEGER_FIELDS, TENSOR_FIELDS, EvaluationOut, EvaluationRequest
 from app.records import Tags
@@ -23,11 +23,12 @@ ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 @router.post(
     "",
+    operation_id="createEvaluation",
     status_code=201,
     response_model=EvaluationOut,
     response_model_exclude_none=False,
     summary="Compute losses and metrics of predictions, and store them",
-    responses=PROBLEM_RESPONSES,
+    responses=TENSOR_WRITE,
     openapi_extra=tensor_request_body("EvaluationRequest", TENSOR_FIELDS),
 )
 async def create_evaluation(request: Request) -> Response:
@@ -42,7 +43,11 @@ async def create_evaluation(request: Request) -> Response:
 
 
 @router.get(
-    "", response_model=Page[EvaluationOut], summary="List evaluations, newest first", responses=PROBLEM_RESPONSES
+    "",
+    operation_id="listEvaluations",
+    response_model=Page[EvaluationOut],
+    summary="List evaluations, newest first",
+    responses=LISTING,
 )
 def list_(
     resources: ResourcesDep,
@@ -65,7 +70,11 @@ def list_(
 
 
 @router.get(
-    "/{evaluation_id}", response_model=EvaluationOut, summary="One stored evaluation", responses=PROBLEM_RESPONSES
+    "/{evaluation_id}",
+    operation_id="getEvaluation",
+    response_model=EvaluationOut,
+    summary="One stored evaluation",
+    responses=READ,
 )
 def get(
     evaluation_id: str,
@@ -83,9 +92,10 @@ class TagsBody(BaseModel):
 
 @router.post(
     "/{evaluation_id}/tags",
+    operation_id="setEvaluationTags",
     response_model=EvaluationOut,
     summary="Set tags (e.g. promote to prod)",
-    responses=PROBLEM_RESPONSES,
+    responses=JSON_WRITE,
 )
 def set_tags(evaluation_id: str, body: TagsBody, resources: ResourcesDep) -> EvaluationOut:
     """`caliper promote EVAL_ID --tag prod` sets tag `prod` (value `true`); a gate's baseline selector
@@ -94,7 +104,11 @@ def set_tags(evaluation_id: str, body: TagsBody, resources: ResourcesDep) -> Eva
 
 
 @router.delete(
-    "/{evaluation_id}", status_code=204, summary="Delete an evaluation and its arrays", responses=PROBLEM_RESPONSES
+    "/{evaluation_id}",
+    operation_id="deleteEvaluation",
+    status_code=204,
+    summary="Delete an evaluation and its arrays",
+    responses=DELETION,
 )
 def delete(evaluation_id: str, resources: ResourcesDep) -> Response:
     resources.evaluations.delete(evaluation_id)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query
 
 from app.api.deps import get_resources
 from app.api.json_body import StrictJsonRoute
-from app.api.problems import PROBLEM_RESPONSES
+from app.api.problems import JSON_WRITE, LISTING, READ
 from app.context import Resources
 from app.gating.schemas import GateOut, GateRequest
 from app.storage.pagination import Page
@@ -19,16 +19,23 @@ ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 @router.post(
     "",
+    operation_id="createGate",
     status_code=201,
     response_model=GateOut,
     summary="Judge a candidate against a baseline",
-    responses=PROBLEM_RESPONSES,
+    responses=JSON_WRITE,
 )
 def create_gate(body: GateRequest, resources: ResourcesDep) -> GateOut:
     return resources.gates.create(body)
 
 
-@router.get("", response_model=Page[GateOut], summary="List gate verdicts, newest first", responses=PROBLEM_RESPONSES)
+@router.get(
+    "",
+    operation_id="listGates",
+    response_model=Page[GateOut],
+    summary="List gate verdicts, newest first",
+    responses=LISTING,
+)
 def list_(
     resources: ResourcesDep,
     candidate: str | None = None,
@@ -39,6 +46,6 @@ def list_(
     return Page[GateOut](items=items, next_cursor=next_cursor)
 
 
-@router.get("/{gate_id}", response_model=GateOut, summary="One gate verdict", responses=PROBLEM_RESPONSES)
+@router.get("/{gate_id}", operation_id="getGate", response_model=GateOut, summary="One gate verdict", responses=READ)
 def get(gate_id: str, resources: ResourcesDep) -> GateOut:
     return resources.gates.get(gate_id)

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.bodies import NPZ, read_tensor_body, tensor_request_body
 from app.api.deps import get_resources, resources_of
 from app.api.json_body import StrictJsonRoute
-from app.api.problems import PROBLEM_RESPONSES
+from app.api.problems import LISTING, READ, TENSOR_WRITE, problems
 from app.api.uploads import read_model_upload
 from app.context import Resources
 from app.evaluation.schemas import INTEGER_FIELDS, MODEL_TENSOR_FIELDS, EvaluationOut, ModelEvaluationRequest
@@ -47,10 +47,11 @@ UPLOAD_BODY = {
 
 @router.post(
     "",
+    operation_id="uploadModel",
     status_code=201,
     response_model=ModelOut,
     summary="Upload an ONNX classifier (multipart: `file` and `request`)",
-    responses=PROBLEM_RESPONSES,
+    responses=problems(400, 413, 415, 422, 503),
     openapi_extra=UPLOAD_BODY,
 )
 async def create_model(request: Request) -> Response:
@@ -62,7 +63,9 @@ async def create_model(request: Request) -> Response:
     return Response(model_out(record).model_dump_json(), status_code=201, media_type="application/json")
 
 
-@router.get("", response_model=Page[ModelOut], summary="List models, newest first", responses=PROBLEM_RESPONSES)
+@router.get(
+    "", operation_id="listModels", response_model=Page[ModelOut], summary="List models, newest first", responses=LISTING
+)
 def list_(
     resources: ResourcesDep,
     name: str | None = None,
@@ -73,15 +76,16 @@ def list_(
     return Page[ModelOut](items=[model_out(r) for r in rows], next_cursor=next_cursor)
 
 
-@router.get("/{model_id}", response_model=ModelOut, summary="One model", responses=PROBLEM_RESPONSES)
+@router.get("/{model_id}", operation_id="getModel", response_model=ModelOut, summary="One model", responses=READ)
 def get(model_id: str, resources: ResourcesDep) -> ModelOut:
     return model_out(resources.models.get(model_id))
 
 
 @router.get(
     "/{model_id}/onnx",
+    operation_id="getModelOnnx",
     summary="The uploaded bytes",
-    responses={**PROBLEM_RESPONSES, 200: {"content": {"application/octet-stream": {}}}},
+    responses={**READ, 200: {"content": {"application/octet-stream": {}}}},
     response_class=FileResponse,
 )
 def onnx_file(model_id: str, resources: ResourcesDep) -> FileResponse:
@@ -91,13 +95,14 @@ def onnx_file(model_id: str, resources: ResourcesDep) -> FileResponse:
 
 @router.get(
     "/{model_id}/export",
+    operation_id="exportModel",
     summary="The model with its heads merged into one self-contained ONNX model",
     description="Inputs: the model's. Outputs: the model's, plus `probabilities` (calibrated with `calibrator_id`, "
     "else the softmax), `ood_score` (with `detector_id`), and with `sdm_id` `sdm_probabilities`, `sdm_q` (raw q), "
     "`sdm_d` and `high_reliability`. An output name the model already has gets the prefix `caliper_` (that one "
     "only). `dtype` (default the logits output's) is the precision of the calibrator and the detector; the SDM "
     "estimator runs in its fitted precision. Run in onnxruntime it gives what `/predict` gives.",
-    responses={**PROBLEM_RESPONSES, 200: {"content": {"application/octet-stream": {}}}},
+    responses={**READ, 200: {"content": {"application/octet-stream": {}}}},
     response_class=Response,
 )
 def export(
@@ -121,12 +126,10 @@ def export(
 
 @router.delete(
     "/{model_id}",
+    operation_id="deleteModel",
     status_code=204,
     summary="Delete a model (409 while a pipeline deploys it)",
-    responses={
-        **PROBLEM_RESPONSES,
-        409: {"description": "Pipelines deploy the model (listed).", "content": {"application/problem+json": {}}},
-    },
+    responses=problems(404, 409, 503),
 )
 def delete(model_id: str, resources: ResourcesDep) -> Response:
     resources.models.delete(model_id)
@@ -135,10 +138,11 @@ def delete(model_id: str, resources: ResourcesDep) -> Response:
 
 @router.post(
     "/{model_id}/evaluations",
+    operation_id="evaluateModel",
     status_code=201,
     response_model=EvaluationOut,
     summary="Evaluate the model on inputs (run chunk by chunk into the evaluation state) and store it",
-    responses=PROBLEM_RESPONSES,
+    responses=TENSOR_WRITE,
     openapi_extra=tensor_request_body("ModelEvaluationRequest", MODEL_TENSOR_FIELDS),
 )
 async def create_model_evaluation(model_id: str, request: Request) -> Response:
@@ -151,8 +155,9 @@ async def create_model_evaluation(model_id: str, request: Request) -> Response:
 
 @router.post(
     "/{model_id}/predict",
+    operation_id="predict",
     summary="Run the model on inputs, with optional calibrator, detector and SDM heads",
-    responses={**PROBLEM_RESPONSES, 200: {"content": {"application/json": {}, NPZ: {}}}},
+    responses={**TENSOR_WRITE, 200: {"content": {"application/json": {}, NPZ: {}}}},
 )
 async def predict(model_id: str, request: Request) -> Response:
     resources = resources_of(request)

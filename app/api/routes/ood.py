@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.bodies import read_tensor_body, tensor_request_body
 from app.api.deps import resources_of
 from app.api.json_body import StrictJsonRoute
-from app.api.problems import PROBLEM_RESPONSES
+from app.api.problems import TENSOR_WRITE
 from app.ood.schemas import (
     EVALUATE_TENSORS,
     SCORE_TENSORS,
@@ -23,9 +23,10 @@ router = APIRouter(prefix="/v1/ood", tags=["ood"], route_class=StrictJsonRoute)
 
 @router.post(
     "/scores",
+    operation_id="scoreLogits",
     response_model=ScoresOut,
     summary="Logit-based OOD scores (higher = more OOD)",
-    responses=PROBLEM_RESPONSES,
+    responses=TENSOR_WRITE,
     openapi_extra=tensor_request_body("ScoresRequest", SCORE_TENSORS),
 )
 async def scores(request: Request) -> Response:
@@ -37,9 +38,10 @@ async def scores(request: Request) -> Response:
 
 @router.post(
     "/evaluate",
+    operation_id="evaluateOod",
     response_model=OodEvaluateOut,
     summary="AUROC, AUPR-In/Out, FPR@95 (both conventions), detection error",
-    responses=PROBLEM_RESPONSES,
+    responses=TENSOR_WRITE,
     openapi_extra=tensor_request_body("OodEvaluateRequest", EVALUATE_TENSORS),
 )
 async def evaluate(request: Request) -> Response:

@@ -9,7 +9,7 @@ from fastapi.responses import FileResponse
 
 from app.api.deps import get_resources
 from app.api.json_body import StrictJsonRoute
-from app.api.problems import PROBLEM_RESPONSES
+from app.api.problems import DELETION, JSON_WRITE, LISTING, READ
 from app.context import Resources
 from app.pipelines.schemas import PipelineOut, PipelineRequest
 from app.pipelines.service import pipeline_out
@@ -21,16 +21,23 @@ ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 @router.post(
     "",
+    operation_id="createPipeline",
     status_code=201,
     response_model=PipelineOut,
     summary="Deploy a model with its heads under a name (a new version per post); served on /v2 by name",
-    responses=PROBLEM_RESPONSES,
+    responses=JSON_WRITE,
 )
 def create_pipeline(body: PipelineRequest, resources: ResourcesDep) -> PipelineOut:
     return pipeline_out(resources.pipelines.create(body))
 
 
-@router.get("", response_model=Page[PipelineOut], summary="List pipelines, newest first", responses=PROBLEM_RESPONSES)
+@router.get(
+    "",
+    operation_id="listPipelines",
+    response_model=Page[PipelineOut],
+    summary="List pipelines, newest first",
+    responses=LISTING,
+)
 def list_(
     resources: ResourcesDep,
     name: str | None = None,
@@ -41,15 +48,22 @@ def list_(
     return Page[PipelineOut](items=[pipeline_out(r) for r in rows], next_cursor=next_cursor)
 
 
-@router.get("/{pipeline_id}", response_model=PipelineOut, summary="One pipeline version", responses=PROBLEM_RESPONSES)
+@router.get(
+    "/{pipeline_id}",
+    operation_id="getPipeline",
+    response_model=PipelineOut,
+    summary="One pipeline version",
+    responses=READ,
+)
 def get(pipeline_id: str, resources: ResourcesDep) -> PipelineOut:
     return pipeline_out(resources.pipelines.get(pipeline_id))
 
 
 @router.get(
     "/{pipeline_id}/onnx",
+    operation_id="getPipelineOnnx",
     summary="The pipeline's composed export (what /v2 runs)",
-    responses={**PROBLEM_RESPONSES, 200: {"content": {"application/octet-stream": {}}}},
+    responses={**READ, 200: {"content": {"application/octet-stream": {}}}},
     response_class=FileResponse,
 )
 def onnx_file(pipeline_id: str, resources: ResourcesDep) -> FileResponse:
@@ -57,7 +71,13 @@ def onnx_file(pipeline_id: str, resources: ResourcesDep) -> FileResponse:
     return FileResponse(path, media_type="application/octet-stream", filename=f"{record.name}-v{record.version}.onnx")
 
 
-@router.delete("/{pipeline_id}", status_code=204, summary="Delete a pipeline version", responses=PROBLEM_RESPONSES)
+@router.delete(
+    "/{pipeline_id}",
+    operation_id="deletePipeline",
+    status_code=204,
+    summary="Delete a pipeline version",
+    responses=DELETION,
+)
 def delete(pipeline_id: str, resources: ResourcesDep) -> Response:
     resources.pipelines.delete(pipeline_id)
     return Response(status_code=204)

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.bodies import NPZ, read_tensor_body, tensor_request_body
 from app.api.deps import get_resources, resources_of
 from app.api.json_body import StrictJsonRoute
-from app.api.problems import PROBLEM_RESPONSES
+from app.api.problems import DELETION, LISTING, READ, TENSOR_WRITE
 from app.context import Resources
 from app.sdm.schemas import (
     FIT_INTEGER_FIELDS,
@@ -32,10 +32,11 @@ ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 @router.post(
     "",
+    operation_id="createSdm",
     status_code=201,
     response_model=SdmOut,
     summary="Fit the SDM estimator on a support and a calibration set, and store it",
-    responses=PROBLEM_RESPONSES,
+    responses=TENSOR_WRITE,
     openapi_extra=tensor_request_body("SdmRequest", FIT_TENSORS),
 )
 async def create_sdm(request: Request) -> Response:
@@ -47,7 +48,13 @@ async def create_sdm(request: Request) -> Response:
     return Response(out.model_dump_json(), status_code=201, media_type="application/json")
 
 
-@router.get("", response_model=Page[SdmOut], summary="List SDM estimators, newest first", responses=PROBLEM_RESPONSES)
+@router.get(
+    "",
+    operation_id="listSdm",
+    response_model=Page[SdmOut],
+    summary="List SDM estimators, newest first",
+    responses=LISTING,
+)
 def list_(
     resources: ResourcesDep,
     model: str | None = None,
@@ -58,12 +65,14 @@ def list_(
     return Page[SdmOut](items=[sdm_out(r) for r in rows], next_cursor=next_cursor)
 
 
-@router.get("/{sdm_id}", response_model=SdmOut, summary="One SDM estimator", responses=PROBLEM_RESPONSES)
+@router.get("/{sdm_id}", operation_id="getSdm", response_model=SdmOut, summary="One SDM estimator", responses=READ)
 def get(sdm_id: str, resources: ResourcesDep) -> SdmOut:
     return sdm_out(resources.sdm.get(sdm_id))
 
 
-@router.delete("/{sdm_id}", status_code=204, summary="Delete an SDM estimator", responses=PROBLEM_RESPONSES)
+@router.delete(
+    "/{sdm_id}", operation_id="deleteSdm", status_code=204, summary="Delete an SDM estimator", responses=DELETION
+)
 def delete(sdm_id: str, resources: ResourcesDep) -> Response:
     resources.sdm.delete(sdm_id)
     return Response(status_code=204)
@@ -71,9 +80,10 @@ def delete(sdm_id: str, resources: ResourcesDep) -> Response:
 
 @router.post(
     "/{sdm_id}/score",
+    operation_id="scoreSdm",
     response_model=SdmScoresOut,
     summary="SDM outputs per row (JSON, or .npz with Accept: application/x-npz)",
-    responses={**PROBLEM_RESPONSES, 200: {"content": {"application/json": {}, NPZ: {}}}},
+    responses={**TENSOR_WRITE, 200: {"content": {"application/json": {}, NPZ: {}}}},
     openapi_extra=tensor_request_body("SdmScoreRequest", SCORE_TENSORS),
 )
 async def score(sdm_id: str, request: Request) -> Response:

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from app import __version__
@@ -52,26 +53,47 @@ class V2Route(APIRoute):
 
 router = APIRouter(prefix="/v2", tags=["v2"], route_class=V2Route)
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {
-        "description": text,
-        "content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}},
-    }
-    for code, text in {400: "Bad request (the message says why).", 404: "Unknown pipeline or version."}.items()
+
+
+class V2ErrorBody(BaseModel):
+    """The protocol's error object."""
+
+    error: str
+
+
+ERROR_TEXTS = {
+    400: "Bad request, or not ready (the message says why).",
+    404: "Unknown pipeline or version.",
+    422: "The model exceeded its memory or time limit.",
+    503: "No model worker could be started.",
 }
 
 
-@router.get("", summary="Server metadata (V2)")
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for the protocol errors a /v2 route can answer."""
+    schema = {"schema": {"$ref": "#/components/schemas/V2ErrorBody"}}
+    return {code: {"description": ERROR_TEXTS[code], "content": {"application/json": schema}} for code in codes}
+
+
+ERRORS = errors(400, 404)
+
+
+@router.get("", operation_id="v2ServerMetadata", summary="Server metadata (V2)")
 def server_metadata() -> dict[str, Any]:
     return {"name": "caliper", "version": __version__, "extensions": ["binary_tensor_data"]}
 
 
-@router.get("/health/live", summary="The server is live (V2)")
+@router.get("/health/live", operation_id="v2ServerLive", summary="The server is live (V2)")
 def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready", summary="The server is ready: database reachable, schema at head (V2)", responses=ERRORS)
+@router.get(
+    "/health/ready",
+    operation_id="v2ServerReady",
+    summary="The server is ready: database reachable, schema at head (V2)",
+    responses=errors(400),
+)
 async def ready(resources: ResourcesDep) -> Response:
     if not await run_in_threadpool(is_at_head, resources.settings, resources.engine):
         return JSONResponse({"ready": False, "error": "database schema is not at head"}, status_code=400)
@@ -82,12 +104,22 @@ def _metadata(resources: Resources, name: str, version: str | None) -> dict[str,
     return resources.inference.metadata(name, version)
 
 
-@router.get("/models/{name}", summary="Pipeline metadata (V2; the latest version)", responses=ERRORS)
+@router.get(
+    "/models/{name}",
+    operation_id="v2ModelMetadata",
+    summary="Pipeline metadata (V2; the latest version)",
+    responses=ERRORS,
+)
 def model_metadata(name: str, resources: ResourcesDep) -> dict[str, Any]:
     return _metadata(resources, name, None)
 
 
-@router.get("/models/{name}/versions/{version}", summary="Pipeline version metadata (V2)", responses=ERRORS)
+@router.get(
+    "/models/{name}/versions/{version}",
+    operation_id="v2ModelVersionMetadata",
+    summary="Pipeline version metadata (V2)",
+    responses=ERRORS,
+)
 def version_metadata(name: str, version: str, resources: ResourcesDep) -> dict[str, Any]:
     return _metadata(resources, name, version)
 
@@ -98,12 +130,17 @@ def _ready(resources: Resources, name: str, version: str | None) -> Response:
     return JSONResponse({"name": name, "ready": True})
 
 
-@router.get("/models/{name}/ready", summary="Pipeline readiness (V2)", responses=ERRORS)
+@router.get("/models/{name}/ready", operation_id="v2ModelReady", summary="Pipeline readiness (V2)", responses=ERRORS)
 def model_ready(name: str, resources: ResourcesDep) -> Response:
     return _ready(resources, name, None)
 
 
-@router.get("/models/{name}/versions/{version}/ready", summary="Pipeline version readiness (V2)", responses=ERRORS)
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    operation_id="v2ModelVersionReady",
+    summary="Pipeline version readiness (V2)",
+    responses=ERRORS,
+)
 def version_ready(name: str, version: str, resources: ResourcesDep) -> Response:
     return _ready(resources, name, version)
 
@@ -114,15 +151,18 @@ INFER_BODY = {
         "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
             "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
-                "description": "Binary tensor data extension: the JSON header (its length in the "
-                "Inference-Header-Content-Length header), then each binary input's bytes in order.",
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "Binary tensor data extension: the JSON header (its length in the "
+                    "Inference-Header-Content-Length header), then each binary input's bytes in order.",
+                },
             },
         },
     }
 }
 INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **ERRORS,
+    **errors(400, 404, 422, 503),
     200: {
         "description": "JSON, or with binary outputs the JSON header (Inference-Header-Content-Length) and their "
         "bytes.",
@@ -173,6 +213,7 @@ def _decompressed(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
 
 @router.post(
     "/models/{name}/infer",
+    operation_id="v2Infer",
     summary="Run the pipeline (V2; the latest version)",
     responses=INFER_RESPONSES,
     openapi_extra=INFER_BODY,
@@ -183,6 +224,7 @@ async def infer(name: str, request: Request) -> Response:
 
 @router.post(
     "/models/{name}/versions/{version}/infer",
+    operation_id="v2InferVersion",
     summary="Run a pipeline version (V2)",
     responses=INFER_RESPONSES,
     openapi_extra=INFER_BODY,
@@ -191,9 +233,7 @@ async def infer_version(name: str, version: str, request: Request) -> Response:
     return await _infer(request, name, version)
 
 
-@router.api_route(
-    "/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False, responses=ERRORS
-)
+@router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
 def unknown(path: str) -> Response:
     """Any other path under /v2 answers the protocol's error object, not problem+json."""
     return JSONResponse({"error": f"no V2 endpoint /v2/{path}"}, status_code=404)

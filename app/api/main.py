@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 
 from app import __version__
 from app.api.limits import BodySizeLimit, RefuseNulInUrl
@@ -33,7 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         resources.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc served with their assets from the package: no CDN needed
         title="Caliper",
         version=__version__,
         summary="How far to trust a classifier: losses, calibration, OOD and SDM scores, stored.",

@@ -33,7 +33,7 @@ def test_operation_ids_are_short_unique_and_camel_case(spec: dict[str, Any]) -> 
     ids = [op["operationId"] for _, _, op in operations(spec)]
     assert len(ids) == len(set(ids))
     assert all(re.fullmatch(r"[a-z][A-Za-z0-9]{2,30}", i) for i in ids), ids
-    assert {"createEvaluation", "listEvaluations", "getEvaluation", "v2Infer", "exportModel"} <= set(ids)
+    assert {"createEvaluation", "listEvaluations", "getEvaluation", "modelInfer", "exportModel"} <= set(ids)
 
 
 def test_tensors_are_one_schema_referenced_everywhere(spec: dict[str, Any]) -> None:

@@ -42,7 +42,8 @@ def tensor_request_body(schema: str, tensor_fields: Iterable[str]) -> dict[str, 
     encoding |= {name: {"contentType": "application/octet-stream"} for name in fields if not name.endswith(".*")}
     return {
         "requestBody": {
-            "required": True,
+            # Not marked required (a missing body is a 415 anyway): openapi-python-client emits code that
+            # does not import for a required body with several media types (its issue #1451).
             "content": {
                 "application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}},
                 "multipart/form-data": {"schema": multipart, "encoding": encoding},

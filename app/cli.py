@@ -1,4 +1,4 @@
-"""`caliper` command line: serve the API, manage the database."""
+"""`caliper` command line: serve the API, manage the database, evaluate, gate, promote, export."""
 
 from __future__ import annotations
 
@@ -27,30 +27,49 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _db(args: argparse.Namespace) -> int:
-    from app.storage.migrate import downgrade, upgrade
+    """Migrate, then say where the database now is (its URL without the password)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    from app.storage.migrate import current_revision, downgrade, upgrade
 
     settings = get_settings()
-    if args.action == "upgrade":
-        upgrade(settings, args.revision or "head")
-    else:
-        downgrade(settings, args.revision or "base")
+    where = make_url(settings.database_url).render_as_string(hide_password=True)
+    try:
+        if args.action == "upgrade":
+            upgrade(settings, args.revision or "head")
+        else:
+            downgrade(settings, args.revision or "base")
+        engine = create_engine(settings.database_url)
+        try:
+            revision = current_revision(settings, engine)
+        finally:
+            engine.dispose()
+    except Exception as exc:  # alembic and the driver: a message, not a traceback
+        print(f"caliper: could not {args.action} {where}: {exc}", file=sys.stderr)
+        return 2
+    print(f"caliper: database {where} is at migration {revision or 'base (empty)'}")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="caliper", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP API (uvicorn)")
-    serve.add_argument("--host", default=None)
-    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--host", default=None, help="address to bind (default: CALIPER_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port to bind (default: CALIPER_PORT, 8000)")
     serve.set_defaults(func=_serve)
-    db = sub.add_parser("db", help="database migrations")
-    db.add_argument("action", choices=["upgrade", "downgrade"])
-    db.add_argument("revision", nargs="?", default=None)
+    db = sub.add_parser("db", help="database migrations (DATABASE_URL)")
+    db.add_argument("action", choices=["upgrade", "downgrade"], help="upgrade (to head) or downgrade (to base)")
+    db.add_argument("revision", nargs="?", default=None, help="a migration id instead of head / base")
     db.set_defaults(func=_db)
     add_gate_parsers(sub)
     add_export_parsers(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return int(args.func(args))
 
 

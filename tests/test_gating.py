@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import os
 import socket
@@ -394,7 +396,10 @@ def test_cli_gate_in_process_and_over_http_agree(cli_env: dict[str, str], tmp_pa
             cases = suite.findall("testcase")
             assert [c.find("failure") is not None for c in cases] == [True, False]
             assert "| rule |" in markdown.read_text() and "fail" in markdown.read_text()
-        strip = lambda text: [line.split("(candidate")[0] for line in text.splitlines()]  # noqa: E731
+        for text in outputs.values():  # each stored its candidate and said which
+            stored = text.splitlines()[0].split()[3]
+            assert text.startswith("caliper: candidate evaluation ") and client.get_evaluation(stored)["id"] == stored
+        strip = lambda text: [line.split("(candidate")[0] for line in text.splitlines()[1:]]  # noqa: E731
         assert strip(outputs["local"]) == strip(outputs["http"])
         passing = tmp_path / "pass.toml"
         passing.write_text(
@@ -448,3 +453,93 @@ def _wait(url: str) -> None:
             pass
         time.sleep(0.2)
     raise AssertionError("server did not start")
+
+
+def test_cli_evaluate_then_gate_against_it_with_tags(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """The first baseline's CLI path: `caliper evaluate` stores and prints the id; `promote`; a gate whose
+    candidate is tagged; JUnit counts that match the exit code under --strict, with time and timestamp."""
+    good, worse, labels = two_models(4)
+    np.savez(tmp_path / "good.npz", logits=good, labels=labels)
+    np.savez(tmp_path / "worse.npz", logits=worse, labels=labels)
+    created = caliper("evaluate", "--npz", str(tmp_path / "good.npz"), "--model", "m", "--tag", "run=1", env=cli_env)
+    assert created.returncode == 0, created.stderr
+    baseline = created.stdout.strip()
+    np.save(tmp_path / "z.npy", good)
+    np.save(tmp_path / "y.npy", labels)
+    as_json = caliper(
+        "evaluate", "--logits", str(tmp_path / "z.npy"), "--labels", str(tmp_path / "y.npy"), "--json", env=cli_env
+    )
+    assert as_json.returncode == 0 and json.loads(as_json.stdout)["metrics"]["accuracy"] > 0
+    assert caliper("promote", baseline, env=cli_env).returncode == 0
+    policy = tmp_path / "warn.toml"
+    policy.write_text('[[rules]]\nmetric = "accuracy"\nop = "min_improvement_abs"\nvalue = 0.5\nseverity = "warn"\n')
+    junit = tmp_path / "gate.xml"
+    args = ["gate", "--policy", str(policy), "--candidate-file", str(tmp_path / "worse.npz"), "--baseline", "tag:prod"]
+    args += ["--model", "m", "--candidate-tag", "branch=feature-x", "--junit", str(junit)]
+    relaxed = caliper(*args, env=cli_env)
+    assert relaxed.returncode == 0, relaxed.stdout + relaxed.stderr
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None and suite.get("failures") == "0" and suite.get("errors") == "0"
+    assert float(suite.get("time", "-1")) > 0 and suite.get("timestamp", "").endswith("Z")
+    strict = caliper(*args, "--strict", env=cli_env)
+    assert strict.returncode == 1
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None and suite.get("failures") == "1"  # what --strict exits 1 for
+    candidate = strict.stdout.splitlines()[0].split()[3]
+    from app.config import Settings
+    from app.context import Resources
+
+    resources = Resources.create(Settings(database_url=cli_env["CALIPER_DATABASE_URL"]))
+    try:
+        assert resources.evaluations.get(candidate).tags["branch"] == "feature-x"
+        assert resources.evaluations.get(baseline).tags == {"run": "1", "prod": "true"}
+    finally:
+        resources.close()
+
+
+def test_cli_a_rule_that_cannot_be_evaluated_is_a_configuration_error(cli_env: dict[str, str], tmp_path: Path) -> None:
+    good, _, labels = two_models(4)
+    np.savez(tmp_path / "good.npz", logits=good, labels=labels)
+    baseline = caliper("evaluate", "--npz", str(tmp_path / "good.npz"), env=cli_env).stdout.strip()
+    policy = tmp_path / "typo.toml"
+    policy.write_text(
+        '[[rules]]\nmetric = "accuracy"\nop = "min"\nvalue = 0.0\n[[rules]]\nmetric = "eec"\nop = "max"\nvalue = 0.1\n'
+    )
+    junit = tmp_path / "gate.xml"
+    result = caliper(
+        "gate", "--policy", str(policy), "--candidate-file", str(tmp_path / "good.npz"), "--baseline", baseline,
+        "--junit", str(junit), env=cli_env,
+    )  # fmt: skip
+    assert result.returncode == 2 and "metric missing: eec" in result.stderr, result.stdout + result.stderr
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None and (suite.get("errors"), suite.get("failures")) == ("1", "0")
+    cases = suite.findall("testcase")
+    assert cases[1].find("error") is not None and cases[0].find("error") is None
+
+
+def test_cli_an_unmigrated_database_is_a_clear_exit_2(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["CALIPER_DATABASE_URL"] = f"sqlite:///{tmp_path / 'fresh.db'}"
+    policy = tmp_path / "p.toml"
+    policy.write_text('[[rules]]\nmetric = "accuracy"\nop = "min"\nvalue = 0.0\n')
+    np.savez(tmp_path / "c.npz", logits=np.eye(3), labels=np.arange(3))
+    result = caliper(
+        "gate", "--policy", str(policy), "--candidate-file", str(tmp_path / "c.npz"), "--baseline", "x", env=env
+    )
+    assert result.returncode == 2
+    assert "not migrated: run `caliper db upgrade`" in result.stderr and "SQL" not in result.stderr
+    upgraded = caliper("db", "upgrade", env=env)
+    assert upgraded.returncode == 0 and "is at migration" in upgraded.stdout and "fresh.db" in upgraded.stdout
+
+
+def test_cli_every_option_has_help_and_exit_codes_are_documented() -> None:
+    from app.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            if action.dest != "help":
+                assert action.help, f"caliper {name} {action.option_strings or action.dest} has no help"
+    for name in ("gate", "evaluate", "promote"):
+        assert "exit codes" in commands.choices[name].format_help()

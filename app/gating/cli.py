@@ -1,12 +1,14 @@
-"""`caliper gate` and `caliper promote`: the CI hook. With --url they talk to a running service;
-without it they run the same service code in-process against the configured database, so a CI job
-needs no server. Exit codes: 0 pass (and warn unless --strict), 1 fail, 2 usage or service error."""
+"""`caliper evaluate`, `caliper gate` and `caliper promote`: the CI hook. With --url they talk to a running
+service; without it they run the same service code in-process against the configured database, so a CI
+job needs no server. Exit codes: 0 pass (and warn unless --strict), 1 fail, 2 usage, configuration or
+service error (a rule that cannot be evaluated included: its metric is missing, e.g. a typo)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import Any, Protocol
@@ -14,6 +16,28 @@ from typing import Any, Protocol
 import numpy as np
 
 PASS, FAIL, BROKEN = 0, 1, 2
+EXIT_CODES = (
+    "exit codes: 0 pass (a warn too, unless --strict); 1 fail (a worse model); 2 usage, configuration or "
+    "service error: a bad policy, a rule whose metric is missing, an unmigrated database, an unreachable server"
+)
+METRICS = {
+    "accuracy",
+    "top_k_accuracy",
+    "nll",
+    "brier",
+    "ece",
+    "mce",
+    "classwise_ece",
+    "smooth_ece",
+    "entropy",
+    "aurc",
+    "softmax_collapse",
+}  # what `caliper gate --candidate-file` computes for the rules that name them
+DEFAULT_METRICS = ["accuracy", "nll", "brier", "ece", "mce"]
+
+
+class ConfigurationError(Exception):
+    """The command cannot run as configured (exit code 2, with this message)."""
 
 
 class Backend(Protocol):
@@ -42,10 +66,24 @@ class LocalBackend:
     """The service functions on the configured database (DATABASE_URL), without HTTP."""
 
     def __init__(self) -> None:
+        from sqlalchemy.engine import make_url
+
         from app.config import get_settings
         from app.context import Resources
+        from app.storage.migrate import is_at_head
 
-        self.resources = Resources.create(get_settings())
+        settings = get_settings()
+        self.resources = Resources.create(settings)
+        try:
+            ready = is_at_head(settings, self.resources.engine)
+        except Exception as exc:
+            self.resources.close()
+            where = make_url(settings.database_url).render_as_string(hide_password=True)
+            raise ConfigurationError(f"cannot reach the database {where}: {str(exc).splitlines()[0]}") from exc
+        if not ready:
+            self.resources.close()
+            where = make_url(settings.database_url).render_as_string(hide_password=True)
+            raise ConfigurationError(f"the database {where} is not migrated: run `caliper db upgrade` first")
 
     def evaluate(self, logits: np.ndarray, labels: np.ndarray, options: dict[str, Any]) -> dict[str, Any]:
         from app.evaluation.schemas import EvaluationRequest
@@ -81,35 +119,64 @@ def baseline_of(value: str, model: str | None, dataset: str | None) -> str | dic
     return value
 
 
+def tags_of(pairs: list[str] | None) -> dict[str, str]:
+    """`KEY=VALUE` options as tags (a bare KEY is KEY=true)."""
+    tags = {}
+    for pair in pairs or []:
+        key, _, value = pair.partition("=")
+        if not key:
+            raise ConfigurationError(f"tag {pair!r} has no key (use KEY=VALUE)")
+        tags[key] = value if _ else "true"
+    return tags
+
+
+def load_arrays(npz: str | None, logits: str | None, labels: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels from one .npz (arrays `logits`, `labels`) or two .npy files (never unpickled)."""
+    if npz:
+        with np.load(npz, allow_pickle=False) as data:
+            missing = {"logits", "labels"} - set(data.files)
+            if missing:
+                raise ConfigurationError(f"{npz} lacks {sorted(missing)} (it has {sorted(data.files)})")
+            return data["logits"], data["labels"]
+    if not (logits and labels):
+        raise ConfigurationError("give --npz FILE, or --logits FILE and --labels FILE")
+    return np.load(logits, allow_pickle=False), np.load(labels, allow_pickle=False)
+
+
+def run_evaluate(args: argparse.Namespace, backend: Backend) -> int:
+    logits, labels = load_arrays(args.npz, args.logits, args.labels)
+    options = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "tags": tags_of(args.tag),
+        "metrics": args.metric or None,
+    }
+    out = backend.evaluate(logits, labels, {k: v for k, v in options.items() if v})
+    print(json.dumps(out, indent=2) if args.json else out["id"])
+    return PASS
+
+
 def run_gate(args: argparse.Namespace, backend: Backend) -> int:
     from app.gating import report
 
+    started = time.monotonic()
     policy = load_policy(Path(args.policy))
     candidate = args.candidate
+    tags = tags_of(args.candidate_tag)
     if args.candidate_file:
-        with np.load(args.candidate_file, allow_pickle=False) as data:
-            missing = {"logits", "labels"} - set(data.files)
-            if missing:
-                raise ValueError(f"{args.candidate_file} lacks {sorted(missing)}")
-            logits, labels = data["logits"], data["labels"]
-        metric_names = {
-            "accuracy",
-            "top_k_accuracy",
-            "nll",
-            "brier",
-            "ece",
-            "mce",
-            "classwise_ece",
-            "smooth_ece",
-            "entropy",
-            "aurc",
-            "softmax_collapse",
+        logits, labels = load_arrays(args.candidate_file, None, None)
+        wanted = sorted({r["metric"] for r in policy["rules"]} & METRICS | set(DEFAULT_METRICS))
+        options = {
+            "model": args.model,
+            "dataset": args.dataset,
+            "metrics": wanted,
+            "losses": ["cross_entropy"],
+            "tags": tags,
         }
-        wanted = sorted(
-            {r["metric"] for r in policy["rules"]} & metric_names | {"accuracy", "nll", "brier", "ece", "mce"}
-        )
-        options = {"model": args.model, "dataset": args.dataset, "metrics": wanted, "losses": ["cross_entropy"]}
-        candidate = backend.evaluate(logits, labels, {k: v for k, v in options.items() if v is not None})["id"]
+        candidate = backend.evaluate(logits, labels, {k: v for k, v in options.items() if v})["id"]
+        print(f"caliper: candidate evaluation {candidate} stored" + (f" with tags {tags}" if tags else ""))
+    elif tags:
+        backend.tag(candidate, tags)
     body = {
         "candidate": candidate,
         "baseline": baseline_of(args.baseline, args.model, args.dataset),
@@ -118,35 +185,67 @@ def run_gate(args: argparse.Namespace, backend: Backend) -> int:
     body.update({k: policy[k] for k in ("significance", "resamples", "seed") if k in policy})
     gate = backend.gate(body)
     sys.stdout.write(report.summary(gate))
-    for path, render in ((args.markdown, report.markdown), (args.junit, report.junit)):
-        if path:
-            Path(path).write_text(render(gate))
+    if args.markdown:
+        Path(args.markdown).write_text(report.markdown(gate))
+    if args.junit:
+        Path(args.junit).write_text(report.junit(gate, args.strict, time.monotonic() - started))
     if args.json:
         Path(args.json).write_text(json.dumps(gate, indent=2))
-    if gate["verdict"] == "fail" or (gate["verdict"] == "warn" and args.strict):
+    broken = [r for r in gate["rules"] if report.unevaluable(r)]
+    if broken:
+        names = ", ".join(sorted({r["metric"] for r in broken}))
+        raise ConfigurationError(f"rules that cannot be evaluated (metric missing: {names}): check the policy")
+    if any(report.failing(r, args.strict) for r in gate["rules"]):
         return FAIL
     return PASS
 
 
+URL_HELP = "a running Caliper service, e.g. http://127.0.0.1:8000; default: in-process on DATABASE_URL"
+
+
 def add_parsers(sub: Any) -> None:
-    gate = sub.add_parser("gate", help="judge a candidate evaluation against a baseline (CI hook)")
-    gate.add_argument("--url", help="a running Caliper service; default: in-process on DATABASE_URL")
-    gate.add_argument("--policy", required=True, help="TOML policy: rules, significance, resamples, seed")
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="evaluate logits and labels and store the evaluation (prints its id)",
+        epilog="exit codes: 0 stored; 2 usage, configuration or service error",
+    )
+    evaluate.add_argument("--npz", help=".npz file with arrays `logits` [N, C] and `labels` [N]")
+    evaluate.add_argument("--logits", help=".npy file with the logits [N, C] (with --labels)")
+    evaluate.add_argument("--labels", help=".npy file with the integer labels [N] (with --logits)")
+    evaluate.add_argument("--model", help="the model's name, stored with the evaluation (baselines select by it)")
+    evaluate.add_argument("--dataset", help="the dataset's name, stored with the evaluation")
+    evaluate.add_argument("--tag", action="append", metavar="KEY=VALUE", help="a tag to store (repeatable)")
+    evaluate.add_argument("--metric", action="append", metavar="NAME", help="a metric to compute (repeatable)")
+    evaluate.add_argument("--json", action="store_true", help="print the whole evaluation as JSON, not its id")
+    evaluate.add_argument("--url", help=URL_HELP)
+    evaluate.set_defaults(func=lambda a: _guarded(lambda b: run_evaluate(a, b), a))
+
+    gate = sub.add_parser("gate", help="judge a candidate evaluation against a baseline (CI hook)", epilog=EXIT_CODES)
+    gate.add_argument("--url", help=URL_HELP)
+    gate.add_argument("--policy", required=True, help="TOML policy: [[rules]], significance, resamples, seed")
     which = gate.add_mutually_exclusive_group(required=True)
-    which.add_argument("--candidate", help="evaluation id")
-    which.add_argument("--candidate-file", help=".npz with logits and labels: evaluated first")
-    gate.add_argument("--baseline", required=True, help="evaluation id, or tag:NAME (newest with that tag)")
-    gate.add_argument("--model")
-    gate.add_argument("--dataset")
-    gate.add_argument("--strict", action="store_true", help="warn exits 1 too")
-    gate.add_argument("--markdown", help="write a Markdown summary (pull-request comment)")
-    gate.add_argument("--junit", help="write JUnit XML (one test case per rule)")
-    gate.add_argument("--json", help="write the verdict as JSON")
+    which.add_argument("--candidate", help="the candidate's evaluation id")
+    which.add_argument("--candidate-file", help=".npz with `logits` and `labels`: evaluated and stored first")
+    gate.add_argument("--baseline", required=True, help="evaluation id, or tag:NAME (the newest with that tag)")
+    gate.add_argument("--model", help="the model name: stored with a --candidate-file, and narrows tag:NAME")
+    gate.add_argument("--dataset", help="the dataset name: stored with a --candidate-file, and narrows tag:NAME")
+    gate.add_argument(
+        "--candidate-tag", action="append", metavar="KEY=VALUE", help="tag the candidate evaluation (repeatable)"
+    )
+    gate.add_argument("--strict", action="store_true", help="a failing warn rule fails the gate too (exit 1)")
+    gate.add_argument("--markdown", metavar="FILE", help="write a Markdown summary (pull-request comment)")
+    gate.add_argument("--junit", metavar="FILE", help="write JUnit XML (one test case per rule)")
+    gate.add_argument("--json", metavar="FILE", help="write the verdict as JSON")
     gate.set_defaults(func=lambda a: _guarded(lambda b: run_gate(a, b), a))
-    promote = sub.add_parser("promote", help="tag an evaluation as the baseline later gates compare against")
-    promote.add_argument("evaluation_id")
-    promote.add_argument("--tag", default="prod")
-    promote.add_argument("--url")
+
+    promote = sub.add_parser(
+        "promote",
+        help="tag an evaluation as the baseline later gates compare against",
+        epilog="exit codes: 0 tagged; 2 usage, configuration or service error",
+    )
+    promote.add_argument("evaluation_id", help="the evaluation to promote")
+    promote.add_argument("--tag", default="prod", help="the tag gates select with tag:NAME (default: prod)")
+    promote.add_argument("--url", help=URL_HELP)
     promote.set_defaults(func=lambda a: _guarded(lambda b: _promote(a, b), a))
 
 

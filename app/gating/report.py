@@ -1,6 +1,8 @@
 """Gate reports for people and CI systems: a console summary, a Markdown table for a pull-request
-comment, and JUnit XML with one test case per rule (a failing `fail` rule is a <failure>, a failing
-`warn` rule is reported in <system-out>, so CI shows it without failing the build)."""
+comment, and JUnit XML with one test case per rule: a rule that could not be evaluated (its metric is
+missing from the candidate or the baseline: a typo in the policy, or an evaluation without it) is an
+<error>; a failing `fail` rule a <failure>; a failing `warn` rule is reported in <system-out>, so CI shows
+it without failing the build, unless `strict`, where it is a <failure> too (the exit code's rule)."""
 
 from __future__ import annotations
 
@@ -52,21 +54,35 @@ def markdown(gate: dict[str, Any]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def junit(gate: dict[str, Any]) -> str:
-    failures = sum(1 for r in gate["rules"] if not r["passed"] and r["severity"] == "fail")
-    root = ET.Element("testsuites", name="caliper", tests=str(len(gate["rules"])), failures=str(failures))
-    suite = ET.SubElement(
-        root,
-        "testsuite",
-        name="caliper-gate",
-        tests=str(len(gate["rules"])),
-        failures=str(failures),
-        errors="0",
-        skipped="0",
-    )
-    for rule in gate["rules"]:
-        case = ET.SubElement(suite, "testcase", classname=f"caliper.gate.{rule['metric']}", name=rule_title(rule))
-        if not rule["passed"] and rule["severity"] == "fail":
+def unevaluable(rule: dict[str, Any]) -> bool:
+    """The rule's metric is missing from the candidate, or from the baseline a comparison needs."""
+    return rule["candidate"] is None or (rule["op"] not in ("min", "max") and rule["baseline"] is None)
+
+
+def failing(rule: dict[str, Any], strict: bool) -> bool:
+    """A <failure>: an evaluated rule that failed with severity `fail` (or `warn` under --strict)."""
+    return not rule["passed"] and not unevaluable(rule) and (rule["severity"] == "fail" or strict)
+
+
+def junit(gate: dict[str, Any], strict: bool = False, seconds: float = 0.0) -> str:
+    """`seconds`: how long the gate took; `timestamp` is the verdict's creation time."""
+    rules = gate["rules"]
+    counts = {
+        "tests": str(len(rules)),
+        "failures": str(sum(failing(r, strict) for r in rules)),
+        "errors": str(sum(unevaluable(r) for r in rules)),
+    }
+    elapsed = f"{seconds:.3f}"
+    root = ET.Element("testsuites", {"name": "caliper", "time": elapsed, **counts})
+    attributes = {"name": "caliper-gate", "skipped": "0", "time": elapsed, "timestamp": gate.get("created_at", "")}
+    suite = ET.SubElement(root, "testsuite", {**attributes, **counts})
+    for rule in rules:
+        case = ET.SubElement(
+            suite, "testcase", classname=f"caliper.gate.{rule['metric']}", name=rule_title(rule), time="0"
+        )
+        if unevaluable(rule):
+            ET.SubElement(case, "error", message=rule["reason"], type="GateRuleNotEvaluated").text = rule["reason"]
+        elif failing(rule, strict):
             ET.SubElement(case, "failure", message=rule["reason"], type="GateRuleFailed").text = rule["reason"]
         elif not rule["passed"]:
             ET.SubElement(case, "system-out").text = f"WARNING: {rule['reason']}"

@@ -1,15 +1,20 @@
 # syntax=docker/dockerfile:1
-# Build stage: a virtual environment with Caliper and its dependencies.
+# Build stage: a virtual environment with Caliper and its locked dependencies.
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
+# requirements.lock: every runtime dependency pinned with hashes (pip-compile --generate-hashes), so two
+# builds of one commit install the same packages; Caliper itself then goes in without re-resolving.
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY app ./app
-RUN pip install .
+RUN pip install --no-deps .
 
-# Runtime stage: the venv and the migrations, run as an unprivileged user.
+# Runtime stage: the venv and the migrations, run as an unprivileged user; /var/lib/caliper (a volume)
+# holds the embedded SQLite database and the artifact store, and is the only place it writes.
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 caliper \
  && mkdir -p /var/lib/caliper/artifacts && chown -R caliper /var/lib/caliper
@@ -18,12 +23,16 @@ COPY migrations /srv/caliper/migrations
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     CALIPER_MIGRATIONS_DIR=/srv/caliper/migrations \
+    CALIPER_DATABASE_URL=sqlite:////var/lib/caliper/caliper.db \
     CALIPER_ARTIFACT_DIR=/var/lib/caliper/artifacts \
     CALIPER_HOST=0.0.0.0 \
     CALIPER_PORT=8000
 WORKDIR /srv/caliper
 USER caliper
+VOLUME ["/var/lib/caliper"]
 EXPOSE 8000
-HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
-  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
-CMD ["caliper", "serve"]
+# Ready, not just alive: the database is reachable and migrated (on the port the server was given).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('CALIPER_PORT', '8000')}/readyz\", timeout=2)"]
+# Alone (`docker run`), it migrates its embedded SQLite first; compose runs migrations as their own step.
+CMD ["sh", "-c", "caliper db upgrade && exec caliper serve"]

@@ -55,6 +55,11 @@ class Settings(BaseSettings):
         description="Largest composed export (model + heads, SDM support embedded); beyond it 422. ONNX's protobuf "
         "limit is 2 GiB.",
     )
+    cors_origins: str = Field(
+        "",
+        description="Comma-separated origins browsers may call the API from (e.g. https://app.example.com); "
+        "empty: none (no CORS headers, the default).",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
     access_log: bool = Field(True, description="uvicorn's per-request access log.")

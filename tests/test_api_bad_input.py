@@ -245,3 +245,18 @@ def test_a_cursor_this_service_did_not_issue_is_422(client: TestClient, path: st
     assert_problem(client.get(path, params={"cursor": cursor}), 422, "cursor")
     page = client.get(path, params={"limit": 1})
     assert page.status_code == 200 and page.json() == {"items": [], "next_cursor": None}
+
+
+def test_cors_is_off_by_default_and_allows_only_the_configured_origins(settings: Any) -> None:
+    from app.api.main import create_app
+
+    preflight = {"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"}
+    with TestClient(create_app(settings)) as default:
+        response = default.options("/v1/evaluations", headers=preflight)
+        assert "access-control-allow-origin" not in response.headers
+    allowed = settings.model_copy(update={"cors_origins": "https://app.example.com, https://other.example.com"})
+    with TestClient(create_app(allowed)) as configured:
+        response = configured.options("/v1/evaluations", headers=preflight)
+        assert response.headers["access-control-allow-origin"] == "https://app.example.com"
+        foreign = configured.options("/v1/evaluations", headers={**preflight, "Origin": "https://evil.example.net"})
+        assert "access-control-allow-origin" not in foreign.headers

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,40 @@ def test_compose_config_parses_when_the_plugin_exists() -> None:
     if probe.returncode != 0:
         pytest.skip("docker compose plugin not installed")
     subprocess.run(["docker", "compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], check=True)
+
+
+def test_compose_validates_against_the_compose_spec_schema() -> None:
+    checker = Path(sys.executable).with_name("check-jsonschema")
+    done = subprocess.run(
+        [str(checker), "--builtin-schema", "vendor.compose-spec", str(ROOT / "docker-compose.yml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_compose_names_its_image_and_takes_the_port_and_cors_from_the_environment() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert services["api"]["image"] == services["migrate"]["image"] == "caliper-service:latest"
+    assert services["api"]["ports"] == ["127.0.0.1:${CALIPER_PORT:-8000}:8000"]
+    assert services["api"]["environment"]["CALIPER_CORS_ORIGINS"] == "${CALIPER_CORS_ORIGINS:-}"
+    assert services["api"]["command"] == ["caliper", "serve"]
+
+
+def test_dockerfile_installs_the_lock_writes_only_its_volume_and_checks_readiness_on_its_port() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert "pip install --require-hashes -r requirements.lock" in text and "pip install --no-deps ." in text
+    lock = (ROOT / "requirements.lock").read_text()
+    assert "file://" not in lock and "--find-links" not in lock and "--hash=sha256:" in lock
+    pinned = {line.split("==")[0] for line in lock.splitlines() if "==" in line and not line.startswith(" ")}
+    assert {"fastapi", "onnxruntime", "spox", "sqlalchemy", "psycopg"} <= pinned
+    assert "CALIPER_DATABASE_URL=sqlite:////var/lib/caliper/caliper.db" in text
+    assert "CALIPER_ARTIFACT_DIR=/var/lib/caliper/artifacts" in text
+    assert 'VOLUME ["/var/lib/caliper"]' in text and "chown -R caliper /var/lib/caliper" in text
+    healthcheck = next(line for line in text.splitlines() if "urlopen" in line)
+    assert "/readyz" in healthcheck and "CALIPER_PORT" in healthcheck and "8000/" not in healthcheck
+    assert re.search(r'^CMD \["sh", "-c", "caliper db upgrade && exec caliper serve"\]', text, re.M)
 
 
 def test_dockerfile_is_multi_stage_non_root_and_ships_migrations() -> None:

@@ -14,10 +14,60 @@ from typing import Any
 
 import httpx
 import numpy as np
+import stamina
 
 from app.tensors import encode_npy, encode_tensor_object
 
 DEFAULT_MULTIPART_THRESHOLD = 1 << 20
+RETRIED_STATUSES = (429, 503)  # the service stored nothing and says when to come back
+
+
+class _Busy(Exception):
+    def __init__(self, retry_after: float | None) -> None:
+        super().__init__(f"busy; retry after {retry_after}")
+        self.retry_after = retry_after
+
+
+def _backoff(exc: Exception) -> bool | float:
+    """stamina's hook: a 503/429 is retried after its Retry-After seconds (else with its backoff)."""
+    if isinstance(exc, _Busy):
+        return exc.retry_after if exc.retry_after is not None else True
+    return False
+
+
+class RetryAfterTransport(httpx.BaseTransport):
+    """Retries answers of 503 and 429, waiting what their `Retry-After` says (stamina's jittered backoff
+    when it says nothing), at most `attempts` times within `timeout` seconds; the last answer is returned
+    as it is. Bodies are buffered first, so a retried upload sends the same bytes."""
+
+    def __init__(self, inner: httpx.BaseTransport, attempts: int = 5, timeout: float = 120.0) -> None:
+        self.inner, self.attempts, self.timeout = inner, attempts, timeout
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.read()
+        response: httpx.Response | None = None
+        for attempt in stamina.retry_context(
+            on=_backoff, attempts=self.attempts, timeout=self.timeout, wait_initial=0.5, wait_max=30.0
+        ):
+            with attempt:
+                response = self.inner.handle_request(request)
+                if response.status_code in RETRIED_STATUSES and attempt.num < self.attempts:
+                    response.read()
+                    response.close()
+                    raise _Busy(_seconds(response.headers.get("retry-after")))
+        assert response is not None
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _seconds(value: str | None) -> float | None:
+    """Retry-After as seconds (delta-seconds; an HTTP date is left to the backoff)."""
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
 
 
 class CaliperError(Exception):
@@ -30,15 +80,22 @@ class CaliperError(Exception):
 
 
 class CaliperClient:
-    """`CaliperClient("http://127.0.0.1:8000")`, or wrap any httpx.Client (e.g. a TestClient)."""
+    """`CaliperClient("http://127.0.0.1:8000")`, or wrap any httpx.Client (e.g. a TestClient). With a URL,
+    answers of 503/429 are retried after their Retry-After, at most `retries` times (`RetryAfterTransport`)."""
 
     def __init__(
         self,
         base_url: str | httpx.Client,
         multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
         timeout: float = 300.0,
+        retries: int = 5,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.http = base_url if isinstance(base_url, httpx.Client) else httpx.Client(base_url=base_url, timeout=timeout)
+        if isinstance(base_url, httpx.Client):
+            self.http = base_url
+        else:
+            retrying = RetryAfterTransport(transport or httpx.HTTPTransport(), attempts=retries + 1)
+            self.http = httpx.Client(base_url=base_url, timeout=timeout, transport=retrying)
         self.multipart_threshold = multipart_threshold
 
     def close(self) -> None:

@@ -62,3 +62,41 @@ def test_serve_fails_clearly_when_cuda_is_asked_for_and_missing(tmp_path: Path) 
     )
     assert result.returncode == 2
     assert "CUDAExecutionProvider" in result.stderr and "onnxruntime-gpu" in result.stderr
+
+
+def test_the_client_retries_a_503_after_its_retry_after_and_gives_up_after_its_retries() -> None:
+    import httpx
+
+    from app.client import CaliperError
+
+    calls: list[float] = []
+
+    def busy_twice(request: httpx.Request) -> httpx.Response:
+        calls.append(time.monotonic())
+        assert request.content and b"logits" in request.content  # the body is sent again, whole
+        if len(calls) <= 2:
+            return httpx.Response(503, headers={"Retry-After": "0.3"}, json={"status": 503, "detail": "busy"})
+        return httpx.Response(201, json={"id": "e1"})
+
+    client = CaliperClient("http://caliper.test", transport=httpx.MockTransport(busy_twice))
+    assert client.evaluate(logits=Z_A, labels=Y_A)["id"] == "e1"
+    assert len(calls) == 3 and calls[1] - calls[0] >= 0.3 and calls[2] - calls[1] >= 0.3
+
+    calls.clear()
+    always = CaliperClient(
+        "http://caliper.test",
+        retries=2,
+        transport=httpx.MockTransport(
+            lambda r: calls.append(0) or httpx.Response(503, headers={"Retry-After": "0"}, json={"detail": "down"})
+        ),
+    )
+    with pytest.raises(CaliperError) as raised:
+        always.evaluate(logits=Z_A, labels=Y_A)
+    assert raised.value.status == 503 and len(calls) == 3  # the first try and two retries
+    calls.clear()
+    refused = CaliperClient(
+        "http://caliper.test", transport=httpx.MockTransport(lambda r: calls.append(0) or httpx.Response(422, json={}))
+    )
+    with pytest.raises(CaliperError):
+        refused.evaluate(logits=Z_A, labels=Y_A)
+    assert len(calls) == 1  # a client error is never retried

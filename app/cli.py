@@ -28,19 +28,17 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _db(args: argparse.Namespace) -> int:
     """Migrate, then say where the database now is (its URL without the password)."""
-    from sqlalchemy import create_engine
-    from sqlalchemy.engine import make_url
-
+    from app.storage.db import display_url, make_engine
     from app.storage.migrate import current_revision, downgrade, upgrade
 
     settings = get_settings()
-    where = make_url(settings.database_url).render_as_string(hide_password=True)
+    where = display_url(settings.database_url)
     try:
         if args.action == "upgrade":
             upgrade(settings, args.revision or "head")
         else:
             downgrade(settings, args.revision or "base")
-        engine = create_engine(settings.database_url)
+        engine = make_engine(settings.database_url)
         try:
             revision = current_revision(settings, engine)
         finally:

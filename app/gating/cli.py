@@ -66,10 +66,9 @@ class LocalBackend:
     """The service functions on the configured database (DATABASE_URL), without HTTP."""
 
     def __init__(self) -> None:
-        from sqlalchemy.engine import make_url
-
         from app.config import get_settings
         from app.context import Resources
+        from app.storage.db import display_url
         from app.storage.migrate import is_at_head
 
         settings = get_settings()
@@ -78,11 +77,11 @@ class LocalBackend:
             ready = is_at_head(settings, self.resources.engine)
         except Exception as exc:
             self.resources.close()
-            where = make_url(settings.database_url).render_as_string(hide_password=True)
+            where = display_url(settings.database_url)
             raise ConfigurationError(f"cannot reach the database {where}: {str(exc).splitlines()[0]}") from exc
         if not ready:
             self.resources.close()
-            where = make_url(settings.database_url).render_as_string(hide_password=True)
+            where = display_url(settings.database_url)
             raise ConfigurationError(f"the database {where} is not migrated: run `caliper db upgrade` first")
 
     def evaluate(self, logits: np.ndarray, labels: np.ndarray, options: dict[str, Any]) -> dict[str, Any]:

@@ -76,10 +76,17 @@ PROBLEM_TEXTS = {
 }
 
 
+def error_responses(
+    codes: tuple[int, ...], texts: dict[int, str], media_type: str, schema: str
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for the error statuses a route can answer, each with one body schema."""
+    content = {media_type: {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
+    return {code: {"description": texts[code], "content": content} for code in codes}
+
+
 def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI responses for the problem statuses a route can answer, each with the Problem schema."""
-    schema = {"schema": {"$ref": "#/components/schemas/Problem"}}
-    return {code: {"description": PROBLEM_TEXTS[code], "content": {PROBLEM_JSON: schema}} for code in codes}
+    """The problem statuses a route can answer, each with the Problem schema."""
+    return error_responses(codes, PROBLEM_TEXTS, PROBLEM_JSON, "Problem")
 
 
 TENSOR_WRITE = problems(400, 404, 413, 415, 422, 503)  # hand-parsed JSON or multipart bodies with tensors

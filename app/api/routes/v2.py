@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app import __version__
 from app.api.deps import get_resources, resources_of
-from app.api.problems import DATABASE_DOWN
+from app.api.problems import DATABASE_DOWN, error_responses
 from app.context import Resources
 from app.core.errors import InputError
 from app.models.workers import ModelLimitError, ModelRunError, WorkerUnavailableError
@@ -70,9 +70,8 @@ ERROR_TEXTS = {
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI responses for the protocol errors a /v2 route can answer."""
-    schema = {"schema": {"$ref": "#/components/schemas/V2ErrorBody"}}
-    return {code: {"description": ERROR_TEXTS[code], "content": {"application/json": schema}} for code in codes}
+    """The protocol errors a /v2 route can answer."""
+    return error_responses(codes, ERROR_TEXTS, "application/json", "V2ErrorBody")
 
 
 ERRORS = errors(400, 404)

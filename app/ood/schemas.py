@@ -62,8 +62,12 @@ class OodEvaluateRequest(BaseModel):
     scores_in: Tensor | None = Field(None, description="[N_in] scores of in-distribution samples.")
     scores_out: Tensor | None = Field(None, description="[N_out] scores of out-of-distribution samples.")
     detector_id: str | None = Field(None, description="Score features_in/features_out with this detector.")
-    features_in: Tensor | None = Field(None, description="[N_in, D] in-distribution features (with detector_id).")
-    features_out: Tensor | None = Field(None, description="[N_out, D] out-of-distribution features (with detector_id).")
+    features_in: Tensor | Layers | None = Field(
+        None, description="[N_in, D] in-distribution features (with detector_id; a dict of layers for an ensemble)."
+    )
+    features_out: Tensor | Layers | None = Field(
+        None, description="[N_out, D] out-of-distribution features (with detector_id; a dict of layers, as above)."
+    )
     aupr: PrIntegral = Field("average_precision", description="average_precision (step) or trapezoid.")
 
 

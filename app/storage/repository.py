@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, select, update
 from sqlalchemy import delete as sql_delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -104,18 +104,24 @@ class PipelineRepository(Repository[PipelineRecord]):
         super().__init__(sessions, PipelineRecord, "pipeline")
 
     def add_version(self, record: PipelineRecord) -> PipelineRecord:
-        """Insert as the next version of its name (its counter + 1, in the insert's transaction: a deleted
-        version's number is never given again); two concurrent posts of one name meet at the counter's
-        key or the unique (name, version) index, and the loser retries with the next number."""
+        """Insert as the next version of its name: its counter incremented in place (`UPDATE … RETURNING`,
+        which locks the row, so concurrent posts of one name take turns) in the insert's transaction; a
+        deleted version's number is never given again. The first post of a name inserts the counter, and
+        two such posts meet at its key: the loser retries and increments."""
         for attempt in range(self.INSERT_ATTEMPTS):
             try:
                 with self.sessions.begin() as session:
-                    counter = session.get(PipelineName, record.name)
-                    if counter is None:
-                        counter = PipelineName(name=record.name, last_version=0)
-                        session.add(counter)
-                    counter.last_version += 1
-                    record.version = counter.last_version
+                    version = session.scalar(
+                        update(PipelineName)
+                        .where(PipelineName.name == record.name)
+                        .values(last_version=PipelineName.last_version + 1)
+                        .returning(PipelineName.last_version)
+                    )
+                    if version is None:
+                        version = 1
+                        session.add(PipelineName(name=record.name, last_version=version))
+                        session.flush()
+                    record.version = version
                     session.add(record)
                 return record
             except IntegrityError:

@@ -10,6 +10,13 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PACKAGED_MIGRATIONS = Path(__file__).resolve().parent / "migrations"  # where a wheel puts them
+
+
+def default_migrations_dir() -> Path:
+    """The checkout's migrations/ (editable installs, the repository), else the installed package's."""
+    checkout = PROJECT_ROOT / "migrations"
+    return checkout if (checkout / "env.py").exists() else PACKAGED_MIGRATIONS
 
 
 class Settings(BaseSettings):
@@ -63,7 +70,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
     access_log: bool = Field(True, description="uvicorn's per-request access log.")
-    migrations_dir: Path = Field(PROJECT_ROOT / "migrations", description="Alembic scripts.")
+    migrations_dir: Path = Field(
+        default_factory=default_migrations_dir,
+        description="Alembic scripts (default: the checkout's migrations/, else the installed package's).",
+    )
 
     @field_validator("database_url")
     @classmethod

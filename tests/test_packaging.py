@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -87,3 +88,46 @@ def test_readme_documents_every_setting() -> None:
     for name in Settings.model_fields:
         env = "DATABASE_URL" if name == "database_url" else f"CALIPER_{name.upper()}"
         assert f"`{env}`" in readme, f"README's configuration table lacks {env}"
+
+
+def test_the_wheel_carries_the_migrations_and_a_plain_install_can_migrate(tmp_path: Path) -> None:
+    """`pip install .` (not editable), then `caliper db upgrade` from elsewhere: the migrations come from the
+    installed package (the repository keeps them at its top level). The distribution is `caliper-service`."""
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("caliper_service-*.whl")
+    target = tmp_path / "site"
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    assert (target / "app" / "migrations" / "versions" / "0001_evaluations.py").exists()
+    assert not (target / "migrations").exists()  # not a top-level `migrations` module
+    script = (
+        f"import sys; sys.path.insert(0, {str(target)!r}); import app, app.config; "
+        "assert app.__file__.startswith(sys.path[0]), app.__file__; "
+        "print(app.config.Settings().migrations_dir); from app.cli import main; "
+        "raise SystemExit(main(['db', 'upgrade']))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CALIPER_MIGRATIONS_DIR")}
+    env["CALIPER_DATABASE_URL"] = f"sqlite:///{tmp_path / 'plain.db'}"
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[0] == str(target / "app" / "migrations")
+    assert "is at migration 0008" in done.stdout
+
+
+def test_the_package_list_names_every_package_of_the_tree() -> None:
+    declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    tree = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "app").rglob("__init__.py")}
+    assert declared == tree | {"app.migrations", "app.migrations.versions"}

@@ -11,6 +11,7 @@ COPY requirements.lock ./
 RUN pip install --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY app ./app
+COPY migrations ./migrations
 RUN pip install --no-deps .
 
 # Runtime stage: the venv and the migrations, run as an unprivileged user; /var/lib/caliper (a volume)

@@ -60,6 +60,8 @@ def test_compose_names_its_image_and_takes_the_port_and_cors_from_the_environmen
 def test_dockerfile_installs_the_lock_writes_only_its_volume_and_checks_readiness_on_its_port() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert "pip install --require-hashes -r requirements.lock" in text and "pip install --no-deps ." in text
+    build = text.split("\nFROM ")[1]
+    assert "COPY app ./app" in build and "COPY migrations ./migrations" in build  # the wheel carries them
     lock = (ROOT / "requirements.lock").read_text()
     assert "file://" not in lock and "--find-links" not in lock and "--hash=sha256:" in lock
     pinned = {line.split("==")[0] for line in lock.splitlines() if "==" in line and not line.startswith(" ")}

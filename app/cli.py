@@ -17,6 +17,7 @@ def _serve(args: argparse.Namespace) -> int:
     from app.api.main import create_app
 
     settings = get_settings()
+    _json_logs()
     try:
         app = create_app(settings)
     except ProviderUnavailableError as exc:
@@ -24,6 +25,20 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     uvicorn.run(app, host=args.host or settings.host, port=args.port or settings.port, access_log=settings.access_log)
     return 0
+
+
+def _json_logs() -> None:
+    """The service's own log records as JSON lines on stderr, each with its request id."""
+    import logging
+
+    from app.api.observability import JsonLines
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLines())
+    logger = logging.getLogger("caliper")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def _db(args: argparse.Namespace) -> int:

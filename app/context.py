@@ -14,6 +14,7 @@ from app.core.chunking import Chunking
 from app.core.runtime import RuntimeConfig, SessionCache
 from app.evaluation.service import EvaluationService
 from app.gating.service import GateService
+from app.metrics import Metrics
 from app.models.runner import ModelRunner
 from app.models.service import ModelService
 from app.models.workers import WorkerLimits, WorkerPool
@@ -50,6 +51,7 @@ class Resources:
     exports: ExportService  # a model with its heads merged into one ONNX graph
     pipelines: PipelineService  # named, versioned exports, served on /v2
     inference: InferenceService  # the V2 protocol over pipelines
+    metrics: Metrics  # Prometheus, served on /metrics
 
     @classmethod
     def create(cls, settings: Settings) -> Resources:
@@ -65,7 +67,8 @@ class Resources:
         workers = WorkerPool(settings.model_workers, limits)
         model_records = ModelRepository(database)
         model_chunks = Chunking(rows=settings.model_batch_rows, bytes=settings.model_batch_bytes)
-        runner = ModelRunner(model_records, artifacts, workers, model_chunks)
+        metrics = Metrics()
+        runner = ModelRunner(model_records, artifacts, workers, model_chunks, metrics.observe_model_run)
         models = ModelService(model_records, artifacts, workers)
         calibrators = CalibrationService(Repository(database, CalibratorRecord, "calibrator"), runtime, runner)
         detectors = DetectorService(Repository(database, DetectorRecord, "detector"), runtime, runner)
@@ -90,6 +93,7 @@ class Resources:
             exports=exports,
             pipelines=pipelines,
             inference=InferenceService(pipelines, runner),
+            metrics=metrics,
         )
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ from fastapi_offline import FastAPIOffline
 
 from app import __version__
 from app.api.limits import BodySizeLimit, RefuseNulInUrl
+from app.api.observability import RequestContext, metrics_endpoint
 from app.api.problems import Problem, UnexpectedErrors, install_problem_handlers
 from app.api.routes import calibrators, detectors, evaluations, gates, health, models, ood, pipelines, sdm, v2
 from app.api.routes.v2 import V2ErrorBody
@@ -56,11 +57,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(UnexpectedErrors)  # added first: the innermost, right outside the routes' handlers
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RefuseNulInUrl)
+    app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:  # off by default: without it a browser page on another origin cannot read any answer
         app.add_middleware(
             CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"], expose_headers=["*"]
         )
+    app.add_middleware(RequestContext, metrics=resources.metrics)  # added last: the outermost
 
     def openapi() -> dict[str, Any]:
         """Request bodies parsed by hand (JSON or multipart) still get their schemas documented."""

@@ -5,6 +5,8 @@ detectors and SDM never know where their tensors came from."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -35,9 +37,15 @@ class Runnable(Protocol):
 
 class ModelRunner:
     def __init__(
-        self, repository: ModelRepository, artifacts: ArtifactStore, workers: WorkerPool, chunking: Chunking
+        self,
+        repository: ModelRepository,
+        artifacts: ArtifactStore,
+        workers: WorkerPool,
+        chunking: Chunking,
+        observe: Callable[[float, int], None] = lambda seconds, rows: None,
     ) -> None:
         self.repository, self.artifacts, self.workers, self.chunking = repository, artifacts, workers, chunking
+        self.observe = observe  # (seconds, rows) of each worker call, for the metrics
 
     def get(self, model_id: str) -> ModelRecord:
         return self.repository.get(model_id)
@@ -67,7 +75,9 @@ class ModelRunner:
                     result[name] = np.empty((n, *value.shape[1:]), value.dtype)
                 result[name][start : start + rows] = value[:rows]
 
+            started = time.perf_counter()
             self.workers.run(record.sha256, path, chunk, names, sink)
+            self.observe(time.perf_counter() - started, rows)
         return result
 
     @staticmethod

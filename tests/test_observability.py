@@ -1,0 +1,78 @@
+"""X-Request-ID on every answer (the client's when it is a sane token, else a new one), request ids in the
+JSON log lines, and GET /metrics in the Prometheus text format with request counts by route template and
+status, latencies, and model run time and rows."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.api.observability import REQUEST_ID, JsonLines
+from tests import onnx_models
+from tests.test_api_models import upload
+
+
+def samples(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+
+
+def test_every_answer_carries_a_request_id(client: TestClient) -> None:
+    given = client.get("/healthz", headers={"X-Request-ID": "ci-run-42"})
+    assert given.headers["x-request-id"] == "ci-run-42"
+    fresh = client.get("/v1/evaluations/nope")
+    assert fresh.status_code == 404 and len(fresh.headers["x-request-id"]) == 32
+    assert client.get("/healthz").headers["x-request-id"] != fresh.headers["x-request-id"]
+    for hostile in (b"a b", b"x" * 129, "é".encode()):
+        answer = client.get("/healthz", headers={"X-Request-ID": hostile})  # type: ignore[dict-item]
+        assert answer.headers["x-request-id"].encode() != hostile and len(answer.headers["x-request-id"]) == 32
+    too_large = client.post("/v1/evaluations", content=b"x" * (9 << 20), headers={"content-type": "application/json"})
+    assert too_large.status_code == 413 and "x-request-id" in too_large.headers
+    assert "x-request-id" in client.get("/v2/models/nope").headers
+
+
+def test_metrics_count_requests_by_route_template_and_status(client: TestClient) -> None:
+    before = samples(client)
+    for evaluation_id in ("a", "b", "c"):
+        client.get(f"/v1/evaluations/{evaluation_id}")
+    after = samples(client)
+    key = (
+        "caliper_http_requests_total",
+        (("method", "GET"), ("route", "/v1/evaluations/{evaluation_id}"), ("status", "404")),
+    )
+    assert after[key] - before.get(key, 0.0) == 3
+    count = ("caliper_http_request_seconds_count", (("method", "GET"), ("route", "/v1/evaluations/{evaluation_id}")))
+    assert after[count] - before.get(count, 0.0) == 3
+    assert not any("/v1/evaluations/a" in str(k) for k in after)  # ids never become label values
+
+
+def test_metrics_report_model_runs(client: TestClient) -> None:
+    data, _ = onnx_models.mlp()
+    model = upload(client, data).json()
+    before = samples(client)
+    x = np.ones((100, 6))
+    assert client.post(f"/v1/models/{model['id']}/predict", json={"inputs": {"x": x.tolist()}}).status_code == 200
+    after = samples(client)
+    assert after[("caliper_model_rows_total", ())] - before.get(("caliper_model_rows_total", ()), 0.0) == 100
+    calls = after[("caliper_model_run_seconds_count", ())] - before.get(("caliper_model_run_seconds_count", ()), 0.0)
+    assert calls == 2  # 100 rows in chunks of CALIPER_MODEL_BATCH_ROWS = 64
+
+
+def test_log_lines_are_json_with_the_request_id() -> None:
+    token = REQUEST_ID.set("req-7")
+    try:
+        record = logging.LogRecord("caliper", logging.WARNING, __file__, 1, "database unavailable: %s", ("down",), None)
+        line = json.loads(JsonLines().format(record))
+    finally:
+        REQUEST_ID.reset(token)
+    assert line["request_id"] == "req-7" and line["message"] == "database unavailable: down"
+    assert line["level"] == "WARNING" and line["logger"] == "caliper"

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
         description="Largest composed export (model + heads, SDM support embedded); beyond it 422. ONNX's protobuf "
         "limit is 2 GiB.",
     )
+    idempotency_ttl_s: float = Field(
+        86_400.0, gt=0, description="How long the first answer to a POST with an Idempotency-Key is kept for repeats."
+    )
     cors_origins: str = Field(
         "",
         description="Comma-separated origins browsers may call the API from (e.g. https://app.example.com); "

@@ -28,6 +28,7 @@ from app.sdm.service import SdmService
 from app.storage.artifacts import ArtifactStore
 from app.storage.db import make_engine, make_session_factory
 from app.storage.evaluations import EvaluationRepository
+from app.storage.idempotency import IdempotencyRepository
 from app.storage.models import CalibratorRecord, DetectorRecord, GateRecord
 from app.storage.repository import ModelRepository, PipelineRepository, Repository, SdmRepository
 
@@ -52,6 +53,7 @@ class Resources:
     pipelines: PipelineService  # named, versioned exports, served on /v2
     inference: InferenceService  # the V2 protocol over pipelines
     metrics: Metrics  # Prometheus, served on /metrics
+    idempotency: IdempotencyRepository  # first answers of POSTs with an Idempotency-Key
 
     @classmethod
     def create(cls, settings: Settings) -> Resources:
@@ -94,6 +96,7 @@ class Resources:
             pipelines=pipelines,
             inference=InferenceService(pipelines, runner),
             metrics=metrics,
+            idempotency=IdempotencyRepository(database, settings.idempotency_ttl_s),
         )
 
     def close(self) -> None:

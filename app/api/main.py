@@ -12,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 
 from app import __version__
+from app.api.idempotency import Idempotency
 from app.api.limits import BodySizeLimit, RefuseNulInUrl
 from app.api.observability import RequestContext, metrics_endpoint
 from app.api.problems import Problem, UnexpectedErrors, install_problem_handlers
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pipelines.router)
     app.include_router(v2.router)
     app.add_middleware(UnexpectedErrors)  # added first: the innermost, right outside the routes' handlers
+    app.add_middleware(Idempotency, repository=resources.idempotency)  # inside the body limit
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RefuseNulInUrl)
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)

@@ -218,3 +218,20 @@ class PipelineName(Base):
 
     name: Mapped[str] = mapped_column(String(256), primary_key=True)
     last_version: Mapped[int] = mapped_column(Integer)
+
+
+class IdempotencyRecord(Base):
+    """The first answer to a POST sent with an `Idempotency-Key`: claimed (state `pending`) before the
+    request runs, so a concurrent duplicate meets the primary key instead of running twice; completed with
+    the answer and the body's digest, which a repeat must match."""
+
+    __tablename__ = "idempotency_keys"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(), index=True)  # naive UTC
+    request: Mapped[str] = mapped_column(String(512))  # "POST /v1/evaluations"
+    state: Mapped[str] = mapped_column(String(8))  # pending | done
+    body_sha256: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[int | None] = mapped_column(Integer)
+    headers: Mapped[list[list[str]] | None] = mapped_column(JSON)
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)

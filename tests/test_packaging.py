@@ -126,7 +126,8 @@ def test_the_wheel_carries_the_migrations_and_a_plain_install_can_migrate(tmp_pa
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines()[0] == str(target / "app" / "migrations")
-    assert "is at migration 0008" in done.stdout
+    head = max(p.name.split("_")[0] for p in (ROOT / "migrations" / "versions").glob("[0-9]*.py"))
+    assert f"is at migration {head}" in done.stdout
 
 
 def test_the_package_list_names_every_package_of_the_tree() -> None:

@@ -6,13 +6,15 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # requirements.lock: every runtime dependency pinned with hashes (pip-compile --generate-hashes), so two
-# builds of one commit install the same packages; Caliper itself then goes in without re-resolving.
+# builds of one commit install the same packages; caliper-client (./client, left out of the lock) and the
+# service then go in without re-resolving.
 COPY requirements.lock ./
 RUN pip install --require-hashes -r requirements.lock
+COPY client ./client
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY migrations ./migrations
-RUN pip install --no-deps .
+RUN pip install --no-deps ./client .
 
 # Runtime stage: the venv and the migrations, run as an unprivileged user; /var/lib/caliper (a volume)
 # holds the embedded SQLite database and the artifact store, and is the only place it writes.
@@ -26,6 +28,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     CALIPER_MIGRATIONS_DIR=/srv/caliper/migrations \
     CALIPER_DATABASE_URL=sqlite:////var/lib/caliper/caliper.db \
     CALIPER_ARTIFACT_DIR=/var/lib/caliper/artifacts \
+    CALIPER_AUTH=required \
     CALIPER_HOST=0.0.0.0 \
     CALIPER_PORT=8000
 WORKDIR /srv/caliper

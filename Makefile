@@ -3,18 +3,19 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install dev run migrate test test-narrow fuzz lint bench clean
+.PHONY: install dev run migrate test test-narrow fuzz lint bench lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+# caliper-client (./client: the `caliper` command and the Python client) goes in with the service.
+$(VENV)/.installed: pyproject.toml client/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ./client -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+$(VENV)/.installed-dev: pyproject.toml client/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ./client -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
@@ -25,6 +26,7 @@ migrate: install
 	$(BIN)/caliper db upgrade
 
 run: migrate
+	@echo "caliper: the command is $(BIN)/caliper (or run \`. $(BIN)/activate\` first, then \`caliper\`)"
 	$(BIN)/caliper serve
 
 test: dev
@@ -47,13 +49,13 @@ fuzz: dev
 	CALIPER_FUZZ_EXAMPLES=50 $(BIN)/pytest tests/test_schema_fuzz.py
 
 lint: dev
-	$(BIN)/ruff check app tests bench migrations models
-	$(BIN)/ruff format --check app tests bench migrations models
+	$(BIN)/ruff check app client tests bench migrations models
+	$(BIN)/ruff format --check app client tests bench migrations models
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 $(VENV)/.installed-bench: pyproject.toml | $(VENV)/.installed-dev
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -e ./client -e '.[dev,bench]'
 	touch $@
 
 bench: $(VENV)/.installed-bench
@@ -65,6 +67,14 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.sdm
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.load
+
+# requirements.lock: the runtime dependencies pinned with hashes, for the image. caliper-client is built here
+# (it is ./client, not on an index) and left out of the lock: the image installs it from the source tree.
+lock: dev
+	rm -rf $(VENV)/client-wheel && $(BIN)/pip wheel --quiet --no-deps -w $(VENV)/client-wheel ./client
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --strip-extras --generate-hashes \
+	  --no-emit-index-url --no-emit-find-links --find-links $(VENV)/client-wheel --unsafe-package caliper-client \
+	  --output-file requirements.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache

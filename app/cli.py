@@ -1,14 +1,21 @@
-"""`caliper` command line: serve the API, manage the database, evaluate, gate, promote, export."""
+"""The service's `caliper` commands: serve the API, manage the database, export a model. They plug into the
+`caliper` command of caliper-client (its verbs evaluate, gate, promote and report run in-process here
+through `app.gating.cli.LocalBackend`) as the `caliper.commands` entry point."""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from typing import Any
 
-from app.config import get_settings
+from caliper_client import cli as client_cli
+
+from app.config import get_settings, is_loopback
 from app.core.errors import ProviderUnavailableError
-from app.gating.cli import add_parsers as add_gate_parsers
 from app.pipelines.cli import add_parsers as add_export_parsers
+from app.storage.keys import ROLES
+from app.storage.tenancy import PROJECT_NAME_PATTERN
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -17,13 +24,16 @@ def _serve(args: argparse.Namespace) -> int:
     from app.api.main import create_app
 
     settings = get_settings()
+    settings = settings.model_copy(update={"host": args.host or settings.host, "port": args.port or settings.port})
     _json_logs()
     try:
         app = create_app(settings)
     except ProviderUnavailableError as exc:
         print(f"caliper: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=args.host or settings.host, port=args.port or settings.port, access_log=settings.access_log)
+    if not settings.auth_required() and not is_loopback(settings.host):
+        print(f"caliper: warning: auth is disabled on {settings.host} (CALIPER_AUTH=disabled)", file=sys.stderr)
+    uvicorn.run(app, host=settings.host, port=settings.port, access_log=settings.access_log)
     return 0
 
 
@@ -65,9 +75,52 @@ def _db(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="caliper", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _keys(args: argparse.Namespace) -> int:
+    """API keys on DATABASE_URL: the new key is printed once (only its salted digest is stored)."""
+    import json
+
+    from app.storage.db import display_url, make_engine, make_session_factory
+    from app.storage.keys import ApiKeyRepository
+    from app.storage.migrate import is_at_head
+
+    settings = get_settings()
+    engine = make_engine(settings.database_url)
+    try:
+        if not is_at_head(settings, engine):
+            where = display_url(settings.database_url)
+            print(f"caliper: the database {where} is not migrated: run `caliper db upgrade` first", file=sys.stderr)
+            return 2
+        keys = ApiKeyRepository(make_session_factory(engine))
+        if args.action == "create":
+            record, token = keys.create(args.project, args.role, args.name or "")
+            print(json.dumps({"id": record.id, "project": record.project, "role": record.role, "key": token})
+                  if args.json else token)  # fmt: skip
+        elif args.action == "list":
+            rows = [
+                {"id": k.id, "project": k.project, "role": k.role, "name": k.name,
+                 "created_at": k.created_at.isoformat(), "revoked": k.revoked_at is not None}
+                for k in keys.list(args.project)
+            ]  # fmt: skip
+            for row in rows if not args.json else []:
+                state = "revoked" if row["revoked"] else "live"
+                print(f"{row['id']}  {row['project']}  {row['role']:<5}  {state:<7}  {row['name']}")
+            if args.json:
+                print(json.dumps(rows, indent=2))
+        elif not keys.revoke(args.key_id):
+            print(f"caliper: no live key with id {args.key_id!r}", file=sys.stderr)
+            return 2
+        else:
+            print(f"caliper: key {args.key_id} revoked")
+        return 0
+    except Exception as exc:  # the database and the driver: a message, not a traceback
+        print(f"caliper: keys {args.action}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine.dispose()
+
+
+def add_parsers(sub: Any) -> None:
+    """serve, db, keys and export, added to the `caliper` command."""
     serve = sub.add_parser("serve", help="run the HTTP API (uvicorn)")
     serve.add_argument("--host", default=None, help="address to bind (default: CALIPER_HOST, 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port to bind (default: CALIPER_PORT, 8000)")
@@ -76,14 +129,34 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("action", choices=["upgrade", "downgrade"], help="upgrade (to head) or downgrade (to base)")
     db.add_argument("revision", nargs="?", default=None, help="a migration id instead of head / base")
     db.set_defaults(func=_db)
-    add_gate_parsers(sub)
+    keys = sub.add_parser(
+        "keys",
+        help="API keys (CALIPER_AUTH=required): create, list, revoke",
+        epilog="exit codes: 0 done; 2 usage, database or unknown key",
+    )
+    actions = keys.add_subparsers(dest="action", required=True, help="what to do with keys")
+    create = actions.add_parser("create", help="make a key and print it (once: only its digest is stored)")
+    create.add_argument("--project", required=True, type=_project_name, help="the project the key's calls act in")
+    create.add_argument("--role", choices=list(ROLES), default="write", help="read, write (default) or admin")
+    create.add_argument("--name", help="a note to recognise the key by in `keys list`")
+    create.add_argument("--json", action="store_true", help="print id, project, role and key as JSON")
+    listing = actions.add_parser("list", help="keys, newest first (never their secrets)")
+    listing.add_argument("--project", help="only this project's keys")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    revoke = actions.add_parser("revoke", help="revoke a key: refused from the next request on")
+    revoke.add_argument("key_id", help="the key's id (`keys list`; the part after `caliper_`)")
+    keys.set_defaults(func=_keys)
     add_export_parsers(sub)
-    return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
+def _project_name(text: str) -> str:
+    if not re.fullmatch(PROJECT_NAME_PATTERN, text):
+        raise argparse.ArgumentTypeError("1–64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return text
+
+
+build_parser = client_cli.build_parser
+main = client_cli.main
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -9,8 +10,19 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.storage.tenancy import DEFAULT_PROJECT, PROJECT_NAME_PATTERN
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PACKAGED_MIGRATIONS = Path(__file__).resolve().parent / "migrations"  # where a wheel puts them
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def default_migrations_dir() -> Path:
@@ -70,6 +82,16 @@ class Settings(BaseSettings):
         description="Comma-separated origins browsers may call the API from (e.g. https://app.example.com); "
         "empty: none (no CORS headers, the default).",
     )
+    auth: Literal["required", "disabled"] | None = Field(
+        None,
+        description="API keys (api.md): `required` or `disabled`; unset, disabled on a loopback address and "
+        "required on any other (the Docker image sets `required`).",
+    )
+    project: str = Field(
+        DEFAULT_PROJECT,
+        pattern=PROJECT_NAME_PATTERN,
+        description="The project of every request while auth is disabled, and of the CLI's in-process mode.",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
     access_log: bool = Field(True, description="uvicorn's per-request access log.")
@@ -77,6 +99,12 @@ class Settings(BaseSettings):
         default_factory=default_migrations_dir,
         description="Alembic scripts (default: the checkout's migrations/, else the installed package's).",
     )
+
+    def auth_required(self) -> bool:
+        """`CALIPER_AUTH` when set; else keys are required unless the server binds a loopback address."""
+        if self.auth is not None:
+            return self.auth == "required"
+        return not is_loopback(self.host)
 
     @field_validator("database_url")
     @classmethod

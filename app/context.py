@@ -29,6 +29,7 @@ from app.storage.artifacts import ArtifactStore
 from app.storage.db import make_engine, make_session_factory
 from app.storage.evaluations import EvaluationRepository
 from app.storage.idempotency import IdempotencyRepository
+from app.storage.keys import ApiKeyRepository
 from app.storage.models import CalibratorRecord, DetectorRecord, GateRecord
 from app.storage.repository import ModelRepository, PipelineRepository, Repository, SdmRepository
 
@@ -54,6 +55,7 @@ class Resources:
     inference: InferenceService  # the V2 protocol over pipelines
     metrics: Metrics  # Prometheus, served on /metrics
     idempotency: IdempotencyRepository  # first answers of POSTs with an Idempotency-Key
+    keys: ApiKeyRepository  # who may call, in which project
 
     @classmethod
     def create(cls, settings: Settings) -> Resources:
@@ -97,6 +99,7 @@ class Resources:
             inference=InferenceService(pipelines, runner),
             metrics=metrics,
             idempotency=IdempotencyRepository(database, settings.idempotency_ttl_s),
+            keys=ApiKeyRepository(database),
         )
 
     def close(self) -> None:

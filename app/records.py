@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PlainSerializer
 
 MAX_TAGS = 64
 TagKey = Annotated[str, Field(min_length=1, max_length=128)]
@@ -38,3 +38,6 @@ def utc_now() -> datetime:
 
 def rfc3339(stamp: datetime) -> str:
     return stamp.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
+
+
+Timestamp = Annotated[datetime, PlainSerializer(rfc3339, return_type=str)]  # a stored naive-UTC time, as RFC 3339

@@ -7,20 +7,19 @@ arrays are refused).
 
 from __future__ import annotations
 
-import base64
 import binascii
 import io
 import math
 from typing import Any, Literal
 
 import numpy as np
+from caliper_client.wire import WIRE_DTYPES
 from numpy.lib import format as npy_format
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from app.core.errors import InputError
 from app.core.npy_headers import NPY_HEADERS
 
-WIRE_DTYPES = {"float32": "<f4", "float64": "<f8", "int32": "<i4", "int64": "<i8"}
 MAX_DIMS = 4
 MAX_NPY_HEADER = 1 << 16
 
@@ -132,16 +131,3 @@ def decode_npy(field: str, data: bytes | memoryview) -> np.ndarray:
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
     return np.require(array, requirements=["C", "A"])
-
-
-def encode_tensor_object(array: np.ndarray) -> dict[str, Any]:
-    """ndarray -> tensor object (used by the client)."""
-    name = {"f4": "float32", "f8": "float64", "i4": "int32", "i8": "int64"}[array.dtype.str[1:]]
-    data = np.ascontiguousarray(array, dtype=np.dtype(WIRE_DTYPES[name]))
-    return {"dtype": name, "shape": list(array.shape), "data_b64": base64.b64encode(data.tobytes()).decode()}
-
-
-def encode_npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()

@@ -22,12 +22,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from caliper_client import CaliperClient
 
-from app.client import CaliperClient
 from app.config import Settings
 from app.context import Resources
 from app.evaluation.schemas import EvaluationRequest
 from app.storage.migrate import upgrade
+from app.storage.tenancy import DEFAULT_PROJECT, set_project
 from bench.timing import median_seconds
 
 BARE_APP = """
@@ -98,6 +99,7 @@ def large_request(url: str, settings: Settings, repeats: int) -> None:
     rng = np.random.default_rng(0)
     z = rng.normal(size=(1_000_000, 10)).astype(np.float32)
     y = rng.integers(0, 10, 1_000_000)
+    set_project(DEFAULT_PROJECT)  # what the server runs its requests as, with auth disabled
     evaluations = Resources.create(settings).evaluations  # the service code the server runs, in-process
     client = CaliperClient(url, multipart_threshold=0)
     print("\n(1) 1,000,000 x 10 float32, multipart .npy, default losses and metrics")

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from caliper_client.wire import encode_tensor_object
 
 from app.config import Settings
 from app.storage.migrate import upgrade
-from app.tensors import encode_tensor_object
 from bench.http import start_caliper
 
 

@@ -35,6 +35,7 @@ from app.evaluation.schemas import EvaluationRequest, ModelEvaluationRequest
 from app.models.schemas import ModelRequest
 from app.models.workers import WorkerLimits, WorkerPool
 from app.storage.migrate import upgrade
+from app.storage.tenancy import DEFAULT_PROJECT, set_project
 from bench.http import start_caliper
 from bench.timing import median_seconds
 
@@ -138,6 +139,7 @@ def main() -> None:
 
 def streamed_evaluation(rows: int) -> None:
     tmp = tempfile.mkdtemp()
+    set_project(DEFAULT_PROJECT)
     resources = Resources.create(Settings(database_url=f"sqlite:///{tmp}/e.db", artifact_dir=f"{tmp}/a"))
     upgrade(resources.settings)
     upload = resources.artifacts.writer()

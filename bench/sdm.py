@@ -21,10 +21,10 @@ from typing import Any
 
 import faiss
 import numpy as np
+from caliper_client import CaliperClient
 from fastapi.testclient import TestClient
 
 from app.api.main import create_app
-from app.client import CaliperClient
 from app.config import Settings
 from app.core.neighbours import nearest
 from app.core.sdm import LabelledSet, SdmEstimator

@@ -15,16 +15,17 @@ from typing import Any
 import numpy as np
 import pytest
 import uvicorn
+from caliper_client import CaliperClient
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import delete
 
 from app.api.main import create_app
-from app.client import CaliperClient
 from app.config import Settings
 from app.core import runtime
 from app.storage.migrate import downgrade, upgrade
 from app.storage.models import Base
+from app.storage.tenancy import DEFAULT_PROJECT, project_scope
 
 SHARED = Path(os.environ.get("CALIPER_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 GOLDEN = SHARED / "golden"
@@ -120,6 +121,14 @@ def runtime_of(client: TestClient) -> runtime.SessionCache:
     """The app's onnxruntime sessions and chunking (tests change its chunking to compare chunked runs)."""
     cache: runtime.SessionCache = client.app.state.resources.runtime  # type: ignore[attr-defined]
     return cache
+
+
+@pytest.fixture(autouse=True)
+def default_project() -> Iterator[None]:
+    """Tests that call services or repositories directly do so as the default project, as every request
+    does with auth disabled (requests get theirs from the auth middleware, in the server's own context)."""
+    with project_scope(DEFAULT_PROJECT):
+        yield
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
+from caliper_client import CaliperClient
 from fastapi.testclient import TestClient
 
-from app.client import CaliperClient
 from tests.conftest import Y_A, Y_B, Z_A, Z_B, count_rows
 from tests.test_api_bad_input import assert_problem
 

@@ -6,10 +6,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from caliper_client.wire import encode_tensor_object
 from fastapi.testclient import TestClient
 
 from app.core.chunking import Chunking
-from app.tensors import encode_tensor_object
 from tests.conftest import count_rows, runtime_of
 from tests.test_api_bad_input import assert_problem
 from tests.test_mahalanobis import TEST, X, Y

@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
+from caliper_client import CaliperClient
+from caliper_client.wire import encode_tensor_object
 from fastapi.testclient import TestClient
 
-from app.client import CaliperClient
-from app.tensors import encode_tensor_object
 from tests.conftest import Y_A, Z_A, count_rows, load_golden
 
 BODY = {"logits": Z_A.tolist(), "labels": Y_A.tolist()}

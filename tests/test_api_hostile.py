@@ -259,8 +259,9 @@ def test_columns_that_can_overflow_are_nullable_in_the_schema(client: TestClient
 
 
 def test_base64_tensors_decode_slice_by_slice(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from caliper_client.wire import encode_tensor_object
+
     from app import tensors
-    from app.tensors import encode_tensor_object
 
     monkeypatch.setattr(tensors, "B64_SLICE", 8)  # many slices for a small tensor
     logits = np.random.default_rng(1).normal(size=(37, 3))

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
+from caliper_client.wire import encode_tensor_object
 from fastapi.testclient import TestClient
 
-from app.tensors import encode_tensor_object
 from tests import onnx_models
 from tests.conftest import count_rows
 from tests.test_api_bad_input import assert_problem
@@ -537,7 +537,7 @@ def test_a_worker_that_cannot_start_answers_503_and_stores_nothing(
 
 
 def test_the_python_client_uploads_predicts_and_evaluates(client: TestClient, tmp_path: Any) -> None:
-    from app.client import CaliperClient, CaliperError
+    from caliper_client import CaliperClient, CaliperError
 
     data, _ = onnx_models.mlp(dtype=np.float32)
     path = tmp_path / "m.onnx"

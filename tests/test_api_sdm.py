@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from caliper_client import CaliperClient
+from caliper_client.wire import encode_npy, encode_tensor_object
 from fastapi.testclient import TestClient
 
-from app.client import CaliperClient
 from app.sdm.service import EVALUATION_METRICS
-from app.tensors import encode_npy, encode_tensor_object
 from tests.conftest import count_rows
 from tests.test_api_bad_input import assert_problem
 from tests.test_sdm_core import CAL_H, CAL_Y, CAL_Z, SUP_H, SUP_Y, SUP_Z, TEST_EXPECTED, TEST_H, TEST_Z

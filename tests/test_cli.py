@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from caliper_client import CaliperClient
 
-from app.client import CaliperClient
 from tests.conftest import Y_A, Z_A
 
 CALIPER = [sys.executable, "-m", "app.cli"]
@@ -66,8 +66,7 @@ def test_serve_fails_clearly_when_cuda_is_asked_for_and_missing(tmp_path: Path) 
 
 def test_the_client_retries_a_503_after_its_retry_after_and_gives_up_after_its_retries() -> None:
     import httpx
-
-    from app.client import CaliperError
+    from caliper_client import CaliperError
 
     calls: list[float] = []
 

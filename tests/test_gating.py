@@ -351,7 +351,7 @@ def test_cli_gate_in_process_and_over_http_agree(cli_env: dict[str, str], tmp_pa
         env=cli_env,
     )
     assert created.returncode == 2
-    from app.client import CaliperClient
+    from caliper_client import CaliperClient
 
     server_port = _free_port()
     server = subprocess.Popen(
@@ -488,11 +488,13 @@ def test_cli_evaluate_then_gate_against_it_with_tags(cli_env: dict[str, str], tm
     candidate = strict.stdout.splitlines()[0].split()[3]
     from app.config import Settings
     from app.context import Resources
+    from app.storage.tenancy import DEFAULT_PROJECT, project_scope
 
     resources = Resources.create(Settings(database_url=cli_env["CALIPER_DATABASE_URL"]))
     try:
-        assert resources.evaluations.get(candidate).tags["branch"] == "feature-x"
-        assert resources.evaluations.get(baseline).tags == {"run": "1", "prod": "true"}
+        with project_scope(DEFAULT_PROJECT):  # the in-process CLI's project
+            assert resources.evaluations.get(candidate).tags["branch"] == "feature-x"
+            assert resources.evaluations.get(baseline).tags == {"run": "1", "prod": "true"}
     finally:
         resources.close()
 

@@ -92,7 +92,7 @@ def oracle_scores(
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_logit_scores_match_the_oracle(client: TestClient, dtype: str) -> None:
-    from app.tensors import encode_tensor_object
+    from caliper_client.wire import encode_tensor_object
 
     z = np.random.default_rng(0).normal(size=(50, 7)) * 3
     response = client.post("/v1/ood/scores", json={"logits": encode_tensor_object(z.astype(dtype))})

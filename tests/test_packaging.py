@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -10,6 +11,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -59,17 +61,19 @@ def test_compose_names_its_image_and_takes_the_port_and_cors_from_the_environmen
 
 def test_dockerfile_installs_the_lock_writes_only_its_volume_and_checks_readiness_on_its_port() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    assert "pip install --require-hashes -r requirements.lock" in text and "pip install --no-deps ." in text
+    assert "pip install --require-hashes -r requirements.lock" in text and "pip install --no-deps ./client ." in text
     build = text.split("\nFROM ")[1]
     assert "COPY app ./app" in build and "COPY migrations ./migrations" in build  # the wheel carries them
     lock = (ROOT / "requirements.lock").read_text()
     assert "file://" not in lock and "--find-links" not in lock and "--hash=sha256:" in lock
     pinned = {line.split("==")[0] for line in lock.splitlines() if "==" in line and not line.startswith(" ")}
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    names = {re.split(r"[<>=\[ ]", d)[0].lower() for d in declared}
-    assert names <= pinned, f"requirements.lock lacks {sorted(names - pinned)}: run pip-compile (README)"
+    names = {re.split(r"[<>=\[ ]", d)[0].lower() for d in declared} - {"caliper-client"}  # ./client: built here
+    assert "COPY client ./client" in build
+    assert names <= pinned, f"requirements.lock lacks {sorted(names - pinned)}: run `make lock`"
     assert "CALIPER_DATABASE_URL=sqlite:////var/lib/caliper/caliper.db" in text
     assert "CALIPER_ARTIFACT_DIR=/var/lib/caliper/artifacts" in text
+    assert "CALIPER_AUTH=required" in text  # api.md: the image needs keys
     assert 'VOLUME ["/var/lib/caliper"]' in text and "chown -R caliper /var/lib/caliper" in text
     healthcheck = next(line for line in text.splitlines() if "urlopen" in line)
     assert "/readyz" in healthcheck and "CALIPER_PORT" in healthcheck and "8000/" not in healthcheck
@@ -134,3 +138,51 @@ def test_the_package_list_names_every_package_of_the_tree() -> None:
     declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     tree = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "app").rglob("__init__.py")}
     assert declared == tree | {"app.migrations", "app.migrations.versions"}
+
+
+def test_the_thin_client_installs_alone_into_a_clean_venv_and_gates_against_a_server(
+    live_server: str, tmp_path: Path
+) -> None:
+    """What a CI job installs: caliper-client (httpx, numpy, stamina), no service code; its `caliper` verbs
+    store a baseline, promote it, gate a worse candidate (exit 1) and report the verdict again."""
+    venv = tmp_path / "ci-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    installed = subprocess.run(
+        [venv / "bin" / "python", "-m", "pip", "install", "-q", str(ROOT / "client")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    listed = subprocess.run(
+        [venv / "bin" / "python", "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True, check=True
+    )
+    names = {line.split("==")[0].lower() for line in listed.stdout.splitlines()}
+    assert "caliper-client" in names and not names & {"caliper-service", "fastapi", "onnxruntime", "sqlalchemy"}
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 400)
+    good = rng.normal(size=(400, 3)) + 4.0 * np.eye(3)[labels]
+    worse = rng.normal(size=(400, 3)) + 0.5 * np.eye(3)[labels]
+    np.savez(tmp_path / "good.npz", logits=good, labels=labels)
+    np.savez(tmp_path / "worse.npz", logits=worse, labels=labels)
+    (tmp_path / "gate.toml").write_text('[[rules]]\nmetric = "accuracy"\nop = "max_decrease_abs"\nvalue = 0.01\n')
+    env = {k: v for k, v in os.environ.items() if k not in ("CALIPER_URL", "VIRTUAL_ENV", "PYTHONPATH")}
+
+    def caliper(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [str(venv / "bin" / "caliper"), *args]
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+    baseline = caliper("evaluate", "--url", live_server, "--npz", "good.npz", "--model", "m")
+    assert baseline.returncode == 0, baseline.stderr
+    assert caliper("promote", baseline.stdout.strip(), "--url", live_server).returncode == 0
+    gated = caliper(
+        "gate", "--url", live_server, "--policy", "gate.toml", "--candidate-file", "worse.npz",
+        "--baseline", "tag:prod", "--model", "m", "--json", "gate.json",
+    )  # fmt: skip
+    assert gated.returncode == 1 and "FAIL" in gated.stdout, gated.stdout + gated.stderr
+    gate_id = json.loads((tmp_path / "gate.json").read_text())["id"]
+    again = caliper("report", gate_id, "--url", live_server, "--junit", "again.xml")
+    assert again.returncode == 1 and again.stdout == gated.stdout.split("\n", 1)[1], again.stdout
+    assert 'failures="1"' in (tmp_path / "again.xml").read_text()
+    alone = caliper("gate", "--policy", "gate.toml", "--candidate", "a", "--baseline", "b")
+    assert alone.returncode == 2 and "needs caliper-service" in alone.stderr  # no server, no service code

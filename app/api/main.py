@@ -12,11 +12,12 @@ from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 
 from app import __version__
+from app.api.auth import Authentication, document_auth
 from app.api.idempotency import Idempotency
 from app.api.limits import BodySizeLimit, RefuseNulInUrl
 from app.api.observability import RequestContext, metrics_endpoint
 from app.api.problems import Problem, UnexpectedErrors, install_problem_handlers
-from app.api.routes import calibrators, detectors, evaluations, gates, health, models, ood, pipelines, sdm, v2
+from app.api.routes import calibrators, detectors, evaluations, gates, health, keys, models, ood, pipelines, sdm, v2
 from app.api.routes.v2 import V2ErrorBody
 from app.calibration.schemas import ApplyRequest, CalibratorRequest
 from app.config import Settings, get_settings
@@ -55,12 +56,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(pipelines.router)
     app.include_router(v2.router)
+    app.include_router(keys.router)
     app.add_middleware(UnexpectedErrors)  # added first: the innermost, right outside the routes' handlers
     app.add_middleware(Idempotency, repository=resources.idempotency)  # inside the body limit
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    app.add_middleware(  # outside the body limit and the idempotency keys: they run in the key's project
+        Authentication,
+        keys=resources.keys,
+        required=settings.auth_required(),
+        project=settings.project,
+        origins=tuple(origins),
+    )
     app.add_middleware(RefuseNulInUrl)
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
-    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:  # off by default: without it a browser page on another origin cannot read any answer
         app.add_middleware(
             CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"], expose_headers=["*"]
@@ -93,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 components.update(request_schema.pop("$defs", {}))
                 components[model.__name__] = request_schema
             _without_impossible_validation_errors(schema)
+            document_auth(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -26,6 +26,8 @@ log = logging.getLogger("caliper")
 TITLES: dict[int | str, str] = {
     "model-limits": "The model exceeded its limits",
     400: "Bad request",
+    401: "Unauthenticated",
+    403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
     409: "Conflict",

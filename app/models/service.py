@@ -54,7 +54,7 @@ class ModelService:
                 raise
 
     def _remove_if_unused(self, record: ModelRecord) -> None:
-        if not self.repository.page(1, None, sha256=record.sha256)[0]:
+        if not self.repository.shares_file(record.sha256):
             self.artifacts.remove(record.sha256)
 
     def get(self, model_id: str) -> ModelRecord:

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _remote(url: str | None, model_id: str, heads: dict[str, str | None], dtype: str | None) -> bytes:
-    from app.client import CaliperClient
+    from caliper_client import CaliperClient
 
     assert url is not None
     with CaliperClient(url) as client:
@@ -53,8 +53,11 @@ def _local(_: str | None, model_id: str, heads: dict[str, str | None], dtype: st
     from app.config import get_settings
     from app.context import Resources
     from app.pipelines.heads import Heads
+    from app.storage.tenancy import set_project
 
-    resources = Resources.create(get_settings())
+    settings = get_settings()
+    set_project(settings.project)  # in-process, the CLI is CALIPER_PROJECT's
+    resources = Resources.create(settings)
     try:
         export = resources.exports.export(model_id, Heads(**heads), np.dtype(dtype) if dtype else None)
         data: bytes = export.model.SerializeToString()

@@ -10,6 +10,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.storage.tenancy import scope_to_projects
+
 
 def ensure_sqlite_directory(url: str) -> None:
     """An embedded SQLite file's folder (./var by default) is created on first use."""
@@ -46,4 +48,7 @@ def make_engine(url: str) -> Engine:
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+    """Sessions whose ORM queries see only the project in scope (`app.storage.tenancy`)."""
+    factory = sessionmaker(engine, expire_on_commit=False)
+    scope_to_projects(factory)
+    return factory

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.records import utc_now
 from app.storage.models import IdempotencyRecord
+from app.storage.tenancy import ALL_PROJECTS
 
 
 class IdempotencyRepository:
@@ -22,14 +23,15 @@ class IdempotencyRepository:
         """None when this call claimed the key (run the request), else the existing claim or answer."""
         now = utc_now()
         with self.sessions.begin() as session:
-            session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.created_at < now - self.retention))
+            expired = delete(IdempotencyRecord).where(IdempotencyRecord.created_at < now - self.retention)
+            session.execute(expired.execution_options(**ALL_PROJECTS))  # every project's, as they expire
         try:
             with self.sessions.begin() as session:
                 session.add(IdempotencyRecord(key=key, created_at=now, request=request, state="pending"))
             return None
         except IntegrityError:
-            with self.sessions() as session:
-                existing = session.get(IdempotencyRecord, key)
+            with self.sessions() as session:  # the caller's project's claim (the project filter)
+                existing = session.scalars(select(IdempotencyRecord).where(IdempotencyRecord.key == key)).first()
             if existing is None:  # expired and removed between the two statements: claim again
                 return self.claim(key, request)
             return existing

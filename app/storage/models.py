@@ -9,6 +9,8 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from app.storage.tenancy import ProjectScoped
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -22,7 +24,7 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class Evaluation(Base):
+class Evaluation(ProjectScoped, Base):
     __tablename__ = "evaluations"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -45,7 +47,7 @@ class Evaluation(Base):
         cascade="all, delete-orphan", passive_deletes=True, lazy="selectin"
     )
 
-    __table_args__ = (Index("ix_evaluations_created_at_id", "created_at", "id"),)
+    __table_args__ = (Index("ix_evaluations_project_id_created_at_id", "project_id", "created_at", "id"),)
 
 
 class EvaluationTag(Base):
@@ -81,7 +83,7 @@ class EvaluationArray(Base):
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
-class CalibratorRecord(Base):
+class CalibratorRecord(ProjectScoped, Base):
     """A fitted calibrator: method, hyper-parameters, fitted parameters (api.md names) and fit report."""
 
     __tablename__ = "calibrators"
@@ -97,10 +99,10 @@ class CalibratorRecord(Base):
     fitted: Mapped[dict[str, Any]] = mapped_column(JSON)
     fit_report: Mapped[dict[str, Any]] = mapped_column(JSON)
 
-    __table_args__ = (Index("ix_calibrators_created_at_id", "created_at", "id"),)
+    __table_args__ = (Index("ix_calibrators_project_id_created_at_id", "project_id", "created_at", "id"),)
 
 
-class GateRecord(Base):
+class GateRecord(ProjectScoped, Base):
     """A gate verdict with its rule-by-rule report."""
 
     __tablename__ = "gates"
@@ -113,10 +115,10 @@ class GateRecord(Base):
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
 
-    __table_args__ = (Index("ix_gates_created_at_id", "created_at", "id"),)
+    __table_args__ = (Index("ix_gates_project_id_created_at_id", "project_id", "created_at", "id"),)
 
 
-class DetectorRecord(Base):
+class DetectorRecord(ProjectScoped, Base):
     """A fitted OOD detector: method, params, and its fitted arrays as one zstd-compressed .npz blob."""
 
     __tablename__ = "detectors"
@@ -133,10 +135,10 @@ class DetectorRecord(Base):
     fit_info: Mapped[dict[str, Any]] = mapped_column(JSON)
     arrays: Mapped[bytes] = mapped_column(LargeBinary)
 
-    __table_args__ = (Index("ix_detectors_created_at_id", "created_at", "id"),)
+    __table_args__ = (Index("ix_detectors_project_id_created_at_id", "project_id", "created_at", "id"),)
 
 
-class SdmRecord(Base):
+class SdmRecord(ProjectScoped, Base):
     """A fitted SDM estimator: thresholds and calibration report as JSON; the support exemplars, their
     prediction codes and the per-class eCDF tables as one zstd-compressed .npz blob, loaded only to score."""
 
@@ -156,10 +158,10 @@ class SdmRecord(Base):
     calibration: Mapped[dict[str, Any]] = mapped_column(JSON)
     arrays: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
 
-    __table_args__ = (Index("ix_sdm_estimators_created_at_id", "created_at", "id"),)
+    __table_args__ = (Index("ix_sdm_estimators_project_id_created_at_id", "project_id", "created_at", "id"),)
 
 
-class ModelRecord(Base):
+class ModelRecord(ProjectScoped, Base):
     """An uploaded ONNX classifier: what intake read from it; its bytes live in the artifact store under
     `sha256` (shared by uploads of the same bytes, removed with the last record that names them)."""
 
@@ -179,10 +181,10 @@ class ModelRecord(Base):
     classes: Mapped[int | None] = mapped_column(Integer)
     tags: Mapped[dict[str, str]] = mapped_column(JSON)
 
-    __table_args__ = (Index("ix_models_created_at_id", "created_at", "id"),)
+    __table_args__ = (Index("ix_models_project_id_created_at_id", "project_id", "created_at", "id"),)
 
 
-class PipelineRecord(Base):
+class PipelineRecord(ProjectScoped, Base):
     """A named, versioned deployment of a model with its heads. Its composed export is built once, at
     creation, and kept in the artifact store under `sha256`; V2 serves that file, so the answers of a
     version never change, whatever later happens to the heads it was built from."""
@@ -205,28 +207,30 @@ class PipelineRecord(Base):
     tags: Mapped[dict[str, str]] = mapped_column(JSON)
 
     __table_args__ = (
-        Index("ix_pipelines_created_at_id", "created_at", "id"),
-        Index("ix_pipelines_name_version", "name", "version", unique=True),
+        Index("ix_pipelines_project_id_created_at_id", "project_id", "created_at", "id"),
+        Index("ix_pipelines_project_id_name_version", "project_id", "name", "version", unique=True),
     )
 
 
-class PipelineName(Base):
+class PipelineName(ProjectScoped, Base):
     """The last version given to a pipeline name, so that a deleted version's number is never given again
     (a V2 client pinned to `name/versions/2` never reaches another deployment)."""
 
     __tablename__ = "pipeline_names"
 
+    project_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(256), primary_key=True)
     last_version: Mapped[int] = mapped_column(Integer)
 
 
-class IdempotencyRecord(Base):
+class IdempotencyRecord(ProjectScoped, Base):
     """The first answer to a POST sent with an `Idempotency-Key`: claimed (state `pending`) before the
     request runs, so a concurrent duplicate meets the primary key instead of running twice; completed with
     the answer and the body's digest, which a repeat must match."""
 
     __tablename__ = "idempotency_keys"
 
+    project_id: Mapped[str] = mapped_column(String(64), primary_key=True)  # keys are the caller's project's
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(), index=True)  # naive UTC
     request: Mapped[str] = mapped_column(String(512))  # "POST /v1/evaluations"
@@ -235,3 +239,19 @@ class IdempotencyRecord(Base):
     status: Mapped[int | None] = mapped_column(Integer)
     headers: Mapped[list[list[str]] | None] = mapped_column(JSON)
     body: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class ApiKey(Base):
+    """An API key: `caliper_<id>_<secret>`, of which only a salted HMAC-SHA-256 of the secret is kept
+    (`app.storage.keys` says why not a slow hash). Not project-scoped: it is what finds the project."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project: Mapped[str] = mapped_column(String(64), index=True)
+    role: Mapped[str] = mapped_column(String(8))  # read | write | admin
+    name: Mapped[str] = mapped_column(String(256))
+    salt: Mapped[bytes] = mapped_column(LargeBinary(16))
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime())  # naive UTC
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime())

@@ -1,5 +1,5 @@
 """One repository per resource: plain fields in, records out, `NotFoundError` for a missing id. Every
-query the service runs lives in `app.storage`; this is where a project filter goes next."""
+query the service runs lives in `app.storage`, and sees only the caller's project (`app.storage.tenancy`)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.storage.models import Base, ModelRecord, PipelineName, PipelineRecord, SdmRecord
 from app.storage.pagination import page
+from app.storage.tenancy import ALL_PROJECTS
 
 R = TypeVar("R", bound=Base)
 
@@ -56,6 +57,13 @@ class Repository(Generic[R]):
         with self.sessions() as session:
             return page(session, query, self.record, limit, cursor)
 
+    def shares_file(self, digest: str) -> bool:
+        """Whether any record of any project names this artifact (content-addressed files are shared by
+        identical uploads across projects, so the count ignores the project filter)."""
+        query = select(func.count()).select_from(self.record).where(getattr(self.record, "sha256") == digest)  # noqa: B009
+        with self.sessions() as session:
+            return bool(session.scalar(query.execution_options(**ALL_PROJECTS)))
+
     def delete(self, record_id: str) -> None:
         with self.sessions.begin() as session:
             result = session.execute(sql_delete(self.record).where(self.id_column == record_id))
@@ -93,8 +101,7 @@ class ModelRepository(Repository[ModelRecord]):
             digest = record.sha256
             session.delete(record)
             session.flush()
-            others = session.scalar(select(func.count()).select_from(ModelRecord).where(ModelRecord.sha256 == digest))
-        return digest if not others else None
+        return digest if not self.shares_file(digest) else None
 
 
 class PipelineRepository(Repository[PipelineRecord]):
@@ -148,7 +155,4 @@ class PipelineRepository(Repository[PipelineRecord]):
             digest = record.sha256
             session.delete(record)
             session.flush()
-            others = session.scalar(
-                select(func.count()).select_from(PipelineRecord).where(PipelineRecord.sha256 == digest)
-            )
-        return digest if not others else None
+        return digest if not self.shares_file(digest) else None

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from app.api.auth import role
 from app.api.bodies import read_tensor_body, tensor_request_body
 from app.api.deps import get_resources, resources_of
 from app.api.json_body import StrictJsonRoute
@@ -82,7 +83,7 @@ def delete(detector_id: str, resources: ResourcesDep) -> Response:
     response_model=DetectorScoresOut,
     summary="OOD scores of features",
     responses=TENSOR_WRITE,
-    openapi_extra=tensor_request_body("ScoreRequest", ("features",)),
+    openapi_extra={**tensor_request_body("ScoreRequest", ("features",)), **role("read")},  # computes, stores nothing
 )
 async def score(detector_id: str, request: Request) -> Response:
     resources = resources_of(request)

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
+from app.api.auth import role
 from app.api.bodies import NPZ, read_tensor_body, tensor_request_body
 from app.api.deps import get_resources, resources_of
 from app.api.json_body import StrictJsonRoute
@@ -158,6 +159,7 @@ async def create_model_evaluation(model_id: str, request: Request) -> Response:
     operation_id="predict",
     summary="Run the model on inputs, with optional calibrator, detector and SDM heads",
     responses={**TENSOR_WRITE, 200: {"content": {"application/json": {}, NPZ: {}}}},
+    openapi_extra=role("read"),  # runs the model, stores nothing
 )
 async def predict(model_id: str, request: Request) -> Response:
     resources = resources_of(request)

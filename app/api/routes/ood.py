@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from app.api.auth import role
 from app.api.bodies import read_tensor_body, tensor_request_body
 from app.api.deps import resources_of
 from app.api.json_body import StrictJsonRoute
@@ -27,7 +28,7 @@ router = APIRouter(prefix="/v1/ood", tags=["ood"], route_class=StrictJsonRoute)
     response_model=ScoresOut,
     summary="Logit-based OOD scores (higher = more OOD)",
     responses=TENSOR_WRITE,
-    openapi_extra=tensor_request_body("ScoresRequest", SCORE_TENSORS),
+    openapi_extra={**tensor_request_body("ScoresRequest", SCORE_TENSORS), **role("read")},  # computes, stores nothing
 )
 async def scores(request: Request) -> Response:
     options, arrays = await read_tensor_body(request, SCORE_TENSORS, frozenset())
@@ -42,7 +43,10 @@ async def scores(request: Request) -> Response:
     response_model=OodEvaluateOut,
     summary="AUROC, AUPR-In/Out, FPR@95 (both conventions), detection error",
     responses=TENSOR_WRITE,
-    openapi_extra=tensor_request_body("OodEvaluateRequest", EVALUATE_TENSORS),
+    openapi_extra={
+        **tensor_request_body("OodEvaluateRequest", EVALUATE_TENSORS),
+        **role("read"),
+    },  # computes, stores nothing
 )
 async def evaluate(request: Request) -> Response:
     options, arrays = await read_tensor_body(request, EVALUATE_TENSORS, frozenset())

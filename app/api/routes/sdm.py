@@ -9,6 +9,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from app.api.auth import role
 from app.api.bodies import NPZ, read_tensor_body, tensor_request_body
 from app.api.deps import get_resources, resources_of
 from app.api.json_body import StrictJsonRoute
@@ -84,7 +85,7 @@ def delete(sdm_id: str, resources: ResourcesDep) -> Response:
     response_model=SdmScoresOut,
     summary="SDM outputs per row (JSON, or .npz with Accept: application/x-npz)",
     responses={**TENSOR_WRITE, 200: {"content": {"application/json": {}, NPZ: {}}}},
-    openapi_extra=tensor_request_body("SdmScoreRequest", SCORE_TENSORS),
+    openapi_extra={**tensor_request_body("SdmScoreRequest", SCORE_TENSORS), **role("read")},  # computes, stores nothing
 )
 async def score(sdm_id: str, request: Request) -> Response:
     resources = resources_of(request)

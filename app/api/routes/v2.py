@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from app import __version__
+from app.api.auth import role
 from app.api.deps import get_resources, resources_of
 from app.api.problems import DATABASE_DOWN, error_responses
 from app.context import Resources
@@ -215,7 +216,7 @@ def _decompressed(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
     operation_id="modelInfer",
     summary="Run the pipeline (V2; the latest version)",
     responses=INFER_RESPONSES,
-    openapi_extra=INFER_BODY,
+    openapi_extra={**INFER_BODY, **role("read")},  # inference stores nothing
 )
 async def infer(name: str, request: Request) -> Response:
     return await _infer(request, name, None)
@@ -226,7 +227,7 @@ async def infer(name: str, request: Request) -> Response:
     operation_id="modelVersionInfer",
     summary="Run a pipeline version (V2)",
     responses=INFER_RESPONSES,
-    openapi_extra=INFER_BODY,
+    openapi_extra={**INFER_BODY, **role("read")},  # inference stores nothing
 )
 async def infer_version(name: str, version: str, request: Request) -> Response:
     return await _infer(request, name, version)

@@ -1,13 +1,17 @@
-"""A small Python client for the Caliper API.
+"""A small Python client for the Caliper API (httpx, numpy and stamina only).
 
 Tensors go as base64 tensor objects inside JSON while the request is small, and as multipart
-`.npy` parts above `multipart_threshold` bytes, so large arrays are never turned into JSON text.
+`.npy` parts above `multipart_threshold` bytes, so large arrays are never turned into JSON text. Every
+POST carries an `Idempotency-Key` of its own, so a retried write (after a 503, a 429 or a dropped
+connection) is answered from the first attempt and never stored twice.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +20,7 @@ import httpx
 import numpy as np
 import stamina
 
-from app.tensors import encode_npy, encode_tensor_object
+from caliper_client.wire import encode_npy, encode_tensor_object, to_wire
 
 DEFAULT_MULTIPART_THRESHOLD = 1 << 20
 RETRIED_STATUSES = (429, 503)  # the service stored nothing and says when to come back
@@ -29,16 +33,18 @@ class _Busy(Exception):
 
 
 def _backoff(exc: Exception) -> bool | float:
-    """stamina's hook: a 503/429 is retried after its Retry-After seconds (else with its backoff)."""
+    """stamina's hook: a 503/429 is retried after its Retry-After seconds (else with its backoff), and so is
+    a request that never reached the server or whose answer was lost (safe: writes carry an Idempotency-Key)."""
     if isinstance(exc, _Busy):
         return exc.retry_after if exc.retry_after is not None else True
-    return False
+    return isinstance(exc, httpx.TransportError)
 
 
 class RetryAfterTransport(httpx.BaseTransport):
     """Retries answers of 503 and 429, waiting what their `Retry-After` says (stamina's jittered backoff
-    when it says nothing), at most `attempts` times within `timeout` seconds; the last answer is returned
-    as it is. Bodies are buffered first, so a retried upload sends the same bytes."""
+    when it says nothing), and transport errors, at most `attempts` times within `timeout` seconds; the
+    last answer (or error) is returned as it is. Bodies are buffered first, so a retry sends the same bytes
+    with the same headers (its Idempotency-Key included)."""
 
     def __init__(self, inner: httpx.BaseTransport, attempts: int = 5, timeout: float = 120.0) -> None:
         self.inner, self.attempts, self.timeout = inner, attempts, timeout
@@ -81,7 +87,8 @@ class CaliperError(Exception):
 
 class CaliperClient:
     """`CaliperClient("http://127.0.0.1:8000")`, or wrap any httpx.Client (e.g. a TestClient). With a URL,
-    answers of 503/429 are retried after their Retry-After, at most `retries` times (`RetryAfterTransport`)."""
+    answers of 503/429 and lost connections are retried, at most `retries` times (`RetryAfterTransport`).
+    `api_key` (default: the CALIPER_API_KEY environment variable) is sent as `Authorization: Bearer`."""
 
     def __init__(
         self,
@@ -90,12 +97,16 @@ class CaliperClient:
         timeout: float = 300.0,
         retries: int = 5,
         transport: httpx.BaseTransport | None = None,
+        api_key: str | None = None,
     ) -> None:
         if isinstance(base_url, httpx.Client):
             self.http = base_url
         else:
             retrying = RetryAfterTransport(transport or httpx.HTTPTransport(), attempts=retries + 1)
             self.http = httpx.Client(base_url=base_url, timeout=timeout, transport=retrying)
+        key = api_key if api_key is not None else os.environ.get("CALIPER_API_KEY")
+        if key:
+            self.http.headers["Authorization"] = f"Bearer {key}"
         self.multipart_threshold = multipart_threshold
 
     def close(self) -> None:
@@ -203,7 +214,7 @@ class CaliperClient:
             "file": ("model.onnx", data, "application/octet-stream"),
             "request": ("request.json", json.dumps({"name": name, **options}).encode(), "application/json"),
         }
-        return self._check(self.http.post("/v1/models", files=files))
+        return self._check(self._post("/v1/models", files=files))
 
     def predict(self, model_id: str, inputs: Mapping[str, np.ndarray], **options: Any) -> dict[str, np.ndarray]:
         """Per-row columns, fetched as .npz (`sdm.*` keys with sdm_id); options: calibrator_id, detector_id,
@@ -244,7 +255,7 @@ class CaliperClient:
     def create_pipeline(self, name: str, model_id: str, **heads: Any) -> dict[str, Any]:
         """POST /v1/pipelines: a new version of `name` (served on /v2 by that name)."""
         body = {"name": name, "model_id": model_id, **{k: v for k, v in heads.items() if v is not None}}
-        return self._check(self.http.post("/v1/pipelines", json=body))
+        return self._check(self._post("/v1/pipelines", json=body))
 
     def get_pipeline(self, pipeline_id: str) -> dict[str, Any]:
         return self._check(self.http.get(f"/v1/pipelines/{pipeline_id}"))
@@ -262,13 +273,13 @@ class CaliperClient:
 
     # ---- gates -------------------------------------------------------------------------------------
     def create_gate(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        return self._check(self.http.post("/v1/gates", json=dict(body)))
+        return self._check(self._post("/v1/gates", json=dict(body)))
 
     def get_gate(self, gate_id: str) -> dict[str, Any]:
         return self._check(self.http.get(f"/v1/gates/{gate_id}"))
 
     def set_tags(self, evaluation_id: str, tags: Mapping[str, str]) -> dict[str, Any]:
-        return self._check(self.http.post(f"/v1/evaluations/{evaluation_id}/tags", json={"tags": dict(tags)}))
+        return self._check(self._post(f"/v1/evaluations/{evaluation_id}/tags", json={"tags": dict(tags)}))
 
     # ---- transport -------------------------------------------------------------------------------
     def _post_tensors(self, path: str, body: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -290,11 +301,16 @@ class CaliperClient:
                 node = payload
                 for key in parents:
                     node = node.setdefault(key, {})
-                node[leaf] = encode_tensor_object(_wire(value))
-            return self.http.post(path, json=payload, headers=headers)
+                node[leaf] = encode_tensor_object(to_wire(value))
+            return self._post(path, json=payload, headers=headers)
         files: dict[str, Any] = {"request": ("request.json", json.dumps(body).encode(), "application/json")}
-        files.update({k: (f"{k}.npy", encode_npy(_wire(v)), "application/octet-stream") for k, v in tensors.items()})
-        return self.http.post(path, files=files, headers=headers)
+        files.update({k: (f"{k}.npy", encode_npy(to_wire(v)), "application/octet-stream") for k, v in tensors.items()})
+        return self._post(path, files=files, headers=headers)
+
+    def _post(self, path: str, headers: Mapping[str, str] | None = None, **content: Any) -> httpx.Response:
+        """A POST with an Idempotency-Key of its own: its retries are one logical request."""
+        keyed = {"Idempotency-Key": uuid.uuid4().hex, **(headers or {})}
+        return self.http.post(path, headers=keyed, **content)
 
     @staticmethod
     def _raise_for_problem(response: httpx.Response) -> None:
@@ -312,12 +328,3 @@ class CaliperClient:
             return {}
         result: dict[str, Any] = response.json()
         return result
-
-
-def _wire(array: np.ndarray) -> np.ndarray:
-    """Arrays in a dtype the API accepts: floats stay float32/float64, integers become int64."""
-    if array.dtype.kind in "iub":
-        return array.astype(np.int64, copy=False)
-    if array.dtype in (np.float32, np.float64):
-        return array
-    return array.astype(np.float64)

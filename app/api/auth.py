@@ -1,0 +1,157 @@
+"""Who may call (api.md, "Conventions"), as pure ASGI middleware outside the body limit and the
+idempotency keys: every /v1, /v2 and /ui request names its API key (`Authorization: Bearer <key>` or
+`X-API-Key`), is answered 401 without a valid live key and 403 when its role is too low, and otherwise
+runs in its key's project (`app.storage.tenancy`), which every query then filters by. With auth disabled
+every request runs as the configured project with every role.
+
+A route's role: `read` for GET and HEAD, `write` for other methods, unless the route says otherwise with
+`openapi_extra=role("read")` (a POST that computes and stores nothing) or `role("admin")`. The roles are
+read from the app's OpenAPI schema (`x-caliper-role` on every protected operation, so clients see them
+too); a path the schema lacks needs its method's default, so a new route needs no code to be protected.
+
+Browsers: a state-changing request with an `Origin` that is neither the server's own nor one of
+CALIPER_CORS_ORIGINS is refused (403) before anything runs, so a cross-site form cannot write, even
+with auth disabled on a developer's loopback.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.api.problems import DATABASE_DOWN, problem_response
+from app.storage.keys import ApiKeyRepository, Principal, Role
+from app.storage.tenancy import project_scope
+
+PROTECTED = ("/v1/", "/v2", "/ui")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+ROLE_KEY = "x-caliper-role"
+
+
+def role(needed: Role) -> dict[str, Any]:
+    """`openapi_extra` of a route whose role is not its method's default (documented in the schema)."""
+    return {ROLE_KEY: needed}
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers") or []:
+        if key == name:
+            text: str = value.decode("latin-1")
+            return text
+    return None
+
+
+def presented_key(scope: Scope) -> str | None:
+    bearer = _header(scope, b"authorization")
+    if bearer is not None:
+        scheme, _, token = bearer.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return _header(scope, b"x-api-key")
+
+
+def role_table(schema: dict[str, Any]) -> list[tuple[re.Pattern[str], dict[str, Role]]]:
+    """Each protected path of the OpenAPI schema as a regex, with the role of each of its methods."""
+    table = []
+    for path, operations in schema.get("paths", {}).items():
+        if path.startswith(PROTECTED):
+            regex, _, _ = compile_path(path)
+            table.append((regex, {m.upper(): op[ROLE_KEY] for m, op in operations.items() if ROLE_KEY in op}))
+    return table
+
+
+def needed_role(table: list[tuple[re.Pattern[str], dict[str, Role]]], method: str, path: str) -> Role:
+    for regex, roles in table:
+        if regex.match(path) and method in roles:
+            return roles[method]
+    return "read" if method in SAFE_METHODS else "write"
+
+
+class Authentication:
+    def __init__(
+        self, app: ASGIApp, keys: ApiKeyRepository, required: bool, project: str, origins: tuple[str, ...]
+    ) -> None:
+        self.app, self.keys, self.required, self.project, self.origins = app, keys, required, project, origins
+        self._roles: list[tuple[re.Pattern[str], dict[str, Role]]] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED):
+            await self.app(scope, receive, send)
+            return
+        refusal = self._cross_site(scope)
+        if refusal is None:
+            principal, refusal = await self._principal(scope)
+        if refusal is not None:
+            status, detail, headers = refusal
+            await _refuse(scope, status, detail, headers)(scope, receive, send)
+            return
+        assert principal is not None
+        if self._roles is None:  # the schema is complete once the app serves
+            self._roles = role_table(scope["app"].openapi())
+        needed = needed_role(self._roles, scope["method"], scope["path"])
+        if not principal.may(needed):
+            detail = f"this key's role ({principal.role}) may not {scope['method']} here: it needs {needed}"
+            await _refuse(scope, 403, detail, {})(scope, receive, send)
+            return
+        scope["caliper.principal"] = principal
+        with project_scope(principal.project):
+            await self.app(scope, receive, send)
+
+    def _cross_site(self, scope: Scope) -> tuple[int, str, dict[str, str]] | None:
+        origin = _header(scope, b"origin")
+        if scope["method"] in SAFE_METHODS or origin is None or origin in self.origins:
+            return None
+        host = _header(scope, b"host")
+        if host is not None and origin.partition("://")[2] == host:
+            return None  # the server's own pages
+        return 403, f"cross-origin {scope['method']} from {origin} refused (allow it with CALIPER_CORS_ORIGINS)", {}
+
+    async def _principal(self, scope: Scope) -> tuple[Principal | None, tuple[int, str, dict[str, str]] | None]:
+        if not self.required:
+            return Principal(self.project, "admin"), None
+        challenge = {"WWW-Authenticate": 'Bearer realm="caliper"'}
+        token = presented_key(scope)
+        if token is None:
+            return None, (401, "an API key is required: `Authorization: Bearer <key>` or `X-API-Key`", challenge)
+        try:
+            principal = await run_in_threadpool(self.keys.authenticate, token)
+        except DATABASE_DOWN:
+            return None, (503, "the database is unreachable; retry later", {"Retry-After": "5"})
+        if principal is None:
+            return None, (401, "unknown or revoked API key", challenge)
+        return principal, None
+
+
+def _refuse(scope: Scope, status: int, detail: str, headers: dict[str, str]) -> JSONResponse:
+    """problem+json on /v1 and /ui; the V2 protocol's `{"error"}` on /v2."""
+    if scope["path"].startswith("/v2"):
+        return JSONResponse({"error": detail}, status_code=status, headers=headers)
+    return problem_response(status, detail, headers=headers)
+
+
+def document_auth(schema: dict[str, Any]) -> None:
+    """The OpenAPI schema says how to authenticate, which role each protected operation needs
+    (`x-caliper-role`) and that it may answer 401 and 403."""
+    schema.setdefault("components", {})["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "An API key: `caliper keys create`."},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "The same key."},
+    }
+    for path, operations in schema.get("paths", {}).items():
+        if not path.startswith(PROTECTED):
+            continue
+        body = "V2ErrorBody" if path.startswith("/v2") else "Problem"
+        media = "application/json" if body == "V2ErrorBody" else "application/problem+json"
+        for method, operation in operations.items():
+            operation.setdefault(ROLE_KEY, "read" if method.upper() in SAFE_METHODS else "write")
+            operation["security"] = [{"bearer": []}, {"apiKey": []}]
+            responses = operation.setdefault("responses", {})
+            for status, text in (
+                ("401", "No API key, or an unknown or revoked one (with CALIPER_AUTH=required)."),
+                ("403", f"The key's role is below `{operation[ROLE_KEY]}`, or a cross-site write."),
+            ):
+                content = {media: {"schema": {"$ref": f"#/components/schemas/{body}"}}}
+                responses.setdefault(status, {"description": text, "content": content})

@@ -39,4 +39,5 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('CALIPER_PORT', '8000')}/readyz\", timeout=2)"]
 # Alone (`docker run`), it migrates its embedded SQLite first; compose runs migrations as their own step.
-CMD ["sh", "-c", "caliper db upgrade && exec caliper serve"]
+# One server process per CPU (CALIPER_WORKERS overrides): a crash costs one process, not the service.
+CMD ["sh", "-c", "caliper db upgrade && exec caliper serve --workers \"${CALIPER_WORKERS:-$(nproc)}\""]

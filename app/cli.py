@@ -19,36 +19,24 @@ from app.storage.tenancy import PROJECT_NAME_PATTERN
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from app.api.main import create_app
+    from app.api.server import json_logs, serve
+    from app.core.runtime import resolve_providers
 
     settings = get_settings()
-    settings = settings.model_copy(update={"host": args.host or settings.host, "port": args.port or settings.port})
-    _json_logs()
+    overrides = {"host": args.host, "port": args.port, "workers": args.workers}
+    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    json_logs()
     try:
-        app = create_app(settings)
+        resolve_providers(settings.provider)
+        app = create_app(settings) if settings.workers == 1 else None  # each process builds its own
     except ProviderUnavailableError as exc:
         print(f"caliper: {exc}", file=sys.stderr)
         return 2
     if not settings.auth_required() and not is_loopback(settings.host):
         print(f"caliper: warning: auth is disabled on {settings.host} (CALIPER_AUTH=disabled)", file=sys.stderr)
-    uvicorn.run(app, host=settings.host, port=settings.port, access_log=settings.access_log)
+    serve(settings, app)
     return 0
-
-
-def _json_logs() -> None:
-    """The service's own log records as JSON lines on stderr, each with its request id."""
-    import logging
-
-    from app.api.observability import JsonLines
-
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonLines())
-    logger = logging.getLogger("caliper")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
 
 
 def _db(args: argparse.Namespace) -> int:
@@ -124,6 +112,9 @@ def add_parsers(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the HTTP API (uvicorn)")
     serve.add_argument("--host", default=None, help="address to bind (default: CALIPER_HOST, 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port to bind (default: CALIPER_PORT, 8000)")
+    serve.add_argument(
+        "--workers", type=int, default=None, help="server processes (default: CALIPER_WORKERS, 1; the image: CPUs)"
+    )
     serve.set_defaults(func=_serve)
     db = sub.add_parser("db", help="database migrations (DATABASE_URL)")
     db.add_argument("action", choices=["upgrade", "downgrade"], help="upgrade (to head) or downgrade (to base)")

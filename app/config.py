@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from limits import parse_many
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -92,9 +94,50 @@ class Settings(BaseSettings):
         pattern=PROJECT_NAME_PATTERN,
         description="The project of every request while auth is disabled, and of the CLI's in-process mode.",
     )
+    request_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="Time limit of a POST's work (fits, cv, bootstrap, evaluations, model runs), from its admission "
+        "(so including reading its body, unless an Idempotency-Key made it read first); beyond it 422 (`type` "
+        "ending in `time-limit`), nothing stored.",
+    )
+    max_running_work: int = Field(
+        default_factory=lambda: 2 * (os.cpu_count() or 1),
+        ge=1,
+        description="POSTs that run at once (default: twice the CPU count); more wait for a slot.",
+    )
+    max_waiting_work: int = Field(
+        64, ge=0, description="POSTs that may wait for a slot; beyond them 503 with Retry-After (`overloaded`)."
+    )
+    rate_limit: str = Field(
+        "200/second;6000/minute",
+        description="Requests per API key (per client address with auth disabled), in `limits` notation "
+        "(`N/second;M/minute`); beyond it 429 with Retry-After. Empty: no limit. Counted per process.",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="A connection must send its request's headers within this; else it is closed."
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="A request body must arrive within this plus 1 s per CALIPER_BODY_MIN_BYTES_PER_S; "
+        "else 408 and the connection is closed.",
+    )  # fmt: skip
+    body_min_bytes_per_s: int = Field(65_536, gt=0, description="The slowest body upload rate accepted.")
+    max_connections: int = Field(
+        1000, ge=1, description="Open connections per server process; beyond it new requests answer 503."
+    )
+    keep_alive_s: float = Field(5.0, gt=0, description="An idle keep-alive connection is closed after this.")
+    workers: int = Field(1, ge=1, le=256, description="Server processes (`caliper serve --workers`); the image: CPUs.")
+    db_statement_timeout_s: float = Field(
+        30.0, gt=0, description="PostgreSQL statement_timeout; a statement over it fails and the request answers 503."
+    )
+    db_pool_timeout_s: float = Field(
+        10.0, gt=0, description="Wait for a free database connection; beyond it 503 (pool of 5 + 10 per process)."
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
-    access_log: bool = Field(True, description="uvicorn's per-request access log.")
+    access_log: bool = Field(
+        True, description="One JSON log line per request: id, project, route, status, duration, rows."
+    )
     migrations_dir: Path = Field(
         default_factory=default_migrations_dir,
         description="Alembic scripts (default: the checkout's migrations/, else the installed package's).",
@@ -105,6 +148,13 @@ class Settings(BaseSettings):
         if self.auth is not None:
             return self.auth == "required"
         return not is_loopback(self.host)
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_notation(cls, text: str) -> str:
+        if text.strip():
+            parse_many(text)  # raises ValueError on a malformed limit
+        return text
 
     @field_validator("database_url")
     @classmethod

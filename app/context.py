@@ -59,19 +59,21 @@ class Resources:
 
     @classmethod
     def create(cls, settings: Settings) -> Resources:
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url, settings.db_statement_timeout_s, settings.db_pool_timeout_s)
         database = make_session_factory(engine)
         chunking = Chunking(rows=settings.chunk_size, bytes=settings.chunk_bytes)
-        runtime = SessionCache(RuntimeConfig(settings.provider, settings.intra_op_threads, chunking=chunking))
+        metrics = Metrics()
+        runtime = SessionCache(
+            RuntimeConfig(settings.provider, settings.intra_op_threads, chunking=chunking), metrics.observe_graph_run
+        )
         evaluation_records = EvaluationRepository(database)
         artifacts = ArtifactStore(settings.artifact_dir, settings.max_model_bytes)
         limits = WorkerLimits(
             settings.model_memory_bytes, settings.model_timeout_s, tuple(runtime.providers), settings.intra_op_threads
         )
-        workers = WorkerPool(settings.model_workers, limits)
+        workers = WorkerPool(settings.model_workers, limits, on_replace=metrics.worker_restarts.inc)
         model_records = ModelRepository(database)
         model_chunks = Chunking(rows=settings.model_batch_rows, bytes=settings.model_batch_bytes)
-        metrics = Metrics()
         runner = ModelRunner(model_records, artifacts, workers, model_chunks, metrics.observe_model_run)
         models = ModelService(model_records, artifacts, workers)
         calibrators = CalibrationService(Repository(database, CalibratorRecord, "calibrator"), runtime, runner)

@@ -61,10 +61,11 @@ def wait_ready(url: str, path: str = "/openapi.json") -> None:
     raise RuntimeError(f"{url} did not start")
 
 
-def start_caliper(database_url: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_caliper(database_url: str, **settings: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`caliper serve` on a free port, with CALIPER_* `settings` on top of the environment."""
     port = free_port()
     # No access log, like the bare server below: the comparison is of request handling, not logging.
-    env = {**os.environ, "CALIPER_DATABASE_URL": database_url, "CALIPER_ACCESS_LOG": "false"}
+    env = {**os.environ, "CALIPER_DATABASE_URL": database_url, "CALIPER_ACCESS_LOG": "false", **settings}
     server = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
         env=env,

@@ -89,6 +89,7 @@ def settings(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         model_memory_bytes=2 * 1024**3,
         model_timeout_s=30.0,
         model_batch_rows=64,
+        rate_limit="",  # the whole suite calls from one address within minutes; tests/test_limits.py sets its own
     )
     if request.param == "postgres":
         downgrade(settings, "base")

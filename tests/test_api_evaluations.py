@@ -24,7 +24,11 @@ def post(client: TestClient, body: dict) -> dict:
 
 def test_health_and_readiness(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"status": "ready"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["checks"]["database"]["status"] == "ok"
+    assert (
+        ready["checks"]["model_workers"]["status"] == "ok" and ready["checks"]["model_workers"]["detail"]["size"] == 2
+    )
 
 
 def test_default_evaluation_matches_golden_and_is_stored(client: TestClient) -> None:

@@ -532,8 +532,12 @@ def test_a_worker_that_cannot_start_answers_503_and_stores_nothing(
     assert "did not start" in response.json()["detail"] and response.headers["retry-after"]
     assert count_rows(client.app)["models"] == 0  # type: ignore[arg-type]
     assert list(resources(client).artifacts.root.iterdir()) == []
+    ready = client.get("/readyz")  # still ready (logits routes work), and it says why models do not
+    assert ready.status_code == 200 and ready.json()["checks"]["model_workers"]["status"] == "unavailable"
+    assert "did not start" in ready.json()["checks"]["model_workers"]["detail"]["error"]
     monkeypatch.undo()
     assert upload(client, onnx_models.mlp()[0]).status_code == 201  # the service recovers by itself
+    assert client.get("/readyz").json()["checks"]["model_workers"]["status"] == "ok"
 
 
 def test_the_python_client_uploads_predicts_and_evaluates(client: TestClient, tmp_path: Any) -> None:

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -247,6 +248,18 @@ def test_admin_keys_manage_their_own_project_only(auth_app: FastAPI, keys: dict[
     assert admin.delete(f"/v1/keys/{made.json()['id']}").status_code == 204
     assert new.get("/v1/evaluations").status_code == 401  # at once
     assert as_key(auth_app, keys["a_write"]).post("/v1/keys", json={}).status_code == 403
+
+
+def test_a_key_revoked_by_another_process_is_refused_within_a_second(auth_app: FastAPI) -> None:
+    from app.storage.keys import ApiKeyRepository
+
+    other_process = ApiKeyRepository(auth_app.state.resources.database)  # e.g. `caliper keys revoke`
+    record, token = other_process.create("team-a", "read")
+    client = as_key(auth_app, token)
+    assert client.get("/v1/evaluations").status_code == 200  # passed: remembered here for up to 1 s
+    other_process.revoke(record.id)
+    time.sleep(1.1)
+    assert client.get("/v1/evaluations").status_code == 401
 
 
 def test_the_client_sends_the_key_from_the_environment(

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -76,3 +78,46 @@ def test_log_lines_are_json_with_the_request_id() -> None:
         REQUEST_ID.reset(token)
     assert line["request_id"] == "req-7" and line["message"] == "database unavailable: down"
     assert line["level"] == "WARNING" and line["logger"] == "caliper"
+
+
+def test_each_request_writes_one_json_access_line_with_its_project_route_status_and_rows(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="caliper.access"):
+        created = client.post(
+            "/v1/evaluations", json={"logits": np.zeros((5, 3)).tolist(), "labels": [0, 1, 2, 0, 1]},
+            headers={"X-Request-ID": "ci-9"},
+        )  # fmt: skip
+        client.get("/v1/evaluations/nope")
+    assert created.status_code == 201
+    lines = [json.loads(JsonLines().format(r)) for r in caplog.records if r.name == "caliper.access"]
+    assert len(lines) == 2
+    post, missing = lines
+    assert post["request_id"] == "ci-9" and post["project"] == "default" and post["method"] == "POST"
+    assert post["route"] == "/v1/evaluations" and post["status"] == 201 and post["rows"] == 5
+    assert post["duration_ms"] > 0
+    assert missing["route"] == "/v1/evaluations/{evaluation_id}" and missing["status"] == 404 and missing["rows"] == 0
+
+
+def test_metrics_count_refusals_and_database_errors(tmp_path: Path) -> None:
+    from app.api.main import create_app
+    from app.config import Settings
+
+    app = create_app(Settings(database_url="sqlite:////", artifact_dir=tmp_path, rate_limit="2/minute"))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        statuses = [client.get("/v1/evaluations").status_code for _ in range(3)]
+        assert statuses == [503, 503, 429]
+        counted = samples(client)
+    assert counted[("caliper_database_errors_total", (("kind", "unavailable"),))] == 2
+    assert counted[("caliper_refused_requests_total", (("reason", "rate-limit"),))] == 1
+
+
+def test_metrics_report_onnxruntime_time_by_graph_kind_and_rows_by_route(client: TestClient) -> None:
+    before = samples(client)
+    body = {"logits": np.zeros((9, 3)).tolist(), "labels": [0, 1, 2] * 3}
+    assert client.post("/v1/evaluations", json=body).status_code == 201
+    after = samples(client)
+    runs = ("caliper_onnxruntime_run_seconds_count", (("kind", "evaluation"),))
+    assert after[runs] - before.get(runs, 0.0) >= 2  # 9 rows in chunks of the suite's CALIPER_CHUNK_SIZE = 7
+    rows = ("caliper_request_rows_total", (("route", "/v1/evaluations"),))
+    assert after[rows] - before.get(rows, 0.0) == 9

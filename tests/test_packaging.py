@@ -77,7 +77,7 @@ def test_dockerfile_installs_the_lock_writes_only_its_volume_and_checks_readines
     assert 'VOLUME ["/var/lib/caliper"]' in text and "chown -R caliper /var/lib/caliper" in text
     healthcheck = next(line for line in text.splitlines() if "urlopen" in line)
     assert "/readyz" in healthcheck and "CALIPER_PORT" in healthcheck and "8000/" not in healthcheck
-    assert re.search(r'^CMD \["sh", "-c", "caliper db upgrade && exec caliper serve"\]', text, re.M)
+    assert re.search(r'^CMD \["sh", "-c", "caliper db upgrade && exec caliper serve --workers .*nproc', text, re.M)
 
 
 def test_dockerfile_is_multi_stage_non_root_and_ships_migrations() -> None:

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
+
+from app.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"```python\n# readme-test: (?P<name>[\w-]+)\n(?P<code>.*?)```", re.S)
@@ -42,3 +46,44 @@ def test_readme_block_runs_and_prints_what_it_says(
     expected = expected_prints(code)
     assert expected, "the block shows no output to check"
     assert printed.getvalue().splitlines() == expected
+
+
+SHELL_BLOCK = re.compile(r"```sh\n# readme-test: (?P<name>[\w-]+)\n(?P<code>.*?)```", re.S)
+FILE_BLOCK = re.compile(r"```\w+\n# (?P<file>[\w.]+)\n# readme-test: (?P<name>[\w-]+)\n(?P<content>.*?)```", re.S)
+SHELL_EXAMPLES = [
+    "sh-evaluations",
+    "sh-calibrators",
+    "sh-ood",
+    "sh-detectors",
+    "sh-sdm",
+    "sh-gates",
+    "sh-cli",
+    "sh-keys",
+]
+
+
+def test_every_tagged_shell_block_is_run() -> None:
+    names = {m["name"] for m in SHELL_BLOCK.finditer((ROOT / "README.md").read_text())}
+    assert names == set(SHELL_EXAMPLES)
+
+
+@pytest.mark.parametrize("name", SHELL_EXAMPLES)
+def test_readme_shell_block_runs_as_written(name: str, live_server: str, settings: Settings, tmp_path: Path) -> None:
+    """The blocks of one tag, in README order, run by bash with `set -euo pipefail` in a folder that has
+    the checkout's `.venv` (as the repository root after `make run`); every curl uses --fail-with-body,
+    so any answer of 400 or more fails the block. Files a block needs are the README's own (gate.toml)."""
+    readme = (ROOT / "README.md").read_text()
+    script = "\n".join(m["code"] for m in SHELL_BLOCK.finditer(readme) if m["name"] == name)
+    assert "http://127.0.0.1:8000" in script or ".venv/bin/caliper" in script
+    for match in FILE_BLOCK.finditer(readme):
+        if match["name"] == name:
+            (tmp_path / match["file"]).write_text(match["content"])
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALIPER_")}
+    env.update(DATABASE_URL=settings.database_url, PATH=f"{ROOT / '.venv' / 'bin'}:{env['PATH']}")
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script.replace("http://127.0.0.1:8000", live_server)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
+    assert result.stdout.strip()

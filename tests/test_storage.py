@@ -8,6 +8,7 @@ import os
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -83,6 +84,7 @@ def test_database_down_is_503_and_the_process_keeps_serving(url: str) -> None:
             assert response.status_code == 503, response.text
             assert response.headers["content-type"].startswith("application/problem+json")
             assert response.headers["retry-after"]
+        assert client.get("/readyz").json()["checks"]["database"]["status"] == "unavailable"
         assert client.get("/healthz").status_code == 200
         stateless = client.post("/v1/evaluations", json={**BODY, "store": False})
         assert stateless.status_code == 201  # computing needs no database
@@ -165,3 +167,16 @@ def test_service_recovers_when_postgres_returns(proxied_postgres: tuple[TcpProxy
         assert ready.status_code == 200, ready.text
         assert client.get(f"/v1/evaluations/{before.json()['id']}").status_code == 200
         assert client.post("/v1/evaluations", json=BODY).status_code == 201
+
+
+def test_readyz_reports_pending_migrations_per_dependency(tmp_path: Path) -> None:
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'new.db'}", artifact_dir=tmp_path / "a")
+    upgrade(settings, "0009")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.headers["retry-after"]
+        database = ready.json()["checks"]["database"]
+        assert database["status"] == "migrations-pending" and database["detail"]["at"] == ["0009"]
+        assert "caliper db upgrade" in ready.json()["detail"] and "model_workers" in ready.json()["checks"]
+        upgrade(settings)
+        assert client.get("/readyz").status_code == 200

@@ -20,11 +20,10 @@ import re
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import JSONResponse
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.problems import DATABASE_DOWN, problem_response
+from app.api.problems import DATABASE_DOWN, document_error, refusal
 from app.storage.keys import ApiKeyRepository, Principal, Role
 from app.storage.tenancy import project_scope
 
@@ -82,12 +81,12 @@ class Authentication:
         if scope["type"] != "http" or not scope["path"].startswith(PROTECTED):
             await self.app(scope, receive, send)
             return
-        refusal = self._cross_site(scope)
-        if refusal is None:
-            principal, refusal = await self._principal(scope)
-        if refusal is not None:
-            status, detail, headers = refusal
-            await _refuse(scope, status, detail, headers)(scope, receive, send)
+        refused = self._cross_site(scope)
+        if refused is None:
+            principal, refused = await self._principal(scope)
+        if refused is not None:
+            status, detail, headers = refused
+            await refusal(scope["path"], status, detail, headers)(scope, receive, send)
             return
         assert principal is not None
         if self._roles is None:  # the schema is complete once the app serves
@@ -95,7 +94,7 @@ class Authentication:
         needed = needed_role(self._roles, scope["method"], scope["path"])
         if not principal.may(needed):
             detail = f"this key's role ({principal.role}) may not {scope['method']} here: it needs {needed}"
-            await _refuse(scope, 403, detail, {})(scope, receive, send)
+            await refusal(scope["path"], 403, detail, {})(scope, receive, send)
             return
         scope["caliper.principal"] = principal
         with project_scope(principal.project):
@@ -118,19 +117,12 @@ class Authentication:
         if token is None:
             return None, (401, "an API key is required: `Authorization: Bearer <key>` or `X-API-Key`", challenge)
         try:
-            principal = await run_in_threadpool(self.keys.authenticate, token)
+            principal = self.keys.recent(token) or await run_in_threadpool(self.keys.authenticate, token)
         except DATABASE_DOWN:
             return None, (503, "the database is unreachable; retry later", {"Retry-After": "5"})
         if principal is None:
             return None, (401, "unknown or revoked API key", challenge)
         return principal, None
-
-
-def _refuse(scope: Scope, status: int, detail: str, headers: dict[str, str]) -> JSONResponse:
-    """problem+json on /v1 and /ui; the V2 protocol's `{"error"}` on /v2."""
-    if scope["path"].startswith("/v2"):
-        return JSONResponse({"error": detail}, status_code=status, headers=headers)
-    return problem_response(status, detail, headers=headers)
 
 
 def document_auth(schema: dict[str, Any]) -> None:
@@ -143,15 +135,15 @@ def document_auth(schema: dict[str, Any]) -> None:
     for path, operations in schema.get("paths", {}).items():
         if not path.startswith(PROTECTED):
             continue
-        body = "V2ErrorBody" if path.startswith("/v2") else "Problem"
-        media = "application/json" if body == "V2ErrorBody" else "application/problem+json"
         for method, operation in operations.items():
             operation.setdefault(ROLE_KEY, "read" if method.upper() in SAFE_METHODS else "write")
             operation["security"] = [{"bearer": []}, {"apiKey": []}]
-            responses = operation.setdefault("responses", {})
-            for status, text in (
-                ("401", "No API key, or an unknown or revoked one (with CALIPER_AUTH=required)."),
-                ("403", f"The key's role is below `{operation[ROLE_KEY]}`, or a cross-site write."),
-            ):
-                content = {media: {"schema": {"$ref": f"#/components/schemas/{body}"}}}
-                responses.setdefault(status, {"description": text, "content": content})
+            document_error(path, operation, 401, "No API key, or an unknown or revoked one (CALIPER_AUTH=required).")
+            document_error(
+                path, operation, 403, f"The key's role is below `{operation[ROLE_KEY]}`, or a cross-site write."
+            )
+            document_error(
+                path, operation, 429, "Over the key's rate limit (CALIPER_RATE_LIMIT); retry after Retry-After."
+            )
+            if "requestBody" in operation:
+                document_error(path, operation, 408, "The body arrived too slowly (CALIPER_BODY_TIMEOUT_S); closed.")

@@ -11,6 +11,7 @@ from fastapi import Request
 
 from app.api.json_body import parse_json
 from app.api.multipart import parse_multipart
+from app.api.observability import count_rows
 from app.api.problems import ProblemError
 from app.core.errors import InputError
 from app.tensors import decode_json_tensor, decode_npy
@@ -66,7 +67,9 @@ async def read_tensor_body(
         return options, _pop_tensors(options, fields, integer_fields)
 
     if media_type == "application/json":
-        return await parse_json(await read_body(request), max_json, split)  # consumes the buffer
+        parsed = await parse_json(await read_body(request), max_json, split)  # consumes the buffer
+        count_rows(max((len(a) for a in parsed[1].values() if a.ndim), default=0))
+        return parsed
     if media_type == "multipart/form-data":
         options: dict[str, Any] = {}
         inline: dict[str, np.ndarray] = {}
@@ -88,6 +91,7 @@ async def read_tensor_body(
             if name in arrays:
                 raise InputError(name, "given both as a part and inside 'request'")
             arrays[name] = array
+        count_rows(max((len(a) for a in arrays.values() if a.ndim), default=0))
         return options, arrays
     raise ProblemError(
         415, f"unsupported content type {media_type or '(none)'!r}: send application/json or multipart/form-data"

@@ -3,12 +3,14 @@ Content-Length, or as soon as a streamed body passes the limit) and NUL characte
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.problems import PROBLEM_JSON, TITLES
+from app.metrics import Metrics
 
 
 class BodyTooLargeError(HTTPException):
@@ -63,6 +65,66 @@ class BodySizeLimit:
         )
 
 
+class BodyTimeoutError(HTTPException):
+    """An HTTPException, as `BodyTooLargeError`, so a route reading its body passes it on as a 408."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            408,
+            "the request body arrived too slowly (CALIPER_BODY_TIMEOUT_S, CALIPER_BODY_MIN_BYTES_PER_S)",
+            headers={"Connection": "close"},
+        )
+
+
+class BodyReadDeadline:
+    """A slow client cannot hold a connection and a worker forever: the body must arrive within
+    `timeout_s` plus one second per `min_rate` bytes received so far (Apache mod_reqtimeout's
+    `body=…,MinRate=…`), else 408 and the connection is closed. Headers have their own deadline in the
+    server (`app.api.server`)."""
+
+    def __init__(self, app: ASGIApp, timeout_s: float, min_rate: int, metrics: Metrics) -> None:
+        self.app, self.timeout_s, self.min_rate, self.metrics = app, timeout_s, min_rate, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        started_at = loop.time()
+        received = 0
+        complete = timed_out = started = False
+
+        async def timed_receive() -> Message:
+            nonlocal received, complete, timed_out
+            if complete:  # after the body: waiting for a disconnect, which has no deadline
+                return await receive()
+            remaining = started_at + self.timeout_s + received / self.min_rate - loop.time()
+            try:
+                message = await asyncio.wait_for(receive(), max(remaining, 0.0))
+            except TimeoutError:
+                timed_out = True
+                raise BodyTimeoutError() from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, timed_receive, tracking_send)
+        except BodyTimeoutError as exc:
+            if not started:
+                await send_problem(send, 408, exc.detail, close=True)
+        finally:
+            if timed_out:
+                self.metrics.refusals.labels("body-timeout").inc()
+
+
 class RefuseNulInUrl:
     """A NUL character (%00) in the path or query answers 400: PostgreSQL text cannot hold one, so an id,
     filter or cursor carrying it could never match and would fail in the driver."""
@@ -79,7 +141,7 @@ class RefuseNulInUrl:
         await self.app(scope, receive, send)
 
 
-async def send_problem(send: Send, status: int, detail: str) -> None:
+async def send_problem(send: Send, status: int, detail: str, close: bool = False) -> None:
     body = json.dumps(
         {
             "type": f"https://caliper.dev/problems/{status}",
@@ -93,7 +155,11 @@ async def send_problem(send: Send, status: int, detail: str) -> None:
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())],
+            "headers": [
+                (b"content-type", PROBLEM_JSON.encode()),
+                (b"content-length", str(len(body)).encode()),
+                *([(b"connection", b"close")] if close else []),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})

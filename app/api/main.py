@@ -12,11 +12,13 @@ from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 
 from app import __version__
+from app.api.admission import WorkAdmission
 from app.api.auth import Authentication, document_auth
 from app.api.idempotency import Idempotency
-from app.api.limits import BodySizeLimit, RefuseNulInUrl
+from app.api.limits import BodyReadDeadline, BodySizeLimit, RefuseNulInUrl
 from app.api.observability import RequestContext, metrics_endpoint
 from app.api.problems import Problem, UnexpectedErrors, install_problem_handlers
+from app.api.rate_limits import RateLimits
 from app.api.routes import calibrators, detectors, evaluations, gates, health, keys, models, ood, pipelines, sdm, v2
 from app.api.routes.v2 import V2ErrorBody
 from app.calibration.schemas import ApplyRequest, CalibratorRequest
@@ -57,9 +59,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pipelines.router)
     app.include_router(v2.router)
     app.include_router(keys.router)
+    metrics = resources.metrics
     app.add_middleware(UnexpectedErrors)  # added first: the innermost, right outside the routes' handlers
+    app.add_middleware(  # inside the idempotency keys: a repeat answered from the store takes no slot
+        WorkAdmission,
+        running=settings.max_running_work,
+        waiting=settings.max_waiting_work,
+        time_limit_s=settings.request_timeout_s,
+        metrics=metrics,
+    )
     app.add_middleware(Idempotency, repository=resources.idempotency)  # inside the body limit
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyReadDeadline, timeout_s=settings.body_timeout_s, min_rate=settings.body_min_bytes_per_s, metrics=metrics
+    )
+    app.add_middleware(RateLimits, limit=settings.rate_limit, metrics=metrics)  # inside: it knows the key
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     app.add_middleware(  # outside the body limit and the idempotency keys: they run in the key's project
         Authentication,
@@ -74,7 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"], expose_headers=["*"]
         )
-    app.add_middleware(RequestContext, metrics=resources.metrics)  # added last: the outermost
+    app.add_middleware(RequestContext, metrics=metrics, access_log=settings.access_log)  # added last: outermost
 
     def openapi() -> dict[str, Any]:
         """Request bodies parsed by hand (JSON or multipart) still get their schemas documented."""

@@ -19,6 +19,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.metrics import Metrics
 
 REQUEST_ID = contextvars.ContextVar("request_id", default="-")
+# The rows of the request's tensors, as a one-item list the route fills in (a route may run in a copy of
+# the middleware's context, so the middleware reads back a mutable holder rather than a variable).
+REQUEST_ROWS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("request_rows", default=None)
+access = logging.getLogger("caliper.access")
+
+
+def count_rows(rows: int) -> None:
+    """Called where a request's tensors are decoded: the access line reports the largest row count."""
+    holder = REQUEST_ROWS.get()
+    if holder is not None:
+        holder[0] = max(holder[0], rows)
+
+
 HEADER = b"x-request-id"
 MAX_ID = 128
 
@@ -33,11 +46,12 @@ def _given_id(scope: Scope) -> str | None:
 
 
 class RequestContext:
-    """Sets the request id, adds `X-Request-ID` to the answer, and counts it by method, route template
-    (`/v1/models/{model_id}`, not the id: bounded label values) and status."""
+    """Sets the request id, adds `X-Request-ID` to the answer, counts it by method, route template
+    (`/v1/models/{model_id}`, not the id: bounded label values) and status, and (`access_log`) writes one
+    log record per request: id, project, method, route, status, duration and rows."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app, self.metrics = app, metrics
+    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool = True) -> None:
+        self.app, self.metrics, self.access_log = app, metrics, access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -45,6 +59,8 @@ class RequestContext:
             return
         request_id = _given_id(scope) or uuid.uuid4().hex
         token = REQUEST_ID.set(request_id)
+        rows = [0]
+        rows_token = REQUEST_ROWS.set(rows)
         started = time.perf_counter()
         status = 500
 
@@ -60,8 +76,25 @@ class RequestContext:
             await self.app(scope, receive, send_with_id)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
+            seconds = time.perf_counter() - started
             self.metrics.requests.labels(scope["method"], route, str(status)).inc()
-            self.metrics.latency.labels(scope["method"], route).observe(time.perf_counter() - started)
+            self.metrics.latency.labels(scope["method"], route).observe(seconds)
+            if rows[0]:
+                self.metrics.request_rows.labels(route).inc(rows[0])
+            if self.access_log:
+                principal = scope.get("caliper.principal")
+                line = {
+                    "request_id": request_id,  # also when the record is formatted later (queued handlers)
+                    "project": getattr(principal, "project", None),
+                    "method": scope["method"],
+                    "route": route,
+                    "path": scope["path"][:200],
+                    "status": status,
+                    "duration_ms": round(seconds * 1e3, 3),
+                    "rows": rows[0],
+                }
+                access.info("%s %s %d", scope["method"], line["path"], status, extra={"fields": line})
+            REQUEST_ROWS.reset(rows_token)
             REQUEST_ID.reset(token)
 
 
@@ -75,6 +108,7 @@ class JsonLines(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
             "request_id": REQUEST_ID.get(),
+            **getattr(record, "fields", {}),
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

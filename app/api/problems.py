@@ -14,6 +14,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core.deadline import TimeLimitError
 from app.core.errors import InputError
 from app.models.workers import ModelLimitError, ModelRunError, WorkerUnavailableError
 from app.storage.blobs import CorruptBlobError
@@ -25,6 +26,9 @@ log = logging.getLogger("caliper")
 
 TITLES: dict[int | str, str] = {
     "model-limits": "The model exceeded its limits",
+    "time-limit": "The work exceeded the request's time limit",
+    "overloaded": "The server is at capacity",
+    408: "Request timeout",
     400: "Bad request",
     401: "Unauthenticated",
     403: "Forbidden",
@@ -34,6 +38,7 @@ TITLES: dict[int | str, str] = {
     413: "Request body too large",
     415: "Unsupported media type",
     422: "Invalid input",
+    429: "Too many requests",
     503: "Database unavailable",
 }
 
@@ -73,8 +78,10 @@ PROBLEM_TEXTS = {
     409: "The resource is in use (the message lists what uses it).",
     413: "Body over CALIPER_MAX_BODY_BYTES (or its JSON over CALIPER_MAX_JSON_BYTES).",
     415: "Not JSON or multipart.",
-    422: "Bad tensors or parameters (the message names the field), or a model over its limits.",
-    503: "Database down, migrations pending or no model worker; nothing stored. Retry after Retry-After.",
+    422: "Bad tensors or parameters (the message names the field), a model over its limits (`model-limits`) or "
+    "work over the request time limit (`time-limit`).",
+    503: "Database down, migrations pending, no model worker or the server at capacity (`overloaded`); nothing "
+    "stored. Retry after Retry-After.",
 }
 
 
@@ -84,6 +91,14 @@ def error_responses(
     """OpenAPI responses for the error statuses a route can answer, each with one body schema."""
     content = {media_type: {"schema": {"$ref": f"#/components/schemas/{schema}"}}}
     return {code: {"description": texts[code], "content": content} for code in codes}
+
+
+def document_error(path: str, operation: dict[str, Any], status: int, text: str) -> None:
+    """Adds an error answer that a middleware gives (auth, limits) to one operation of the OpenAPI schema,
+    with the body of its path: the V2 protocol's error object on /v2, else a problem."""
+    body, media = ("V2ErrorBody", "application/json") if path.startswith("/v2") else ("Problem", PROBLEM_JSON)
+    content = {media: {"schema": {"$ref": f"#/components/schemas/{body}"}}}
+    operation.setdefault("responses", {}).setdefault(str(status), {"description": text, "content": content})
 
 
 def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -129,10 +144,13 @@ def problem_response(
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
     kind: str | None = None,
+    extensions: dict[str, Any] | None = None,
 ) -> JSONResponse:
-    """An RFC 9457 body; echoed text is clipped (detail to 1,000 characters, each error's field and
-    message to 200, at most 20 errors), so a bad 1 MB key cannot make a 2 MB error."""
+    """An RFC 9457 body (with the problem's own `extensions` members); echoed text is clipped (detail to
+    1,000 characters, each error's field and message to 200, at most 20 errors), so a bad 1 MB key cannot
+    make a 2 MB error."""
     body = {
+        **(extensions or {}),
         "type": f"https://caliper.dev/problems/{kind or status}",
         "title": TITLES.get(kind or status, "Error"),
         "status": status,
@@ -140,6 +158,14 @@ def problem_response(
         "errors": [{k: _clip(str(v), 200) for k, v in e.items()} for e in (errors or [])[:MAX_ERRORS]],
     }
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def refusal(path: str, status: int, detail: str, headers: dict[str, str], kind: str | None = None) -> JSONResponse:
+    """A refusal by a middleware before any route runs: problem+json on /v1 and /ui, the V2 protocol's
+    `{"error"}` on /v2."""
+    if path.startswith("/v2"):
+        return JSONResponse({"error": detail}, status_code=status, headers=headers)
+    return problem_response(status, detail, headers=headers, kind=kind)
 
 
 def _pydantic_errors(
@@ -206,6 +232,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _model_limits(_: Request, exc: ModelLimitError) -> JSONResponse:
         return problem_response(422, str(exc), kind="model-limits")
 
+    @app.exception_handler(TimeLimitError)
+    async def _time_limit(_: Request, exc: TimeLimitError) -> JSONResponse:
+        return problem_response(422, str(exc), kind="time-limit")
+
     @app.exception_handler(ModelRunError)
     async def _model_run(_: Request, exc: ModelRunError) -> JSONResponse:
         return problem_response(422, f"onnxruntime refused the model or its inputs: {exc}")
@@ -230,8 +260,9 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
-    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
         log.warning("database unavailable: %s", exc)
+        request.app.state.resources.metrics.database_errors.labels("unavailable").inc()
         return problem_response(
             503, "the database is unreachable; nothing was stored, retry later", headers={"Retry-After": "5"}
         )
@@ -249,4 +280,5 @@ def install_problem_handlers(app: FastAPI) -> None:
         if exc.connection_invalidated:
             return await _database_down(request, exc)
         log.exception("database error")
+        request.app.state.resources.metrics.database_errors.labels("error").inc()
         return problem_response(500, "internal database error")

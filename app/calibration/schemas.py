@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.calibration.registry import METHODS
+from app.examples import examples
 from app.records import Labels
 from app.tensors import NULL_NOTE, Tensor
 
@@ -32,7 +33,16 @@ class CalibratorRequest(Labels):
     histogram binning are one-vs-rest, rows renormalised (a row mapped to all zeros becomes uniform).
     Histogram bins use numpy linspace edges, [e_k, e_{k+1}) with the last bin closed."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = examples(
+        {
+            "method": "temperature",
+            "logits": [[3.0, 0.0, 0.0], [2.0, 1.0, 0.0], [0.5, 0.4, 0.3], [0.0, 2.5, 0.5], [1.0, 1.2, 0.8],
+                       [-1.0, 0.0, 1.5], [0.2, 0.1, 2.2], [4.0, 0.5, 0.1], [0.3, 1.8, 1.7], [1.5, 1.5, 0.0]],
+            "labels": [0, 1, 2, 1, 0, 2, 2, 0, 2, 0],
+            "cv": 2,
+            "model": "resnet50@abc123",
+        }
+    )  # fmt: skip
 
     method: MethodName
     logits: Tensor | None = Field(
@@ -66,7 +76,7 @@ class CalibratorOut(BaseModel):
 
 
 class ApplyRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = examples({"logits": [[2.0, 0.5, -1.0]]})
 
     logits: Tensor | None = Field(None, description="[N, C] logits, C as at fit time.")
 

@@ -237,7 +237,7 @@ class Evaluator:
         self.plan = plan
         self.cache = cache or default_cache()
         signature = plan.signature
-        self.session = self.cache.get(signature, lambda: build_graph(plan))
+        self.session = self.cache.get(f"evaluation:{signature}", lambda: build_graph(plan))
         self.outputs = _LAYOUTS.get(signature, lambda: OutputLayout.of(plan, self.session))
 
     def update(self, state: EvaluationState, batch: Batch, start: int, stop: int) -> dict[str, np.ndarray]:

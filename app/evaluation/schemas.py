@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from app.core.losses import LossSpec
 from app.core.metrics import MetricSpec
+from app.examples import DIGIT_ROW, examples
 from app.records import Labels
 from app.tensors import Tensor
 
@@ -31,7 +32,17 @@ class EvaluationRequest(Labels):
     and float32 input is computed in float32 with float64 accumulation.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = examples(
+        {
+            "logits": [[2.0, 0.5, -1.0], [0.1, 0.2, 3.0], [-0.5, 1.5, 0.0], [1.0, 1.0, 1.0]],
+            "labels": [0, 2, 0, 1],
+            "losses": ["cross_entropy", {"name": "focal", "gamma": 2.0, "key": "focal_g2"}],
+            "metrics": ["accuracy", "nll", "brier", {"name": "ece", "bins": 15}, "mce"],
+            "model": "resnet50@abc123",
+            "dataset": "cifar10-test",
+            "tags": {"git_sha": "abc123"},
+        }
+    )
 
     logits: Tensor | None = Field(None, description="[N, C] logits (give this or `probabilities`).")
     probabilities: Tensor | None = Field(None, description="[N, C] probabilities, rows summing to 1.")
@@ -122,3 +133,5 @@ class ModelEvaluationRequest(EvaluationRequest):
         "`ood_inputs` (out), reported under `ood` (as /v1/ood/evaluate).",
     )
     ood_inputs: dict[str, Tensor] | None = Field(None, description="Inputs of out-of-distribution samples.")
+
+    model_config = examples({"inputs": {"x": [DIGIT_ROW]}, "labels": [2], "metrics": ["accuracy", "nll"]})

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.examples import EXAMPLE_ID, examples
 from app.gating.rules import Op, Severity
 
 
@@ -40,7 +41,17 @@ class GateRequest(BaseModel):
     have the same dataset fingerprint, unpaired otherwise; tolerance rules fail only if the whole
     interval lies beyond the tolerance, improvement rules pass only if the whole interval shows it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = examples(
+        {
+            "candidate": EXAMPLE_ID,
+            "baseline": {"model": "resnet50", "tag": "prod"},
+            "significance": 0.95,
+            "rules": [
+                {"metric": "ece", "op": "max_increase_abs", "value": 0.01, "severity": "fail"},
+                {"metric": "accuracy", "op": "max_decrease_abs", "value": 0.005, "severity": "warn"},
+            ],
+        }
+    )
 
     candidate: str = Field(description="Evaluation id.")
     baseline: str | BaselineSelector

@@ -11,6 +11,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from app.core import deadline
 from app.core.chunking import Chunking
 from app.core.errors import InputError
 from app.models.schemas import TensorInfo
@@ -65,6 +66,7 @@ class ModelRunner:
         path = str(self.artifacts.path(record.sha256))
         result: dict[str, np.ndarray] = {}
         for start in range(0, n, step):
+            deadline.check()
             chunk = {k: v[start : start + step] for k, v in inputs.items()}
             rows = len(next(iter(chunk.values())))
             if fixed and rows < step:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from app.examples import DIGIT_ROW, EXAMPLE_ID, examples
 from app.records import Tags
 from app.tensors import Tensor
 
@@ -11,7 +12,7 @@ from app.tensors import Tensor
 class ModelRequest(BaseModel):
     """The `request` part (or plain form fields) of an upload; the `file` part holds the .onnx bytes."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = examples({"name": "digits", "embedding_output": "embedding", "tags": {"git_sha": "abc123"}})
 
     name: str = Field(min_length=1, max_length=256, description="The model's name (evaluations default to it).")
     logits_output: str | None = Field(
@@ -47,7 +48,7 @@ class ModelOut(BaseModel):
 class PredictRequest(BaseModel):
     """`inputs` (by input name; tensors as elsewhere, or multipart parts `inputs.<name>`) and the heads."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = examples({"inputs": {"x": [DIGIT_ROW]}, "calibrator_id": EXAMPLE_ID})
 
     inputs: dict[str, Tensor] = Field(default_factory=dict, description="One tensor per model input, batch first.")
     calibrator_id: str | None = None

@@ -216,8 +216,10 @@ class WorkerPool:
     """`size` workers, started on first use; a call takes an idle one (waiting for it) and gives it back,
     or replaces it when the call broke it."""
 
-    def __init__(self, size: int, limits: WorkerLimits) -> None:
+    def __init__(self, size: int, limits: WorkerLimits, on_replace: Callable[[], None] = lambda: None) -> None:
         self.size, self.limits = size, limits
+        self.on_replace = on_replace  # a broken worker was stopped (the metrics count these)
+        self.start_error: str | None = None  # why the latest start failed, until one succeeds (for /readyz)
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         self._busy: set[_Worker] = set()  # workers inside a call (observable by tests and metrics)
         self._alive: set[_Worker] = set()
@@ -230,18 +232,35 @@ class WorkerPool:
                 self._started += 1
                 try:
                     worker = _Worker(self.limits)
-                except WorkerUnavailableError:
+                except WorkerUnavailableError as exc:
                     self._started -= 1
+                    self.start_error = str(exc)
                     raise
+                self.start_error = None
                 self._alive.add(worker)
                 return worker
         return self._idle.get()
 
-    def _replace(self, worker: _Worker) -> None:
+    def _retire(self, worker: _Worker) -> None:
         worker.stop()
         with self._lock:
             self._started -= 1
             self._alive.discard(worker)
+
+    def _replace(self, worker: _Worker) -> None:
+        """A call broke the worker: the next call starts a new one."""
+        self._retire(worker)
+        self.on_replace()
+
+    def health(self) -> dict[str, Any]:
+        """For /readyz: workers start on first use, so none running is healthy; a failed start is not."""
+        return {
+            "status": "ok" if self.start_error is None else "unavailable",
+            "size": self.size,
+            "running": len(self._alive),
+            "busy": len(self._busy),
+            **({"error": self.start_error} if self.start_error else {}),
+        }
 
     def pids(self) -> list[int]:
         """The process ids of the running workers."""
@@ -335,4 +354,4 @@ class WorkerPool:
                 worker = self._idle.get_nowait()
             except queue.Empty:
                 return
-            self._replace(worker)
+            self._retire(worker)

@@ -161,7 +161,7 @@ def _fit_ensemble(
             for index, name in enumerate(names):
                 layer_fit, layer_params = per_layer[index]
                 model = scoring_model(layer_fit, request.method, layer_params)
-                session = cache.create(scoring_graph(model, np.dtype(np.float64)))
+                session = cache.create(scoring_graph(model, np.dtype(np.float64)), "ensemble-layer")
                 for column, given, side in ((columns_in, valid_in, "in"), (columns_out, valid_out, "out")):
                     x = float_matrix(given[name], f"validation.features_{side}.{name}", dims[index]).astype(np.float64)
                     column.append(session.run(None, {"features": x})[0])

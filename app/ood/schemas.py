@@ -10,6 +10,7 @@ from app.core.logit_scores import SCORES, ScoreSpec
 from app.core.ood_metrics import PrIntegral
 from app.core.specs import TermSpec
 from app.core.validation import Precision
+from app.examples import examples
 from app.records import Labels
 from app.tensors import NULL_NOTE, Layers, Tensor
 
@@ -33,7 +34,9 @@ def default_methods() -> list[TermSpec]:
 class ScoresRequest(BaseModel):
     """Logit-based OOD scores; every score is higher for more out-of-distribution inputs."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = examples(
+        {"logits": [[4.0, 0.1, 0.2], [0.3, 0.2, 0.1]], "methods": ["msp", {"name": "energy", "temperature": 2}]}
+    )
 
     logits: Tensor | None = Field(None, description="[N, C] logits.")
     methods: list[ScoreSpec] = Field(
@@ -57,7 +60,9 @@ class OodEvaluateRequest(BaseModel):
     detector's scores of `features_in`/`features_out`. Every distinct score is a threshold (no dropped
     ROC points) and ties count against the detector (mahalanobis.md §5)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = examples(
+        {"scores_in": [0.1, 0.2, 0.3, 0.9], "scores_out": [0.8, 0.95, 0.4], "aupr": "average_precision"}
+    )
 
     scores_in: Tensor | None = Field(None, description="[N_in] scores of in-distribution samples.")
     scores_out: Tensor | None = Field(None, description="[N_out] scores of out-of-distribution samples.")
@@ -139,7 +144,14 @@ class DetectorRequest(Labels):
     nearest_class is then the label of the nearest fit row); vim = α‖Rᵀ(x − u)‖ − logsumexp(Wx + b), the
     negated ViM score (Wang et al. 2022; labels optional, nearest_class = argmax of the logits)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = examples(
+        {
+            "method": "mahalanobis",
+            "params": {"shrinkage": "ledoit_wolf"},
+            "features": [[1, 2, 0], [2, 3, 1], [3, 3, 2], [2, 0, 1], [6, 5, 3], [7, 7, 4], [5, 6, 5], [6, 6, 4]],
+            "labels": [0, 0, 0, 0, 1, 1, 1, 1],
+        }
+    )
 
     method: Literal["mahalanobis", "relative_mahalanobis", "knn", "vim"]
     features: Tensor | Layers | None = Field(
@@ -180,7 +192,7 @@ class DetectorOut(BaseModel):
 
 
 class ScoreRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = examples({"features": [[2, 2, 1], [0, 8, 0]]})
 
     features: Tensor | Layers | None = Field(
         None, description="[N, D] features, D as at fit time (a dict of layers for an ensemble)."

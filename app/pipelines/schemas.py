@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from app.examples import EXAMPLE_ID, examples
 from app.models.schemas import TensorInfo
 from app.records import Tags
 
 
 class PipelineRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = examples({"name": "digits", "model_id": EXAMPLE_ID, "calibrator_id": EXAMPLE_ID})
 
     name: str = Field(
         min_length=1,

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
+from app.examples import DIGIT_ROW, examples
 from app.models.runner import ModelRunner
 from app.pipelines.service import PipelineService
 from app.storage.models import PipelineRecord
@@ -66,7 +67,10 @@ class RequestOutput(BaseModel):
 
 
 class InferenceRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = examples(
+        {"id": "1", "inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": DIGIT_ROW}]},
+        extra="ignore",  # the protocol's clients may send fields of later versions
+    )
 
     id: str | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.validation import Precision
+from app.examples import examples
 from app.records import Labels
 from app.tensors import NULL_NOTE, Tensor
 
@@ -65,7 +66,23 @@ class SdmRequest(Labels):
     q′ and the Alg. 1 threshold search for q′_min and ψ. Support and calibration must be disjoint and come
     from the same model and representation as the points scored later."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = examples({
+            "support": {
+                "embeddings": [[0, 0.1], [0.4, -0.3], [-0.6, 0.5], [1.2, 0.95], [-1.1, -0.8], [5, 5.2], [4.6, 4.7],
+                               [5.5, 4.4], [3.9, 5.6], [6.1, 6]],
+                "logits": [[2, -1], [1.5, -0.5], [1, 0.2], [-0.3, 0.4], [2.5, -2], [-2, 2.2], [-1, 1.3], [-1.5, 1.9],
+                           [0.6, -0.2], [-2.2, 2.5]],
+                "labels": [0, 0, 0, 0, 0, 1, 1, 1, 1, 1],
+            },
+            "calibration": {
+                "embeddings": [[0.2, 0], [-0.3, 0.32], [0.5, 0.6], [-0.9, -0.2], [1.6, 1.3], [2.4, 2.1], [5.2, 4.9],
+                               [4.8, 5.4], [5.8, 5.1], [4.1, 4], [3.2, 3.6], [6.5, 6.6]],
+                "logits": [[3, -2], [2.2, -1.1], [0.9, 0.1], [2.6, -1.9], [0.1, 0.3], [0.2, -0.1], [-2.5, 2.8],
+                           [-1.8, 2], [-2.9, 3.1], [-0.8, 1.6], [0.4, 0.1], [-2, 2.9]],
+                "labels": [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1],
+            },
+            "params": {"alpha": 0.95, "k": 2048},
+        })  # fmt: skip
 
     support: LabelledSetIn = Field(
         default_factory=LabelledSetIn, description="The training (support) set searched for neighbours (required)."
@@ -135,7 +152,10 @@ class SdmOut(BaseModel):
 
 
 class SdmScoreRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = examples({
+            "embeddings": [[0.1, 0.2], [5.1, 5.0], [2.6, 2.5]],
+            "logits": [[2.4, -1.6], [-2.6, 2.9], [0.3, 0.2]],
+        })  # fmt: skip
 
     embeddings: Tensor | None = Field(None, description="[N, M] exemplar vectors, M as at fit time.")
     logits: Tensor | None = Field(None, description="[N, C] logits, C as at fit time.")

@@ -25,14 +25,23 @@ def display_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, statement_timeout_s: float = 30.0, pool_timeout_s: float = 10.0) -> Engine:
+    """A statement over `statement_timeout_s` fails on PostgreSQL (SQLite waits that long for a write
+    lock), and a request waits at most `pool_timeout_s` for a pooled connection: both answer 503
+    rather than holding the request behind a frozen database."""
     parsed = make_url(url)
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "sqlite":
         ensure_sqlite_directory(url)
-        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": statement_timeout_s}
     else:
-        kwargs.update(pool_size=5, max_overflow=10, connect_args={"connect_timeout": 5})
+        options = f"-c statement_timeout={int(statement_timeout_s * 1000)}"
+        kwargs.update(
+            pool_size=5,
+            max_overflow=10,
+            pool_timeout=pool_timeout_s,
+            connect_args={"connect_timeout": 5, "options": options},
+        )
     engine = create_engine(url, **kwargs)
     if parsed.get_backend_name() == "sqlite":
 

@@ -35,7 +35,13 @@ def downgrade(settings: Settings, revision: str = "base") -> None:
 
 
 def is_at_head(settings: Settings, engine: Engine) -> bool:
+    current, heads = schema_revisions(settings, engine)
+    return current == heads
+
+
+def schema_revisions(settings: Settings, engine: Engine) -> tuple[set[str], set[str]]:
+    """The database's migration heads and the scripts' heads (equal when migrated)."""
     heads = set(ScriptDirectory.from_config(alembic_config(settings)).get_heads())
     with engine.connect() as connection:
         current = set(MigrationContext.configure(connection).get_current_heads())
-    return current == heads
+    return current, heads

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from app.api.bodies import read_tensor_body, tensor_request_body
 from app.api.deps import INLINE_BYTES, get_resources, off_loop, resources_of
@@ -13,6 +13,7 @@ from app.api.json_body import StrictJsonRoute
 from app.api.problems import DELETION, JSON_WRITE, LISTING, READ, TENSOR_WRITE, ProblemError
 from app.context import Resources
 from app.evaluation.schemas import INTEGER_FIELDS, TENSOR_FIELDS, EvaluationOut, EvaluationRequest
+from app.examples import examples
 from app.records import Tags
 from app.storage.evaluations import EvaluationFilter
 from app.storage.pagination import Page
@@ -85,7 +86,7 @@ def get(
 
 
 class TagsBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = examples({"tags": {"prod": "true"}})
 
     tags: Tags
 

@@ -1,19 +1,48 @@
-"""Liveness (process up) and readiness (database reachable, migrations at head)."""
+"""Liveness (process up) and readiness, reported per dependency: the database (reachable, migrations at
+head) and the model workers. Readiness needs the database; model workers start on first use, so their
+entry reports a failed start without making the service unready (routes on logits still work)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse
 
 from app.api.deps import get_resources
 from app.api.json_body import StrictJsonRoute
-from app.api.problems import ProblemError, problems
+from app.api.problems import DATABASE_DOWN, problem_response, problems
 from app.context import Resources
-from app.storage.migrate import is_at_head
+from app.storage.db import display_url
+from app.storage.migrate import schema_revisions
 
 router = APIRouter(tags=["health"], route_class=StrictJsonRoute)
+
+
+class DependencyCheck(BaseModel):
+    status: Literal["ok", "migrations-pending", "unavailable"]
+    detail: dict[str, Any] = Field(default_factory=dict, description="What was found (no secrets).")
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    checks: dict[str, DependencyCheck] = Field(description="`database` and `model_workers`.")
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "status": "ready",
+                    "checks": {
+                        "database": {"status": "ok", "detail": {"url": "sqlite:///./var/caliper.db"}},
+                        "model_workers": {"status": "ok", "detail": {"size": 2, "running": 0, "busy": 0}},
+                    },
+                }
+            ]
+        }
+    }
 
 
 @router.get("/healthz", operation_id="healthz", summary="The process is alive")
@@ -21,13 +50,39 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+def _database(resources: Resources) -> DependencyCheck:
+    where = {"url": display_url(resources.settings.database_url)}
+    try:
+        current, heads = schema_revisions(resources.settings, resources.engine)
+    except DATABASE_DOWN as exc:
+        return DependencyCheck(status="unavailable", detail={**where, "error": str(exc.__cause__ or exc)[:300]})
+    if current != heads:
+        revisions = {"at": sorted(current), "head": sorted(heads), "fix": "run `caliper db upgrade`"}
+        return DependencyCheck(status="migrations-pending", detail={**where, **revisions})
+    return DependencyCheck(status="ok", detail=where)
+
+
 @router.get(
     "/readyz",
     operation_id="readyz",
-    summary="The database is reachable and its schema is at the latest migration",
+    summary="Each dependency: the database (reachable, at the latest migration) and the model workers",
+    description="503 (a problem with the same `checks`) while the database is down or not migrated.",
     responses=problems(503),
+    response_model=Readiness,
 )
-async def readyz(resources: Annotated[Resources, Depends(get_resources)]) -> dict[str, str]:
-    if not await run_in_threadpool(is_at_head, resources.settings, resources.engine):
-        raise ProblemError(503, "database schema is not at the latest migration: run `caliper db upgrade`")
-    return {"status": "ready"}
+async def readyz(resources: Annotated[Resources, Depends(get_resources)]) -> Readiness | JSONResponse:
+    database = await run_in_threadpool(_database, resources)
+    workers = resources.workers.health()
+    checks = {
+        "database": database,
+        "model_workers": DependencyCheck(status=workers.pop("status"), detail=workers),
+    }
+    if database.status != "ok":
+        detail = (
+            "database schema is not at the latest migration: run `caliper db upgrade`"
+            if database.status == "migrations-pending"
+            else "the database is unreachable"
+        )
+        extensions = {"checks": {name: check.model_dump() for name, check in checks.items()}}
+        return problem_response(503, detail, headers={"Retry-After": "5"}, extensions=extensions)
+    return Readiness(status="ready", checks=checks)

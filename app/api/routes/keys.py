@@ -12,6 +12,7 @@ from app.api.deps import get_resources
 from app.api.json_body import StrictJsonRoute
 from app.api.problems import DELETION, JSON_WRITE, LISTING
 from app.context import Resources
+from app.examples import examples
 from app.records import Timestamp
 from app.storage.keys import Principal
 from app.storage.repository import NotFoundError
@@ -22,7 +23,7 @@ ADMIN = role("admin")
 
 
 class KeyRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = examples({"role": "read", "name": "dashboards"})
 
     role: Literal["read", "write", "admin"] = "write"
     name: str = Field("", max_length=256, description="A note to recognise the key by.")

@@ -1,0 +1,330 @@
+"""Limits and backpressure (issue "Trust"): the request time limit, the bound on concurrent work (503 with
+Retry-After), per-key rate limits (429), database timeouts, and slow clients against a real
+`caliper serve` on loopback (header and body deadlines, a connection flood under a low open-file limit),
+and several server processes that survive one of them dying."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+from app.api.main import create_app
+from app.config import Settings
+from app.core import deadline
+from app.core.runtime import default_cache
+from app.storage.db import make_engine
+from app.storage.migrate import upgrade
+from tests.conftest import Y_A, Z_A, count_rows
+
+CALIPER = [sys.executable, "-m", "app.cli"]
+BODY = {"logits": Z_A.tolist(), "labels": Y_A.tolist()}
+
+
+def make_app(tmp_path: Path, **overrides: object) -> FastAPI:
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'limits.db'}", artifact_dir=tmp_path / "a", **overrides)
+    upgrade(settings)
+    return create_app(settings)
+
+
+def refusals(client: TestClient) -> dict[str, float]:
+    families = text_string_to_metric_families(client.get("/metrics").text)
+    return {
+        s.labels["reason"]: s.value
+        for family in families
+        for s in family.samples
+        if s.name == "caliper_refused_requests_total"
+    }
+
+
+# -- the time limit ------------------------------------------------------------------------------------
+
+
+def test_a_session_run_past_the_time_limit_stops_and_one_within_it_runs() -> None:
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])
+    session = default_cache().create(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]))
+    feeds = {"x": np.array([-1.0, 2.0], dtype=np.float32)}
+    with deadline.time_limit(60.0):
+        assert session.run(None, feeds)
+    with deadline.time_limit(0.0), pytest.raises(deadline.TimeLimitError, match="time limit of 0 s"):
+        time.sleep(0.001)
+        session.run(None, feeds)
+    assert session.run(None, feeds)  # no limit outside the block
+
+
+def test_work_over_the_request_time_limit_answers_422_and_stores_nothing(tmp_path: Path) -> None:
+    app = make_app(tmp_path, request_timeout_s=1e-6)
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(400, 4))
+    fit = {"method": "temperature", "logits": logits.tolist(), "labels": rng.integers(0, 4, 400).tolist(), "cv": 5}
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for path, body in (("/v1/calibrators", fit), ("/v1/evaluations", BODY)):
+            answer = client.post(path, json=body)
+            assert answer.status_code == 422, answer.text
+            assert answer.json()["type"].endswith("/time-limit") and "CALIPER_REQUEST_TIMEOUT_S" in answer.text
+            assert client.get(path).json()["items"] == []
+        assert client.get("/v1/evaluations").status_code == 200  # reads have no time limit
+    app.state.resources.close()
+
+
+# -- concurrency bound ---------------------------------------------------------------------------------
+
+
+async def _held_post(client: httpx.AsyncClient, release: asyncio.Event) -> httpx.Response:
+    """A POST whose body arrives only when `release` is set: it holds its slot until then."""
+    payload = httpx.Request("POST", "/", json=BODY).content
+
+    async def body() -> AsyncIterator[bytes]:
+        yield payload[:10]
+        await release.wait()
+        yield payload[10:]
+
+    return await client.post("/v1/evaluations", content=body(), headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize("waiting", [0, 1])
+def test_beyond_the_running_and_waiting_posts_a_post_answers_503_with_retry_after(tmp_path: Path, waiting: int) -> None:
+    app = make_app(tmp_path, max_running_work=1, max_waiting_work=waiting)
+
+    async def scenario() -> tuple[list[httpx.Response], httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://caliper.test") as client:
+            release = asyncio.Event()
+            held = [asyncio.create_task(_held_post(client, release)) for _ in range(1 + waiting)]
+            await asyncio.sleep(0.3)  # the held POSTs are admitted or queued
+            refused = await client.post("/v1/evaluations", json=BODY)
+            read = await client.get("/v1/evaluations")  # reads are not bounded
+            release.set()
+            return list(await asyncio.gather(*held)), refused, read
+
+    held, refused, read = asyncio.run(scenario())
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1", refused.text
+    assert refused.json()["type"].endswith("/overloaded") and "CALIPER_MAX_RUNNING_WORK" in refused.text
+    assert read.status_code == 200
+    assert [r.status_code for r in held] == [201] * (1 + waiting)  # the admitted and the queued ones ran
+    with TestClient(app) as client:
+        assert client.post("/v1/evaluations", json=BODY).status_code == 201  # slots are given back
+        assert refusals(client)["overloaded"] == 1
+    app.state.resources.close()
+
+
+# -- rate limits ---------------------------------------------------------------------------------------
+
+
+def test_a_key_over_its_rate_limit_gets_429_with_retry_after_and_other_keys_do_not(tmp_path: Path) -> None:
+    app = make_app(tmp_path, auth="required", rate_limit="3/minute")
+    first = app.state.resources.keys.create("team-a", "write")[1]
+    second = app.state.resources.keys.create("team-a", "read")[1]
+    with TestClient(app, raise_server_exceptions=False) as client:
+        as_first = {"Authorization": f"Bearer {first}"}
+        assert [client.get("/v1/evaluations", headers=as_first).status_code for _ in range(3)] == [200] * 3
+        limited = client.post("/v1/evaluations", json=BODY, headers=as_first)
+        assert limited.status_code == 429, limited.text
+        assert 1 <= int(limited.headers["retry-after"]) <= 60 and "CALIPER_RATE_LIMIT" in limited.text
+        assert client.get("/v1/evaluations", headers=as_first).status_code == 429  # nothing stored, still limited
+        assert client.get("/v1/evaluations", headers={"Authorization": f"Bearer {second}"}).status_code == 200
+        assert client.get("/v2/health/ready", headers=as_first).json() == {"error": limited.json()["detail"]}
+        assert [client.get("/healthz").status_code for _ in range(5)] == [200] * 5  # health is not limited
+        assert refusals(client)["rate-limit"] == 3
+    assert count_rows(app)["evaluations"] == 0
+    app.state.resources.close()
+
+
+def test_a_malformed_rate_limit_is_a_settings_error() -> None:
+    with pytest.raises(ValueError, match="rate_limit"):
+        Settings(rate_limit="many per second")
+
+
+# -- database timeouts ---------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif("CALIPER_TEST_POSTGRES_URL" not in os.environ, reason="needs PostgreSQL")
+def test_a_postgres_statement_over_the_statement_timeout_fails_and_the_pool_waits_bounded() -> None:
+    engine = make_engine(os.environ["CALIPER_TEST_POSTGRES_URL"], statement_timeout_s=0.2, pool_timeout_s=0.3)
+    try:
+        started = time.monotonic()
+        with engine.connect() as connection, pytest.raises(OperationalError, match="statement timeout"):
+            connection.execute(text("SELECT pg_sleep(5)"))
+        assert time.monotonic() - started < 3
+    finally:
+        engine.dispose()
+
+
+# -- slow clients, against a real server ---------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_server(
+    tmp_path: Path, *args: str, open_files: int | None = None, **env: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    environment.update(
+        CALIPER_DATABASE_URL=f"sqlite:///{tmp_path / 'serve.db'}", CALIPER_ARTIFACT_DIR=str(tmp_path / "a"),
+        CALIPER_ACCESS_LOG="false", CALIPER_RATE_LIMIT="", **env,
+    )  # fmt: skip
+    subprocess.run([*CALIPER, "db", "upgrade"], env=environment, check=True, capture_output=True)
+    port = free_port()
+
+    def limit_files() -> None:
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
+    server = subprocess.Popen(
+        [*CALIPER, "serve", "--port", str(port), *args], env=environment, preexec_fn=limit_files,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: _status(url + "/readyz") == 200, 60, server)
+    return server, url
+
+
+def _status(url: str) -> int | None:
+    try:
+        return httpx.get(url, timeout=5).status_code
+    except httpx.HTTPError:
+        return None
+
+
+def wait_until(condition: object, seconds: float, server: subprocess.Popen[bytes]) -> None:
+    deadline_at = time.monotonic() + seconds
+    while not condition():  # type: ignore[operator]
+        assert server.poll() is None, server.stderr.read().decode() if server.stderr else "server exited"
+        assert time.monotonic() < deadline_at, "condition not met in time"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def slow_client_server(tmp_path: Path) -> Iterator[str]:
+    server, url = start_server(
+        tmp_path, open_files=256, CALIPER_HEADER_TIMEOUT_S="1", CALIPER_BODY_TIMEOUT_S="1",
+        CALIPER_BODY_MIN_BYTES_PER_S="1000000",
+    )  # fmt: skip
+    yield url
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
+    """Whether the server closed the connection within `seconds`, and what it sent before."""
+    sock.settimeout(seconds)
+    received = b""
+    try:
+        while chunk := sock.recv(4096):
+            received += chunk
+    except TimeoutError:
+        return False, received
+    except ConnectionResetError:
+        pass
+    return True, received
+
+
+def test_a_client_sending_headers_slowly_is_answered_408_and_dropped(slow_client_server: str) -> None:
+    idle, trickling = _connect(slow_client_server), _connect(slow_client_server)
+    trickling.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    started = time.monotonic()
+    trickle_closed, trickle_answer = _closed_within(trickling, 5)
+    idle_closed, idle_answer = _closed_within(idle, 5)
+    assert trickle_closed and trickle_answer.startswith(b"HTTP/1.1 408")
+    assert idle_closed and idle_answer == b""  # nothing sent: closed without an answer
+    assert time.monotonic() - started < 5
+    assert _status(slow_client_server + "/healthz") == 200
+
+
+def test_a_client_sending_its_body_slowly_is_answered_408_and_dropped(slow_client_server: str) -> None:
+    sock = _connect(slow_client_server)
+    sock.sendall(
+        b"POST /v1/evaluations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n"
+        b'\r\n{"logits": ['
+    )
+    closed, answer = _closed_within(sock, 6)
+    assert closed and answer.startswith(b"HTTP/1.1 408"), answer
+    assert b"CALIPER_BODY_TIMEOUT_S" in answer and b"application/problem+json" in answer
+    assert (
+        'caliper_refused_requests_total{reason="body-timeout"} 1.0' in httpx.get(slow_client_server + "/metrics").text
+    )
+
+
+def test_300_half_sent_requests_under_256_open_files_do_not_lock_out_normal_requests(
+    slow_client_server: str,
+) -> None:
+    flood = []
+    for _ in range(300):
+        try:
+            sock = _connect(slow_client_server)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+            flood.append(sock)
+        except OSError:
+            break  # the backlog is full: the server is out of descriptors until the deadline frees them
+    assert len(flood) >= 200
+    time.sleep(2.5)  # past the 1 s header deadline (and asyncio's 1 s pause after an EMFILE)
+    answers = [_status(slow_client_server + "/healthz") for _ in range(20)]
+    assert answers == [200] * 20
+    closed = sum(_closed_within(sock, 0.5)[0] for sock in flood[:50])
+    assert closed == 50
+    for sock in flood:
+        sock.close()
+
+
+# -- several processes ---------------------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def test_serve_with_two_workers_survives_a_killed_worker_and_sums_metrics(tmp_path: Path) -> None:
+    server, url = start_server(tmp_path, "--workers", "2")
+    try:
+        workers = _children(server.pid)
+        assert len(workers) >= 2, workers
+        with httpx.Client(base_url=url, timeout=30) as http:
+            created = [http.post("/v1/evaluations", json=BODY).status_code for _ in range(6)]
+            assert created == [201] * 6
+            os.kill(workers[0], signal.SIGKILL)
+            answers = [http.get("/v1/evaluations", headers={"Connection": "close"}).status_code for _ in range(6)]
+            assert answers == [200] * 6  # the other worker answers while the supervisor replaces the dead one
+            wait_until(lambda: len(set(_children(server.pid)) - {workers[0]}) >= 2, 60, server)
+            assert len(http.get("/v1/evaluations?limit=500").json()["items"]) == 6
+            text_format = http.get("/metrics").text
+        posts = [
+            s.value
+            for family in text_string_to_metric_families(text_format)
+            for s in family.samples
+            if s.name == "caliper_http_requests_total" and s.labels.get("method") == "POST"
+        ]
+        assert sum(posts) == 6  # summed over both processes (and the dead one's file), whichever answered
+    finally:
+        server.terminate()
+        server.wait(timeout=20)

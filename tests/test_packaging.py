@@ -117,6 +117,7 @@ def test_the_wheel_carries_the_migrations_and_a_plain_install_can_migrate(tmp_pa
     assert installed.returncode == 0, installed.stderr[-3000:]
     assert (target / "app" / "migrations" / "versions" / "0001_evaluations.py").exists()
     assert not (target / "migrations").exists()  # not a top-level `migrations` module
+    assert (target / "app" / "api" / "response_examples.json").exists()  # the OpenAPI answers' examples
     script = (
         f"import sys; sys.path.insert(0, {str(target)!r}); import app, app.config; "
         "assert app.__file__.startswith(sys.path[0]), app.__file__; "

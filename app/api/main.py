@@ -19,6 +19,7 @@ from app.api.limits import BodyReadDeadline, BodySizeLimit, RefuseNulInUrl
 from app.api.observability import RequestContext, metrics_endpoint
 from app.api.problems import Problem, UnexpectedErrors, install_problem_handlers
 from app.api.rate_limits import RateLimits
+from app.api.response_examples import add_response_examples
 from app.api.routes import calibrators, detectors, evaluations, gates, health, keys, models, ood, pipelines, sdm, v2
 from app.api.routes.v2 import V2ErrorBody
 from app.calibration.schemas import ApplyRequest, CalibratorRequest
@@ -117,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 components[model.__name__] = request_schema
             _without_impossible_validation_errors(schema)
             document_auth(schema)
+            add_response_examples(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -119,6 +119,7 @@ async def apply(calibrator_id: str, request: Request) -> Response:
     operation_id="exportCalibrator",
     summary="The calibrator as a standalone ONNX model: input `logits` [N, C] -> output `probabilities`",
     responses={**READ, 200: {"content": {"application/octet-stream": {}}}},
+    response_class=Response,
 )
 def export(
     calibrator_id: str,

@@ -159,7 +159,7 @@ async def create_model_evaluation(model_id: str, request: Request) -> Response:
     operation_id="predict",
     summary="Run the model on inputs, with optional calibrator, detector and SDM heads",
     responses={**TENSOR_WRITE, 200: {"content": {"application/json": {}, NPZ: {}}}},
-    openapi_extra=role("read"),  # runs the model, stores nothing
+    openapi_extra={**tensor_request_body("PredictRequest", ("inputs.*",)), **role("read")},  # stores nothing
 )
 async def predict(model_id: str, request: Request) -> Response:
     resources = resources_of(request)

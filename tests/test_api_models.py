@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import threading
@@ -17,6 +18,7 @@ import pytest
 from caliper_client.wire import encode_tensor_object
 from fastapi.testclient import TestClient
 
+from app.api.observability import JsonLines
 from tests import onnx_models
 from tests.conftest import count_rows
 from tests.test_api_bad_input import assert_problem
@@ -225,11 +227,36 @@ def test_heads_that_do_not_fit_are_refused_before_running(client: TestClient) ->
     assert_problem(client.post("/v1/models/nope/predict", json={"inputs": x}), 404)
 
 
+class FormattedLines(logging.Handler):
+    """Log records as the server writes them (JSON lines, formatted when emitted, in the emitting thread)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(JsonLines())
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
 def test_a_model_that_allocates_too_much_answers_422_and_the_service_keeps_serving(client: TestClient) -> None:
     model = upload(client, onnx_models.huge_allocation(), name="greedy").json()
-    response = client.post(f"/v1/models/{model['id']}/predict", json={"inputs": {"x": [[1.0, 2.0]]}})
+    handler = FormattedLines()
+    logging.getLogger("caliper.models").addHandler(handler)
+    try:
+        response = client.post(
+            f"/v1/models/{model['id']}/predict",
+            json={"inputs": {"x": [[1.0, 2.0]]}},
+            headers={"X-Request-ID": "greedy-model-run"},
+        )
+    finally:
+        logging.getLogger("caliper.models").removeHandler(handler)
     assert_problem(response, 422)
     assert response.json()["type"].endswith("model-limits"), response.text
+    replaced = [json.loads(line) for line in handler.lines if "replaced" in line]
+    assert [entry["request_id"] for entry in replaced] == ["greedy-model-run"], (
+        handler.lines
+    )  # the request's id follows
     good = upload(client, onnx_models.mlp()[0]).json()
     ok = client.post(f"/v1/models/{good['id']}/predict", json={"inputs": {"x": np.ones((1, 6)).tolist()}})
     assert ok.status_code == 200, ok.text

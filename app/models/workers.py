@@ -11,6 +11,7 @@ worker caches sessions (LRU by model key)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing as mp
 import queue
 import threading
@@ -157,6 +158,8 @@ def _worker(conn: Connection, limits: WorkerLimits) -> None:  # pragma: no cover
             conn.send((kind, f"{type(exc).__name__}: {text}"[:2000]))
 
 
+log = logging.getLogger("caliper.models")  # from the request's thread: its lines carry its request id
+
 START_TIMEOUT_S = 60.0  # a spawned worker imports numpy and onnxruntime before it reports ready
 
 
@@ -247,8 +250,9 @@ class WorkerPool:
             self._started -= 1
             self._alive.discard(worker)
 
-    def _replace(self, worker: _Worker) -> None:
+    def _replace(self, worker: _Worker, reason: str) -> None:
         """A call broke the worker: the next call starts a new one."""
+        log.warning("model worker %s replaced: %s", worker.process.pid, reason)
         self._retire(worker)
         self.on_replace()
 
@@ -295,21 +299,21 @@ class WorkerPool:
         try:
             worker.conn.send(message)
             if not _answered(worker.conn, self.limits.timeout_s):
-                self._replace(worker)
+                self._replace(worker, "the model ran past CALIPER_MODEL_TIMEOUT_S")
                 raise ModelLimitError(
                     f"the model ran longer than CALIPER_MODEL_TIMEOUT_S ({self.limits.timeout_s:g} s)"
                 )
             status, payload = worker.conn.recv()
         except (EOFError, OSError, BrokenPipeError) as exc:
             code = worker.process.exitcode
-            self._replace(worker)
+            self._replace(worker, f"the model crashed it (exit code {code})")
             raise ModelLimitError(f"the model crashed its worker process (exit code {code})") from exc
         except BaseException:
             if worker.process.is_alive() and not worker.conn.closed:
-                self._replace(worker)  # interrupted mid-exchange: its pipe may hold a stale reply
+                self._replace(worker, "interrupted mid-call")  # its pipe may hold a stale reply
             raise
         if status == "memory":
-            self._replace(worker)  # an allocation failed under RLIMIT_AS: start clean
+            self._replace(worker, "the model exceeded CALIPER_MODEL_MEMORY_BYTES")  # start clean
             raise ModelLimitError(
                 f"the model exceeded CALIPER_MODEL_MEMORY_BYTES ({self.limits.memory_bytes} bytes): {payload}"
             )

@@ -21,6 +21,18 @@ class BodyTooLargeError(HTTPException):
         super().__init__(413, f"request body exceeds the limit of {max_bytes} bytes (CALIPER_MAX_BODY_BYTES)")
 
 
+class ResponseStarted:
+    """`send`, noting whether the response has begun: after that a limit can no longer answer a problem."""
+
+    def __init__(self, send: Send) -> None:
+        self.send, self.started = send, False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self.send(message)
+
+
 class BodySizeLimit:
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -36,7 +48,6 @@ class BodySizeLimit:
             await self._reject(send)
             return
         received = 0
-        started = False
 
         async def limited_receive() -> Message:
             nonlocal received
@@ -47,16 +58,11 @@ class BodySizeLimit:
                     raise BodyTooLargeError(self.max_bytes)
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        answer = ResponseStarted(send)
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, answer)
         except BodyTooLargeError:
-            if not started:
+            if not answer.started:
                 await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
@@ -92,7 +98,7 @@ class BodyReadDeadline:
         loop = asyncio.get_running_loop()
         started_at = loop.time()
         received = 0
-        complete = timed_out = started = False
+        complete = timed_out = False
 
         async def timed_receive() -> Message:
             nonlocal received, complete, timed_out
@@ -109,16 +115,11 @@ class BodyReadDeadline:
                 complete = not message.get("more_body", False)
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        answer = ResponseStarted(send)
         try:
-            await self.app(scope, timed_receive, tracking_send)
+            await self.app(scope, timed_receive, answer)
         except BodyTimeoutError as exc:
-            if not started:
+            if not answer.started:
                 await send_problem(send, 408, exc.detail, close=True)
         finally:
             if timed_out:

@@ -21,6 +21,7 @@ from app.models.workers import WorkerLimits, WorkerPool
 from app.ood.detectors import DetectorService
 from app.ood.scores import OodService
 from app.pipelines.export import ExportService
+from app.pipelines.heads import HeadCheck
 from app.pipelines.predict import PredictService
 from app.pipelines.service import PipelineService
 from app.pipelines.v2 import InferenceService
@@ -79,7 +80,8 @@ class Resources:
         calibrators = CalibrationService(Repository(database, CalibratorRecord, "calibrator"), runtime, runner)
         detectors = DetectorService(Repository(database, DetectorRecord, "detector"), runtime, runner)
         sdm = SdmService(SdmRepository(database), runtime, runner)
-        exports = ExportService(runner, calibrators, detectors, sdm, settings.max_export_bytes)
+        heads = HeadCheck(calibrators, detectors, sdm)
+        exports = ExportService(runner, heads, settings.max_export_bytes)
         pipelines = PipelineService(PipelineRepository(database), exports, artifacts, workers)
         return cls(
             settings,
@@ -95,7 +97,7 @@ class Resources:
             artifacts=artifacts,
             workers=workers,
             models=models,
-            predictions=PredictService(runner, calibrators, detectors, sdm, runtime),
+            predictions=PredictService(runner, heads, runtime),
             exports=exports,
             pipelines=pipelines,
             inference=InferenceService(pipelines, runner),

@@ -22,12 +22,9 @@ import onnx.version_converter
 import spox.opset.ai.onnx.v21 as op
 from spox import Tensor, Var, argument, build
 
-from app.calibration.service import CalibrationService
 from app.core.errors import InputError
 from app.models.runner import ModelRunner
-from app.ood.detectors import DetectorService
 from app.pipelines.heads import HeadCheck, Heads
-from app.sdm.service import SdmService
 from app.storage.models import ModelRecord
 
 PREFIX = "caliper_"  # on every name of our graph; on an output name only where the user's model has it
@@ -42,17 +39,8 @@ class Export:
 
 
 class ExportService:
-    def __init__(
-        self,
-        runner: ModelRunner,
-        calibrators: CalibrationService,
-        detectors: DetectorService,
-        sdm: SdmService,
-        max_bytes: int,
-    ) -> None:
-        self.runner, self.calibrators, self.detectors, self.sdm = runner, calibrators, detectors, sdm
-        self.heads = HeadCheck(calibrators, detectors, sdm)
-        self.max_bytes = max_bytes
+    def __init__(self, runner: ModelRunner, heads: HeadCheck, max_bytes: int) -> None:
+        self.runner, self.heads, self.max_bytes = runner, heads, max_bytes
 
     def export(self, model_id: str, heads: Heads, dtype: np.dtype | None = None) -> Export:
         """The user's model with `probabilities` (calibrated, or the softmax), `ood_score` and the SDM
@@ -84,16 +72,16 @@ class ExportService:
         z = _as(logits, dtype)
         outputs: dict[str, Var] = {}
         if heads.calibrator_id is not None:
-            calibrator = self.calibrators.restored(self.calibrators.get(heads.calibrator_id))
+            calibrator = self.heads.calibrators.restored(self.heads.calibrators.get(heads.calibrator_id))
             outputs["probabilities"] = calibrator.apply_fragment(z)
         else:
             outputs["probabilities"] = op.softmax(z, axis=-1)
         if heads.detector_id is not None:
-            reads = self.detectors.model_outputs(heads.detector_id, record.embedding_output)
+            reads = self.heads.detectors.model_outputs(heads.detector_id, record.embedding_output)
             features = {key: _as(inputs[name], dtype) for key, name in reads.items()}
-            outputs["ood_score"] = self.detectors.score_fragment(heads.detector_id, features)
+            outputs["ood_score"] = self.heads.detectors.score_fragment(heads.detector_id, features)
         if heads.sdm_id is not None:
-            estimator = self.sdm.estimator(self.sdm.get(heads.sdm_id))
+            estimator = self.heads.sdm.estimator(self.heads.sdm.get(heads.sdm_id))
             columns = estimator.fragment(inputs[record.embedding_output or ""], logits)
             outputs |= {
                 "sdm_probabilities": columns["probabilities"],

@@ -24,6 +24,8 @@ class Heads:
 
 
 class HeadCheck:
+    """The head services (calibrators, detectors, SDM) of a composition, and whether given heads fit a model."""
+
     def __init__(self, calibrators: CalibrationService, detectors: DetectorService, sdm: SdmService) -> None:
         self.calibrators, self.detectors, self.sdm = calibrators, detectors, sdm
 

@@ -6,34 +6,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.calibration.service import CalibrationService
 from app.core.calibration import apply
 from app.core.errors import InputError
 from app.core.graphrun import mapped_outputs
 from app.core.runtime import SessionCache
 from app.models.runner import ModelRunner
-from app.ood.detectors import DetectorService
 from app.pipelines.heads import HeadCheck, Heads
-from app.sdm.service import SdmService, npz_columns
+from app.sdm.service import npz_columns
 
 
 class PredictService:
-    def __init__(
-        self,
-        runner: ModelRunner,
-        calibrators: CalibrationService,
-        detectors: DetectorService,
-        sdm: SdmService,
-        runtime: SessionCache,
-    ) -> None:
-        self.runner, self.calibrators, self.detectors, self.sdm, self.runtime = (
-            runner,
-            calibrators,
-            detectors,
-            sdm,
-            runtime,
-        )
-        self.heads = HeadCheck(calibrators, detectors, sdm)
+    def __init__(self, runner: ModelRunner, heads: HeadCheck, runtime: SessionCache) -> None:
+        self.runner, self.heads, self.runtime = runner, heads, runtime
 
     def predict(
         self, model_id: str, arrays: dict[str, np.ndarray], heads: Heads, return_embedding: bool = False
@@ -47,7 +31,7 @@ class PredictService:
         if record.classes is not None and logits.shape[1] != record.classes:
             raise InputError("inputs", f"the model produced C = {logits.shape[1]}; it declares {record.classes}")
         if heads.calibrator_id is not None:
-            probabilities = self.calibrators.apply(heads.calibrator_id, logits)
+            probabilities = self.heads.calibrators.apply(heads.calibrator_id, logits)
             columns = {"logits": logits, "probabilities": probabilities} | top_label(probabilities, False, self.runtime)
         else:
             columns = {"logits": logits} | top_label(logits, True, self.runtime)
@@ -55,10 +39,10 @@ class PredictService:
         if return_embedding and embedding is not None:
             columns["embedding"] = embedding
         if heads.detector_id is not None:
-            features = self.detectors.model_features(heads.detector_id, out, record.embedding_output)
-            columns["ood_score"], _ = self.detectors.score(heads.detector_id, features)
+            features = self.heads.detectors.model_features(heads.detector_id, out, record.embedding_output)
+            columns["ood_score"], _ = self.heads.detectors.score(heads.detector_id, features)
         if heads.sdm_id is not None:
-            _, scores = self.sdm.score(heads.sdm_id, {"embeddings": embedding, "logits": logits})  # type: ignore[dict-item]
+            _, scores = self.heads.sdm.score(heads.sdm_id, {"embeddings": embedding, "logits": logits})  # type: ignore[dict-item]
             columns |= {f"sdm.{k}": v for k, v in npz_columns(scores).items()}
         return columns
 

@@ -32,7 +32,13 @@ from app.storage.evaluations import EvaluationRepository
 from app.storage.idempotency import IdempotencyRepository
 from app.storage.keys import ApiKeyRepository
 from app.storage.models import CalibratorRecord, DetectorRecord, GateRecord
-from app.storage.repository import ModelRepository, PipelineRepository, Repository, SdmRepository
+from app.storage.repository import (
+    ArtifactReferences,
+    ModelRepository,
+    PipelineRepository,
+    Repository,
+    SdmRepository,
+)
 
 
 @dataclass
@@ -76,19 +82,20 @@ class Resources:
         model_records = ModelRepository(database)
         model_chunks = Chunking(rows=settings.model_batch_rows, bytes=settings.model_batch_bytes)
         runner = ModelRunner(model_records, artifacts, workers, model_chunks, metrics.observe_model_run)
-        models = ModelService(model_records, artifacts, workers)
+        references = ArtifactReferences(database)
+        models = ModelService(model_records, artifacts, references, workers)
         calibrators = CalibrationService(Repository(database, CalibratorRecord, "calibrator"), runtime, runner)
         detectors = DetectorService(Repository(database, DetectorRecord, "detector"), runtime, runner)
         sdm = SdmService(SdmRepository(database), runtime, runner)
         heads = HeadCheck(calibrators, detectors, sdm)
         exports = ExportService(runner, heads, settings.max_export_bytes)
-        pipelines = PipelineService(PipelineRepository(database), exports, artifacts, workers)
+        pipelines = PipelineService(PipelineRepository(database), exports, artifacts, references, workers)
         return cls(
             settings,
             engine,
             database,
             runtime,
-            evaluations=EvaluationService(evaluation_records, calibrators, sdm, detectors, runner, runtime),
+            evaluations=EvaluationService(evaluation_records, heads, runner, runtime),
             calibrators=calibrators,
             detectors=detectors,
             ood=OodService(detectors, runtime),

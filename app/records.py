@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import BaseModel, Field, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 MAX_TAGS = 64
 TagKey = Annotated[str, Field(min_length=1, max_length=128)]
@@ -41,3 +41,12 @@ def rfc3339(stamp: datetime) -> str:
 
 
 Timestamp = Annotated[datetime, PlainSerializer(rfc3339, return_type=str)]  # a stored naive-UTC time, as RFC 3339
+
+
+class RecordOut(BaseModel):
+    """The answer describing a stored record, read from the record's attributes (`model_validate(record)`)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    created_at: Timestamp

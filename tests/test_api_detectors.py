@@ -252,10 +252,11 @@ def per_class_oracle(fit_x: np.ndarray, labels: np.ndarray, test: np.ndarray, ri
     return np.min(out, axis=0)
 
 
-@pytest.mark.parametrize("chunk_rows", [None, 13])
+@pytest.mark.parametrize(("chunk_rows", "normalize"), [(None, False), (13, False), (13, True)])
 def test_per_class_covariance_matches_the_definition(
-    client: TestClient, monkeypatch: pytest.MonkeyPatch, chunk_rows: int | None
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, chunk_rows: int | None, normalize: bool
 ) -> None:
+    """Scored as fitted: with `normalize`, fit and scored rows are both L2-normalised first."""
     rng = np.random.default_rng(6)
     labels = rng.integers(0, 3, 240)
     fit_x = rng.normal(size=(240, 4)) * (1 + labels[:, None]) + labels[:, None] * 3 + 50
@@ -268,13 +269,15 @@ def test_per_class_covariance_matches_the_definition(
             "method": "mahalanobis",
             "features": fit_x.tolist(),
             "labels": labels.tolist(),
-            "params": {"covariance": "per_class", "ridge": 0.01},
+            "params": {"covariance": "per_class", "ridge": 0.01, "normalize": normalize},
         },
     )
     assert created.status_code == 201, created.text
     test = rng.normal(size=(40, 4)) * 3 + 52
     out = client.post(f"/v1/detectors/{created.json()['id']}/score", json={"features": test.tolist()}).json()
-    np.testing.assert_allclose(out["scores"], per_class_oracle(fit_x, labels, test, 0.01), rtol=1e-8, atol=1e-8)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True) if normalize else x  # noqa: E731
+    want = per_class_oracle(unit(fit_x), labels, unit(test), 0.01)
+    np.testing.assert_allclose(out["scores"], want, rtol=1e-8, atol=1e-8)
 
 
 def test_per_class_refuses_singular_and_tiny_classes(client: TestClient) -> None:

@@ -223,6 +223,12 @@ def test_heads_that_do_not_fit_are_refused_before_running(client: TestClient) ->
         response = client.post(f"/v1/models/{model['id']}/predict", json={"inputs": x, field: head})
         assert_problem(response, 422)
         assert response.json()["errors"][0]["field"] == field, response.text
+        evaluation = {"inputs": x, "labels": [0, 1], field: head} | (
+            {"ood_inputs": x} if field == "detector_id" else {}
+        )
+        response = client.post(f"/v1/models/{model['id']}/evaluations", json=evaluation)  # the same check
+        assert_problem(response, 422)
+        assert response.json()["errors"][0]["field"] == field, response.text
     assert_problem(client.post(f"/v1/models/{model['id']}/predict", json={"inputs": x, "sdm_id": "nope"}), 404)
     assert_problem(client.post("/v1/models/nope/predict", json={"inputs": x}), 404)
 

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 from fastapi import FastAPI
 
-from app.ood.detectors import fit_detector
+from app.ood.methods import fit_detector
 from app.ood.schemas import DetectorRequest
 from app.storage.blobs import decode_arrays
 from app.storage.models import DetectorRecord
@@ -93,11 +93,12 @@ def test_concurrent_writers_lose_and_corrupt_nothing(live_server: str, app: Fast
             assert record is not None, detector_id
             stored_arrays = decode_arrays(record.arrays, f"detector {detector_id}")  # verified against its digest
             request = DetectorRequest.model_validate({k: v for k, v in fit.items() if k not in ("features", "labels")})
-            expected, *_ = fit_detector(
+            detector, _ = fit_detector(
                 request,
                 {"features": np.asarray(fit["features"]), "labels": np.asarray(fit["labels"])},
                 app.state.resources.runtime,
             )
+            expected = detector.fitted_arrays()
             assert stored_arrays.keys() == expected.keys()
             for name, value in expected.items():
                 np.testing.assert_array_equal(stored_arrays[name], value, err_msg=f"{detector_id}:{name}")

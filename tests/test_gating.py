@@ -539,9 +539,13 @@ def test_cli_every_option_has_help_and_exit_codes_are_documented() -> None:
 
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for name, sub in commands.choices.items():
+    pending = [(name, sub) for name, sub in commands.choices.items()]
+    while pending:  # every command, and every verb of a command that has them (`caliper model upload`)
+        name, sub = pending.pop()
         for action in sub._actions:
             if action.dest != "help":
                 assert action.help, f"caliper {name} {action.option_strings or action.dest} has no help"
-    for name in ("gate", "evaluate", "promote"):
+            if isinstance(action, argparse._SubParsersAction):
+                pending += [(f"{name} {verb}", parser) for verb, parser in action.choices.items()]
+    for name in ("gate", "evaluate", "promote", "model"):
         assert "exit codes" in commands.choices[name].format_help()

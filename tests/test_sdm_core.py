@@ -13,6 +13,7 @@ from hypothesis.extra.numpy import arrays
 from scipy.special import softmax
 
 from app.core import sdm as sdm_core
+from app.core.fitted_state import IncompatibleFittedStateError
 from app.core.graphrun import mapped_outputs
 from app.core.neighbours import nearest
 from app.core.sdm import (
@@ -449,12 +450,19 @@ def test_leave_self_out_drops_the_point_itself() -> None:
 def test_fitted_state_round_trips() -> None:
     support, calibration = worked_example(np.float32)
     estimator = SdmEstimator(alpha=0.95, k=4).fit(support, calibration)
-    restored = SdmEstimator(alpha=0.95, k=4).load(estimator.fitted_arrays())
+    state = estimator.fitted_arrays()
+    assert int(state["state_version"]) == 1
+    before_versions = {k: v for k, v in state.items() if k != "state_version"}  # blobs stored before versions
     x, z = np.asarray(TEST_H, np.float32), np.asarray(TEST_Z)
-    a, b = estimator.score(x, z), restored.score(x, z)
-    assert restored.q_min_ == estimator.q_min_ and restored.k_ == 4
-    for name in a.columns:
-        np.testing.assert_array_equal(a.columns[name], b.columns[name], err_msg=name)
+    a = estimator.score(x, z)
+    for stored in (state, before_versions):
+        restored = SdmEstimator(alpha=0.95, k=4).load_arrays(stored)
+        b = restored.score(x, z)
+        assert restored.q_min_ == estimator.q_min_ and restored.k_ == 4 and restored.dtype_ == estimator.dtype_
+        for name in a.columns:
+            np.testing.assert_array_equal(a.columns[name], b.columns[name], err_msg=name)
+    with pytest.raises(IncompatibleFittedStateError, match="state version 2"):
+        SdmEstimator().load_arrays({**state, "state_version": np.asarray(2)})
 
 
 def test_no_correct_calibration_prediction_gives_an_empty_region() -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.core.calibration.registry import METHODS
+from app.core.fitted_state import STATE_VERSION
 from app.examples import examples
-from app.records import Labels
+from app.records import Labels, RecordOut
 from app.tensors import NULL_NOTE, Tensor
 
 if TYPE_CHECKING:
@@ -59,9 +60,7 @@ class CalibratorRequest(Labels):
     inputs: dict[str, Tensor] | None = Field(None, description="With `model_id`: the model's inputs, by input name.")
 
 
-class CalibratorOut(BaseModel):
-    id: str
-    created_at: str
+class CalibratorOut(RecordOut):
     method: str
     classes: int
     params: dict[str, Any]
@@ -73,6 +72,12 @@ class CalibratorOut(BaseModel):
     model: str | None
     dataset: str | None
     tags: dict[str, str]
+
+    @field_validator("fitted")
+    @classmethod
+    def _learned_only(cls, fitted: dict[str, Any]) -> dict[str, Any]:
+        """The learned parameters only: the stored state's version is the service's business."""
+        return {k: v for k, v in fitted.items() if k != STATE_VERSION}
 
 
 class ApplyRequest(BaseModel):

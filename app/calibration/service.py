@@ -7,16 +7,15 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from app.calibration.schemas import CalibratorOut, CalibratorRequest
+from app.calibration.schemas import CalibratorRequest
 from app.core.calibration.fitters import Calibrator
 from app.core.calibration.registry import METHODS, restore
 from app.core.errors import InputError
 from app.core.evaluation import EvaluationPlan, Evaluator, validate_batch, validate_scores
-from app.core.fitted_state import STATE_VERSION
 from app.core.metrics import BrierMetric, Ece, NllMetric
 from app.core.runtime import SessionCache
 from app.models.runner import ModelRunner
-from app.records import new_id, rfc3339, utc_now
+from app.records import new_id, utc_now
 from app.storage.models import CalibratorRecord
 from app.storage.repository import Repository
 
@@ -229,18 +228,3 @@ class CalibrationService:
         """The standalone apply model: input `logits` [N, C] -> output `probabilities`."""
         serialized: bytes = self.restored(self.get(calibrator_id)).apply_graph(dtype).SerializeToString()
         return serialized
-
-
-def calibrator_out(record: CalibratorRecord) -> CalibratorOut:
-    return CalibratorOut(
-        id=record.id,
-        created_at=rfc3339(record.created_at),
-        method=record.method,
-        classes=record.classes,
-        params=record.params,
-        fitted={k: v for k, v in record.fitted.items() if k != STATE_VERSION},  # the learned parameters only
-        fit_report=record.fit_report,
-        model=record.model,
-        dataset=record.dataset,
-        tags=record.tags,
-    )

@@ -180,11 +180,7 @@ class MahalanobisModel:
     def fragment(self, features: Var) -> tuple[Var, Var]:
         """`scores` = min_c d_c² (minus d_0² when relative) and `nearest_class` = argmin_c d_c²."""
         c = _constants(features)
-        x = features
-        if self.normalize:
-            norm = op.sqrt(op.reduce_sum(op.mul(x, x), ints(-1), keepdims=1))
-            x = op.div(x, op.clip(norm, c(1e-12), None))
-        centred = op.sub(x, c(self.mean))
+        centred = op.sub(_unit(features, c) if self.normalize else features, c(self.mean))
         z = op.matmul(centred, c(self.whiten.T))
         squared = op.reduce_sum(op.mul(z, z), ints(-1), keepdims=1)
         cross = op.matmul(z, c(self.means.T))
@@ -230,6 +226,12 @@ def scoring_graph(model: ScoringModel, dtype: np.dtype) -> onnx.ModelProto:
     features = argument(Tensor(dtype, ("N", model.dim)))
     scores, nearest = model.fragment(features)
     return build({"features": features}, {"scores": scores, "nearest_class": nearest})
+
+
+def _unit(x: Var, c: Callable[[object], Var]) -> Var:
+    """Rows L2-normalised (norms floored at 1e-12), as the fit normalised them."""
+    norm = op.sqrt(op.reduce_sum(op.mul(x, x), ints(-1), keepdims=1))
+    return op.div(x, op.clip(norm, c(1e-12), None))
 
 
 def _constants(features: Var) -> Callable[[object], Var]:
@@ -285,6 +287,7 @@ class PerClassModel:
     whiten: F64  # [C, D, D]
     means: F64  # [C, D]
     offsets: F64  # [C]
+    normalize: bool = False
 
     @property
     def dim(self) -> int:
@@ -297,14 +300,15 @@ class PerClassModel:
         classes, dim = self.means.shape
         stacked = np.concatenate([w.T for w in self.whiten], axis=1)  # [D, C·D]
         shifts = np.einsum("cij,cj->ci", self.whiten, self.means).reshape(-1)  # A_c μ_c, [C·D]
-        z = op.sub(op.matmul(features, c(stacked)), c(shifts))
+        x = _unit(features, c) if self.normalize else features
+        z = op.sub(op.matmul(x, c(stacked)), c(shifts))
         per_class = op.reshape(z, ints(-1, classes, dim))
         d2 = op.add(op.reduce_sum(op.mul(per_class, per_class), ints(-1), keepdims=0), c(self.offsets))
         return op.reduce_min(d2, ints(-1), keepdims=0), op.arg_min(d2, axis=-1, keepdims=0)
 
 
 def fit_per_class(
-    stats: GaussianStats, shrinkage: Literal["oas"] | float | None = None, ridge: float = 0.0
+    stats: GaussianStats, shrinkage: Literal["oas"] | float | None = None, ridge: float = 0.0, normalize: bool = False
 ) -> PerClassModel:
     """Σ_c = W_c / n_c (MLE per class), optionally shrunk and ridged; every Σ_c must be positive
     definite (the log-determinant is part of the score), so a class with too few rows is refused."""
@@ -324,4 +328,4 @@ def fit_per_class(
             )
         whitens.append((vectors / np.sqrt(values)).T)
         offsets.append(float(np.sum(np.log(values)) - 2.0 * np.log(n_c / stats.n)))
-    return PerClassModel(np.stack(whitens), stats.class_means, np.asarray(offsets))
+    return PerClassModel(np.stack(whitens), stats.class_means, np.asarray(offsets), normalize)

@@ -30,6 +30,7 @@ import onnx
 import spox.opset.ai.onnx.v21 as op
 from spox import Tensor, Var, argument, build
 
+from app.core.fitted_state import FittedState
 from app.core.graph_context import class_range, ints, scalar
 from app.core.graphrun import mapped_outputs
 from app.core.neighbours import nearest, nearest_fragment, squared_norms
@@ -251,16 +252,52 @@ class Scores:
     columns: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-class SdmEstimator:
+class SdmEstimator(FittedState):
     """The v2 estimator without adaptor training (§8): support and calibration exemplars in, the
-    fitted tables out. Fitted state: support_embeddings_, support_code_, k_, dtype_ (the calibration
-    logits' dtype, in which the estimator runs), distance_ecdfs_ (D_c), similarity_ecdfs_ (Q_c), q_min_,
-    psi_, and calibration_ (in-sample report)."""
+    fitted tables out. Fitted state (stored by `fitted_arrays`): support_embeddings_, support_code_, k_,
+    the per-class eCDFs D_c and Q_c as values and sizes (`distance_ecdfs_` and `similarity_ecdfs_` give
+    them per class), q_min_ and psi_, whose dtype is the calibration logits' (`dtype_`, in which the
+    estimator runs); calibration_ is the in-sample report, kept by the record as JSON."""
 
     def __init__(self, alpha: float = 0.95, k: int = 2048, cache: SessionCache | None = None) -> None:
         self.alpha = alpha
         self.k = k
         self.cache = cache
+
+    def state_keys(self) -> tuple[str, ...]:
+        return (
+            "support_embeddings",
+            "support_code",
+            "distance_values",
+            "distance_sizes",
+            "similarity_values",
+            "similarity_sizes",
+            "psi",
+            "q_min",
+            "k",
+        )
+
+    @property
+    def distance_ecdfs_(self) -> list[np.ndarray]:
+        """D_c: sorted nearest distances of the calibration rows of true class c with q > 0."""
+        return _split(self.distance_values_, self.distance_sizes_)
+
+    @distance_ecdfs_.setter
+    def distance_ecdfs_(self, groups: list[np.ndarray]) -> None:
+        self.distance_values_, self.distance_sizes_ = _joined(groups, self.dtype_)
+
+    @property
+    def similarity_ecdfs_(self) -> list[np.ndarray]:
+        """Q_c: sorted q′ of the calibration rows of true class c."""
+        return _split(self.similarity_values_, self.similarity_sizes_)
+
+    @similarity_ecdfs_.setter
+    def similarity_ecdfs_(self, groups: list[np.ndarray]) -> None:
+        self.similarity_values_, self.similarity_sizes_ = _joined(groups, self.dtype_)
+
+    @property
+    def dtype_(self) -> np.dtype:
+        return np.dtype(self.psi_.dtype)
 
     def fit(self, support: LabelledSet, calibration: LabelledSet) -> SdmEstimator:
         classes = support.logits.shape[1]
@@ -268,16 +305,16 @@ class SdmEstimator:
         prediction = np.argmax(support.logits, axis=1)
         self.support_code_ = np.where(prediction == support.labels, prediction, -1).astype(np.int64)
         self.k_ = min(self.k, len(support.embeddings))
-        self.dtype_ = calibration.logits.dtype
+        self.q_min_, self.psi_ = math.inf, np.zeros(classes, calibration.logits.dtype)
         self.distance_ecdfs_ = [np.zeros(0, self.dtype_)] * classes
         self.similarity_ecdfs_ = [np.zeros(0, self.dtype_)] * classes
-        self.q_min_, self.psi_ = math.inf, np.zeros(classes, self.dtype_)
         found = self._neighbours(calibration.embeddings, calibration.logits)
         self.distance_ecdfs_ = _class_groups(found.d_nearest, calibration.labels, found.q > 0, classes)
         first = self._estimate(found, calibration.logits)  # d, sdm and q′ need only D_c; Q_c comes next
-        self.q_min_, self.psi_ = high_reliability_thresholds(
+        q_min, psi = high_reliability_thresholds(
             first["q_rescaled"], first["probabilities"], calibration.labels, self.alpha
         )
+        self.q_min_, self.psi_ = q_min, np.asarray(psi, self.dtype_)
         everything = np.ones(len(calibration.labels), dtype=bool)
         self.similarity_ecdfs_ = _class_groups(first["q_rescaled"], calibration.labels, everything, classes)
         final = self._estimate(found, calibration.logits)
@@ -399,30 +436,14 @@ class SdmEstimator:
         )
         return {"prediction": prediction, "q": q, "d_nearest": d_nearest} | columns
 
-    def fitted_arrays(self) -> dict[str, np.ndarray]:
-        """The state to store: support exemplars and codes, per-class tables, thresholds."""
-        return {
-            "support_embeddings": self.support_embeddings_,
-            "support_code": self.support_code_,
-            "distance_values": np.concatenate(self.distance_ecdfs_),
-            "distance_sizes": np.asarray([len(v) for v in self.distance_ecdfs_], np.int64),
-            "similarity_values": np.concatenate(self.similarity_ecdfs_),
-            "similarity_sizes": np.asarray([len(v) for v in self.similarity_ecdfs_], np.int64),
-            "psi": np.asarray(self.psi_, self.dtype_),  # its dtype is the estimator's (restored by `load`)
-            "q_min": np.asarray(self.q_min_, np.float64),
-            "k": np.asarray(self.k_, np.int64),
-        }
 
-    def load(self, arrays: dict[str, np.ndarray]) -> SdmEstimator:
-        self.support_embeddings_ = arrays["support_embeddings"]
-        self.support_code_ = arrays["support_code"].astype(np.int64)
-        self.distance_ecdfs_ = np.split(arrays["distance_values"], np.cumsum(arrays["distance_sizes"])[:-1])
-        self.similarity_ecdfs_ = np.split(arrays["similarity_values"], np.cumsum(arrays["similarity_sizes"])[:-1])
-        self.psi_ = arrays["psi"]
-        self.dtype_ = self.psi_.dtype
-        self.q_min_ = float(arrays["q_min"])
-        self.k_ = int(arrays["k"])
-        return self
+def _joined(groups: list[np.ndarray], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class value lists as one array of values and the [C] int64 sizes (how they are stored)."""
+    return np.concatenate(groups).astype(dtype, copy=False), np.asarray([len(v) for v in groups], np.int64)
+
+
+def _split(values: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
+    return np.split(values, np.cumsum(sizes)[:-1])
 
 
 def _class_groups(values: np.ndarray, labels: np.ndarray, keep: np.ndarray, classes: int) -> list[np.ndarray]:

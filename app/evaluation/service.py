@@ -9,7 +9,6 @@ from functools import cache
 
 import numpy as np
 
-from app.calibration.service import CalibrationService
 from app.core.errors import InputError
 from app.core.evaluation import (
     ROW_CONFIDENCE,
@@ -31,9 +30,9 @@ from app.core.runtime import SessionCache
 from app.core.specs import TermSpec
 from app.evaluation.schemas import EvaluationOut, EvaluationRequest, ModelEvaluationRequest, Reliability
 from app.models.runner import ModelRunner, validated_inputs
-from app.ood.detectors import DetectorService
+from app.pipelines.heads import HeadCheck, Heads
 from app.records import new_id, rfc3339, utc_now
-from app.sdm.service import SdmService, region_metrics
+from app.sdm.service import region_metrics
 from app.storage.evaluations import EvaluationFilter, EvaluationRepository
 from app.storage.models import Evaluation, ModelRecord
 
@@ -141,16 +140,10 @@ class EvaluationService:
     the evaluation with its SDM metrics is then stored in one transaction."""
 
     def __init__(
-        self,
-        repository: EvaluationRepository,
-        calibrators: CalibrationService,
-        sdm: SdmService,
-        detectors: DetectorService,
-        models: ModelRunner,
-        runtime: SessionCache,
+        self, repository: EvaluationRepository, heads: HeadCheck, models: ModelRunner, runtime: SessionCache
     ) -> None:
-        self.repository, self.calibrators, self.sdm, self.runtime = repository, calibrators, sdm, runtime
-        self.detectors, self.models = detectors, models
+        self.repository, self.heads, self.models, self.runtime = repository, heads, models, runtime
+        self.calibrators, self.detectors, self.sdm = heads.calibrators, heads.detectors, heads.sdm
 
     def create(self, request: EvaluationRequest, arrays: dict[str, np.ndarray]) -> EvaluationOut:
         arrays = dict(arrays)
@@ -190,18 +183,13 @@ class EvaluationService:
         for name, value in rows.items():
             if len(value) != n:
                 raise InputError(name, f"has {len(value)} rows; the model's inputs have {n}")
-        wanted = [record.logits_output]
         has_ood = any(k.startswith("ood_inputs.") for k in arrays)  # JSON or multipart parts
         if (request.detector_id is None) == has_ood:
             raise InputError("ood_inputs", "give `detector_id` and `ood_inputs` together")
+        wanted = self.heads.outputs(record, Heads(request.calibrator_id, request.detector_id, request.sdm_id))
         detector_reads: dict[str, str] = {}
         if request.detector_id is not None:
             detector_reads = self.detectors.model_outputs(request.detector_id, record.embedding_output)
-            wanted += [name for name in detector_reads.values() if name not in wanted]
-        if request.sdm_id is not None:
-            if record.embedding_output is None:
-                raise InputError("sdm_id", f"model {model_id} was uploaded without an `embedding_output` for SDM")
-            wanted += [record.embedding_output] if record.embedding_output not in wanted else []
         keep_rows = request.store or request.per_sample
         evaluator: Evaluator | None = None
         state: EvaluationState | None = None

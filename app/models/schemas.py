@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from app.examples import DIGIT_ROW, EXAMPLE_ID, examples
-from app.records import Tags
+from app.records import RecordOut, Tags
 from app.tensors import Tensor
 
 
@@ -29,8 +29,7 @@ class TensorInfo(BaseModel):
     shape: list[int] = Field(description="-1 for a symbolic or dynamic dimension.")
 
 
-class ModelOut(BaseModel):
-    id: str
+class ModelOut(RecordOut):
     name: str
     sha256: str = Field(description="Of the uploaded bytes.")
     size_bytes: int
@@ -41,7 +40,6 @@ class ModelOut(BaseModel):
     embedding_output: str | None
     feature_outputs: list[str]
     classes: int | None = Field(description="C when the model declares it, else null.")
-    created_at: str
     tags: dict[str, str]
 
 

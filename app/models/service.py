@@ -4,22 +4,26 @@ heads is `app.pipelines.predict`."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 from app.models import intake
-from app.models.schemas import ModelOut, ModelRequest, TensorInfo
+from app.models.schemas import ModelRequest
 from app.models.workers import WorkerPool
-from app.records import new_id, rfc3339, utc_now
+from app.records import new_id, utc_now
 from app.storage.artifacts import ArtifactStore, ArtifactWriter
 from app.storage.models import ModelRecord
-from app.storage.repository import ModelRepository
+from app.storage.repository import ArtifactReferences, ModelRepository
 
 
 class ModelService:
-    def __init__(self, repository: ModelRepository, artifacts: ArtifactStore, workers: WorkerPool) -> None:
-        self.repository, self.artifacts, self.workers = repository, artifacts, workers
-        self._files = threading.Lock()  # an upload's rename + insert vs a delete's count + unlink
+    def __init__(
+        self,
+        repository: ModelRepository,
+        artifacts: ArtifactStore,
+        references: ArtifactReferences,
+        workers: WorkerPool,
+    ) -> None:
+        self.repository, self.artifacts, self.references, self.workers = repository, artifacts, references, workers
 
     def create(self, request: ModelRequest, upload: ArtifactWriter) -> ModelRecord:
         """Check the uploaded file (parse, refuse, describe, let onnxruntime load it in a worker), then
@@ -30,7 +34,7 @@ class ModelService:
         info = intake.describe(model, request)
         del model
         self.workers.load(upload.digest, str(upload.temp_path))  # session creation, in a worker (cached by digest)
-        with self._files:
+        with self.artifacts.lock():
             digest = upload.commit()
             record = ModelRecord(
                 id=new_id(),
@@ -50,12 +54,13 @@ class ModelService:
             try:
                 return self.repository.add(record)
             except BaseException:
-                self._remove_if_unused(record)
+                self._remove_if_unused(digest)
                 raise
 
-    def _remove_if_unused(self, record: ModelRecord) -> None:
-        if not self.repository.shares_file(record.sha256):
-            self.artifacts.remove(record.sha256)
+    def _remove_if_unused(self, digest: str) -> None:
+        """Under `artifacts.lock()`."""
+        if not self.references.in_use(digest):
+            self.artifacts.remove(digest)
 
     def get(self, model_id: str) -> ModelRecord:
         return self.repository.get(model_id)
@@ -64,29 +69,9 @@ class ModelService:
         return self.repository.page(limit, cursor, name=name)
 
     def delete(self, model_id: str) -> None:
-        with self._files:
-            unused = self.repository.delete_model(model_id)
-            if unused is not None:
-                self.artifacts.remove(unused)
+        with self.artifacts.lock():
+            self._remove_if_unused(self.repository.delete_model(model_id))
 
     def file(self, model_id: str) -> tuple[ModelRecord, Path]:
         record = self.get(model_id)
         return record, self.artifacts.path(record.sha256)
-
-
-def model_out(record: ModelRecord) -> ModelOut:
-    return ModelOut(
-        id=record.id,
-        name=record.name,
-        sha256=record.sha256,
-        size_bytes=record.size_bytes,
-        opset=record.opset,
-        inputs=[TensorInfo.model_validate(i) for i in record.inputs],
-        outputs=[TensorInfo.model_validate(o) for o in record.outputs],
-        logits_output=record.logits_output,
-        embedding_output=record.embedding_output,
-        feature_outputs=record.feature_outputs,
-        classes=record.classes,
-        created_at=rfc3339(record.created_at),
-        tags=record.tags,
-    )

@@ -11,7 +11,7 @@ from app.core.ood_metrics import PrIntegral
 from app.core.specs import TermSpec
 from app.core.validation import Precision
 from app.examples import examples
-from app.records import Labels
+from app.records import Labels, RecordOut
 from app.tensors import NULL_NOTE, Layers, Tensor
 
 SCORE_TENSORS = ("logits",)
@@ -173,14 +173,8 @@ class DetectorRequest(Labels):
     )
     inputs: dict[str, Tensor] | None = Field(None, description="With `model_id`: the model's inputs, by input name.")
 
-    def typed_params(self) -> MahalanobisParams | KnnParams | VimParams:
-        model = {"knn": KnnParams, "vim": VimParams}.get(self.method, MahalanobisParams)
-        return model.model_validate(self.params)  # type: ignore[attr-defined, no-any-return]
 
-
-class DetectorOut(BaseModel):
-    id: str
-    created_at: str
+class DetectorOut(RecordOut):
     method: str
     classes: int
     dim: int

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from app.examples import EXAMPLE_ID, examples
 from app.models.schemas import TensorInfo
-from app.records import Tags
+from app.records import RecordOut, Tags
 
 
 class PipelineRequest(BaseModel):
@@ -30,8 +30,7 @@ class PipelineRequest(BaseModel):
     tags: Tags = Field(default_factory=dict)
 
 
-class PipelineOut(BaseModel):
-    id: str
+class PipelineOut(RecordOut):
     name: str
     version: int = Field(description="1, 2, … per name.")
     model_id: str
@@ -43,5 +42,4 @@ class PipelineOut(BaseModel):
     size_bytes: int
     inputs: list[TensorInfo] = Field(description="The model's inputs.")
     outputs: list[TensorInfo] = Field(description="The export's outputs: the model's, then the heads'.")
-    created_at: str
     tags: dict[str, str]

@@ -174,7 +174,7 @@ class SdmService:
         alpha, k = float(record.params["alpha"]), int(record.fitted["k"])
         return self._estimators.get(
             record.id,
-            lambda: SdmEstimator(alpha, k, self.runtime).load(
+            lambda: SdmEstimator(alpha, k, self.runtime).load_arrays(
                 decode_arrays(self.repository.fitted_blob(record.id), f"sdm {record.id}")
             ),
         )

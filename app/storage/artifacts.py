@@ -5,9 +5,11 @@ filesystem), so a reader never sees a partial file and two uploads of the same b
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -93,3 +95,17 @@ class ArtifactStore:
     def remove(self, sha256: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path(sha256).unlink()
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive across the threads and processes sharing CALIPER_ARTIFACT_DIR: an upload's rename
+        and insert against a deletion's count and unlink, so a deletion never removes the file of a
+        record being added. flock on the directory itself (opened per acquisition, so threads exclude
+        each other too; no lock file is left in the store)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self.root, os.O_RDONLY)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)  # releases the lock

@@ -57,13 +57,6 @@ class Repository(Generic[R]):
         with self.sessions() as session:
             return page(session, query, self.record, limit, cursor)
 
-    def shares_file(self, digest: str) -> bool:
-        """Whether any record of any project names this artifact (content-addressed files are shared by
-        identical uploads across projects, so the count ignores the project filter)."""
-        query = select(func.count()).select_from(self.record).where(getattr(self.record, "sha256") == digest)  # noqa: B009
-        with self.sessions() as session:
-            return bool(session.scalar(query.execution_options(**ALL_PROJECTS)))
-
     def delete(self, record_id: str) -> None:
         with self.sessions.begin() as session:
             result = session.execute(sql_delete(self.record).where(self.id_column == record_id))
@@ -88,8 +81,8 @@ class ModelRepository(Repository[ModelRecord]):
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         super().__init__(sessions, ModelRecord, "model")
 
-    def delete_model(self, model_id: str) -> str | None:
-        """Delete the record; returns its artifact digest when no other model names it (then unused)."""
+    def delete_model(self, model_id: str) -> str:
+        """Delete the record (409 while a pipeline deploys it); returns its artifact's digest."""
         with self.sessions.begin() as session:
             record = session.get(ModelRecord, model_id)
             if record is None:
@@ -100,8 +93,7 @@ class ModelRepository(Repository[ModelRecord]):
                 raise ConflictError(f"model {model_id!r} is deployed by pipelines: {named}; delete those first")
             digest = record.sha256
             session.delete(record)
-            session.flush()
-        return digest if not self.shares_file(digest) else None
+        return digest
 
 
 class PipelineRepository(Repository[PipelineRecord]):
@@ -146,13 +138,29 @@ class PipelineRepository(Repository[PipelineRecord]):
             raise NotFoundError(f"no pipeline named {name!r}" + (f" with version {version}" if version else ""))
         return record
 
-    def delete_pipeline(self, pipeline_id: str) -> str | None:
-        """Delete the record; returns its export's digest when no other pipeline names it (then unused)."""
+    def delete_pipeline(self, pipeline_id: str) -> str:
+        """Delete the record; returns its export's digest."""
         with self.sessions.begin() as session:
             record = session.get(PipelineRecord, pipeline_id)
             if record is None:
                 raise NotFoundError.of(self.noun, pipeline_id)
             digest = record.sha256
             session.delete(record)
-            session.flush()
-        return digest if not self.shares_file(digest) else None
+        return digest
+
+
+class ArtifactReferences:
+    """Whether any record names an artifact. Models and pipeline exports share one content-addressed
+    store, and identical uploads share a file across projects: a file is unused only when no model and
+    no pipeline of any project names it."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def in_use(self, digest: str) -> bool:
+        with self.sessions() as session:
+            for record in (ModelRecord, PipelineRecord):
+                query = select(func.count()).select_from(record).where(record.sha256 == digest)
+                if session.scalar(query.execution_options(**ALL_PROJECTS)):
+                    return True
+        return False

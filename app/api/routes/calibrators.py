@@ -22,7 +22,6 @@ from app.calibration.schemas import (
     CalibratorOut,
     CalibratorRequest,
 )
-from app.calibration.service import calibrator_out
 from app.context import Resources
 from app.storage.pagination import Page
 
@@ -44,7 +43,9 @@ async def create_calibrator(request: Request) -> Response:
     options, arrays = await read_tensor_body(request, FIT_TENSORS, INTEGER_TENSORS)
     body = CalibratorRequest.model_validate(options)
     record = await run_in_threadpool(resources.calibrators.create, body, arrays)
-    return Response(calibrator_out(record).model_dump_json(), status_code=201, media_type="application/json")
+    return Response(
+        CalibratorOut.model_validate(record).model_dump_json(), status_code=201, media_type="application/json"
+    )
 
 
 @router.get(
@@ -63,7 +64,7 @@ def list_(
     cursor: str | None = None,
 ) -> Page[CalibratorOut]:
     rows, next_cursor = resources.calibrators.page(limit, cursor, model, dataset, method)
-    return Page[CalibratorOut](items=[calibrator_out(r) for r in rows], next_cursor=next_cursor)
+    return Page[CalibratorOut](items=[CalibratorOut.model_validate(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get(
@@ -74,7 +75,7 @@ def list_(
     responses=READ,
 )
 def get(calibrator_id: str, resources: ResourcesDep) -> CalibratorOut:
-    return calibrator_out(resources.calibrators.get(calibrator_id))
+    return CalibratorOut.model_validate(resources.calibrators.get(calibrator_id))
 
 
 @router.delete(

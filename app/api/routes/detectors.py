@@ -13,7 +13,6 @@ from app.api.deps import get_resources, resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.problems import DELETION, LISTING, READ, TENSOR_WRITE
 from app.context import Resources
-from app.ood.detectors import detector_out
 from app.ood.schemas import (
     DETECTOR_TENSORS,
     SCORE_FEATURES,
@@ -42,7 +41,9 @@ async def create_detector(request: Request) -> Response:
     options, arrays = await read_tensor_body(request, DETECTOR_TENSORS, frozenset({"labels"}))
     body = DetectorRequest.model_validate(options)
     record = await run_in_threadpool(resources.detectors.create, body, arrays)
-    return Response(detector_out(record).model_dump_json(), status_code=201, media_type="application/json")
+    return Response(
+        DetectorOut.model_validate(record).model_dump_json(), status_code=201, media_type="application/json"
+    )
 
 
 @router.get(
@@ -59,14 +60,14 @@ def list_(
     cursor: str | None = None,
 ) -> Page[DetectorOut]:
     rows, next_cursor = resources.detectors.page(limit, cursor, model)
-    return Page[DetectorOut](items=[detector_out(r) for r in rows], next_cursor=next_cursor)
+    return Page[DetectorOut](items=[DetectorOut.model_validate(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get(
     "/{detector_id}", operation_id="getDetector", response_model=DetectorOut, summary="One detector", responses=READ
 )
 def get(detector_id: str, resources: ResourcesDep) -> DetectorOut:
-    return detector_out(resources.detectors.get(detector_id))
+    return DetectorOut.model_validate(resources.detectors.get(detector_id))
 
 
 @router.delete(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from app.api.auth import role
 from app.api.deps import get_resources
@@ -13,7 +13,7 @@ from app.api.json_body import StrictJsonRoute
 from app.api.problems import DELETION, JSON_WRITE, LISTING
 from app.context import Resources
 from app.examples import examples
-from app.records import Timestamp
+from app.records import RecordOut, Timestamp
 from app.storage.keys import Principal
 from app.storage.repository import NotFoundError
 
@@ -29,14 +29,10 @@ class KeyRequest(BaseModel):
     name: str = Field("", max_length=256, description="A note to recognise the key by.")
 
 
-class KeyOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: str
+class KeyOut(RecordOut):
     project: str
     role: str
     name: str
-    created_at: Timestamp
     revoked_at: Timestamp | None
 
 

@@ -20,7 +20,6 @@ from app.api.uploads import read_model_upload
 from app.context import Resources
 from app.evaluation.schemas import INTEGER_FIELDS, MODEL_TENSOR_FIELDS, EvaluationOut, ModelEvaluationRequest
 from app.models.schemas import ModelOut, ModelRequest, PredictRequest
-from app.models.service import model_out
 from app.pipelines.heads import Heads
 from app.storage.pagination import Page
 
@@ -61,7 +60,8 @@ async def create_model(request: Request) -> Response:
     with upload:
         body = ModelRequest.model_validate(options)
         record = await run_in_threadpool(resources.models.create, body, upload)
-    return Response(model_out(record).model_dump_json(), status_code=201, media_type="application/json")
+    answer = ModelOut.model_validate(record)
+    return Response(answer.model_dump_json(), status_code=201, media_type="application/json")
 
 
 @router.get(
@@ -74,12 +74,12 @@ def list_(
     cursor: str | None = None,
 ) -> Page[ModelOut]:
     rows, next_cursor = resources.models.page(limit, cursor, name)
-    return Page[ModelOut](items=[model_out(r) for r in rows], next_cursor=next_cursor)
+    return Page[ModelOut](items=[ModelOut.model_validate(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get("/{model_id}", operation_id="getModel", response_model=ModelOut, summary="One model", responses=READ)
 def get(model_id: str, resources: ResourcesDep) -> ModelOut:
-    return model_out(resources.models.get(model_id))
+    return ModelOut.model_validate(resources.models.get(model_id))
 
 
 @router.get(

@@ -12,7 +12,6 @@ from app.api.json_body import StrictJsonRoute
 from app.api.problems import DELETION, JSON_WRITE, LISTING, READ
 from app.context import Resources
 from app.pipelines.schemas import PipelineOut, PipelineRequest
-from app.pipelines.service import pipeline_out
 from app.storage.pagination import Page
 
 router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"], route_class=StrictJsonRoute)
@@ -28,7 +27,7 @@ ResourcesDep = Annotated[Resources, Depends(get_resources)]
     responses=JSON_WRITE,
 )
 def create_pipeline(body: PipelineRequest, resources: ResourcesDep) -> PipelineOut:
-    return pipeline_out(resources.pipelines.create(body))
+    return PipelineOut.model_validate(resources.pipelines.create(body))
 
 
 @router.get(
@@ -45,7 +44,7 @@ def list_(
     cursor: str | None = None,
 ) -> Page[PipelineOut]:
     rows, next_cursor = resources.pipelines.page(limit, cursor, name)
-    return Page[PipelineOut](items=[pipeline_out(r) for r in rows], next_cursor=next_cursor)
+    return Page[PipelineOut](items=[PipelineOut.model_validate(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get(
@@ -56,7 +55,7 @@ def list_(
     responses=READ,
 )
 def get(pipeline_id: str, resources: ResourcesDep) -> PipelineOut:
-    return pipeline_out(resources.pipelines.get(pipeline_id))
+    return PipelineOut.model_validate(resources.pipelines.get(pipeline_id))
 
 
 @router.get(

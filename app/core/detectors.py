@@ -1,0 +1,387 @@
+"""OOD detectors as estimators, in the calibrators' shape: hyper-parameters in the constructor,
+`fit(features, labels)` sets the trailing-underscore state (stored by `FittedState.fitted_arrays`), and
+`model()` is the fitted `ScoringModel` whose `fragment` the scoring sessions, the exports and the tests
+all run. Scores are higher for more out-of-distribution rows (mahalanobis.md §2–7; KNN: Sun et al. 2022;
+ViM: Wang et al. 2022; layer ensembles: Lee et al. 2018)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Any, Literal, Self
+
+import numpy as np
+import onnx
+import spox.opset.ai.onnx.v21 as op
+from spox import Var
+
+from app.core.errors import InputError
+from app.core.fitted_state import FittedState
+from app.core.logistic import fit_logistic
+from app.core.mahalanobis import (
+    GaussianStats,
+    MahalanobisModel,
+    PerClassModel,
+    ScoringModel,
+    Shrinkage,
+    VimModel,
+    fit,
+    fit_per_class,
+    fit_vim,
+    scoring_graph,
+)
+from app.core.neighbours import KnnModel, nearest
+from app.core.runtime import SessionCache, default_cache
+from app.core.validation import Precision, float_matrix, precision_dtype
+
+ENSEMBLE_PENALTY = 1e-3  # ridge on the ensemble's logistic regression: keeps separable validation sets bounded
+
+
+def normalized(x: np.ndarray) -> np.ndarray:
+    """Rows L2-normalised (norms floored at 1e-12)."""
+    unit: np.ndarray = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return unit
+
+
+def class_labels(labels: np.ndarray | None, n: int) -> tuple[np.ndarray, int]:
+    """Validated [N] labels 0..C−1 with every class present, as int64, and C."""
+    if labels is None or labels.shape != (n,):
+        raise InputError("labels", f"must be [N] = [{n}] integer labels")
+    if labels.dtype.kind not in "iu" or labels.min() < 0:
+        raise InputError("labels", "must be non-negative integers")
+    classes = int(labels.max()) + 1
+    counts = np.bincount(labels, minlength=classes)
+    if n < classes:
+        raise InputError("features", f"{n} rows for C = {classes} classes: need at least one per class")
+    if (counts == 0).any():
+        raise InputError(
+            "labels", f"classes {np.flatnonzero(counts == 0).tolist()} have no rows (labels must be 0..C−1)"
+        )
+    return labels.astype(np.int64), classes
+
+
+class Detector(FittedState, ABC):
+    """Hyper-parameters in the constructor; `fit` sets the fitted attributes named by `state_keys()`
+    and `fit_info_`. `cache` holds the scoring sessions and decides the chunk sizes."""
+
+    def __init__(self, cache: SessionCache | None = None) -> None:
+        self.cache = cache or default_cache()
+        self.fit_info_: dict[str, Any] = {}
+
+    @abstractmethod
+    def fit(self, features: np.ndarray, labels: np.ndarray | None) -> Self:
+        """Fit on finite [N, D] features (and [N] labels where the method needs them)."""
+
+    @abstractmethod
+    def model(self) -> ScoringModel:
+        """The fitted detector as a fragment: features [N, D] -> (scores [N], nearest_class [N])."""
+
+    @property
+    @abstractmethod
+    def classes(self) -> int: ...
+
+    @property
+    def dim(self) -> int:
+        return self.model().dim
+
+    def row_bytes(self) -> int:
+        """What one row's scoring intermediates take, which sizes the chunks: [D] in float64."""
+        return 8 * self.dim
+
+    def score(self, features: np.ndarray, key: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, nearest_class) of features [N, D] in their dtype, chunk by chunk. The session is
+        cached as `key:dtype` (its owner evicts it), or used once when there is no key."""
+        dtype = np.dtype(features.dtype)
+
+        def build() -> onnx.ModelProto:
+            return scoring_graph(self.model(), dtype)
+
+        session = self.cache.get(f"{key}:{dtype}", build) if key else self.cache.create(build(), "detector")
+        parts = [
+            session.run(None, {"features": features[a:b]})
+            for a, b in self.cache.chunking.spans(len(features), self.row_bytes())
+        ]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+class _Gaussian(Detector):
+    """Gaussian class-conditional detectors: float64 sufficient statistics streamed over chunks, so a
+    fit holds O(D² + C·D) (O(C·D²) per class) whatever N, and a chunked fit equals the one-shot one."""
+
+    def __init__(
+        self,
+        shrinkage: Shrinkage = None,
+        ridge: float = 0.0,
+        normalize: bool = False,
+        cache: SessionCache | None = None,
+    ) -> None:
+        super().__init__(cache)
+        self.shrinkage, self.ridge, self.normalize = shrinkage, ridge, normalize
+
+    def _chunks(self, features: np.ndarray, labels: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(float64 rows, normalised when asked; their labels) chunk by chunk."""
+        for start, stop in self.cache.chunking.spans(len(features), features[0].nbytes):
+            chunk = features[start:stop].astype(np.float64)
+            yield (normalized(chunk) if self.normalize else chunk), labels[start:stop]
+
+    def _statistics(self, features: np.ndarray, labels: np.ndarray, classes: int, per_class: bool) -> GaussianStats:
+        stats = GaussianStats(classes, features.shape[1])
+        if per_class:
+            stats.class_scatter = np.zeros((classes, features.shape[1], features.shape[1]))
+        for chunk, chunk_labels in self._chunks(features, labels):
+            stats = stats.merge(GaussianStats.of(chunk, chunk_labels, classes, per_class))
+        self.fit_info_ = {"n": len(features), "class_counts": np.bincount(labels, minlength=classes).tolist()}
+        return stats
+
+
+class GaussianDetector(_Gaussian):
+    """Tied covariance (Lee et al. 2018): score min_c d_c²; `relative` subtracts the background d_0²
+    (Ren et al. 2021). Ledoit–Wolf takes a second pass for its fourth moment around the class means.
+    State: mean_, whiten_, means_ and, when relative, background_."""
+
+    def __init__(
+        self,
+        relative: bool = False,
+        shrinkage: Shrinkage = None,
+        ridge: float = 0.0,
+        normalize: bool = False,
+        inverse: Literal["pinv", "solve"] = "pinv",
+        cache: SessionCache | None = None,
+    ) -> None:
+        super().__init__(shrinkage, ridge, normalize, cache)
+        self.relative, self.inverse = relative, inverse
+
+    def state_keys(self) -> tuple[str, ...]:
+        return ("mean", "whiten", "means", "background")
+
+    def fit(self, features: np.ndarray, labels: np.ndarray | None) -> Self:
+        labels, classes = class_labels(labels, len(features))
+        stats = self._statistics(features, labels, classes, per_class=False)
+        fourth = None
+        if self.shrinkage == "ledoit_wolf":
+            means = stats.class_means
+            fourth = sum(
+                float(np.sum(np.sum((chunk - means[chunk_labels]) ** 2, axis=1) ** 2))
+                for chunk, chunk_labels in self._chunks(features, labels)
+            )
+        model = fit(
+            stats,
+            shrinkage=self.shrinkage,
+            ridge=self.ridge,
+            inverse=self.inverse,
+            relative=self.relative,
+            normalize=self.normalize,
+            fourth_moment=fourth,
+        )
+        self.mean_, self.whiten_, self.means_, self.background_ = (
+            model.mean,
+            model.whiten,
+            model.means,
+            model.background,
+        )
+        return self
+
+    def model(self) -> MahalanobisModel:
+        return MahalanobisModel(self.mean_, self.whiten_, self.means_, self.background_, self.normalize)
+
+    @property
+    def classes(self) -> int:
+        return int(self.means_.shape[0])
+
+
+class PerClassGaussianDetector(_Gaussian):
+    """Untied covariances Σ_c (mahalanobis.md §3.2): score min_c [d_c² + log|Σ_c| − 2 log π_c].
+    State: pc_whiten_, pc_means_, pc_offsets_."""
+
+    def state_keys(self) -> tuple[str, ...]:
+        return ("pc_whiten", "pc_means", "pc_offsets")
+
+    def fit(self, features: np.ndarray, labels: np.ndarray | None) -> Self:
+        labels, classes = class_labels(labels, len(features))
+        stats = self._statistics(features, labels, classes, per_class=True)
+        model = fit_per_class(stats, self.shrinkage, self.ridge, self.normalize)  # type: ignore[arg-type]
+        self.pc_whiten_, self.pc_means_, self.pc_offsets_ = model.whiten, model.means, model.offsets
+        return self
+
+    def model(self) -> PerClassModel:
+        return PerClassModel(self.pc_whiten_, self.pc_means_, self.pc_offsets_, self.normalize)
+
+    @property
+    def classes(self) -> int:
+        return int(self.pc_means_.shape[0])
+
+    def row_bytes(self) -> int:
+        return 8 * self.classes * self.dim  # every class's whitened copy, [C·D]
+
+
+class KnnDetector(Detector):
+    """The k-th nearest L2-normalised fit row (Sun et al. 2022); nearest_class is the nearest row's
+    label. State: support_ (normalised fit rows, in `precision`) and support_labels_. Scoring runs the
+    exact chunked search of `neighbours.nearest` (the export embeds `KnnModel`'s fragment)."""
+
+    def __init__(self, k: int = 50, precision: Precision = "auto", cache: SessionCache | None = None) -> None:
+        super().__init__(cache)
+        self.k, self.precision = k, precision
+
+    def state_keys(self) -> tuple[str, ...]:
+        return ("support", "support_labels")
+
+    def fit(self, features: np.ndarray, labels: np.ndarray | None) -> Self:
+        labels, classes = class_labels(labels, len(features))
+        if self.k > len(features):
+            raise InputError("params.k", f"k = {self.k} exceeds the {len(features)} fit rows")
+        self.support_ = normalized(features.astype(np.float64)).astype(precision_dtype(self.precision, features))
+        self.support_labels_ = labels
+        self.fit_info_ = {"n": len(features), "class_counts": np.bincount(labels, minlength=classes).tolist()}
+        return self
+
+    def model(self) -> KnnModel:
+        return KnnModel(self.support_, self.support_labels_.astype(np.int64), self.k)
+
+    @property
+    def classes(self) -> int:
+        return int(self.support_labels_.max()) + 1
+
+    def score(self, features: np.ndarray, key: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Queries normalised in float64, searched in the support's dtype."""
+        unit = normalized(features.astype(np.float64)).astype(self.support_.dtype)
+        found = nearest(unit, self.support_, self.k, self.cache)
+        return np.sqrt(found.distances[:, -1]), self.support_labels_[found.indices[:, 0]]
+
+
+class VimDetector(Detector):
+    """ViM (Wang et al. 2022, mahalanobis.md §6) on the classifier's final layer W [C, D], b [C]; labels
+    are not used. State: weight_ and bias_ (the validated head the score reads: the record's params keep
+    only `dim`, a [C, D] matrix belongs with the arrays), origin_, residual_, alpha_."""
+
+    def __init__(
+        self,
+        dim: int,
+        weight: np.ndarray | None = None,
+        bias: np.ndarray | None = None,
+        cache: SessionCache | None = None,
+    ) -> None:
+        super().__init__(cache)
+        self.subspace_dim, self.weight, self.bias = dim, weight, bias
+
+    def state_keys(self) -> tuple[str, ...]:
+        return ("weight", "bias", "origin", "residual", "alpha")
+
+    def fit(self, features: np.ndarray, labels: np.ndarray | None = None) -> Self:
+        weight, bias = np.asarray(self.weight, dtype=np.float64), np.asarray(self.bias, dtype=np.float64)
+        if weight.ndim != 2 or weight.shape[1] != features.shape[1] or bias.shape != (weight.shape[0],):
+            raise InputError(
+                "params.weight",
+                f"weight must be [C, D] with D = {features.shape[1]} and bias [C]; got "
+                f"{list(weight.shape)} and {list(bias.shape)}",
+            )
+        if not np.isfinite(weight).all() or not np.isfinite(bias).all():
+            raise InputError("params.weight", "contains NaN or infinite value(s)")
+        if self.subspace_dim >= features.shape[1]:
+            raise InputError("params.dim", f"dim = {self.subspace_dim} must be below D = {features.shape[1]}")
+        model = fit_vim(features.astype(np.float64), weight, bias, self.subspace_dim)
+        self.weight_, self.bias_, self.origin_, self.residual_ = weight, bias, model.origin, model.residual
+        self.alpha_ = model.alpha
+        self.fit_info_ = {"n": len(features), "alpha": model.alpha}
+        return self
+
+    def model(self) -> VimModel:
+        return VimModel(self.weight_, self.bias_, self.origin_, self.residual_, float(self.alpha_))
+
+    @property
+    def classes(self) -> int:
+        return int(self.weight_.shape[0])
+
+
+class LayerEnsemble:
+    """A feature ensemble (Lee et al. 2018): one detector per named layer, scored Σ_l w_l·s_l in float64
+    with the weights given, fitted by `fit_weights` (logistic regression of OOD vs ID on labelled
+    validation layers), or 1 per layer; nearest_class is the last layer's. Its state is each layer's,
+    under `layer<i>.`; the weights are kept with the record's params."""
+
+    def __init__(self, layers: dict[str, Detector], weights: dict[str, float] | None = None) -> None:
+        self.layers, self.weights = layers, weights
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.layers)
+
+    @property
+    def dims(self) -> list[int]:
+        return [detector.dim for detector in self.layers.values()]
+
+    @property
+    def classes(self) -> int:
+        return list(self.layers.values())[-1].classes
+
+    def fit(self, features: dict[str, np.ndarray], labels: np.ndarray | None) -> Self:
+        """Every layer on the same labels; the fit info is the last layer's."""
+        self.check(features, "features")
+        for name, detector in self.layers.items():
+            detector.fit(float_matrix(features[name], f"features.{name}"), labels)
+        self.fit_info_ = list(self.layers.values())[-1].fit_info_
+        self.weights_ = dict(self.weights) if self.weights is not None else dict.fromkeys(self.names, 1.0)
+        return self
+
+    def fit_weights(self, features_in: dict[str, np.ndarray], features_out: dict[str, np.ndarray]) -> Self:
+        """Weights of a logistic regression of OOD (1) vs ID (0) on the standardised per-layer scores
+        [N, L], mapped back to raw-score weights (the intercept does not change a ranking)."""
+        columns: dict[str, list[np.ndarray]] = {"in": [], "out": []}
+        for side, given in (("in", features_in), ("out", features_out)):
+            field = f"validation.features_{side}"
+            self.check(given, field)
+            for (name, detector), dim in zip(self.layers.items(), self.dims, strict=True):
+                x = float_matrix(given[name], f"{field}.{name}", dim).astype(np.float64)
+                columns[side].append(detector.score(x)[0])
+        scores_in, scores_out = np.column_stack(columns["in"]), np.column_stack(columns["out"])
+        x = np.vstack([scores_in, scores_out]).astype(np.float64)
+        y = np.r_[np.zeros(len(scores_in)), np.ones(len(scores_out))]
+        mean, scale = x.mean(0), np.maximum(x.std(0), 1e-12)
+        first = next(iter(self.layers.values()))
+        fitted = fit_logistic((x - mean) / scale, y, ridge=ENSEMBLE_PENALTY, options={"gtol": 1e-10}, cache=first.cache)
+        self.weights_ = dict(zip(self.names, (fitted.coef / scale).tolist(), strict=True))
+        self.fit_info_ = {**self.fit_info_, "ensemble_logistic_loss": fitted.loss}
+        return self
+
+    def check(self, given: dict[str, np.ndarray], field: str) -> None:
+        if list(given) != self.names and set(given) != set(self.names):
+            raise InputError(field, f"layers {sorted(given)} do not match the detector's {self.names}")
+
+    def score(
+        self, features: dict[str, np.ndarray], key: str, field: str = "features"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Σ_l w_l·s_l of the layers given as {name: [N, D_l]}; layer l's session is cached as `key:l`."""
+        self.check(features, field)
+        total: np.ndarray | None = None
+        nearest_class = np.zeros(0, dtype=np.int64)
+        for index, ((name, detector), dim) in enumerate(zip(self.layers.items(), self.dims, strict=True)):
+            scores, nearest_class = detector.score(
+                float_matrix(features[name], f"{field}.{name}", dim), f"{key}:{index}"
+            )
+            weighted = self.weights_[name] * scores.astype(np.float64)
+            if total is not None and len(weighted) != len(total):
+                raise InputError(f"{field}.{name}", "every layer must have the same rows")
+            total = weighted if total is None else total + weighted
+        assert total is not None
+        return total, nearest_class
+
+    def fragment(self, features: dict[str, Var]) -> Var:
+        """The score as a fragment of one Var per layer, summed in float64 as `score` does."""
+        total: Var | None = None
+        for name, detector in self.layers.items():
+            scores = detector.model().fragment(features[name])[0]
+            weight = op.constant(value=np.asarray(self.weights_[name], np.float64))
+            weighted = op.mul(weight, op.cast(scores, to=np.float64))
+            total = weighted if total is None else op.add(total, weighted)
+        assert total is not None
+        return total
+
+    def fitted_arrays(self) -> dict[str, np.ndarray]:
+        return {f"layer{i}.{k}": v for i, d in enumerate(self.layers.values()) for k, v in d.fitted_arrays().items()}
+
+    def load_arrays(self, arrays: dict[str, np.ndarray], weights: dict[str, float]) -> Self:
+        for index, detector in enumerate(self.layers.values()):
+            prefix = f"layer{index}."
+            detector.load_arrays({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)})
+        self.weights_ = {name: float(weights[name]) for name in self.names}
+        return self

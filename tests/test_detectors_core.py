@@ -75,6 +75,10 @@ def test_an_ensemble_sums_its_weighted_layers_and_round_trips() -> None:
     scores, _ = ensemble.score(test, "detector:test-ensemble")
     alone = [ensemble.layers[n].score(test[n])[0] for n in layers]
     np.testing.assert_allclose(scores, 0.25 * alone[0] + 2.0 * alone[1], rtol=1e-12)
+    mixed = {"a": TEST.astype(np.float32), "b": TEST[:, :3]}  # mixed precisions meet in float64
+    scores_mixed, _ = ensemble.score(mixed, "detector:test-ensemble")
+    wide = [ensemble.layers[n].score(mixed[n].astype(np.float64))[0] for n in layers]
+    np.testing.assert_allclose(scores_mixed, 0.25 * wide[0] + 2.0 * wide[1], rtol=1e-12)
     restored = LayerEnsemble({n: GaussianDetector(cache=cache()) for n in layers})
     restored.load_arrays(ensemble.fitted_arrays(), ensemble.weights_)
     np.testing.assert_array_equal(restored.score(test, "detector:test-ensemble-restored")[0], scores)

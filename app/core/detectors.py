@@ -13,10 +13,11 @@ from typing import Any, Literal, Self
 import numpy as np
 import onnx
 import spox.opset.ai.onnx.v21 as op
-from spox import Var
+from spox import Tensor, Var, argument, build
 
 from app.core.errors import InputError
 from app.core.fitted_state import FittedState
+from app.core.graphrun import mapped_outputs
 from app.core.logistic import fit_logistic
 from app.core.mahalanobis import (
     GaussianStats,
@@ -350,31 +351,45 @@ class LayerEnsemble:
     def score(
         self, features: dict[str, np.ndarray], key: str, field: str = "features"
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Σ_l w_l·s_l of the layers given as {name: [N, D_l]}; layer l's session is cached as `key:l`."""
+        """Σ_l w_l·s_l of the layers given as {name: [N, D_l]}, every layer in one graph run per chunk (its
+        session cached as `key:dtype`). Layers of mixed precisions are scored in float64."""
         self.check(features, field)
-        total: np.ndarray | None = None
-        nearest_class = np.zeros(0, dtype=np.int64)
-        for index, ((name, detector), dim) in enumerate(zip(self.layers.items(), self.dims, strict=True)):
-            scores, nearest_class = detector.score(
-                float_matrix(features[name], f"{field}.{name}", dim), f"{key}:{index}"
-            )
-            weighted = self.weights_[name] * scores.astype(np.float64)
-            if total is not None and len(weighted) != len(total):
+        given = [
+            float_matrix(features[name], f"{field}.{name}", dim)
+            for name, dim in zip(self.names, self.dims, strict=True)
+        ]
+        for name, x in zip(self.names, given, strict=True):
+            if len(x) != len(given[0]):
                 raise InputError(f"{field}.{name}", "every layer must have the same rows")
-            total = weighted if total is None else total + weighted
-        assert total is not None
-        return total, nearest_class
+        dtypes = {x.dtype for x in given}
+        dtype = np.dtype(dtypes.pop() if len(dtypes) == 1 else np.float64)
+        rows = {f"layer{i}": x.astype(dtype, copy=False) for i, x in enumerate(given)}
+        row_bytes = sum(detector.row_bytes() for detector in self.layers.values())
+        cache = next(iter(self.layers.values())).cache
+        out = mapped_outputs(f"{key}:{dtype}", lambda: self.scoring_graph(dtype), rows, None, cache, row_bytes)
+        return out["scores"], out["nearest_class"]
+
+    def scoring_graph(self, dtype: np.dtype) -> onnx.ModelProto:
+        """Inputs `layer<i>` [N, D_i] (in the layers' order) -> `scores` (float64), `nearest_class`."""
+        inputs = {f"layer{i}": argument(Tensor(dtype, ("N", dim))) for i, dim in enumerate(self.dims)}
+        scores, nearest_class = self.fragments(dict(zip(self.names, inputs.values(), strict=True)))
+        return build(inputs, {"scores": scores, "nearest_class": nearest_class})
 
     def fragment(self, features: dict[str, Var]) -> Var:
-        """The score as a fragment of one Var per layer, summed in float64 as `score` does."""
+        """The score as a fragment of one Var per layer (by name), summed in float64."""
+        return self.fragments(features)[0]
+
+    def fragments(self, features: dict[str, Var]) -> tuple[Var, Var]:
+        """(Σ_l w_l·s_l in float64, the last layer's nearest class)."""
         total: Var | None = None
+        nearest_class: Var | None = None
         for name, detector in self.layers.items():
-            scores = detector.model().fragment(features[name])[0]
+            scores, nearest_class = detector.model().fragment(features[name])
             weight = op.constant(value=np.asarray(self.weights_[name], np.float64))
             weighted = op.mul(weight, op.cast(scores, to=np.float64))
             total = weighted if total is None else op.add(total, weighted)
-        assert total is not None
-        return total
+        assert total is not None and nearest_class is not None
+        return total, nearest_class
 
     def fitted_arrays(self) -> dict[str, np.ndarray]:
         return {f"layer{i}.{k}": v for i, d in enumerate(self.layers.values()) for k, v in d.fitted_arrays().items()}

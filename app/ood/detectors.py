@@ -59,14 +59,10 @@ class DetectorService:
         return self.repository.page(limit, cursor, model=model)
 
     def delete(self, detector_id: str) -> None:
-        record = self.repository.get(detector_id)
         self.repository.delete(detector_id)
         self._fitted.evict(detector_id)
-        layers = record.params.get("layers")
-        keys = [f"{self._key(detector_id)}:{i}" for i in range(len(layers))] if layers else [self._key(detector_id)]
-        for key in keys:
-            for dtype in self.DTYPES:
-                self.runtime.evict(f"{key}:{dtype}")
+        for dtype in self.DTYPES:
+            self.runtime.evict(f"{self._key(detector_id)}:{dtype}")
 
     def detector(self, record: DetectorRecord) -> AnyDetector:
         """The stored detector's fitted estimator (for the service and for exports)."""

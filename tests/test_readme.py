@@ -59,6 +59,7 @@ SHELL_EXAMPLES = [
     "sh-gates",
     "sh-cli",
     "sh-keys",
+    "sh-models",
 ]
 
 
@@ -79,6 +80,7 @@ def test_readme_shell_block_runs_as_written(name: str, live_server: str, setting
         if match["name"] == name:
             (tmp_path / match["file"]).write_text(match["content"])
     (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    (tmp_path / "models").symlink_to(ROOT / "models")  # the demo model and its splits, as in the repository
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALIPER_")}
     env.update(DATABASE_URL=settings.database_url, PATH=f"{ROOT / '.venv' / 'bin'}:{env['PATH']}")
     result = subprocess.run(

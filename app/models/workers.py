@@ -16,6 +16,7 @@ import multiprocessing as mp
 import queue
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,11 +76,12 @@ def _layout(arrays: list[tuple[str, np.ndarray]]) -> tuple[list[Placed], int]:
     return placed, max(offset, 1)
 
 
-def _grown(block: SharedMemory | None, size: int) -> SharedMemory | None:
-    """None when `block` holds `size` bytes, else a new block that does (the caller retires the old)."""
+def _grown(block: SharedMemory | None, size: int, name: str | None = None) -> SharedMemory | None:
+    """None when `block` holds `size` bytes, else a new block (named `name`, or at random) that does (the
+    caller retires the old)."""
     if block is not None and block.size >= size:
         return None
-    return SharedMemory(create=True, size=-(-size // GROWTH_BYTES) * GROWTH_BYTES)
+    return SharedMemory(name=name, create=True, size=-(-size // GROWTH_BYTES) * GROWTH_BYTES)
 
 
 def _views(block: SharedMemory, placed: list[Placed]) -> dict[str, np.ndarray]:
@@ -99,7 +101,7 @@ def _release(block: SharedMemory | None, unlink: bool) -> None:
             block.unlink()
 
 
-def _worker(conn: Connection, limits: WorkerLimits) -> None:  # pragma: no cover - runs in the child
+def _worker(conn: Connection, limits: WorkerLimits, outbox_prefix: str) -> None:  # pragma: no cover - in the child
     import resource
 
     resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))  # before onnxruntime loads
@@ -108,6 +110,7 @@ def _worker(conn: Connection, limits: WorkerLimits) -> None:  # pragma: no cover
     sessions: OrderedDict[str, ort.InferenceSession] = OrderedDict()
     inbox: SharedMemory | None = None  # the API process's, attached by name
     outbox: SharedMemory | None = None  # ours; the API process unlinks it once we report a larger one
+    generation = 0  # outboxes are named `outbox_prefix` + 0, 1, …: the API process can find one we did not report
     conn.send(("ready", None))
 
     def session(key: str, path: str) -> ort.InferenceSession:
@@ -140,8 +143,9 @@ def _worker(conn: Connection, limits: WorkerLimits) -> None:  # pragma: no cover
             del feeds
             outputs = [(n, np.ascontiguousarray(v)) for n, v in zip(message["outputs"], values, strict=True)]
             placed, size = _layout(outputs)
-            larger = _grown(outbox, size)
+            larger = _grown(outbox, size, f"{outbox_prefix}{generation}")
             if larger is not None:
+                generation += 1
                 _release(outbox, unlink=False)
                 outbox = larger
             assert outbox is not None
@@ -169,7 +173,9 @@ class _Worker:
         memory to import onnxruntime, a broken install) is a WorkerUnavailableError, not a model's fault."""
         context = mp.get_context("spawn")
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker, args=(child, limits), daemon=True)
+        self.outbox_prefix = f"caliper-out-{uuid.uuid4().hex[:16]}-"
+        self.outbox_generation = -1  # of the outbox last reported (none yet)
+        self.process = context.Process(target=_worker, args=(child, limits, self.outbox_prefix), daemon=True)
         try:
             self.process.start()
         except OSError as exc:
@@ -194,6 +200,13 @@ class _Worker:
         _release(self.inbox, unlink=True)
         _release(self.outbox, unlink=True)
         self.inbox = self.outbox = None
+        self._unlink_unreported_outbox()
+
+    def _unlink_unreported_outbox(self) -> None:
+        """A worker killed after growing its outbox but before naming it (a time limit, a crash) leaves a
+        block only it knew; it is the next name of its prefix. Unlinked here, not at the API process's exit."""
+        with contextlib.suppress(FileNotFoundError):
+            _release(SharedMemory(name=f"{self.outbox_prefix}{self.outbox_generation + 1}"), unlink=True)
 
     def write_inputs(self, inputs: dict[str, np.ndarray]) -> tuple[str, list[Placed]]:
         """Copy the inputs into the inbox (grown first when they do not fit): its name and their places."""
@@ -212,6 +225,7 @@ class _Worker:
         if self.outbox is None or self.outbox.name != block_name:
             _release(self.outbox, unlink=True)  # the worker moved to a larger one
             self.outbox = SharedMemory(name=block_name)
+            self.outbox_generation = int(block_name.removeprefix(self.outbox_prefix))
         return _views(self.outbox, placed)
 
 

@@ -5,6 +5,10 @@
     (64 → 32 → 10) and a wider MLP (256 → 1024 → 1000).
 (2) a single-row predict: median latency against the same request's `InferenceSession.run` (the
     worker-process overhead, target ≤ 1 ms).
+(1b) where the time of (1) goes, for the digits MLP: each stage of the request alone, in this process (the
+    multipart parse and .npy decode; the request body alone over HTTP, to an unknown model, answered 404
+    once it was read and decoded; the worker hop with its chunks; predict's probabilities; the .npz
+    encoding), against the same `InferenceSession.run`.
 (3) an evaluation of the digits MLP on 1,000,000 rows, in-process: the streamed model evaluation against
     predict + a separate evaluation of the materialised logits (target ≤ 1.1x), with the Python heap peak
     beyond the inputs (tracemalloc) and the worker's peak RSS (target: bounded by the chunk, not by N).
@@ -29,13 +33,17 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from app.api.multipart import parse_multipart
 from app.config import Settings
 from app.context import Resources
 from app.evaluation.schemas import EvaluationRequest, ModelEvaluationRequest
 from app.models.schemas import ModelRequest
 from app.models.workers import WorkerLimits, WorkerPool
+from app.pipelines.heads import Heads
 from app.storage.migrate import upgrade
+from app.storage.models import ModelRecord
 from app.storage.tenancy import DEFAULT_PROJECT, set_project
+from app.tensors import decode_npy
 from bench.http import start_caliper
 from bench.timing import median_seconds
 
@@ -110,6 +118,7 @@ def main() -> None:
                 f"  {name:<22} InferenceSession {local * 1e3:8.1f} ms   service {over * 1e3:8.1f} ms"
                 f"   ratio {over / local:5.2f}x (target ≤ 1.5x)"
             )
+        stages(args.rows, args.repeats, client)
         print("\n(2) one row, JSON in and out (median of 200)")
         data = models["digits MLP 64-32-10"]
         model = client.post("/v1/models", files={"file": ("m.onnx", data)}, data={"name": "one"}).json()
@@ -137,14 +146,59 @@ def main() -> None:
         server.wait()
 
 
-def streamed_evaluation(rows: int) -> None:
+def digits_in_process() -> tuple[Resources, ModelRecord]:
+    """A composition root on a fresh SQLite database with the digits demo model uploaded."""
     tmp = tempfile.mkdtemp()
     set_project(DEFAULT_PROJECT)
     resources = Resources.create(Settings(database_url=f"sqlite:///{tmp}/e.db", artifact_dir=f"{tmp}/a"))
     upgrade(resources.settings)
     upload = resources.artifacts.writer()
     upload.write((ROOT / "models/digits_mlp.onnx").read_bytes())
-    record = resources.models.create(ModelRequest(name="digits"), upload)
+    return resources, resources.models.create(ModelRequest(name="digits"), upload)
+
+
+def stages(rows: int, repeats: int, client: httpx.Client) -> None:
+    resources, record = digits_in_process()
+    x = np.random.default_rng(1).random((rows, 64), dtype=np.float32)
+    session = ort.InferenceSession((ROOT / "models/digits_mlp.onnx").read_bytes(), providers=["CPUExecutionProvider"])
+    request = httpx.Request("POST", "http://bench/", files={"inputs.x": ("x.npy", npy(x))})
+    body, content_type = request.read(), request.headers["content-type"]
+    columns = resources.predictions.predict(record.id, {"x": x}, Heads())
+
+    def decoded() -> None:
+        for part in parse_multipart(body, content_type):
+            decode_npy(part.name, part.data)
+
+    def sent() -> None:
+        response = client.post("/v1/models/unknown/predict", content=body, headers={"content-type": content_type})
+        assert response.status_code == 404  # after the body was read, parsed and decoded
+
+    def encoded() -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **columns)  # type: ignore[arg-type]
+        buffer.getvalue()
+
+    timings = {
+        "InferenceSession.run": median_seconds(lambda: session.run(None, {"x": x}), repeats),
+        "multipart parse + .npy decode": median_seconds(decoded, repeats),
+        "HTTP: the body sent, read, decoded": median_seconds(sent, repeats),
+        "worker hop (runner, chunked)": median_seconds(
+            lambda: resources.predictions.runner.outputs(record, {"x": x}, ["logits"]), repeats
+        ),
+        "predict (hop + probabilities)": median_seconds(
+            lambda: resources.predictions.predict(record.id, {"x": x}, Heads()), repeats
+        ),
+        ".npz encoding of the answer": median_seconds(encoded, repeats),
+    }
+    base = timings["InferenceSession.run"]
+    print(f"\n(1b) where the time goes, digits MLP, {rows:,} rows, each stage alone in this process")
+    for name, seconds in timings.items():
+        print(f"  {name:<32} {seconds * 1e3:8.1f} ms   {seconds / base:5.2f}x the run")
+    resources.close()
+
+
+def streamed_evaluation(rows: int) -> None:
+    resources, record = digits_in_process()
     rng = np.random.default_rng(3)
     x, labels = rng.random((rows, 64), dtype=np.float32), rng.integers(0, 10, rows)
     runner = resources.predictions.runner

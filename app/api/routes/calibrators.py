@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from typing import Annotated
 
 import numpy as np
@@ -13,6 +12,7 @@ from app.api.auth import role
 from app.api.bodies import NPZ, read_tensor_body, tensor_request_body
 from app.api.deps import get_resources, resources_of
 from app.api.json_body import StrictJsonRoute
+from app.api.npz_stream import npz_response
 from app.api.problems import DELETION, LISTING, READ, TENSOR_WRITE, ProblemError
 from app.calibration.schemas import (
     FIT_TENSORS,
@@ -106,9 +106,7 @@ async def apply(calibrator_id: str, request: Request) -> Response:
         raise ProblemError(422, "logits: required", [{"field": "logits", "message": "required"}])
     probabilities = await run_in_threadpool(resources.calibrators.apply, calibrator_id, arrays["logits"])
     if NPZ in request.headers.get("accept", ""):
-        buffer = io.BytesIO()
-        np.savez(buffer, probabilities=probabilities)
-        return Response(buffer.getvalue(), media_type=NPZ)
+        return npz_response({"probabilities": probabilities})
     return Response(
         ApplyOut(probabilities=probabilities.astype(np.float64).tolist()).model_dump_json(),
         media_type="application/json",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Annotated, Literal
 
@@ -15,6 +14,7 @@ from app.api.auth import role
 from app.api.bodies import NPZ, read_tensor_body, tensor_request_body
 from app.api.deps import get_resources, resources_of
 from app.api.json_body import StrictJsonRoute
+from app.api.npz_stream import npz_response
 from app.api.problems import LISTING, READ, TENSOR_WRITE, problems
 from app.api.uploads import read_model_upload
 from app.context import Resources
@@ -169,9 +169,7 @@ async def predict(model_id: str, request: Request) -> Response:
     heads = Heads(body.calibrator_id, body.detector_id, body.sdm_id)
     columns = await run_in_threadpool(resources.predictions.predict, model_id, inputs, heads, body.return_embedding)
     if NPZ in request.headers.get("accept", ""):
-        buffer = io.BytesIO()
-        np.savez(buffer, **columns)  # type: ignore[arg-type]
-        return Response(buffer.getvalue(), media_type=NPZ)
+        return npz_response(columns)
     return Response(predict_json(columns), media_type="application/json")
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -13,6 +11,7 @@ from app.api.auth import role
 from app.api.bodies import NPZ, read_tensor_body, tensor_request_body
 from app.api.deps import get_resources, resources_of
 from app.api.json_body import StrictJsonRoute
+from app.api.npz_stream import npz_response
 from app.api.problems import DELETION, LISTING, READ, TENSOR_WRITE
 from app.context import Resources
 from app.sdm.schemas import (
@@ -93,7 +92,5 @@ async def score(sdm_id: str, request: Request) -> Response:
     SdmScoreRequest.model_validate(options)
     record, scores = await run_in_threadpool(resources.sdm.score, sdm_id, arrays)
     if NPZ in request.headers.get("accept", ""):
-        buffer = io.BytesIO()
-        np.savez(buffer, **npz_columns(scores))  # type: ignore[arg-type]
-        return Response(buffer.getvalue(), media_type=NPZ)
+        return npz_response(npz_columns(scores))
     return Response(scores_out(record, scores).model_dump_json(), media_type="application/json")

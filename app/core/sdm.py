@@ -252,6 +252,22 @@ class Scores:
     columns: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+class PerClassValues:
+    """A per-class list of sorted values, kept (and stored) as `<stem>_values_`, all classes' values
+    joined, and `<stem>_sizes_`, [C] int64 counts; set from and read as the list, in the estimator's dtype."""
+
+    def __init__(self, stem: str) -> None:
+        self.stem = stem
+
+    def __get__(self, estimator: SdmEstimator, owner: type | None = None) -> list[np.ndarray]:
+        values, sizes = getattr(estimator, f"{self.stem}_values_"), getattr(estimator, f"{self.stem}_sizes_")
+        return np.split(values, np.cumsum(sizes)[:-1])
+
+    def __set__(self, estimator: SdmEstimator, groups: list[np.ndarray]) -> None:
+        setattr(estimator, f"{self.stem}_values_", np.concatenate(groups).astype(estimator.dtype_, copy=False))
+        setattr(estimator, f"{self.stem}_sizes_", np.asarray([len(v) for v in groups], np.int64))
+
+
 class SdmEstimator(FittedState):
     """The v2 estimator without adaptor training (§8): support and calibration exemplars in, the
     fitted tables out. Fitted state (stored by `fitted_arrays`): support_embeddings_, support_code_, k_,
@@ -277,23 +293,8 @@ class SdmEstimator(FittedState):
             "k",
         )
 
-    @property
-    def distance_ecdfs_(self) -> list[np.ndarray]:
-        """D_c: sorted nearest distances of the calibration rows of true class c with q > 0."""
-        return _split(self.distance_values_, self.distance_sizes_)
-
-    @distance_ecdfs_.setter
-    def distance_ecdfs_(self, groups: list[np.ndarray]) -> None:
-        self.distance_values_, self.distance_sizes_ = _joined(groups, self.dtype_)
-
-    @property
-    def similarity_ecdfs_(self) -> list[np.ndarray]:
-        """Q_c: sorted q′ of the calibration rows of true class c."""
-        return _split(self.similarity_values_, self.similarity_sizes_)
-
-    @similarity_ecdfs_.setter
-    def similarity_ecdfs_(self, groups: list[np.ndarray]) -> None:
-        self.similarity_values_, self.similarity_sizes_ = _joined(groups, self.dtype_)
+    distance_ecdfs_ = PerClassValues("distance")  # D_c: nearest distances of class-c rows with q > 0
+    similarity_ecdfs_ = PerClassValues("similarity")  # Q_c: q′ of the class-c calibration rows
 
     @property
     def dtype_(self) -> np.dtype:
@@ -435,15 +436,6 @@ class SdmEstimator(FittedState):
             **{name: op.constant(value=value) for name, value in self._tables().items()},
         )
         return {"prediction": prediction, "q": q, "d_nearest": d_nearest} | columns
-
-
-def _joined(groups: list[np.ndarray], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class value lists as one array of values and the [C] int64 sizes (how they are stored)."""
-    return np.concatenate(groups).astype(dtype, copy=False), np.asarray([len(v) for v in groups], np.int64)
-
-
-def _split(values: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
-    return np.split(values, np.cumsum(sizes)[:-1])
 
 
 def _class_groups(values: np.ndarray, labels: np.ndarray, keep: np.ndarray, classes: int) -> list[np.ndarray]:

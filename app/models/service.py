@@ -54,13 +54,8 @@ class ModelService:
             try:
                 return self.repository.add(record)
             except BaseException:
-                self._remove_if_unused(digest)
+                self.artifacts.remove_unused(digest, self.references.in_use)
                 raise
-
-    def _remove_if_unused(self, digest: str) -> None:
-        """Under `artifacts.lock()`."""
-        if not self.references.in_use(digest):
-            self.artifacts.remove(digest)
 
     def get(self, model_id: str) -> ModelRecord:
         return self.repository.get(model_id)
@@ -70,7 +65,7 @@ class ModelService:
 
     def delete(self, model_id: str) -> None:
         with self.artifacts.lock():
-            self._remove_if_unused(self.repository.delete_model(model_id))
+            self.artifacts.remove_unused(self.repository.delete_model(model_id), self.references.in_use)
 
     def file(self, model_id: str) -> tuple[ModelRecord, Path]:
         record = self.get(model_id)

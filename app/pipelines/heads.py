@@ -1,7 +1,7 @@
 """The heads of a model (calibrator, detector, SDM fit, by id) and the one check that they fit it: class
-counts (C), embedding widths (D), layer names, and the model outputs they read. `/predict`, the composed
-export and pipelines all call it before running or building anything, so a head that does not fit is a
-422 naming the field, never a failure halfway through a run."""
+counts (C), embedding widths (D), layer names, and the model outputs they read. `/predict`, model
+evaluations, the composed export and pipelines all call it before running or building anything, so a
+head that does not fit is a 422 naming the field, never a failure halfway through a run."""
 
 from __future__ import annotations
 

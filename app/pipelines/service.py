@@ -69,8 +69,7 @@ class PipelineService:
                 self._forget_names()
                 return added
             except BaseException:
-                if not self.references.in_use(digest):
-                    self.artifacts.remove(digest)
+                self.artifacts.remove_unused(digest, self.references.in_use)
                 raise
 
     def get(self, pipeline_id: str) -> PipelineRecord:
@@ -100,8 +99,7 @@ class PipelineService:
         with self.artifacts.lock():
             digest = self.repository.delete_pipeline(pipeline_id)
             self._forget_names()
-            if not self.references.in_use(digest):
-                self.artifacts.remove(digest)
+            self.artifacts.remove_unused(digest, self.references.in_use)
 
     def file(self, pipeline_id: str) -> tuple[PipelineRecord, Path]:
         record = self.get(pipeline_id)

@@ -9,7 +9,7 @@ import fcntl
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -95,6 +95,11 @@ class ArtifactStore:
     def remove(self, sha256: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path(sha256).unlink()
+
+    def remove_unused(self, sha256: str, in_use: Callable[[str], bool]) -> None:
+        """Remove the file unless a record still names it (`in_use`); under `lock()`."""
+        if not in_use(sha256):
+            self.remove(sha256)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:

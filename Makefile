@@ -65,6 +65,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.gate
 	$(BIN)/python -m bench.ood
 	$(BIN)/python -m bench.sdm
+	$(BIN)/python -m bench.models
 	$(BIN)/python -m bench.serving
 	$(BIN)/python -m bench.load
 

@@ -10,11 +10,20 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from scipy.special import softmax
 
+from app.config import Settings
 from tests import onnx_models
 from tests.test_api_models import fit_temperature, plain_run
+
+
+@pytest.fixture(autouse=True)
+def _one_backend(settings: Settings) -> None:
+    """The commands are HTTP clients: what they drive is tested on both backends in test_api_models."""
+    if not settings.database_url.startswith("sqlite"):
+        pytest.skip("backend-independent: run on SQLite only")
 
 
 def caliper(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -61,6 +61,11 @@ def class_labels(labels: np.ndarray | None, n: int) -> tuple[np.ndarray, int]:
     return labels.astype(np.int64), classes
 
 
+def labelled_fit_info(labels: np.ndarray, classes: int) -> dict[str, Any]:
+    """What a labelled fit reports: its rows and the rows of each class."""
+    return {"n": len(labels), "class_counts": np.bincount(labels, minlength=classes).tolist()}
+
+
 class Detector(FittedState, ABC):
     """Hyper-parameters in the constructor; `fit` sets the fitted attributes named by `state_keys()`
     and `fit_info_`. `cache` holds the scoring sessions and decides the chunk sizes."""
@@ -131,7 +136,7 @@ class _Gaussian(Detector):
             stats.class_scatter = np.zeros((classes, features.shape[1], features.shape[1]))
         for chunk, chunk_labels in self._chunks(features, labels):
             stats = stats.merge(GaussianStats.of(chunk, chunk_labels, classes, per_class))
-        self.fit_info_ = {"n": len(features), "class_counts": np.bincount(labels, minlength=classes).tolist()}
+        self.fit_info_ = labelled_fit_info(labels, classes)
         return stats
 
 
@@ -233,7 +238,7 @@ class KnnDetector(Detector):
             raise InputError("params.k", f"k = {self.k} exceeds the {len(features)} fit rows")
         self.support_ = normalized(features.astype(np.float64)).astype(precision_dtype(self.precision, features))
         self.support_labels_ = labels
-        self.fit_info_ = {"n": len(features), "class_counts": np.bincount(labels, minlength=classes).tolist()}
+        self.fit_info_ = labelled_fit_info(labels, classes)
         return self
 
     def model(self) -> KnnModel:

@@ -11,7 +11,7 @@ from typing import Any
 
 from caliper_client import cli as client_cli
 
-from app.config import get_settings, is_loopback
+from app.config import Settings, get_settings, is_loopback
 from app.core.errors import ProviderUnavailableError
 from app.pipelines.cli import add_parsers as add_export_parsers
 from app.storage.keys import ROLES
@@ -29,14 +29,41 @@ def _serve(args: argparse.Namespace) -> int:
     json_logs()
     try:
         resolve_providers(settings.provider)
-        app = create_app(settings) if settings.workers == 1 else None  # each process builds its own
     except ProviderUnavailableError as exc:
         print(f"caliper: {exc}", file=sys.stderr)
         return 2
+    unmigrated = _migration_fault(settings)
+    if unmigrated is not None:
+        print(f"caliper: {unmigrated}", file=sys.stderr)
+        return 2
+    app = create_app(settings) if settings.workers == 1 else None  # each process builds its own
     if not settings.auth_required() and not is_loopback(settings.host):
         print(f"caliper: warning: auth is disabled on {settings.host} (CALIPER_AUTH=disabled)", file=sys.stderr)
     serve(settings, app)
     return 0
+
+
+def _migration_fault(settings: Settings) -> str | None:
+    """Why the service cannot use the database as it is (it answers but is not at this build's migration
+    head), or None; a database that does not answer yet is left to /readyz."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.storage.db import display_url, make_engine
+    from app.storage.migrate import schema_revisions
+
+    engine = make_engine(settings.database_url)
+    try:
+        current, heads = schema_revisions(settings, engine)
+    except SQLAlchemyError:
+        return None
+    finally:
+        engine.dispose()
+    if current == heads:
+        return None
+    where = display_url(settings.database_url)
+    at = ", ".join(sorted(current)) or "none"
+    need = ", ".join(sorted(heads))
+    return f"the database {where} is not migrated (at {at}; this build needs {need}): run `caliper db upgrade` first"
 
 
 def _db(args: argparse.Namespace) -> int:
@@ -49,8 +76,15 @@ def _db(args: argparse.Namespace) -> int:
     try:
         if args.action == "upgrade":
             upgrade(settings, args.revision or "head")
+        elif args.revision is None or not args.yes:
+            print(
+                "caliper: a downgrade drops tables and their rows: name the revision (`base` drops every table) "
+                "and confirm with --yes",
+                file=sys.stderr,
+            )
+            return 2
         else:
-            downgrade(settings, args.revision or "base")
+            downgrade(settings, args.revision)
         engine = make_engine(settings.database_url)
         try:
             revision = current_revision(settings, engine)
@@ -67,17 +101,16 @@ def _keys(args: argparse.Namespace) -> int:
     """API keys on DATABASE_URL: the new key is printed once (only its salted digest is stored)."""
     import json
 
-    from app.storage.db import display_url, make_engine, make_session_factory
+    from app.storage.db import make_engine, make_session_factory
     from app.storage.keys import ApiKeyRepository
-    from app.storage.migrate import is_at_head
 
     settings = get_settings()
+    unmigrated = _migration_fault(settings)
+    if unmigrated is not None:
+        print(f"caliper: {unmigrated}", file=sys.stderr)
+        return 2
     engine = make_engine(settings.database_url)
     try:
-        if not is_at_head(settings, engine):
-            where = display_url(settings.database_url)
-            print(f"caliper: the database {where} is not migrated: run `caliper db upgrade` first", file=sys.stderr)
-            return 2
         keys = ApiKeyRepository(make_session_factory(engine))
         if args.action == "create":
             record, token = keys.create(args.project, args.role, args.name or "")
@@ -117,8 +150,14 @@ def add_parsers(sub: Any) -> None:
     )
     serve.set_defaults(func=_serve)
     db = sub.add_parser("db", help="database migrations (DATABASE_URL)")
-    db.add_argument("action", choices=["upgrade", "downgrade"], help="upgrade (to head) or downgrade (to base)")
-    db.add_argument("revision", nargs="?", default=None, help="a migration id instead of head / base")
+    db.add_argument("action", choices=["upgrade", "downgrade"], help="upgrade (to head by default) or downgrade")
+    db.add_argument(
+        "revision",
+        nargs="?",
+        default=None,
+        help="a migration id (upgrade: default head; downgrade: required, base drops all)",
+    )
+    db.add_argument("--yes", action="store_true", help="confirm a downgrade (it drops tables and their rows)")
     db.set_defaults(func=_db)
     keys = sub.add_parser(
         "keys",

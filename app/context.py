@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.calibration.service import CalibrationService
-from app.config import Settings
+from app.config import Settings, get_settings
 from app.core.chunking import Chunking
 from app.core.runtime import RuntimeConfig, SessionCache
 from app.evaluation.service import EvaluationService
@@ -116,3 +116,29 @@ class Resources:
     def close(self) -> None:
         self.workers.close()
         self.engine.dispose()
+
+
+class DatabaseNotReadyError(RuntimeError):
+    """The CLI's in-process mode cannot use the configured database: it does not answer, or is not migrated."""
+
+
+def local_resources() -> Resources:
+    """The resources of the CLI's in-process mode: CALIPER_PROJECT's, on the configured database, which must
+    answer and be migrated (else DatabaseNotReadyError naming the database and the fix, not SQL)."""
+    from app.storage.db import display_url
+    from app.storage.migrate import is_at_head
+    from app.storage.tenancy import set_project
+
+    settings = get_settings()
+    set_project(settings.project)
+    resources = Resources.create(settings)
+    where = display_url(settings.database_url)
+    try:
+        ready = is_at_head(settings, resources.engine)
+    except Exception as exc:  # the driver's own errors: the first line names the fault
+        resources.close()
+        raise DatabaseNotReadyError(f"cannot reach the database {where}: {str(exc).splitlines()[0]}") from exc
+    if not ready:
+        resources.close()
+        raise DatabaseNotReadyError(f"the database {where} is not migrated: run `caliper db upgrade` first")
+    return resources

@@ -21,7 +21,17 @@ from app.core.errors import InputError
 from app.core.npy_headers import NPY_HEADERS
 
 MAX_DIMS = 4
+MAX_DIMENSION = 2**31 - 1  # numpy refuses shapes whose product of dimensions overflows, even with a zero among them
 MAX_NPY_HEADER = 1 << 16
+
+
+def shape_fault(shape: list[int] | tuple[int, ...]) -> str | None:
+    """Why a declared shape cannot be an array (a negative or oversized dimension), or None."""
+    if any(d < 0 for d in shape):
+        return f"shape {list(shape)} has a negative dimension"
+    if any(d > MAX_DIMENSION for d in shape):
+        return f"shape {list(shape)} has a dimension over {MAX_DIMENSION}"
+    return None
 
 
 class TensorObject(BaseModel):
@@ -49,9 +59,20 @@ class Tensor(RootModel[list[Any] | TensorObject]):
 
 
 Layers = dict[str, Tensor]  # named tensors, e.g. a feature ensemble's layers or a model's inputs
+MODEL_INPUTS_NOTE = (
+    "A nested list is cast to the input's dtype (whole numbers only for an integer input); a typed tensor "
+    "(tensor object or .npy part) keeps its kind: float64 is cast to a float32 input and int32 to int64, "
+    "but an integer tensor for a float input (or a float tensor for an integer one) is a 422 naming the input."
+)
 NULL_NOTE = (
     "null where a value is not finite (it overflowed its dtype, e.g. for inputs far beyond the fit data's scale)"
 )
+
+
+class ListTensor(np.ndarray):
+    """An array decoded from a nested JSON list. Its dtype is the wire's (float64, or integers for label
+    fields), not one the client chose, so a model input may cast it to the input's dtype; a typed tensor
+    (a tensor object or .npy) keeps its kind."""
 
 
 def decode_json_tensor(field: str, value: Any, integer: bool = False) -> np.ndarray:
@@ -71,7 +92,7 @@ def decode_json_tensor(field: str, value: Any, integer: bool = False) -> np.ndar
         raise InputError(field, "must be a rectangular (not ragged) list of numbers") from exc
     if array.dtype.kind not in "iuf" and array.size:
         raise InputError(field, "must be a rectangular (not ragged) list of numbers")
-    return array
+    return array.view(ListTensor)
 
 
 B64_SLICE = 4 << 20  # characters of base64 decoded at a time (a multiple of 4)
@@ -81,8 +102,9 @@ def _from_b64(field: str, obj: TensorObject) -> np.ndarray:
     """Decode into one preallocated buffer, slice by slice: `b64decode` of a whole str first copies it
     to ASCII bytes (at 4M × 4 float32 the request's peak was 2.10x the body with it, 2.01x without;
     bench/memory.py)."""
-    if any(d < 0 for d in obj.shape):
-        raise InputError(field, f"shape {obj.shape} has a negative dimension")
+    fault = shape_fault(obj.shape)
+    if fault is not None:
+        raise InputError(field, fault)
     dtype = np.dtype(WIRE_DTYPES[obj.dtype])
     expected = math.prod(obj.shape) * dtype.itemsize  # Python integers: no int64 wrap-around
     text = obj.data_b64
@@ -117,10 +139,13 @@ def decode_npy(field: str, data: bytes | memoryview) -> np.ndarray:
                 shape, fortran, dtype = npy_format.read_array_header_2_0(header)
             else:
                 raise ValueError(f"unsupported .npy version {version}")
-    except (ValueError, OSError, EOFError, SyntaxError) as exc:
-        raise InputError(field, f"is not a valid .npy file ({exc})") from exc
+    except Exception as exc:  # numpy reads the header dict with ast and tokenize, which raise their own errors
+        raise InputError(field, f"is not a valid .npy file ({str(exc)[:200]})") from exc
     if dtype.hasobject or dtype.kind not in "fiub" or len(shape) > MAX_DIMS:
         raise InputError(field, f"must be a numeric .npy array of at most {MAX_DIMS} dimensions, got {dtype}")
+    fault = shape_fault(shape)
+    if fault is not None:
+        raise InputError(field, fault)
     count = math.prod(shape)  # Python integers, checked against the bytes before any allocation
     offset = header.tell()
     if len(view) - offset != count * dtype.itemsize:

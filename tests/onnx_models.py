@@ -161,3 +161,114 @@ def image_and_meta(dtype: type = np.float32, seed: int = 0) -> bytes:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
     return model.SerializeToString()
+
+
+ARCHITECTURES = ("mlp", "cnn", "residual", "attention")
+INPUT_SHAPES = {"mlp": (6,), "cnn": (1, 8, 8), "residual": (6,), "attention": (4, 8)}
+
+
+def architecture(name: str, opset: int, seed: int = 0) -> bytes:
+    """A float32 classifier (3 classes) with `logits` and `embedding` outputs, written with the operators
+    of ai.onnx `opset` as an exporter at that opset would write them (ReduceMean's axes an attribute
+    before 18, LayerNormalization spelled out before 17) and the onnx package's default IR version:
+    - mlp: MatMul, Add, Relu;
+    - cnn: Conv, BatchNormalization, Relu, MaxPool, GlobalAveragePool, Flatten, Gemm;
+    - residual: two Gemm layers and a skip connection (Add);
+    - attention: one self-attention block (MatMul, Transpose, Softmax) with layer normalisation and a mean
+      over the sequence."""
+    builder = _Builder(np.random.default_rng(seed), opset)
+    embedding = getattr(builder, name)("x")
+    builder.node(
+        "Gemm", [embedding, builder.weight((3, builder.width[embedding])), builder.weight((3,))], "logits", transB=1
+    )
+    builder.rename(embedding, "embedding")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *INPUT_SHAPES[name]])
+    outputs = [
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3]),
+        helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", builder.width[embedding]]),
+    ]
+    graph = helper.make_graph(builder.nodes, name, [x], outputs, builder.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.checker.check_model(model, full_check=True)
+    return model.SerializeToString()
+
+
+class _Builder:
+    """Nodes and initializers of one test graph; each layer method returns its output's name."""
+
+    def __init__(self, rng: np.random.Generator, opset: int) -> None:
+        self.rng, self.opset = rng, opset
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.width: dict[str, int] = {}  # the last dimension of a 2-D value
+
+    def node(self, op_type: str, inputs: list[str], output: str | None = None, **attributes: object) -> str:
+        output = output or f"v{len(self.nodes)}"
+        self.nodes.append(helper.make_node(op_type, inputs, [output], **attributes))
+        return output
+
+    def weight(self, shape: tuple[int, ...], value: np.ndarray | None = None) -> str:
+        name = f"w{len(self.initializers)}"
+        array = value if value is not None else self.rng.normal(scale=0.5, size=shape)
+        self.initializers.append(numpy_helper.from_array(np.asarray(array, np.float32), name))
+        return name
+
+    def rename(self, old: str, new: str) -> None:
+        for node in self.nodes:
+            node.input[:] = [new if v == old else v for v in node.input]
+            node.output[:] = [new if v == old else v for v in node.output]
+        self.width[new] = self.width[old]
+
+    def dense(self, x: str, d_in: int, d_out: int) -> str:
+        out = self.node("Gemm", [x, self.weight((d_out, d_in)), self.weight((d_out,))], transB=1)
+        self.width[out] = d_out
+        return out
+
+    def mean(self, x: str, axes: list[int]) -> str:
+        if self.opset < 18:
+            return self.node("ReduceMean", [x], axes=axes, keepdims=1)
+        axes_name = f"axes{len(self.initializers)}"
+        self.initializers.append(numpy_helper.from_array(np.asarray(axes, np.int64), axes_name))
+        return self.node("ReduceMean", [x, axes_name], keepdims=1)
+
+    def layer_norm(self, x: str, d: int) -> str:
+        scale, bias = self.weight((d,), 1 + 0.1 * self.rng.normal(size=d)), self.weight((d,))
+        if self.opset >= 17:
+            return self.node("LayerNormalization", [x, scale, bias], axis=-1, epsilon=1e-5)
+        centred = self.node("Sub", [x, self.mean(x, [-1])])
+        variance = self.mean(self.node("Mul", [centred, centred]), [-1])
+        std = self.node("Sqrt", [self.node("Add", [variance, self.weight((), np.float32(1e-5))])])
+        return self.node("Add", [self.node("Mul", [self.node("Div", [centred, std]), scale]), bias])
+
+    def mlp(self, x: str) -> str:
+        out = self.node("Relu", [self.dense(x, 6, 5)])
+        self.width[out] = 5
+        return out
+
+    def residual(self, x: str) -> str:
+        h = self.node("Relu", [self.dense(x, 6, 8)])
+        inner = self.node("Relu", [self.dense(h, 8, 8)])
+        out = self.node("Add", [h, inner])
+        self.width[out] = 8
+        return out
+
+    def cnn(self, x: str) -> str:
+        conv = self.node("Conv", [x, self.weight((4, 1, 3, 3)), self.weight((4,))], pads=[1, 1, 1, 1])
+        variance = self.weight((4,), 1 + np.abs(self.rng.normal(size=4)))
+        normed = self.node(
+            "BatchNormalization", [conv, self.weight((4,)), self.weight((4,)), self.weight((4,)), variance]
+        )
+        pooled = self.node("MaxPool", [self.node("Relu", [normed])], kernel_shape=[2, 2], strides=[2, 2])
+        out = self.node("Flatten", [self.node("GlobalAveragePool", [pooled])])
+        self.width[out] = 4
+        return out
+
+    def attention(self, x: str) -> str:
+        q = self.node("MatMul", [x, self.weight((8, 8))])
+        k = self.node("MatMul", [x, self.weight((8, 8))])
+        scores = self.node("MatMul", [q, self.node("Transpose", [k], perm=[0, 2, 1])])
+        attended = self.node("MatMul", [self.node("Softmax", [scores], axis=-1), x])
+        normed = self.layer_norm(self.node("Add", [x, attended]), 8)
+        out = self.node("Flatten", [self.mean(normed, [1])])
+        self.width[out] = 8
+        return out

@@ -150,7 +150,7 @@ def test_oversized_body_is_413_before_parsing(client: TestClient) -> None:
 @pytest.mark.parametrize(
     ("params", "field"),
     [
-        ({"tag": "nocolon"}, "tag"),
+        ({"tag": ":no-key"}, "tag"),
         ({"cursor": "garbage!"}, "cursor"),
         ({"limit": 501}, "limit"),
         ({"limit": 0}, "limit"),
@@ -239,8 +239,19 @@ def test_fortran_order_and_big_endian_npy_are_read_correctly(client: TestClient)
     np.testing.assert_allclose(response.json()["losses"]["cross_entropy"], 0.9389701905189698, rtol=1e-12)
 
 
-@pytest.mark.parametrize("path", ["/v1/evaluations", "/v1/calibrators", "/v1/detectors", "/v1/sdm", "/v1/gates"])
-@pytest.mark.parametrize("cursor", ["not-a-cursor", "AAAA", "MjAyNnxhYmM"])
+LISTS = ["/v1/evaluations", "/v1/calibrators", "/v1/detectors", "/v1/sdm", "/v1/gates", "/v1/models", "/v1/pipelines"]
+FORGED_CURSORS = [
+    "not-a-cursor",
+    "AAAA",
+    "MjAyNnxhYmM",
+    base64.urlsafe_b64encode(b"2026-01-01T00:00:00|a\x00b").decode(),  # a NUL in the id: a 500 on Postgres
+    base64.urlsafe_b64encode(b"2026-01-01T00:00:00\x00|ab").decode(),
+    "MjAyNi0wMS0wMVQwMDowMDowMHxhYg==" + "!!",  # an issued shape with characters base64 would skip
+]
+
+
+@pytest.mark.parametrize("path", LISTS)
+@pytest.mark.parametrize("cursor", FORGED_CURSORS)
 def test_a_cursor_this_service_did_not_issue_is_422(client: TestClient, path: str, cursor: str) -> None:
     assert_problem(client.get(path, params={"cursor": cursor}), 422, "cursor")
     page = client.get(path, params={"limit": 1})

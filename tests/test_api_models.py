@@ -13,9 +13,10 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
-from caliper_client.wire import encode_tensor_object
+from caliper_client.wire import encode_npy, encode_tensor_object
 from fastapi.testclient import TestClient
 
 from app.api.observability import JsonLines
@@ -63,6 +64,24 @@ def test_upload_describes_the_model_and_keeps_its_bytes(client: TestClient) -> N
     assert client.get(f"/v1/models/{body['id']}/onnx").content == data
     assert [m["id"] for m in client.get("/v1/models", params={"name": "mlp"}).json()["items"]] == [body["id"]]
     assert client.get("/v1/models", params={"name": "other"}).json()["items"] == []
+
+
+def test_a_symbolic_class_dimension_is_learnt_on_the_first_run(client: TestClient) -> None:
+    """api.md: `classes` is null until the model's first run, then C (issue 25: it stayed null)."""
+    model = onnx.load_from_string(onnx_models.mlp(classes=4)[0])
+    logits = next(o for o in model.graph.output if o.name == "logits")
+    logits.type.tensor_type.shape.dim[1].dim_param = "C"
+    uploaded = upload(client, model.SerializeToString()).json()
+    assert uploaded["classes"] is None
+    x = np.random.default_rng(2).normal(size=(3, 6)).astype(np.float32)
+    evaluation = client.post(
+        f"/v1/models/{uploaded['id']}/evaluations", json={"inputs": {"x": x.tolist()}, "labels": [0, 1, 3]}
+    )
+    assert evaluation.status_code == 201, evaluation.text
+    assert client.get(f"/v1/models/{uploaded['id']}").json()["classes"] == 4
+    other = upload(client, model.SerializeToString(), name="other").json()
+    assert client.post(f"/v1/models/{other['id']}/predict", json={"inputs": {"x": x.tolist()}}).status_code == 200
+    assert client.get(f"/v1/models/{other['id']}").json()["classes"] == 4
 
 
 def test_the_same_bytes_share_one_file_removed_with_the_last_model(client: TestClient) -> None:
@@ -202,6 +221,8 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str]] = [
     ("nan", {"x": encode_tensor_object(np.full((1, 6), np.nan, np.float32))}, "inputs.x"),
     ("empty", {"x": {"dtype": "float32", "shape": [0, 6], "data_b64": ""}}, "inputs.x"),
     ("wrong_dtype", {"x": {"dtype": "bool", "shape": [1, 6], "data_b64": "AQEBAQEB"}}, "inputs.x"),
+    ("int_tensor_for_float", {"x": encode_tensor_object(np.ones((1, 6), np.int64))}, "inputs.x"),
+    ("int32_tensor_for_float", {"x": encode_tensor_object(np.ones((1, 6), np.int32))}, "inputs.x"),
 ]
 
 
@@ -552,6 +573,23 @@ def test_several_inputs_and_an_nchw_image(client: TestClient, dtype: type) -> No
         f"/v1/models/{model['id']}/predict", json={"inputs": {"image": image[:3].tolist(), "meta": meta[:2].tolist()}}
     )
     assert_problem(mismatched, 422)
+    # typed tensors keep their kind: a float tensor is never cast to the integer input, an integer .npy
+    # never to the float one; within a kind (float64 to a float32 input, int32 to int64) they are cast
+    typed = {"image": encode_tensor_object(image[:2].astype(np.float64)), "meta": encode_tensor_object(meta[:2])}
+    assert client.post(f"/v1/models/{model['id']}/predict", json={"inputs": typed}).status_code == 200
+    as_int32 = {**typed, "meta": encode_tensor_object(meta[:2].astype(np.int32))}
+    assert client.post(f"/v1/models/{model['id']}/predict", json={"inputs": as_int32}).status_code == 200
+    float_meta = {**typed, "meta": encode_tensor_object(meta[:2].astype(dtype))}
+    refused = client.post(f"/v1/models/{model['id']}/predict", json={"inputs": float_meta})
+    assert_problem(refused, 422)
+    assert refused.json()["errors"][0]["field"] == "inputs.meta" and "int64" in refused.json()["detail"]
+    parts = {
+        "inputs.image": ("image.npy", encode_npy(np.ones((2, 1, 4, 4), np.int64))),
+        "inputs.meta": ("m.npy", encode_npy(meta[:2])),
+    }
+    refused = client.post(f"/v1/models/{model['id']}/predict", files=parts, data={"request": "{}"})
+    assert_problem(refused, 422)
+    assert refused.json()["errors"][0]["field"] == "inputs.image"
 
 
 def test_a_worker_that_cannot_start_answers_503_and_stores_nothing(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -99,3 +100,79 @@ def test_the_client_retries_a_503_after_its_retry_after_and_gives_up_after_its_r
     with pytest.raises(CaliperError):
         refused.evaluate(logits=Z_A, labels=Y_A)
     assert len(calls) == 1  # a client error is never retried
+
+
+def test_the_client_does_not_retry_what_cannot_succeed() -> None:
+    """A 503 without Retry-After (an unmigrated database) is final; a refused connection fails at once and
+    names the URL; a URL without a scheme is refused before anything is sent (issue 25)."""
+    import httpx
+    from caliper_client import CaliperError
+
+    calls: list[int] = []
+    unmigrated = CaliperClient(
+        "http://caliper.test",
+        transport=httpx.MockTransport(lambda r: calls.append(0) or httpx.Response(503, json={"detail": "migrate"})),
+    )
+    with pytest.raises(CaliperError) as raised:
+        unmigrated.evaluate(logits=Z_A, labels=Y_A)
+    assert raised.value.status == 503 and len(calls) == 1
+
+    with socket.socket() as probe:  # a port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(httpx.ConnectError, match=f"http://127.0.0.1:{port}"):
+        CaliperClient(f"http://127.0.0.1:{port}").list_evaluations()
+    assert time.monotonic() - started < 5
+
+    for url in ("127.0.0.1:8000", "localhost", "ftp://example.org", "http://"):
+        with pytest.raises(ValueError, match="http://HOST:PORT"):
+            CaliperClient(url)
+
+    unauthenticated = CaliperClient(
+        "http://caliper.test", transport=httpx.MockTransport(lambda r: httpx.Response(401, json={"detail": "key"}))
+    )
+    with pytest.raises(CaliperError, match="CALIPER_API_KEY"):
+        unauthenticated.list_evaluations()
+
+
+def test_the_command_fails_fast_on_a_url_it_cannot_reach(tmp_path: Path) -> None:
+    np.savez(tmp_path / "candidate.npz", logits=Z_A, labels=Y_A)
+    for url, said in (("127.0.0.1:9", "http://HOST:PORT"), ("http://127.0.0.1:9", "http://127.0.0.1:9")):
+        started = time.monotonic()
+        result = subprocess.run(
+            [*CALIPER, "evaluate", "--npz", str(tmp_path / "candidate.npz"), "--url", url],
+            env=_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2 and said in result.stderr, result.stderr
+        assert time.monotonic() - started < 15 and "Traceback" not in result.stderr
+
+
+def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    (tmp_path / "var").mkdir()
+    sqlite3.connect(tmp_path / "var" / "cli.db").close()  # exists, answers, has no tables
+    result = subprocess.run([*CALIPER, "serve", "--port", "9"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "not migrated" in result.stderr and "caliper db upgrade" in result.stderr
+
+
+def test_db_downgrade_needs_a_revision_and_a_confirmation(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    subprocess.run([*CALIPER, "db", "upgrade"], env=env, check=True, capture_output=True)
+    database = tmp_path / "var" / "cli.db"
+
+    def tables() -> int:
+        with sqlite3.connect(database) as connection:
+            return len(connection.execute("select name from sqlite_master where type = 'table'").fetchall())
+
+    migrated = tables()
+    for argv in (["db", "downgrade"], ["db", "downgrade", "base"]):
+        result = subprocess.run([*CALIPER, *argv], env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and "--yes" in result.stderr
+        assert tables() == migrated
+    subprocess.run([*CALIPER, "db", "downgrade", "base", "--yes"], env=env, check=True, capture_output=True)
+    assert tables() < migrated

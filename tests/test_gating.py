@@ -7,15 +7,17 @@ import json
 import math
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from xml.etree import ElementTree as ET
 
 import numpy as np
 import pytest
+from caliper_client import CaliperClient
 from fastapi.testclient import TestClient
 
 from app.core.bootstrap import RowValues, bootstrap_difference, percentile_interval, point
@@ -428,7 +430,7 @@ def test_cli_usage_errors_exit_2(cli_env: dict[str, str], tmp_path: Path) -> Non
     bad = tmp_path / "bad.toml"
     bad.write_text("rulez = 1\n")
     result = caliper("gate", "--policy", str(bad), "--candidate", "a", "--baseline", "b", env=cli_env)
-    assert result.returncode == 2 and "unknown policy keys" in result.stderr
+    assert result.returncode == 2 and "unknown keys" in result.stderr
     result = caliper(
         "gate", "--policy", str(bad), "--candidate", "a", "--baseline", "b", "--url", "http://127.0.0.1:9", env=cli_env
     )
@@ -517,6 +519,85 @@ def test_cli_a_rule_that_cannot_be_evaluated_is_a_configuration_error(cli_env: d
     assert suite is not None and (suite.get("errors"), suite.get("failures")) == ("1", "0")
     cases = suite.findall("testcase")
     assert cases[1].find("error") is not None and cases[0].find("error") is None
+
+
+BROKEN_POLICIES = {
+    "op": '[[rules]]\nmetric = "accuracy"\nop = "minimum"\nvalue = 0.0\n',
+    "value": '[[rules]]\nmetric = "accuracy"\nop = "min"\nvalue = "high"\n',
+    "key": '[[rules]]\nmetric = "accuracy"\nop = "min"\nvalue = 0.0\nthreshold = 1\n',
+    "toml": "[[rules]\n",
+}
+
+
+@pytest.mark.parametrize("where", ["in-process", "http"])
+def test_cli_a_gate_that_cannot_run_stores_no_candidate(
+    where: str, cli_env: dict[str, str], tmp_path: Path, client: TestClient, live_server: str
+) -> None:
+    """A broken policy or a missing baseline is refused before the candidate's evaluation is stored."""
+    env = cli_env | ({"CALIPER_URL": live_server} if where == "http" else {})
+    good, _, labels = two_models(4)
+    np.savez(tmp_path / "good.npz", logits=good, labels=labels)
+    baseline = caliper("evaluate", "--npz", str(tmp_path / "good.npz"), "--tag", "prod", env=env).stdout.strip()
+    listed = CaliperClient(live_server) if where == "http" else None
+
+    def stored() -> int:
+        if listed is not None:
+            return len(listed.list_evaluations(limit=500)["items"])
+        with sqlite3.connect(cli_env["CALIPER_DATABASE_URL"].removeprefix("sqlite:///")) as connection:
+            return int(connection.execute("select count(*) from evaluations").fetchone()[0])
+
+    assert stored() == 1
+    good_policy = tmp_path / "good.toml"
+    good_policy.write_text('[[rules]]\nmetric = "accuracy"\nop = "min"\nvalue = 0.0\n')
+    cases = [(text, baseline, f"broken {name}") for name, text in BROKEN_POLICIES.items()]
+    cases += [(None, "no-such-id", "no evaluation"), (None, "tag:absent", "no evaluation matches")]
+    for text, chosen, said in cases:
+        policy = good_policy
+        if text is not None:
+            policy = tmp_path / "broken.toml"
+            policy.write_text(text)
+        result = caliper(
+            "gate", "--policy", str(policy), "--candidate-file", str(tmp_path / "good.npz"), "--baseline", chosen,
+            env=env,
+        )  # fmt: skip
+        assert result.returncode == 2, (said, result.stdout + result.stderr)
+        assert ("policy" in result.stderr) if text is not None else ("baseline" in result.stderr), result.stderr
+        assert stored() == 1, said
+    passed = caliper(
+        "gate", "--policy", str(good_policy), "--candidate-file", str(tmp_path / "good.npz"), "--baseline", "tag:prod",
+        env=env,
+    )  # fmt: skip
+    assert passed.returncode == 0, passed.stderr
+    assert stored() == 2
+
+
+def test_the_client_knows_every_rule_op_of_the_service() -> None:
+    from caliper_client.cli import RULE_OPS, SEVERITIES
+
+    from app.gating.rules import Op, Severity
+
+    assert get_args(Op) == RULE_OPS and get_args(Severity) == SEVERITIES
+
+
+def test_cli_files_that_are_not_npz_are_named_without_numpy_internals(cli_env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x07not arrays at all")
+    np.save(tmp_path / "logits.npy", np.eye(3))
+    for argv, said in (
+        (["--npz", str(tmp_path / "model.onnx")], "is not a .npz file"),
+        (["--npz", str(tmp_path / "logits.npy")], "is a .npy file"),
+        (["--npz", str(tmp_path / "absent.npz")], "absent.npz"),
+    ):
+        result = caliper("evaluate", *argv, env=cli_env)
+        assert result.returncode == 2 and said in result.stderr, result.stderr
+        assert "pickle" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_export_on_an_unmigrated_database_says_so(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["CALIPER_DATABASE_URL"] = f"sqlite:///{tmp_path / 'fresh.db'}"
+    result = caliper("export", "some-model", "-o", str(tmp_path / "out.onnx"), env=env)
+    assert result.returncode == 2
+    assert "not migrated: run `caliper db upgrade`" in result.stderr and "SELECT" not in result.stderr
 
 
 def test_cli_an_unmigrated_database_is_a_clear_exit_2(tmp_path: Path) -> None:

@@ -145,6 +145,10 @@ def test_every_bad_request_is_a_4xx_error_object(client: TestClient, served: dic
     v2_error(post("/v2/models/nope/infer", content=body, headers=headers), 404, "no pipeline named 'nope'")
     v2_error(post("/v2/models/mlp/versions/9/infer", content=body, headers=headers), 404, "version 9")
     v2_error(post("/v2/models/mlp/versions/one/infer", content=body, headers=headers), 400, "positive integer")
+    for beyond in ("2147483648", "99999999999999999999999"):  # beyond the column: a 500 on Postgres before
+        v2_error(post(f"/v2/models/mlp/versions/{beyond}/infer", content=body, headers=headers), 404, beyond)
+    for digit in ("\u0661", "\u00b2"):  # an Arabic-Indic one, a superscript two: str.isdigit, not versions
+        v2_error(post(f"/v2/models/mlp/versions/{digit}/infer", content=body, headers=headers), 400, "positive integer")
     v2_error(client.get("/v2/models/nope"), 404, "nope")
     v2_error(post("/v2/models/mlp/infer", content=body[:-3], headers=headers), 400, "past the end of the body")
     v2_error(post("/v2/models/mlp/infer", content=body + b"\0" * 4, headers=headers), 400, "no input claims")

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.problems import DATABASE_DOWN, document_error, refusal
+from app.api.problems import DATABASE_ERRORS, Refusal, database_refusal, document_error, refusal
 from app.storage.keys import ApiKeyRepository, Principal, Role
 from app.storage.tenancy import project_scope
 
@@ -85,8 +85,7 @@ class Authentication:
         if refused is None:
             principal, refused = await self._principal(scope)
         if refused is not None:
-            status, detail, headers = refused
-            await refusal(scope["path"], status, detail, headers)(scope, receive, send)
+            await refusal(scope["path"], *refused)(scope, receive, send)
             return
         assert principal is not None
         if self._roles is None:  # the schema is complete once the app serves
@@ -100,28 +99,33 @@ class Authentication:
         with project_scope(principal.project):
             await self.app(scope, receive, send)
 
-    def _cross_site(self, scope: Scope) -> tuple[int, str, dict[str, str]] | None:
+    def _cross_site(self, scope: Scope) -> Refusal | None:
         origin = _header(scope, b"origin")
         if scope["method"] in SAFE_METHODS or origin is None or origin in self.origins:
             return None
         host = _header(scope, b"host")
         if host is not None and origin.partition("://")[2] == host:
             return None  # the server's own pages
-        return 403, f"cross-origin {scope['method']} from {origin} refused (allow it with CALIPER_CORS_ORIGINS)", {}
+        return Refusal(
+            403, f"cross-origin {scope['method']} from {origin} refused (allow it with CALIPER_CORS_ORIGINS)", {}
+        )
 
-    async def _principal(self, scope: Scope) -> tuple[Principal | None, tuple[int, str, dict[str, str]] | None]:
+    async def _principal(self, scope: Scope) -> tuple[Principal | None, Refusal | None]:
         if not self.required:
             return Principal(self.project, "admin"), None
         challenge = {"WWW-Authenticate": 'Bearer realm="caliper"'}
         token = presented_key(scope)
         if token is None:
-            return None, (401, "an API key is required: `Authorization: Bearer <key>` or `X-API-Key`", challenge)
+            return None, Refusal(401, "an API key is required: `Authorization: Bearer <key>` or `X-API-Key`", challenge)
         try:
             principal = self.keys.recent(token) or await run_in_threadpool(self.keys.authenticate, token)
-        except DATABASE_DOWN:
-            return None, (503, "the database is unreachable; retry later", {"Retry-After": "5"})
+        except DATABASE_ERRORS as exc:
+            refused = database_refusal(exc)
+            if refused is None:
+                raise
+            return None, refused
         if principal is None:
-            return None, (401, "unknown or revoked API key", challenge)
+            return None, Refusal(401, "unknown or revoked API key", challenge)
         return principal, None
 
 

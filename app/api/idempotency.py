@@ -14,7 +14,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.problems import DATABASE_DOWN, problem_response
+from app.api.problems import DATABASE_ERRORS, database_refusal, problem_response
 from app.storage.idempotency import IdempotencyRepository
 from app.storage.models import IdempotencyRecord
 
@@ -77,10 +77,13 @@ class Idempotency:
         request = f"POST {scope['path']}"
         try:
             claimed = await run_in_threadpool(self.repository.claim, key, request)
-        except DATABASE_DOWN:
-            await problem_response(503, "the database is unreachable; nothing was stored, retry later", headers={
-                "Retry-After": "5"
-            })(scope, receive, send)  # fmt: skip
+        except DATABASE_ERRORS as exc:
+            refused = database_refusal(exc)
+            if refused is None:
+                raise
+            await problem_response(refused.status, refused.detail, headers=refused.headers, kind=refused.kind)(
+                scope, receive, send
+            )
             return
         if claimed is not None:
             await self._repeat(claimed, request, scope, receive, send)

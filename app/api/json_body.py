@@ -31,26 +31,26 @@ def _same(value: Any) -> Any:
     return value
 
 
-class _Refused(ValueError):
-    pass
+class RefusedJsonError(ValueError):
+    """Valid JSON that this service refuses (a duplicate key, a NUL character): answered 400."""
 
 
-def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def strict_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     body = dict(pairs)
     if len(body) != len(pairs):
         seen: set[str] = set()
         duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-        raise _Refused(f"duplicate key {duplicate[:64]!r} in a JSON object")
+        raise RefusedJsonError(f"duplicate key {duplicate[:64]!r} in a JSON object")
     for key, value in pairs:
         if "\x00" in key or (isinstance(value, str) and "\x00" in value):
-            raise _Refused(f"NUL character in JSON key or string {key[:64]!r}")
+            raise RefusedJsonError(f"NUL character in JSON key or string {key[:64]!r}")
         if (
             isinstance(value, list)
             and value
             and isinstance(value[0], str)
             and any(isinstance(v, str) and "\x00" in v for v in value)
         ):
-            raise _Refused(f"NUL character in a string of {key[:64]!r}")
+            raise RefusedJsonError(f"NUL character in a string of {key[:64]!r}")
     return body
 
 
@@ -62,8 +62,8 @@ def _decode(raw: bytes | bytearray) -> Any:
         text = raw.decode("utf-8")
         if isinstance(raw, bytearray):
             raw.clear()
-        return json.loads(text, object_pairs_hook=_pairs)
-    except _Refused as exc:
+        return json.loads(text, object_pairs_hook=strict_pairs)
+    except RefusedJsonError as exc:
         raise ProblemError(400, str(exc)) from exc
     except RecursionError as exc:
         raise ProblemError(400, "body is nested too deeply to parse") from exc

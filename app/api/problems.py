@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,12 +22,15 @@ from app.storage.repository import ConflictError, NotFoundError
 
 PROBLEM_JSON = "application/problem+json"
 DATABASE_DOWN: tuple[type[Exception], ...] = (OperationalError, PoolTimeoutError)  # answered 503
+DATABASE_ERRORS: tuple[type[Exception], ...] = (DBAPIError, PoolTimeoutError)
+UNMIGRATED = "the database is not migrated: run `caliper db upgrade` (nothing was stored; retrying will not help)"
 log = logging.getLogger("caliper")
 
 TITLES: dict[int | str, str] = {
     "model-limits": "The model exceeded its limits",
     "time-limit": "The work exceeded the request's time limit",
     "overloaded": "The server is at capacity",
+    "migrations-pending": "The database is not migrated",
     408: "Request timeout",
     400: "Bad request",
     401: "Unauthenticated",
@@ -160,6 +163,32 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def schema_missing(exc: BaseException) -> bool:
+    """A table the migrations create is missing (SQLite's "no such table", PostgreSQL's undefined_table)."""
+    original = getattr(exc, "orig", None)
+    return getattr(original, "sqlstate", None) == "42P01" or "no such table" in str(original)
+
+
+class Refusal(NamedTuple):
+    """A middleware's answer before any route runs (see `refusal`)."""
+
+    status: int
+    detail: str
+    headers: dict[str, str]
+    kind: str | None = None
+
+
+def database_refusal(exc: BaseException) -> Refusal | None:
+    """(status, detail, headers, kind) for a database that cannot serve a request: not migrated (no
+    Retry-After, since waiting will not help, so clients stop) or unreachable (retry after 5 s); None for
+    any other database error."""
+    if schema_missing(exc):
+        return Refusal(503, UNMIGRATED, {}, "migrations-pending")
+    if isinstance(exc, DATABASE_DOWN) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        return Refusal(503, "the database is unreachable; nothing was stored, retry later", {"Retry-After": "5"})
+    return None
+
+
 def refusal(path: str, status: int, detail: str, headers: dict[str, str], kind: str | None = None) -> JSONResponse:
     """A refusal by a middleware before any route runs: problem+json on /v1 and /ui, the V2 protocol's
     `{"error"}` on /v2."""
@@ -263,9 +292,9 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _database_down(request: Request, exc: Exception) -> JSONResponse:
         log.warning("database unavailable: %s", exc)
         request.app.state.resources.metrics.database_errors.labels("unavailable").inc()
-        return problem_response(
-            503, "the database is unreachable; nothing was stored, retry later", headers={"Retry-After": "5"}
-        )
+        refused = database_refusal(exc)
+        assert refused is not None  # every exception routed here (down, invalidated, unmigrated) has one
+        return refusal(request.url.path, *refused)
 
     for kind in DATABASE_DOWN:
         app.add_exception_handler(kind, _database_down)
@@ -277,7 +306,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DBAPIError)
     async def _dbapi(request: Request, exc: DBAPIError) -> JSONResponse:
-        if exc.connection_invalidated:
+        if exc.connection_invalidated or schema_missing(exc):
             return await _database_down(request, exc)
         log.exception("database error")
         request.app.state.resources.metrics.database_errors.labels("error").inc()

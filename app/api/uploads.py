@@ -12,6 +12,7 @@ from fastapi import Request
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser
 
+from app.api.json_body import RefusedJsonError, strict_pairs
 from app.api.multipart import boundary_of
 from app.api.problems import ProblemError
 from app.core.errors import InputError
@@ -70,30 +71,36 @@ class _Parts:
             self.fields.append((self._name, self._value.decode("utf-8", errors="strict")))
 
 
+def _json(text: str, field: str) -> Any:
+    """A form field's JSON, parsed as strictly as JSON bodies (duplicate keys and NUL characters: 400)."""
+    try:
+        return json.loads(text, object_pairs_hook=strict_pairs)
+    except RefusedJsonError as exc:
+        raise ProblemError(400, f"{field}: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise InputError(field, f"is not valid JSON: {exc.msg}") from exc
+
+
 def _options(fields: list[tuple[str, str]]) -> dict[str, Any]:
     """The `request` JSON, or the plain form fields (feature_outputs repeatable, tags as a JSON object)."""
     names = [name for name, _ in fields]
     if "request" in names:
         if len(fields) > 1:
             raise InputError("request", "give the options either as the `request` JSON part or as form fields")
-        try:
-            given = json.loads(fields[0][1])
-        except json.JSONDecodeError as exc:
-            raise InputError("request", f"is not valid JSON: {exc.msg}") from exc
+        given = _json(fields[0][1], "request")
         if not isinstance(given, dict):
             raise InputError("request", "must be a JSON object")
         return dict(given)
     options: dict[str, Any] = {}
     for name, value in fields:
+        if "\x00" in value:
+            raise ProblemError(400, f"NUL character in the form field {name[:64]!r}")
         if name == "feature_outputs":
             options.setdefault(name, []).append(value)
         elif name in options:
             raise InputError(name, "given twice")
         elif name == "tags":
-            try:
-                options[name] = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise InputError("tags", f"must be a JSON object: {exc.msg}") from exc
+            options[name] = _json(value, "tags")
         else:
             options[name] = value
     return options

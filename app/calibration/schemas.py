@@ -10,7 +10,7 @@ from app.core.calibration.registry import METHODS
 from app.core.fitted_state import STATE_VERSION
 from app.examples import examples
 from app.records import Labels, RecordOut
-from app.tensors import NULL_NOTE, Tensor
+from app.tensors import MODEL_INPUTS_NOTE, NULL_NOTE, Tensor
 
 if TYPE_CHECKING:
     MethodName = str
@@ -25,7 +25,10 @@ class Split(BaseModel):
 
     logits: Tensor | None = Field(None, description="[N, C] logits.")
     labels: Tensor | None = Field(None, description="[N] integer labels.")
-    inputs: dict[str, Tensor] | None = Field(None, description="With `model_id`: the model's inputs for this split.")
+    inputs: dict[str, Tensor] | None = Field(
+        None,
+        description=f"With `model_id`: the model's inputs for this split. {MODEL_INPUTS_NOTE}",
+    )
 
 
 class CalibratorRequest(Labels):
@@ -57,7 +60,10 @@ class CalibratorRequest(Labels):
     validation: Split | None = Field(None, description="Held-out split reported before/after, not fitted on.")
     cv: int | None = Field(None, ge=2, le=20, description="k-fold cross-validation of the fit (pooled out-of-fold).")
     model_id: str | None = Field(None, description="Fit from this uploaded model's outputs on `inputs`.")
-    inputs: dict[str, Tensor] | None = Field(None, description="With `model_id`: the model's inputs, by input name.")
+    inputs: dict[str, Tensor] | None = Field(
+        None,
+        description=f"With `model_id`: the model's inputs, by input name. {MODEL_INPUTS_NOTE}",
+    )
 
 
 class CalibratorOut(RecordOut):

@@ -51,9 +51,9 @@ def class_labels(labels: np.ndarray | None, n: int) -> tuple[np.ndarray, int]:
     if labels.dtype.kind not in "iu" or labels.min() < 0:
         raise InputError("labels", "must be non-negative integers")
     classes = int(labels.max()) + 1
-    counts = np.bincount(labels, minlength=classes)
-    if n < classes:
+    if n < classes:  # before the bincount, whose length a label of 2**33 would make 64 GiB
         raise InputError("features", f"{n} rows for C = {classes} classes: need at least one per class")
+    counts = np.bincount(labels, minlength=classes)
     if (counts == 0).any():
         raise InputError(
             "labels", f"classes {np.flatnonzero(counts == 0).tolist()} have no rows (labels must be 0..C−1)"

@@ -10,7 +10,7 @@ from app.core.losses import LossSpec
 from app.core.metrics import MetricSpec
 from app.examples import DIGIT_ROW, examples
 from app.records import Labels
-from app.tensors import Tensor
+from app.tensors import MODEL_INPUTS_NOTE, Tensor
 
 TENSOR_FIELDS = ("logits", "probabilities", "labels", "targets", "teacher_logits", "sample_weight", "embeddings")
 INTEGER_FIELDS = frozenset({"labels"})
@@ -126,7 +126,9 @@ class ModelEvaluationRequest(EvaluationRequest):
     """An evaluation of an uploaded model: its `inputs` (by input name) run through the model in place of
     `logits`; every other option as for /v1/evaluations. `model` defaults to the model's name."""
 
-    inputs: dict[str, Tensor] = Field(default_factory=dict, description="One tensor per model input, batch first.")
+    inputs: dict[str, Tensor] = Field(
+        default_factory=dict, description=f"One tensor per model input, batch first. {MODEL_INPUTS_NOTE}"
+    )
     detector_id: str | None = Field(
         None,
         description="With `ood_inputs`: the separation of this detector's scores of `inputs` (in) and "

@@ -13,25 +13,12 @@ class LocalBackend:
     """The service functions on the configured database (DATABASE_URL), without HTTP."""
 
     def __init__(self) -> None:
-        from app.config import get_settings
-        from app.context import Resources
-        from app.storage.db import display_url
-        from app.storage.migrate import is_at_head
-        from app.storage.tenancy import set_project
+        from app.context import DatabaseNotReadyError, local_resources
 
-        settings = get_settings()
-        set_project(settings.project)  # in-process, the CLI is CALIPER_PROJECT's
-        self.resources = Resources.create(settings)
         try:
-            ready = is_at_head(settings, self.resources.engine)
-        except Exception as exc:
-            self.resources.close()
-            where = display_url(settings.database_url)
-            raise ConfigurationError(f"cannot reach the database {where}: {str(exc).splitlines()[0]}") from exc
-        if not ready:
-            self.resources.close()
-            where = display_url(settings.database_url)
-            raise ConfigurationError(f"the database {where} is not migrated: run `caliper db upgrade` first")
+            self.resources = local_resources()
+        except DatabaseNotReadyError as exc:
+            raise ConfigurationError(str(exc)) from exc
 
     def evaluate(self, logits: np.ndarray, labels: np.ndarray, options: dict[str, Any]) -> dict[str, Any]:
         from app.evaluation.schemas import EvaluationRequest
@@ -47,6 +34,16 @@ class LocalBackend:
 
     def tag(self, evaluation_id: str, tags: dict[str, str]) -> dict[str, Any]:
         return self.resources.evaluations.set_tags(evaluation_id, tags).model_dump(mode="json")
+
+    def check_baseline(self, baseline: str | dict[str, str]) -> None:
+        from app.gating.schemas import BaselineSelector
+        from app.storage.repository import NotFoundError
+
+        selector = baseline if isinstance(baseline, str) else BaselineSelector.model_validate(baseline)
+        try:
+            self.resources.gates.baseline_id(selector)
+        except NotFoundError as exc:
+            raise ConfigurationError(f"baseline: {exc}") from exc
 
     def get_gate(self, gate_id: str) -> dict[str, Any]:
         return self.resources.gates.get(gate_id).model_dump(mode="json")

@@ -173,6 +173,10 @@ class GateService:
     def get(self, gate_id: str) -> GateOut:
         return gate_out(self.gates.get(gate_id))
 
+    def baseline_id(self, baseline: str | BaselineSelector) -> str:
+        """The evaluation a gate with this baseline would compare with (NotFoundError when none)."""
+        return resolve_baseline(self.evaluations, baseline).id
+
     def page(self, limit: int, cursor: str | None, candidate: str | None) -> tuple[list[GateOut], str | None]:
         rows, next_cursor = self.gates.page(limit, cursor, candidate_id=candidate)
         return [gate_out(r) for r in rows], next_cursor

@@ -20,6 +20,7 @@ from app.core.errors import InputError
 from app.models.schemas import ModelRequest, TensorInfo
 
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
+MAX_NAME = 256  # the models table's column for the logits and embedding output names
 MAX_OPSET = onnx.defs.onnx_opset_version()  # the newest ai.onnx opset the installed onnx knows
 
 
@@ -112,6 +113,11 @@ def check(model: onnx.ModelProto) -> None:
                     f"operator {node.op_type!r} of domain {node.domain!r} is not allowed "
                     f"(allowed: ai.onnx, ai.onnx.ml and the model's own functions)",
                 )
+    for value in (*model.graph.input, *model.graph.output):
+        if not value.name.isprintable() or len(value.name) > MAX_NAME:
+            raise InputError(
+                "file", f"input or output name {value.name[:64]!r} must be printable and at most {MAX_NAME} characters"
+            )
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version > MAX_OPSET:
             raise InputError("file", f"opset {opset.version} is newer than this server supports ({MAX_OPSET})")

@@ -19,6 +19,7 @@ from app.models.workers import WorkerPool
 from app.storage.artifacts import ArtifactStore
 from app.storage.models import ModelRecord
 from app.storage.repository import ModelRepository
+from app.tensors import ListTensor
 
 Role = Literal["logits", "embedding", "features"]  # features: the feature outputs as layers, else the embedding
 
@@ -80,7 +81,16 @@ class ModelRunner:
             started = time.perf_counter()
             self.workers.run(record.sha256, path, chunk, names, sink)
             self.observe(time.perf_counter() - started, rows)
+        self._learn_classes(record, result)
         return result
+
+    def _learn_classes(self, record: Runnable, result: dict[str, np.ndarray]) -> None:
+        """A model whose class dimension is symbolic gets C from its first run's logits."""
+        if isinstance(record, ModelRecord) and record.classes is None and record.logits_output in result:
+            classes = result[record.logits_output].shape[-1]
+            if classes >= 2:
+                self.repository.learn_classes(record.id, classes)
+                record.classes = classes  # this request's copy: a streamed run asks once
 
     @staticmethod
     def _fixed_batch(record: Runnable) -> int | None:
@@ -167,6 +177,10 @@ def validated_inputs(record: ModelRecord, arrays: dict[str, np.ndarray]) -> dict
         if array.dtype != wanted:
             if not _castable(array, wanted):
                 raise InputError(field, f"dtype {array.dtype} does not fit the model's {wanted}")
+            if not isinstance(array, ListTensor) and _kind(array.dtype) != _kind(wanted):
+                raise InputError(
+                    field, f"is a {array.dtype} tensor; the model's input is {wanted} (send {wanted}, or a JSON list)"
+                )
             array = array.astype(wanted)
         if wanted.kind == "f" and not _finite(array):
             raise InputError(field, "contains NaN or infinite value(s)")
@@ -180,6 +194,11 @@ def validated_inputs(record: ModelRecord, arrays: dict[str, np.ndarray]) -> dict
 def _finite(array: np.ndarray, rows: int = 65_536) -> bool:
     """All values finite, checked in row blocks (the flag array of a whole 1M × 64 input would be 64 MB)."""
     return all(bool(np.isfinite(array[start : start + rows]).all()) for start in range(0, len(array), rows))
+
+
+def _kind(dtype: np.dtype) -> str:
+    """Floating point or integer: a typed tensor is cast within its kind only (float64 to a float32 input)."""
+    return "f" if dtype.kind == "f" else "i"
 
 
 def _castable(array: np.ndarray, wanted: np.dtype) -> bool:

@@ -6,7 +6,7 @@ from pydantic import BaseModel, Field
 
 from app.examples import DIGIT_ROW, EXAMPLE_ID, examples
 from app.records import RecordOut, Tags
-from app.tensors import Tensor
+from app.tensors import MODEL_INPUTS_NOTE, Tensor
 
 
 class ModelRequest(BaseModel):
@@ -39,7 +39,7 @@ class ModelOut(RecordOut):
     logits_output: str
     embedding_output: str | None
     feature_outputs: list[str]
-    classes: int | None = Field(description="C when the model declares it, else null.")
+    classes: int | None = Field(description="C when the model declares it, else null until its first run.")
     tags: dict[str, str]
 
 
@@ -48,7 +48,9 @@ class PredictRequest(BaseModel):
 
     model_config = examples({"inputs": {"x": [DIGIT_ROW]}, "calibrator_id": EXAMPLE_ID})
 
-    inputs: dict[str, Tensor] = Field(default_factory=dict, description="One tensor per model input, batch first.")
+    inputs: dict[str, Tensor] = Field(
+        default_factory=dict, description=f"One tensor per model input, batch first. {MODEL_INPUTS_NOTE}"
+    )
     calibrator_id: str | None = None
     detector_id: str | None = None
     sdm_id: str | None = None

@@ -12,7 +12,7 @@ from app.core.specs import TermSpec
 from app.core.validation import Precision
 from app.examples import examples
 from app.records import Labels, RecordOut
-from app.tensors import NULL_NOTE, Layers, Tensor
+from app.tensors import MODEL_INPUTS_NOTE, NULL_NOTE, Layers, Tensor
 
 SCORE_TENSORS = ("logits",)
 EVALUATE_TENSORS = ("scores_in", "scores_out", "features_in", "features_out", "features_in.*", "features_out.*")
@@ -171,7 +171,9 @@ class DetectorRequest(Labels):
         None,
         description="Fit on this uploaded model's embedding (feature outputs: layers) of `inputs`.",
     )
-    inputs: dict[str, Tensor] | None = Field(None, description="With `model_id`: the model's inputs, by input name.")
+    inputs: dict[str, Tensor] | None = Field(
+        None, description=f"With `model_id`: the model's inputs, by input name. {MODEL_INPUTS_NOTE}"
+    )
 
 
 class DetectorOut(RecordOut):

@@ -50,14 +50,10 @@ def _remote(url: str | None, model_id: str, heads: dict[str, str | None], dtype:
 def _local(_: str | None, model_id: str, heads: dict[str, str | None], dtype: str | None) -> bytes:
     import numpy as np
 
-    from app.config import get_settings
-    from app.context import Resources
+    from app.context import local_resources
     from app.pipelines.heads import Heads
-    from app.storage.tenancy import set_project
 
-    settings = get_settings()
-    set_project(settings.project)  # in-process, the CLI is CALIPER_PROJECT's
-    resources = Resources.create(settings)
+    resources = local_resources()
     try:
         export = resources.exports.export(model_id, Heads(**heads), np.dtype(dtype) if dtype else None)
         data: bytes = export.model.SerializeToString()

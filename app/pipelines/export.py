@@ -4,14 +4,15 @@ service runs (a calibrator's apply fragment on the logits output, a detector's s
 embedding or feature outputs, the SDM estimator with its support embedded), then joined to the user's
 graph by `onnx.compose.merge_models`: ours is the side that gets a prefix, theirs keeps every name.
 
-Opsets are reconciled with `onnx.version_converter`: our graph is converted to the user's ai.onnx opset
-when it differs; when that conversion fails, the user's model is converted to ours; when both fail, 422.
+Opsets are reconciled with `onnx.version_converter`. Our graph is written with spox's ai.onnx.v21 module,
+and spox declares the lowest opset that its nodes need (14 for a softmax head, 21 with a detector). It is
+converted, up or down, to the user's opset; when that fails, the lower of the two graphs is converted up to
+the other's; when both fail, 422 naming both faults.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +29,6 @@ from app.pipelines.heads import HeadCheck, Heads
 from app.storage.models import ModelRecord
 
 PREFIX = "caliper_"  # on every name of our graph; on an output name only where the user's model has it
-OUR_OPSET = 21  # spox's ai.onnx.v21, in which every fragment is written
 INITIALIZER_BYTES = 1024  # constants larger than this become initializers (support sets, tables, weights)
 
 
@@ -106,9 +106,8 @@ def compose(user: onnx.ModelProto, ours: onnx.ModelProto, io_map: list[tuple[str
     """`ours` fed by the user's model through `io_map` (user output, our input), every output of both
     kept. Every name of ours gets a prefix free in the user's graph, except our output names that the
     user's graph does not have (they stay api.md's)."""
-    user_opset = _default_opset(user)
     ours = _constants_as_initializers(ours)
-    user, ours = _reconciled(user, ours, user_opset)
+    user, ours = _reconciled(user, ours)
     taken = _names(user.graph)
     clashing = [o.name for o in ours.graph.output if o.name in taken]
     prefix = next(
@@ -123,14 +122,17 @@ def compose(user: onnx.ModelProto, ours: onnx.ModelProto, io_map: list[tuple[str
         renamed.graph, prefix, rename_outputs=False, inplace=True, name_map={o: prefix + o for o in clashing}
     )
     outputs = [o.name for o in user.graph.output] + [o.name for o in renamed.graph.output]
-    merged = onnx.compose.merge_models(
-        user,
-        renamed,
-        io_map=[(theirs, prefix + mine) for theirs, mine in io_map],
-        outputs=outputs,
-        producer_name="caliper",
-        doc_string=user.doc_string,
-    )
+    try:
+        merged = onnx.compose.merge_models(
+            user,
+            renamed,
+            io_map=[(theirs, prefix + mine) for theirs, mine in io_map],
+            outputs=outputs,
+            producer_name="caliper",
+            doc_string=user.doc_string,
+        )
+    except ValueError as exc:  # onnx.compose's refusals (IR versions, opsets, names) are ValueErrors
+        raise InputError("model_id", f"the model and the heads cannot be merged: {str(exc)[:300]}") from exc
     unique = {(o.domain or "", o.version): o for o in merged.opset_import}  # merge_models lists shared ones twice
     del merged.opset_import[:]
     merged.opset_import.extend(unique.values())
@@ -151,35 +153,32 @@ def _default_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
-def _reconciled(
-    user: onnx.ModelProto, ours: onnx.ModelProto, user_opset: int
-) -> tuple[onnx.ModelProto, onnx.ModelProto]:
-    """Both at one ai.onnx opset and one IR version: ours converted to the user's, else theirs to ours."""
-    if user_opset == OUR_OPSET:
-        ours.ir_version = user.ir_version = max(user.ir_version, ours.ir_version)
-        return user, ours
-    attempts: list[tuple[str, Callable[[], tuple[onnx.ModelProto, onnx.ModelProto]]]] = [
-        ("ours", lambda: (user, _converted(ours, user_opset, user.ir_version))),
-        ("yours", lambda: (_converted(user, OUR_OPSET, max(user.ir_version, ours.ir_version)), ours)),
-    ]
+def _reconciled(user: onnx.ModelProto, ours: onnx.ModelProto) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """Both at one ai.onnx opset and one IR version. The user's opset first (their graph and IR version
+    unchanged, ours converted up or down), then the higher of the two opsets (the lower side converted up,
+    the higher IR version); 422 naming every converter fault when neither holds."""
+    user_opset, our_opset = _default_opset(user), _default_opset(ours)
     faults: list[str] = []
-    for side, attempt in attempts:
+    for target in dict.fromkeys((user_opset, max(user_opset, our_opset))):
+        ir_version = user.ir_version if target == user_opset else max(user.ir_version, ours.ir_version)
         try:
-            return attempt()
+            return _at(user, target, ir_version), _at(ours, target, ir_version)
         except Exception as exc:  # the converter raises bare RuntimeErrors and ValueErrors alike
-            faults.append(f"{side}: {str(exc).splitlines()[0][:200]}")
+            faults.append(f"to {target}: {str(exc).splitlines()[0][:200]}")
     raise InputError(
         "model_id",
-        f"cannot reconcile opsets: the model is ai.onnx {user_opset}, the heads {OUR_OPSET}; "
+        f"cannot reconcile opsets: the model is ai.onnx {user_opset}, the heads {our_opset}; "
         f"onnx.version_converter failed ({'; '.join(faults)})",
     )
 
 
-def _converted(model: onnx.ModelProto, opset: int, ir_version: int) -> onnx.ModelProto:
-    converted = onnx.version_converter.convert_version(_without_default_attributes(model), opset)
-    onnx.checker.check_model(converted)
-    converted.ir_version = ir_version
-    return converted
+def _at(model: onnx.ModelProto, opset: int, ir_version: int) -> onnx.ModelProto:
+    """The model at ai.onnx `opset` (converted when it is at another) and at `ir_version`."""
+    if _default_opset(model) != opset:
+        model = onnx.version_converter.convert_version(_without_default_attributes(model), opset)
+        onnx.checker.check_model(model)
+    model.ir_version = ir_version
+    return model
 
 
 def _without_default_attributes(model: onnx.ModelProto) -> onnx.ModelProto:

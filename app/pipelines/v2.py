@@ -27,6 +27,7 @@ from app.examples import DIGIT_ROW, examples
 from app.models.runner import ModelRunner
 from app.pipelines.service import PipelineService
 from app.storage.models import PipelineRecord
+from app.tensors import shape_fault
 
 DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
@@ -43,6 +44,9 @@ DATATYPES: dict[str, np.dtype] = {
     "FP64": np.dtype(np.float64),
 }
 V2_NAMES = {dtype.name: name for name, dtype in DATATYPES.items()}
+
+
+MAX_VERSION = 2**31 - 1  # the pipelines table's integer column: a larger number names no version
 
 
 class V2Error(Exception):
@@ -132,8 +136,9 @@ def _tensor(given: RequestInput, binary: memoryview, offset: int) -> tuple[np.nd
     dtype = DATATYPES.get(given.datatype)
     if dtype is None:
         raise V2Error(400, f"{where}: unknown datatype {given.datatype!r} (one of {sorted(DATATYPES)})")
-    if any(d < 0 for d in given.shape):
-        raise V2Error(400, f"{where}: shape {given.shape} has a negative dimension")
+    fault = shape_fault(given.shape)
+    if fault is not None:
+        raise V2Error(400, f"{where}: {fault}")
     count = math.prod(given.shape)
     size = given.parameters.get("binary_data_size")
     if size is not None:
@@ -225,9 +230,11 @@ class InferenceService:
     def pipeline(self, name: str, version: str | None) -> PipelineRecord:
         number = None
         if version is not None:
-            if not version.isdigit() or int(version) < 1:
-                raise V2Error(400, f"version {version!r} is not a positive integer")
+            if not (version.isascii() and version.isdigit()) or int(version) < 1:
+                raise V2Error(400, f"version {version[:32]!r} is not a positive integer")
             number = int(version)
+            if number > MAX_VERSION:
+                raise V2Error(404, f"no pipeline named {name!r} with version {version}")
         return self.pipelines.named(name, number)
 
     def metadata(self, name: str, version: str | None) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.core.validation import Precision
 from app.examples import examples
 from app.records import Labels
-from app.tensors import NULL_NOTE, Tensor
+from app.tensors import MODEL_INPUTS_NOTE, NULL_NOTE, Tensor
 
 FIT_TENSORS = tuple(
     f"{part}.{name}" for part in ("support", "calibration") for name in ("embeddings", "logits", "labels", "inputs.*")
@@ -57,7 +57,9 @@ class LabelledSetIn(BaseModel):
         None, description="[N, C] logits z′; the prediction is argmax z′ (ties → lowest index)."
     )
     labels: Tensor | None = Field(None, description="[N] true labels in [0, C).")
-    inputs: dict[str, Tensor] | None = Field(None, description="With `model_id`: the model's inputs for this set.")
+    inputs: dict[str, Tensor] | None = Field(
+        None, description=f"With `model_id`: the model's inputs for this set. {MODEL_INPUTS_NOTE}"
+    )
 
 
 class SdmRequest(Labels):

@@ -3,11 +3,13 @@ are compressed .npy blobs, so a later comparison can pair two evaluations row by
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String
+from sqlalchemy import JSON, DateTime, Dialect, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 from app.storage.tenancy import ProjectScoped
 
@@ -18,6 +20,28 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+class FiniteJson(TypeDecorator[Any]):
+    """JSON whose non-finite numbers are stored as null, as the answers show them: JSON has no NaN or
+    Infinity, PostgreSQL refuses them and SQLite would keep text that no JSON parser reads (a fit report
+    of logits near 1e308 holds an infinite NLL)."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return _finite(value)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 class Base(DeclarativeBase):
@@ -34,8 +58,8 @@ class Evaluation(ProjectScoped, Base):
     n: Mapped[int] = mapped_column(Integer)
     classes: Mapped[int] = mapped_column(Integer)
     dataset_fingerprint: Mapped[str] = mapped_column(String(64), index=True)
-    parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
-    reliability: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    parameters: Mapped[dict[str, Any]] = mapped_column(FiniteJson)
+    reliability: Mapped[list[dict[str, Any]]] = mapped_column(FiniteJson)
     calibrator_id: Mapped[str | None] = mapped_column(String(32), index=True)  # evaluated after this calibrator
     sdm_id: Mapped[str | None] = mapped_column(String(32), index=True)  # SDM region metrics from this estimator
     model_id: Mapped[str | None] = mapped_column(String(32), index=True)  # the uploaded model that was run
@@ -94,10 +118,10 @@ class CalibratorRecord(ProjectScoped, Base):
     classes: Mapped[int] = mapped_column(Integer)
     model: Mapped[str | None] = mapped_column(String(256), index=True)
     dataset: Mapped[str | None] = mapped_column(String(256), index=True)
-    tags: Mapped[dict[str, str]] = mapped_column(JSON)
-    params: Mapped[dict[str, Any]] = mapped_column(JSON)
-    fitted: Mapped[dict[str, Any]] = mapped_column(JSON)
-    fit_report: Mapped[dict[str, Any]] = mapped_column(JSON)
+    tags: Mapped[dict[str, str]] = mapped_column(FiniteJson)
+    params: Mapped[dict[str, Any]] = mapped_column(FiniteJson)
+    fitted: Mapped[dict[str, Any]] = mapped_column(FiniteJson)
+    fit_report: Mapped[dict[str, Any]] = mapped_column(FiniteJson)
 
     __table_args__ = (Index("ix_calibrators_project_id_created_at_id", "project_id", "created_at", "id"),)
 
@@ -112,8 +136,8 @@ class GateRecord(ProjectScoped, Base):
     candidate_id: Mapped[str] = mapped_column(String(32), index=True)
     baseline_id: Mapped[str] = mapped_column(String(32), index=True)
     verdict: Mapped[str] = mapped_column(String(8))
-    request: Mapped[dict[str, Any]] = mapped_column(JSON)
-    report: Mapped[dict[str, Any]] = mapped_column(JSON)
+    request: Mapped[dict[str, Any]] = mapped_column(FiniteJson)
+    report: Mapped[dict[str, Any]] = mapped_column(FiniteJson)
 
     __table_args__ = (Index("ix_gates_project_id_created_at_id", "project_id", "created_at", "id"),)
 
@@ -130,9 +154,9 @@ class DetectorRecord(ProjectScoped, Base):
     dim: Mapped[int] = mapped_column(Integer)
     model: Mapped[str | None] = mapped_column(String(256), index=True)
     dataset: Mapped[str | None] = mapped_column(String(256))
-    tags: Mapped[dict[str, str]] = mapped_column(JSON)
-    params: Mapped[dict[str, Any]] = mapped_column(JSON)
-    fit_info: Mapped[dict[str, Any]] = mapped_column(JSON)
+    tags: Mapped[dict[str, str]] = mapped_column(FiniteJson)
+    params: Mapped[dict[str, Any]] = mapped_column(FiniteJson)
+    fit_info: Mapped[dict[str, Any]] = mapped_column(FiniteJson)
     arrays: Mapped[bytes] = mapped_column(LargeBinary)
 
     __table_args__ = (Index("ix_detectors_project_id_created_at_id", "project_id", "created_at", "id"),)
@@ -152,10 +176,10 @@ class SdmRecord(ProjectScoped, Base):
     n_calibration: Mapped[int] = mapped_column(Integer)
     model: Mapped[str | None] = mapped_column(String(256), index=True)
     dataset: Mapped[str | None] = mapped_column(String(256))
-    tags: Mapped[dict[str, str]] = mapped_column(JSON)
-    params: Mapped[dict[str, Any]] = mapped_column(JSON)
-    fitted: Mapped[dict[str, Any]] = mapped_column(JSON)
-    calibration: Mapped[dict[str, Any]] = mapped_column(JSON)
+    tags: Mapped[dict[str, str]] = mapped_column(FiniteJson)
+    params: Mapped[dict[str, Any]] = mapped_column(FiniteJson)
+    fitted: Mapped[dict[str, Any]] = mapped_column(FiniteJson)
+    calibration: Mapped[dict[str, Any]] = mapped_column(FiniteJson)
     arrays: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
 
     __table_args__ = (Index("ix_sdm_estimators_project_id_created_at_id", "project_id", "created_at", "id"),)
@@ -173,13 +197,13 @@ class ModelRecord(ProjectScoped, Base):
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     size_bytes: Mapped[int] = mapped_column(Integer)
     opset: Mapped[int] = mapped_column(Integer)
-    inputs: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
-    outputs: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    inputs: Mapped[list[dict[str, Any]]] = mapped_column(FiniteJson)
+    outputs: Mapped[list[dict[str, Any]]] = mapped_column(FiniteJson)
     logits_output: Mapped[str] = mapped_column(String(256))
     embedding_output: Mapped[str | None] = mapped_column(String(256))
-    feature_outputs: Mapped[list[str]] = mapped_column(JSON)
+    feature_outputs: Mapped[list[str]] = mapped_column(FiniteJson)
     classes: Mapped[int | None] = mapped_column(Integer)
-    tags: Mapped[dict[str, str]] = mapped_column(JSON)
+    tags: Mapped[dict[str, str]] = mapped_column(FiniteJson)
 
     __table_args__ = (Index("ix_models_project_id_created_at_id", "project_id", "created_at", "id"),)
 
@@ -202,9 +226,9 @@ class PipelineRecord(ProjectScoped, Base):
     dtype: Mapped[str] = mapped_column(String(16))
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     size_bytes: Mapped[int] = mapped_column(Integer)
-    inputs: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
-    outputs: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
-    tags: Mapped[dict[str, str]] = mapped_column(JSON)
+    inputs: Mapped[list[dict[str, Any]]] = mapped_column(FiniteJson)
+    outputs: Mapped[list[dict[str, Any]]] = mapped_column(FiniteJson)
+    tags: Mapped[dict[str, str]] = mapped_column(FiniteJson)
 
     __table_args__ = (
         Index("ix_pipelines_project_id_created_at_id", "project_id", "created_at", "id"),
@@ -237,7 +261,7 @@ class IdempotencyRecord(ProjectScoped, Base):
     state: Mapped[str] = mapped_column(String(8))  # pending | done
     body_sha256: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[int | None] = mapped_column(Integer)
-    headers: Mapped[list[list[str]] | None] = mapped_column(JSON)
+    headers: Mapped[list[list[str]] | None] = mapped_column(FiniteJson)
     body: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 

@@ -36,12 +36,18 @@ def encode_cursor(created_at: datetime, record_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (created_at, id) of a cursor that `encode_cursor` wrote, exactly: base64 would skip stray
+    characters and an id could hold a NUL (which PostgreSQL text refuses), so the cursor must encode back
+    to itself and its id must be printable."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         stamp, record_id = raw.split("|", 1)
-        return datetime.fromisoformat(stamp), record_id
+        created_at = datetime.fromisoformat(stamp)
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise InvalidCursorError from exc
+    if not record_id.isprintable() or encode_cursor(created_at, record_id) != cursor:
+        raise InvalidCursorError
+    return created_at, record_id
 
 
 def page(

@@ -95,6 +95,15 @@ class ModelRepository(Repository[ModelRecord]):
             session.delete(record)
         return digest
 
+    def learn_classes(self, model_id: str, classes: int) -> None:
+        """Set C on a model that declared its class dimension symbolic, once (api.md: null until first run)."""
+        with self.sessions.begin() as session:
+            session.execute(
+                update(ModelRecord)
+                .where(ModelRecord.id == model_id, ModelRecord.classes.is_(None))
+                .values(classes=classes)
+            )
+
 
 class PipelineRepository(Repository[PipelineRecord]):
     INSERT_ATTEMPTS = 5

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -20,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from caliper_client import report
-from caliper_client.client import CaliperClient
+from caliper_client.client import CaliperClient, CaliperError
 
 PASS, FAIL, BROKEN = 0, 1, 2
 EXIT_CODES = (
@@ -41,6 +42,17 @@ METRICS = {
     "softmax_collapse",
 }  # what `caliper gate --candidate-file` computes for the rules that name them
 DEFAULT_METRICS = ["accuracy", "nll", "brier", "ece", "mce"]
+RULE_OPS = (  # the service's gate rule ops (app.gating.rules.Op; a test holds the two equal)
+    "min",
+    "max",
+    "max_increase_abs",
+    "max_increase_rel",
+    "max_decrease_abs",
+    "max_decrease_rel",
+    "min_improvement_abs",
+    "min_improvement_rel",
+)
+SEVERITIES = ("fail", "warn")
 
 
 class ConfigurationError(Exception):
@@ -52,6 +64,7 @@ class Backend(Protocol):
     def gate(self, body: dict[str, Any]) -> dict[str, Any]: ...
     def tag(self, evaluation_id: str, tags: dict[str, str]) -> dict[str, Any]: ...
     def get_gate(self, gate_id: str) -> dict[str, Any]: ...
+    def check_baseline(self, baseline: str | dict[str, str]) -> None: ...
 
 
 class HttpBackend:
@@ -70,16 +83,53 @@ class HttpBackend:
     def get_gate(self, gate_id: str) -> dict[str, Any]:
         return self.client.get_gate(gate_id)
 
+    def check_baseline(self, baseline: str | dict[str, str]) -> None:
+        """ConfigurationError unless the baseline names a stored evaluation (as the gate will look it up)."""
+        if isinstance(baseline, str):
+            try:
+                self.client.get_evaluation(baseline)
+            except CaliperError as exc:
+                raise ConfigurationError(f"baseline: {exc}") from exc
+        elif not self.client.list_evaluations(**baseline, limit=1)["items"]:
+            raise ConfigurationError(f"baseline: no evaluation matches the selector {baseline}")
+
 
 def load_policy(path: Path) -> dict[str, Any]:
-    """TOML: optional `significance`, `resamples`, `seed`, and [[rules]] tables (metric, op, value, severity)."""
-    policy = tomllib.loads(path.read_text())
+    """TOML: optional `significance`, `resamples`, `seed`, and [[rules]] tables (metric, op, value, severity),
+    checked here, so that a broken policy is refused before anything is evaluated or stored."""
+    try:
+        policy = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigurationError(f"policy {path}: {exc}") from exc
     unknown = set(policy) - {"significance", "resamples", "seed", "rules"}
     if unknown:
-        raise ValueError(f"unknown policy keys: {sorted(unknown)}")
-    if not policy.get("rules"):
-        raise ValueError("the policy has no [[rules]]")
+        raise ConfigurationError(f"policy {path}: unknown keys {sorted(unknown)}")
+    if not policy.get("rules") or not isinstance(policy["rules"], list):
+        raise ConfigurationError(f"policy {path} has no [[rules]]")
+    for number, rule in enumerate(policy["rules"], 1):
+        fault = _rule_fault(rule)
+        if fault:
+            raise ConfigurationError(f"policy {path}, rule {number}: {fault}")
     return policy
+
+
+def _rule_fault(rule: Any) -> str | None:
+    """What is wrong with one [[rules]] table, or None."""
+    if not isinstance(rule, dict):
+        return "must be a table"
+    unknown = set(rule) - {"metric", "op", "value", "severity"}
+    if unknown:
+        return f"unknown keys {sorted(unknown)}"
+    if not isinstance(rule.get("metric"), str) or not rule["metric"]:
+        return "needs a metric name"
+    if rule.get("op") not in RULE_OPS:
+        return f"op {rule.get('op')!r} is not one of {list(RULE_OPS)}"
+    value = rule.get("value")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return f"value {value!r} must be a finite number"
+    if rule.get("severity", "fail") not in SEVERITIES:
+        return f"severity {rule['severity']!r} is not one of {list(SEVERITIES)}"
+    return None
 
 
 def baseline_of(value: str, model: str | None, dataset: str | None) -> str | dict[str, str]:
@@ -103,14 +153,31 @@ def tags_of(pairs: list[str] | None) -> dict[str, str]:
 def load_arrays(npz: str | None, logits: str | None, labels: str | None) -> tuple[np.ndarray, np.ndarray]:
     """Logits and labels from one .npz (arrays `logits`, `labels`) or two .npy files (never unpickled)."""
     if npz:
-        with np.load(npz, allow_pickle=False) as data:
+        data = load_numpy(npz, ".npz")
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ConfigurationError(f"{npz} is a .npy file: give it with --logits/--labels, or save a .npz")
+        with data:
             missing = {"logits", "labels"} - set(data.files)
             if missing:
                 raise ConfigurationError(f"{npz} lacks {sorted(missing)} (it has {sorted(data.files)})")
             return data["logits"], data["labels"]
     if not (logits and labels):
         raise ConfigurationError("give --npz FILE, or --logits FILE and --labels FILE")
-    return np.load(logits, allow_pickle=False), np.load(labels, allow_pickle=False)
+    arrays = [load_numpy(path, ".npy") for path in (logits, labels)]
+    for path, array in zip((logits, labels), arrays, strict=True):
+        if not isinstance(array, np.ndarray):
+            raise ConfigurationError(f"{path} is a .npz archive: give it with --npz")
+    return arrays[0], arrays[1]
+
+
+def load_numpy(path: str, kind: str) -> Any:
+    """np.load without pickles; a file numpy cannot read as .npy/.npz is a ConfigurationError naming it."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:  # numpy's word for "not .npy or .npz" is its refusal to unpickle
+        raise ConfigurationError(f"{path} is not a {kind} file of numeric arrays (numpy could not read it)") from exc
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: {exc.strerror or exc}") from exc
 
 
 def run_evaluate(args: argparse.Namespace, backend: Backend) -> int:
@@ -131,8 +198,10 @@ def run_gate(args: argparse.Namespace, backend: Backend) -> int:
     policy = load_policy(Path(args.policy))
     candidate = args.candidate
     tags = tags_of(args.candidate_tag)
+    baseline = baseline_of(args.baseline, args.model, args.dataset)
     if args.candidate_file:
         logits, labels = load_arrays(args.candidate_file, None, None)
+        backend.check_baseline(baseline)  # before the candidate is stored: a gate that cannot run stores nothing
         wanted = sorted({r["metric"] for r in policy["rules"]} & METRICS | set(DEFAULT_METRICS))
         options = {
             "model": args.model,
@@ -147,7 +216,7 @@ def run_gate(args: argparse.Namespace, backend: Backend) -> int:
         backend.tag(candidate, tags)
     body = {
         "candidate": candidate,
-        "baseline": baseline_of(args.baseline, args.model, args.dataset),
+        "baseline": baseline,
         "rules": policy["rules"],
     }
     body.update({k: policy[k] for k in ("significance", "resamples", "seed") if k in policy})

@@ -24,6 +24,7 @@ from caliper_client.wire import encode_npy, encode_tensor_object, to_wire
 
 DEFAULT_MULTIPART_THRESHOLD = 1 << 20
 RETRIED_STATUSES = (429, 503)  # the service stored nothing and says when to come back
+NPZ = "application/x-npz"
 
 
 class _Busy(Exception):
@@ -32,19 +33,24 @@ class _Busy(Exception):
         self.retry_after = retry_after
 
 
+RETRIED_TRANSPORT_ERRORS = (httpx.TimeoutException, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+
+
 def _backoff(exc: Exception) -> bool | float:
-    """stamina's hook: a 503/429 is retried after its Retry-After seconds (else with its backoff), and so is
-    a request that never reached the server or whose answer was lost (safe: writes carry an Idempotency-Key)."""
+    """stamina's hook: a 503/429 is retried after its Retry-After seconds, and so is a request whose answer
+    was lost or timed out (safe: writes carry an Idempotency-Key). A refused connection or an unknown host
+    is not: it fails again at once, so the caller hears of it at once."""
     if isinstance(exc, _Busy):
-        return exc.retry_after if exc.retry_after is not None else True
-    return isinstance(exc, httpx.TransportError)
+        return exc.retry_after if exc.retry_after is not None else True  # an HTTP date: the backoff
+    return isinstance(exc, RETRIED_TRANSPORT_ERRORS)
 
 
 class RetryAfterTransport(httpx.BaseTransport):
-    """Retries answers of 503 and 429, waiting what their `Retry-After` says (stamina's jittered backoff
-    when it says nothing), and transport errors, at most `attempts` times within `timeout` seconds; the
-    last answer (or error) is returned as it is. Bodies are buffered first, so a retry sends the same bytes
-    with the same headers (its Idempotency-Key included)."""
+    """Retries answers of 503 and 429 that carry a `Retry-After` (the service's word that the refusal is
+    passing: a 503 without one, such as an unmigrated database, is final), waiting what it says, and lost
+    answers and timeouts, at most `attempts` times within `timeout` seconds; the last answer is returned as
+    it is, the last transport error raised naming the server's URL. Bodies are buffered first, so a retry
+    sends the same bytes with the same headers (its Idempotency-Key included)."""
 
     def __init__(self, inner: httpx.BaseTransport, attempts: int = 5, timeout: float = 120.0) -> None:
         self.inner, self.attempts, self.timeout = inner, attempts, timeout
@@ -52,15 +58,21 @@ class RetryAfterTransport(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         request.read()
         response: httpx.Response | None = None
-        for attempt in stamina.retry_context(
-            on=_backoff, attempts=self.attempts, timeout=self.timeout, wait_initial=0.5, wait_max=30.0
-        ):
-            with attempt:
-                response = self.inner.handle_request(request)
-                if response.status_code in RETRIED_STATUSES and attempt.num < self.attempts:
-                    response.read()
-                    response.close()
-                    raise _Busy(_seconds(response.headers.get("retry-after")))
+        try:
+            for attempt in stamina.retry_context(
+                on=_backoff, attempts=self.attempts, timeout=self.timeout, wait_initial=0.5, wait_max=30.0
+            ):
+                with attempt:
+                    response = self.inner.handle_request(request)
+                    retry_after = response.headers.get("retry-after")
+                    passing = response.status_code in RETRIED_STATUSES and retry_after is not None
+                    if passing and attempt.num < self.attempts:
+                        response.read()
+                        response.close()
+                        raise _Busy(_seconds(retry_after))
+        except httpx.TransportError as exc:
+            server = f"{request.url.scheme}://{request.url.netloc.decode()}"
+            raise type(exc)(f"cannot reach the Caliper service at {server}: {exc}", request=request) from exc
         assert response is not None
         return response
 
@@ -76,13 +88,32 @@ def _seconds(value: str | None) -> float | None:
         return None
 
 
+def _named(field: str, value: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A tensor field, or a mapping of named tensors sent as `field.<name>` (a layer ensemble's layers)."""
+    if isinstance(value, Mapping):
+        return {f"{field}.{name}": np.asarray(layer) for name, layer in value.items()}
+    return {field: np.asarray(value)}
+
+
 class CaliperError(Exception):
     """The service answered with a problem (4xx/5xx); `problem` holds its body."""
 
     def __init__(self, status: int, problem: dict[str, Any]) -> None:
-        super().__init__(f"{status}: {problem.get('detail', problem)}")
+        hint = " (send a key: set CALIPER_API_KEY to one from `caliper keys create`)" if status == 401 else ""
+        super().__init__(f"{status}: {problem.get('detail', problem)}{hint}")
         self.status = status
         self.problem = problem
+
+
+def checked_url(url: str) -> str:
+    """An http(s) URL with a host, else ValueError naming it (a URL without a scheme can never connect)."""
+    try:
+        parsed = httpx.URL(url) if "://" in url else None
+    except httpx.InvalidURL:
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"{url!r} is not an http(s) URL of the Caliper service: write it as http://HOST:PORT")
+    return url
 
 
 class CaliperClient:
@@ -103,7 +134,7 @@ class CaliperClient:
             self.http = base_url
         else:
             retrying = RetryAfterTransport(transport or httpx.HTTPTransport(), attempts=retries + 1)
-            self.http = httpx.Client(base_url=base_url, timeout=timeout, transport=retrying)
+            self.http = httpx.Client(base_url=checked_url(base_url), timeout=timeout, transport=retrying)
         key = api_key if api_key is not None else os.environ.get("CALIPER_API_KEY")
         if key:
             self.http.headers["Authorization"] = f"Bearer {key}"
@@ -152,10 +183,8 @@ class CaliperClient:
     def apply_calibrator(self, calibrator_id: str, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities, fetched as .npz (dtype kept)."""
         tensors = {"logits": np.asarray(logits)}
-        response = self._send(f"/v1/calibrators/{calibrator_id}/apply", {}, tensors, {"accept": "application/x-npz"})
-        self._raise_for_problem(response)
-        probabilities: np.ndarray = np.load(io.BytesIO(response.content), allow_pickle=False)["probabilities"]
-        return probabilities
+        response = self._send(f"/v1/calibrators/{calibrator_id}/apply", {}, tensors, {"accept": NPZ})
+        return self._arrays(response)["probabilities"]
 
     def export_calibrator(self, calibrator_id: str, dtype: str = "float32") -> bytes:
         """The calibrator as ONNX model bytes (input `logits`, output `probabilities`)."""
@@ -171,6 +200,65 @@ class CaliperClient:
 
     def delete_calibrator(self, calibrator_id: str) -> None:
         self._check(self.http.delete(f"/v1/calibrators/{calibrator_id}"))
+
+    # ---- detectors and OOD scores ------------------------------------------------------------------
+    def fit_detector(
+        self,
+        method: str,
+        *,
+        features: np.ndarray | Mapping[str, np.ndarray],
+        labels: np.ndarray | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """POST /v1/detectors; `features` is [N, D] or a mapping of layers (a layer ensemble); options:
+        params, model, dataset, tags, and `validation={"features_in": layers, "features_out": layers}` (the
+        ensemble's weights)."""
+        tensors = _named("features", features)
+        if labels is not None:
+            tensors["labels"] = np.asarray(labels)
+        for name, layers in (options.pop("validation", None) or {}).items():
+            tensors |= _named(f"validation.{name}", layers)
+        return self._post_tensors("/v1/detectors", {"method": method, **options}, tensors)
+
+    def score_detector(
+        self, detector_id: str, features: np.ndarray | Mapping[str, np.ndarray], **options: Any
+    ) -> dict[str, np.ndarray]:
+        """Per-row `scores` (higher: more out-of-distribution) and `nearest_class`, fetched as .npz."""
+        response = self._send(
+            f"/v1/detectors/{detector_id}/score", options, _named("features", features), {"accept": NPZ}
+        )
+        return self._arrays(response)
+
+    def get_detector(self, detector_id: str) -> dict[str, Any]:
+        return self._check(self.http.get(f"/v1/detectors/{detector_id}"))
+
+    def list_detectors(self, **filters: Any) -> dict[str, Any]:
+        return self._check(self.http.get("/v1/detectors", params={k: v for k, v in filters.items() if v is not None}))
+
+    def delete_detector(self, detector_id: str) -> None:
+        self._check(self.http.delete(f"/v1/detectors/{detector_id}"))
+
+    def ood_scores(self, logits: np.ndarray, methods: list[Any] | None = None) -> dict[str, Any]:
+        """POST /v1/ood/scores: logit-based scores by method (no fit needed)."""
+        body = {"methods": methods} if methods is not None else {}
+        return self._post_tensors("/v1/ood/scores", body, {"logits": np.asarray(logits)})
+
+    def evaluate_ood(
+        self,
+        *,
+        scores_in: np.ndarray | None = None,
+        scores_out: np.ndarray | None = None,
+        detector_id: str | None = None,
+        features_in: np.ndarray | Mapping[str, np.ndarray] | None = None,
+        features_out: np.ndarray | Mapping[str, np.ndarray] | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """POST /v1/ood/evaluate: separation metrics of given scores, or of a detector's scores of features."""
+        given = {"scores_in": scores_in, "scores_out": scores_out, "features_in": features_in,
+                 "features_out": features_out}  # fmt: skip
+        tensors = {k: v for name, value in given.items() if value is not None for k, v in _named(name, value).items()}
+        body = {"detector_id": detector_id, **options} if detector_id is not None else options
+        return self._post_tensors("/v1/ood/evaluate", body, tensors)
 
     # ---- SDM ---------------------------------------------------------------------------------------
     def fit_sdm(
@@ -191,10 +279,7 @@ class CaliperClient:
     def score_sdm(self, sdm_id: str, *, embeddings: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
         """Per-row SDM outputs, fetched as .npz (array names as api.md's JSON fields)."""
         tensors = {"embeddings": np.asarray(embeddings), "logits": np.asarray(logits)}
-        response = self._send(f"/v1/sdm/{sdm_id}/score", {}, tensors, {"accept": "application/x-npz"})
-        self._raise_for_problem(response)
-        with np.load(io.BytesIO(response.content), allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
+        return self._arrays(self._send(f"/v1/sdm/{sdm_id}/score", {}, tensors, {"accept": NPZ}))
 
     def get_sdm(self, sdm_id: str) -> dict[str, Any]:
         return self._check(self.http.get(f"/v1/sdm/{sdm_id}"))
@@ -220,10 +305,7 @@ class CaliperClient:
         """Per-row columns, fetched as .npz (`sdm.*` keys with sdm_id); options: calibrator_id, detector_id,
         sdm_id, return_embedding."""
         tensors = {f"inputs.{k}": np.asarray(v) for k, v in inputs.items()}
-        response = self._send(f"/v1/models/{model_id}/predict", options, tensors, {"accept": "application/x-npz"})
-        self._raise_for_problem(response)
-        with np.load(io.BytesIO(response.content), allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
+        return self._arrays(self._send(f"/v1/models/{model_id}/predict", options, tensors, {"accept": NPZ}))
 
     def evaluate_model(
         self, model_id: str, inputs: Mapping[str, np.ndarray], *, labels: np.ndarray | None = None, **options: Any
@@ -311,6 +393,12 @@ class CaliperClient:
         """A POST with an Idempotency-Key of its own: its retries are one logical request."""
         keyed = {"Idempotency-Key": uuid.uuid4().hex, **(headers or {})}
         return self.http.post(path, headers=keyed, **content)
+
+    def _arrays(self, response: httpx.Response) -> dict[str, np.ndarray]:
+        """The arrays of an .npz answer (read without pickles)."""
+        self._raise_for_problem(response)
+        with np.load(io.BytesIO(response.content), allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
 
     @staticmethod
     def _raise_for_problem(response: httpx.Response) -> None:

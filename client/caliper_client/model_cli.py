@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from caliper_client.cli import tags_of
+from caliper_client.cli import load_numpy, tags_of
 from caliper_client.client import CaliperClient
 
 DONE, BROKEN = 0, 2
@@ -24,7 +24,11 @@ Verb = Callable[[argparse.Namespace, CaliperClient], int]
 
 
 def _arrays(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
+    """The arrays of an .npz file by name (a .npy file, whose one array has no name, is refused)."""
+    data = load_numpy(str(path), ".npz")
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} is a .npy file: save the inputs as a .npz keyed by input name")
+    with data:
         return {name: data[name] for name in data.files}
 
 
@@ -82,7 +86,7 @@ def _evaluate(args: argparse.Namespace, client: CaliperClient) -> int:
     options: dict[str, Any] = _heads(args)
     options |= {"metrics": args.metric} if args.metric else {}
     options |= {k: v for k, v in {"dataset": args.dataset, "tags": tags_of(args.tag) or None}.items() if v is not None}
-    labels = np.load(args.labels, allow_pickle=False)
+    labels = load_numpy(args.labels, ".npy")
     evaluation = client.evaluate_model(args.model_id, _arrays(args.inputs), labels=labels, **options)
     return _printed(evaluation, args.json)
 

@@ -54,18 +54,21 @@ def list_(
     resources: ResourcesDep,
     model: str | None = None,
     dataset: str | None = None,
-    tag: Annotated[list[str] | None, Query(description="key:value; repeat to require several tags.")] = None,
+    tag: Annotated[
+        list[str] | None,
+        Query(description="key:value, or a bare key for any value (as in gate baselines); repeat to require several."),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> Page[EvaluationOut]:
     tags: list[tuple[str, str | None]] = []
     for item in tag or []:
         key, sep, value = item.partition(":")
-        if not sep or not key:
+        if not key:
             raise ProblemError(
-                422, f"tag {item!r} must be key:value", [{"field": "tag", "message": "expected key:value"}]
+                422, f"tag {item!r} must be key:value or key", [{"field": "tag", "message": "expected key:value"}]
             )
-        tags.append((key, value))
+        tags.append((key, value if sep else None))
     items, next_cursor = resources.evaluations.page(EvaluationFilter(model, dataset, tuple(tags)), limit, cursor)
     return Page[EvaluationOut](items=items, next_cursor=next_cursor)
 

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from app import __version__
 from app.api.auth import role
 from app.api.deps import get_resources, resources_of
-from app.api.problems import DATABASE_DOWN, error_responses
+from app.api.problems import DATABASE_ERRORS, database_refusal, error_responses, refusal
 from app.context import Resources
 from app.core.errors import InputError
 from app.models.workers import ModelLimitError, ModelRunError, WorkerUnavailableError
@@ -33,7 +33,7 @@ STATUS: dict[type[Exception], int] = {
     ModelRunError: 400,
     ModelLimitError: 422,
     WorkerUnavailableError: 503,
-} | dict.fromkeys(DATABASE_DOWN, 503)
+}
 
 
 class V2Route(APIRoute):
@@ -45,6 +45,11 @@ class V2Route(APIRoute):
         async def protocol_errors(request: Request) -> Response:
             try:
                 return await handler(request)
+            except DATABASE_ERRORS as exc:  # unreachable (retry after 5 s) or not migrated (final)
+                refused = database_refusal(exc)
+                if refused is None:
+                    raise
+                return refusal(request.url.path, *refused)
             except tuple(STATUS) as exc:
                 status = exc.status if isinstance(exc, V2Error) else STATUS[type(exc)]
                 return JSONResponse({"error": str(exc)}, status_code=status)
@@ -66,7 +71,7 @@ ERROR_TEXTS = {
     400: "Bad request, or not ready (the message says why).",
     404: "Unknown pipeline or version.",
     422: "The model exceeded its memory or time limit.",
-    503: "No model worker could be started.",
+    503: "No model worker could be started, or the database is unreachable (Retry-After) or not migrated.",
 }
 
 

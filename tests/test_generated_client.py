@@ -76,10 +76,18 @@ def test_an_evaluation_a_calibrator_and_a_problem_round_trip(generated: Any, liv
     get_evaluation = importlib.import_module(f"{PACKAGE}.api.evaluations.get_evaluation")
 
     body = models.EvaluationRequest.from_dict(
-        {"logits": Z_A.tolist(), "labels": Y_A.tolist(), "tags": {"split": "val"}}
+        {
+            "logits": Z_A.tolist(),
+            "labels": Y_A.tolist(),
+            "tags": {"split": "val"},
+            "losses": ["cross_entropy", {"name": "focal", "gamma": 2.0, "key": "focal_g2"}],  # the README's shorthand
+            "metrics": ["accuracy", {"name": "ece", "bins": 15}],
+        }
     )
     created = evaluations.sync(client=client, body=body)
     assert isinstance(created, models.EvaluationOut), created
+    assert set(created.losses.to_dict()) == {"cross_entropy", "focal_g2"}
+    assert set(created.metrics.to_dict()) == {"accuracy", "ece"}
     assert created.tags.to_dict() == {"split": "val"}
     assert created.metrics.to_dict()["accuracy"] == pytest.approx(np.mean(np.argmax(Z_A, 1) == Y_A))
     fetched = get_evaluation.sync(created.id, client=client)
@@ -89,6 +97,10 @@ def test_an_evaluation_a_calibrator_and_a_problem_round_trip(generated: Any, liv
     calibrator = calibrators.sync(client=client, body=fit)
     assert isinstance(calibrator, models.CalibratorOut), calibrator
     assert calibrator.fitted.to_dict()["temperature"] > 0
+
+    scores = importlib.import_module(f"{PACKAGE}.api.ood.score_logits")
+    scored = scores.sync(client=client, body=models.ScoresRequest.from_dict({"logits": Z_A.tolist(), "methods": ["msp"]}))
+    assert set(scored.scores.to_dict()) == {"msp"}, scored
 
     missing = get_evaluation.sync_detailed("nope", client=client)
     assert missing.status_code == 404

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 KEY_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
@@ -18,3 +21,23 @@ class TermSpec(BaseModel):
     @property
     def report_key(self) -> str:
         return self.key or self.name
+
+
+def named(value: Any) -> Any:
+    """A list's bare names as the shorthand they are: "ece" is {"name": "ece"} (a before-validator)."""
+    if isinstance(value, list):
+        return [{"name": v} if isinstance(v, str) else v for v in value]
+    return value
+
+
+def names_or_specs(names: Iterable[str]) -> Callable[[dict[str, Any]], None]:
+    """A field's `json_schema_extra`: each item of its list is a spec object or, as shorthand, one of the
+    bare `names` (what `named` accepts), so that validators and generated clients take both."""
+    choices = sorted(names)
+
+    def document(schema: dict[str, Any]) -> None:
+        for variant in schema.get("anyOf", [schema]):
+            if variant.get("type") == "array":
+                variant["items"] = {"anyOf": [{"type": "string", "enum": choices}, variant["items"]]}
+
+    return document

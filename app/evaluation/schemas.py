@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, Field, field_validator
 
-from app.core.losses import LossSpec
-from app.core.metrics import MetricSpec
+from app.core.losses import LOSSES, LossSpec
+from app.core.metrics import METRICS, MetricSpec
+from app.core.specs import named, names_or_specs
 from app.examples import DIGIT_ROW, examples
 from app.records import Labels
 from app.tensors import MODEL_INPUTS_NOTE, Tensor
 
 TENSOR_FIELDS = ("logits", "probabilities", "labels", "targets", "teacher_logits", "sample_weight", "embeddings")
 INTEGER_FIELDS = frozenset({"labels"})
-
-
-def _named(value: Any) -> Any:
-    """A bare name is shorthand for {"name": name}."""
-    if isinstance(value, list):
-        return [{"name": v} if isinstance(v, str) else v for v in value]
-    return value
 
 
 class EvaluationRequest(Labels):
@@ -51,11 +43,15 @@ class EvaluationRequest(Labels):
     teacher_logits: Tensor | None = Field(None, description="[N, C] teacher logits for `kd` and `nkd`.")
     sample_weight: Tensor | None = Field(None, description="[N] non-negative row weights.")
     losses: list[LossSpec] | None = Field(
-        None, description='Names or {"name", "key"?, params}; omitted: ["cross_entropy"]; [] for none.'
+        None,
+        description='Names or {"name", "key"?, params}; omitted: ["cross_entropy"]; [] for none.',
+        json_schema_extra=names_or_specs(LOSSES),
     )
     metrics: list[MetricSpec] | None = Field(
         None,
-        description='Omitted: ["accuracy", "nll", "brier", "ece", "mce"] plus "top_k_accuracy" when C > 5.',
+        description='Names or {"name", "key"?, params}; omitted: ["accuracy", "nll", "brier", "ece", "mce"] plus '
+        '"top_k_accuracy" when C > 5.',
+        json_schema_extra=names_or_specs(METRICS),
     )
     reliability_bins: int = Field(
         15,
@@ -76,7 +72,7 @@ class EvaluationRequest(Labels):
     )
     embeddings: Tensor | None = Field(None, description="[N, M] exemplar vectors for `sdm_id`.")
 
-    _normalise_losses = field_validator("losses", "metrics", mode="before")(_named)
+    _normalise_losses = field_validator("losses", "metrics", mode="before")(named)
 
 
 class ReliabilityBinOut(BaseModel):

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.core.logit_scores import SCORES, ScoreSpec
 from app.core.ood_metrics import PrIntegral
-from app.core.specs import TermSpec
+from app.core.specs import TermSpec, named, names_or_specs
 from app.core.validation import Precision
 from app.examples import examples
 from app.records import Labels, RecordOut
@@ -43,12 +43,10 @@ class ScoresRequest(BaseModel):
         default_factory=default_methods,
         description='Names or {"name", params}: msp, max_logit, energy (temperature 1), entropy, gen (gamma 0.1, '
         "m = min(100, C)).",
+        json_schema_extra=names_or_specs(SCORES),
     )
 
-    @field_validator("methods", mode="before")
-    @classmethod
-    def _named(cls, value: Any) -> Any:
-        return [{"name": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
+    _named = field_validator("methods", mode="before")(named)
 
 
 class ScoresOut(BaseModel):

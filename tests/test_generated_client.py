@@ -99,7 +99,9 @@ def test_an_evaluation_a_calibrator_and_a_problem_round_trip(generated: Any, liv
     assert calibrator.fitted.to_dict()["temperature"] > 0
 
     scores = importlib.import_module(f"{PACKAGE}.api.ood.score_logits")
-    scored = scores.sync(client=client, body=models.ScoresRequest.from_dict({"logits": Z_A.tolist(), "methods": ["msp"]}))
+    scored = scores.sync(
+        client=client, body=models.ScoresRequest.from_dict({"logits": Z_A.tolist(), "methods": ["msp"]})
+    )
     assert set(scored.scores.to_dict()) == {"msp"}, scored
 
     missing = get_evaluation.sync_detailed("nope", client=client)

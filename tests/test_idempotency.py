@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
+from app.storage.tenancy import DEFAULT_PROJECT, project_scope
 from tests.conftest import Y_A, Z_A, count_rows
 from tests.test_api_bad_input import assert_problem
 from tests.test_api_models import resources
@@ -112,3 +114,62 @@ def test_the_body_digest_ignores_the_multipart_boundary_across_chunk_cuts(chunk:
     parts = b'--BOUNDARY\r\nContent-Disposition: form-data; name="a"\r\n\r\n1\r\n--BOUNDARY--\r\n'
     assert digest(b"abc123", parts) == digest(b"zz9", parts)
     assert digest(b"abc123", parts) != digest(b"abc123", parts.replace(b"\r\n1\r\n", b"\r\n2\r\n"))
+
+
+def test_a_body_that_arrived_too_slowly_releases_the_key(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 408 is the transport's fault, not the request's answer: the retry runs (issue 25: it was replayed
+    for 24 h, and the retry with the whole body got 422)."""
+    from app.api.limits import BodyTimeoutError
+
+    service = resources(client).evaluations
+    real = service.create
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(service, "create", real)
+        raise BodyTimeoutError()
+
+    monkeypatch.setattr(service, "create", slow)
+    assert_problem(post(client, "k-8"), 408)
+    retried = post(client, "k-8")
+    assert retried.status_code == 201 and "idempotent-replayed" not in retried.headers
+
+
+def test_the_record_is_settled_before_the_answer_ends(client: TestClient) -> None:
+    """A client that repeats a request the moment it has the answer finds it done, never a 409."""
+    from app.api.idempotency import Idempotency
+
+    repository = resources(client).idempotency
+    seen: list[str] = []
+
+    async def answer(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 201, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"made", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def observed_send(message: Any) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            seen.append(repository.claim("k-9", "POST /x").state)  # type: ignore[union-attr]
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    scope = {"type": "http", "method": "POST", "path": "/x", "headers": [(b"idempotency-key", b"k-9")]}
+    import asyncio
+
+    with project_scope(DEFAULT_PROJECT):
+        asyncio.run(Idempotency(answer, repository)(scope, receive, observed_send))
+    assert seen == ["done"]
+
+
+def test_a_new_api_key_is_never_stored_for_replay(client: TestClient) -> None:
+    made = client.post("/v1/keys", json={"role": "read", "name": "ci"}, headers={"Idempotency-Key": "k-10"})
+    assert made.status_code == 201 and made.headers["cache-control"] == "no-store"
+    token = made.json()["key"]
+    with resources(client).database() as session:
+        stored = session.execute(text("select body, headers from idempotency_keys")).all()
+    assert stored and not any(token.encode() in (body or b"") or token in str(headers) for body, headers in stored)
+    again = client.post("/v1/keys", json={"role": "read", "name": "ci"}, headers={"Idempotency-Key": "k-10"})
+    assert_problem(again, 409)
+    assert "GET /v1/keys" in again.json()["detail"] and "retry-after" not in again.headers
+    assert len(client.get("/v1/keys").json()["items"]) == 1

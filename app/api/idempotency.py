@@ -2,9 +2,11 @@
 a repeat with the same key and the same body answers the first answer again (same id, nothing stored
 twice); the same key with another body or another route answers 422; a repeat while the first is still
 running answers 409 (retry it). The key is claimed in the database before the request runs, so two
-concurrent duplicates meet at its primary key instead of both running. A server error (5xx) releases the
-claim, so a retry runs again; answers over MAX_STORED_BYTES are not kept (a repeat then runs again,
-said in the OpenAPI description); claims expire after CALIPER_IDEMPOTENCY_TTL_S."""
+concurrent duplicates meet at its primary key instead of both running. A server error (5xx), a 408 (the
+body arrived too slowly) and a 429 release the claim, so a retry runs again. An answer marked
+`Cache-Control: no-store` (a new API key) is never stored: a repeat gets a 409 saying so. Answers over
+MAX_STORED_BYTES are not kept (a repeat then runs again, said in the OpenAPI description); claims expire
+after CALIPER_IDEMPOTENCY_TTL_S."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ PLACEHOLDER = b"\x00boundary\x00"
 MAX_KEY = 255
 MAX_STORED_BYTES = 32 << 20
 REPLAYED = (b"idempotent-replayed", b"true")
+NOT_KEPT = frozenset({408, 429})  # besides 5xx: the request did not arrive whole, or was not let in; a retry runs
 
 
 class BodyDigest:
@@ -91,12 +94,14 @@ class Idempotency:
         await self._first(key, scope, receive, send)
 
     async def _first(self, key: str, scope: Scope, receive: Receive, send: Send) -> None:
-        """Run the request, hashing its body as it streams in and keeping its answer as it goes out."""
+        """Run the request, hashing its body as it streams in and keeping its answer as it goes out. The
+        record is settled before the answer's last piece is sent, so a client that repeats the request as
+        soon as it has the answer finds it done (not still running: a 409)."""
         digest = BodyDigest(scope)
         status = 500
         headers: list[list[str]] = []
         body = bytearray()
-        too_large = False
+        too_large = settled = False
 
         async def hashing_receive() -> Message:
             message = await receive()
@@ -104,25 +109,37 @@ class Idempotency:
                 digest.update(message.get("body", b""))
             return message
 
+        async def settle() -> None:
+            nonlocal settled
+            settled = True
+            if status >= 500 or status in NOT_KEPT or too_large:
+                await run_in_threadpool(self.repository.release, key)
+            elif any(k.lower() == "cache-control" and "no-store" in v.lower() for k, v in headers):
+                await run_in_threadpool(self.repository.complete, key, digest.hexdigest(), *_secret_withheld())
+            else:
+                await run_in_threadpool(self.repository.complete, key, digest.hexdigest(), status, headers, bytes(body))
+
         async def keeping_send(message: Message) -> None:
             nonlocal status, headers, too_large
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in message.get("headers", [])]
-            elif message["type"] == "http.response.body" and not too_large:
-                body.extend(message.get("body", b""))
-                too_large = len(body) > MAX_STORED_BYTES
+            elif message["type"] == "http.response.body":
+                if not too_large:
+                    body.extend(message.get("body", b""))
+                    too_large = len(body) > MAX_STORED_BYTES
+                if not message.get("more_body", False) and not settled:
+                    await settle()
             await send(message)
 
         try:
             await self.app(scope, hashing_receive, keeping_send)
         except BaseException:
-            await run_in_threadpool(self.repository.release, key)
+            if not settled:
+                await run_in_threadpool(self.repository.release, key)
             raise
-        if status >= 500 or too_large:
-            await run_in_threadpool(self.repository.release, key)
-        else:
-            await run_in_threadpool(self.repository.complete, key, digest.hexdigest(), status, headers, bytes(body))
+        if not settled:
+            await settle()
 
     async def _repeat(
         self, claimed: IdempotencyRecord, request: str, scope: Scope, receive: Receive, send: Send
@@ -148,6 +165,17 @@ class Idempotency:
         raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in stored if k.lower() != "x-request-id"]
         await send({"type": "http.response.start", "status": claimed.status, "headers": [*raw, REPLAYED]})
         await send({"type": "http.response.body", "body": claimed.body or b""})
+
+
+def _secret_withheld() -> tuple[int, list[list[str]], bytes]:
+    """What a repeat gets in place of an answer marked `Cache-Control: no-store` (a new API key): the
+    secret is never written to the replay table, so the repeat learns that it was made, and where to look."""
+    detail = (
+        "the first request with this Idempotency-Key succeeded, and its answer held a secret, which is never "
+        "stored for replay: find what it made by listing (GET /v1/keys), or make another"
+    )
+    answer = problem_response(409, detail)
+    return 409, [[k.decode("latin-1"), v.decode("latin-1")] for k, v in answer.raw_headers], bytes(answer.body)
 
 
 def _key(scope: Scope) -> str | None:

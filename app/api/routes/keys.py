@@ -54,8 +54,9 @@ def principal_of(request: Request) -> Principal:
     "", operation_id="createKey", status_code=201, response_model=NewKey, summary="Make a key for this project",
     responses=JSON_WRITE, openapi_extra=ADMIN,
 )  # fmt: skip
-def create_key(body: KeyRequest, request: Request, resources: ResourcesDep) -> NewKey:
+def create_key(body: KeyRequest, request: Request, response: Response, resources: ResourcesDep) -> NewKey:
     record, token = resources.keys.create(principal_of(request).project, body.role, body.name)
+    response.headers["Cache-Control"] = "no-store"  # a secret: no cache keeps it, nor the Idempotency-Key replays
     return NewKey(**KeyOut.model_validate(record).model_dump(), key=token)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -29,6 +31,26 @@ def test_health_and_readiness(client: TestClient) -> None:
     assert (
         ready["checks"]["model_workers"]["status"] == "ok" and ready["checks"]["model_workers"]["detail"]["size"] == 2
     )
+
+
+def test_readiness_names_no_database_details_and_answers_while_the_database_stalls(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    """/readyz needs no key: it shows the backend, not the URL's user, host or database name; and a
+    database that does not answer makes it answer 503 within its own limit, not hang."""
+    from app.api.routes import health
+
+    ready = client.get("/readyz")
+    assert ready.json()["checks"]["database"]["detail"] == {
+        "backend": settings.database_url.split("+")[0].split(":")[0]
+    }
+    assert settings.database_url not in ready.text
+    monkeypatch.setattr(health, "READINESS_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(health, "schema_revisions", lambda *args: time.sleep(3))
+    started = time.monotonic()
+    stalled = client.get("/readyz")
+    assert stalled.status_code == 503 and time.monotonic() - started < 2.5
+    assert stalled.json()["checks"]["database"]["status"] == "unavailable" and stalled.headers["retry-after"]
 
 
 def test_default_evaluation_matches_golden_and_is_stored(client: TestClient) -> None:

@@ -25,6 +25,12 @@ def display_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+# libpq's own TCP checks, so that a path to PostgreSQL that went silent fails a request instead of hanging it:
+# keepalive probes on an idle connection, and a cap on how long sent data may stay unacknowledged.
+TCP_LIVENESS = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+                "tcp_user_timeout": 10_000}  # fmt: skip
+
+
 def make_engine(url: str, statement_timeout_s: float = 30.0, pool_timeout_s: float = 10.0) -> Engine:
     """A statement over `statement_timeout_s` fails on PostgreSQL (SQLite waits that long for a write
     lock), and a request waits at most `pool_timeout_s` for a pooled connection: both answer 503
@@ -40,7 +46,7 @@ def make_engine(url: str, statement_timeout_s: float = 30.0, pool_timeout_s: flo
             pool_size=5,
             max_overflow=10,
             pool_timeout=pool_timeout_s,
-            connect_args={"connect_timeout": 5, "options": options},
+            connect_args={"connect_timeout": 5, "options": options, **TCP_LIVENESS},
         )
     engine = create_engine(url, **kwargs)
     if parsed.get_backend_name() == "sqlite":

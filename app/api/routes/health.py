@@ -4,10 +4,13 @@ entry reports a failed start without making the service unready (routes on logit
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
+from sqlalchemy.engine import make_url
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
@@ -15,10 +18,11 @@ from app.api.deps import get_resources
 from app.api.json_body import StrictJsonRoute
 from app.api.problems import DATABASE_DOWN, problem_response, problems
 from app.context import Resources
-from app.storage.db import display_url
 from app.storage.migrate import schema_revisions
 
 router = APIRouter(tags=["health"], route_class=StrictJsonRoute)
+READINESS_TIMEOUT_S = 3.0
+log = logging.getLogger("caliper")
 
 
 class DependencyCheck(BaseModel):
@@ -36,7 +40,7 @@ class Readiness(BaseModel):
                 {
                     "status": "ready",
                     "checks": {
-                        "database": {"status": "ok", "detail": {"url": "sqlite:///./var/caliper.db"}},
+                        "database": {"status": "ok", "detail": {"backend": "sqlite"}},
                         "model_workers": {"status": "ok", "detail": {"size": 2, "running": 0, "busy": 0}},
                     },
                 }
@@ -51,11 +55,14 @@ def healthz() -> dict[str, str]:
 
 
 def _database(resources: Resources) -> DependencyCheck:
-    where = {"url": display_url(resources.settings.database_url)}
+    """Reachable and migrated? The detail names the backend only: /readyz needs no key, so it shows no
+    user, host or database name (the full error goes to the log)."""
+    where = {"backend": make_url(resources.settings.database_url).get_backend_name()}
     try:
         current, heads = schema_revisions(resources.settings, resources.engine)
     except DATABASE_DOWN as exc:
-        return DependencyCheck(status="unavailable", detail={**where, "error": str(exc.__cause__ or exc)[:300]})
+        log.warning("readiness: database unavailable: %s", exc)
+        return DependencyCheck(status="unavailable", detail={**where, "error": type(exc.__cause__ or exc).__name__})
     if current != heads:
         revisions = {"at": sorted(current), "head": sorted(heads), "fix": "run `caliper db upgrade`"}
         return DependencyCheck(status="migrations-pending", detail={**where, **revisions})
@@ -71,7 +78,10 @@ def _database(resources: Resources) -> DependencyCheck:
     response_model=Readiness,
 )
 async def readyz(resources: Annotated[Resources, Depends(get_resources)]) -> Readiness | JSONResponse:
-    database = await run_in_threadpool(_database, resources)
+    try:  # a stalled database must not stall the probe: unanswered within the limit is unavailable
+        database = await asyncio.wait_for(run_in_threadpool(_database, resources), READINESS_TIMEOUT_S)
+    except TimeoutError:
+        database = DependencyCheck(status="unavailable", detail={"error": f"no answer within {READINESS_TIMEOUT_S} s"})
     workers = resources.workers.health()
     checks = {
         "database": database,
@@ -84,5 +94,6 @@ async def readyz(resources: Annotated[Resources, Depends(get_resources)]) -> Rea
             else "the database is unreachable"
         )
         extensions = {"checks": {name: check.model_dump() for name, check in checks.items()}}
-        return problem_response(503, detail, headers={"Retry-After": "5"}, extensions=extensions)
+        retry = {"Retry-After": "5"} if database.status == "unavailable" else {}  # migrating is not waiting
+        return problem_response(503, detail, headers=retry, extensions=extensions)
     return Readiness(status="ready", checks=checks)

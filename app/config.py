@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     max_waiting_work: int = Field(
         64, ge=0, description="POSTs that may wait for a slot; beyond them 503 with Retry-After (`overloaded`)."
     )
+    max_reading_per_caller: int = Field(
+        16,
+        ge=1,
+        description="POST bodies of one caller (API key, else address) read at once, before they wait for a slot; "
+        "beyond them 503 with Retry-After.",
+    )
     rate_limit: str = Field(
         "200/second;6000/minute",
         description="Requests per API key (per client address with auth disabled), in `limits` notation "

@@ -12,9 +12,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -89,8 +91,21 @@ def test_work_over_the_request_time_limit_answers_422_and_stores_nothing(tmp_pat
 # -- concurrency bound ---------------------------------------------------------------------------------
 
 
-async def _held_post(client: httpx.AsyncClient, release: asyncio.Event) -> httpx.Response:
-    """A POST whose body arrives only when `release` is set: it holds its slot until then."""
+def _hold_work(app: FastAPI) -> threading.Event:
+    """Every evaluation's work waits until the returned event is set: the POSTs hold their slots until then."""
+    service = app.state.resources.evaluations
+    real, release = service.create, threading.Event()
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        assert release.wait(30)
+        return real(*args, **kwargs)
+
+    service.create = held
+    return release
+
+
+async def _trickled_post(client: httpx.AsyncClient, release: asyncio.Event) -> httpx.Response:
+    """A POST whose body's end arrives only when `release` is set."""
     payload = httpx.Request("POST", "/", json=BODY).content
 
     async def body() -> AsyncIterator[bytes]:
@@ -104,12 +119,12 @@ async def _held_post(client: httpx.AsyncClient, release: asyncio.Event) -> httpx
 @pytest.mark.parametrize("waiting", [0, 1])
 def test_beyond_the_running_and_waiting_posts_a_post_answers_503_with_retry_after(tmp_path: Path, waiting: int) -> None:
     app = make_app(tmp_path, max_running_work=1, max_waiting_work=waiting)
+    release = _hold_work(app)
 
     async def scenario() -> tuple[list[httpx.Response], httpx.Response, httpx.Response]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://caliper.test") as client:
-            release = asyncio.Event()
-            held = [asyncio.create_task(_held_post(client, release)) for _ in range(1 + waiting)]
+            held = [asyncio.create_task(client.post("/v1/evaluations", json=BODY)) for _ in range(1 + waiting)]
             await asyncio.sleep(0.3)  # the held POSTs are admitted or queued
             refused = await client.post("/v1/evaluations", json=BODY)
             read = await client.get("/v1/evaluations")  # reads are not bounded
@@ -124,6 +139,49 @@ def test_beyond_the_running_and_waiting_posts_a_post_answers_503_with_retry_afte
     with TestClient(app) as client:
         assert client.post("/v1/evaluations", json=BODY).status_code == 201  # slots are given back
         assert refusals(client)["overloaded"] == 1
+    app.state.resources.close()
+
+
+def test_slow_bodies_hold_no_slot_and_one_caller_reads_a_bounded_number(tmp_path: Path) -> None:
+    """Issue 25: 70 trickling uploads from one key made every other POST answer 503. Bodies are read
+    before a slot is taken, so a fast POST runs beside trickling ones; one caller's trickling bodies are
+    capped (CALIPER_MAX_READING_PER_CALLER), and every trickled one runs once its body is in."""
+    app = make_app(tmp_path, max_running_work=1, max_waiting_work=3, max_reading_per_caller=3)
+
+    async def scenario() -> tuple[list[httpx.Response], httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://caliper.test") as client:
+            release = asyncio.Event()
+            trickling = [asyncio.create_task(_trickled_post(client, release)) for _ in range(3)]
+            await asyncio.sleep(0.3)
+            capped = await _trickled_post(client, asyncio.Event())  # a 4th: refused before its body is read
+            other = httpx.ASGITransport(app=app, client=("192.0.2.7", 4000))  # another caller (no traffic: ASGI)
+            async with httpx.AsyncClient(transport=other, base_url="http://caliper.test") as second:
+                fast = await asyncio.wait_for(second.post("/v1/evaluations", json={**BODY, "store": False}), 10)
+            release.set()
+            return list(await asyncio.gather(*trickling)), capped, fast
+
+    trickled, capped, fast = asyncio.run(scenario())
+    assert fast.status_code == 201, fast.text  # the single slot was free: the trickling bodies hold none
+    assert capped.status_code == 503 and "CALIPER_MAX_READING_PER_CALLER" in capped.text
+    assert [r.status_code for r in trickled] == [201] * 3
+    app.state.resources.close()
+
+
+def test_time_queued_for_a_slot_does_not_count_against_the_body_deadline(tmp_path: Path) -> None:
+    """Issue 25: POSTs queued behind busy slots got 408 "body arrived too slowly"; their bodies had arrived."""
+    app = make_app(tmp_path, max_running_work=1, max_waiting_work=4, body_timeout_s=0.5, body_min_bytes_per_s=1 << 30)
+    release = _hold_work(app)
+
+    async def scenario() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://caliper.test") as client:
+            posts = [asyncio.create_task(client.post("/v1/evaluations", json=BODY)) for _ in range(3)]
+            await asyncio.sleep(1.5)  # three times the body deadline, queued
+            release.set()
+            return list(await asyncio.gather(*posts))
+
+    assert [r.status_code for r in asyncio.run(scenario())] == [201] * 3
     app.state.resources.close()
 
 

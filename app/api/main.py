@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         WorkAdmission,
         running=settings.max_running_work,
         waiting=settings.max_waiting_work,
+        reading=settings.max_reading_per_caller,
         time_limit_s=settings.request_timeout_s,
         metrics=metrics,
     )

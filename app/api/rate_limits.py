@@ -29,7 +29,7 @@ class RateLimits:
         if not self.items or scope["type"] != "http" or not scope["path"].startswith(PROTECTED):
             await self.app(scope, receive, send)
             return
-        caller = self._caller(scope)
+        caller = caller_of(scope)
         for item in self.items:
             if not self.limiter.hit(item, caller):
                 reset = self.limiter.get_window_stats(item, caller).reset_time
@@ -40,10 +40,11 @@ class RateLimits:
                 return
         await self.app(scope, receive, send)
 
-    @staticmethod
-    def _caller(scope: Scope) -> str:
-        principal: Principal | None = scope.get("caliper.principal")
-        if principal is not None and principal.key_id is not None:
-            return f"key:{principal.key_id}"
-        client = scope.get("client")
-        return f"address:{client[0] if client else '-'}"
+
+def caller_of(scope: Scope) -> str:
+    """Who is calling, for per-caller limits: the API key, else the client's address."""
+    principal: Principal | None = scope.get("caliper.principal")
+    if principal is not None and principal.key_id is not None:
+        return f"key:{principal.key_id}"
+    client = scope.get("client")
+    return f"address:{client[0] if client else '-'}"

@@ -142,6 +142,41 @@ def test_beyond_the_running_and_waiting_posts_a_post_answers_503_with_retry_afte
     app.state.resources.close()
 
 
+def test_a_model_export_takes_a_work_slot_and_the_time_limit(tmp_path: Path) -> None:
+    """Issue 25: 8 parallel exports of a large model (a GET) ran with no admission or limit."""
+    from tests import onnx_models
+
+    def upload(client: TestClient) -> str:
+        files = {"file": ("m.onnx", onnx_models.mlp()[0], "application/octet-stream")}
+        return str(client.post("/v1/models", files=files, data={"request": '{"name": "m"}'}).json()["id"])
+
+    limited = make_app(tmp_path / "limited", request_timeout_s=1e-6)
+    with TestClient(limited, raise_server_exceptions=False) as client:
+        model_id = upload(client)
+        answer = client.get(f"/v1/models/{model_id}/export")
+        assert answer.status_code == 422 and answer.json()["type"].endswith("/time-limit"), answer.text
+    limited.state.resources.close()
+
+    app = make_app(tmp_path, max_running_work=1, max_waiting_work=0)
+    with TestClient(app) as client:
+        model_id = upload(client)
+    release = _hold_work(app)
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://caliper.test") as client:
+            held = asyncio.create_task(client.post("/v1/evaluations", json=BODY))
+            await asyncio.sleep(0.3)
+            refused = await client.get(f"/v1/models/{model_id}/export")
+            release.set()
+            return await held, refused
+
+    held, refused = asyncio.run(scenario())
+    assert held.status_code == 201 and refused.status_code == 503, refused.text
+    assert refused.json()["type"].endswith("/overloaded")
+    app.state.resources.close()
+
+
 def test_slow_bodies_hold_no_slot_and_one_caller_reads_a_bounded_number(tmp_path: Path) -> None:
     """Issue 25: 70 trickling uploads from one key made every other POST answer 503. Bodies are read
     before a slot is taken, so a fast POST runs beside trickling ones; one caller's trickling bodies are

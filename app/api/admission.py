@@ -1,6 +1,7 @@
 """Backpressure on the expensive work (issue "Trust": limits): every POST computes (fits, evaluations,
-scores, model runs, gates), so at most `running` POSTs run at once and at most `waiting` more wait for
-a slot; beyond that a POST answers 503 with `Retry-After` at once instead of queueing without bound.
+scores, model runs, gates), and so does a model's export (a GET), so at most `running` of them run at
+once and at most `waiting` more wait for a slot; beyond that one answers 503 with `Retry-After` at once
+instead of queueing without bound.
 
 A POST's body is read whole before it asks for a slot (kept in memory up to SPOOL_BYTES, then in a
 temporary file), so a client that trickles its body holds no slot while it does, and the time spent
@@ -25,6 +26,16 @@ from app.metrics import Metrics
 RETRY_AFTER_S = "1"
 SPOOL_BYTES = 8 << 20  # a body larger than this waits for its slot in a temporary file, not in memory
 REPLAY_CHUNK = 1 << 20
+
+
+HEAVY_GETS = ("/export",)  # GETs that compute (a model's export: its graph loaded, merged and checked)
+
+
+def _is_work(scope: Scope) -> bool:
+    """Every POST computes; of the GETs, those ending in HEAVY_GETS do."""
+    if scope["type"] != "http":
+        return False
+    return scope["method"] == "POST" or (scope["method"] == "GET" and scope["path"].endswith(HEAVY_GETS))
 
 
 class BufferedBody:
@@ -79,7 +90,7 @@ class WorkAdmission:
         self._bodies: Counter[str] = Counter()  # bodies being read, by caller
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if not _is_work(scope):
             await self.app(scope, receive, send)
             return
         if self._full():

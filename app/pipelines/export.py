@@ -23,6 +23,7 @@ import onnx.version_converter
 import spox.opset.ai.onnx.v21 as op
 from spox import Tensor, Var, argument, build
 
+from app.core import deadline
 from app.core.errors import InputError
 from app.models.runner import ModelRunner
 from app.pipelines.heads import HeadCheck, Heads
@@ -51,7 +52,9 @@ class ExportService:
         wanted = self.heads.outputs(record, heads)
         user = onnx.load(str(self.runner.artifacts.path(record.sha256)), load_external_data=False)
         dtype = dtype or np.dtype(next(o["dtype"] for o in record.outputs if o["name"] == record.logits_output))
+        deadline.check()  # between the stages: the request's time limit (an export takes a work slot)
         ours = self._heads_graph(record, heads, wanted, dtype)
+        deadline.check()
         merged = compose(user, ours, [(name, f"in_{i}") for i, name in enumerate(wanted)])
         merged.metadata_props.add(key="caliper.export", value=json.dumps(vars(heads) | {"model_id": model_id}))
         size = merged.ByteSize()
@@ -60,6 +63,7 @@ class ExportService:
                 "sdm_id" if heads.sdm_id else "model_id",
                 f"the export would be {size} bytes; CALIPER_MAX_EXPORT_BYTES is {self.max_bytes}",
             )
+        deadline.check()
         onnx.checker.check_model(merged, full_check=True)
         return Export(merged, dtype)
 

@@ -147,6 +147,31 @@ def test_oversized_body_is_413_before_parsing(client: TestClient) -> None:
     assert sum(count_rows(client.app).values()) == 0  # type: ignore[arg-type]
 
 
+def test_a_json_body_declared_over_the_json_limit_is_413_before_it_is_read(tmp_path: Any) -> None:
+    """Issue 25: such bodies were buffered whole although Content-Length said they were too large."""
+    from app.api.main import create_app
+    from app.config import Settings
+
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'json.db'}", artifact_dir=tmp_path, max_json_bytes=1 << 20,
+        max_body_bytes=8 << 20, rate_limit="",
+    )  # fmt: skip
+    size = (1 << 20) + 1  # allowed as a body, not as JSON
+    pulled: list[int] = []
+
+    def body():  # counts what the server pulls of a body it should refuse unread
+        for _ in range(size // 65536 + 1):
+            pulled.append(65536)
+            yield b" " * 65536
+
+    headers = {"content-type": "application/json", "content-length": str(size)}
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        response = client.post("/v1/evaluations", content=body(), headers=headers)
+        assert_problem(response, 413)
+        assert "CALIPER_MAX_JSON_BYTES" in response.json()["detail"] and sum(pulled) < size
+        client.app.state.resources.close()  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [

@@ -35,7 +35,8 @@ def _is_work(scope: Scope) -> bool:
     """Every POST computes; of the GETs, those ending in HEAVY_GETS do."""
     if scope["type"] != "http":
         return False
-    return scope["method"] == "POST" or (scope["method"] == "GET" and scope["path"].endswith(HEAVY_GETS))
+    method, path = str(scope["method"]), str(scope["path"])
+    return method == "POST" or (method == "GET" and path.endswith(HEAVY_GETS))
 
 
 class BufferedBody:

@@ -71,16 +71,21 @@ def _decode(raw: bytes | bytearray) -> Any:
         raise ProblemError(400, f"body is not valid JSON: {str(exc)[:200]}") from exc
 
 
+def json_too_large(size: int | None, max_bytes: int) -> str:
+    """The 413's detail for a JSON body over CALIPER_MAX_JSON_BYTES (`size` None: not known yet)."""
+    of = f" of {size} bytes" if size is not None else ""
+    return (
+        f"JSON body{of} exceeds CALIPER_MAX_JSON_BYTES = {max_bytes}; send large tensors as base64 tensor objects "
+        '({"dtype", "shape", "data_b64"}) or as .npy parts of a multipart/form-data body'
+    )
+
+
 async def parse_json(raw: bytes | bytearray, max_bytes: int, then: Callable[[Any], T] = _same) -> T:
     """`then(decoded body)` (a bytearray is consumed), both in a worker thread for bodies above
     OFF_LOOP_BYTES, so that turning nested lists into arrays does not stall the event loop either;
     ProblemError (400/413) for what the module docstring lists."""
     if len(raw) > max_bytes:
-        raise ProblemError(
-            413,
-            f"JSON body of {len(raw)} bytes exceeds CALIPER_MAX_JSON_BYTES = {max_bytes}; send large tensors as "
-            'base64 tensor objects ({"dtype", "shape", "data_b64"}) or as .npy parts of a multipart/form-data body',
-        )
+        raise ProblemError(413, json_too_large(len(raw), max_bytes))
 
     def parse() -> T:
         return then(_decode(raw))

@@ -9,6 +9,7 @@ import json
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.json_body import json_too_large
 from app.api.problems import PROBLEM_JSON, TITLES
 from app.metrics import Metrics
 
@@ -17,8 +18,8 @@ class BodyTooLargeError(HTTPException):
     """An HTTPException, so that a route reading its body (FastAPI's own JSON parsing included) passes it
     on as a 413 instead of turning it into a 400."""
 
-    def __init__(self, max_bytes: int) -> None:
-        super().__init__(413, f"request body exceeds the limit of {max_bytes} bytes (CALIPER_MAX_BODY_BYTES)")
+    def __init__(self, detail: str) -> None:
+        super().__init__(413, detail)
 
 
 class ResponseStarted:
@@ -34,18 +35,24 @@ class ResponseStarted:
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
+    """413 before anything is read when Content-Length is over the limit, else as soon as the streamed
+    body passes it. A JSON body's limit is CALIPER_MAX_JSON_BYTES (its parse takes ~3x its size), any
+    other's CALIPER_MAX_BODY_BYTES."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, max_json_bytes: int) -> None:
+        self.app, self.max_bytes, self.max_json_bytes = app, max_bytes, max_json_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
+        media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        is_json = media_type == b"application/json"
+        limit = min(self.max_bytes, self.max_json_bytes) if is_json else self.max_bytes
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await send_problem(send, 413, self._detail(int(declared), is_json))
             return
         received = 0
 
@@ -54,21 +61,21 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLargeError(self.max_bytes)
+                if received > limit:
+                    raise BodyTooLargeError(self._detail(None, is_json))
             return message
 
         answer = ResponseStarted(send)
         try:
             await self.app(scope, limited_receive, answer)
-        except BodyTooLargeError:
+        except BodyTooLargeError as exc:
             if not answer.started:
-                await self._reject(send)
+                await send_problem(send, 413, exc.detail)
 
-    async def _reject(self, send: Send) -> None:
-        await send_problem(
-            send, 413, f"request body exceeds the limit of {self.max_bytes} bytes (CALIPER_MAX_BODY_BYTES)"
-        )
+    def _detail(self, size: int | None, is_json: bool) -> str:
+        if is_json and self.max_json_bytes < self.max_bytes:
+            return json_too_large(size, self.max_json_bytes)
+        return f"request body exceeds the limit of {self.max_bytes} bytes (CALIPER_MAX_BODY_BYTES)"
 
 
 class BodyTimeoutError(HTTPException):

@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=metrics,
     )
     app.add_middleware(Idempotency, repository=resources.idempotency)  # inside the body limit
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, max_json_bytes=settings.max_json_bytes)
     app.add_middleware(
         BodyReadDeadline, timeout_s=settings.body_timeout_s, min_rate=settings.body_min_bytes_per_s, metrics=metrics
     )

@@ -26,6 +26,7 @@ from app.storage.migrate import is_at_head
 from app.storage.repository import NotFoundError
 
 BINARY_HEADER = "Inference-Header-Content-Length"
+INFLATE_STEP = 1 << 20
 STATUS: dict[type[Exception], int] = {
     V2Error: 400,
     NotFoundError: 404,
@@ -178,10 +179,10 @@ INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
     resources = resources_of(request)
-    body = _decompressed(
-        await request.body(), request.headers.get("content-encoding"), resources.settings.max_body_bytes
-    )
     header = request.headers.get(BINARY_HEADER)
+    settings = resources.settings
+    limit = settings.max_body_bytes if header is not None else settings.max_json_bytes  # JSON alone: the JSON limit
+    body = _decompressed(await request.body(), request.headers.get("content-encoding"), limit)
     if header is not None and not header.strip().isdigit():
         raise V2Error(400, f"{BINARY_HEADER} must be a non-negative integer, got {header!r}")
     length = int(header) if header is not None else None
@@ -202,18 +203,27 @@ def _decompressed(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
         raise V2Error(400, f"Content-Encoding {encoding!r} is not supported (gzip, deflate)")
     fault: zlib.error | None = None
     for wbits in formats:
-        inflater = zlib.decompressobj(wbits)
         try:
-            out = inflater.decompress(body, max_bytes + 1)
+            return _inflated(zlib.decompressobj(wbits), body, max_bytes, name)
         except zlib.error as exc:
             fault = exc
-            continue
-        if len(out) > max_bytes:
-            raise V2Error(400, f"the inflated body exceeds CALIPER_MAX_BODY_BYTES ({max_bytes} bytes)")
-        if not inflater.eof:
-            raise V2Error(400, f"the {name} body is truncated")
-        return out
     raise V2Error(400, f"the body is not valid {name} data: {fault}")
+
+
+def _inflated(inflater: Any, body: bytes, max_bytes: int, name: str) -> bytes:
+    """Inflated in steps of INFLATE_STEP, so memory follows what the data really holds and a bomb is
+    refused as soon as it passes `max_bytes` (not after a buffer of the whole limit is filled)."""
+    out = bytearray()
+    pending = body
+    while pending and not inflater.eof:
+        out += inflater.decompress(pending, INFLATE_STEP)
+        pending = inflater.unconsumed_tail
+        if len(out) > max_bytes:
+            raise V2Error(400, f"the inflated body exceeds its limit of {max_bytes} bytes (CALIPER_MAX_JSON_BYTES "
+                               "for JSON, CALIPER_MAX_BODY_BYTES with binary data)")  # fmt: skip
+    if not inflater.eof:
+        raise V2Error(400, f"the {name} body is truncated")
+    return bytes(out)
 
 
 @router.post(

@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     idempotency_ttl_s: float = Field(
         86_400.0, gt=0, description="How long the first answer to a POST with an Idempotency-Key is kept for repeats."
     )
+    allowed_hosts: str = Field(
+        "",
+        description="Comma-separated host names the `Host` header may name (no port; `*`: any). Empty: any when "
+        "API keys are required, else only the loopback names (localhost, 127.0.0.1, ::1) and CALIPER_HOST, so "
+        "a page that rebinds its own DNS name to 127.0.0.1 cannot reach a keyless server.",
+    )
     cors_origins: str = Field(
         "",
         description="Comma-separated origins browsers may call the API from (e.g. https://app.example.com); "
@@ -148,6 +154,13 @@ class Settings(BaseSettings):
         default_factory=default_migrations_dir,
         description="Alembic scripts (default: the checkout's migrations/, else the installed package's).",
     )
+
+    def host_names(self) -> frozenset[str] | None:
+        """The names a request's `Host` may carry, or None for any (see `allowed_hosts`)."""
+        given = {h.strip().lower().strip("[]") for h in self.allowed_hosts.split(",") if h.strip()}
+        if "*" in given or (not given and self.auth_required()):
+            return None
+        return frozenset(given or {"localhost", "127.0.0.1", "::1", self.host.lower().strip("[]")})
 
     def auth_required(self) -> bool:
         """`CALIPER_AUTH` when set; else keys are required unless the server binds a loopback address."""

@@ -73,6 +73,9 @@ def _backends() -> list[str]:
     return ["sqlite", "postgres"] if os.environ.get("CALIPER_TEST_POSTGRES_URL") else ["sqlite"]
 
 
+LOCAL = "http://localhost"  # test clients name a loopback Host: a keyless server answers no other (AllowedHosts)
+
+
 @pytest.fixture(scope="session", params=_backends())
 def settings(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     if request.param == "sqlite":
@@ -135,7 +138,7 @@ def default_project() -> Iterator[None]:
 @pytest.fixture
 def client(app: FastAPI) -> Iterator[TestClient]:
     clear_tables(app)
-    with TestClient(app, raise_server_exceptions=False) as test_client:
+    with TestClient(app, raise_server_exceptions=False, base_url=LOCAL) as test_client:
         yield test_client
 
 

@@ -18,6 +18,7 @@ from app.api.main import create_app
 from app.calibration.schemas import METHODS
 from app.config import Settings
 from tests import onnx_models
+from tests.conftest import LOCAL
 from tests.test_api_bad_input import assert_problem
 from tests.test_api_hostile import EVALUATION, _stored
 from tests.test_api_models import upload
@@ -124,7 +125,7 @@ def test_an_unmigrated_database_answers_a_final_503_naming_the_fix(settings: Set
     """Not "unreachable; retry later" with Retry-After (which clients retried for minutes): a 503 whose type
     says migrations are pending, without Retry-After, on /v1 (with and without an Idempotency-Key) and /v2."""
     unmigrated = settings.model_copy(update={"database_url": _unmigrated_url(settings, tmp_path)})
-    with TestClient(create_app(unmigrated), raise_server_exceptions=False) as client:
+    with TestClient(create_app(unmigrated), raise_server_exceptions=False, base_url=LOCAL) as client:
         for headers in ({}, {"Idempotency-Key": "k1"}):
             response = client.post("/v1/evaluations", json=EVALUATION, headers=headers)
             assert_problem(response, 503)

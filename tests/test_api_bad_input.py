@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import Y_A, Z_A, count_rows
+from tests.conftest import LOCAL, Y_A, Z_A, count_rows
 
 GOOD: dict[str, Any] = {"logits": Z_A.tolist(), "labels": Y_A.tolist()}
 
@@ -165,7 +165,7 @@ def test_a_json_body_declared_over_the_json_limit_is_413_before_it_is_read(tmp_p
             yield b" " * 65536
 
     headers = {"content-type": "application/json", "content-length": str(size)}
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with TestClient(create_app(settings), raise_server_exceptions=False, base_url=LOCAL) as client:
         response = client.post("/v1/evaluations", content=body(), headers=headers)
         assert_problem(response, 413)
         assert "CALIPER_MAX_JSON_BYTES" in response.json()["detail"] and sum(pulled) < size
@@ -287,11 +287,11 @@ def test_cors_is_off_by_default_and_allows_only_the_configured_origins(settings:
     from app.api.main import create_app
 
     preflight = {"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"}
-    with TestClient(create_app(settings)) as default:
+    with TestClient(create_app(settings), base_url=LOCAL) as default:
         response = default.options("/v1/evaluations", headers=preflight)
         assert "access-control-allow-origin" not in response.headers
     allowed = settings.model_copy(update={"cors_origins": "https://app.example.com, https://other.example.com"})
-    with TestClient(create_app(allowed)) as configured:
+    with TestClient(create_app(allowed), base_url=LOCAL) as configured:
         response = configured.options("/v1/evaluations", headers=preflight)
         assert response.headers["access-control-allow-origin"] == "https://app.example.com"
         foreign = configured.options("/v1/evaluations", headers={**preflight, "Origin": "https://evil.example.net"})

@@ -24,6 +24,7 @@ from app.api.auth import PROTECTED
 from app.api.main import create_app
 from app.config import Settings
 from app.storage.migrate import upgrade
+from tests.conftest import LOCAL
 from tests.test_api_models import upload
 from tests.test_export import fit_heads, make_data
 
@@ -58,7 +59,12 @@ def keys(auth_app: FastAPI) -> dict[str, str]:
 
 
 def as_key(app: FastAPI, token: str | None) -> TestClient:
-    return TestClient(app, raise_server_exceptions=False, headers={"Authorization": f"Bearer {token}"} if token else {})
+    return TestClient(
+        app,
+        raise_server_exceptions=False,
+        headers={"Authorization": f"Bearer {token}"} if token else {},
+        base_url=LOCAL,
+    )
 
 
 def operations(app: FastAPI) -> list[tuple[str, str, dict[str, Any]]]:
@@ -266,7 +272,7 @@ def test_the_client_sends_the_key_from_the_environment(
     auth_app: FastAPI, keys: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CALIPER_API_KEY", keys["a_read"])
-    reader = CaliperClient(TestClient(auth_app, raise_server_exceptions=False))
+    reader = CaliperClient(TestClient(auth_app, raise_server_exceptions=False, base_url=LOCAL))
     assert reader.list_evaluations()["items"]
     with pytest.raises(CaliperError) as refused:
         reader.delete_evaluation(reader.list_evaluations()["items"][0]["id"])
@@ -304,6 +310,35 @@ def test_a_cross_site_write_is_refused_even_with_auth_disabled(client: TestClien
     refused = client.post("/v1/evaluations", json=body, headers={"Origin": "https://evil.example"})
     assert refused.status_code == 403 and "cross-origin" in refused.json()["detail"]
     assert client.get("/v1/evaluations").json()["items"] == []  # nothing stored
-    same = client.post("/v1/evaluations", json=body, headers={"Origin": "http://testserver"})
+    same = client.post("/v1/evaluations", json=body, headers={"Origin": "http://localhost"})
     assert same.status_code == 201
     assert client.get("/v1/evaluations", headers={"Origin": "https://evil.example"}).status_code == 200  # reads
+
+
+def test_a_keyless_server_answers_only_the_hosts_it_is_named_by(client: TestClient, auth_app: FastAPI) -> None:
+    """DNS rebinding (issue 25): a page on attacker.example whose name is rebound to 127.0.0.1 sends
+    Host and Origin alike; its DELETE was answered 204. A keyless server answers only loopback names."""
+    made = client.post("/v1/evaluations", json={"logits": [[2.0, 0.5]], "labels": [0]}).json()
+    rebound = {"Host": "attacker.example:8000", "Origin": "http://attacker.example:8000"}
+    refused = client.delete(f"/v1/evaluations/{made['id']}", headers=rebound)
+    assert refused.status_code == 400 and "CALIPER_ALLOWED_HOSTS" in refused.json()["detail"]
+    assert client.get("/v1/evaluations", headers={"Host": "attacker.example"}).status_code == 400  # reads too
+    assert client.get(f"/v1/evaluations/{made['id']}").status_code == 200  # still there
+    for host in ("localhost:8000", "127.0.0.1", "[::1]:8000", "LOCALHOST"):
+        assert client.get("/healthz", headers={"Host": host}).status_code == 200, host
+    with as_key(auth_app, None) as keyed:  # keys required: any Host (the key is what protects it)
+        assert keyed.get("/healthz", headers={"Host": "caliper.example.com"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("given", "allowed", "refused"),
+    [
+        ("", {"localhost", "127.0.0.1", "::1"}, "caliper.internal"),
+        ("caliper.internal, [::1]", {"caliper.internal", "::1"}, "localhost"),
+        ("*", None, None),
+    ],
+)
+def test_allowed_hosts_setting(given: str, allowed: set[str] | None, refused: str | None) -> None:
+    settings = Settings(allowed_hosts=given)
+    names = settings.host_names()
+    assert names is None if allowed is None else (names is not None and allowed <= names and refused not in names)

@@ -34,7 +34,7 @@ from app.core import deadline
 from app.core.runtime import default_cache
 from app.storage.db import make_engine
 from app.storage.migrate import upgrade
-from tests.conftest import Y_A, Z_A, count_rows
+from tests.conftest import LOCAL, Y_A, Z_A, count_rows
 
 CALIPER = [sys.executable, "-m", "app.cli"]
 BODY = {"logits": Z_A.tolist(), "labels": Y_A.tolist()}
@@ -78,7 +78,7 @@ def test_work_over_the_request_time_limit_answers_422_and_stores_nothing(tmp_pat
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(400, 4))
     fit = {"method": "temperature", "logits": logits.tolist(), "labels": rng.integers(0, 4, 400).tolist(), "cv": 5}
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, raise_server_exceptions=False, base_url=LOCAL) as client:
         for path, body in (("/v1/calibrators", fit), ("/v1/evaluations", BODY)):
             answer = client.post(path, json=body)
             assert answer.status_code == 422, answer.text
@@ -123,7 +123,7 @@ def test_beyond_the_running_and_waiting_posts_a_post_answers_503_with_retry_afte
 
     async def scenario() -> tuple[list[httpx.Response], httpx.Response, httpx.Response]:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://caliper.test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url=LOCAL) as client:
             held = [asyncio.create_task(client.post("/v1/evaluations", json=BODY)) for _ in range(1 + waiting)]
             await asyncio.sleep(0.3)  # the held POSTs are admitted or queued
             refused = await client.post("/v1/evaluations", json=BODY)
@@ -136,7 +136,7 @@ def test_beyond_the_running_and_waiting_posts_a_post_answers_503_with_retry_afte
     assert refused.json()["type"].endswith("/overloaded") and "CALIPER_MAX_RUNNING_WORK" in refused.text
     assert read.status_code == 200
     assert [r.status_code for r in held] == [201] * (1 + waiting)  # the admitted and the queued ones ran
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         assert client.post("/v1/evaluations", json=BODY).status_code == 201  # slots are given back
         assert refusals(client)["overloaded"] == 1
     app.state.resources.close()
@@ -151,20 +151,20 @@ def test_a_model_export_takes_a_work_slot_and_the_time_limit(tmp_path: Path) -> 
         return str(client.post("/v1/models", files=files, data={"request": '{"name": "m"}'}).json()["id"])
 
     limited = make_app(tmp_path / "limited", request_timeout_s=1e-6)
-    with TestClient(limited, raise_server_exceptions=False) as client:
+    with TestClient(limited, raise_server_exceptions=False, base_url=LOCAL) as client:
         model_id = upload(client)
         answer = client.get(f"/v1/models/{model_id}/export")
         assert answer.status_code == 422 and answer.json()["type"].endswith("/time-limit"), answer.text
     limited.state.resources.close()
 
     app = make_app(tmp_path, max_running_work=1, max_waiting_work=0)
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         model_id = upload(client)
     release = _hold_work(app)
 
     async def scenario() -> tuple[httpx.Response, httpx.Response]:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://caliper.test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url=LOCAL) as client:
             held = asyncio.create_task(client.post("/v1/evaluations", json=BODY))
             await asyncio.sleep(0.3)
             refused = await client.get(f"/v1/models/{model_id}/export")
@@ -185,13 +185,13 @@ def test_slow_bodies_hold_no_slot_and_one_caller_reads_a_bounded_number(tmp_path
 
     async def scenario() -> tuple[list[httpx.Response], httpx.Response, httpx.Response]:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://caliper.test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url=LOCAL) as client:
             release = asyncio.Event()
             trickling = [asyncio.create_task(_trickled_post(client, release)) for _ in range(3)]
             await asyncio.sleep(0.3)
             capped = await _trickled_post(client, asyncio.Event())  # a 4th: refused before its body is read
             other = httpx.ASGITransport(app=app, client=("192.0.2.7", 4000))  # another caller (no traffic: ASGI)
-            async with httpx.AsyncClient(transport=other, base_url="http://caliper.test") as second:
+            async with httpx.AsyncClient(transport=other, base_url=LOCAL) as second:
                 fast = await asyncio.wait_for(second.post("/v1/evaluations", json={**BODY, "store": False}), 10)
             release.set()
             return list(await asyncio.gather(*trickling)), capped, fast
@@ -210,7 +210,7 @@ def test_time_queued_for_a_slot_does_not_count_against_the_body_deadline(tmp_pat
 
     async def scenario() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://caliper.test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url=LOCAL) as client:
             posts = [asyncio.create_task(client.post("/v1/evaluations", json=BODY)) for _ in range(3)]
             await asyncio.sleep(1.5)  # three times the body deadline, queued
             release.set()
@@ -227,7 +227,7 @@ def test_a_key_over_its_rate_limit_gets_429_with_retry_after_and_other_keys_do_n
     app = make_app(tmp_path, auth="required", rate_limit="3/minute")
     first = app.state.resources.keys.create("team-a", "write")[1]
     second = app.state.resources.keys.create("team-a", "read")[1]
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, raise_server_exceptions=False, base_url=LOCAL) as client:
         as_first = {"Authorization": f"Bearer {first}"}
         assert [client.get("/v1/evaluations", headers=as_first).status_code for _ in range(3)] == [200] * 3
         limited = client.post("/v1/evaluations", json=BODY, headers=as_first)
@@ -342,7 +342,7 @@ def _closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
 
 def test_a_client_sending_headers_slowly_is_answered_408_and_dropped(slow_client_server: str) -> None:
     idle, trickling = _connect(slow_client_server), _connect(slow_client_server)
-    trickling.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    trickling.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
     started = time.monotonic()
     trickle_closed, trickle_answer = _closed_within(trickling, 5)
     idle_closed, idle_answer = _closed_within(idle, 5)
@@ -355,8 +355,8 @@ def test_a_client_sending_headers_slowly_is_answered_408_and_dropped(slow_client
 def test_a_client_sending_its_body_slowly_is_answered_408_and_dropped(slow_client_server: str) -> None:
     sock = _connect(slow_client_server)
     sock.sendall(
-        b"POST /v1/evaluations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n"
-        b'\r\n{"logits": ['
+        b"POST /v1/evaluations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100000\r\n\r\n{"logits": ['
     )
     closed, answer = _closed_within(sock, 6)
     assert closed and answer.startswith(b"HTTP/1.1 408"), answer

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.api.observability import REQUEST_ID, JsonLines
 from tests import onnx_models
+from tests.conftest import LOCAL
 from tests.test_api_models import upload
 
 
@@ -104,7 +105,7 @@ def test_metrics_count_refusals_and_database_errors(tmp_path: Path) -> None:
     from app.config import Settings
 
     app = create_app(Settings(database_url="sqlite:////", artifact_dir=tmp_path, rate_limit="2/minute"))
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, raise_server_exceptions=False, base_url=LOCAL) as client:
         statuses = [client.get("/v1/evaluations").status_code for _ in range(3)]
         assert statuses == [503, 503, 429]
         counted = samples(client)

@@ -15,7 +15,11 @@ from app.api.main import create_app
 from app.config import Settings
 from app.storage.migrate import upgrade
 
-_settings = Settings(database_url=f"sqlite:///{tempfile.mkdtemp()}/fuzz.db", max_body_bytes=8 * 1024 * 1024)
+_settings = Settings(
+    database_url=f"sqlite:///{tempfile.mkdtemp()}/fuzz.db",
+    max_body_bytes=8 * 1024 * 1024,
+    allowed_hosts="testserver",  # schemathesis's ASGI client names this Host
+)
 upgrade(_settings)
 schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(_settings))
 EXAMPLES = int(os.environ.get("CALIPER_FUZZ_EXAMPLES", "5"))

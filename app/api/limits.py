@@ -1,5 +1,6 @@
 """Request limits as pure ASGI middleware, applied before any route runs: the body size (413 from
-Content-Length, or as soon as a streamed body passes the limit) and NUL characters in the URL."""
+Content-Length, or as soon as a streamed body passes the limit), NUL characters in the URL and the `Host`
+names a keyless server answers to."""
 
 from __future__ import annotations
 
@@ -147,6 +148,32 @@ class RefuseNulInUrl:
                 await send_problem(send, 400, "the URL contains a NUL character (%00)")
                 return
         await self.app(scope, receive, send)
+
+
+class AllowedHosts:
+    """400 for a `Host` not among `names` (None: any), as MLflow's --allowed-hosts and Jupyter do: a page on
+    attacker.example whose DNS name is rebound to 127.0.0.1 then reaches the server same-origin, and only
+    its `Host` header tells it apart (CALIPER_ALLOWED_HOSTS)."""
+
+    def __init__(self, app: ASGIApp, names: frozenset[str] | None) -> None:
+        self.app, self.names = app, names
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.names is not None:
+            host = _host_name(dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1"))
+            if host not in self.names:
+                detail = f"Host {host[:100]!r} is not one this server answers to (CALIPER_ALLOWED_HOSTS)"
+                await send_problem(send, 400, detail)
+                return
+        await self.app(scope, receive, send)
+
+
+def _host_name(header: str) -> str:
+    """The name of a Host header, without its port: `[::1]:8000` -> `::1`, `localhost:8000` -> `localhost`."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
 
 
 async def send_problem(send: Send, status: int, detail: str, close: bool = False) -> None:

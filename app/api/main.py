@@ -15,7 +15,7 @@ from app import __version__
 from app.api.admission import WorkAdmission
 from app.api.auth import Authentication, document_auth
 from app.api.idempotency import Idempotency
-from app.api.limits import BodyReadDeadline, BodySizeLimit, RefuseNulInUrl
+from app.api.limits import AllowedHosts, BodyReadDeadline, BodySizeLimit, RefuseNulInUrl
 from app.api.observability import RequestContext, metrics_endpoint
 from app.api.problems import Problem, UnexpectedErrors, install_problem_handlers
 from app.api.rate_limits import RateLimits
@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         origins=tuple(origins),
     )
     app.add_middleware(RefuseNulInUrl)
+    app.add_middleware(AllowedHosts, names=settings.host_names())
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
     if origins:  # off by default: without it a browser page on another origin cannot read any answer
         app.add_middleware(

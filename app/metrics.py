@@ -57,7 +57,8 @@ class Metrics:
         )
         self.refusals = Counter(
             "caliper_refused_requests",
-            "Requests refused by a limit: rate-limit (429), overloaded (503), body-timeout (408).",
+            "Requests refused by a limit: rate-limit (429), overloaded (503), body-timeout (408), header-timeout "
+            "(408), connections (503: CALIPER_MAX_CONNECTIONS).",
             ["reason"],
             registry=self.registry,
         )

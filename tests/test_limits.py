@@ -350,6 +350,8 @@ def test_a_client_sending_headers_slowly_is_answered_408_and_dropped(slow_client
     assert idle_closed and idle_answer == b""  # nothing sent: closed without an answer
     assert time.monotonic() - started < 5
     assert _status(slow_client_server + "/healthz") == 200
+    metrics = httpx.get(slow_client_server + "/metrics").text
+    assert 'caliper_refused_requests_total{reason="header-timeout"} 1.0' in metrics  # the idle one sent nothing
 
 
 def test_a_client_sending_its_body_slowly_is_answered_408_and_dropped(slow_client_server: str) -> None:

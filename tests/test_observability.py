@@ -113,6 +113,53 @@ def test_metrics_count_refusals_and_database_errors(tmp_path: Path) -> None:
     assert counted[("caliper_refused_requests_total", (("reason", "rate-limit"),))] == 1
 
 
+def test_refusals_before_routing_are_counted_under_their_route(tmp_path: Path) -> None:
+    """Issue 25: 503s answered by a middleware while the database was down were labelled route="unmatched"."""
+    from app.api.main import create_app
+    from app.config import Settings
+
+    app = create_app(Settings(database_url="sqlite:////", artifact_dir=tmp_path, rate_limit=""))
+    with TestClient(app, raise_server_exceptions=False, base_url=LOCAL) as client:
+        keyed = {"Idempotency-Key": "k"}  # refused by the idempotency middleware, before any route runs
+        assert (
+            client.post("/v1/evaluations", json={"logits": [[1.0, 0.0]], "labels": [0]}, headers=keyed).status_code
+            == 503
+        )
+        counted = samples(client)
+    labels = (("method", "POST"), ("route", "/v1/evaluations"), ("status", "503"))
+    assert counted[("caliper_http_requests_total", labels)] == 1
+
+
+def test_a_client_that_leaves_mid_body_is_a_499_not_a_server_error(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    messages = iter([{"type": "http.request", "body": b'{"logits": [[1.0', "more_body": True}])
+
+    async def receive() -> dict[str, object]:
+        return next(messages, {"type": "http.disconnect"})
+
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/v1/evaluations", "raw_path": b"/v1/evaluations", "query_string": b"", "root_path": "",
+        "headers": [(b"host", b"localhost"), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 5000), "server": ("localhost", 80),
+    }  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="caliper"):
+        asyncio.run(client.app(scope, receive, send))  # type: ignore[arg-type]
+    assert not [m for m in sent if m["type"] == "http.response.start"]  # nobody to answer
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    labels = (("method", "POST"), ("route", "/v1/evaluations"), ("status", "499"))
+    counted = samples(client)
+    assert counted.get(("caliper_http_requests_total", labels)) == 1, [k for k in counted if "499" in str(k)]
+
+
 def test_metrics_report_onnxruntime_time_by_graph_kind_and_rows_by_route(client: TestClient) -> None:
     before = samples(client)
     body = {"logits": np.zeros((9, 3)).tolist(), "labels": [0, 1, 2] * 3}

@@ -6,8 +6,10 @@ while the request runs carry it (`request_id`), and `JsonLines` writes them as J
 from __future__ import annotations
 
 import contextvars
+import functools
 import json
 import logging
+import re
 import time
 import uuid
 from typing import Any
@@ -45,6 +47,34 @@ def _given_id(scope: Scope) -> str | None:
     return None
 
 
+CLIENT_CLOSED = 499  # nginx's status for a request whose client closed the connection before the answer
+
+
+def route_template(scope: Scope) -> str:
+    """The route's template (`/v1/models/{model_id}`), also for a request a middleware answered before
+    routing (a 503 while the database is down): then matched against the OpenAPI document's paths."""
+    route = scope.get("route")
+    if route is not None:
+        return str(getattr(route, "path", "unmatched"))
+    app = scope.get("app")
+    paths = app.openapi().get("paths", {}) if app is not None and hasattr(app, "openapi") else {}
+    method = str(scope.get("method", "")).lower()
+    return next(
+        (
+            path
+            for path, operations in paths.items()
+            if method in operations and _template(path).fullmatch(scope["path"])
+        ),
+        "unmatched",
+    )
+
+
+@functools.cache
+def _template(path: str) -> re.Pattern[str]:
+    """`/v1/models/{model_id}` as a pattern of the paths it names."""
+    return re.compile(re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(path)))
+
+
 class RequestContext:
     """Sets the request id, adds `X-Request-ID` to the answer, counts it by method, route template
     (`/v1/models/{model_id}`, not the id: bounded label values) and status, and (`access_log`) writes one
@@ -62,20 +92,29 @@ class RequestContext:
         rows = [0]
         rows_token = REQUEST_ROWS.set(rows)
         started = time.perf_counter()
-        status = 500
+        answered: int | None = None
+        disconnected = False
+
+        async def watched_receive() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            disconnected = disconnected or message["type"] == "http.disconnect"
+            return message
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                answered = message["status"]
                 headers = [h for h in message.get("headers", []) if h[0].lower() != HEADER]
                 message = {**message, "headers": [*headers, (HEADER, request_id.encode())]}
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, watched_receive, send_with_id)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
+            # a client that left before its answer is no server error: counted as nginx's 499
+            status = answered if answered is not None else (CLIENT_CLOSED if disconnected else 500)
+            route = route_template(scope)
             seconds = time.perf_counter() - started
             self.metrics.requests.labels(scope["method"], route, str(status)).inc()
             self.metrics.latency.labels(scope["method"], route).observe(seconds)

@@ -51,7 +51,12 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         self._request_began = False
+        over = self.limit_concurrency is not None and (  # uvicorn's own test, just before it answers 503 alone
+            len(self.connections) >= self.limit_concurrency or len(self.tasks) >= self.limit_concurrency
+        )
         super().on_headers_complete()
+        if over:
+            self._refused("connections")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -70,7 +75,16 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             if self._request_began:
                 self.transport.write(REQUEST_TIMEOUT)
+                self._refused("header-timeout")
             self.transport.close()
+
+    def _refused(self, reason: str) -> None:
+        """Count a refusal the server made without the app (it never saw the request) in the app's metrics."""
+        app: Any = self.app
+        while app is not None and getattr(getattr(app, "state", None), "resources", None) is None:
+            app = getattr(app, "app", None)  # uvicorn's wrappers (proxy headers, …) hold the app as `.app`
+        if app is not None:
+            app.state.resources.metrics.refusals.labels(reason).inc()
 
 
 def json_logs() -> None:

@@ -334,6 +334,22 @@ def test_a_worker_killed_mid_request_answers_422_and_the_next_request_succeeds(c
     )
 
 
+def test_a_worker_that_died_while_idle_is_replaced_without_failing_the_next_request(client: TestClient) -> None:
+    """Issue 25: the next, unrelated request got a 422 "the model crashed its worker"."""
+    pool = resources(client).workers
+    model = upload(client, onnx_models.mlp()[0]).json()
+    x = {"inputs": {"x": np.ones((1, 6)).tolist()}}
+    assert client.post(f"/v1/models/{model['id']}/predict", json=x).status_code == 200
+    idle = [w for w in list(pool._alive) if w not in pool._busy]
+    assert idle
+    for worker in idle:
+        os.kill(worker.process.pid, signal.SIGKILL)
+        worker.process.join(10)
+    for _ in range(len(idle) + 1):  # every pool slot is taken once at least
+        assert client.post(f"/v1/models/{model['id']}/predict", json=x).status_code == 200
+    assert not [w for w in list(pool._alive) if not w.process.is_alive()]
+
+
 def test_fitting_from_a_model_equals_fitting_on_what_the_model_produces(client: TestClient) -> None:
     """One code path resolves `model_id` + `inputs` into the tensors every fitter reads."""
     data, _ = onnx_models.mlp(d=6, hidden=5, classes=3, dtype=np.float64)

@@ -244,6 +244,15 @@ class WorkerPool:
         self._lock = threading.Lock()
 
     def _take(self) -> _Worker:
+        """A live worker for a call: one that died while idle (killed from outside, the OOM killer) is
+        replaced here, not blamed on the call that happens to come next."""
+        while True:
+            worker = self._take_any()
+            if worker.process.is_alive():
+                return worker
+            self._replace(worker, f"it died while idle (exit code {worker.process.exitcode})")
+
+    def _take_any(self) -> _Worker:
         with self._lock:
             if self._started < self.size:
                 self._started += 1

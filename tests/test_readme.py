@@ -79,8 +79,10 @@ def test_readme_shell_block_runs_as_written(name: str, live_server: str, setting
     for match in FILE_BLOCK.finditer(readme):
         if match["name"] == name:
             (tmp_path / match["file"]).write_text(match["content"])
+    assert "<<<" not in script and "[[ " not in script, "a block fenced `sh` uses bash syntax"
     (tmp_path / ".venv").symlink_to(ROOT / ".venv")
     (tmp_path / "models").symlink_to(ROOT / "models")  # the demo model and its splits, as in the repository
+    before = {p.name for p in tmp_path.iterdir()}
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALIPER_")}
     env.update(DATABASE_URL=settings.database_url, PATH=f"{ROOT / '.venv' / 'bin'}:{env['PATH']}")
     result = subprocess.run(
@@ -89,3 +91,5 @@ def test_readme_shell_block_runs_as_written(name: str, live_server: str, setting
     )  # fmt: skip
     assert result.returncode == 0, f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
     assert result.stdout.strip()
+    left = {p.name for p in tmp_path.iterdir()} - before - {"var"}
+    assert left == set(), f"the examples leave files in the checkout (write them under var/): {sorted(left)}"

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install dev run migrate test test-narrow fuzz lint bench lock clean
+.PHONY: install dev run migrate test test-narrow fuzz lint bench lock clean docker-smoke
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,12 @@ test-narrow: dev
 # schemathesis over every operation, 50 examples each (make test runs 5): no 5xx, every response valid.
 fuzz: dev
 	CALIPER_FUZZ_EXAMPLES=50 $(BIN)/pytest tests/test_schema_fuzz.py
+
+# The image built and used as a user would (docker/smoke.sh): the image alone on SQLite, then compose with
+# Postgres. It starts a Docker daemon where none answers and builds the base images from Debian's packages
+# where they cannot be pulled.
+docker-smoke:
+	bash docker/smoke.sh
 
 lint: dev
 	$(BIN)/ruff check app client tests bench migrations models

@@ -326,6 +326,12 @@ class CaliperClient:
     def delete_model(self, model_id: str) -> None:
         self._check(self.http.delete(f"/v1/models/{model_id}"))
 
+    def model_onnx(self, model_id: str) -> bytes:
+        """The uploaded model's bytes, as uploaded."""
+        response = self.http.get(f"/v1/models/{model_id}/onnx")
+        self._raise_for_problem(response)
+        return response.content
+
     def export_model(self, model_id: str, **heads: str | None) -> bytes:
         """The model with its heads merged into one ONNX model (calibrator_id, detector_id, sdm_id, dtype)."""
         params = {k: v for k, v in heads.items() if v is not None}
@@ -359,6 +365,24 @@ class CaliperClient:
 
     def get_gate(self, gate_id: str) -> dict[str, Any]:
         return self._check(self.http.get(f"/v1/gates/{gate_id}"))
+
+    def list_gates(self, **filters: Any) -> dict[str, Any]:
+        return self._check(self.http.get("/v1/gates", params={k: v for k, v in filters.items() if v is not None}))
+
+    # ---- keys and health ----------------------------------------------------------------------------
+    def create_key(self, role: str = "write", name: str = "") -> dict[str, Any]:
+        """A new key of the caller's project (an admin key's call); its secret `key` is in this answer only."""
+        return self._check(self._post("/v1/keys", json={"role": role, "name": name}))
+
+    def list_keys(self) -> dict[str, Any]:
+        return self._check(self.http.get("/v1/keys"))
+
+    def revoke_key(self, key_id: str) -> None:
+        self._check(self.http.delete(f"/v1/keys/{key_id}"))
+
+    def ready(self) -> dict[str, Any]:
+        """GET /readyz: each dependency's check (a CaliperError with them when the service is not ready)."""
+        return self._check(self.http.get("/readyz"))
 
     def set_tags(self, evaluation_id: str, tags: Mapping[str, str]) -> dict[str, Any]:
         return self._check(self._post(f"/v1/evaluations/{evaluation_id}/tags", json={"tags": dict(tags)}))

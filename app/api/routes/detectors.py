@@ -8,9 +8,10 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import role
-from app.api.bodies import read_tensor_body, tensor_request_body
+from app.api.bodies import NPZ, read_tensor_body, tensor_request_body
 from app.api.deps import get_resources, resources_of
 from app.api.json_body import StrictJsonRoute
+from app.api.npz_stream import npz_response
 from app.api.problems import DELETION, LISTING, READ, TENSOR_WRITE
 from app.context import Resources
 from app.ood.schemas import (
@@ -82,8 +83,8 @@ def delete(detector_id: str, resources: ResourcesDep) -> Response:
     "/{detector_id}/score",
     operation_id="scoreDetector",
     response_model=DetectorScoresOut,
-    summary="OOD scores of features",
-    responses=TENSOR_WRITE,
+    summary="OOD scores of features (JSON, or .npz with Accept: application/x-npz)",
+    responses={**TENSOR_WRITE, 200: {"content": {"application/json": {}, NPZ: {}}}},
     openapi_extra={**tensor_request_body("ScoreRequest", ("features",)), **role("read")},  # computes, stores nothing
 )
 async def score(detector_id: str, request: Request) -> Response:
@@ -91,5 +92,7 @@ async def score(detector_id: str, request: Request) -> Response:
     options, arrays = await read_tensor_body(request, SCORE_FEATURES, frozenset())
     ScoreRequest.model_validate(options)
     scores, nearest = await run_in_threadpool(resources.detectors.score, detector_id, arrays)
+    if NPZ in request.headers.get("accept", ""):  # api.md: per-row outputs of score endpoints, as .npz too
+        return npz_response({"scores": scores, "nearest_class": nearest})
     out = DetectorScoresOut(scores=scores.astype(float).tolist(), nearest_class=nearest.astype(int).tolist())
     return Response(out.model_dump_json(), media_type="application/json")

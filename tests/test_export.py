@@ -305,18 +305,21 @@ def test_common_architectures_export_at_every_opset(client: TestClient, name: st
     assert_export_matches_predict(got, predicted(client, model["id"], fresh, **heads), 2e-6)
 
 
-def test_opsets_that_cannot_be_reconciled_are_refused_clearly(
-    client: TestClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    model = upload(client, renamed_mlp({}, opset=17)).json()
+def test_opsets_that_cannot_be_reconciled_are_refused_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The merge itself (`app.core.compose`, which a model worker runs): when the converter fails both
+    ways, the InputError names both opsets (the worker hands it back as a 422, as the size limit below)."""
+    from app.core.compose import compose
+    from app.core.errors import InputError
 
     def refuse(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
         raise RuntimeError(f"No Adapter To Version ${version}")
 
     monkeypatch.setattr(onnx.version_converter, "convert_version", refuse)
-    response = client.get(f"/v1/models/{model['id']}/export")
-    assert_problem(response, 422)
-    assert "cannot reconcile opsets" in response.json()["detail"] and "ai.onnx 17" in response.json()["detail"]
+    user = onnx.load_from_string(renamed_mlp({}, opset=17))
+    heads = onnx.load_from_string(onnx_models.architecture("mlp", 13))  # any graph at another opset
+    with pytest.raises(InputError, match="cannot reconcile opsets") as refused:
+        compose(user, heads, [("logits", "x")])
+    assert "ai.onnx 17" in refused.value.message and refused.value.field == "model_id"
 
 
 def test_an_export_over_the_size_limit_is_422(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -375,3 +378,22 @@ def test_the_cli_writes_the_same_export_in_process_and_from_a_server(
     )
     assert missing.returncode == 2 and "no model with id 'nope'" in missing.stderr
     assert "Traceback" not in missing.stderr and not (tmp_path / "x.onnx").exists()
+
+
+def test_the_merge_runs_in_a_model_worker_under_its_limits(client: TestClient) -> None:
+    """Issue 25: exports loaded, converted and checked the user's model in the API process, unbounded. The
+    merge now runs in a model worker: past CALIPER_MODEL_TIMEOUT_S it answers 422 model-limits, the worker
+    is replaced, and the service goes on."""
+    from dataclasses import replace
+
+    model = upload(client, onnx_models.architecture("cnn", 13), embedding_output="embedding").json()
+    pool = resources(client).workers
+    limits = pool.limits
+    pool.limits = replace(limits, timeout_s=1e-4)
+    try:
+        response = client.get(f"/v1/models/{model['id']}/export")
+    finally:
+        pool.limits = limits
+    assert_problem(response, 422)
+    assert response.json()["type"].endswith("/model-limits") and "CALIPER_MODEL_TIMEOUT_S" in response.text
+    exported(client, model["id"])  # a new worker merges it

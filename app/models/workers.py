@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from app.core.errors import InputError
+
 Placed = tuple[str, int, str, tuple[int, ...]]  # (tensor name, byte offset in its block, dtype, shape)
 ALIGN = 64  # tensors start on cache-line boundaries
 GROWTH_BYTES = 1 << 20  # blocks grow in whole MiB, so a slowly growing batch does not replace them every call
@@ -131,6 +133,9 @@ def _worker(conn: Connection, limits: WorkerLimits, outbox_prefix: str) -> None:
         except EOFError:
             return
         try:
+            if message["op"] == "merge":
+                conn.send(("ok", _merged(message)))
+                continue
             run = session(message["key"], message["path"])
             if message["op"] == "load":
                 conn.send(("ok", None))
@@ -156,10 +161,24 @@ def _worker(conn: Connection, limits: WorkerLimits, outbox_prefix: str) -> None:
             conn.send(("ok", (outbox.name, placed)))
         except MemoryError as exc:
             conn.send(("memory", str(exc)))
+        except InputError as exc:
+            conn.send(("input", (exc.field, exc.message)))
         except Exception as exc:  # onnxruntime's errors have no common base class
             text = str(exc)
             kind = "memory" if "allocat" in text.lower() or "bad_alloc" in text.lower() else "error"
             conn.send((kind, f"{type(exc).__name__}: {text}"[:2000]))
+
+
+def _merged(message: dict[str, Any]) -> tuple[bytes, list[dict[str, Any]], list[dict[str, Any]]]:  # pragma: no cover
+    """A model merged with its heads (`app.core.compose`), serialized, with its inputs and outputs."""
+    from app.core.compose import merged_file
+    from app.models.intake import signature
+
+    io_map = [tuple(pair) for pair in message["io_map"]]
+    model = merged_file(message["path"], message["heads"], io_map, message["metadata"], message["max_bytes"],
+                        message["field"])  # fmt: skip
+    inputs, outputs = signature(model)
+    return model.SerializeToString(), [i.model_dump() for i in inputs], [o.model_dump() for o in outputs]
 
 
 log = logging.getLogger("caliper.models")  # from the request's thread: its lines carry its request id
@@ -342,11 +361,30 @@ class WorkerPool:
             )
         if status == "error":
             raise ModelRunError(payload)
+        if status == "input":
+            raise InputError(*payload)
         return payload
 
     def load(self, key: str, path: str) -> None:
         """Create (and cache) the model's session in a worker: onnxruntime's refusals surface here."""
         self._call({"op": "load", "key": key, "path": path})
+
+    def merge(
+        self,
+        path: str,
+        heads: bytes,
+        io_map: list[tuple[str, str]],
+        metadata: dict[str, str],
+        max_bytes: int,
+        field: str,
+    ) -> tuple[bytes, list[dict[str, Any]], list[dict[str, Any]]]:
+        """The model at `path` merged with the serialized `heads` graph, in a worker: its memory and time
+        limits bound the load, opset conversion and full check of a large or hostile model (issue 25: eight
+        parallel exports of a 250 MB model took the API process to 2.3 GB)."""
+        message = {"op": "merge", "path": path, "heads": heads, "io_map": io_map, "metadata": metadata,
+                   "max_bytes": max_bytes, "field": field}  # fmt: skip
+        merged: tuple[bytes, list[dict[str, Any]], list[dict[str, Any]]] = self._call(message)
+        return merged
 
     def run(
         self,

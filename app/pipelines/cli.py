@@ -55,8 +55,6 @@ def _local(_: str | None, model_id: str, heads: dict[str, str | None], dtype: st
 
     resources = local_resources()
     try:
-        export = resources.exports.export(model_id, Heads(**heads), np.dtype(dtype) if dtype else None)
-        data: bytes = export.model.SerializeToString()
-        return data
+        return resources.exports.export(model_id, Heads(**heads), np.dtype(dtype) if dtype else None).data
     finally:
         resources.close()

@@ -1,14 +1,8 @@
 """The composed export (api.md "Models", `/export`): the user's graph unchanged, with the heads merged in
-as one self-contained ONNX model. The heads are built as one spox graph from the same fragments the
+as one self-contained ONNX model. The heads are built here as one spox graph from the same fragments the
 service runs (a calibrator's apply fragment on the logits output, a detector's scoring fragment on the
-embedding or feature outputs, the SDM estimator with its support embedded), then joined to the user's
-graph by `onnx.compose.merge_models`: ours is the side that gets a prefix, theirs keeps every name.
-
-Opsets are reconciled with `onnx.version_converter`. Our graph is written with spox's ai.onnx.v21 module,
-and spox declares the lowest opset that its nodes need (14 for a softmax head, 21 with a detector). It is
-converted, up or down, to the user's opset; when that fails, the lower of the two graphs is converted up to
-the other's; when both fail, 422 naming both faults.
-"""
+embedding or feature outputs, the SDM estimator with its support embedded); a model worker merges them
+with the user's graph (`app.core.compose`), under the workers' memory and time limits."""
 
 from __future__ import annotations
 
@@ -17,26 +11,22 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import onnx.compose
-import onnx.defs
-import onnx.version_converter
 import spox.opset.ai.onnx.v21 as op
 from spox import Tensor, Var, argument, build
 
 from app.core import deadline
-from app.core.errors import InputError
 from app.models.runner import ModelRunner
+from app.models.schemas import TensorInfo
 from app.pipelines.heads import HeadCheck, Heads
 from app.storage.models import ModelRecord
-
-PREFIX = "caliper_"  # on every name of our graph; on an output name only where the user's model has it
-INITIALIZER_BYTES = 1024  # constants larger than this become initializers (support sets, tables, weights)
 
 
 @dataclass(frozen=True)
 class Export:
-    model: onnx.ModelProto
+    data: bytes  # the serialized model
     dtype: np.dtype  # of the calibrator and detector heads
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
 
 
 class ExportService:
@@ -47,25 +37,24 @@ class ExportService:
         """The user's model with `probabilities` (calibrated, or the softmax), `ood_score` and the SDM
         outputs; `dtype` (default: the logits output's) is the precision of the calibrator and detector
         (the SDM estimator runs in its own, as `/predict` does). 422 when a head does not fit, the opsets
-        cannot be reconciled, or the result exceeds CALIPER_MAX_EXPORT_BYTES."""
+        cannot be reconciled, or the result exceeds CALIPER_MAX_EXPORT_BYTES; the merge runs in a model
+        worker (422 model-limits when it exceeds the workers' memory or time limit)."""
         record = self.runner.get(model_id)
         wanted = self.heads.outputs(record, heads)
-        user = onnx.load(str(self.runner.artifacts.path(record.sha256)), load_external_data=False)
         dtype = dtype or np.dtype(next(o["dtype"] for o in record.outputs if o["name"] == record.logits_output))
-        deadline.check()  # between the stages: the request's time limit (an export takes a work slot)
-        ours = self._heads_graph(record, heads, wanted, dtype)
-        deadline.check()
-        merged = compose(user, ours, [(name, f"in_{i}") for i, name in enumerate(wanted)])
-        merged.metadata_props.add(key="caliper.export", value=json.dumps(vars(heads) | {"model_id": model_id}))
-        size = merged.ByteSize()
-        if size > self.max_bytes:
-            raise InputError(
-                "sdm_id" if heads.sdm_id else "model_id",
-                f"the export would be {size} bytes; CALIPER_MAX_EXPORT_BYTES is {self.max_bytes}",
-            )
-        deadline.check()
-        onnx.checker.check_model(merged, full_check=True)
-        return Export(merged, dtype)
+        ours = self._heads_graph(record, heads, wanted, dtype).SerializeToString()
+        deadline.check()  # the request's time limit (an export takes a work slot), before the merge
+        data, inputs, outputs = self.runner.workers.merge(
+            str(self.runner.artifacts.path(record.sha256)),
+            ours,
+            [(name, f"in_{i}") for i, name in enumerate(wanted)],
+            {"caliper.export": json.dumps(vars(heads) | {"model_id": model_id})},
+            self.max_bytes,
+            "sdm_id" if heads.sdm_id else "model_id",
+        )
+        return Export(
+            data, dtype, [TensorInfo.model_validate(i) for i in inputs], [TensorInfo.model_validate(o) for o in outputs]
+        )
 
     def _heads_graph(self, record: ModelRecord, heads: Heads, wanted: list[str], dtype: np.dtype) -> onnx.ModelProto:
         """Our graph: input `in_<i>` for the i-th model output it reads, api.md's output names."""
@@ -104,125 +93,3 @@ def _argument(info: dict[str, object]) -> Var:
 
 def _as(x: Var, dtype: np.dtype) -> Var:
     return x if np.dtype(x.unwrap_tensor().dtype) == dtype else op.cast(x, to=dtype)
-
-
-def compose(user: onnx.ModelProto, ours: onnx.ModelProto, io_map: list[tuple[str, str]]) -> onnx.ModelProto:
-    """`ours` fed by the user's model through `io_map` (user output, our input), every output of both
-    kept. Every name of ours gets a prefix free in the user's graph, except our output names that the
-    user's graph does not have (they stay api.md's)."""
-    ours = _constants_as_initializers(ours)
-    user, ours = _reconciled(user, ours)
-    taken = _names(user.graph)
-    clashing = [o.name for o in ours.graph.output if o.name in taken]
-    prefix = next(
-        (p for p in _prefixes() if not any(p + name in taken for name in _names(ours.graph))),
-        None,
-    )
-    if prefix is None:
-        raise InputError("model_id", "the model's names leave no free prefix for the heads")
-    renamed = onnx.ModelProto()
-    renamed.CopyFrom(ours)
-    onnx.compose.add_prefix_graph(
-        renamed.graph, prefix, rename_outputs=False, inplace=True, name_map={o: prefix + o for o in clashing}
-    )
-    outputs = [o.name for o in user.graph.output] + [o.name for o in renamed.graph.output]
-    try:
-        merged = onnx.compose.merge_models(
-            user,
-            renamed,
-            io_map=[(theirs, prefix + mine) for theirs, mine in io_map],
-            outputs=outputs,
-            producer_name="caliper",
-            doc_string=user.doc_string,
-        )
-    except ValueError as exc:  # onnx.compose's refusals (IR versions, opsets, names) are ValueErrors
-        raise InputError("model_id", f"the model and the heads cannot be merged: {str(exc)[:300]}") from exc
-    unique = {(o.domain or "", o.version): o for o in merged.opset_import}  # merge_models lists shared ones twice
-    del merged.opset_import[:]
-    merged.opset_import.extend(unique.values())
-    return merged
-
-
-def _names(graph: onnx.GraphProto) -> set[str]:
-    """Every value, node, initializer, input and output name of a graph (not its subgraphs')."""
-    names = {v for n in graph.node for v in (*n.input, *n.output, n.name)} | {i.name for i in graph.initializer}
-    return names | {v.name for v in (*graph.input, *graph.output, *graph.value_info)}
-
-
-def _prefixes() -> list[str]:
-    return [PREFIX, *(f"caliper{i}_" for i in range(1, 100))]
-
-
-def _default_opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-
-
-def _reconciled(user: onnx.ModelProto, ours: onnx.ModelProto) -> tuple[onnx.ModelProto, onnx.ModelProto]:
-    """Both at one ai.onnx opset and one IR version. The user's opset first (their graph and IR version
-    unchanged, ours converted up or down), then the higher of the two opsets (the lower side converted up,
-    the higher IR version); 422 naming every converter fault when neither holds."""
-    user_opset, our_opset = _default_opset(user), _default_opset(ours)
-    faults: list[str] = []
-    for target in dict.fromkeys((user_opset, max(user_opset, our_opset))):
-        ir_version = user.ir_version if target == user_opset else max(user.ir_version, ours.ir_version)
-        try:
-            return _at(user, target, ir_version), _at(ours, target, ir_version)
-        except Exception as exc:  # the converter raises bare RuntimeErrors and ValueErrors alike
-            faults.append(f"to {target}: {str(exc).splitlines()[0][:200]}")
-    raise InputError(
-        "model_id",
-        f"cannot reconcile opsets: the model is ai.onnx {user_opset}, the heads {our_opset}; "
-        f"onnx.version_converter failed ({'; '.join(faults)})",
-    )
-
-
-def _at(model: onnx.ModelProto, opset: int, ir_version: int) -> onnx.ModelProto:
-    """The model at ai.onnx `opset` (converted when it is at another) and at `ir_version`."""
-    if _default_opset(model) != opset:
-        model = onnx.version_converter.convert_version(_without_default_attributes(model), opset)
-        onnx.checker.check_model(model)
-    model.ir_version = ir_version
-    return model
-
-
-def _without_default_attributes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with every attribute that equals its schema default left out (same meaning): spox
-    writes defaults such as ReduceMax's `noop_with_empty_axes = 0`, which the converter's down-adapters
-    carry into opsets where the attribute does not exist."""
-    opset = _default_opset(model)
-    for node in model.graph.node:
-        if node.domain not in ("", "ai.onnx"):
-            continue
-        schema = onnx.defs.get_schema(node.op_type, opset, node.domain)
-        kept = []
-        for attribute in node.attribute:
-            declared = schema.attributes.get(attribute.name)
-            default = declared.default_value if declared is not None else None
-            if default is not None and default.name and _value(default) == _value(attribute):
-                continue
-            kept.append(attribute)
-        del node.attribute[:]
-        node.attribute.extend(kept)
-    return model
-
-
-def _value(attribute: onnx.AttributeProto) -> object:
-    return onnx.helper.get_attribute_value(attribute)
-
-
-def _constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Large `Constant` nodes (spox's way to embed an array) as graph initializers, where ONNX tools expect
-    weights (and where onnx.compose's name prefixing and checkers look)."""
-    kept: list[onnx.NodeProto] = []
-    for node in model.graph.node:
-        value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
-        if value is not None and value.ByteSize() > INITIALIZER_BYTES:
-            tensor = onnx.TensorProto()
-            tensor.CopyFrom(value)
-            tensor.name = node.output[0]
-            model.graph.initializer.append(tensor)
-        else:
-            kept.append(node)
-    del model.graph.node[:]
-    model.graph.node.extend(kept)
-    return model

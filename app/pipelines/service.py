@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 from cachetools import TTLCache
 
-from app.models import intake
 from app.models.workers import WorkerPool
 from app.pipelines.export import ExportService
 from app.pipelines.heads import Heads
@@ -43,10 +42,8 @@ class PipelineService:
     def create(self, request: PipelineRequest) -> PipelineRecord:
         heads = Heads(request.calibrator_id, request.detector_id, request.sdm_id)
         export = self.exports.export(request.model_id, heads, np.dtype(request.dtype) if request.dtype else None)
-        inputs, outputs = intake.signature(export.model)
-        data = export.model.SerializeToString()
         with self.artifacts.lock():
-            digest = self.artifacts.put(data)
+            digest = self.artifacts.put(export.data)
             record = PipelineRecord(
                 id=new_id(),
                 created_at=utc_now(),
@@ -58,9 +55,9 @@ class PipelineService:
                 sdm_id=request.sdm_id,
                 dtype=export.dtype.name,
                 sha256=digest,
-                size_bytes=len(data),
-                inputs=[i.model_dump() for i in inputs],
-                outputs=[o.model_dump() for o in outputs],
+                size_bytes=len(export.data),
+                inputs=[i.model_dump() for i in export.inputs],
+                outputs=[o.model_dump() for o in export.outputs],
                 tags=request.tags,
             )
             try:

@@ -20,6 +20,11 @@ def ensure_sqlite_directory(url: str) -> None:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
 
 
+def backend_name(url: str) -> str:
+    """`sqlite`, `postgresql`, …: what /readyz may show of a database URL (no user, host or name)."""
+    return make_url(url).get_backend_name()
+
+
 def display_url(url: str) -> str:
     """The URL as messages may show it: the password masked."""
     return make_url(url).render_as_string(hide_password=True)

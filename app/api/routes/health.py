@@ -10,7 +10,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
-from sqlalchemy.engine import make_url
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
@@ -18,6 +17,7 @@ from app.api.deps import get_resources
 from app.api.json_body import StrictJsonRoute
 from app.api.problems import DATABASE_DOWN, problem_response, problems
 from app.context import Resources
+from app.storage.db import backend_name
 from app.storage.migrate import schema_revisions
 
 router = APIRouter(tags=["health"], route_class=StrictJsonRoute)
@@ -57,7 +57,7 @@ def healthz() -> dict[str, str]:
 def _database(resources: Resources) -> DependencyCheck:
     """Reachable and migrated? The detail names the backend only: /readyz needs no key, so it shows no
     user, host or database name (the full error goes to the log)."""
-    where = {"backend": make_url(resources.settings.database_url).get_backend_name()}
+    where = {"backend": backend_name(resources.settings.database_url)}
     try:
         current, heads = schema_revisions(resources.settings, resources.engine)
     except DATABASE_DOWN as exc:

@@ -119,7 +119,7 @@ def export(
     export = resources.exports.export(model_id, heads, np.dtype(dtype) if dtype else None)
     disposition = f'attachment; filename="{record.name}-caliper.onnx"'
     return Response(
-        export.model.SerializeToString(),
+        export.data,
         media_type="application/octet-stream",
         headers={"Content-Disposition": disposition},
     )

@@ -368,6 +368,27 @@ def test_a_client_sending_its_body_slowly_is_answered_408_and_dropped(slow_clien
     )
 
 
+def test_requests_beyond_the_connection_cap_answer_503_and_are_counted(tmp_path: Path) -> None:
+    """uvicorn answers them itself (the app never sees them); they are counted all the same (issue 25)."""
+    server, url = start_server(tmp_path, CALIPER_MAX_CONNECTIONS="3", CALIPER_HEADER_TIMEOUT_S="30")
+    try:
+        held = [_connect(url) for _ in range(4)]  # all open before any request: beyond the cap
+        answers = []
+        for sock in held:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            answers.append(sock.recv(4096).split(b"\r\n", 1)[0])
+        refused = answers.count(b"HTTP/1.1 503 Service Unavailable")
+        assert refused >= 1 and answers.count(b"HTTP/1.1 200 OK") + refused == 4, answers
+        for sock in held:
+            sock.close()
+        time.sleep(0.5)
+        metrics = httpx.get(url + "/metrics").text
+        assert f'caliper_refused_requests_total{{reason="connections"}} {refused}.0' in metrics, metrics[-1500:]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 def test_300_half_sent_requests_under_256_open_files_do_not_lock_out_normal_requests(
     slow_client_server: str,
 ) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.models.workers import ModelLimitError, WorkerLimits, WorkerPool
+from app.models.workers import WorkerLimits, WorkerPool
 from tests import onnx_models
 
 SHM = Path("/dev/shm")
@@ -37,9 +37,8 @@ def test_a_killed_worker_leaves_no_shared_memory_behind(tmp_path: Path) -> None:
         assert all((SHM / name).exists() for name in names)
         os.kill(worker.process.pid, signal.SIGKILL)
         worker.process.join(10)
-        with pytest.raises(ModelLimitError, match="crashed"):
-            pool.run("m", str(path), {"x": x}, ["logits"])
+        # the next call finds it dead before using it: replaced (its blocks unlinked), and a new worker serves
+        assert pool.run("m", str(path), {"x": x}, ["logits"])["logits"].shape == (4, 3)
         assert [name for name in names if (SHM / name).exists()] == []
-        assert pool.run("m", str(path), {"x": x}, ["logits"])["logits"].shape == (4, 3)  # a new worker serves
     finally:
         pool.close()

@@ -44,9 +44,13 @@ test-narrow: dev
 	  NPY_DISABLE_CPU_FEATURES="$(NARROW_DISPATCH)" CALIPER_INTRA_OP_THREADS=$$threads $(BIN)/pytest $(CORE_TESTS) || exit 1; \
 	done
 
-# schemathesis over every operation, 50 examples each (make test runs 5): no 5xx, every response valid.
+# schemathesis over every operation, 50 examples each (make test runs 5): no 5xx, every response valid; on
+# SQLite, then on PostgreSQL where CALIPER_TEST_POSTGRES_URL names one (its refusals differ).
 fuzz: dev
 	CALIPER_FUZZ_EXAMPLES=50 $(BIN)/pytest tests/test_schema_fuzz.py
+	if [ -n "$$CALIPER_TEST_POSTGRES_URL" ]; then \
+	  CALIPER_FUZZ_EXAMPLES=50 CALIPER_FUZZ_DATABASE_URL="$$CALIPER_TEST_POSTGRES_URL" $(BIN)/pytest tests/test_schema_fuzz.py; \
+	fi
 
 # The image built and used as a user would (docker/smoke.sh): the image alone on SQLite, then compose with
 # Postgres. It starts a Docker daemon where none answers and builds the base images from Debian's packages

@@ -1,6 +1,8 @@
 """schemathesis over every operation of the OpenAPI document: no input may produce a 5xx, and every
 response must validate against the document (non-finite values included). Bounded: CALIPER_FUZZ_EXAMPLES
-examples per operation (5 in `make test`; `make fuzz`, which CI runs, uses 50)."""
+examples per operation (5 in `make test`; `make fuzz`, which CI runs, uses 50, on SQLite and, where
+CALIPER_TEST_POSTGRES_URL is set, on PostgreSQL, whose refusals differ: NUL, non-finite JSON, integer
+ranges)."""
 
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ from app.api.main import create_app
 from app.config import Settings
 from app.storage.migrate import upgrade
 
-_settings = Settings(
-    database_url=f"sqlite:///{tempfile.mkdtemp()}/fuzz.db",
+_settings = Settings(  # CALIPER_FUZZ_DATABASE_URL: another backend (`make fuzz` runs PostgreSQL too when it has one)
+    database_url=os.environ.get("CALIPER_FUZZ_DATABASE_URL") or f"sqlite:///{tempfile.mkdtemp()}/fuzz.db",
     max_body_bytes=8 * 1024 * 1024,
     allowed_hosts="testserver",  # schemathesis's ASGI client names this Host
 )

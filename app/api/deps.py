@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import Annotated, ParamSpec, TypeVar
 
-from fastapi import Request
+from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from app.context import Resources
@@ -23,6 +23,9 @@ def resources_of(request: Request) -> Resources:
 async def get_resources(request: Request) -> Resources:
     """Async on purpose: FastAPI runs sync dependencies in its thread pool (a hop per request)."""
     return resources_of(request)
+
+
+ResourcesDep = Annotated[Resources, Depends(get_resources)]  # a route's parameter: the composition root
 
 
 async def off_loop(inline: bool, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

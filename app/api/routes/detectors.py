@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import role
 from app.api.bodies import NPZ, read_tensor_body, tensor_request_body
-from app.api.deps import get_resources, resources_of
+from app.api.deps import ResourcesDep, resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.npz_stream import npz_response
 from app.api.problems import DELETION, LISTING, READ, TENSOR_WRITE
-from app.context import Resources
 from app.ood.schemas import (
     DETECTOR_TENSORS,
     SCORE_FEATURES,
@@ -25,7 +24,6 @@ from app.ood.schemas import (
 from app.storage.pagination import Page
 
 router = APIRouter(prefix="/v1/detectors", tags=["detectors"], route_class=StrictJsonRoute)
-ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 
 @router.post(

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 
 from app.api.bodies import read_tensor_body, tensor_request_body
-from app.api.deps import INLINE_BYTES, get_resources, off_loop, resources_of
+from app.api.deps import INLINE_BYTES, ResourcesDep, off_loop, resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.problems import DELETION, JSON_WRITE, LISTING, READ, TENSOR_WRITE, ProblemError
-from app.context import Resources
 from app.evaluation.schemas import INTEGER_FIELDS, TENSOR_FIELDS, EvaluationOut, EvaluationRequest
 from app.examples import examples
 from app.records import Tags
@@ -19,7 +18,6 @@ from app.storage.evaluations import EvaluationFilter
 from app.storage.pagination import Page
 
 router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"], route_class=StrictJsonRoute)
-ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 
 @router.post(

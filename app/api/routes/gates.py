@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 
-from app.api.deps import get_resources
+from app.api.deps import ResourcesDep
 from app.api.json_body import StrictJsonRoute
 from app.api.problems import JSON_WRITE, LISTING, READ
-from app.context import Resources
 from app.gating.schemas import GateOut, GateRequest
 from app.storage.pagination import Page
 
 router = APIRouter(prefix="/v1/gates", tags=["gates"], route_class=StrictJsonRoute)
-ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 
 @router.post(

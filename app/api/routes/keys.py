@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from app.api.auth import role
-from app.api.deps import get_resources
+from app.api.deps import ResourcesDep
 from app.api.json_body import StrictJsonRoute
 from app.api.problems import DELETION, JSON_WRITE, LISTING
-from app.context import Resources
 from app.examples import examples
 from app.records import RecordOut, Timestamp
 from app.storage.keys import Principal
 from app.storage.repository import NotFoundError
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"], route_class=StrictJsonRoute)
-ResourcesDep = Annotated[Resources, Depends(get_resources)]
 ADMIN = role("admin")
 
 

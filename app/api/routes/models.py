@@ -6,25 +6,23 @@ import json
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import role
 from app.api.bodies import NPZ, read_tensor_body, tensor_request_body
-from app.api.deps import get_resources, resources_of
+from app.api.deps import ResourcesDep, resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.npz_stream import npz_response
 from app.api.problems import LISTING, READ, TENSOR_WRITE, problems
 from app.api.uploads import read_model_upload
-from app.context import Resources
 from app.evaluation.schemas import INTEGER_FIELDS, MODEL_TENSOR_FIELDS, EvaluationOut, ModelEvaluationRequest
 from app.models.schemas import ModelOut, ModelRequest, PredictRequest
 from app.pipelines.heads import Heads
 from app.storage.pagination import Page
 
 router = APIRouter(prefix="/v1/models", tags=["models"], route_class=StrictJsonRoute)
-ResourcesDep = Annotated[Resources, Depends(get_resources)]
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,

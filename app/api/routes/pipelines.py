@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import FileResponse
 
-from app.api.deps import get_resources
+from app.api.deps import ResourcesDep
 from app.api.json_body import StrictJsonRoute
 from app.api.problems import DELETION, JSON_WRITE, LISTING, READ
-from app.context import Resources
 from app.pipelines.schemas import PipelineOut, PipelineRequest
 from app.storage.pagination import Page
 
 router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"], route_class=StrictJsonRoute)
-ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 
 @router.post(

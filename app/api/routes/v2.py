@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app import __version__
 from app.api.auth import role
-from app.api.deps import get_resources, resources_of
+from app.api.deps import ResourcesDep, resources_of
 from app.api.problems import DATABASE_ERRORS, database_refusal, error_responses, refusal
 from app.context import Resources
 from app.core.errors import InputError
@@ -59,7 +59,6 @@ class V2Route(APIRoute):
 
 
 router = APIRouter(prefix="/v2", tags=["v2"], route_class=V2Route)
-ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 
 class V2ErrorBody(BaseModel):

@@ -65,8 +65,13 @@ def start_caliper(database_url: str, **settings: str) -> tuple[subprocess.Popen[
     """`caliper serve` on a free port, with CALIPER_* `settings` on top of the environment."""
     port = free_port()
     # No access log, like the bare server below: the comparison is of request handling, not logging.
-    env = {**os.environ, "CALIPER_DATABASE_URL": database_url, "CALIPER_ACCESS_LOG": "false",
-           "CALIPER_RATE_LIMIT": "100000/second", **settings}  # the limiter runs, at a rate the loop stays under
+    env = {
+        **os.environ,
+        "CALIPER_DATABASE_URL": database_url,
+        "CALIPER_ACCESS_LOG": "false",
+        "CALIPER_RATE_LIMIT": "100000/second",
+        **settings,
+    }  # the limiter runs, at a rate the loop stays under
     server = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
         env=env,

@@ -23,7 +23,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.problems import DATABASE_ERRORS, Refusal, database_refusal, document_error, refusal
+from app.api.problems import Refusal, database_refusal, document_error, refusal
+from app.storage.errors import DATABASE_ERRORS
 from app.storage.keys import ApiKeyRepository, Principal, Role
 from app.storage.tenancy import project_scope
 

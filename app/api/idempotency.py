@@ -16,7 +16,8 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.problems import DATABASE_ERRORS, database_refusal, problem_response
+from app.api.problems import database_refusal, problem_response
+from app.storage.errors import DATABASE_ERRORS
 from app.storage.idempotency import IdempotencyRepository
 from app.storage.models import IdempotencyRecord
 

@@ -9,8 +9,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -19,11 +17,10 @@ from app.core.deadline import TimeLimitError
 from app.core.errors import InputError
 from app.models.workers import ModelLimitError, ModelRunError, WorkerUnavailableError
 from app.storage.blobs import CorruptBlobError
+from app.storage.errors import DATABASE_ERRORS, database_state
 from app.storage.repository import ConflictError, NotFoundError
 
 PROBLEM_JSON = "application/problem+json"
-DATABASE_DOWN: tuple[type[Exception], ...] = (OperationalError, PoolTimeoutError)  # answered 503
-DATABASE_ERRORS: tuple[type[Exception], ...] = (DBAPIError, PoolTimeoutError)
 UNMIGRATED = "the database is not migrated: run `caliper db upgrade` (nothing was stored; retrying will not help)"
 log = logging.getLogger("caliper")
 
@@ -164,12 +161,6 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-def schema_missing(exc: BaseException) -> bool:
-    """A table the migrations create is missing (SQLite's "no such table", PostgreSQL's undefined_table)."""
-    original = getattr(exc, "orig", None)
-    return getattr(original, "sqlstate", None) == "42P01" or "no such table" in str(original)
-
-
 class Refusal(NamedTuple):
     """A middleware's answer before any route runs (see `refusal`)."""
 
@@ -183,9 +174,10 @@ def database_refusal(exc: BaseException) -> Refusal | None:
     """(status, detail, headers, kind) for a database that cannot serve a request: not migrated (no
     Retry-After, since waiting will not help, so clients stop) or unreachable (retry after 5 s); None for
     any other database error."""
-    if schema_missing(exc):
+    state = database_state(exc)
+    if state == "unmigrated":
         return Refusal(503, UNMIGRATED, {}, "migrations-pending")
-    if isinstance(exc, DATABASE_DOWN) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+    if state == "unavailable":
         return Refusal(503, "the database is unreachable; nothing was stored, retry later", {"Retry-After": "5"})
     return None
 
@@ -292,25 +284,21 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
-    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        """503 for a database that is not migrated or does not answer; 500 for any other failure."""
+        refused = database_refusal(exc)
+        if refused is None:
+            log.exception("database error", exc_info=exc)
+            request.app.state.resources.metrics.database_errors.labels("error").inc()
+            return problem_response(500, "internal database error")
         log.warning("database unavailable: %s", exc)
         request.app.state.resources.metrics.database_errors.labels("unavailable").inc()
-        refused = database_refusal(exc)
-        assert refused is not None  # every exception routed here (down, invalidated, unmigrated) has one
         return refusal(request.url.path, *refused)
 
-    for kind in DATABASE_DOWN:
-        app.add_exception_handler(kind, _database_down)
+    for kind in DATABASE_ERRORS:
+        app.add_exception_handler(kind, _database)
 
     @app.exception_handler(CorruptBlobError)
     async def _corrupt(_: Request, exc: CorruptBlobError) -> JSONResponse:
         log.error("%s", exc)
         return problem_response(500, f"{exc}; the stored record cannot be read and was not used")
-
-    @app.exception_handler(DBAPIError)
-    async def _dbapi(request: Request, exc: DBAPIError) -> JSONResponse:
-        if exc.connection_invalidated or schema_missing(exc):
-            return await _database_down(request, exc)
-        log.exception("database error")
-        request.app.state.resources.metrics.database_errors.labels("error").inc()
-        return problem_response(500, "internal database error")

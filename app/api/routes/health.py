@@ -15,9 +15,10 @@ from starlette.responses import JSONResponse
 
 from app.api.deps import get_resources
 from app.api.json_body import StrictJsonRoute
-from app.api.problems import DATABASE_DOWN, problem_response, problems
+from app.api.problems import problem_response, problems
 from app.context import Resources
 from app.storage.db import backend_name
+from app.storage.errors import DATABASE_ERRORS, database_state
 from app.storage.migrate import schema_revisions
 
 router = APIRouter(tags=["health"], route_class=StrictJsonRoute)
@@ -60,7 +61,9 @@ def _database(resources: Resources) -> DependencyCheck:
     where = {"backend": backend_name(resources.settings.database_url)}
     try:
         current, heads = schema_revisions(resources.settings, resources.engine)
-    except DATABASE_DOWN as exc:
+    except DATABASE_ERRORS as exc:
+        if database_state(exc) is None:
+            raise
         log.warning("readiness: database unavailable: %s", exc)
         return DependencyCheck(status="unavailable", detail={**where, "error": type(exc.__cause__ or exc).__name__})
     if current != heads:

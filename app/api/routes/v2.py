@@ -17,11 +17,12 @@ from starlette.concurrency import run_in_threadpool
 from app import __version__
 from app.api.auth import role
 from app.api.deps import ResourcesDep, resources_of
-from app.api.problems import DATABASE_ERRORS, database_refusal, error_responses, refusal
+from app.api.problems import database_refusal, error_responses, refusal
 from app.context import Resources
 from app.core.errors import InputError
 from app.models.workers import ModelLimitError, ModelRunError, WorkerUnavailableError
 from app.pipelines.v2 import V2Error
+from app.storage.errors import DATABASE_ERRORS
 from app.storage.migrate import is_at_head
 from app.storage.repository import NotFoundError
 

@@ -1,6 +1,6 @@
 """The service's `caliper` commands: serve the API, manage the database, export a model. They plug into the
 `caliper` command of caliper-client (its verbs evaluate, gate, promote and report run in-process here
-through `app.gating.cli.LocalBackend`) as the `caliper.commands` entry point."""
+through `app.local_backend.LocalBackend`) as the `caliper.commands` entry point."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ from typing import Any
 
 from caliper_client import cli as client_cli
 
-from app.config import Settings, get_settings, is_loopback
+from app.config import PROJECT_NAME_PATTERN, Settings, get_settings, is_loopback
 from app.core.errors import ProviderUnavailableError
-from app.pipelines.cli import add_parsers as add_export_parsers
+from app.export_command import add_parsers as add_export_parsers
 from app.storage.keys import ROLES
-from app.storage.tenancy import PROJECT_NAME_PATTERN
 
 
 def _serve(args: argparse.Namespace) -> int:

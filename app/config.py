@@ -12,10 +12,12 @@ from limits import parse_many
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.storage.tenancy import DEFAULT_PROJECT, PROJECT_NAME_PATTERN
-
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PACKAGED_MIGRATIONS = Path(__file__).resolve().parent / "migrations"  # where a wheel puts them
+
+
+DEFAULT_PROJECT = "default"  # the project of every request while auth is disabled
+PROJECT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
 def is_loopback(host: str) -> bool:

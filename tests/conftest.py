@@ -21,11 +21,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import delete
 
 from app.api.main import create_app
-from app.config import Settings
+from app.config import DEFAULT_PROJECT, Settings
 from app.core import runtime
 from app.storage.migrate import downgrade, upgrade
 from app.storage.models import Base
-from app.storage.tenancy import DEFAULT_PROJECT, project_scope
+from app.storage.tenancy import project_scope
 
 SHARED = Path(os.environ.get("CALIPER_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 GOLDEN = SHARED / "golden"

@@ -488,9 +488,9 @@ def test_cli_evaluate_then_gate_against_it_with_tags(cli_env: dict[str, str], tm
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite is not None and suite.get("failures") == "1"  # what --strict exits 1 for
     candidate = strict.stdout.splitlines()[0].split()[3]
-    from app.config import Settings
+    from app.config import DEFAULT_PROJECT, Settings
     from app.context import Resources
-    from app.storage.tenancy import DEFAULT_PROJECT, project_scope
+    from app.storage.tenancy import project_scope
 
     resources = Resources.create(Settings(database_url=cli_env["CALIPER_DATABASE_URL"]))
     try:

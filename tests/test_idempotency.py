@@ -13,7 +13,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
-from app.storage.tenancy import DEFAULT_PROJECT, project_scope
+from app.config import DEFAULT_PROJECT
+from app.storage.tenancy import project_scope
 from tests.conftest import Y_A, Z_A, count_rows
 from tests.test_api_bad_input import assert_problem
 from tests.test_api_models import resources

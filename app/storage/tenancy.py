@@ -21,8 +21,6 @@ from typing import Any
 from sqlalchemy import String, event
 from sqlalchemy.orm import Mapped, ORMExecuteState, Session, mapped_column, sessionmaker, with_loader_criteria
 
-DEFAULT_PROJECT = "default"
-PROJECT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 ALL_PROJECTS = {"all_projects": True}  # `.execution_options(**ALL_PROJECTS)`: counts across projects
 
 _project: ContextVar[str | None] = ContextVar("caliper_project", default=None)

@@ -24,6 +24,7 @@ from app.storage.models import ModelRecord
 @dataclass(frozen=True)
 class Export:
     data: bytes  # the serialized model
+    model_name: str  # the uploaded model's, for a file name
     dtype: np.dtype  # of the calibrator and detector heads
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
@@ -52,9 +53,8 @@ class ExportService:
             self.max_bytes,
             "sdm_id" if heads.sdm_id else "model_id",
         )
-        return Export(
-            data, dtype, [TensorInfo.model_validate(i) for i in inputs], [TensorInfo.model_validate(o) for o in outputs]
-        )
+        described = [TensorInfo.model_validate(i) for i in inputs], [TensorInfo.model_validate(o) for o in outputs]
+        return Export(data, record.name, dtype, *described)
 
     def _heads_graph(self, record: ModelRecord, heads: Heads, wanted: list[str], dtype: np.dtype) -> onnx.ModelProto:
         """Our graph: input `in_<i>` for the i-th model output it reads, api.md's output names."""

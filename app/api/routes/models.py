@@ -112,10 +112,9 @@ def export(
     sdm_id: str | None = None,
     dtype: Literal["float32", "float64"] | None = None,
 ) -> Response:
-    record = resources.models.get(model_id)
     heads = Heads(calibrator_id, detector_id, sdm_id)
     export = resources.exports.export(model_id, heads, np.dtype(dtype) if dtype else None)
-    disposition = f'attachment; filename="{record.name}-caliper.onnx"'
+    disposition = f'attachment; filename="{export.model_name}-caliper.onnx"'
     return Response(
         export.data,
         media_type="application/octet-stream",

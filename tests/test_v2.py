@@ -245,3 +245,14 @@ def test_a_deleted_or_new_version_is_seen_at_once(client: TestClient, served: di
 def test_unknown_v2_paths_answer_the_protocol_error(client: TestClient) -> None:
     v2_error(client.get("/v2/repository/index"), 404, "no V2 endpoint /v2/repository/index")
     v2_error(client.post("/v2/models/x/unload"), 404, "no V2 endpoint")
+
+
+def test_idempotency_refusals_on_v2_are_the_protocols_error_objects(client: TestClient, served: dict[str, Any]) -> None:
+    """An Idempotency-Key reused with another body answers 422, in V2's `{"error"}` on /v2."""
+    x = probe(np.float32)
+    first = {"inputs": [{"name": "x", "shape": [1, 6], "datatype": "FP32", "data": x[0].tolist()}]}
+    second = {"inputs": [{"name": "x", "shape": [1, 6], "datatype": "FP32", "data": x[1].tolist()}]}
+    keyed = {"Idempotency-Key": "v2-key"}
+    assert client.post("/v2/models/mlp/infer", json=first, headers=keyed).status_code == 200
+    v2_error(client.post("/v2/models/mlp/infer", json=second, headers=keyed), 422, "Idempotency-Key")
+    v2_error(client.post("/v2/models/mlp/infer", json=first, headers={"Idempotency-Key": " "}), 400, "Idempotency-Key")

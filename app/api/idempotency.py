@@ -16,7 +16,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.problems import database_refusal, problem_response
+from app.api.problems import database_refusal, problem_response, refusal
 from app.storage.errors import DATABASE_ERRORS
 from app.storage.idempotency import IdempotencyRepository
 from app.storage.models import IdempotencyRecord
@@ -74,7 +74,7 @@ class Idempotency:
             await self.app(scope, receive, send)
             return
         if not key or len(key) > MAX_KEY or not key.isprintable():
-            await problem_response(400, f"Idempotency-Key must be 1–{MAX_KEY} printable characters")(
+            await refusal(scope["path"], 400, f"Idempotency-Key must be 1–{MAX_KEY} printable characters", {})(
                 scope, receive, send
             )
             return
@@ -85,9 +85,7 @@ class Idempotency:
             refused = database_refusal(exc)
             if refused is None:
                 raise
-            await problem_response(refused.status, refused.detail, headers=refused.headers, kind=refused.kind)(
-                scope, receive, send
-            )
+            await refusal(scope["path"], *refused)(scope, receive, send)
             return
         if claimed is not None:
             await self._repeat(claimed, request, scope, receive, send)
@@ -156,11 +154,11 @@ class Idempotency:
                 break
         if claimed.state != "done":
             detail = "a request with this Idempotency-Key is still running: retry it later"
-            await problem_response(409, detail, headers={"Retry-After": "1"})(scope, receive, send)
+            await refusal(scope["path"], 409, detail, {"Retry-After": "1"})(scope, receive, send)
             return
         if claimed.request != request or claimed.body_sha256 != digest.hexdigest():
             detail = f"this Idempotency-Key was used for another request ({claimed.request}, another body)"
-            await problem_response(422, detail)(scope, receive, send)
+            await refusal(scope["path"], 422, detail, {})(scope, receive, send)
             return
         stored: list[Any] = claimed.headers or []
         raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in stored if k.lower() != "x-request-id"]

@@ -99,11 +99,8 @@ class WorkAdmission:
             return
         caller = caller_of(scope)
         if self._bodies[caller] >= self.reading:
-            self.metrics.refusals.labels("overloaded").inc()
             detail = f"{self.reading} of your request bodies are already arriving (CALIPER_MAX_READING_PER_CALLER)"
-            await refusal(scope["path"], 503, detail, {"Retry-After": RETRY_AFTER_S}, kind="overloaded")(
-                scope, receive, send
-            )
+            await self._refuse(scope, receive, send, detail)
             return
         body = BufferedBody()
         try:
@@ -131,9 +128,10 @@ class WorkAdmission:
     def _full(self) -> bool:
         return self._busy >= self.running and len(self._queue) >= self.waiting
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, detail: str | None = None) -> None:
+        """503 `overloaded` with Retry-After: the slots and the queue are full (or `detail` says why)."""
         self.metrics.refusals.labels("overloaded").inc()
-        detail = (
+        detail = detail or (
             f"the server is at capacity ({self.running} requests running, {self.waiting} waiting: "
             "CALIPER_MAX_RUNNING_WORK, CALIPER_MAX_WAITING_WORK); retry after Retry-After"
         )

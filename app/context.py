@@ -22,9 +22,9 @@ from app.ood.detectors import DetectorService
 from app.ood.scores import OodService
 from app.pipelines.export import ExportService
 from app.pipelines.heads import HeadCheck
+from app.pipelines.inference import InferenceService
 from app.pipelines.predict import PredictService
 from app.pipelines.service import PipelineService
-from app.pipelines.v2 import InferenceService
 from app.sdm.service import SdmService
 from app.storage.artifacts import ArtifactStore
 from app.storage.db import make_engine, make_session_factory
@@ -107,7 +107,7 @@ class Resources:
             predictions=PredictService(runner, heads, runtime),
             exports=exports,
             pipelines=pipelines,
-            inference=InferenceService(pipelines, runner),
+            inference=InferenceService(pipelines, runner, workers),
             metrics=metrics,
             idempotency=IdempotencyRepository(database, settings.idempotency_ttl_s),
             keys=ApiKeyRepository(database),

@@ -17,6 +17,8 @@ import tritonclient.http as triton
 from fastapi.testclient import TestClient
 from tritonclient.utils import InferenceServerException
 
+from app.core.errors import InputError
+from app.storage.repository import NotFoundError
 from tests import onnx_models
 from tests.test_api_models import upload
 from tests.test_export import fit_heads, make_data, probe, session_outputs
@@ -256,3 +258,40 @@ def test_idempotency_refusals_on_v2_are_the_protocols_error_objects(client: Test
     assert client.post("/v2/models/mlp/infer", json=first, headers=keyed).status_code == 200
     v2_error(client.post("/v2/models/mlp/infer", json=second, headers=keyed), 422, "Idempotency-Key")
     v2_error(client.post("/v2/models/mlp/infer", json=first, headers={"Idempotency-Key": " "}), 400, "Idempotency-Key")
+
+
+def test_the_data_plane_runs_without_the_wire(client: TestClient, served: dict[str, Any]) -> None:
+    """`InferenceService.infer` takes and returns arrays by name, so a second transport (gRPC) calls the
+    use case the REST edge calls, and gets the export's numbers; its faults are domain errors."""
+    inference = client.app.state.resources.inference  # type: ignore[attr-defined]
+    x = probe(np.float32)[:7]
+    want = session_outputs(served["export"], x)
+    answer = inference.infer("mlp", None, {"x": x}, ["probabilities", "sdm_q"])
+    assert (answer.record.name, answer.record.version, list(answer.outputs)) == ("mlp", 2, ["probabilities", "sdm_q"])
+    for name, value in answer.outputs.items():
+        np.testing.assert_array_equal(value, want[name])
+    assert set(inference.infer("mlp", 1, {"x": x}).outputs) == {"logits", "embedding", "probabilities"}
+    with pytest.raises(InputError, match="is FP64; the pipeline's input is FP32"):
+        inference.infer("mlp", None, {"x": x.astype(np.float64)})
+    with pytest.raises(InputError, match=r"unknown output\(s\) \['nope'\]"):
+        inference.infer("mlp", None, {"x": x}, ["nope"])
+    with pytest.raises(NotFoundError, match="version 9"):
+        inference.infer("mlp", 9, {"x": x})
+
+
+def test_readiness_asks_the_worker_pool(client: TestClient, served: dict[str, Any]) -> None:
+    """A version is ready when a model worker loads its export, not merely when the file exists."""
+    resources = client.app.state.resources  # type: ignore[attr-defined]
+    path = resources.inference.pipelines.artifacts.path(served["pipeline"]["sha256"])
+    original = path.read_bytes()
+    try:
+        resources.workers.close()  # the idle workers go, with the sessions they cached
+        path.write_bytes(b"not an onnx model")
+        response = client.get("/v2/models/mlp/versions/2/ready")
+        assert response.status_code == 400 and response.json()["ready"] is False
+        assert "does not load" in response.json()["error"]
+        path.unlink()
+        assert "the export file is missing" in client.get("/v2/models/mlp/versions/2/ready").json()["error"]
+    finally:
+        path.write_bytes(original)
+    assert client.get("/v2/models/mlp/versions/2/ready").json() == {"name": "mlp", "ready": True}

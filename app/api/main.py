@@ -22,13 +22,13 @@ from app.api.rate_limits import RateLimits
 from app.api.response_examples import add_response_examples
 from app.api.routes import calibrators, detectors, evaluations, gates, health, keys, models, ood, pipelines, sdm, v2
 from app.api.routes.v2 import V2ErrorBody
+from app.api.v2_codec import InferenceRequest
 from app.calibration.schemas import ApplyRequest, CalibratorRequest
 from app.config import Settings, get_settings
 from app.context import Resources
 from app.evaluation.schemas import EvaluationRequest, ModelEvaluationRequest
 from app.models.schemas import ModelRequest, PredictRequest
 from app.ood.schemas import DetectorRequest, OodEvaluateRequest, ScoreRequest, ScoresRequest
-from app.pipelines.v2 import InferenceRequest
 from app.sdm.schemas import SdmRequest, SdmScoreRequest
 
 

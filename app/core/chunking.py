@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 DEFAULT_ROWS = 65_536
@@ -15,6 +16,11 @@ class Chunking:
 
     rows: int = DEFAULT_ROWS
     bytes: int = DEFAULT_BYTES
+
+    @classmethod
+    def blocks_of(cls, rows: int) -> Chunking:
+        """Chunks of exactly `rows` rows (the last shorter), whatever a row's bytes."""
+        return cls(rows=rows, bytes=sys.maxsize)
 
     def step(self, row_bytes: int) -> int:
         return max(1, min(self.rows, self.bytes // max(1, row_bytes)))

@@ -7,7 +7,6 @@ ViM: Wang et al. 2022; layer ensembles: Lee et al. 2018)."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 from typing import Any, Literal, Self
 
 import numpy as np
@@ -17,7 +16,8 @@ from spox import Tensor, Var, argument, build
 
 from app.core.errors import InputError
 from app.core.fitted_state import FittedState
-from app.core.graphrun import mapped_outputs
+from app.core.fold import Assembled, Chunk, InMemory, Merged, Summed, fold
+from app.core.graphrun import mapped_outputs, session_step
 from app.core.logistic import fit_logistic
 from app.core.mahalanobis import (
     GaussianStats,
@@ -103,11 +103,9 @@ class Detector(FittedState, ABC):
             return scoring_graph(self.model(), dtype)
 
         session = self.cache.get(f"{key}:{dtype}", build) if key else self.cache.create(build(), "detector")
-        parts = [
-            session.run(None, {"features": features[a:b]})
-            for a, b in self.cache.chunking.spans(len(features), self.row_bytes())
-        ]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        source = InMemory({"features": features}, self.cache.chunking, self.row_bytes())
+        out = fold(source, {"rows": Assembled(session_step(session), source.rows)})["rows"]
+        return out["scores"], out["nearest_class"]
 
 
 class _Gaussian(Detector):
@@ -124,18 +122,19 @@ class _Gaussian(Detector):
         super().__init__(cache)
         self.shrinkage, self.ridge, self.normalize = shrinkage, ridge, normalize
 
-    def _chunks(self, features: np.ndarray, labels: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(float64 rows, normalised when asked; their labels) chunk by chunk."""
-        for start, stop in self.cache.chunking.spans(len(features), features[0].nbytes):
-            chunk = features[start:stop].astype(np.float64)
-            yield (normalized(chunk) if self.normalize else chunk), labels[start:stop]
+    def _rows(self, features: np.ndarray, labels: np.ndarray) -> InMemory:
+        return InMemory({"features": features, "labels": labels}, self.cache.chunking, features[0].nbytes)
+
+    def _float_rows(self, chunk: Chunk) -> np.ndarray:
+        """A chunk's features in float64, normalised when asked."""
+        rows = chunk["features"].astype(np.float64)
+        return normalized(rows) if self.normalize else rows
 
     def _statistics(self, features: np.ndarray, labels: np.ndarray, classes: int, per_class: bool) -> GaussianStats:
-        stats = GaussianStats(classes, features.shape[1])
-        if per_class:
-            stats.class_scatter = np.zeros((classes, features.shape[1], features.shape[1]))
-        for chunk, chunk_labels in self._chunks(features, labels):
-            stats = stats.merge(GaussianStats.of(chunk, chunk_labels, classes, per_class))
+        def step(chunk: Chunk) -> GaussianStats:
+            return GaussianStats.of(self._float_rows(chunk), chunk["labels"], classes, per_class)
+
+        stats: GaussianStats = fold(self._rows(features, labels), {"stats": Merged(step)})["stats"]
         self.fit_info_ = labelled_fit_info(labels, classes)
         return stats
 
@@ -166,10 +165,13 @@ class GaussianDetector(_Gaussian):
         fourth = None
         if self.shrinkage == "ledoit_wolf":
             means = stats.class_means
-            fourth = sum(
-                float(np.sum(np.sum((chunk - means[chunk_labels]) ** 2, axis=1) ** 2))
-                for chunk, chunk_labels in self._chunks(features, labels)
-            )
+
+            def fourth_moment(chunk: Chunk) -> dict[str, np.ndarray]:
+                squared = np.sum((self._float_rows(chunk) - means[chunk["labels"]]) ** 2, axis=1)
+                return {"fourth": np.sum(squared**2)}
+
+            summed = fold(self._rows(features, labels), {"fourth": Summed(fourth_moment)})["fourth"]
+            fourth = float(summed["fourth"])
         model = fit(
             stats,
             shrinkage=self.shrinkage,

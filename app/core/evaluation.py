@@ -23,6 +23,7 @@ from spox import build
 from app.core.calibration_error import BinStats
 from app.core.chunking import Chunking
 from app.core.errors import InputError
+from app.core.fold import Assembled, Chunk, InMemory, Span, fold
 from app.core.graph_context import GraphContext, InputKind, InputLayout
 from app.core.losses import LOSSES
 from app.core.lru import LruCache
@@ -215,19 +216,11 @@ class Batch:
     def classes(self) -> int:
         return int(self.scores.shape[1])
 
-    def feeds(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        weight = self.sample_weight
-        feeds: dict[str, np.ndarray] = {self.layout.input_kind: self.scores[start:stop]}
-        if self.labels is not None:
-            feeds["labels"] = self.labels[start:stop]
-        if self.targets is not None:
-            feeds["targets"] = self.targets[start:stop]
-        feeds["sample_weight"] = (
-            weight[start:stop] if weight is not None else np.ones(stop - start, dtype=self.layout.np_dtype)
-        )
-        if self.teacher_logits is not None:
-            feeds["teacher_logits"] = self.teacher_logits[start:stop]
-        return feeds
+    def columns(self) -> dict[str, np.ndarray]:
+        """The given arrays by graph input name (the chunks a fold slices)."""
+        columns = {self.layout.input_kind: self.scores, "labels": self.labels, "targets": self.targets}
+        columns |= {"sample_weight": self.sample_weight, "teacher_logits": self.teacher_logits}
+        return {k: v for k, v in columns.items() if v is not None}
 
 
 class Evaluator:
@@ -240,41 +233,35 @@ class Evaluator:
         self.session = self.cache.get(f"evaluation:{signature}", lambda: build_graph(plan))
         self.outputs = _LAYOUTS.get(signature, lambda: OutputLayout.of(plan, self.session))
 
-    def update(self, state: EvaluationState, batch: Batch, start: int, stop: int) -> dict[str, np.ndarray]:
-        """Add rows [start, stop) to `state`; returns that chunk's per-row outputs."""
-        values = self.session.run(self.outputs.names, batch.feeds(start, stop))
-        chunk = EvaluationState(stop - start, signature=self.plan.signature)
+    def partial(self, chunk: Chunk) -> tuple[EvaluationState, dict[str, np.ndarray]]:
+        """One chunk of a batch's columns: its state and its per-row outputs (unit weights when none)."""
+        feeds = dict(chunk.arrays)
+        if "sample_weight" not in feeds:
+            feeds["sample_weight"] = np.ones(chunk.stop - chunk.start, dtype=self.plan.layout.np_dtype)
+        values = self.session.run(self.outputs.names, feeds)
+        state = EvaluationState(chunk.stop - chunk.start, signature=self.plan.signature)
         per_row: dict[str, np.ndarray] = {}
         for name, kind, value in zip(self.outputs.names, self.outputs.kinds, values, strict=True):
             if kind == "rows":
-                chunk.rows[name] = [value]
+                state.rows[name] = [value]
             elif kind == "row":
                 per_row[name] = value
             else:
-                chunk.sums[name] = np.asarray(value, dtype=np.float64)
-        merged = state.merge(chunk) if state.n else chunk  # the first chunk is the state (no copies)
-        state.n, state.sums, state.rows, state.signature = merged.n, merged.sums, merged.rows, merged.signature
-        return per_row
+                state.sums[name] = np.asarray(value, dtype=np.float64)
+        return state, per_row
+
+    def stage(self, rows: int, classes: int, keep_rows: bool = True) -> EvaluationStage:
+        """This plan as a fold stage over `rows` rows of `classes` classes."""
+        return EvaluationStage(self, rows, classes, keep_rows)
 
     def run(
         self, batch: Batch, chunking: Chunking | None = None, keep_rows: bool = True
     ) -> tuple[EvaluationState, dict[str, np.ndarray]]:
         """All rows in chunks (the cache's `Chunking` unless given: wide rows get smaller chunks so that
-        the intermediates stay in cache). Per-row outputs, when kept, are written
-        into preallocated arrays, class indices in the smallest dtype that holds them (at 1M rows the
-        int64 prediction alone is 8 MB; bench/memory.py); without keep_rows only the state remains."""
-        chunking = chunking or self.cache.chunking
-        state = EvaluationState(signature=self.plan.signature)
-        per_row: dict[str, np.ndarray] = {}
-        for start, stop in chunking.spans(batch.n, batch.scores[0].nbytes if batch.n else 1):
-            chunk = self.update(state, batch, start, stop)
-            if not keep_rows:
-                continue
-            for name, value in chunk.items():
-                if name not in per_row:
-                    dtype = index_dtype(batch.classes) if name == ROW_PREDICTION else value.dtype
-                    per_row[name] = np.empty(batch.n, dtype=dtype)
-                per_row[name][start:stop] = value
+        the intermediates stay in cache); the merged state and, when kept, the per-row outputs."""
+        source = InMemory(batch.columns(), chunking or self.cache.chunking, batch.scores[0].nbytes if batch.n else 1)
+        stage = self.stage(batch.n, batch.classes, keep_rows)
+        state, per_row = fold(source, {"evaluation": stage})["evaluation"]
         return state, per_row
 
     def finalize(self, state: EvaluationState, classes: int) -> EvaluationResult:
@@ -292,6 +279,31 @@ class Evaluator:
         return EvaluationResult(
             state.n, classes, losses, metrics, reliability_table(bin_stats(state.part(parts[f"{RELIABILITY}."])))
         )
+
+
+class EvaluationStage:
+    """An evaluation as a fold stage: each chunk's state merges into the evaluation's; per-row outputs,
+    when kept, are assembled in row order, class indices in the smallest dtype that holds them (at 1M rows
+    the int64 prediction alone is 8 MB; bench/memory.py). One stage serves one fold."""
+
+    def __init__(self, evaluator: Evaluator, rows: int, classes: int, keep_rows: bool) -> None:
+        self.evaluator = evaluator
+        self.per_row = Assembled(lambda chunk: chunk.arrays, rows, {ROW_PREDICTION: index_dtype(classes)})
+        self.keep_rows = keep_rows
+
+    def update(self, chunk: Chunk) -> tuple[EvaluationState, Span | None]:
+        state, per_row = self.evaluator.partial(chunk)
+        kept = self.per_row.update(Chunk(chunk.start, chunk.stop, per_row)) if self.keep_rows else None
+        return state, kept
+
+    def merge(
+        self, left: tuple[EvaluationState, Span | None], right: tuple[EvaluationState, Span | None]
+    ) -> tuple[EvaluationState, Span | None]:
+        rows = None if left[1] is None or right[1] is None else self.per_row.merge(left[1], right[1])
+        return left[0].merge(right[0]), rows
+
+    def finalize(self, state: tuple[EvaluationState, Span | None]) -> tuple[EvaluationState, dict[str, np.ndarray]]:
+        return state[0], ({} if state[1] is None else self.per_row.finalize(state[1]))
 
 
 def reliability_table(stats: BinStats) -> list[dict[str, float | None]]:

@@ -1,5 +1,5 @@
-"""The chunk runner: a graph over rows, in chunks sized by the session cache's `Chunking`; outputs that
-are sums are added in float64, row-wise outputs concatenated."""
+"""A cached graph over rows, folded chunk by chunk (`app.core.fold`): outputs that are sums are added in
+float64, row-wise outputs assembled in row order; chunks sized by the session cache's `Chunking`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,20 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
+from app.core.fold import Arrays, Assembled, Chunk, InMemory, Summed, fold
 from app.core.runtime import SessionCache, default_cache
+
+
+def session_step(session: ort.InferenceSession, constants: Arrays | None = None) -> Callable[[Chunk], Arrays]:
+    """One chunk through `session`: its rows plus the constants fed whole; {output name: value}."""
+    names = [o.name for o in session.get_outputs()]
+
+    def step(chunk: Chunk) -> dict[str, np.ndarray]:
+        return dict(zip(names, session.run(names, dict(chunk.arrays) | dict(constants or {})), strict=True))
+
+    return step
 
 
 def summed(
@@ -21,17 +33,9 @@ def summed(
     """Run a graph whose outputs are sums over rows, chunk by chunk, and add the chunks in float64.
     `rows` are sliced along axis 0; `constants` (parameters) are fed whole to every chunk."""
     cache = cache or default_cache()
-    session = cache.get(signature, build)
-    names = [o.name for o in session.get_outputs()]
-    n = len(next(iter(rows.values())))
-    row_bytes = sum(a[0].nbytes for a in rows.values()) if n else 1
-    total: dict[str, np.ndarray] = {}
-    for start, stop in cache.chunking.spans(n, row_bytes):
-        feeds = {k: v[start:stop] for k, v in rows.items()} | dict(constants)
-        for name, value in zip(names, session.run(names, feeds), strict=True):
-            value = np.asarray(value, dtype=np.float64)
-            total[name] = total[name] + value if name in total else value
-    return total
+    stage = Summed(session_step(cache.get(signature, build), constants))
+    result: dict[str, np.ndarray] = fold(InMemory(rows, cache.chunking), {"sums": stage})["sums"]
+    return result
 
 
 def mapped_outputs(
@@ -42,19 +46,14 @@ def mapped_outputs(
     cache: SessionCache | None = None,
     row_bytes: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Run a row-wise graph chunk by chunk and concatenate each output's rows. `rows` are sliced along
+    """Run a row-wise graph chunk by chunk and assemble each output's rows. `rows` are sliced along
     axis 0, `constants` fed whole; `row_bytes` (default: the input bytes per row) sizes the chunks when
     a row's intermediates are larger than its inputs."""
     cache = cache or default_cache()
-    session = cache.get(signature, build)
-    names = [o.name for o in session.get_outputs()]
-    n = len(next(iter(rows.values())))
-    width = row_bytes or sum(a[0].nbytes for a in rows.values())
-    parts = [
-        session.run(names, {k: v[a:b] for k, v in rows.items()} | dict(constants or {}))
-        for a, b in cache.chunking.spans(n, width)
-    ]
-    return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
+    source = InMemory(rows, cache.chunking, row_bytes)
+    stage = Assembled(session_step(cache.get(signature, build), constants), source.rows)
+    result: dict[str, np.ndarray] = fold(source, {"rows": stage})["rows"]
+    return result
 
 
 def mapped(

@@ -15,6 +15,8 @@ import onnx
 import spox.opset.ai.onnx.v21 as op
 from spox import Tensor, Var, argument, build
 
+from app.core.chunking import Chunking
+from app.core.fold import Assembled, Chunk, InMemory, fold
 from app.core.graph_context import ints, scalar
 from app.core.graphrun import mapped_outputs
 from app.core.runtime import SessionCache, default_cache
@@ -136,26 +138,22 @@ def nearest(
     # block then shrinks to keep the distance block near `block_bytes` (measured best at k = 100 and 2048).
     support_chunk = min(len(support), support_chunk)
     query_block = int(np.clip(block_bytes // (itemsize * (wanted + support_chunk)), 16, 4096))
-    distances = np.empty((len(queries), wanted), dtype)
-    indices = np.empty((len(queries), wanted), np.int64)
-    for q0 in range(0, len(queries), query_block):
-        block = np.ascontiguousarray(queries[q0 : q0 + query_block], dtype)
+
+    def search(chunk: Chunk) -> dict[str, np.ndarray]:
+        """One query block against the whole support: a scan over its chunks, the running best merged
+        with each (support rows numbered from the chunk's offset)."""
+        block = np.ascontiguousarray(chunk["queries"], dtype)
         best_d = np.full((len(block), wanted), np.inf, dtype)
         best_i = np.full((len(block), wanted), -1, np.int64)
         for s0 in range(0, len(support), support_chunk):
-            best_d, best_i = session.run(
-                None,
-                {
-                    "queries": block,
-                    "support": support[s0 : s0 + support_chunk],
-                    "support_sq": support_sq[s0 : s0 + support_chunk],
-                    "offset": np.asarray(s0, np.int64),
-                    "best_d": best_d,
-                    "best_i": best_i,
-                },
-            )
-        distances[q0 : q0 + len(block)] = best_d
-        indices[q0 : q0 + len(block)] = best_i
+            feeds = {"queries": block, "support": support[s0 : s0 + support_chunk], "offset": np.asarray(s0, np.int64)}
+            feeds |= {"support_sq": support_sq[s0 : s0 + support_chunk], "best_d": best_d, "best_i": best_i}
+            best_d, best_i = session.run(None, feeds)
+        return {"distances": best_d, "indices": best_i}
+
+    source = InMemory({"queries": queries}, Chunking.blocks_of(query_block))
+    found = fold(source, {"found": Assembled(search, source.rows)})["found"]
+    distances, indices = found["distances"], found["indices"]
     if exclude_self:
         distances, indices = distances[:, 1:], indices[:, 1:]
     exact = mapped_outputs(

@@ -30,7 +30,9 @@ import onnx
 import spox.opset.ai.onnx.v21 as op
 from spox import Tensor, Var, argument, build
 
+from app.core.chunking import Chunking
 from app.core.fitted_state import FittedState
+from app.core.fold import Assembled, Chunk, InMemory, fold
 from app.core.graph_context import class_range, ints, scalar
 from app.core.graphrun import mapped_outputs
 from app.core.neighbours import nearest, nearest_fragment, squared_norms
@@ -357,31 +359,24 @@ class SdmEstimator(FittedState):
         queries = embeddings.astype(self.support_embeddings_.dtype, copy=False)
         block = max(1, NEIGHBOUR_LIST_BYTES // (12 * (k + 1)))
         support_sq = squared_norms(self.support_embeddings_)  # once, not per block
-        blocks: list[Scores] = []
-        for start in range(0, len(queries), block):
-            rows = slice(start, start + block)
-            found = nearest(
-                queries[rows],
-                self.support_embeddings_,
-                k,
-                self.cache,
-                exclude_self=exclude_self,
-                support_sq=support_sq,
-            )
+
+        def score(chunk: Chunk) -> dict[str, np.ndarray]:
+            found = nearest(chunk["queries"], self.support_embeddings_, k, self.cache, exclude_self=exclude_self,
+                            support_sq=support_sq)  # fmt: skip
             similarity = mapped_outputs(
                 f"sdm-similarity:{k}:{logits.dtype}",
                 lambda: similarity_graph(k, logits.dtype),
-                {"logits": logits[rows], "neighbours": found.indices},
+                {"logits": chunk["logits"], "neighbours": found.indices},
                 {"support_code": self.support_code_},
                 self.cache,
             )
             nearest_distance = found.distances[:, 0].astype(self.dtype_)
-            blocks.append(Scores(similarity["prediction"], similarity["q"], nearest_distance, found.indices[:, 0]))
+            return {"prediction": similarity["prediction"], "q": similarity["q"], "d_nearest": nearest_distance,
+                    "nearest_index": found.indices[:, 0]}  # fmt: skip
 
-        def joined(name: str) -> np.ndarray:
-            return np.concatenate([getattr(b, name) for b in blocks])
-
-        return Scores(joined("prediction"), joined("q"), joined("d_nearest"), joined("nearest_index"))
+        source = InMemory({"queries": queries, "logits": logits}, Chunking.blocks_of(block))
+        columns = fold(source, {"scores": Assembled(score, source.rows)})["scores"]
+        return Scores(columns["prediction"], columns["q"], columns["d_nearest"], columns["nearest_index"])
 
     def _tables(self, distance_ecdfs: list[np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """The fitted tables `estimate` reads, in the estimator's dtype."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +18,7 @@ from app.core.evaluation import (
     Batch,
     EvaluationPlan,
     EvaluationResult,
+    EvaluationStage,
     EvaluationState,
     Evaluator,
     check_plan,
@@ -23,6 +26,7 @@ from app.core.evaluation import (
     loss_output,
     validate_batch,
 )
+from app.core.fold import Arrays, Assembled, Chunk, Span, Stage, fold
 from app.core.losses import DEFAULT_LOSSES, LOSSES
 from app.core.metrics import DEFAULT_METRICS, DEFAULT_METRICS_WIDE, METRICS, Ece
 from app.core.ood_metrics import separation
@@ -95,19 +99,6 @@ def compute(request: EvaluationRequest, arrays: dict[str, np.ndarray], cache: Se
     return ComputedEvaluation(request, batch, plan, evaluator.finalize(state, batch.classes), per_row)
 
 
-def _streamed_batch(last: Batch, n: int, rows: dict[str, np.ndarray]) -> Batch:
-    """The whole evaluation's batch after streaming: its labels, targets and weights as given, and in
-    place of the logits (streamed, not kept) a zero-stride stand-in that only carries N and C."""
-    labels = rows.get("labels")
-    return Batch(
-        scores=np.broadcast_to(np.zeros((), last.scores.dtype), (n, last.classes)),
-        layout=last.layout,
-        labels=None if labels is None else np.ascontiguousarray(labels, dtype=np.int64),
-        targets=rows.get("targets"),
-        sample_weight=rows.get("sample_weight"),
-    )
-
-
 def _row_arrays(batch: Batch, plan: EvaluationPlan, per_row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """What a later paired comparison needs: label, prediction, confidence and each loss per row."""
     arrays = {
@@ -119,6 +110,58 @@ def _row_arrays(batch: Batch, plan: EvaluationPlan, per_row: dict[str, np.ndarra
     for spec in plan.losses:
         arrays[f"loss.{spec.report_key}"] = per_row[loss_output(spec.report_key, "row")]
     return arrays
+
+
+class _StreamedEvaluation:
+    """The evaluation stage of a model's chunks: each chunk's logits (calibrated when asked) and given rows
+    make a batch, folded by the evaluator that the first chunk's batch plans (then known: its layout and
+    classes), so the logits are never held whole (only the per-row columns a stored evaluation keeps)."""
+
+    def __init__(
+        self, service: EvaluationService, request: ModelEvaluationRequest, logits: str, given: Arrays, rows: int
+    ) -> None:
+        self.service, self.request, self.logits, self.given, self.rows = service, request, logits, tuple(given), rows
+        self._stage: EvaluationStage | None = None
+        self.first: Batch | None = None
+
+    @property
+    def evaluator(self) -> Evaluator:
+        assert self._stage is not None, "the stage has seen no chunk"
+        return self._stage.evaluator
+
+    def update(self, chunk: Chunk) -> tuple[EvaluationState, Span | None]:
+        arrays = {"logits": chunk[self.logits]} | {k: chunk[k] for k in self.given}
+        if self.request.calibrator_id is not None:
+            arrays = self.service.calibrators.calibrated_inputs(self.request.calibrator_id, arrays)
+        batch = validate_batch(**arrays)
+        if self._stage is None:
+            keep_rows = self.request.store or self.request.per_sample
+            evaluator = Evaluator(make_plan(self.request, batch), self.service.runtime)
+            self._stage, self.first = evaluator.stage(self.rows, batch.classes, keep_rows), batch
+        return self._stage.update(Chunk(chunk.start, chunk.stop, batch.columns()))
+
+    def merge(
+        self, left: tuple[EvaluationState, Span | None], right: tuple[EvaluationState, Span | None]
+    ) -> tuple[EvaluationState, Span | None]:
+        assert self._stage is not None
+        return self._stage.merge(left, right)
+
+    def finalize(self, state: tuple[EvaluationState, Span | None]) -> tuple[EvaluationState, dict[str, np.ndarray]]:
+        assert self._stage is not None
+        return self._stage.finalize(state)
+
+    def whole(self, rows: dict[str, np.ndarray]) -> Batch:
+        """The whole evaluation's batch after streaming: its labels, targets and weights as given, and in
+        place of the logits (streamed, not kept) a zero-stride stand-in that only carries N and C."""
+        assert self.first is not None
+        labels = rows.get("labels")
+        return Batch(
+            scores=np.broadcast_to(np.zeros((), self.first.scores.dtype), (self.rows, self.first.classes)),
+            layout=self.first.layout,
+            labels=None if labels is None else np.ascontiguousarray(labels, dtype=np.int64),
+            targets=rows.get("targets"),
+            sample_weight=rows.get("sample_weight"),
+        )
 
 
 def finite_or_none(values: dict[str, float]) -> dict[str, float | None]:
@@ -187,50 +230,45 @@ class EvaluationService:
         if (request.detector_id is None) == has_ood:
             raise InputError("ood_inputs", "give `detector_id` and `ood_inputs` together")
         wanted = self.heads.outputs(record, Heads(request.calibrator_id, request.detector_id, request.sdm_id))
+        if request.sdm_id is not None and "labels" not in rows:
+            raise InputError("sdm_id", "SDM metrics need integer `labels`")
+        evaluation = _StreamedEvaluation(self, request, record.logits_output, rows, n)
+        stages: dict[str, Stage[Any, Any]] = {"evaluation": evaluation}
+        if request.sdm_id is not None:
+            stages["regions"] = Assembled(self._regions_step(request.sdm_id, record), n)
         detector_reads: dict[str, str] = {}
         if request.detector_id is not None:
             detector_reads = self.detectors.model_outputs(request.detector_id, record.embedding_output)
-        keep_rows = request.store or request.per_sample
-        evaluator: Evaluator | None = None
-        state: EvaluationState | None = None
-        per_row: list[dict[str, np.ndarray]] = []
-        regions: list[dict[str, np.ndarray]] = []
-        scores_in: list[np.ndarray] = []
-        step = self.models.step(record, inputs, wanted)
-        for start in range(0, n, step):
-            stop = min(start + step, n)
-            out = self.models.run_validated(record, {k: v[start:stop] for k, v in inputs.items()}, wanted)
-            chunk = {"logits": out[record.logits_output]} | {k: v[start:stop] for k, v in rows.items()}
-            raw_logits = chunk["logits"]
-            if request.calibrator_id is not None:
-                chunk = self.calibrators.calibrated_inputs(request.calibrator_id, chunk)
-            batch = validate_batch(**chunk)
-            if evaluator is None:
-                evaluator = Evaluator(make_plan(request, batch), self.runtime)
-            chunk_state, chunk_rows = evaluator.run(batch, keep_rows=keep_rows)
-            state = chunk_state if state is None else state.merge(chunk_state)
-            per_row.append(chunk_rows)
-            if request.sdm_id is not None:
-                if batch.labels is None:
-                    raise InputError("sdm_id", "SDM metrics need integer `labels`")
-                sdm_inputs = {"embeddings": out[record.embedding_output or ""], "logits": raw_logits}
-                regions.append(self.sdm.regions(request.sdm_id, sdm_inputs))
-            if request.detector_id is not None:
-                features = {k: out[v] for k, v in detector_reads.items()}
-                scores_in.append(self.detectors.score(request.detector_id, features)[0])
-        assert evaluator is not None and state is not None
-        whole = _streamed_batch(batch, n, rows)
-        result = evaluator.finalize(state, whole.classes)
-        kept = {k: np.concatenate([p[k] for p in per_row]) for k in per_row[0]} if keep_rows else {}
-        computed = ComputedEvaluation(request, whole, evaluator.plan, result, kept, model_id=model_id)
-        if regions:
-            joined = {k: np.concatenate([r[k] for r in regions]) for k in regions[0]}
+            stages["scores"] = Assembled(self._scores_step(request.detector_id, detector_reads), n)
+        folded = fold(self.models.chunks(record, inputs, wanted, rows), stages)
+        state, kept = folded["evaluation"]
+        whole = evaluation.whole(rows)
+        result = evaluation.evaluator.finalize(state, whole.classes)
+        computed = ComputedEvaluation(request, whole, evaluation.evaluator.plan, result, kept, model_id=model_id)
+        if "regions" in folded:
             assert whole.labels is not None
-            computed.metrics.update(finite_or_none(region_metrics(joined, whole.labels)))
-        if request.detector_id is not None:
-            computed.ood = self._separation(record, request, np.concatenate(scores_in), arrays, detector_reads)
+            computed.metrics.update(finite_or_none(region_metrics(folded["regions"], whole.labels)))
+        if "scores" in folded:
+            computed.ood = self._separation(record, request, folded["scores"]["scores"], arrays, detector_reads)
         record_id = self.store(computed) if request.store else None
         return evaluation_out(computed, record_id)
+
+    def _regions_step(self, sdm_id: str, record: ModelRecord) -> Callable[[Chunk], Arrays]:
+        """A chunk's SDM region columns, from the model's raw logits and embeddings."""
+
+        def step(chunk: Chunk) -> Arrays:
+            sdm_inputs = {"embeddings": chunk[record.embedding_output or ""], "logits": chunk[record.logits_output]}
+            return self.sdm.regions(sdm_id, sdm_inputs)
+
+        return step
+
+    def _scores_step(self, detector_id: str, reads: dict[str, str]) -> Callable[[Chunk], Arrays]:
+        """A chunk's detector scores, from the model outputs the detector reads."""
+
+        def step(chunk: Chunk) -> Arrays:
+            return {"scores": self.detectors.score(detector_id, {k: chunk[v] for k, v in reads.items()})[0]}
+
+        return step
 
     def _separation(
         self,

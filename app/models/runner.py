@@ -6,7 +6,8 @@ detectors and SDM never know where their tensors came from."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -14,6 +15,7 @@ import numpy as np
 from app.core import deadline
 from app.core.chunking import Chunking
 from app.core.errors import InputError
+from app.core.fold import Arrays, Assembled, Chunk, fold
 from app.models.schemas import TensorInfo
 from app.models.workers import WorkerPool
 from app.storage.artifacts import ArtifactStore
@@ -60,29 +62,26 @@ class ModelRunner:
         return self.run_validated(record, validated_inputs(record, arrays), names)
 
     def run_validated(self, record: Runnable, inputs: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
-        """`outputs` for inputs that `validated_inputs` already returned (a streamed caller validates once)."""
-        n = len(next(iter(inputs.values())))
-        fixed = self._fixed_batch(record)
-        step = fixed or self.step(record, inputs, names)
-        path = str(self.artifacts.path(record.sha256))
-        result: dict[str, np.ndarray] = {}
-        for start in range(0, n, step):
-            deadline.check()
-            chunk = {k: v[start : start + step] for k, v in inputs.items()}
-            rows = len(next(iter(chunk.values())))
-            if fixed and rows < step:
-                chunk = {k: np.concatenate([v, np.repeat(v[-1:], step - rows, axis=0)]) for k, v in chunk.items()}
-
-            def sink(name: str, value: np.ndarray, start: int = start, rows: int = rows) -> None:
-                if name not in result:
-                    result[name] = np.empty((n, *value.shape[1:]), value.dtype)
-                result[name][start : start + rows] = value[:rows]
-
-            started = time.perf_counter()
-            self.workers.run(record.sha256, path, chunk, names, sink)
-            self.observe(time.perf_counter() - started, rows)
-        self._learn_classes(record, result)
+        """`outputs` for inputs that `validated_inputs` already returned, assembled in row order."""
+        source = self.chunks(record, inputs, names)
+        result: dict[str, np.ndarray] = fold(source, {"outputs": Assembled(lambda c: c.arrays, source.rows)})["outputs"]
         return result
+
+    def chunks(
+        self, record: Runnable, inputs: dict[str, np.ndarray], names: list[str], given: Arrays | None = None
+    ) -> ModelChunks:
+        """A fold source of the named outputs for validated inputs (and `given` row-aligned arrays)."""
+        return ModelChunks(self, record, inputs, names, given or {})
+
+    def call(
+        self, record: Runnable, chunk: dict[str, np.ndarray], names: list[str], rows: int
+    ) -> dict[str, np.ndarray]:
+        """One worker call on a chunk (padded to a fixed batch); the named outputs of its first `rows` rows."""
+        started = time.perf_counter()
+        out = self.workers.run(record.sha256, str(self.artifacts.path(record.sha256)), chunk, names)
+        self.observe(time.perf_counter() - started, rows)
+        self._learn_classes(record, out)
+        return {k: v[:rows] for k, v in out.items()}
 
     def _learn_classes(self, record: Runnable, result: dict[str, np.ndarray]) -> None:
         """A model whose class dimension is symbolic gets C from its first run's logits."""
@@ -93,13 +92,13 @@ class ModelRunner:
                 record.classes = classes  # this request's copy: a streamed run asks once
 
     @staticmethod
-    def _fixed_batch(record: Runnable) -> int | None:
+    def fixed_batch(record: Runnable) -> int | None:
         fixed = {i["shape"][0] for i in record.inputs if i["shape"] and i["shape"][0] > 0}
         return next(iter(fixed)) if fixed else None
 
     def step(self, record: Runnable, inputs: dict[str, np.ndarray], names: list[str]) -> int:
         """Rows per model call for these inputs and outputs (a fixed batch dimension decides alone)."""
-        return self._fixed_batch(record) or self.chunking.step(self._row_bytes(record, inputs, names))
+        return self.fixed_batch(record) or self.chunking.step(self._row_bytes(record, inputs, names))
 
     @staticmethod
     def _row_bytes(record: Runnable, inputs: dict[str, np.ndarray], names: list[str]) -> int:
@@ -152,6 +151,38 @@ class ModelRunner:
         if record.embedding_output is None:
             raise InputError(target, f"model {record.id} was uploaded without an `embedding_output`")
         return {target: record.embedding_output}
+
+
+@dataclass(frozen=True)
+class ModelChunks:
+    """A fold source: a model's named outputs, one worker call per chunk of at most
+    CALIPER_MODEL_BATCH_ROWS rows and CALIPER_MODEL_BATCH_BYTES of inputs and declared outputs (a fixed
+    batch dimension runs in batches of that size, the last padded), with `given` row-aligned arrays
+    sliced beside them."""
+
+    runner: ModelRunner
+    record: Runnable
+    inputs: dict[str, np.ndarray]
+    names: list[str]
+    given: Arrays
+
+    @property
+    def rows(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def chunks(self) -> Iterator[Chunk]:
+        n, fixed = self.rows, self.runner.fixed_batch(self.record)
+        step = self.runner.step(self.record, self.inputs, self.names)
+        for start in range(0, n, step):
+            deadline.check()
+            stop = min(start + step, n)
+            chunk = {k: v[start:stop] for k, v in self.inputs.items()}
+            if fixed and stop - start < step:
+                chunk = {
+                    k: np.concatenate([v, np.repeat(v[-1:], step - (stop - start), axis=0)]) for k, v in chunk.items()
+                }
+            out = self.runner.call(self.record, chunk, self.names, stop - start)
+            yield Chunk(start, stop, out | {k: v[start:stop] for k, v in self.given.items()})
 
 
 def validated_inputs(record: ModelRecord, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -392,10 +392,8 @@ class WorkerPool:
         path: str,
         inputs: dict[str, np.ndarray],
         outputs: list[str],
-        sink: Callable[[str, np.ndarray], None] | None = None,
     ) -> dict[str, np.ndarray]:
-        """The named outputs, copied out of shared memory; with `sink`, each output's view is handed to
-        it instead (to copy where it belongs) while the worker is still held, and nothing is returned."""
+        """The named outputs, copied out of shared memory before the worker is released."""
         result: dict[str, np.ndarray] = {}
 
         def prepare(worker: _Worker) -> dict[str, Any]:
@@ -403,11 +401,7 @@ class WorkerPool:
             return {"inbox": block_name, "inputs": placed}
 
         def finish(worker: _Worker, reply: tuple[str, list[Placed]]) -> None:
-            for name, view in worker.read_outputs(*reply).items():
-                if sink is None:
-                    result[name] = view.copy()
-                else:
-                    sink(name, view)
+            result.update((name, view.copy()) for name, view in worker.read_outputs(*reply).items())
 
         self._call({"op": "run", "key": key, "path": path, "outputs": outputs}, prepare, finish)
         return result

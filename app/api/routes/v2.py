@@ -18,10 +18,10 @@ from app import __version__
 from app.api.auth import role
 from app.api.deps import ResourcesDep, resources_of
 from app.api.problems import database_refusal, error_responses, refusal
+from app.api.v2_codec import ProtocolError, decode, encode, metadata_body, parse_version
 from app.context import Resources
 from app.core.errors import InputError
 from app.models.workers import ModelLimitError, ModelRunError, WorkerUnavailableError
-from app.pipelines.v2 import V2Error
 from app.storage.errors import DATABASE_ERRORS
 from app.storage.migrate import is_at_head
 from app.storage.repository import NotFoundError
@@ -29,7 +29,7 @@ from app.storage.repository import NotFoundError
 BINARY_HEADER = "Inference-Header-Content-Length"
 INFLATE_STEP = 1 << 20
 STATUS: dict[type[Exception], int] = {
-    V2Error: 400,
+    ProtocolError: 400,
     NotFoundError: 404,
     InputError: 400,
     ModelRunError: 400,
@@ -53,8 +53,7 @@ class V2Route(APIRoute):
                     raise
                 return refusal(request.url.path, *refused)
             except tuple(STATUS) as exc:
-                status = exc.status if isinstance(exc, V2Error) else STATUS[type(exc)]
-                return JSONResponse({"error": str(exc)}, status_code=status)
+                return JSONResponse({"error": str(exc)}, status_code=STATUS[type(exc)])
 
         return protocol_errors
 
@@ -107,7 +106,7 @@ async def ready(resources: ResourcesDep) -> Response:
 
 
 def _metadata(resources: Resources, name: str, version: str | None) -> dict[str, Any]:
-    return resources.inference.metadata(name, version)
+    return metadata_body(resources.inference.metadata(name, parse_version(version)))
 
 
 @router.get(
@@ -131,8 +130,9 @@ def version_metadata(name: str, version: str, resources: ResourcesDep) -> dict[s
 
 
 def _ready(resources: Resources, name: str, version: str | None) -> Response:
-    if not resources.inference.ready(name, version):
-        return JSONResponse({"name": name, "ready": False, "error": "the export file is missing"}, status_code=400)
+    readiness = resources.inference.ready(name, parse_version(version))
+    if not readiness.ready:
+        return JSONResponse({"name": name, "ready": False, "error": readiness.reason}, status_code=400)
     return JSONResponse({"name": name, "ready": True})
 
 
@@ -184,12 +184,24 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     limit = settings.max_body_bytes if header is not None else settings.max_json_bytes  # JSON alone: the JSON limit
     body = _decompressed(await request.body(), request.headers.get("content-encoding"), limit)
     if header is not None and not header.strip().isdigit():
-        raise V2Error(400, f"{BINARY_HEADER} must be a non-negative integer, got {header!r}")
+        raise ProtocolError(f"{BINARY_HEADER} must be a non-negative integer, got {header!r}")
     length = int(header) if header is not None else None
-    content, json_length = await run_in_threadpool(resources.inference.infer, name, version, body, length)
+    content, json_length = await run_in_threadpool(_answer, resources, name, parse_version(version), body, length)
     if json_length is None:
         return Response(content, media_type="application/json")
     return Response(content, media_type="application/octet-stream", headers={BINARY_HEADER: str(json_length)})
+
+
+def _answer(
+    resources: Resources, name: str, version: int | None, body: bytes, header_length: int | None
+) -> tuple[bytes | memoryview, int | None]:
+    """Decode, infer, encode (in a worker thread). The pipeline is resolved first, so an unknown one is
+    a 404 whatever the body."""
+    inference = resources.inference
+    inference.pipeline(name, version)
+    request = decode(body, header_length)
+    answer = inference.infer(name, version, request.inputs, list(request.outputs) or None)
+    return encode(answer, request.id, request.binary(list(answer.outputs)))
 
 
 def _decompressed(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
@@ -200,14 +212,14 @@ def _decompressed(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
         return body
     formats = {"gzip": [16 + zlib.MAX_WBITS], "deflate": [zlib.MAX_WBITS, -zlib.MAX_WBITS]}.get(name)
     if formats is None:
-        raise V2Error(400, f"Content-Encoding {encoding!r} is not supported (gzip, deflate)")
+        raise ProtocolError(f"Content-Encoding {encoding!r} is not supported (gzip, deflate)")
     fault: zlib.error | None = None
     for wbits in formats:
         try:
             return _inflated(zlib.decompressobj(wbits), body, max_bytes, name)
         except zlib.error as exc:
             fault = exc
-    raise V2Error(400, f"the body is not valid {name} data: {fault}")
+    raise ProtocolError(f"the body is not valid {name} data: {fault}")
 
 
 def _inflated(inflater: Any, body: bytes, max_bytes: int, name: str) -> bytes:
@@ -219,10 +231,10 @@ def _inflated(inflater: Any, body: bytes, max_bytes: int, name: str) -> bytes:
         out += inflater.decompress(pending, INFLATE_STEP)
         pending = inflater.unconsumed_tail
         if len(out) > max_bytes:
-            raise V2Error(400, f"the inflated body exceeds its limit of {max_bytes} bytes (CALIPER_MAX_JSON_BYTES "
+            raise ProtocolError(f"the inflated body exceeds its limit of {max_bytes} bytes (CALIPER_MAX_JSON_BYTES "
                                "for JSON, CALIPER_MAX_BODY_BYTES with binary data)")  # fmt: skip
     if not inflater.eof:
-        raise V2Error(400, f"the {name} body is truncated")
+        raise ProtocolError(f"the {name} body is truncated")
     return bytes(out)
 
 

@@ -253,6 +253,30 @@ def test_curl_style_multipart_with_duplicate_part_is_422(client: TestClient) -> 
     np.testing.assert_allclose(response.json()["losses"]["cross_entropy"], 0.9389701905189698, rtol=1e-12)
 
 
+def _part(name: str, data: bytes) -> bytes:
+    return b'--XyZ\r\nContent-Disposition: form-data; name="' + name.encode() + b'"\r\n\r\n' + data + b"\r\n"
+
+
+@pytest.mark.parametrize(
+    ("parts", "field", "message"),
+    [
+        ([("logits", _npy(Z_A)), ("logits", _npy(Z_A))], "logits", "given twice"),
+        ([("request", b'{"logits": [[0.0, 1.0, 2.0]]}'), ("logits", _npy(Z_A))], "logits", "inside 'request'"),
+        ([("request", b"{}"), ("request", b"{}"), ("logits", _npy(Z_A))], "request", "given twice"),
+        ([("weights_file", _npy(Y_A))], "weights_file", "unknown multipart part"),
+    ],
+    ids=["part_twice", "part_and_inline", "request_twice", "unknown_part"],
+)
+def test_each_tensor_is_given_once(
+    client: TestClient, parts: list[tuple[str, bytes]], field: str, message: str
+) -> None:
+    body = b"".join(_part(name, data) for name, data in [*parts, ("labels", _npy(Y_A))]) + b"--XyZ--\r\n"
+    response = _raw_multipart(client, body, "multipart/form-data; boundary=XyZ")
+    assert_problem(response, 422, field)
+    assert message in response.json()["detail"]
+    assert sum(count_rows(client.app).values()) == 0  # type: ignore[arg-type]
+
+
 def test_fortran_order_and_big_endian_npy_are_read_correctly(client: TestClient) -> None:
     files = {
         "request": (None, "{}", "application/json"),

@@ -4,18 +4,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from fastapi import Request
+from pydantic import BaseModel
 
 from app.api.json_body import parse_json
-from app.api.multipart import parse_multipart
+from app.api.multipart import form_parts
 from app.api.observability import count_rows
 from app.api.problems import ProblemError
 from app.core.errors import InputError
 from app.tensors import decode_json_tensor, decode_npy
 
+M = TypeVar("M", bound=BaseModel)
 NPZ = "application/x-npz"  # the media type of .npz responses (Accept: application/x-npz)
 
 
@@ -53,49 +56,51 @@ def tensor_request_body(schema: str, tensor_fields: Iterable[str]) -> dict[str, 
     }
 
 
-async def read_tensor_body(
-    request: Request, tensor_fields: Iterable[str], integer_fields: frozenset[str]
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Split a body into its JSON options and its decoded tensors (field name -> array)."""
-    fields = set(tensor_fields)
-    content_type = request.headers.get("content-type", "")
-    media_type = content_type.split(";")[0].strip().lower()
-    max_json = request.app.state.resources.settings.max_json_bytes
+@dataclass(frozen=True)
+class TensorBody(Generic[M]):
+    """A route's body of options (`model`) and tensors (`fields`, dotted; `name.*` for named tensors;
+    `integer_fields` decoded as integers), as JSON or multipart: what every tensor-writing route reads."""
 
-    def split(body: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        options = _object(body)
-        return options, _pop_tensors(options, fields, integer_fields)
+    model: type[M]
+    fields: tuple[str, ...]
+    integer_fields: frozenset[str] = frozenset()
 
-    if media_type == "application/json":
-        parsed = await parse_json(await read_body(request), max_json, split)  # consumes the buffer
-        count_rows(max((len(a) for a in parsed[1].values() if a.ndim), default=0))
-        return parsed
-    if media_type == "multipart/form-data":
-        options: dict[str, Any] = {}
-        inline: dict[str, np.ndarray] = {}
-        arrays = {}
-        seen_request = False
-        for part in parse_multipart(await read_body(request), content_type):
-            if part.name == "request":
-                if seen_request:
-                    raise InputError("request", "given twice")
-                seen_request = True
-                options, inline = await parse_json(part.data.tobytes(), max_json, split)
-            elif _accepts(fields, part.name):
-                if part.name in arrays:
-                    raise InputError(part.name, "given twice")
-                arrays[part.name] = decode_npy(part.name, part.data)
-            else:
-                raise InputError(part.name, f"unknown multipart part (expected 'request' or one of {sorted(fields)})")
-        for name, array in inline.items():  # JSON tensors in `request`
-            if name in arrays:
-                raise InputError(name, "given both as a part and inside 'request'")
-            arrays[name] = array
+    def openapi(self) -> dict[str, Any]:
+        """The route's requestBody (the options' schema is named after `model`)."""
+        return tensor_request_body(self.model.__name__, self.fields)
+
+    async def read(self, request: Request) -> tuple[M, dict[str, np.ndarray]]:
+        """The options validated as `model`, and the decoded tensors by field name; 415 for another
+        media type, 4xx naming the field for a bad part or tensor."""
+        content_type = request.headers.get("content-type", "")
+        media_type = content_type.split(";")[0].strip().lower()
+        if media_type not in ("application/json", "multipart/form-data"):
+            wanted = "send application/json or multipart/form-data"
+            raise ProblemError(415, f"unsupported content type {media_type or '(none)'!r}: {wanted}")
+        raw = await read_body(request)
+        document, parts = (raw, []) if media_type == "application/json" else form_parts(raw, content_type)
+        max_json = request.app.state.resources.settings.max_json_bytes
+        options, arrays = await parse_json(document, max_json, self._split)  # consumes a bytearray
+        named = tuple(f[:-1] for f in self.fields if f.endswith(".*"))  # "features.*" takes "features.<name>"
+        inline = set(arrays)  # tensors inside the JSON options
+        for part in parts:
+            if not (part.name in self.fields or (part.name.startswith(named) and part.name not in named)):
+                raise InputError(
+                    part.name, f"unknown multipart part (expected 'request' or one of {sorted(self.fields)})"
+                )
+            if part.name in arrays:
+                raise InputError(
+                    part.name, "given both as a part and inside 'request'" if part.name in inline else "given twice"
+                )
+            arrays[part.name] = decode_npy(part.name, part.data)
         count_rows(max((len(a) for a in arrays.values() if a.ndim), default=0))
-        return options, arrays
-    raise ProblemError(
-        415, f"unsupported content type {media_type or '(none)'!r}: send application/json or multipart/form-data"
-    )
+        return self.model.model_validate(options), arrays
+
+    def _split(self, body: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """A decoded JSON body: its options, and its tensor fields taken out and decoded."""
+        if not isinstance(body, dict):
+            raise ProblemError(400, "body must be a JSON object")
+        return body, _pop_tensors(body, set(self.fields), self.integer_fields)
 
 
 async def read_body(request: Request) -> bytes | bytearray:
@@ -142,15 +147,3 @@ def _pop_tensors(body: dict[str, Any], fields: set[str], integer_fields: frozens
                 continue  # a dict of named tensors, taken by the wildcard
             arrays[path] = decode_json_tensor(path, node.pop(leaf), path in integer_fields)
     return arrays
-
-
-def _accepts(fields: set[str], name: str) -> bool:
-    return name in fields or any(
-        f.endswith(".*") and name.startswith(f[:-1]) and len(name) > len(f) - 1 for f in fields
-    )
-
-
-def _object(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise ProblemError(400, "body must be a JSON object")
-    return body

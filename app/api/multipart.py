@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from email.message import Message
 
 from app.api.problems import ProblemError
+from app.core.errors import InputError
 
 MAX_PARTS = 64
 
@@ -73,3 +74,17 @@ def parse_multipart(body: bytes | bytearray, content_type: str) -> list[Part]:
         if len(parts) > MAX_PARTS:
             raise ProblemError(400, f"multipart body has more than {MAX_PARTS} parts")
         position = next_delimiter + 2 + len(delimiter)
+
+
+def form_parts(body: bytes | bytearray, content_type: str) -> tuple[bytes, list[Part]]:
+    """A tensor body's `request` JSON part (`{}` when absent) and its other parts, in order."""
+    document: bytes | None = None
+    parts: list[Part] = []
+    for part in parse_multipart(body, content_type):
+        if part.name != "request":
+            parts.append(part)
+        elif document is not None:
+            raise InputError("request", "given twice")
+        else:
+            document = part.data.tobytes()
+    return document if document is not None else b"{}", parts

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import role
-from app.api.bodies import NPZ, read_tensor_body, tensor_request_body
+from app.api.bodies import NPZ, TensorBody
 from app.api.deps import ResourcesDep, resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.npz_stream import npz_response
@@ -25,6 +25,8 @@ from app.calibration.schemas import (
 from app.storage.pagination import Page
 
 router = APIRouter(prefix="/v1/calibrators", tags=["calibrators"], route_class=StrictJsonRoute)
+FIT = TensorBody(CalibratorRequest, FIT_TENSORS, INTEGER_TENSORS)
+APPLY = TensorBody(ApplyRequest, ("logits",))
 
 
 @router.post(
@@ -34,13 +36,11 @@ router = APIRouter(prefix="/v1/calibrators", tags=["calibrators"], route_class=S
     response_model=CalibratorOut,
     summary="Fit a calibrator and store it",
     responses=TENSOR_WRITE,
-    openapi_extra=tensor_request_body("CalibratorRequest", FIT_TENSORS),
+    openapi_extra=FIT.openapi(),
 )
 async def create_calibrator(request: Request) -> Response:
-    resources = resources_of(request)
-    options, arrays = await read_tensor_body(request, FIT_TENSORS, INTEGER_TENSORS)
-    body = CalibratorRequest.model_validate(options)
-    record = await run_in_threadpool(resources.calibrators.create, body, arrays)
+    body, arrays = await FIT.read(request)
+    record = await run_in_threadpool(resources_of(request).calibrators.create, body, arrays)
     return Response(
         CalibratorOut.model_validate(record).model_dump_json(), status_code=201, media_type="application/json"
     )
@@ -94,15 +94,13 @@ def delete(calibrator_id: str, resources: ResourcesDep) -> Response:
     response_model=ApplyOut,
     summary="Calibrated probabilities of new logits (JSON, or .npz with Accept: application/x-npz)",
     responses={**TENSOR_WRITE, 200: {"content": {"application/json": {}, NPZ: {}}}},
-    openapi_extra={**tensor_request_body("ApplyRequest", ("logits",)), **role("read")},  # computes, stores nothing
+    openapi_extra={**APPLY.openapi(), **role("read")},  # computes, stores nothing
 )
 async def apply(calibrator_id: str, request: Request) -> Response:
-    resources = resources_of(request)
-    options, arrays = await read_tensor_body(request, ("logits",), frozenset())
-    ApplyRequest.model_validate(options)
+    _, arrays = await APPLY.read(request)
     if "logits" not in arrays:
         raise ProblemError(422, "logits: required", [{"field": "logits", "message": "required"}])
-    probabilities = await run_in_threadpool(resources.calibrators.apply, calibrator_id, arrays["logits"])
+    probabilities = await run_in_threadpool(resources_of(request).calibrators.apply, calibrator_id, arrays["logits"])
     if NPZ in request.headers.get("accept", ""):
         return npz_response({"probabilities": probabilities})
     return Response(

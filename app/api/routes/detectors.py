@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import role
-from app.api.bodies import NPZ, read_tensor_body, tensor_request_body
+from app.api.bodies import NPZ, TensorBody
 from app.api.deps import ResourcesDep, resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.npz_stream import npz_response
@@ -24,6 +24,8 @@ from app.ood.schemas import (
 from app.storage.pagination import Page
 
 router = APIRouter(prefix="/v1/detectors", tags=["detectors"], route_class=StrictJsonRoute)
+FIT = TensorBody(DetectorRequest, DETECTOR_TENSORS, frozenset({"labels"}))
+SCORE = TensorBody(ScoreRequest, SCORE_FEATURES)
 
 
 @router.post(
@@ -33,13 +35,11 @@ router = APIRouter(prefix="/v1/detectors", tags=["detectors"], route_class=Stric
     response_model=DetectorOut,
     summary="Fit an OOD detector and store it",
     responses=TENSOR_WRITE,
-    openapi_extra=tensor_request_body("DetectorRequest", DETECTOR_TENSORS),
+    openapi_extra=FIT.openapi(),
 )
 async def create_detector(request: Request) -> Response:
-    resources = resources_of(request)
-    options, arrays = await read_tensor_body(request, DETECTOR_TENSORS, frozenset({"labels"}))
-    body = DetectorRequest.model_validate(options)
-    record = await run_in_threadpool(resources.detectors.create, body, arrays)
+    body, arrays = await FIT.read(request)
+    record = await run_in_threadpool(resources_of(request).detectors.create, body, arrays)
     return Response(
         DetectorOut.model_validate(record).model_dump_json(), status_code=201, media_type="application/json"
     )
@@ -83,13 +83,11 @@ def delete(detector_id: str, resources: ResourcesDep) -> Response:
     response_model=DetectorScoresOut,
     summary="OOD scores of features (JSON, or .npz with Accept: application/x-npz)",
     responses={**TENSOR_WRITE, 200: {"content": {"application/json": {}, NPZ: {}}}},
-    openapi_extra={**tensor_request_body("ScoreRequest", ("features",)), **role("read")},  # computes, stores nothing
+    openapi_extra={**SCORE.openapi(), **role("read")},  # computes, stores nothing
 )
 async def score(detector_id: str, request: Request) -> Response:
-    resources = resources_of(request)
-    options, arrays = await read_tensor_body(request, SCORE_FEATURES, frozenset())
-    ScoreRequest.model_validate(options)
-    scores, nearest = await run_in_threadpool(resources.detectors.score, detector_id, arrays)
+    _, arrays = await SCORE.read(request)
+    scores, nearest = await run_in_threadpool(resources_of(request).detectors.score, detector_id, arrays)
     if NPZ in request.headers.get("accept", ""):  # api.md: per-row outputs of score endpoints, as .npz too
         return npz_response({"scores": scores, "nearest_class": nearest})
     out = DetectorScoresOut(scores=scores.astype(float).tolist(), nearest_class=nearest.astype(int).tolist())

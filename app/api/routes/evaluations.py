@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 
-from app.api.bodies import read_tensor_body, tensor_request_body
+from app.api.bodies import TensorBody
 from app.api.deps import INLINE_BYTES, ResourcesDep, off_loop, resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.problems import DELETION, JSON_WRITE, LISTING, READ, TENSOR_WRITE, ProblemError
@@ -18,6 +18,7 @@ from app.storage.evaluations import EvaluationFilter
 from app.storage.pagination import Page
 
 router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"], route_class=StrictJsonRoute)
+EVALUATION = TensorBody(EvaluationRequest, TENSOR_FIELDS, INTEGER_FIELDS)
 
 
 @router.post(
@@ -28,12 +29,11 @@ router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"], route_class=S
     response_model_exclude_none=False,
     summary="Compute losses and metrics of predictions, and store them",
     responses=TENSOR_WRITE,
-    openapi_extra=tensor_request_body("EvaluationRequest", TENSOR_FIELDS),
+    openapi_extra=EVALUATION.openapi(),
 )
 async def create_evaluation(request: Request) -> Response:
+    body, arrays = await EVALUATION.read(request)
     resources = resources_of(request)  # no Depends on the hot path: dependency solving costs ~0.2 ms
-    options, arrays = await read_tensor_body(request, TENSOR_FIELDS, INTEGER_FIELDS)
-    body = EvaluationRequest.model_validate(options)
     touches_storage = body.store or body.calibrator_id is not None or body.sdm_id is not None
     inline = not touches_storage and sum(a.nbytes for a in arrays.values()) <= INLINE_BYTES
     out = await off_loop(inline, resources.evaluations.create, body, arrays)

@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import role
-from app.api.bodies import NPZ, read_tensor_body, tensor_request_body
+from app.api.bodies import NPZ, TensorBody
 from app.api.deps import ResourcesDep, resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.npz_stream import npz_response
@@ -23,6 +23,8 @@ from app.pipelines.heads import Heads
 from app.storage.pagination import Page
 
 router = APIRouter(prefix="/v1/models", tags=["models"], route_class=StrictJsonRoute)
+EVALUATION = TensorBody(ModelEvaluationRequest, MODEL_TENSOR_FIELDS, INTEGER_FIELDS)
+PREDICT = TensorBody(PredictRequest, ("inputs.*",))
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -141,13 +143,11 @@ def delete(model_id: str, resources: ResourcesDep) -> Response:
     response_model=EvaluationOut,
     summary="Evaluate the model on inputs (run chunk by chunk into the evaluation state) and store it",
     responses=TENSOR_WRITE,
-    openapi_extra=tensor_request_body("ModelEvaluationRequest", MODEL_TENSOR_FIELDS),
+    openapi_extra=EVALUATION.openapi(),
 )
 async def create_model_evaluation(model_id: str, request: Request) -> Response:
-    resources = resources_of(request)
-    options, arrays = await read_tensor_body(request, MODEL_TENSOR_FIELDS, INTEGER_FIELDS)
-    body = ModelEvaluationRequest.model_validate(options)
-    out = await run_in_threadpool(resources.evaluations.create_from_model, model_id, body, arrays)
+    body, arrays = await EVALUATION.read(request)
+    out = await run_in_threadpool(resources_of(request).evaluations.create_from_model, model_id, body, arrays)
     return Response(out.model_dump_json(), status_code=201, media_type="application/json")
 
 
@@ -156,15 +156,14 @@ async def create_model_evaluation(model_id: str, request: Request) -> Response:
     operation_id="predict",
     summary="Run the model on inputs, with optional calibrator, detector and SDM heads",
     responses={**TENSOR_WRITE, 200: {"content": {"application/json": {}, NPZ: {}}}},
-    openapi_extra={**tensor_request_body("PredictRequest", ("inputs.*",)), **role("read")},  # stores nothing
+    openapi_extra={**PREDICT.openapi(), **role("read")},  # stores nothing
 )
 async def predict(model_id: str, request: Request) -> Response:
-    resources = resources_of(request)
-    options, arrays = await read_tensor_body(request, ("inputs.*",), frozenset())
-    body = PredictRequest.model_validate(options)
+    body, arrays = await PREDICT.read(request)
     inputs = {k.removeprefix("inputs."): v for k, v in arrays.items()}
     heads = Heads(body.calibrator_id, body.detector_id, body.sdm_id)
-    columns = await run_in_threadpool(resources.predictions.predict, model_id, inputs, heads, body.return_embedding)
+    predictions = resources_of(request).predictions
+    columns = await run_in_threadpool(predictions.predict, model_id, inputs, heads, body.return_embedding)
     if NPZ in request.headers.get("accept", ""):
         return npz_response(columns)
     return Response(predict_json(columns), media_type="application/json")

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import role
-from app.api.bodies import read_tensor_body, tensor_request_body
+from app.api.bodies import TensorBody
 from app.api.deps import resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.problems import TENSOR_WRITE
@@ -20,6 +20,8 @@ from app.ood.schemas import (
 )
 
 router = APIRouter(prefix="/v1/ood", tags=["ood"], route_class=StrictJsonRoute)
+SCORES = TensorBody(ScoresRequest, SCORE_TENSORS)
+EVALUATE = TensorBody(OodEvaluateRequest, EVALUATE_TENSORS)
 
 
 @router.post(
@@ -28,11 +30,10 @@ router = APIRouter(prefix="/v1/ood", tags=["ood"], route_class=StrictJsonRoute)
     response_model=ScoresOut,
     summary="Logit-based OOD scores (higher = more OOD)",
     responses=TENSOR_WRITE,
-    openapi_extra={**tensor_request_body("ScoresRequest", SCORE_TENSORS), **role("read")},  # computes, stores nothing
+    openapi_extra={**SCORES.openapi(), **role("read")},  # computes, stores nothing
 )
 async def scores(request: Request) -> Response:
-    options, arrays = await read_tensor_body(request, SCORE_TENSORS, frozenset())
-    body = ScoresRequest.model_validate(options)
+    body, arrays = await SCORES.read(request)
     out = await run_in_threadpool(resources_of(request).ood.logit_scores, body, arrays)
     return Response(out.model_dump_json(), media_type="application/json")
 
@@ -43,13 +44,9 @@ async def scores(request: Request) -> Response:
     response_model=OodEvaluateOut,
     summary="AUROC, AUPR-In/Out, FPR@95 (both conventions), detection error",
     responses=TENSOR_WRITE,
-    openapi_extra={
-        **tensor_request_body("OodEvaluateRequest", EVALUATE_TENSORS),
-        **role("read"),
-    },  # computes, stores nothing
+    openapi_extra={**EVALUATE.openapi(), **role("read")},  # computes, stores nothing
 )
 async def evaluate(request: Request) -> Response:
-    options, arrays = await read_tensor_body(request, EVALUATE_TENSORS, frozenset())
-    body = OodEvaluateRequest.model_validate(options)
+    body, arrays = await EVALUATE.read(request)
     out = await run_in_threadpool(resources_of(request).ood.evaluate, body, arrays)
     return Response(out.model_dump_json(), media_type="application/json")

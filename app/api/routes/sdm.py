@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import role
-from app.api.bodies import NPZ, read_tensor_body, tensor_request_body
+from app.api.bodies import NPZ, TensorBody
 from app.api.deps import ResourcesDep, resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.npz_stream import npz_response
@@ -26,6 +26,8 @@ from app.sdm.service import npz_columns, scores_out, sdm_out
 from app.storage.pagination import Page
 
 router = APIRouter(prefix="/v1/sdm", tags=["sdm"], route_class=StrictJsonRoute)
+FIT = TensorBody(SdmRequest, FIT_TENSORS, FIT_INTEGER_FIELDS)
+SCORE = TensorBody(SdmScoreRequest, SCORE_TENSORS)
 
 
 @router.post(
@@ -35,13 +37,11 @@ router = APIRouter(prefix="/v1/sdm", tags=["sdm"], route_class=StrictJsonRoute)
     response_model=SdmOut,
     summary="Fit the SDM estimator on a support and a calibration set, and store it",
     responses=TENSOR_WRITE,
-    openapi_extra=tensor_request_body("SdmRequest", FIT_TENSORS),
+    openapi_extra=FIT.openapi(),
 )
 async def create_sdm(request: Request) -> Response:
-    resources = resources_of(request)
-    options, arrays = await read_tensor_body(request, FIT_TENSORS, FIT_INTEGER_FIELDS)
-    body = SdmRequest.model_validate(options)
-    record, support_statistics = await run_in_threadpool(resources.sdm.create, body, arrays)
+    body, arrays = await FIT.read(request)
+    record, support_statistics = await run_in_threadpool(resources_of(request).sdm.create, body, arrays)
     out = sdm_out(record, support_statistics)
     return Response(out.model_dump_json(), status_code=201, media_type="application/json")
 
@@ -82,13 +82,11 @@ def delete(sdm_id: str, resources: ResourcesDep) -> Response:
     response_model=SdmScoresOut,
     summary="SDM outputs per row (JSON, or .npz with Accept: application/x-npz)",
     responses={**TENSOR_WRITE, 200: {"content": {"application/json": {}, NPZ: {}}}},
-    openapi_extra={**tensor_request_body("SdmScoreRequest", SCORE_TENSORS), **role("read")},  # computes, stores nothing
+    openapi_extra={**SCORE.openapi(), **role("read")},  # computes, stores nothing
 )
 async def score(sdm_id: str, request: Request) -> Response:
-    resources = resources_of(request)
-    options, arrays = await read_tensor_body(request, SCORE_TENSORS, frozenset())
-    SdmScoreRequest.model_validate(options)
-    record, scores = await run_in_threadpool(resources.sdm.score, sdm_id, arrays)
+    _, arrays = await SCORE.read(request)
+    record, scores = await run_in_threadpool(resources_of(request).sdm.score, sdm_id, arrays)
     if NPZ in request.headers.get("accept", ""):
         return npz_response(npz_columns(scores))
     return Response(scores_out(record, scores).model_dump_json(), media_type="application/json")

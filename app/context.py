@@ -14,6 +14,7 @@ from app.core.chunking import Chunking
 from app.core.runtime import RuntimeConfig, SessionCache
 from app.evaluation.service import EvaluationService
 from app.gating.service import GateService
+from app.keys.service import KeyService
 from app.metrics import Metrics
 from app.models.runner import ModelRunner
 from app.models.service import ModelService
@@ -62,7 +63,8 @@ class Resources:
     inference: InferenceService  # the V2 protocol over pipelines
     metrics: Metrics  # Prometheus, served on /metrics
     idempotency: IdempotencyRepository  # first answers of POSTs with an Idempotency-Key
-    keys: ApiKeyRepository  # who may call, in which project
+    api_keys: ApiKeyRepository  # who may call, in which project (read by the authentication middleware)
+    keys: KeyService  # a project's keys, managed over /v1/keys
 
     @classmethod
     def create(cls, settings: Settings) -> Resources:
@@ -90,6 +92,7 @@ class Resources:
         heads = HeadCheck(calibrators, detectors, sdm)
         exports = ExportService(runner, heads, settings.max_export_bytes)
         pipelines = PipelineService(PipelineRepository(database), exports, artifacts, references, workers)
+        api_keys = ApiKeyRepository(database)
         return cls(
             settings,
             engine,
@@ -110,7 +113,8 @@ class Resources:
             inference=InferenceService(pipelines, runner, workers),
             metrics=metrics,
             idempotency=IdempotencyRepository(database, settings.idempotency_ttl_s),
-            keys=ApiKeyRepository(database),
+            api_keys=api_keys,
+            keys=KeyService(api_keys),
         )
 
     def close(self) -> None:

@@ -37,7 +37,7 @@ class LocalBackend:
 
     def check_baseline(self, baseline: str | dict[str, str]) -> None:
         from app.gating.schemas import BaselineSelector
-        from app.storage.repository import NotFoundError
+        from app.records import NotFoundError
 
         selector = baseline if isinstance(baseline, str) else BaselineSelector.model_validate(baseline)
         try:

@@ -4,12 +4,18 @@ the OpenAPI schema), so a request cannot store thousands of rows or megabyte key
 
 from __future__ import annotations
 
+import math
 import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
+from app.core.errors import InputError
+
+T = TypeVar("T")
 MAX_TAGS = 64
 TagKey = Annotated[str, Field(min_length=1, max_length=128)]
 TagValue = Annotated[str, Field(max_length=512)]
@@ -25,6 +31,11 @@ class Labels(BaseModel):
     model: str | None = Field(None, max_length=256)
     dataset: str | None = Field(None, max_length=256)
     tags: Tags = Field(default_factory=dict)
+
+
+def finite_or_none(values: dict[str, float]) -> dict[str, float | None]:
+    """JSON has no inf/NaN: a value that overflowed is reported (and stored) as null."""
+    return {k: (v if math.isfinite(v) else None) for k, v in values.items()}
 
 
 def new_id() -> str:
@@ -50,3 +61,45 @@ class RecordOut(BaseModel):
 
     id: str
     created_at: Timestamp
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list, newest first; `next_cursor` fetches the next (null on the last page)."""
+
+    items: list[T]
+    next_cursor: str | None
+
+
+class NotFoundError(LookupError):
+    """No record with that id (or none matching a selector): answered 404 with this message."""
+
+    @classmethod
+    def of(cls, noun: str, record_id: str, role: str = "") -> NotFoundError:
+        return cls(f"no {noun} with id {record_id!r}" + (f" ({role})" if role else ""))
+
+
+class ConflictError(Exception):
+    """The change would break stored records that depend on this one (answered 409 with this message)."""
+
+
+@dataclass(frozen=True)
+class EvaluationFilter:
+    """Which stored evaluations a list or a gate's baseline selects: equality on model and dataset, and
+    each tag (key, value) required, value None for any value."""
+
+    model: str | None = None
+    dataset: str | None = None
+    tags: tuple[tuple[str, str | None], ...] = ()
+
+    @classmethod
+    def selecting(
+        cls, model: str | None, dataset: str | None, tags: Iterable[str], field: str = "tag"
+    ) -> EvaluationFilter:
+        """Tags written `key:value`, or a bare `key` for any value (422 naming `field` for an empty key)."""
+        pairs: list[tuple[str, str | None]] = []
+        for text in tags:
+            key, sep, value = text.partition(":")
+            if not key:
+                raise InputError(field, f"{text!r} must be key:value or key")
+            pairs.append((key, value if sep else None))
+        return cls(model, dataset, tuple(pairs))

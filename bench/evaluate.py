@@ -73,8 +73,7 @@ def bench_size(n: int, c: int, repeats: int, chunk_size: int, chunk_bytes: int, 
     evaluator = Evaluator(plan)
 
     def caliper() -> None:
-        state, _ = evaluator.run(batch, Chunking(chunk_size, chunk_bytes))
-        evaluator.finalize(state, c)
+        evaluator.evaluate(batch, Chunking(chunk_size, chunk_bytes))
 
     rows = {
         "memory floor (numpy.sum)": median_seconds(lambda: z.sum(), repeats),

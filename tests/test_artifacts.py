@@ -62,7 +62,7 @@ def test_a_file_named_by_a_model_and_a_pipeline_stays_until_neither_names_it(cli
             tags={},
         )
     )
-    (pipeline,) = services.pipelines.page(10, None, "same-bytes")[0]
+    (pipeline,) = services.pipelines.page(10, None, name="same-bytes").items
     services.pipelines.delete(pipeline.id)
     assert path.exists()  # the model still names it
     predicted = client.post(f"/v1/models/{model['id']}/predict", json={"inputs": {"x": np.ones((1, 6)).tolist()}})

@@ -46,7 +46,7 @@ def auth_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
 
 @pytest.fixture(scope="module")
 def keys(auth_app: FastAPI) -> dict[str, str]:
-    made = auth_app.state.resources.keys
+    made = auth_app.state.resources.api_keys
     tokens = {
         "a_write": made.create("team-a", "write", "ci")[1],
         "a_read": made.create("team-a", "read")[1],
@@ -167,7 +167,7 @@ def test_another_projects_ids_are_unknown_and_its_lists_are_empty(
     auth_app: FastAPI, keys: dict[str, str], project_a: dict[str, Any]
 ) -> None:
     other = as_key(auth_app, keys["b_write"])
-    admin_b = as_key(auth_app, auth_app.state.resources.keys.create("team-b", "admin")[1])
+    admin_b = as_key(auth_app, auth_app.state.resources.api_keys.create("team-b", "admin")[1])
     for method, path, operation in operations(auth_app):
         client = admin_b if operation["x-caliper-role"] == "admin" else other
         if PARAM.search(path):
@@ -249,7 +249,7 @@ def test_admin_keys_manage_their_own_project_only(auth_app: FastAPI, keys: dict[
     assert new.get("/v1/evaluations").status_code == 200
     listed = admin.get("/v1/keys").json()["items"]
     assert {k["project"] for k in listed} == {"team-a"} and all("key" not in k for k in listed)
-    b_key = auth_app.state.resources.keys.list("team-b")[0].id
+    b_key = auth_app.state.resources.api_keys.list("team-b")[0].id
     assert admin.delete(f"/v1/keys/{b_key}").status_code == 404
     assert admin.delete(f"/v1/keys/{made.json()['id']}").status_code == 204
     assert new.get("/v1/evaluations").status_code == 401  # at once

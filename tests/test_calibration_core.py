@@ -304,3 +304,16 @@ def test_fitted_state_round_trips_and_refuses_other_versions() -> None:
         np.testing.assert_array_equal(restored.transform(z), fitted.transform(z))
         with pytest.raises(IncompatibleFittedStateError, match="state version 2"):
             METHODS[method].create(METHODS[method].params()).load({**state, "state_version": 2})
+
+
+def test_every_method_is_its_params_and_its_estimator() -> None:
+    """scikit-learn's contract: the constructor keeps each hyper-parameter as given, so `get_params`
+    rebuilds an equal estimator (`clone`), and the method's params are among them under api.md's names."""
+    for name, method in METHODS.items():
+        params = method.params()
+        estimator = method.create(params)
+        assert params.model_dump().items() <= estimator.get_params().items(), name
+        clone = type(estimator)(**estimator.get_params())
+        assert clone.get_params() == estimator.get_params(), name
+        assert clone.signature(np.dtype(np.float32)) == estimator.signature(np.dtype(np.float32)), name
+        assert "cache" not in estimator.get_params() and not hasattr(estimator, "cache"), name

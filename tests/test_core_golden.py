@@ -34,8 +34,8 @@ def evaluate(
         batch.layout, tuple(LOSS.validate_python(x) for x in losses), tuple(METRIC.validate_python(x) for x in metrics)
     )
     evaluator = Evaluator(plan)
-    state, rows = evaluator.run(batch, Chunking(rows=chunk))
-    return evaluator.finalize(state, batch.classes), rows
+    evaluated = evaluator.evaluate(batch, Chunking(rows=chunk))
+    return evaluated.result, evaluated.per_row
 
 
 LOSS_CASES: list[tuple[dict[str, Any], str, str | None]] = [
@@ -195,8 +195,7 @@ def test_pinned_binning_convention_on_vector_e() -> None:
     batch = validate_batch(probabilities=probs, labels=labels)
     specs = (METRIC.validate_python({"name": "ece", "bins": 2}), METRIC.validate_python({"name": "mce", "bins": 2}))
     evaluator = Evaluator(EvaluationPlan(batch.layout, (), specs))
-    state, _ = evaluator.run(batch, Chunking(rows=2))
-    metrics = evaluator.finalize(state, 4).metrics
+    metrics = evaluator.evaluate(batch, Chunking(rows=2)).result.metrics
     np.testing.assert_allclose([metrics["ece"], metrics["mce"]], [0.28, 0.70], rtol=1e-12)
 
 

@@ -138,8 +138,7 @@ def test_probabilities_input_matches_logits_input() -> None:
         batch.layout, tuple(LOSS.validate_python(s) for s in specs), tuple(METRIC.validate_python(m) for m in metrics)
     )
     evaluator = Evaluator(plan)
-    state, _ = evaluator.run(batch, Chunking(rows=30))
-    got = evaluator.finalize(state, 4)
+    got = evaluator.evaluate(batch, Chunking(rows=30)).result
     for key, value in from_probs_expected.losses.items():
         np.testing.assert_allclose(got.losses[key], value, rtol=1e-10, err_msg=key)
     assert from_logits.metrics["accuracy"] == got.metrics["accuracy"]

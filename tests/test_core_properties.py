@@ -106,7 +106,7 @@ def test_merged_chunks_equal_the_one_shot_result(problem: tuple[np.ndarray, ...]
     merged = EvaluationState()
     for lo, hi in itertools.pairwise(bounds):
         part = validate_batch(logits=z[lo:hi], labels=y[lo:hi], teacher_logits=zt[lo:hi])
-        state, _ = evaluator.run(part, Chunking(rows=chunk))
+        state = evaluator.evaluate(part, Chunking(rows=chunk)).state
         merged = merged.merge(EvaluationState.from_bytes(state.to_bytes()))  # as a distributed worker sends it
     result = evaluator.finalize(merged, batch.classes)
     assert result.n == len(y)
@@ -135,7 +135,7 @@ def test_states_of_different_plans_refuse_to_merge() -> None:
     states = []
     for metrics in (("accuracy",), ("accuracy", "nll")):
         plan = EvaluationPlan(batch.layout, (), tuple(METRIC.validate_python({"name": m}) for m in metrics))
-        states.append(Evaluator(plan).run(batch)[0])
+        states.append(Evaluator(plan).evaluate(batch).state)
     assert states[0].merge(EvaluationState.from_bytes(states[0].to_bytes())).n == 40
     with pytest.raises(IncompatibleStateError, match="different evaluation plans"):
         states[0].merge(EvaluationState.from_bytes(states[1].to_bytes()))

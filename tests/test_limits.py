@@ -225,8 +225,8 @@ def test_time_queued_for_a_slot_does_not_count_against_the_body_deadline(tmp_pat
 
 def test_a_key_over_its_rate_limit_gets_429_with_retry_after_and_other_keys_do_not(tmp_path: Path) -> None:
     app = make_app(tmp_path, auth="required", rate_limit="3/minute")
-    first = app.state.resources.keys.create("team-a", "write")[1]
-    second = app.state.resources.keys.create("team-a", "read")[1]
+    first = app.state.resources.api_keys.create("team-a", "write")[1]
+    second = app.state.resources.api_keys.create("team-a", "read")[1]
     with TestClient(app, raise_server_exceptions=False, base_url=LOCAL) as client:
         as_first = {"Authorization": f"Bearer {first}"}
         assert [client.get("/v1/evaluations", headers=as_first).status_code for _ in range(3)] == [200] * 3

@@ -46,8 +46,7 @@ ROWS = [
 def _collapse(dtype: type, **arrays: np.ndarray) -> float:
     batch = validate_batch(labels=np.zeros(len(next(iter(arrays.values()))), np.int64), **arrays)
     evaluator = Evaluator(EvaluationPlan(batch.layout, (), (METRIC.validate_python({"name": "softmax_collapse"}),)))
-    state, _ = evaluator.run(batch, Chunking(rows=7))
-    return evaluator.finalize(state, batch.classes).metrics["softmax_collapse"]
+    return evaluator.evaluate(batch, Chunking(rows=7)).result.metrics["softmax_collapse"]
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from tritonclient.utils import InferenceServerException
 
 from app.core.errors import InputError
-from app.storage.repository import NotFoundError
+from app.records import NotFoundError
 from tests import onnx_models
 from tests.test_api_models import upload
 from tests.test_export import fit_heads, make_data, probe, session_outputs

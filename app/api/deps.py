@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from app.context import Resources
+from app.storage.keys import Principal
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -26,6 +27,16 @@ async def get_resources(request: Request) -> Resources:
 
 
 ResourcesDep = Annotated[Resources, Depends(get_resources)]  # a route's parameter: the composition root
+
+
+async def get_principal(request: Request) -> Principal:
+    """Who is calling, as the authentication middleware found (its role already checked against the
+    route's `x-caliper-role`, `app.api.auth.role`)."""
+    principal: Principal = request.scope["caliper.principal"]
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]  # a route's parameter: the caller and its project
 
 
 async def off_loop(inline: bool, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     app.add_middleware(  # outside the body limit and the idempotency keys: they run in the key's project
         Authentication,
-        keys=resources.keys,
+        keys=resources.api_keys,
         required=settings.auth_required(),
         project=settings.project,
         origins=tuple(origins),

@@ -16,9 +16,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.core.deadline import TimeLimitError
 from app.core.errors import InputError
 from app.models.workers import ModelLimitError, ModelRunError, WorkerUnavailableError
+from app.records import ConflictError, NotFoundError
 from app.storage.blobs import CorruptBlobError
 from app.storage.errors import DATABASE_ERRORS, database_state
-from app.storage.repository import ConflictError, NotFoundError
 
 PROBLEM_JSON = "application/problem+json"
 UNMIGRATED = "the database is not migrated: run `caliper db upgrade` (nothing was stored; retrying will not help)"

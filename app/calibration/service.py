@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from app.calibration.schemas import CalibratorRequest
+from app.calibration.schemas import CalibratorOut, CalibratorRequest
 from app.core.calibration.fitters import Calibrator
 from app.core.calibration.registry import METHODS, restore
 from app.core.errors import InputError
@@ -18,6 +18,7 @@ from app.models.runner import ModelRunner
 from app.records import new_id, utc_now
 from app.storage.models import CalibratorRecord
 from app.storage.repository import Repository
+from app.stored import StoredResource
 
 REPORT_METRICS = (NllMetric(name="nll"), Ece(name="ece"), BrierMetric(name="brier"))
 CV_SEED = 0
@@ -32,9 +33,7 @@ def report_metrics(
 ) -> dict[str, float]:
     """NLL, ECE (15 uniform bins) and Brier of logits or of calibrated probabilities."""
     batch = validate_batch(logits=logits, probabilities=probabilities, labels=labels)
-    evaluator = Evaluator(EvaluationPlan(batch.layout, (), REPORT_METRICS), cache)
-    state, _ = evaluator.run(batch)
-    return evaluator.finalize(state, batch.classes).metrics
+    return Evaluator(EvaluationPlan(batch.layout, (), REPORT_METRICS), cache).evaluate(batch).result.metrics
 
 
 def _check_fit_data(method: str, logits: np.ndarray, labels: np.ndarray) -> None:
@@ -113,10 +112,10 @@ def fit(
     _check_fit_data(request.method, _original(logits), labels)
     classes = logits.shape[-1]
     method = METHODS[request.method]
-    calibrator = method.create(params, cache).fit(logits, labels)
+    calibrator = method.create(params).fit(logits, labels, cache)
     report: dict[str, Any] = {
         "before": report_metrics(labels, cache, logits=_original(logits)),
-        "after": report_metrics(labels, cache, probabilities=calibrator.transform(logits)),
+        "after": report_metrics(labels, cache, probabilities=calibrator.transform(logits, cache)),
         "fit_info": calibrator.fit_info_,
     }
     if "validation.logits" in arrays or "validation.labels" in arrays:
@@ -127,7 +126,7 @@ def fit(
             )
         report["validation"] = {
             "before": report_metrics(v_labels, cache, logits=_original(v_logits)),
-            "after": report_metrics(v_labels, cache, probabilities=calibrator.transform(v_logits)),
+            "after": report_metrics(v_labels, cache, probabilities=calibrator.transform(v_logits, cache)),
         }
     if request.cv is not None:
         report["cv"] = cross_validate(request.method, params, logits, labels, request.cv, cache)
@@ -146,8 +145,8 @@ def cross_validate(
     for held_out in np.array_split(order, folds):
         train = np.setdiff1d(order, held_out, assume_unique=True)
         _check_fit_data(method, _original(logits[train]), labels[train])
-        fold = METHODS[method].create(params, cache).fit(logits[train], labels[train])
-        pooled[held_out] = fold.transform(logits[held_out])
+        fold = METHODS[method].create(params).fit(logits[train], labels[train], cache)
+        pooled[held_out] = fold.transform(logits[held_out], cache)
     return {
         "folds": folds,
         "seed": CV_SEED,
@@ -156,18 +155,19 @@ def cross_validate(
     }
 
 
-class CalibrationService:
+class CalibrationService(StoredResource[CalibratorRecord, CalibratorOut]):
     """Calibrator use cases: fit and store, look up, list, delete, apply, export; the evaluation service
     applies a stored calibrator through `calibrated_inputs`."""
 
     def __init__(self, repository: Repository[CalibratorRecord], runtime: SessionCache, models: ModelRunner) -> None:
-        self.repository, self.runtime, self.models = repository, runtime, models
+        super().__init__(repository, CalibratorOut.model_validate)
+        self.runtime, self.models = runtime, models
 
-    def create(self, request: CalibratorRequest, arrays: dict[str, np.ndarray]) -> CalibratorRecord:
+    def create(self, request: CalibratorRequest, arrays: dict[str, np.ndarray]) -> CalibratorOut:
         """Fit on the given logits, or on a model's logits of the given inputs, and store."""
         arrays = self.models.resolve(request.model_id, arrays, {"logits": "logits"}, ("", "validation."))
         calibrator, params, report, classes = fit(request, arrays, self.runtime)
-        return self.repository.add(
+        record = self.repository.add(
             CalibratorRecord(
                 id=new_id(),
                 created_at=utc_now(),
@@ -181,25 +181,15 @@ class CalibrationService:
                 fit_report=report,
             )
         )
-
-    def get(self, calibrator_id: str) -> CalibratorRecord:
-        return self.repository.get(calibrator_id)
-
-    def page(
-        self, limit: int, cursor: str | None, model: str | None, dataset: str | None, method: str | None
-    ) -> tuple[list[CalibratorRecord], str | None]:
-        return self.repository.page(limit, cursor, model=model, dataset=dataset, method=method)
-
-    def delete(self, calibrator_id: str) -> None:
-        self.repository.delete(calibrator_id)
+        return self.answer(record)
 
     def restored(self, record: CalibratorRecord) -> Calibrator:
-        return restore(record.method, record.params, record.fitted, self.runtime)
+        return restore(record.method, record.params, record.fitted)
 
     def apply(self, calibrator_id: str, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities of logits with the calibrator's class count (422 names both counts);
         a calibrator fitted on views takes [N, V, C] views."""
-        record = self.get(calibrator_id)
+        record = self.record(calibrator_id)
         if logits.ndim >= 2 and logits.shape[-1] != record.classes:
             raise InputError(
                 "logits",
@@ -214,8 +204,8 @@ class CalibrationService:
                     f"got shape {list(logits.shape)}",
                 )
             views, _ = _views(logits, None, "logits", record.method)
-            return calibrator.transform(views)
-        return calibrator.transform(validate_scores(logits))
+            return calibrator.transform(views, self.runtime)
+        return calibrator.transform(validate_scores(logits), self.runtime)
 
     def calibrated_inputs(self, calibrator_id: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """An evaluation's inputs with `logits` replaced by this calibrator's probabilities."""
@@ -226,5 +216,5 @@ class CalibrationService:
 
     def onnx(self, calibrator_id: str, dtype: np.dtype) -> bytes:
         """The standalone apply model: input `logits` [N, C] -> output `probabilities`."""
-        serialized: bytes = self.restored(self.get(calibrator_id)).apply_graph(dtype).SerializeToString()
+        serialized: bytes = self.restored(self.record(calibrator_id)).apply_graph(dtype).SerializeToString()
         return serialized

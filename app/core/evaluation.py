@@ -197,6 +197,16 @@ class EvaluationResult:
     reliability: list[dict[str, float | None]]  # per uniform bin: lower, upper, count, confidence, accuracy
 
 
+@dataclass(frozen=True)
+class Evaluated:
+    """A fold's end: the merged state (what merges with other runs), its numbers, and the per-row
+    outputs when kept."""
+
+    state: EvaluationState
+    result: EvaluationResult
+    per_row: dict[str, np.ndarray]
+
+
 @dataclass
 class Batch:
     """Validated input arrays of one evaluation (see `validate_batch`)."""
@@ -254,15 +264,13 @@ class Evaluator:
         """This plan as a fold stage over `rows` rows of `classes` classes."""
         return EvaluationStage(self, rows, classes, keep_rows)
 
-    def run(
-        self, batch: Batch, chunking: Chunking | None = None, keep_rows: bool = True
-    ) -> tuple[EvaluationState, dict[str, np.ndarray]]:
-        """All rows in chunks (the cache's `Chunking` unless given: wide rows get smaller chunks so that
-        the intermediates stay in cache); the merged state and, when kept, the per-row outputs."""
+    def evaluate(self, batch: Batch, chunking: Chunking | None = None, keep_rows: bool = True) -> Evaluated:
+        """All rows folded in chunks (the cache's `Chunking` unless given: wide rows get smaller chunks so
+        that the intermediates stay in cache) and finalized."""
         source = InMemory(batch.columns(), chunking or self.cache.chunking, batch.scores[0].nbytes if batch.n else 1)
         stage = self.stage(batch.n, batch.classes, keep_rows)
-        state, per_row = fold(source, {"evaluation": stage})["evaluation"]
-        return state, per_row
+        evaluated: Evaluated = fold(source, {"evaluation": stage})["evaluation"]
+        return evaluated
 
     def finalize(self, state: EvaluationState, classes: int) -> EvaluationResult:
         losses = {
@@ -287,7 +295,7 @@ class EvaluationStage:
     the int64 prediction alone is 8 MB; bench/memory.py). One stage serves one fold."""
 
     def __init__(self, evaluator: Evaluator, rows: int, classes: int, keep_rows: bool) -> None:
-        self.evaluator = evaluator
+        self.evaluator, self.classes = evaluator, classes
         self.per_row = Assembled(lambda chunk: chunk.arrays, rows, {ROW_PREDICTION: index_dtype(classes)})
         self.keep_rows = keep_rows
 
@@ -302,8 +310,9 @@ class EvaluationStage:
         rows = None if left[1] is None or right[1] is None else self.per_row.merge(left[1], right[1])
         return left[0].merge(right[0]), rows
 
-    def finalize(self, state: tuple[EvaluationState, Span | None]) -> tuple[EvaluationState, dict[str, np.ndarray]]:
-        return state[0], ({} if state[1] is None else self.per_row.finalize(state[1]))
+    def finalize(self, state: tuple[EvaluationState, Span | None]) -> Evaluated:
+        per_row = {} if state[1] is None else self.per_row.finalize(state[1])
+        return Evaluated(state[0], self.evaluator.finalize(state[0], self.classes), per_row)
 
 
 def reliability_table(stats: BinStats) -> list[dict[str, float | None]]:

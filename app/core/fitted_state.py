@@ -7,6 +7,7 @@ Hyper-parameters are constructor arguments and never part of the state (a record
 
 from __future__ import annotations
 
+import inspect
 from abc import abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar, Self
@@ -18,6 +19,15 @@ STATE_VERSION = "state_version"
 
 class IncompatibleFittedStateError(ValueError):
     """A stored state written by another state version of its estimator."""
+
+
+class HyperParameters:
+    """scikit-learn's `get_params`: the constructor's arguments, read back from the attributes of the same
+    names (a constructor keeps each argument as is, and takes no runtime object)."""
+
+    def get_params(self) -> dict[str, Any]:
+        names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
+        return {name: getattr(self, name) for name in names}
 
 
 class FittedState:

@@ -398,10 +398,14 @@ def _nkd(ctx: GraphContext, p: Nkd) -> LossTerm:
 
 @dataclass(frozen=True)
 class LossDef:
+    """A loss's facts: its parameters, its per-row term, what it needs beside the scores, and its
+    direction for a gate (a loss is better lower: declared here as a metric's is on `MetricDef`)."""
+
     spec: type[TermSpec]
     build: Callable[[GraphContext, TermSpec], LossTerm]
     needs_labels: bool = False
     needs_teacher: bool = False
+    higher_is_better: bool = False
 
 
 def _def(spec: type[TermSpec], build: Callable[..., LossTerm], **flags: bool) -> tuple[str, LossDef]:

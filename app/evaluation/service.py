@@ -16,6 +16,7 @@ from app.core.evaluation import (
     ROW_CONFIDENCE,
     ROW_PREDICTION,
     Batch,
+    Evaluated,
     EvaluationPlan,
     EvaluationResult,
     EvaluationStage,
@@ -35,9 +36,9 @@ from app.core.specs import TermSpec
 from app.evaluation.schemas import EvaluationOut, EvaluationRequest, ModelEvaluationRequest, Reliability
 from app.models.runner import ModelRunner, validated_inputs
 from app.pipelines.heads import HeadCheck, Heads
-from app.records import new_id, rfc3339, utc_now
+from app.records import EvaluationFilter, Page, finite_or_none, new_id, rfc3339, utc_now
 from app.sdm.service import region_metrics
-from app.storage.evaluations import EvaluationFilter, EvaluationRepository
+from app.storage.evaluations import EvaluationRepository
 from app.storage.models import Evaluation, ModelRecord
 
 
@@ -95,8 +96,8 @@ def compute(request: EvaluationRequest, arrays: dict[str, np.ndarray], cache: Se
     plan = make_plan(request, batch)
     evaluator = Evaluator(plan, cache)
     keep_rows = request.store or request.per_sample  # rows are for storage and per_sample only
-    state, per_row = evaluator.run(batch, keep_rows=keep_rows)
-    return ComputedEvaluation(request, batch, plan, evaluator.finalize(state, batch.classes), per_row)
+    evaluated = evaluator.evaluate(batch, keep_rows=keep_rows)
+    return ComputedEvaluation(request, batch, plan, evaluated.result, evaluated.per_row)
 
 
 def _row_arrays(batch: Batch, plan: EvaluationPlan, per_row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -146,7 +147,7 @@ class _StreamedEvaluation:
         assert self._stage is not None
         return self._stage.merge(left, right)
 
-    def finalize(self, state: tuple[EvaluationState, Span | None]) -> tuple[EvaluationState, dict[str, np.ndarray]]:
+    def finalize(self, state: tuple[EvaluationState, Span | None]) -> Evaluated:
         assert self._stage is not None
         return self._stage.finalize(state)
 
@@ -162,11 +163,6 @@ class _StreamedEvaluation:
             targets=rows.get("targets"),
             sample_weight=rows.get("sample_weight"),
         )
-
-
-def finite_or_none(values: dict[str, float]) -> dict[str, float | None]:
-    """JSON has no inf/NaN: a value that overflowed is reported (and stored) as null."""
-    return {k: (v if np.isfinite(v) else None) for k, v in values.items()}
 
 
 def row_values(array: np.ndarray) -> list[float | None]:
@@ -205,7 +201,7 @@ class EvaluationService:
                     "sdm_id", "SDM metrics need `logits` (the SDM activation uses them) and integer `labels`"
                 )
             sdm_inputs = {"embeddings": embeddings, "logits": raw_logits}
-            computed.metrics.update(finite_or_none(self.sdm.evaluation_metrics(request.sdm_id, sdm_inputs, labels)))
+            computed.metrics.update(self.sdm.evaluation_metrics(request.sdm_id, sdm_inputs, labels))
         record_id = self.store(computed) if request.store else None
         return evaluation_out(computed, record_id)
 
@@ -241,10 +237,9 @@ class EvaluationService:
             detector_reads = self.detectors.model_outputs(request.detector_id, record.embedding_output)
             stages["scores"] = Assembled(self._scores_step(request.detector_id, detector_reads), n)
         folded = fold(self.models.chunks(record, inputs, wanted, rows), stages)
-        state, kept = folded["evaluation"]
-        whole = evaluation.whole(rows)
-        result = evaluation.evaluator.finalize(state, whole.classes)
-        computed = ComputedEvaluation(request, whole, evaluation.evaluator.plan, result, kept, model_id=model_id)
+        evaluated: Evaluated = folded["evaluation"]
+        whole, plan = evaluation.whole(rows), evaluation.evaluator.plan
+        computed = ComputedEvaluation(request, whole, plan, evaluated.result, evaluated.per_row, model_id=model_id)
         if "regions" in folded:
             assert whole.labels is not None
             computed.metrics.update(finite_or_none(region_metrics(folded["regions"], whole.labels)))
@@ -319,9 +314,9 @@ class EvaluationService:
             rows = {k.removeprefix("loss."): v for k, v in self.repository.arrays(evaluation_id, "loss.").items()}
         return stored_evaluation_out(record, rows)
 
-    def page(self, filters: EvaluationFilter, limit: int, cursor: str | None) -> tuple[list[EvaluationOut], str | None]:
+    def page(self, filters: EvaluationFilter, limit: int, cursor: str | None) -> Page[EvaluationOut]:
         rows, next_cursor = self.repository.page(filters, limit, cursor)
-        return [stored_evaluation_out(r) for r in rows], next_cursor
+        return Page[EvaluationOut](items=[stored_evaluation_out(r) for r in rows], next_cursor=next_cursor)
 
     def set_tags(self, evaluation_id: str, tags: dict[str, str]) -> EvaluationOut:
         """`caliper promote EVAL_ID --tag prod` sets tag `prod`; a gate's baseline selector then picks

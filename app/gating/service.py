@@ -9,14 +9,16 @@ import numpy as np
 
 from app.core.bootstrap import RowValues, bootstrap_differences, percentile_interval
 from app.core.errors import InputError
+from app.core.losses import LOSSES
 from app.core.metrics import METRICS, Resampling
 from app.gating import rules as gate_rules
 from app.gating.schemas import BaselineSelector, GateOut, GateRequest, RuleResult
-from app.records import new_id, rfc3339, utc_now
+from app.records import EvaluationFilter, NotFoundError, new_id, rfc3339, utc_now
 from app.sdm.service import EVALUATION_METRICS as SDM_METRICS
-from app.storage.evaluations import EvaluationFilter, EvaluationRepository
+from app.storage.evaluations import EvaluationRepository
 from app.storage.models import Evaluation, GateRecord
-from app.storage.repository import NotFoundError, Repository
+from app.storage.repository import Repository
+from app.stored import StoredResource
 
 
 def _values(record: Evaluation) -> dict[str, tuple[str, float | None]]:
@@ -34,13 +36,12 @@ def _spec(record: Evaluation, kind: str, key: str) -> dict[str, Any] | None:
 
 
 def higher_is_better(record: Evaluation, kind: str, key: str) -> bool:
-    """The metric's own declared direction, found through the stored spec's name (so a custom key keeps
-    its metric's direction); SDM metrics declare theirs; every loss is lower-is-better."""
-    if kind == "loss":
-        return False
+    """The term's own declared direction (`LossDef`, `MetricDef`), found through the stored spec's name
+    (so a custom key keeps its term's direction); SDM metrics declare theirs where they are made."""
     spec = _spec(record, kind, key)
-    if spec is not None and spec["name"] in METRICS:
-        return METRICS[spec["name"]].higher_is_better
+    terms = LOSSES if kind == "loss" else METRICS
+    if spec is not None and spec["name"] in terms:
+        return terms[spec["name"]].higher_is_better
     return SDM_METRICS.get(key, False)
 
 
@@ -161,36 +162,27 @@ def judge(evaluations: EvaluationRepository, request: GateRequest) -> GateRecord
     )
 
 
-class GateService:
+class GateService(StoredResource[GateRecord, GateOut]):
     """Gate use cases: judge and store a verdict, look verdicts up, list them."""
 
     def __init__(self, evaluations: EvaluationRepository, gates: Repository[GateRecord]) -> None:
-        self.evaluations, self.gates = evaluations, gates
+        super().__init__(gates, gate_out)
+        self.evaluations = evaluations
 
     def create(self, request: GateRequest) -> GateOut:
-        return gate_out(self.gates.add(judge(self.evaluations, request)))
-
-    def get(self, gate_id: str) -> GateOut:
-        return gate_out(self.gates.get(gate_id))
+        return gate_out(self.repository.add(judge(self.evaluations, request)))
 
     def baseline_id(self, baseline: str | BaselineSelector) -> str:
         """The evaluation a gate with this baseline would compare with (NotFoundError when none)."""
         return resolve_baseline(self.evaluations, baseline).id
-
-    def page(self, limit: int, cursor: str | None, candidate: str | None) -> tuple[list[GateOut], str | None]:
-        rows, next_cursor = self.gates.page(limit, cursor, candidate_id=candidate)
-        return [gate_out(r) for r in rows], next_cursor
 
 
 def resolve_baseline(evaluations: EvaluationRepository, baseline: str | BaselineSelector) -> Evaluation:
     """The baseline by id, or the newest evaluation matching the selector (a tag `key` or `key:value`)."""
     if isinstance(baseline, str):
         return evaluations.get(baseline, "baseline")
-    tags: tuple[tuple[str, str | None], ...] = ()
-    if baseline.tag is not None:
-        key, sep, value = baseline.tag.partition(":")
-        tags = ((key, value if sep else None),)
-    record = evaluations.newest(EvaluationFilter(baseline.model, baseline.dataset, tags))
+    tags = [baseline.tag] if baseline.tag is not None else []
+    record = evaluations.newest(EvaluationFilter.selecting(baseline.model, baseline.dataset, tags, "baseline.tag"))
     if record is None:
         raise NotFoundError(f"no evaluation matches the baseline selector {baseline.model_dump(exclude_none=True)}")
     return record

@@ -7,15 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.models import intake
-from app.models.schemas import ModelRequest
+from app.models.schemas import ModelOut, ModelRequest
 from app.models.workers import WorkerPool
 from app.records import new_id, utc_now
 from app.storage.artifacts import ArtifactStore, ArtifactWriter
 from app.storage.models import ModelRecord
 from app.storage.repository import ArtifactReferences, ModelRepository
+from app.stored import StoredResource
 
 
-class ModelService:
+class ModelService(StoredResource[ModelRecord, ModelOut]):
     def __init__(
         self,
         repository: ModelRepository,
@@ -23,9 +24,11 @@ class ModelService:
         references: ArtifactReferences,
         workers: WorkerPool,
     ) -> None:
-        self.repository, self.artifacts, self.references, self.workers = repository, artifacts, references, workers
+        super().__init__(repository, ModelOut.model_validate)
+        self.repository: ModelRepository = repository
+        self.artifacts, self.references, self.workers = artifacts, references, workers
 
-    def create(self, request: ModelRequest, upload: ArtifactWriter) -> ModelRecord:
+    def create(self, request: ModelRequest, upload: ArtifactWriter) -> ModelOut:
         """Check the uploaded file (parse, refuse, describe, let onnxruntime load it in a worker), then
         name it by digest and store the record; a refused upload leaves no file and no row."""
         upload.close()
@@ -52,21 +55,16 @@ class ModelService:
                 tags=request.tags,
             )
             try:
-                return self.repository.add(record)
+                return self.answer(self.repository.add(record))
             except BaseException:
                 self.artifacts.remove_unused(digest, self.references.in_use)
                 raise
-
-    def get(self, model_id: str) -> ModelRecord:
-        return self.repository.get(model_id)
-
-    def page(self, limit: int, cursor: str | None, name: str | None) -> tuple[list[ModelRecord], str | None]:
-        return self.repository.page(limit, cursor, name=name)
 
     def delete(self, model_id: str) -> None:
         with self.artifacts.lock():
             self.artifacts.remove_unused(self.repository.delete_model(model_id), self.references.in_use)
 
-    def file(self, model_id: str) -> tuple[ModelRecord, Path]:
-        record = self.get(model_id)
-        return record, self.artifacts.path(record.sha256)
+    def file(self, model_id: str) -> tuple[str, Path]:
+        """The uploaded file, and the name to save it under."""
+        record = self.record(model_id)
+        return f"{record.name}.onnx", self.artifacts.path(record.sha256)

@@ -13,14 +13,15 @@ from app.core.runtime import SessionCache
 from app.core.validation import float_matrix
 from app.models.runner import ModelRunner
 from app.ood.methods import AnyDetector, fit_detector, layers_of, restored
-from app.ood.schemas import DetectorRequest
+from app.ood.schemas import DetectorOut, DetectorRequest
 from app.records import new_id, utc_now
 from app.storage.blobs import decode_arrays, encode_arrays
 from app.storage.models import DetectorRecord
 from app.storage.repository import Repository
+from app.stored import StoredResource
 
 
-class DetectorService:
+class DetectorService(StoredResource[DetectorRecord, DetectorOut]):
     """Detector use cases. Restored estimators are kept per detector (KNN scoring reads its whole
     support on every request; records never change); deleting one evicts it and its scoring sessions."""
 
@@ -29,14 +30,15 @@ class DetectorService:
     def __init__(
         self, repository: Repository[DetectorRecord], runtime: SessionCache, models: ModelRunner, capacity: int = 8
     ) -> None:
-        self.repository, self.runtime, self.models = repository, runtime, models
+        super().__init__(repository, DetectorOut.model_validate)
+        self.runtime, self.models = runtime, models
         self._fitted: LruCache[AnyDetector] = LruCache(capacity)
 
-    def create(self, request: DetectorRequest, arrays: dict[str, np.ndarray]) -> DetectorRecord:
+    def create(self, request: DetectorRequest, arrays: dict[str, np.ndarray]) -> DetectorOut:
         arrays = self.models.resolve(request.model_id, arrays, {"features": "features"}, ("",))
         detector, params = fit_detector(request, arrays, self.runtime)
         dim = sum(detector.dims) if isinstance(detector, LayerEnsemble) else detector.dim
-        return self.repository.add(
+        record = self.repository.add(
             DetectorRecord(
                 id=new_id(),
                 created_at=utc_now(),
@@ -51,15 +53,10 @@ class DetectorService:
                 arrays=encode_arrays(detector.fitted_arrays()),
             )
         )
-
-    def get(self, detector_id: str) -> DetectorRecord:
-        return self.repository.get(detector_id)
-
-    def page(self, limit: int, cursor: str | None, model: str | None) -> tuple[list[DetectorRecord], str | None]:
-        return self.repository.page(limit, cursor, model=model)
+        return self.answer(record)
 
     def delete(self, detector_id: str) -> None:
-        self.repository.delete(detector_id)
+        super().delete(detector_id)
         self._fitted.evict(detector_id)
         for dtype in self.DTYPES:
             self.runtime.evict(f"{self._key(detector_id)}:{dtype}")
@@ -78,7 +75,7 @@ class DetectorService:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Outlier scores (higher = more OOD) and nearest classes of `field` (an ensemble's layers as
         `field.<layer>`), in chunks."""
-        record = self.get(detector_id)
+        record = self.record(detector_id)
         detector = self.detector(record)
         if isinstance(detector, LayerEnsemble):
             return detector.score(layers_of(arrays, field), self._key(detector_id), field)
@@ -87,7 +84,7 @@ class DetectorService:
     def score_fragment(self, detector_id: str, features: dict[str, Var]) -> Var:
         """The detector's outlier score as a fragment of Vars keyed like `model_outputs` (`features`, or
         `features.<layer>` for an ensemble)."""
-        detector = self.detector(self.get(detector_id))
+        detector = self.detector(self.record(detector_id))
         if isinstance(detector, LayerEnsemble):
             return detector.fragment({name: features[f"features.{name}"] for name in detector.names})
         return detector.model().fragment(features["features"])[0]
@@ -100,7 +97,7 @@ class DetectorService:
 
     def model_outputs(self, detector_id: str, embedding_output: str | None) -> dict[str, str]:
         """{array `score` reads: model output name} for a detector applied to a model."""
-        layers = self.get(detector_id).params.get("layers")
+        layers = self.record(detector_id).params.get("layers")
         if layers:
             return {f"features.{name}": name for name in layers}
         if embedding_output is None:

@@ -65,7 +65,7 @@ class ExportService:
         z = _as(logits, dtype)
         outputs: dict[str, Var] = {}
         if heads.calibrator_id is not None:
-            calibrator = self.heads.calibrators.restored(self.heads.calibrators.get(heads.calibrator_id))
+            calibrator = self.heads.calibrators.restored(self.heads.calibrators.record(heads.calibrator_id))
             outputs["probabilities"] = calibrator.apply_fragment(z)
         else:
             outputs["probabilities"] = op.softmax(z, axis=-1)
@@ -74,7 +74,7 @@ class ExportService:
             features = {key: _as(inputs[name], dtype) for key, name in reads.items()}
             outputs["ood_score"] = self.heads.detectors.score_fragment(heads.detector_id, features)
         if heads.sdm_id is not None:
-            estimator = self.heads.sdm.estimator(self.heads.sdm.get(heads.sdm_id))
+            estimator = self.heads.sdm.estimator(self.heads.sdm.record(heads.sdm_id))
             columns = estimator.fragment(inputs[record.embedding_output or ""], logits)
             outputs |= {
                 "sdm_probabilities": columns["probabilities"],

@@ -33,7 +33,7 @@ class HeadCheck:
         """The model outputs the heads read (logits first); 422 when a head does not fit the model."""
         wanted = [record.logits_output]
         if heads.calibrator_id is not None:
-            calibrator = self.calibrators.get(heads.calibrator_id)
+            calibrator = self.calibrators.record(heads.calibrator_id)
             if record.classes is not None and calibrator.classes != record.classes:
                 classes = calibrator.classes
                 raise InputError("calibrator_id", f"calibrator has C = {classes}; the model has C = {record.classes}")
@@ -41,7 +41,7 @@ class HeadCheck:
                 raise InputError("calibrator_id", "the calibrator was fitted on [N, V, C] views; a model gives [N, C]")
         needs_embedding = return_embedding or heads.sdm_id is not None
         if heads.detector_id is not None:
-            detector = self.detectors.get(heads.detector_id)
+            detector = self.detectors.record(heads.detector_id)
             layers = detector.params.get("layers")
             if layers:
                 missing = [name for name in layers if name not in {o["name"] for o in record.outputs}]
@@ -55,7 +55,7 @@ class HeadCheck:
                 _check_width(record, record.embedding_output, detector.dim, "detector_id", "detector")
                 needs_embedding = True
         if heads.sdm_id is not None:
-            estimator = self.sdm.get(heads.sdm_id)
+            estimator = self.sdm.record(heads.sdm_id)
             _check_width(record, record.embedding_output, estimator.dim, "sdm_id", "SDM estimator")
             if record.classes is not None and estimator.classes != record.classes:
                 raise InputError(

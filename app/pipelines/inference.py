@@ -15,8 +15,8 @@ from app.datatypes import datatype, tensor_metadata
 from app.models.runner import ModelRunner
 from app.models.workers import ModelLimitError, ModelRunError, WorkerPool
 from app.pipelines.service import PipelineService
+from app.records import NotFoundError
 from app.storage.models import PipelineRecord
-from app.storage.repository import NotFoundError
 
 MAX_VERSION = 2**31 - 1  # the pipelines table's integer column: a larger number names no version
 
@@ -55,7 +55,11 @@ class InferenceService:
 
     def metadata(self, name: str, version: int | None) -> Metadata:
         record = self.pipeline(name, version)
-        versions = [p.version for p in self.pipelines.page(500, None, name)[0]] if version is None else [record.version]
+        versions = (
+            [p.version for p in self.pipelines.page(500, None, name=name).items]
+            if version is None
+            else [record.version]
+        )
         return Metadata(record, versions)
 
     def ready(self, name: str, version: int | None) -> Readiness:

@@ -14,17 +14,18 @@ from cachetools import TTLCache
 from app.models.workers import WorkerPool
 from app.pipelines.export import ExportService
 from app.pipelines.heads import Heads
-from app.pipelines.schemas import PipelineRequest
+from app.pipelines.schemas import PipelineOut, PipelineRequest
 from app.records import new_id, utc_now
 from app.storage.artifacts import ArtifactStore
 from app.storage.models import PipelineRecord
 from app.storage.repository import ArtifactReferences, PipelineRepository
 from app.storage.tenancy import current_project
+from app.stored import StoredResource
 
 NAME_TTL_S = 1.0  # how long another process's new version or deletion may go unseen here
 
 
-class PipelineService:
+class PipelineService(StoredResource[PipelineRecord, PipelineOut]):
     def __init__(
         self,
         repository: PipelineRepository,
@@ -33,13 +34,15 @@ class PipelineService:
         references: ArtifactReferences,
         workers: WorkerPool,
     ) -> None:
-        self.repository, self.exports, self.artifacts, self.workers = repository, exports, artifacts, workers
+        super().__init__(repository, PipelineOut.model_validate)
+        self.repository: PipelineRepository = repository
+        self.exports, self.artifacts, self.workers = exports, artifacts, workers
         self.references = references
         # V2 resolves a name on every call: ~1.3 ms of a 5 ms single-row infer when read from the database
         self._named: TTLCache[tuple[str, str, int | None], PipelineRecord] = TTLCache(maxsize=1024, ttl=NAME_TTL_S)
         self._named_lock = threading.Lock()
 
-    def create(self, request: PipelineRequest) -> PipelineRecord:
+    def create(self, request: PipelineRequest) -> PipelineOut:
         heads = Heads(request.calibrator_id, request.detector_id, request.sdm_id)
         export = self.exports.export(request.model_id, heads, np.dtype(request.dtype) if request.dtype else None)
         with self.artifacts.lock():
@@ -64,13 +67,10 @@ class PipelineService:
                 self.workers.load(digest, str(self.artifacts.path(digest)))
                 added = self.repository.add_version(record)
                 self._forget_names()
-                return added
+                return self.answer(added)
             except BaseException:
                 self.artifacts.remove_unused(digest, self.references.in_use)
                 raise
-
-    def get(self, pipeline_id: str) -> PipelineRecord:
-        return self.repository.get(pipeline_id)
 
     def named(self, name: str, version: int | None = None) -> PipelineRecord:
         """The version of a name (its latest when None), read at most once per NAME_TTL_S per process:
@@ -89,15 +89,13 @@ class PipelineService:
         with self._named_lock:
             self._named.clear()
 
-    def page(self, limit: int, cursor: str | None, name: str | None) -> tuple[list[PipelineRecord], str | None]:
-        return self.repository.page(limit, cursor, name=name)
-
     def delete(self, pipeline_id: str) -> None:
         with self.artifacts.lock():
             digest = self.repository.delete_pipeline(pipeline_id)
             self._forget_names()
             self.artifacts.remove_unused(digest, self.references.in_use)
 
-    def file(self, pipeline_id: str) -> tuple[PipelineRecord, Path]:
-        record = self.get(pipeline_id)
-        return record, self.artifacts.path(record.sha256)
+    def file(self, pipeline_id: str) -> tuple[str, Path]:
+        """The composed export, and the name to save it under."""
+        record = self.record(pipeline_id)
+        return f"{record.name}-v{record.version}.onnx", self.artifacts.path(record.sha256)

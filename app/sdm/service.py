@@ -15,11 +15,12 @@ from app.core.runtime import SessionCache
 from app.core.sdm import LabelledSet, Scores, SdmEstimator
 from app.core.validation import float_matrix
 from app.models.runner import ModelRunner, Role
-from app.records import new_id, rfc3339, utc_now
+from app.records import finite_or_none, new_id, rfc3339, utc_now
 from app.sdm.schemas import CalibrationReport, ScoreSummary, SdmOut, SdmParams, SdmRequest, SdmScoresOut
 from app.storage.blobs import decode_arrays, encode_arrays
 from app.storage.models import SdmRecord
 from app.storage.repository import SdmRepository
+from app.stored import StoredResource
 
 EMPTY_REGION = (
     "no threshold q′_min attains α for every class on this calibration set (sdm.md §4.7): the high-reliability "
@@ -116,7 +117,7 @@ def sdm_out(record: SdmRecord, support_statistics: dict[str, Any] | None = None)
     )
 
 
-class SdmService:
+class SdmService(StoredResource[SdmRecord, SdmOut]):
     """SDM use cases: fit and store, look up, list, delete, score, and the metrics an evaluation with
     `sdm_id` adds. Loaded estimators are kept by id (records never change; deleting one evicts it), so
     scoring does not decode the support blob on every request; bounded by count, supports are large."""
@@ -124,12 +125,14 @@ class SdmService:
     def __init__(
         self, repository: SdmRepository, runtime: SessionCache, models: ModelRunner, capacity: int = 4
     ) -> None:
-        self.repository, self.runtime, self.models = repository, runtime, models
+        super().__init__(repository, sdm_out)
+        self.repository: SdmRepository = repository
+        self.runtime, self.models = runtime, models
         self._estimators: LruCache[SdmEstimator] = LruCache(capacity)
 
-    def create(self, request: SdmRequest, arrays: dict[str, np.ndarray]) -> tuple[SdmRecord, dict[str, Any]]:
+    def create(self, request: SdmRequest, arrays: dict[str, np.ndarray]) -> SdmOut:
         """Fit, store one row with the JSON summary and the fitted arrays (support exemplars included)
-        as one blob; returns the record and (when asked) the support statistics."""
+        as one blob; the answer carries the support statistics when asked."""
         roles: dict[str, Role] = {"embeddings": "embedding", "logits": "logits"}
         arrays = self.models.resolve(request.model_id, arrays, roles, ("support.", "calibration."))
         estimator, support_statistics = fit(request, arrays, self.runtime)
@@ -157,16 +160,10 @@ class SdmService:
             },
             arrays=encode_arrays(estimator.fitted_arrays()),
         )
-        return self.repository.add(record), support_statistics
-
-    def get(self, sdm_id: str) -> SdmRecord:
-        return self.repository.get(sdm_id)
-
-    def page(self, limit: int, cursor: str | None, model: str | None) -> tuple[list[SdmRecord], str | None]:
-        return self.repository.page(limit, cursor, model=model)
+        return sdm_out(self.repository.add(record), support_statistics)
 
     def delete(self, sdm_id: str) -> None:
-        self.repository.delete(sdm_id)
+        super().delete(sdm_id)
         self._estimators.evict(sdm_id)
 
     def estimator(self, record: SdmRecord) -> SdmEstimator:
@@ -181,7 +178,7 @@ class SdmService:
 
     def score(self, sdm_id: str, arrays: dict[str, np.ndarray]) -> tuple[SdmRecord, Scores]:
         """Score embeddings and logits with a stored estimator, loaded (or reused from the cache)."""
-        record = self.get(sdm_id)
+        record = self.record(sdm_id)
         return record, score_rows(self.estimator(record), record, arrays)
 
     def regions(self, sdm_id: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -189,10 +186,13 @@ class SdmService:
         _, scores = self.score(sdm_id, arrays)
         return {k: scores.prediction if k == "prediction" else scores.columns[k] for k in REGION_COLUMNS}
 
-    def evaluation_metrics(self, sdm_id: str, arrays: dict[str, np.ndarray], labels: np.ndarray) -> dict[str, float]:
-        """What an evaluation with `sdm_id` adds, from the raw logits and embeddings of its rows."""
+    def evaluation_metrics(
+        self, sdm_id: str, arrays: dict[str, np.ndarray], labels: np.ndarray
+    ) -> dict[str, float | None]:
+        """What an evaluation with `sdm_id` adds, from the raw logits and embeddings of its rows (an
+        empty side's accuracy as null)."""
         _, scores = self.score(sdm_id, arrays)
-        return evaluation_metrics(scores, labels)
+        return finite_or_none(evaluation_metrics(scores, labels))
 
 
 def score_rows(estimator: SdmEstimator, record: SdmRecord, arrays: dict[str, np.ndarray]) -> Scores:

@@ -2,39 +2,31 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from sqlalchemy import Select, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.records import EvaluationFilter, NotFoundError
 from app.storage.blobs import decode_array, encode_array
 from app.storage.models import Evaluation, EvaluationArray, EvaluationTag, MetricValue
 from app.storage.pagination import page
-from app.storage.repository import NotFoundError
 
 
-@dataclass(frozen=True)
-class EvaluationFilter:
-    """Equality on model and dataset; each tag (key, value) required, value None for any value."""
-
-    model: str | None = None
-    dataset: str | None = None
-    tags: tuple[tuple[str, str | None], ...] = ()
-
-    def query(self) -> Select[Any]:
-        query = select(Evaluation)
-        if self.model is not None:
-            query = query.where(Evaluation.model == self.model)
-        if self.dataset is not None:
-            query = query.where(Evaluation.dataset == self.dataset)
-        for key, value in self.tags:
-            tagged = select(EvaluationTag.evaluation_id).where(EvaluationTag.key == key)
-            if value is not None:
-                tagged = tagged.where(EvaluationTag.value == value)
-            query = query.where(Evaluation.id.in_(tagged))
-        return query
+def selected(filters: EvaluationFilter) -> Select[Any]:
+    """The evaluations `filters` select."""
+    query = select(Evaluation)
+    if filters.model is not None:
+        query = query.where(Evaluation.model == filters.model)
+    if filters.dataset is not None:
+        query = query.where(Evaluation.dataset == filters.dataset)
+    for key, value in filters.tags:
+        tagged = select(EvaluationTag.evaluation_id).where(EvaluationTag.key == key)
+        if value is not None:
+            tagged = tagged.where(EvaluationTag.value == value)
+        query = query.where(Evaluation.id.in_(tagged))
+    return query
 
 
 class EvaluationRepository:
@@ -88,10 +80,10 @@ class EvaluationRepository:
     def page(self, filters: EvaluationFilter, limit: int, cursor: str | None) -> tuple[list[Evaluation], str | None]:
         """Newest first, ordered by (created_at, id); the cursor is the last item's position."""
         with self.sessions() as session:
-            return page(session, filters.query(), Evaluation, limit, cursor)
+            return page(session, selected(filters), Evaluation, limit, cursor)
 
     def newest(self, filters: EvaluationFilter) -> Evaluation | None:
-        query = filters.query().order_by(Evaluation.created_at.desc(), Evaluation.id.desc()).limit(1)
+        query = selected(filters).order_by(Evaluation.created_at.desc(), Evaluation.id.desc()).limit(1)
         with self.sessions() as session:
             return session.scalars(query).first()
 

@@ -5,15 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 
-from pydantic import BaseModel
 from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import Session
 
 from app.core.errors import InputError
-
-T = TypeVar("T")
 
 
 class InvalidCursorError(InputError):
@@ -21,13 +18,6 @@ class InvalidCursorError(InputError):
 
     def __init__(self) -> None:
         super().__init__("cursor", "is not one this service issued")
-
-
-class Page(BaseModel, Generic[T]):
-    """One page of a list, newest first; `next_cursor` fetches the next (null on the last page)."""
-
-    items: list[T]
-    next_cursor: str | None
 
 
 def encode_cursor(created_at: datetime, record_id: str) -> str:

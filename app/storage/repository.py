@@ -10,23 +10,12 @@ from sqlalchemy import delete as sql_delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.records import ConflictError, NotFoundError
 from app.storage.models import Base, ModelRecord, PipelineName, PipelineRecord, SdmRecord
 from app.storage.pagination import page
 from app.storage.tenancy import ALL_PROJECTS
 
 R = TypeVar("R", bound=Base)
-
-
-class NotFoundError(LookupError):
-    """No record with that id (or none matching a selector): answered 404 with this message."""
-
-    @classmethod
-    def of(cls, noun: str, record_id: str, role: str = "") -> NotFoundError:
-        return cls(f"no {noun} with id {record_id!r}" + (f" ({role})" if role else ""))
-
-
-class ConflictError(Exception):
-    """The change would break stored records that depend on this one (answered 409 with this message)."""
 
 
 class Repository(Generic[R]):

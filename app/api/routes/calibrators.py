@@ -22,7 +22,7 @@ from app.calibration.schemas import (
     CalibratorOut,
     CalibratorRequest,
 )
-from app.storage.pagination import Page
+from app.records import Page
 
 router = APIRouter(prefix="/v1/calibrators", tags=["calibrators"], route_class=StrictJsonRoute)
 FIT = TensorBody(CalibratorRequest, FIT_TENSORS, INTEGER_TENSORS)
@@ -40,10 +40,8 @@ APPLY = TensorBody(ApplyRequest, ("logits",))
 )
 async def create_calibrator(request: Request) -> Response:
     body, arrays = await FIT.read(request)
-    record = await run_in_threadpool(resources_of(request).calibrators.create, body, arrays)
-    return Response(
-        CalibratorOut.model_validate(record).model_dump_json(), status_code=201, media_type="application/json"
-    )
+    out = await run_in_threadpool(resources_of(request).calibrators.create, body, arrays)
+    return Response(out.model_dump_json(), status_code=201, media_type="application/json")
 
 
 @router.get(
@@ -61,8 +59,7 @@ def list_(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> Page[CalibratorOut]:
-    rows, next_cursor = resources.calibrators.page(limit, cursor, model, dataset, method)
-    return Page[CalibratorOut](items=[CalibratorOut.model_validate(r) for r in rows], next_cursor=next_cursor)
+    return resources.calibrators.page(limit, cursor, model=model, dataset=dataset, method=method)
 
 
 @router.get(
@@ -73,7 +70,7 @@ def list_(
     responses=READ,
 )
 def get(calibrator_id: str, resources: ResourcesDep) -> CalibratorOut:
-    return CalibratorOut.model_validate(resources.calibrators.get(calibrator_id))
+    return resources.calibrators.get(calibrator_id)
 
 
 @router.delete(

@@ -21,7 +21,7 @@ from app.ood.schemas import (
     DetectorScoresOut,
     ScoreRequest,
 )
-from app.storage.pagination import Page
+from app.records import Page
 
 router = APIRouter(prefix="/v1/detectors", tags=["detectors"], route_class=StrictJsonRoute)
 FIT = TensorBody(DetectorRequest, DETECTOR_TENSORS, frozenset({"labels"}))
@@ -39,10 +39,8 @@ SCORE = TensorBody(ScoreRequest, SCORE_FEATURES)
 )
 async def create_detector(request: Request) -> Response:
     body, arrays = await FIT.read(request)
-    record = await run_in_threadpool(resources_of(request).detectors.create, body, arrays)
-    return Response(
-        DetectorOut.model_validate(record).model_dump_json(), status_code=201, media_type="application/json"
-    )
+    out = await run_in_threadpool(resources_of(request).detectors.create, body, arrays)
+    return Response(out.model_dump_json(), status_code=201, media_type="application/json")
 
 
 @router.get(
@@ -58,15 +56,14 @@ def list_(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> Page[DetectorOut]:
-    rows, next_cursor = resources.detectors.page(limit, cursor, model)
-    return Page[DetectorOut](items=[DetectorOut.model_validate(r) for r in rows], next_cursor=next_cursor)
+    return resources.detectors.page(limit, cursor, model=model)
 
 
 @router.get(
     "/{detector_id}", operation_id="getDetector", response_model=DetectorOut, summary="One detector", responses=READ
 )
 def get(detector_id: str, resources: ResourcesDep) -> DetectorOut:
-    return DetectorOut.model_validate(resources.detectors.get(detector_id))
+    return resources.detectors.get(detector_id)
 
 
 @router.delete(

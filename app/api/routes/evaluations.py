@@ -10,12 +10,10 @@ from pydantic import BaseModel
 from app.api.bodies import TensorBody
 from app.api.deps import INLINE_BYTES, ResourcesDep, off_loop, resources_of
 from app.api.json_body import StrictJsonRoute
-from app.api.problems import DELETION, JSON_WRITE, LISTING, READ, TENSOR_WRITE, ProblemError
+from app.api.problems import DELETION, JSON_WRITE, LISTING, READ, TENSOR_WRITE
 from app.evaluation.schemas import INTEGER_FIELDS, TENSOR_FIELDS, EvaluationOut, EvaluationRequest
 from app.examples import examples
-from app.records import Tags
-from app.storage.evaluations import EvaluationFilter
-from app.storage.pagination import Page
+from app.records import EvaluationFilter, Page, Tags
 
 router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"], route_class=StrictJsonRoute)
 EVALUATION = TensorBody(EvaluationRequest, TENSOR_FIELDS, INTEGER_FIELDS)
@@ -59,16 +57,7 @@ def list_(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> Page[EvaluationOut]:
-    tags: list[tuple[str, str | None]] = []
-    for item in tag or []:
-        key, sep, value = item.partition(":")
-        if not key:
-            raise ProblemError(
-                422, f"tag {item!r} must be key:value or key", [{"field": "tag", "message": "expected key:value"}]
-            )
-        tags.append((key, value if sep else None))
-    items, next_cursor = resources.evaluations.page(EvaluationFilter(model, dataset, tuple(tags)), limit, cursor)
-    return Page[EvaluationOut](items=items, next_cursor=next_cursor)
+    return resources.evaluations.page(EvaluationFilter.selecting(model, dataset, tag or []), limit, cursor)
 
 
 @router.get(

@@ -10,7 +10,7 @@ from app.api.deps import ResourcesDep
 from app.api.json_body import StrictJsonRoute
 from app.api.problems import JSON_WRITE, LISTING, READ
 from app.gating.schemas import GateOut, GateRequest
-from app.storage.pagination import Page
+from app.records import Page
 
 router = APIRouter(prefix="/v1/gates", tags=["gates"], route_class=StrictJsonRoute)
 
@@ -40,8 +40,7 @@ def list_(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> Page[GateOut]:
-    items, next_cursor = resources.gates.page(limit, cursor, candidate)
-    return Page[GateOut](items=items, next_cursor=next_cursor)
+    return resources.gates.page(limit, cursor, candidate_id=candidate)
 
 
 @router.get("/{gate_id}", operation_id="getGate", response_model=GateOut, summary="One gate verdict", responses=READ)

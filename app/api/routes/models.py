@@ -20,7 +20,7 @@ from app.api.uploads import read_model_upload
 from app.evaluation.schemas import INTEGER_FIELDS, MODEL_TENSOR_FIELDS, EvaluationOut, ModelEvaluationRequest
 from app.models.schemas import ModelOut, ModelRequest, PredictRequest
 from app.pipelines.heads import Heads
-from app.storage.pagination import Page
+from app.records import Page
 
 router = APIRouter(prefix="/v1/models", tags=["models"], route_class=StrictJsonRoute)
 EVALUATION = TensorBody(ModelEvaluationRequest, MODEL_TENSOR_FIELDS, INTEGER_FIELDS)
@@ -59,8 +59,7 @@ async def create_model(request: Request) -> Response:
     options, upload = await read_model_upload(request, resources.artifacts, resources.settings.max_json_bytes)
     with upload:
         body = ModelRequest.model_validate(options)
-        record = await run_in_threadpool(resources.models.create, body, upload)
-    answer = ModelOut.model_validate(record)
+        answer = await run_in_threadpool(resources.models.create, body, upload)
     return Response(answer.model_dump_json(), status_code=201, media_type="application/json")
 
 
@@ -73,13 +72,12 @@ def list_(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> Page[ModelOut]:
-    rows, next_cursor = resources.models.page(limit, cursor, name)
-    return Page[ModelOut](items=[ModelOut.model_validate(r) for r in rows], next_cursor=next_cursor)
+    return resources.models.page(limit, cursor, name=name)
 
 
 @router.get("/{model_id}", operation_id="getModel", response_model=ModelOut, summary="One model", responses=READ)
 def get(model_id: str, resources: ResourcesDep) -> ModelOut:
-    return ModelOut.model_validate(resources.models.get(model_id))
+    return resources.models.get(model_id)
 
 
 @router.get(
@@ -90,8 +88,8 @@ def get(model_id: str, resources: ResourcesDep) -> ModelOut:
     response_class=FileResponse,
 )
 def onnx_file(model_id: str, resources: ResourcesDep) -> FileResponse:
-    record, path = resources.models.file(model_id)
-    return FileResponse(path, media_type="application/octet-stream", filename=f"{record.name}.onnx")
+    filename, path = resources.models.file(model_id)
+    return FileResponse(path, media_type="application/octet-stream", filename=filename)
 
 
 @router.get(

@@ -11,7 +11,7 @@ from app.api.deps import ResourcesDep
 from app.api.json_body import StrictJsonRoute
 from app.api.problems import DELETION, JSON_WRITE, LISTING, READ
 from app.pipelines.schemas import PipelineOut, PipelineRequest
-from app.storage.pagination import Page
+from app.records import Page
 
 router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"], route_class=StrictJsonRoute)
 
@@ -25,7 +25,7 @@ router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"], route_class=Stric
     responses=JSON_WRITE,
 )
 def create_pipeline(body: PipelineRequest, resources: ResourcesDep) -> PipelineOut:
-    return PipelineOut.model_validate(resources.pipelines.create(body))
+    return resources.pipelines.create(body)
 
 
 @router.get(
@@ -41,8 +41,7 @@ def list_(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> Page[PipelineOut]:
-    rows, next_cursor = resources.pipelines.page(limit, cursor, name)
-    return Page[PipelineOut](items=[PipelineOut.model_validate(r) for r in rows], next_cursor=next_cursor)
+    return resources.pipelines.page(limit, cursor, name=name)
 
 
 @router.get(
@@ -53,7 +52,7 @@ def list_(
     responses=READ,
 )
 def get(pipeline_id: str, resources: ResourcesDep) -> PipelineOut:
-    return PipelineOut.model_validate(resources.pipelines.get(pipeline_id))
+    return resources.pipelines.get(pipeline_id)
 
 
 @router.get(
@@ -64,8 +63,8 @@ def get(pipeline_id: str, resources: ResourcesDep) -> PipelineOut:
     response_class=FileResponse,
 )
 def onnx_file(pipeline_id: str, resources: ResourcesDep) -> FileResponse:
-    record, path = resources.pipelines.file(pipeline_id)
-    return FileResponse(path, media_type="application/octet-stream", filename=f"{record.name}-v{record.version}.onnx")
+    filename, path = resources.pipelines.file(pipeline_id)
+    return FileResponse(path, media_type="application/octet-stream", filename=filename)
 
 
 @router.delete(

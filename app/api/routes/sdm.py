@@ -13,6 +13,7 @@ from app.api.deps import ResourcesDep, resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.npz_stream import npz_response
 from app.api.problems import DELETION, LISTING, READ, TENSOR_WRITE
+from app.records import Page
 from app.sdm.schemas import (
     FIT_INTEGER_FIELDS,
     FIT_TENSORS,
@@ -22,8 +23,7 @@ from app.sdm.schemas import (
     SdmScoreRequest,
     SdmScoresOut,
 )
-from app.sdm.service import npz_columns, scores_out, sdm_out
-from app.storage.pagination import Page
+from app.sdm.service import npz_columns, scores_out
 
 router = APIRouter(prefix="/v1/sdm", tags=["sdm"], route_class=StrictJsonRoute)
 FIT = TensorBody(SdmRequest, FIT_TENSORS, FIT_INTEGER_FIELDS)
@@ -41,8 +41,7 @@ SCORE = TensorBody(SdmScoreRequest, SCORE_TENSORS)
 )
 async def create_sdm(request: Request) -> Response:
     body, arrays = await FIT.read(request)
-    record, support_statistics = await run_in_threadpool(resources_of(request).sdm.create, body, arrays)
-    out = sdm_out(record, support_statistics)
+    out = await run_in_threadpool(resources_of(request).sdm.create, body, arrays)
     return Response(out.model_dump_json(), status_code=201, media_type="application/json")
 
 
@@ -59,13 +58,12 @@ def list_(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> Page[SdmOut]:
-    rows, next_cursor = resources.sdm.page(limit, cursor, model)
-    return Page[SdmOut](items=[sdm_out(r) for r in rows], next_cursor=next_cursor)
+    return resources.sdm.page(limit, cursor, model=model)
 
 
 @router.get("/{sdm_id}", operation_id="getSdm", response_model=SdmOut, summary="One SDM estimator", responses=READ)
 def get(sdm_id: str, resources: ResourcesDep) -> SdmOut:
-    return sdm_out(resources.sdm.get(sdm_id))
+    return resources.sdm.get(sdm_id)
 
 
 @router.delete(

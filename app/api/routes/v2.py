@@ -22,9 +22,9 @@ from app.api.v2_codec import ProtocolError, decode, encode, metadata_body, parse
 from app.context import Resources
 from app.core.errors import InputError
 from app.models.workers import ModelLimitError, ModelRunError, WorkerUnavailableError
+from app.records import NotFoundError
 from app.storage.errors import DATABASE_ERRORS
 from app.storage.migrate import is_at_head
-from app.storage.repository import NotFoundError
 
 BINARY_HEADER = "Inference-Header-Content-Length"
 INFLATE_STEP = 1 << 20

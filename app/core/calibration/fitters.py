@@ -16,23 +16,23 @@ from scipy.optimize import isotonic_regression, minimize, minimize_scalar
 from spox import Var
 
 from app.core.calibration import apply, objectives
-from app.core.fitted_state import FittedState
+from app.core.fitted_state import FittedState, HyperParameters
 from app.core.graphrun import mapped, mapped_outputs, summed
 from app.core.logistic import fit_logistic
 from app.core.runtime import SessionCache
 
 
-class Calibrator(FittedState, ABC):
-    """Hyper-parameters in the constructor; `fit` sets the fitted attributes named by `state_keys()`."""
+class Calibrator(HyperParameters, FittedState, ABC):
+    """Hyper-parameters in the constructor (`get_params`); `fit` sets the fitted attributes named by
+    `state_keys()`. The runtime (`cache`: sessions and chunk sizes) is given to `fit` and `transform`."""
 
     method: ClassVar[str]
 
-    def __init__(self, cache: SessionCache | None = None) -> None:
-        self.cache = cache
+    def __init__(self) -> None:
         self.fit_info_: dict[str, Any] = {}
 
     @abstractmethod
-    def fit(self, logits: np.ndarray, labels: np.ndarray) -> Calibrator: ...
+    def fit(self, logits: np.ndarray, labels: np.ndarray, cache: SessionCache | None = None) -> Calibrator: ...
 
     @abstractmethod
     def apply_fragment(self, logits: Var) -> Var:
@@ -46,19 +46,21 @@ class Calibrator(FittedState, ABC):
         return apply.standalone(self.apply_fragment, dtype, self.takes_views)
 
     def signature(self, dtype: np.dtype) -> str:
-        """Session-cache key: a digest of the fitted state's bytes (cheap even for a C×C matrix)."""
+        """Session-cache key: a digest of the hyper-parameters and the fitted state's bytes (cheap even
+        for a C×C matrix)."""
         digest = hashlib.sha256(self.method.encode())
-        for name in sorted(k for k in vars(self) if k not in ("cache", "fit_info_")):  # hyper-parameters and fit
-            value = getattr(self, name)
+        fitted = {k: v for k, v in vars(self).items() if k.endswith("_") and k != "fit_info_"}  # scikit-learn's mark
+        values = self.get_params() | fitted
+        for name, value in sorted(values.items()):
             numeric = isinstance(value, np.ndarray | float | int)
             digest.update(
                 name.encode() + (np.asarray(value, np.float64).tobytes() if numeric else repr(value).encode())
             )
         return f"calibrator:{self.method}:{dtype}:{digest.hexdigest()}"
 
-    def transform(self, logits: np.ndarray) -> np.ndarray:
+    def transform(self, logits: np.ndarray, cache: SessionCache | None = None) -> np.ndarray:
         dtype = logits.dtype
-        return mapped(self.signature(dtype), lambda: self.apply_graph(dtype), {"logits": logits}, self.cache)
+        return mapped(self.signature(dtype), lambda: self.apply_graph(dtype), {"logits": logits}, cache)
 
 
 class TemperatureScaling(Calibrator):
@@ -67,11 +69,11 @@ class TemperatureScaling(Calibrator):
 
     method = "temperature"
 
-    def __init__(self, bounds: tuple[float, float] = (0.05, 20.0), cache: SessionCache | None = None) -> None:
-        super().__init__(cache)
+    def __init__(self, bounds: tuple[float, float] = (0.05, 20.0)) -> None:
+        super().__init__()
         self.bounds = bounds
 
-    def fit(self, logits: np.ndarray, labels: np.ndarray) -> TemperatureScaling:
+    def fit(self, logits: np.ndarray, labels: np.ndarray, cache: SessionCache | None = None) -> TemperatureScaling:
         dtype = logits.dtype
         n = len(labels)
         lo, hi = 1.0 / self.bounds[1], 1.0 / self.bounds[0]
@@ -82,7 +84,7 @@ class TemperatureScaling(Calibrator):
                 lambda: objectives.temperature_objective(dtype),
                 {"logits": logits, "labels": labels},
                 {"beta": np.asarray(beta, dtype)},
-                self.cache,
+                cache,
             )
             return float(out["nll"]) / n, float(out["grad"]) / n, float(out["hess"]) / n
 
@@ -135,21 +137,23 @@ class CorrectnessAwareTemperature(TemperatureScaling):
     method = "temperature_ca"
     agreement_slope_: float | None = None  # fitted on [N, V, C] views only
 
-    def __init__(self, bounds: tuple[float, float] = (0.1, 10.0), cache: SessionCache | None = None) -> None:
-        super().__init__(bounds, cache)
+    def __init__(self, bounds: tuple[float, float] = (0.1, 10.0)) -> None:
+        super().__init__(bounds)
 
-    def fit(self, logits: np.ndarray, labels: np.ndarray) -> CorrectnessAwareTemperature:
+    def fit(
+        self, logits: np.ndarray, labels: np.ndarray, cache: SessionCache | None = None
+    ) -> CorrectnessAwareTemperature:
         """Global T from [N, C] logits; with [N, V, C] views (view 0 the original) also the agreement slope."""
         if logits.ndim == 3:
-            return self._fit_views(logits, labels)
+            return self._fit_views(logits, labels, cache)
         self.agreement_slope_ = None
         log_lo, log_hi = np.log(self.bounds[0]), np.log(self.bounds[1])
         grid = np.linspace(log_lo, log_hi, 61)
-        values = [self.loss(logits, labels, float(np.exp(t))) for t in grid]
+        values = [self.loss(logits, labels, float(np.exp(t)), cache) for t in grid]
         best = int(np.argmin(values))
         a, b = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
         result = minimize_scalar(
-            lambda t: self.loss(logits, labels, float(np.exp(t))),
+            lambda t: self.loss(logits, labels, float(np.exp(t)), cache),
             bounds=(a, b),
             method="bounded",
             options={"xatol": 1e-12},
@@ -163,7 +167,9 @@ class CorrectnessAwareTemperature(TemperatureScaling):
         }
         return self
 
-    def _fit_views(self, views: np.ndarray, labels: np.ndarray) -> CorrectnessAwareTemperature:
+    def _fit_views(
+        self, views: np.ndarray, labels: np.ndarray, cache: SessionCache | None
+    ) -> CorrectnessAwareTemperature:
         """Per-row T_i = clip(T·exp(s·(1 − a_i)), bounds), a_i the share of transformed views whose argmax
         agrees with the original's: rows whose prediction is unstable under the views get a softer softmax
         when s > 0 (the paper feeds view statistics to a small network; this is its one-feature,
@@ -171,14 +177,14 @@ class CorrectnessAwareTemperature(TemperatureScaling):
         (log T, s) minimize the same CA loss, by Nelder-Mead from the global fit (T, 0)."""
         dtype = views.dtype
         original = np.ascontiguousarray(views[:, 0, :])
-        self.fit(original, labels)
+        self.fit(original, labels, cache)
         agreement = mapped(
-            f"views:agreement:{dtype}", lambda: objectives.view_agreement(dtype), {"logits": views}, self.cache
+            f"views:agreement:{dtype}", lambda: objectives.view_agreement(dtype), {"logits": views}, cache
         ).astype(np.float64)
 
         def loss(theta: np.ndarray) -> float:
             per_row = np.clip(np.exp(theta[0] + theta[1] * (1.0 - agreement)), *self.bounds).astype(dtype)[:, None]
-            return self.loss(original, labels, per_row)
+            return self.loss(original, labels, per_row, cache)
 
         start = np.array([np.log(self.temperature_), 0.0])
         result = minimize(loss, start, method="Nelder-Mead", options={"xatol": 1e-9, "fatol": 1e-13, "maxiter": 2000})
@@ -193,7 +199,13 @@ class CorrectnessAwareTemperature(TemperatureScaling):
         }
         return self
 
-    def loss(self, logits: np.ndarray, labels: np.ndarray, temperature: float | np.ndarray) -> float:
+    def loss(
+        self,
+        logits: np.ndarray,
+        labels: np.ndarray,
+        temperature: float | np.ndarray,
+        cache: SessionCache | None = None,
+    ) -> float:
         """Class-balanced CA loss at one temperature, or at per-row temperatures given as [N, 1]."""
         dtype = logits.dtype
         per_row = isinstance(temperature, np.ndarray)
@@ -208,7 +220,7 @@ class CorrectnessAwareTemperature(TemperatureScaling):
             lambda: objectives.correctness_aware_objective(dtype, per_row),
             rows,
             constants,
-            self.cache,
+            cache,
         )
         n_right, n_wrong = float(out["n_right"]), float(out["n_wrong"])
         accuracy = n_right / (n_right + n_wrong)
@@ -249,14 +261,13 @@ class AffineScaling(Calibrator):
         on_log_probs: bool,
         reg_lambda: float = 0.0,
         reg_mu: float = 0.0,
-        cache: SessionCache | None = None,
     ) -> None:
-        super().__init__(cache)
+        super().__init__()
         self.kind, self.on_log_probs = kind, on_log_probs
         self.method = "vector_scaling" if kind == "vector" else ("dirichlet" if on_log_probs else "matrix_scaling")  # type: ignore[misc]
         self.reg_lambda, self.reg_mu = reg_lambda, reg_mu
 
-    def fit(self, logits: np.ndarray, labels: np.ndarray) -> AffineScaling:
+    def fit(self, logits: np.ndarray, labels: np.ndarray, cache: SessionCache | None = None) -> AffineScaling:
         dtype = logits.dtype
         n, c = logits.shape
         shape = (c,) if self.kind == "vector" else (c, c)
@@ -271,7 +282,7 @@ class AffineScaling(Calibrator):
                 lambda: objectives.affine_objective(dtype, self.kind, self.on_log_probs),  # type: ignore[arg-type]
                 {"logits": logits, "labels": labels},
                 {"weight": weight.astype(dtype), "bias": bias.astype(dtype)},
-                self.cache,
+                cache,
             )
             loss = float(out["nll"]) / n
             grad_w, grad_b = out["grad_weight"] / n, out["grad_bias"] / n
@@ -313,11 +324,11 @@ class HistogramBinning(Calibrator):
 
     method = "histogram_binning"
 
-    def __init__(self, bins: int = 15, cache: SessionCache | None = None) -> None:
-        super().__init__(cache)
+    def __init__(self, bins: int = 15) -> None:
+        super().__init__()
         self.bins = bins
 
-    def fit(self, logits: np.ndarray, labels: np.ndarray) -> HistogramBinning:
+    def fit(self, logits: np.ndarray, labels: np.ndarray, cache: SessionCache | None = None) -> HistogramBinning:
         dtype = logits.dtype
         edges = np.linspace(0.0, 1.0, self.bins + 1)
         out = summed(
@@ -325,7 +336,7 @@ class HistogramBinning(Calibrator):
             lambda: apply.histogram_counts_graph(edges, dtype),
             {"logits": logits, "labels": labels},
             {},
-            self.cache,
+            cache,
         )
         count = out["count"].reshape(-1, self.bins)
         centres = 0.5 * (edges[:-1] + edges[1:])
@@ -347,12 +358,12 @@ class IsotonicCalibration(Calibrator):
 
     method = "isotonic"
 
-    def fit(self, logits: np.ndarray, labels: np.ndarray) -> IsotonicCalibration:
+    def fit(self, logits: np.ndarray, labels: np.ndarray, cache: SessionCache | None = None) -> IsotonicCalibration:
         probs = mapped(
             f"calibrator:temperature:{logits.dtype}:1.0",
             lambda: apply.standalone(lambda z: apply.temperature(z, 1.0), logits.dtype),
             {"logits": logits},
-            self.cache,
+            cache,
         )
         xs, ys = [], []
         for c in range(probs.shape[1]):
@@ -398,20 +409,24 @@ class ScoreMap(Calibrator):
     def scope(self, classes: int) -> apply.Scope:
         return "binary" if classes == 2 else "top_label"
 
-    def _features(self, logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _features(
+        self, logits: np.ndarray, labels: np.ndarray, cache: SessionCache | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         scope = self.scope(logits.shape[1])
         session_rows = {"logits": logits, "labels": labels}
         out = mapped_outputs(
             f"fit:score:{scope}:{logits.dtype}",
             lambda: apply.score_features_graph(scope, logits.dtype),
             session_rows,
-            cache=self.cache,
+            cache=cache,
         )
         return out["features"].astype(np.float64), out["target"].astype(np.float64)
 
-    def _logistic(self, features: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, float]:
+    def _logistic(
+        self, features: np.ndarray, targets: np.ndarray, cache: SessionCache | None
+    ) -> tuple[np.ndarray, float]:
         options = {"maxiter": 1000, "gtol": 1e-12, "ftol": 1e-15}
-        result = fit_logistic(features, targets, options=options, cache=self.cache)
+        result = fit_logistic(features, targets, options=options, cache=cache)
         self.fit_info_ = result.info
         return result.coef, result.intercept
 
@@ -425,14 +440,14 @@ class PlattScaling(ScoreMap):
 
     method = "platt"
 
-    def fit(self, logits: np.ndarray, labels: np.ndarray) -> PlattScaling:
+    def fit(self, logits: np.ndarray, labels: np.ndarray, cache: SessionCache | None = None) -> PlattScaling:
         self.scope_ = self.scope(logits.shape[1])
-        features, target = self._features(logits, labels)
+        features, target = self._features(logits, labels, cache)
         positives = target.sum()
         negatives = len(target) - positives
         smoothed = np.where(target > 0.5, (positives + 1) / (positives + 2), 1 / (negatives + 2))
         logit = (features[:, 0] - features[:, 1])[:, None]
-        (slope,), intercept = self._logistic(logit, smoothed)
+        (slope,), intercept = self._logistic(logit, smoothed, cache)
         self.a_, self.b_ = -float(slope), -intercept
         return self
 
@@ -455,16 +470,16 @@ class BetaCalibration(ScoreMap):
 
     method = "beta"
 
-    def fit(self, logits: np.ndarray, labels: np.ndarray) -> BetaCalibration:
+    def fit(self, logits: np.ndarray, labels: np.ndarray, cache: SessionCache | None = None) -> BetaCalibration:
         self.scope_ = self.scope(logits.shape[1])
-        features, target = self._features(logits, labels)
+        features, target = self._features(logits, labels, cache)
         design = np.column_stack([features[:, 0], -features[:, 1]])
         keep = [0, 1]
-        coef, intercept = self._logistic(design, target)
+        coef, intercept = self._logistic(design, target, cache)
         for index in (0, 1):
             if coef[keep.index(index)] < 0 and len(keep) == 2:
                 keep = [1 - index]
-                sub, intercept = self._logistic(design[:, keep], target)
+                sub, intercept = self._logistic(design[:, keep], target, cache)
                 coef = np.zeros(2)
                 coef[keep[0]] = sub[0]
                 break

@@ -1,10 +1,10 @@
-"""Calibration methods by name: a parameter model (api.md's names) and a factory for the fitter."""
+"""Calibration methods by name: a parameter model (api.md's names) and the estimator it configures."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -18,7 +18,6 @@ from app.core.calibration.fitters import (
     PlattScaling,
     TemperatureScaling,
 )
-from app.core.runtime import SessionCache
 
 Penalty = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -57,41 +56,35 @@ class BinsParams(NoParams):
 
 @dataclass(frozen=True)
 class Method:
-    params: type[NoParams]
-    make: Callable[[NoParams, SessionCache | None], Calibrator]
-    min_rows: Callable[[int], int]  # for C classes: its parameter count, the fewest rows a fit needs
+    """A calibration method: its parameter model (api.md's names, which are the estimator's constructor
+    arguments), its estimator class, the constructor arguments the method fixes, and for C classes its
+    parameter count, the fewest rows a fit needs."""
 
-    def create(self, params: NoParams, cache: SessionCache | None = None) -> Calibrator:
-        return self.make(params, cache)
+    params: type[NoParams]
+    estimator: type[Calibrator]
+    min_rows: Callable[[int], int]
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+
+    def create(self, params: NoParams) -> Calibrator:
+        """The unfitted estimator with these hyper-parameters."""
+        return self.estimator(**self.fixed, **params.model_dump())
 
 
 METHODS: dict[str, Method] = {
-    "temperature": Method(BoundsParams, lambda p, c: TemperatureScaling(p.bounds, c), lambda k: 1),  # type: ignore[attr-defined]
-    "temperature_ca": Method(CaParams, lambda p, c: CorrectnessAwareTemperature(p.bounds, c), lambda k: 1),  # type: ignore[attr-defined]
+    "temperature": Method(BoundsParams, TemperatureScaling, lambda k: 1),
+    "temperature_ca": Method(CaParams, CorrectnessAwareTemperature, lambda k: 1),
     "vector_scaling": Method(
-        VectorParams,
-        lambda p, c: AffineScaling("vector", False, 0.0, p.reg_mu, c),  # type: ignore[attr-defined]
-        lambda k: 2 * k,
+        VectorParams, AffineScaling, lambda k: 2 * k, {"kind": "vector", "on_log_probs": False, "reg_lambda": 0.0}
     ),
-    "matrix_scaling": Method(
-        OdirParams,
-        lambda p, c: AffineScaling("matrix", False, p.reg_lambda, p.reg_mu, c),  # type: ignore[attr-defined]
-        lambda k: k * k + k,
-    ),
-    "dirichlet": Method(
-        OdirParams,
-        lambda p, c: AffineScaling("matrix", True, p.reg_lambda, p.reg_mu, c),  # type: ignore[attr-defined]
-        lambda k: k * k + k,
-    ),
-    "histogram_binning": Method(BinsParams, lambda p, c: HistogramBinning(p.bins, c), lambda k: 2),  # type: ignore[attr-defined]
-    "isotonic": Method(NoParams, lambda p, c: IsotonicCalibration(c), lambda k: 2),
-    "platt": Method(NoParams, lambda p, c: PlattScaling(c), lambda k: 2),
-    "beta": Method(NoParams, lambda p, c: BetaCalibration(c), lambda k: 3),
+    "matrix_scaling": Method(OdirParams, AffineScaling, lambda k: k * k + k, {"kind": "matrix", "on_log_probs": False}),
+    "dirichlet": Method(OdirParams, AffineScaling, lambda k: k * k + k, {"kind": "matrix", "on_log_probs": True}),
+    "histogram_binning": Method(BinsParams, HistogramBinning, lambda k: 2),
+    "isotonic": Method(NoParams, IsotonicCalibration, lambda k: 2),
+    "platt": Method(NoParams, PlattScaling, lambda k: 2),
+    "beta": Method(NoParams, BetaCalibration, lambda k: 3),
 }
 
 
-def restore(
-    method: str, params: dict[str, object], fitted: dict[str, object], cache: SessionCache | None = None
-) -> Calibrator:
+def restore(method: str, params: dict[str, object], fitted: dict[str, object]) -> Calibrator:
     definition = METHODS[method]
-    return definition.create(definition.params.model_validate(params), cache).load(fitted)
+    return definition.create(definition.params.model_validate(params)).load(fitted)

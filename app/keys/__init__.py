@@ -1,0 +1,1 @@
+"""API keys: who may call, in which project (the HTTP layer authenticates with `app.storage.keys`)."""

@@ -15,7 +15,7 @@ import spox.opset.ai.onnx.v21 as op
 from spox import Tensor, Var, argument, build
 
 from app.core.errors import InputError
-from app.core.fitted_state import FittedState
+from app.core.fitted_state import FittedState, HyperParameters
 from app.core.fold import Assembled, Chunk, InMemory, Merged, Summed, fold
 from app.core.graphrun import mapped_outputs, session_step
 from app.core.logistic import fit_logistic
@@ -66,16 +66,16 @@ def labelled_fit_info(labels: np.ndarray, classes: int) -> dict[str, Any]:
     return {"n": len(labels), "class_counts": np.bincount(labels, minlength=classes).tolist()}
 
 
-class Detector(FittedState, ABC):
-    """Hyper-parameters in the constructor; `fit` sets the fitted attributes named by `state_keys()`
-    and `fit_info_`. `cache` holds the scoring sessions and decides the chunk sizes."""
+class Detector(HyperParameters, FittedState, ABC):
+    """Hyper-parameters in the constructor (`get_params`); `fit` sets the fitted attributes named by
+    `state_keys()` and `fit_info_`. The runtime (`cache`: the scoring sessions and the chunk sizes) is
+    given to `fit` and `score`."""
 
-    def __init__(self, cache: SessionCache | None = None) -> None:
-        self.cache = cache or default_cache()
+    def __init__(self) -> None:
         self.fit_info_: dict[str, Any] = {}
 
     @abstractmethod
-    def fit(self, features: np.ndarray, labels: np.ndarray | None) -> Self:
+    def fit(self, features: np.ndarray, labels: np.ndarray | None, cache: SessionCache | None = None) -> Self:
         """Fit on finite [N, D] features (and [N] labels where the method needs them)."""
 
     @abstractmethod
@@ -94,16 +94,19 @@ class Detector(FittedState, ABC):
         """What one row's scoring intermediates take, which sizes the chunks: [D] in float64."""
         return 8 * self.dim
 
-    def score(self, features: np.ndarray, key: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def score(
+        self, features: np.ndarray, key: str | None = None, cache: SessionCache | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, nearest_class) of features [N, D] in their dtype, chunk by chunk. The session is
         cached as `key:dtype` (its owner evicts it), or used once when there is no key."""
         dtype = np.dtype(features.dtype)
+        cache = cache or default_cache()
 
         def build() -> onnx.ModelProto:
             return scoring_graph(self.model(), dtype)
 
-        session = self.cache.get(f"{key}:{dtype}", build) if key else self.cache.create(build(), "detector")
-        source = InMemory({"features": features}, self.cache.chunking, self.row_bytes())
+        session = cache.get(f"{key}:{dtype}", build) if key else cache.create(build(), "detector")
+        source = InMemory({"features": features}, cache.chunking, self.row_bytes())
         out = fold(source, {"rows": Assembled(session_step(session), source.rows)})["rows"]
         return out["scores"], out["nearest_class"]
 
@@ -117,24 +120,27 @@ class _Gaussian(Detector):
         shrinkage: Shrinkage = None,
         ridge: float = 0.0,
         normalize: bool = False,
-        cache: SessionCache | None = None,
     ) -> None:
-        super().__init__(cache)
+        super().__init__()
         self.shrinkage, self.ridge, self.normalize = shrinkage, ridge, normalize
 
-    def _rows(self, features: np.ndarray, labels: np.ndarray) -> InMemory:
-        return InMemory({"features": features, "labels": labels}, self.cache.chunking, features[0].nbytes)
+    @staticmethod
+    def _rows(features: np.ndarray, labels: np.ndarray, cache: SessionCache | None) -> InMemory:
+        chunking = (cache or default_cache()).chunking
+        return InMemory({"features": features, "labels": labels}, chunking, features[0].nbytes)
 
     def _float_rows(self, chunk: Chunk) -> np.ndarray:
         """A chunk's features in float64, normalised when asked."""
         rows = chunk["features"].astype(np.float64)
         return normalized(rows) if self.normalize else rows
 
-    def _statistics(self, features: np.ndarray, labels: np.ndarray, classes: int, per_class: bool) -> GaussianStats:
+    def _statistics(
+        self, features: np.ndarray, labels: np.ndarray, classes: int, per_class: bool, cache: SessionCache | None
+    ) -> GaussianStats:
         def step(chunk: Chunk) -> GaussianStats:
             return GaussianStats.of(self._float_rows(chunk), chunk["labels"], classes, per_class)
 
-        stats: GaussianStats = fold(self._rows(features, labels), {"stats": Merged(step)})["stats"]
+        stats: GaussianStats = fold(self._rows(features, labels, cache), {"stats": Merged(step)})["stats"]
         self.fit_info_ = labelled_fit_info(labels, classes)
         return stats
 
@@ -151,17 +157,16 @@ class GaussianDetector(_Gaussian):
         ridge: float = 0.0,
         normalize: bool = False,
         inverse: Literal["pinv", "solve"] = "pinv",
-        cache: SessionCache | None = None,
     ) -> None:
-        super().__init__(shrinkage, ridge, normalize, cache)
+        super().__init__(shrinkage, ridge, normalize)
         self.relative, self.inverse = relative, inverse
 
     def state_keys(self) -> tuple[str, ...]:
         return ("mean", "whiten", "means", "background")
 
-    def fit(self, features: np.ndarray, labels: np.ndarray | None) -> Self:
+    def fit(self, features: np.ndarray, labels: np.ndarray | None, cache: SessionCache | None = None) -> Self:
         labels, classes = class_labels(labels, len(features))
-        stats = self._statistics(features, labels, classes, per_class=False)
+        stats = self._statistics(features, labels, classes, False, cache)
         fourth = None
         if self.shrinkage == "ledoit_wolf":
             means = stats.class_means
@@ -170,7 +175,7 @@ class GaussianDetector(_Gaussian):
                 squared = np.sum((self._float_rows(chunk) - means[chunk["labels"]]) ** 2, axis=1)
                 return {"fourth": np.sum(squared**2)}
 
-            summed = fold(self._rows(features, labels), {"fourth": Summed(fourth_moment)})["fourth"]
+            summed = fold(self._rows(features, labels, cache), {"fourth": Summed(fourth_moment)})["fourth"]
             fourth = float(summed["fourth"])
         model = fit(
             stats,
@@ -204,9 +209,9 @@ class PerClassGaussianDetector(_Gaussian):
     def state_keys(self) -> tuple[str, ...]:
         return ("pc_whiten", "pc_means", "pc_offsets")
 
-    def fit(self, features: np.ndarray, labels: np.ndarray | None) -> Self:
+    def fit(self, features: np.ndarray, labels: np.ndarray | None, cache: SessionCache | None = None) -> Self:
         labels, classes = class_labels(labels, len(features))
-        stats = self._statistics(features, labels, classes, per_class=True)
+        stats = self._statistics(features, labels, classes, True, cache)
         model = fit_per_class(stats, self.shrinkage, self.ridge, self.normalize)  # type: ignore[arg-type]
         self.pc_whiten_, self.pc_means_, self.pc_offsets_ = model.whiten, model.means, model.offsets
         return self
@@ -227,14 +232,14 @@ class KnnDetector(Detector):
     label. State: support_ (normalised fit rows, in `precision`) and support_labels_. Scoring runs the
     exact chunked search of `neighbours.nearest` (the export embeds `KnnModel`'s fragment)."""
 
-    def __init__(self, k: int = 50, precision: Precision = "auto", cache: SessionCache | None = None) -> None:
-        super().__init__(cache)
+    def __init__(self, k: int = 50, precision: Precision = "auto") -> None:
+        super().__init__()
         self.k, self.precision = k, precision
 
     def state_keys(self) -> tuple[str, ...]:
         return ("support", "support_labels")
 
-    def fit(self, features: np.ndarray, labels: np.ndarray | None) -> Self:
+    def fit(self, features: np.ndarray, labels: np.ndarray | None, cache: SessionCache | None = None) -> Self:
         labels, classes = class_labels(labels, len(features))
         if self.k > len(features):
             raise InputError("params.k", f"k = {self.k} exceeds the {len(features)} fit rows")
@@ -250,10 +255,12 @@ class KnnDetector(Detector):
     def classes(self) -> int:
         return int(self.support_labels_.max()) + 1
 
-    def score(self, features: np.ndarray, key: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def score(
+        self, features: np.ndarray, key: str | None = None, cache: SessionCache | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Queries normalised in float64, searched in the support's dtype."""
         unit = normalized(features.astype(np.float64)).astype(self.support_.dtype)
-        found = nearest(unit, self.support_, self.k, self.cache)
+        found = nearest(unit, self.support_, self.k, cache)
         return np.sqrt(found.distances[:, -1]), self.support_labels_[found.indices[:, 0]]
 
 
@@ -262,20 +269,14 @@ class VimDetector(Detector):
     are not used. State: weight_ and bias_ (the validated head the score reads: the record's params keep
     only `dim`, a [C, D] matrix belongs with the arrays), origin_, residual_, alpha_."""
 
-    def __init__(
-        self,
-        dim: int,
-        weight: np.ndarray | None = None,
-        bias: np.ndarray | None = None,
-        cache: SessionCache | None = None,
-    ) -> None:
-        super().__init__(cache)
-        self.subspace_dim, self.weight, self.bias = dim, weight, bias
+    def __init__(self, subspace_dim: int, weight: np.ndarray | None = None, bias: np.ndarray | None = None) -> None:
+        super().__init__()
+        self.subspace_dim, self.weight, self.bias = subspace_dim, weight, bias
 
     def state_keys(self) -> tuple[str, ...]:
         return ("weight", "bias", "origin", "residual", "alpha")
 
-    def fit(self, features: np.ndarray, labels: np.ndarray | None = None) -> Self:
+    def fit(self, features: np.ndarray, labels: np.ndarray | None = None, cache: SessionCache | None = None) -> Self:
         weight, bias = np.asarray(self.weight, dtype=np.float64), np.asarray(self.bias, dtype=np.float64)
         if weight.ndim != 2 or weight.shape[1] != features.shape[1] or bias.shape != (weight.shape[0],):
             raise InputError(
@@ -322,16 +323,23 @@ class LayerEnsemble:
     def classes(self) -> int:
         return list(self.layers.values())[-1].classes
 
-    def fit(self, features: dict[str, np.ndarray], labels: np.ndarray | None) -> Self:
+    def fit(
+        self, features: dict[str, np.ndarray], labels: np.ndarray | None, cache: SessionCache | None = None
+    ) -> Self:
         """Every layer on the same labels; the fit info is the last layer's."""
         self.check(features, "features")
         for name, detector in self.layers.items():
-            detector.fit(float_matrix(features[name], f"features.{name}"), labels)
+            detector.fit(float_matrix(features[name], f"features.{name}"), labels, cache)
         self.fit_info_ = list(self.layers.values())[-1].fit_info_
         self.weights_ = dict(self.weights) if self.weights is not None else dict.fromkeys(self.names, 1.0)
         return self
 
-    def fit_weights(self, features_in: dict[str, np.ndarray], features_out: dict[str, np.ndarray]) -> Self:
+    def fit_weights(
+        self,
+        features_in: dict[str, np.ndarray],
+        features_out: dict[str, np.ndarray],
+        cache: SessionCache | None = None,
+    ) -> Self:
         """Weights of a logistic regression of OOD (1) vs ID (0) on the standardised per-layer scores
         [N, L], mapped back to raw-score weights (the intercept does not change a ranking)."""
         columns: dict[str, list[np.ndarray]] = {"in": [], "out": []}
@@ -340,13 +348,12 @@ class LayerEnsemble:
             self.check(given, field)
             for (name, detector), dim in zip(self.layers.items(), self.dims, strict=True):
                 x = float_matrix(given[name], f"{field}.{name}", dim).astype(np.float64)
-                columns[side].append(detector.score(x)[0])
+                columns[side].append(detector.score(x, cache=cache)[0])
         scores_in, scores_out = np.column_stack(columns["in"]), np.column_stack(columns["out"])
         x = np.vstack([scores_in, scores_out]).astype(np.float64)
         y = np.r_[np.zeros(len(scores_in)), np.ones(len(scores_out))]
         mean, scale = x.mean(0), np.maximum(x.std(0), 1e-12)
-        first = next(iter(self.layers.values()))
-        fitted = fit_logistic((x - mean) / scale, y, ridge=ENSEMBLE_PENALTY, options={"gtol": 1e-10}, cache=first.cache)
+        fitted = fit_logistic((x - mean) / scale, y, ridge=ENSEMBLE_PENALTY, options={"gtol": 1e-10}, cache=cache)
         self.weights_ = dict(zip(self.names, (fitted.coef / scale).tolist(), strict=True))
         self.fit_info_ = {**self.fit_info_, "ensemble_logistic_loss": fitted.loss}
         return self
@@ -356,7 +363,7 @@ class LayerEnsemble:
             raise InputError(field, f"layers {sorted(given)} do not match the detector's {self.names}")
 
     def score(
-        self, features: dict[str, np.ndarray], key: str, field: str = "features"
+        self, features: dict[str, np.ndarray], key: str, field: str = "features", cache: SessionCache | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Σ_l w_l·s_l of the layers given as {name: [N, D_l]}, every layer in one graph run per chunk (its
         session cached as `key:dtype`). Layers of mixed precisions are scored in float64."""
@@ -372,7 +379,6 @@ class LayerEnsemble:
         dtype = np.dtype(dtypes.pop() if len(dtypes) == 1 else np.float64)
         rows = {f"layer{i}": x.astype(dtype, copy=False) for i, x in enumerate(given)}
         row_bytes = sum(detector.row_bytes() for detector in self.layers.values())
-        cache = next(iter(self.layers.values())).cache
         out = mapped_outputs(f"{key}:{dtype}", lambda: self.scoring_graph(dtype), rows, None, cache, row_bytes)
         return out["scores"], out["nearest_class"]
 

@@ -31,7 +31,7 @@ import spox.opset.ai.onnx.v21 as op
 from spox import Tensor, Var, argument, build
 
 from app.core.chunking import Chunking
-from app.core.fitted_state import FittedState
+from app.core.fitted_state import FittedState, HyperParameters
 from app.core.fold import Assembled, Chunk, InMemory, fold
 from app.core.graph_context import class_range, ints, scalar
 from app.core.graphrun import mapped_outputs
@@ -270,17 +270,16 @@ class PerClassValues:
         setattr(estimator, f"{self.stem}_sizes_", np.asarray([len(v) for v in groups], np.int64))
 
 
-class SdmEstimator(FittedState):
+class SdmEstimator(HyperParameters, FittedState):
     """The v2 estimator without adaptor training (§8): support and calibration exemplars in, the
     fitted tables out. Fitted state (stored by `fitted_arrays`): support_embeddings_, support_code_, k_,
     the per-class eCDFs D_c and Q_c as values and sizes (`distance_ecdfs_` and `similarity_ecdfs_` give
     them per class), q_min_ and psi_, whose dtype is the calibration logits' (`dtype_`, in which the
     estimator runs); calibration_ is the in-sample report, kept by the record as JSON."""
 
-    def __init__(self, alpha: float = 0.95, k: int = 2048, cache: SessionCache | None = None) -> None:
+    def __init__(self, alpha: float = 0.95, k: int = 2048) -> None:
         self.alpha = alpha
         self.k = k
-        self.cache = cache
 
     def state_keys(self) -> tuple[str, ...]:
         return (
@@ -302,7 +301,7 @@ class SdmEstimator(FittedState):
     def dtype_(self) -> np.dtype:
         return np.dtype(self.psi_.dtype)
 
-    def fit(self, support: LabelledSet, calibration: LabelledSet) -> SdmEstimator:
+    def fit(self, support: LabelledSet, calibration: LabelledSet, cache: SessionCache | None = None) -> SdmEstimator:
         classes = support.logits.shape[1]
         self.support_embeddings_ = support.embeddings
         prediction = np.argmax(support.logits, axis=1)
@@ -311,16 +310,16 @@ class SdmEstimator(FittedState):
         self.q_min_, self.psi_ = math.inf, np.zeros(classes, calibration.logits.dtype)
         self.distance_ecdfs_ = [np.zeros(0, self.dtype_)] * classes
         self.similarity_ecdfs_ = [np.zeros(0, self.dtype_)] * classes
-        found = self._neighbours(calibration.embeddings, calibration.logits)
+        found = self._neighbours(calibration.embeddings, calibration.logits, cache)
         self.distance_ecdfs_ = _class_groups(found.d_nearest, calibration.labels, found.q > 0, classes)
-        first = self._estimate(found, calibration.logits)  # d, sdm and q′ need only D_c; Q_c comes next
+        first = self._estimate(found, calibration.logits, cache)  # d, sdm and q′ need only D_c; Q_c comes next
         q_min, psi = high_reliability_thresholds(
             first["q_rescaled"], first["probabilities"], calibration.labels, self.alpha
         )
         self.q_min_, self.psi_ = q_min, np.asarray(psi, self.dtype_)
         everything = np.ones(len(calibration.labels), dtype=bool)
         self.similarity_ecdfs_ = _class_groups(first["q_rescaled"], calibration.labels, everything, classes)
-        final = self._estimate(found, calibration.logits)
+        final = self._estimate(found, calibration.logits, cache)
         self.calibration_ = _report(found, final, calibration.labels)
         return self
 
@@ -329,20 +328,20 @@ class SdmEstimator(FittedState):
         """α when Alg. 1 found a threshold, else 0 (§4.7)."""
         return self.alpha if math.isfinite(self.q_min_) else 0.0
 
-    def score(self, embeddings: np.ndarray, logits: np.ndarray) -> Scores:
-        found = self._neighbours(embeddings, logits)
-        found.columns = self._estimate(found, logits)
+    def score(self, embeddings: np.ndarray, logits: np.ndarray, cache: SessionCache | None = None) -> Scores:
+        found = self._neighbours(embeddings, logits, cache)
+        found.columns = self._estimate(found, logits, cache)
         return found
 
-    def support_statistics(self, support: LabelledSet) -> dict[str, Any]:
+    def support_statistics(self, support: LabelledSet, cache: SessionCache | None = None) -> dict[str, Any]:
         """Leave-self-out q, d_nearest and d of the support points (§4.3–4.4, as training sees them from
         epoch 2): the first neighbour (the point itself) is dropped and d uses the support's own
         eCDFs (support rows of true class c with q > 0)."""
         classes = support.logits.shape[1]
         k = min(self.k, len(support.embeddings) - 1)
-        found = self._neighbours(support.embeddings, support.logits, k=k, exclude_self=True)
+        found = self._neighbours(support.embeddings, support.logits, cache, k=k, exclude_self=True)
         own_ecdfs = _class_groups(found.d_nearest, support.labels, found.q > 0, classes)
-        columns = self._estimate(found, support.logits, own_ecdfs)
+        columns = self._estimate(found, support.logits, cache, own_ecdfs)
         return {
             "q": found.q,
             "d_nearest": found.d_nearest,
@@ -351,7 +350,12 @@ class SdmEstimator(FittedState):
         }
 
     def _neighbours(
-        self, embeddings: np.ndarray, logits: np.ndarray, k: int | None = None, exclude_self: bool = False
+        self,
+        embeddings: np.ndarray,
+        logits: np.ndarray,
+        cache: SessionCache | None,
+        k: int | None = None,
+        exclude_self: bool = False,
     ) -> Scores:
         """Search, then q, one block of queries at a time: only the nearest neighbour and q are kept, so
         the [block, k] neighbour lists bound the memory however many rows are scored."""
@@ -361,14 +365,14 @@ class SdmEstimator(FittedState):
         support_sq = squared_norms(self.support_embeddings_)  # once, not per block
 
         def score(chunk: Chunk) -> dict[str, np.ndarray]:
-            found = nearest(chunk["queries"], self.support_embeddings_, k, self.cache, exclude_self=exclude_self,
+            found = nearest(chunk["queries"], self.support_embeddings_, k, cache, exclude_self=exclude_self,
                             support_sq=support_sq)  # fmt: skip
             similarity = mapped_outputs(
                 f"sdm-similarity:{k}:{logits.dtype}",
                 lambda: similarity_graph(k, logits.dtype),
                 {"logits": chunk["logits"], "neighbours": found.indices},
                 {"support_code": self.support_code_},
-                self.cache,
+                cache,
             )
             nearest_distance = found.distances[:, 0].astype(self.dtype_)
             return {"prediction": similarity["prediction"], "q": similarity["q"], "d_nearest": nearest_distance,
@@ -396,7 +400,11 @@ class SdmEstimator(FittedState):
         }
 
     def _estimate(
-        self, found: Scores, logits: np.ndarray, distance_ecdfs: list[np.ndarray] | None = None
+        self,
+        found: Scores,
+        logits: np.ndarray,
+        cache: SessionCache | None,
+        distance_ecdfs: list[np.ndarray] | None = None,
     ) -> dict[str, np.ndarray]:
         dtype = self.dtype_
         tables = self._tables(distance_ecdfs)
@@ -411,7 +419,7 @@ class SdmEstimator(FittedState):
                 "d_nearest": found.d_nearest.astype(dtype, copy=False),
             },
             tables,
-            self.cache,
+            cache,
             row_bytes=dtype.itemsize * logits.shape[1] * (widths + 8),
         )
 

@@ -65,9 +65,7 @@ class DetectorService(StoredResource[DetectorRecord, DetectorOut]):
         """The stored detector's fitted estimator (for the service and for exports)."""
         return self._fitted.get(
             record.id,
-            lambda: restored(
-                record.method, record.params, decode_arrays(record.arrays, f"detector {record.id}"), self.runtime
-            ),
+            lambda: restored(record.method, record.params, decode_arrays(record.arrays, f"detector {record.id}")),
         )
 
     def score(
@@ -78,8 +76,9 @@ class DetectorService(StoredResource[DetectorRecord, DetectorOut]):
         record = self.record(detector_id)
         detector = self.detector(record)
         if isinstance(detector, LayerEnsemble):
-            return detector.score(layers_of(arrays, field), self._key(detector_id), field)
-        return detector.score(float_matrix(arrays.get(field), field, record.dim), self._key(detector_id))
+            return detector.score(layers_of(arrays, field), self._key(detector_id), field, self.runtime)
+        features = float_matrix(arrays.get(field), field, record.dim)
+        return detector.score(features, self._key(detector_id), self.runtime)
 
     def score_fragment(self, detector_id: str, features: dict[str, Var]) -> Var:
         """The detector's outlier score as a fragment of Vars keyed like `model_outputs` (`features`, or

@@ -76,12 +76,12 @@ def fit(request: SdmRequest, arrays: dict[str, np.ndarray], cache: SessionCache)
     k = params.k
     if params.k_from_largest_class:
         k = min(k, int(np.bincount(support.labels).max()))
-    estimator = SdmEstimator(params.alpha, k, cache).fit(support, calibration)
+    estimator = SdmEstimator(params.alpha, k).fit(support, calibration, cache)
     extra: dict[str, Any] = {}
     if params.support_statistics:
         if len(support.labels) < 2:
             raise InputError("params.support_statistics", "leave-self-out needs at least 2 support points")
-        stats = estimator.support_statistics(support)
+        stats = estimator.support_statistics(support, cache)
         extra = {
             "q": stats["q"].tolist(),
             "d_nearest": stats["d_nearest"].tolist(),
@@ -171,7 +171,7 @@ class SdmService(StoredResource[SdmRecord, SdmOut]):
         alpha, k = float(record.params["alpha"]), int(record.fitted["k"])
         return self._estimators.get(
             record.id,
-            lambda: SdmEstimator(alpha, k, self.runtime).load_arrays(
+            lambda: SdmEstimator(alpha, k).load_arrays(
                 decode_arrays(self.repository.fitted_blob(record.id), f"sdm {record.id}")
             ),
         )
@@ -179,7 +179,7 @@ class SdmService(StoredResource[SdmRecord, SdmOut]):
     def score(self, sdm_id: str, arrays: dict[str, np.ndarray]) -> tuple[SdmRecord, Scores]:
         """Score embeddings and logits with a stored estimator, loaded (or reused from the cache)."""
         record = self.record(sdm_id)
-        return record, score_rows(self.estimator(record), record, arrays)
+        return record, score_rows(self.estimator(record), record, arrays, self.runtime)
 
     def regions(self, sdm_id: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The per-row REGION_COLUMNS of scored rows (what region metrics of a streamed evaluation need)."""
@@ -195,13 +195,15 @@ class SdmService(StoredResource[SdmRecord, SdmOut]):
         return finite_or_none(evaluation_metrics(scores, labels))
 
 
-def score_rows(estimator: SdmEstimator, record: SdmRecord, arrays: dict[str, np.ndarray]) -> Scores:
+def score_rows(
+    estimator: SdmEstimator, record: SdmRecord, arrays: dict[str, np.ndarray], cache: SessionCache
+) -> Scores:
     """Validated embeddings [N, M] and logits [N, C] of one fitted model -> the estimator's columns."""
     embeddings = searchable(arrays.get("embeddings"), "embeddings", estimator.support_embeddings_.dtype, record.dim)
     logits = float_matrix(arrays.get("logits"), "logits", record.classes)
     if len(embeddings) != len(logits):
         raise InputError("embeddings", f"has {len(embeddings)} rows; logits has {len(logits)}")
-    return estimator.score(embeddings, logits)
+    return estimator.score(embeddings, logits, cache)
 
 
 def scores_out(record: SdmRecord, scores: Scores) -> SdmScoresOut:

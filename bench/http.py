@@ -24,11 +24,11 @@ import httpx
 import numpy as np
 from caliper_client import CaliperClient
 
-from app.config import Settings
+from app.config import DEFAULT_PROJECT, Settings
 from app.context import Resources
 from app.evaluation.schemas import EvaluationRequest
 from app.storage.migrate import upgrade
-from app.storage.tenancy import DEFAULT_PROJECT, set_project
+from app.storage.tenancy import set_project
 from bench.timing import median_seconds
 
 BARE_APP = """

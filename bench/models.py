@@ -34,7 +34,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from app.api.multipart import parse_multipart
-from app.config import Settings
+from app.config import DEFAULT_PROJECT, Settings
 from app.context import Resources
 from app.evaluation.schemas import EvaluationRequest, ModelEvaluationRequest
 from app.models.schemas import ModelRequest
@@ -42,7 +42,7 @@ from app.models.workers import WorkerLimits, WorkerPool
 from app.pipelines.heads import Heads
 from app.storage.migrate import upgrade
 from app.storage.models import ModelRecord
-from app.storage.tenancy import DEFAULT_PROJECT, set_project
+from app.storage.tenancy import set_project
 from app.tensors import decode_npy
 from bench.http import start_caliper
 from bench.timing import median_seconds

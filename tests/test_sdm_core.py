@@ -16,6 +16,7 @@ from app.core import sdm as sdm_core
 from app.core.fitted_state import IncompatibleFittedStateError
 from app.core.graphrun import mapped_outputs
 from app.core.neighbours import nearest
+from app.core.runtime import SessionCache
 from app.core.sdm import (
     LabelledSet,
     Scores,
@@ -505,3 +506,14 @@ def test_query_blocks_give_the_same_rows(monkeypatch: pytest.MonkeyPatch) -> Non
     assert blocked.q.tolist() == whole.q.tolist() and blocked.nearest_index.tolist() == whole.nearest_index.tolist()
     for name, column in whole.columns.items():
         np.testing.assert_allclose(blocked.columns[name], column, rtol=1e-12, atol=0, err_msg=name)
+
+
+def test_the_estimator_keeps_hyper_parameters_only() -> None:
+    """scikit-learn's contract: `get_params` rebuilds the unfitted estimator; the runtime is given to
+    fit and score, never kept."""
+    estimator = SdmEstimator(alpha=0.9, k=7)
+    assert estimator.get_params() == {"alpha": 0.9, "k": 7}
+    assert SdmEstimator(**estimator.get_params()).get_params() == estimator.get_params()
+    support, calibration = worked_example()
+    fitted = SdmEstimator(alpha=0.95, k=4).fit(support, calibration)
+    assert not any(isinstance(v, SessionCache) for v in vars(fitted).values())

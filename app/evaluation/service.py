@@ -34,7 +34,7 @@ from app.core.ood_metrics import separation
 from app.core.runtime import SessionCache
 from app.core.specs import TermSpec
 from app.evaluation.schemas import EvaluationOut, EvaluationRequest, ModelEvaluationRequest, Reliability
-from app.models.runner import ModelRunner, validated_inputs
+from app.models.runner import ModelRunner
 from app.pipelines.heads import HeadCheck, Heads
 from app.records import EvaluationFilter, Page, finite_or_none, new_id, rfc3339, utc_now
 from app.sdm.service import region_metrics
@@ -214,20 +214,16 @@ class EvaluationService:
         record = self.models.get(model_id)
         if request.model is None:
             request = request.model_copy(update={"model": record.name})
-        inputs = validated_inputs(
-            record, {k.removeprefix("inputs."): v for k, v in arrays.items() if k.startswith("inputs.")}
-        )
-        rows = {k: v for k, v in arrays.items() if not k.startswith(("inputs.", "ood_inputs."))}
-        n = len(next(iter(inputs.values())))
-        for name, value in rows.items():
-            if len(value) != n:
-                raise InputError(name, f"has {len(value)} rows; the model's inputs have {n}")
         has_ood = any(k.startswith("ood_inputs.") for k in arrays)  # JSON or multipart parts
         if (request.detector_id is None) == has_ood:
             raise InputError("ood_inputs", "give `detector_id` and `ood_inputs` together")
         wanted = self.heads.outputs(record, Heads(request.calibrator_id, request.detector_id, request.sdm_id))
-        if request.sdm_id is not None and "labels" not in rows:
+        source = self.models.source(
+            record, {k: v for k, v in arrays.items() if not k.startswith("ood_inputs.")}, wanted
+        )
+        if request.sdm_id is not None and "labels" not in source.given:
             raise InputError("sdm_id", "SDM metrics need integer `labels`")
+        rows, n = dict(source.given), source.rows
         evaluation = _StreamedEvaluation(self, request, record.logits_output, rows, n)
         stages: dict[str, Stage[Any, Any]] = {"evaluation": evaluation}
         if request.sdm_id is not None:
@@ -236,7 +232,7 @@ class EvaluationService:
         if request.detector_id is not None:
             detector_reads = self.detectors.model_outputs(request.detector_id, record.embedding_output)
             stages["scores"] = Assembled(self._scores_step(request.detector_id, detector_reads), n)
-        folded = fold(self.models.chunks(record, inputs, wanted, rows), stages)
+        folded = fold(source, stages)
         evaluated: Evaluated = folded["evaluation"]
         whole, plan = evaluation.whole(rows), evaluation.evaluator.plan
         computed = ComputedEvaluation(request, whole, plan, evaluated.result, evaluated.per_row, model_id=model_id)

@@ -73,6 +73,18 @@ class ModelRunner:
         """A fold source of the named outputs for validated inputs (and `given` row-aligned arrays)."""
         return ModelChunks(self, record, inputs, names, given or {})
 
+    def source(self, record: ModelRecord, arrays: dict[str, np.ndarray], names: list[str]) -> ModelChunks:
+        """The fold source of a request's arrays: its `inputs.<name>` run through the model (validated
+        here), every other array given beside the outputs, row for row (422 naming one of another length)."""
+        inputs = validated_inputs(
+            record, {k.removeprefix("inputs."): v for k, v in arrays.items() if k.startswith("inputs.")}
+        )
+        source = self.chunks(record, inputs, names, {k: v for k, v in arrays.items() if not k.startswith("inputs.")})
+        for name, value in source.given.items():
+            if len(value) != source.rows:
+                raise InputError(name, f"has {len(value)} rows; the model's inputs have {source.rows}")
+        return source
+
     def call(
         self, record: Runnable, chunk: dict[str, np.ndarray], names: list[str], rows: int
     ) -> dict[str, np.ndarray]:

@@ -13,7 +13,8 @@ from app.api.bodies import NPZ, TensorBody
 from app.api.deps import ResourcesDep, resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.npz_stream import npz_response
-from app.api.problems import DELETION, LISTING, READ, TENSOR_WRITE, ProblemError
+from app.api.problems import READ, TENSOR_WRITE, ProblemError
+from app.api.stored_routes import add_stored_routes
 from app.calibration.schemas import (
     FIT_TENSORS,
     INTEGER_TENSORS,
@@ -22,7 +23,6 @@ from app.calibration.schemas import (
     CalibratorOut,
     CalibratorRequest,
 )
-from app.records import Page
 
 router = APIRouter(prefix="/v1/calibrators", tags=["calibrators"], route_class=StrictJsonRoute)
 FIT = TensorBody(CalibratorRequest, FIT_TENSORS, INTEGER_TENSORS)
@@ -42,47 +42,6 @@ async def create_calibrator(request: Request) -> Response:
     body, arrays = await FIT.read(request)
     out = await run_in_threadpool(resources_of(request).calibrators.create, body, arrays)
     return Response(out.model_dump_json(), status_code=201, media_type="application/json")
-
-
-@router.get(
-    "",
-    operation_id="listCalibrators",
-    response_model=Page[CalibratorOut],
-    summary="List calibrators, newest first",
-    responses=LISTING,
-)
-def list_(
-    resources: ResourcesDep,
-    model: str | None = None,
-    dataset: str | None = None,
-    method: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: str | None = None,
-) -> Page[CalibratorOut]:
-    return resources.calibrators.page(limit, cursor, model=model, dataset=dataset, method=method)
-
-
-@router.get(
-    "/{calibrator_id}",
-    operation_id="getCalibrator",
-    response_model=CalibratorOut,
-    summary="One calibrator",
-    responses=READ,
-)
-def get(calibrator_id: str, resources: ResourcesDep) -> CalibratorOut:
-    return resources.calibrators.get(calibrator_id)
-
-
-@router.delete(
-    "/{calibrator_id}",
-    operation_id="deleteCalibrator",
-    status_code=204,
-    summary="Delete a calibrator",
-    responses=DELETION,
-)
-def delete(calibrator_id: str, resources: ResourcesDep) -> Response:
-    resources.calibrators.delete(calibrator_id)
-    return Response(status_code=204)
 
 
 @router.post(
@@ -123,3 +82,10 @@ def export(
         media_type="application/octet-stream",
         headers={"content-disposition": f'attachment; filename="calibrator-{calibrator_id}.onnx"'},
     )
+
+
+add_stored_routes(
+    router, lambda r: r.calibrators, CalibratorOut, name="Calibrator", thing="calibrator", things="calibrators",
+    id_param="calibrator_id", filters={"model": "model", "dataset": "dataset", "method": "method"},
+    delete="Delete a calibrator",
+)  # fmt: skip

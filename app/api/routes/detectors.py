@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import role
 from app.api.bodies import NPZ, TensorBody
-from app.api.deps import ResourcesDep, resources_of
+from app.api.deps import resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.npz_stream import npz_response
-from app.api.problems import DELETION, LISTING, READ, TENSOR_WRITE
+from app.api.problems import TENSOR_WRITE
+from app.api.stored_routes import add_stored_routes
 from app.ood.schemas import (
     DETECTOR_TENSORS,
     SCORE_FEATURES,
@@ -21,7 +20,6 @@ from app.ood.schemas import (
     DetectorScoresOut,
     ScoreRequest,
 )
-from app.records import Page
 
 router = APIRouter(prefix="/v1/detectors", tags=["detectors"], route_class=StrictJsonRoute)
 FIT = TensorBody(DetectorRequest, DETECTOR_TENSORS, frozenset({"labels"}))
@@ -43,37 +41,6 @@ async def create_detector(request: Request) -> Response:
     return Response(out.model_dump_json(), status_code=201, media_type="application/json")
 
 
-@router.get(
-    "",
-    operation_id="listDetectors",
-    response_model=Page[DetectorOut],
-    summary="List detectors, newest first",
-    responses=LISTING,
-)
-def list_(
-    resources: ResourcesDep,
-    model: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: str | None = None,
-) -> Page[DetectorOut]:
-    return resources.detectors.page(limit, cursor, model=model)
-
-
-@router.get(
-    "/{detector_id}", operation_id="getDetector", response_model=DetectorOut, summary="One detector", responses=READ
-)
-def get(detector_id: str, resources: ResourcesDep) -> DetectorOut:
-    return resources.detectors.get(detector_id)
-
-
-@router.delete(
-    "/{detector_id}", operation_id="deleteDetector", status_code=204, summary="Delete a detector", responses=DELETION
-)
-def delete(detector_id: str, resources: ResourcesDep) -> Response:
-    resources.detectors.delete(detector_id)
-    return Response(status_code=204)
-
-
 @router.post(
     "/{detector_id}/score",
     operation_id="scoreDetector",
@@ -89,3 +56,9 @@ async def score(detector_id: str, request: Request) -> Response:
         return npz_response({"scores": scores, "nearest_class": nearest})
     out = DetectorScoresOut(scores=scores.astype(float).tolist(), nearest_class=nearest.astype(int).tolist())
     return Response(out.model_dump_json(), media_type="application/json")
+
+
+add_stored_routes(
+    router, lambda r: r.detectors, DetectorOut, name="Detector", thing="detector", things="detectors",
+    id_param="detector_id", filters={"model": "model"}, delete="Delete a detector",
+)  # fmt: skip

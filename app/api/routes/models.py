@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal
+from typing import Literal
 
 import numpy as np
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -15,12 +15,12 @@ from app.api.bodies import NPZ, TensorBody
 from app.api.deps import ResourcesDep, resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.npz_stream import npz_response
-from app.api.problems import LISTING, READ, TENSOR_WRITE, problems
+from app.api.problems import READ, TENSOR_WRITE, problems
+from app.api.stored_routes import add_stored_routes
 from app.api.uploads import read_model_upload
 from app.evaluation.schemas import INTEGER_FIELDS, MODEL_TENSOR_FIELDS, EvaluationOut, ModelEvaluationRequest
 from app.models.schemas import ModelOut, ModelRequest, PredictRequest
 from app.pipelines.heads import Heads
-from app.records import Page
 
 router = APIRouter(prefix="/v1/models", tags=["models"], route_class=StrictJsonRoute)
 EVALUATION = TensorBody(ModelEvaluationRequest, MODEL_TENSOR_FIELDS, INTEGER_FIELDS)
@@ -64,23 +64,6 @@ async def create_model(request: Request) -> Response:
 
 
 @router.get(
-    "", operation_id="listModels", response_model=Page[ModelOut], summary="List models, newest first", responses=LISTING
-)
-def list_(
-    resources: ResourcesDep,
-    name: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: str | None = None,
-) -> Page[ModelOut]:
-    return resources.models.page(limit, cursor, name=name)
-
-
-@router.get("/{model_id}", operation_id="getModel", response_model=ModelOut, summary="One model", responses=READ)
-def get(model_id: str, resources: ResourcesDep) -> ModelOut:
-    return resources.models.get(model_id)
-
-
-@router.get(
     "/{model_id}/onnx",
     operation_id="getModelOnnx",
     summary="The uploaded bytes",
@@ -120,18 +103,6 @@ def export(
         media_type="application/octet-stream",
         headers={"Content-Disposition": disposition},
     )
-
-
-@router.delete(
-    "/{model_id}",
-    operation_id="deleteModel",
-    status_code=204,
-    summary="Delete a model (409 while a pipeline deploys it)",
-    responses=problems(404, 409, 503),
-)
-def delete(model_id: str, resources: ResourcesDep) -> Response:
-    resources.models.delete(model_id)
-    return Response(status_code=204)
 
 
 @router.post(
@@ -190,3 +161,10 @@ def _nulled(values: object) -> object:
     return (
         values if isinstance(values, float) and np.isfinite(values) else (None if isinstance(values, float) else values)
     )
+
+
+add_stored_routes(
+    router, lambda r: r.models, ModelOut, name="Model", thing="model", things="models", id_param="model_id",
+    filters={"name": "name"}, delete="Delete a model (409 while a pipeline deploys it)",
+    delete_responses=problems(404, 409, 503),
+)  # fmt: skip

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from app.api.deps import ResourcesDep
 from app.api.json_body import StrictJsonRoute
-from app.api.problems import DELETION, JSON_WRITE, LISTING, READ
+from app.api.problems import JSON_WRITE, READ
+from app.api.stored_routes import add_stored_routes
 from app.pipelines.schemas import PipelineOut, PipelineRequest
-from app.records import Page
 
 router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"], route_class=StrictJsonRoute)
 
@@ -29,33 +27,6 @@ def create_pipeline(body: PipelineRequest, resources: ResourcesDep) -> PipelineO
 
 
 @router.get(
-    "",
-    operation_id="listPipelines",
-    response_model=Page[PipelineOut],
-    summary="List pipelines, newest first",
-    responses=LISTING,
-)
-def list_(
-    resources: ResourcesDep,
-    name: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: str | None = None,
-) -> Page[PipelineOut]:
-    return resources.pipelines.page(limit, cursor, name=name)
-
-
-@router.get(
-    "/{pipeline_id}",
-    operation_id="getPipeline",
-    response_model=PipelineOut,
-    summary="One pipeline version",
-    responses=READ,
-)
-def get(pipeline_id: str, resources: ResourcesDep) -> PipelineOut:
-    return resources.pipelines.get(pipeline_id)
-
-
-@router.get(
     "/{pipeline_id}/onnx",
     operation_id="getPipelineOnnx",
     summary="The pipeline's composed export (what /v2 runs)",
@@ -67,13 +38,7 @@ def onnx_file(pipeline_id: str, resources: ResourcesDep) -> FileResponse:
     return FileResponse(path, media_type="application/octet-stream", filename=filename)
 
 
-@router.delete(
-    "/{pipeline_id}",
-    operation_id="deletePipeline",
-    status_code=204,
-    summary="Delete a pipeline version",
-    responses=DELETION,
-)
-def delete(pipeline_id: str, resources: ResourcesDep) -> Response:
-    resources.pipelines.delete(pipeline_id)
-    return Response(status_code=204)
+add_stored_routes(
+    router, lambda r: r.pipelines, PipelineOut, name="Pipeline", thing="pipeline version", things="pipelines",
+    id_param="pipeline_id", filters={"name": "name"}, delete="Delete a pipeline version",
+)  # fmt: skip

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import role
 from app.api.bodies import NPZ, TensorBody
-from app.api.deps import ResourcesDep, resources_of
+from app.api.deps import resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.npz_stream import npz_response
-from app.api.problems import DELETION, LISTING, READ, TENSOR_WRITE
-from app.records import Page
+from app.api.problems import TENSOR_WRITE
+from app.api.stored_routes import add_stored_routes
 from app.sdm.schemas import (
     FIT_INTEGER_FIELDS,
     FIT_TENSORS,
@@ -45,35 +43,6 @@ async def create_sdm(request: Request) -> Response:
     return Response(out.model_dump_json(), status_code=201, media_type="application/json")
 
 
-@router.get(
-    "",
-    operation_id="listSdm",
-    response_model=Page[SdmOut],
-    summary="List SDM estimators, newest first",
-    responses=LISTING,
-)
-def list_(
-    resources: ResourcesDep,
-    model: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: str | None = None,
-) -> Page[SdmOut]:
-    return resources.sdm.page(limit, cursor, model=model)
-
-
-@router.get("/{sdm_id}", operation_id="getSdm", response_model=SdmOut, summary="One SDM estimator", responses=READ)
-def get(sdm_id: str, resources: ResourcesDep) -> SdmOut:
-    return resources.sdm.get(sdm_id)
-
-
-@router.delete(
-    "/{sdm_id}", operation_id="deleteSdm", status_code=204, summary="Delete an SDM estimator", responses=DELETION
-)
-def delete(sdm_id: str, resources: ResourcesDep) -> Response:
-    resources.sdm.delete(sdm_id)
-    return Response(status_code=204)
-
-
 @router.post(
     "/{sdm_id}/score",
     operation_id="scoreSdm",
@@ -88,3 +57,9 @@ async def score(sdm_id: str, request: Request) -> Response:
     if NPZ in request.headers.get("accept", ""):
         return npz_response(npz_columns(scores))
     return Response(scores_out(record, scores).model_dump_json(), media_type="application/json")
+
+
+add_stored_routes(
+    router, lambda r: r.sdm, SdmOut, name="Sdm", plural="Sdm", thing="SDM estimator", things="SDM estimators",
+    id_param="sdm_id", filters={"model": "model"}, delete="Delete an SDM estimator",
+)  # fmt: skip

@@ -93,3 +93,12 @@ def test_readme_shell_block_runs_as_written(name: str, live_server: str, setting
     assert result.stdout.strip()
     left = {p.name for p in tmp_path.iterdir()} - before - {"var"}
     assert left == set(), f"the examples leave files in the checkout (write them under var/): {sorted(left)}"
+
+
+def test_every_loss_and_metric_is_listed_in_what_can_be_computed() -> None:
+    from app.core.losses import LOSSES
+    from app.core.metrics import METRICS
+
+    section = (ROOT / "README.md").read_text().split("### What can be computed")[1].split("Conventions")[0]
+    missing = sorted(n for n in (*LOSSES, *METRICS) if f"`{n}`" not in section)
+    assert not missing, missing

@@ -20,6 +20,7 @@ import onnx
 import onnxruntime as ort
 from spox import build
 
+from app.core import classification
 from app.core.calibration_error import BinStats
 from app.core.chunking import Chunking
 from app.core.errors import InputError
@@ -451,6 +452,10 @@ def check_plan(plan: EvaluationPlan, classes: int) -> None:
     keys = [s.report_key for s in plan.losses]
     if len(set(keys)) != len(keys):
         raise InputError("losses", "two losses report under the same key: give each a distinct 'key'")
+    for spec in plan.metrics:
+        fault = classification.check(spec, classes)
+        if fault is not None:
+            raise InputError("metrics", fault)
     keys = [s.report_key for s in plan.metrics]
     if len(set(keys)) != len(keys):
         raise InputError("metrics", "two metrics report under the same key: give each a distinct 'key'")

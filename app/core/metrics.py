@@ -16,6 +16,19 @@ from pydantic import Field
 from spox import Tensor, Var, argument, build
 
 from app.core.calibration_error import BinStats, Norm, calibration_gap, quantile_bin_stats, smooth_ece
+from app.core.classification import (
+    F1,
+    BalancedAccuracy,
+    CohenKappa,
+    Mcc,
+    Precision,
+    Recall,
+    averaged,
+    balanced_accuracy,
+    cohen_kappa,
+    confusion_state,
+    mcc,
+)
 from app.core.graph_context import GraphContext, class_range, scalar
 from app.core.graphrun import mapped
 from app.core.runtime import SessionCache
@@ -326,6 +339,10 @@ METRICS: dict[str, MetricDef] = dict(
         _def(Entropy, _entropy, _finalize_mean),
         _def(Aurc, _rows_fragment, lambda s, p: aurc(*_rows(s)), kept_parts=ROWS_PARTS),
         _def(SoftmaxCollapse, _softmax_collapse, _finalize_mean),
+        *(_def(spec, confusion_state, averaged, higher_is_better=True) for spec in (Precision, Recall, F1)),
+        _def(BalancedAccuracy, confusion_state, balanced_accuracy, higher_is_better=True),
+        _def(Mcc, confusion_state, mcc, higher_is_better=True),
+        _def(CohenKappa, confusion_state, cohen_kappa, higher_is_better=True),
     ]
 )
 

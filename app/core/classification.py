@@ -1,0 +1,159 @@
+"""The classic classification metrics (api.md, "Binary models, the classic classification metrics"), all
+read from one mergeable state: the sample-weighted C × C confusion matrix (rows = true class, columns =
+predicted), scattered in the fused graph once per threshold and summed over chunks. Each finalize
+follows scikit-learn's definition with `labels=range(C)` and `zero_division=0`."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+import numpy as np
+import spox.opset.ai.onnx.v21 as op
+from pydantic import Field
+from spox import Var
+
+from app.core.graph_context import GraphContext, scalar
+from app.core.specs import TermSpec
+
+Threshold = Annotated[
+    float | None,
+    Field(None, ge=0, le=1, allow_inf_nan=False, description="C = 2 only: class 1 iff p₁ ≥ threshold."),
+]
+Average = Literal["macro", "micro", "weighted", "binary"]
+
+
+class Thresholded(TermSpec):
+    """A metric of the predicted class: argmax p (ties to the lowest index), or with `threshold` (C = 2)
+    class 1 iff p₁ ≥ threshold."""
+
+    threshold: Threshold = None
+
+
+class Averaged(Thresholded):
+    """A per-class metric averaged over the C classes: `macro` (unweighted mean), `micro` (from the
+    summed counts), `weighted` (by each class's true weight) or `binary` (C = 2: class 1's value)."""
+
+    average: Average = "macro"
+
+
+class Precision(Averaged):
+    """tp / predicted per class, 0 for a class never predicted (scikit-learn's `precision_score`)."""
+
+    name: Literal["precision"]
+
+
+class Recall(Averaged):
+    """tp / true per class, 0 for a class without rows (scikit-learn's `recall_score`)."""
+
+    name: Literal["recall"]
+
+
+class F1(Averaged):
+    """2·tp / (predicted + true) per class, the harmonic mean of precision and recall (`f1_score`)."""
+
+    name: Literal["f1"]
+
+
+class BalancedAccuracy(Thresholded):
+    """Mean recall over the classes that have true rows (scikit-learn's `balanced_accuracy_score`)."""
+
+    name: Literal["balanced_accuracy"]
+
+
+class Mcc(Thresholded):
+    """Matthews correlation coefficient, multiclass form (Gorodkin 2004; `matthews_corrcoef`), 0 when
+    undefined."""
+
+    name: Literal["mcc"]
+
+
+class CohenKappa(Thresholded):
+    """Cohen's kappa: 1 − observed disagreement / disagreement expected from the marginals
+    (`cohen_kappa_score`); null when no disagreement can be expected."""
+
+    name: Literal["cohen_kappa"]
+
+
+def predicted_class(ctx: GraphContext, threshold: float | None) -> Var:
+    """argmax p, or class 1 iff p₁ ≥ threshold (compared in float64: every CPU decides alike)."""
+    if threshold is None:
+        return ctx.prediction
+    p1 = op.squeeze(op.slice(ctx.f64(ctx.probs), ctx.ints(1), ctx.ints(2), ctx.ints(1)), ctx.ints(1))
+    return op.cast(op.greater_or_equal(p1, scalar(threshold, np.float64)), to=np.int64)
+
+
+def confusion_state(ctx: GraphContext, spec: Thresholded) -> dict[str, Var]:
+    """Σw per (true, predicted) pair as a flat [C·C] float64 state, built once per threshold."""
+
+    def build() -> dict[str, Var]:
+        index = op.add(op.mul(ctx.reference_labels, ctx.num_classes), predicted_class(ctx, spec.threshold))
+        size = op.reshape(op.mul(ctx.num_classes, ctx.num_classes), ctx.ints(1))
+        zeros = op.constant_of_shape(size, value=np.array([0.0], np.float64))
+        return {"confusion": op.scatter_elements(zeros, index, ctx.f64(ctx.weights), reduction="add")}
+
+    return ctx.shared(("confusion", spec.threshold), build)
+
+
+def confusion_matrix(state: dict[str, np.ndarray]) -> np.ndarray:
+    """The C × C matrix of a merged state."""
+    flat = state["confusion"]
+    classes = math.isqrt(flat.size)
+    return flat.reshape(classes, classes)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, 0 where den is 0 (scikit-learn's zero_division=0)."""
+    out: np.ndarray = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+    return out
+
+
+def averaged(state: dict[str, np.ndarray], spec: Averaged) -> float:
+    """Precision, recall or F1 of the confusion matrix, averaged as `spec.average` says."""
+    matrix = confusion_matrix(state)
+    tp, predicted, true = np.diag(matrix), matrix.sum(0), matrix.sum(1)
+    if spec.average == "micro":  # single-label: every row is one tp, or one fp and one fn
+        return float(tp.sum() / matrix.sum())
+    per_class = {"precision": _ratio(tp, predicted), "recall": _ratio(tp, true), "f1": _ratio(2 * tp, predicted + true)}
+    values = per_class[spec.name]
+    if spec.average == "binary":
+        return float(values[1])
+    if spec.average == "weighted":
+        return float(values @ true / true.sum())
+    return float(values.mean())
+
+
+def balanced_accuracy(state: dict[str, np.ndarray], spec: TermSpec) -> float:
+    matrix = confusion_matrix(state)
+    true = matrix.sum(1)
+    present = true > 0
+    return float(np.mean(np.diag(matrix)[present] / true[present]))
+
+
+def mcc(state: dict[str, np.ndarray], spec: TermSpec) -> float:
+    """(c·s − t·p) / √((s² − p·p)(s² − t·t)), t and p the true and predicted class totals."""
+    matrix = confusion_matrix(state)
+    true, predicted = matrix.sum(1), matrix.sum(0)
+    correct, total = np.trace(matrix), matrix.sum()
+    denominator = np.sqrt((total**2 - predicted @ predicted) * (total**2 - true @ true))
+    return float((correct * total - true @ predicted) / denominator) if denominator > 0 else 0.0
+
+
+def cohen_kappa(state: dict[str, np.ndarray], spec: TermSpec) -> float:
+    """1 − Σ_{i≠j} M_ij / Σ_{i≠j} E_ij, E the outer product of the marginals over the total."""
+    matrix = confusion_matrix(state)
+    expected = np.outer(matrix.sum(1), matrix.sum(0)) / matrix.sum()
+    off = ~np.eye(len(matrix), dtype=bool)
+    disagreement = expected[off].sum()
+    return float(1.0 - matrix[off].sum() / disagreement) if disagreement > 0 else float("nan")
+
+
+def check(spec: TermSpec, classes: int) -> str | None:
+    """Why a spec cannot apply to C classes (a threshold or the binary average need C = 2), or None."""
+    if classes == 2 or not isinstance(spec, Thresholded):
+        return None
+    if spec.threshold is not None:
+        return f"{spec.report_key}.threshold is for C = 2 (binary); here C = {classes}"
+    if isinstance(spec, Averaged) and spec.average == "binary":
+        return f"{spec.report_key}.average 'binary' is for C = 2; here C = {classes} (macro, micro or weighted)"
+    return None

@@ -1,0 +1,150 @@
+"""The classic classification metrics (precision, recall, f1, balanced_accuracy, mcc, cohen_kappa) against
+scikit-learn on random inputs: float32 and float64, C = 2…20, with and without sample weights, classes
+never predicted and classes without rows, chunked and one-shot; a binary threshold; 422s."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn import metrics as sk
+
+from app.core.errors import InputError
+from app.core.evaluation import EvaluationPlan, check_plan, validate_batch
+from tests.test_core_golden import METRIC, evaluate
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # scikit-learn's: classes absent on one side
+
+AVERAGES = ("macro", "micro", "weighted")
+SCORES = {"precision": sk.precision_score, "recall": sk.recall_score, "f1": sk.f1_score}
+
+
+def problem(seed: int, n: int, classes: int, dtype: type) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits whose argmax avoids ties, labels over the first classes only (the last never occurs), and
+    the predictions as the graph makes them: argmax of the logits in their dtype."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, classes)) * 2
+    z[:, 0] += 1.5  # class 0 predicted often, some classes never
+    y = rng.integers(0, max(1, classes - 1), size=n)
+    z = z.astype(dtype)
+    return z, y, np.argmax(z, axis=1)
+
+
+def oracle(name: str, y: np.ndarray, pred: np.ndarray, classes: int, weight: np.ndarray | None, **p: Any) -> float:
+    labels = list(range(classes))
+    if name in SCORES:
+        average = p.get("average", "macro")
+        extra = {"pos_label": 1} if average == "binary" else {"labels": labels}
+        return float(SCORES[name](y, pred, average=average, sample_weight=weight, zero_division=0, **extra))
+    if name == "balanced_accuracy":
+        return float(sk.balanced_accuracy_score(y, pred, sample_weight=weight))
+    if name == "mcc":
+        return float(sk.matthews_corrcoef(y, pred, sample_weight=weight))
+    return float(sk.cohen_kappa_score(y, pred, labels=labels, sample_weight=weight))
+
+
+SPECS: list[dict[str, Any]] = [
+    *({"name": n, "average": a, "key": f"{n}_{a}"} for n in SCORES for a in AVERAGES),
+    {"name": "balanced_accuracy"},
+    {"name": "mcc"},
+    {"name": "cohen_kappa"},
+]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(5, 300),
+    classes=st.integers(2, 20),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    weighted=st.booleans(),
+    chunk=st.integers(1, 64),
+)
+def test_every_metric_equals_scikit_learn(
+    seed: int, n: int, classes: int, dtype: type, weighted: bool, chunk: int
+) -> None:
+    z, y, pred = problem(seed, n, classes, dtype)
+    # the weights as the graph reads them: in the logits' dtype
+    weight = np.random.default_rng(seed + 1).uniform(0.1, 3.0, n).astype(dtype) if weighted else None
+    arrays = {"sample_weight": weight} if weight is not None else {}
+    result, _ = evaluate(z, y, [], SPECS, dtype, chunk=chunk, **arrays)
+    whole, _ = evaluate(z, y, [], SPECS, dtype, chunk=n, **arrays)
+    for spec in SPECS:
+        key = spec.get("key", spec["name"])
+        params = {k: v for k, v in spec.items() if k not in ("name", "key")}
+        want = oracle(spec["name"], y, pred, classes, weight, **params)
+        # counts are sums of weights: exact for unit weights, to float64 rounding of n terms otherwise
+        np.testing.assert_allclose(result.metrics[key], want, rtol=1e-10, atol=1e-12, err_msg=key)
+        np.testing.assert_allclose(result.metrics[key], whole.metrics[key], rtol=1e-12, atol=1e-14, err_msg=key)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_binary_threshold_and_average(dtype: type) -> None:
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(400, 2)).astype(dtype)
+    y = rng.integers(0, 2, 400)
+    p1 = 1 / (1 + np.exp(-(z[:, 1].astype(np.float64) - z[:, 0])))
+    keep = np.abs(p1 - 0.3) > 1e-3  # away from the threshold: float32 rounding cannot move a row across
+    z, y, p1 = z[keep], y[keep], p1[keep]
+    pred = (p1 >= 0.3).astype(int)
+    specs = [
+        {"name": "f1", "average": "binary", "threshold": 0.3},
+        {"name": "precision", "average": "binary", "threshold": 0.3, "key": "precision_t"},
+        {"name": "recall", "average": "binary", "key": "recall_argmax"},
+        {"name": "mcc", "threshold": 0.3},
+        {"name": "cohen_kappa", "threshold": 0.3},
+        {"name": "balanced_accuracy", "threshold": 0.3},
+    ]
+    result, _ = evaluate(z, y, [], specs, dtype, chunk=50)
+    assert result.metrics["f1"] == pytest.approx(sk.f1_score(y, pred), rel=1e-12)
+    assert result.metrics["precision_t"] == pytest.approx(sk.precision_score(y, pred, zero_division=0), rel=1e-12)
+    argmax = np.argmax(z, axis=1)
+    assert result.metrics["recall_argmax"] == pytest.approx(sk.recall_score(y, argmax), rel=1e-12)
+    assert result.metrics["mcc"] == pytest.approx(sk.matthews_corrcoef(y, pred), rel=1e-12)
+    assert result.metrics["cohen_kappa"] == pytest.approx(sk.cohen_kappa_score(y, pred), rel=1e-12)
+    assert result.metrics["balanced_accuracy"] == pytest.approx(sk.balanced_accuracy_score(y, pred), rel=1e-12)
+
+
+def test_undefined_values_follow_scikit_learn() -> None:
+    """One class everywhere: mcc is 0 and kappa undefined (NaN here, reported null by the API)."""
+    z = np.tile([[3.0, 0.0, 0.0]], (6, 1))
+    y = np.zeros(6, dtype=int)
+    result, _ = evaluate(z, y, [], [{"name": "mcc"}, {"name": "cohen_kappa"}, {"name": "f1"}])
+    assert result.metrics["mcc"] == 0.0 == sk.matthews_corrcoef(y, np.zeros(6, int))
+    assert np.isnan(result.metrics["cohen_kappa"])
+    assert result.metrics["f1"] == pytest.approx(1 / 3)  # class 0 perfect, classes 1 and 2 count 0
+
+
+@pytest.mark.parametrize(
+    "spec", [{"name": "f1", "threshold": 0.5}, {"name": "precision", "average": "binary"}], ids=["threshold", "binary"]
+)
+def test_binary_only_parameters_are_refused_for_more_classes(spec: dict[str, Any]) -> None:
+    z, y, _ = problem(0, 20, 3, np.float64)
+    batch = validate_batch(logits=z, labels=y)
+    with pytest.raises(InputError, match="C = 2"):
+        check_plan(EvaluationPlan(batch.layout, (), (METRIC.validate_python(spec),)), batch.classes)
+
+
+def test_over_http_each_is_answered_stored_and_refused_when_bad(client: TestClient) -> None:
+    z, y, pred = problem(7, 60, 4, np.float64)
+    metrics = ["f1", {"name": "precision", "average": "weighted"}, "mcc", "cohen_kappa", "balanced_accuracy"]
+    answer = client.post("/v1/evaluations", json={"logits": z.tolist(), "labels": y.tolist(), "metrics": metrics})
+    assert answer.status_code == 201, answer.text
+    body = answer.json()
+    assert body["metrics"]["f1"] == pytest.approx(oracle("f1", y, pred, 4, None), rel=1e-12)
+    assert body["metrics"]["precision"] == pytest.approx(oracle("precision", y, pred, 4, None, average="weighted"))
+    stored = client.get(f"/v1/evaluations/{body['id']}").json()
+    assert stored["metrics"] == body["metrics"]
+    for bad, field in (
+        ({"name": "f1", "average": "samples"}, "average"),
+        ({"name": "f1", "threshold": 1.5}, "threshold"),
+        ({"name": "mcc", "threshold": 0.5}, "threshold"),
+    ):
+        refused = client.post("/v1/evaluations", json={"logits": z.tolist(), "labels": y.tolist(), "metrics": [bad]})
+        assert refused.status_code == 422, refused.text
+        assert field in refused.text
+    assert client.get("/v1/evaluations").json()["items"] == [stored]

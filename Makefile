@@ -70,6 +70,7 @@ $(VENV)/.installed-bench: pyproject.toml | $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.evaluate
+	$(BIN)/python -m bench.classification
 	$(BIN)/python -m bench.http
 	$(BIN)/python -m bench.calibrate
 	$(BIN)/python -m bench.gate

@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn import metrics as sk
 
+from app.core.chunking import Chunking
 from app.core.errors import InputError
-from app.core.evaluation import EvaluationPlan, check_plan, validate_batch
+from app.core.evaluation import EvaluationPlan, Evaluator, check_plan, validate_batch
 from tests.test_core_golden import METRIC, evaluate
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # scikit-learn's: classes absent on one side
@@ -131,12 +132,15 @@ def test_binary_only_parameters_are_refused_for_more_classes(spec: dict[str, Any
 
 def test_over_http_each_is_answered_stored_and_refused_when_bad(client: TestClient) -> None:
     z, y, pred = problem(7, 60, 4, np.float64)
-    metrics = ["f1", {"name": "precision", "average": "weighted"}, "mcc", "cohen_kappa", "balanced_accuracy"]
+    metrics = ["f1", {"name": "precision", "average": "weighted"}, "mcc", "cohen_kappa", "balanced_accuracy", "roc_auc"]
     answer = client.post("/v1/evaluations", json={"logits": z.tolist(), "labels": y.tolist(), "metrics": metrics})
     assert answer.status_code == 201, answer.text
     body = answer.json()
     assert body["metrics"]["f1"] == pytest.approx(oracle("f1", y, pred, 4, None), rel=1e-12)
     assert body["metrics"]["precision"] == pytest.approx(oracle("precision", y, pred, 4, None, average="weighted"))
+    softmax = np.exp(z - z.max(1, keepdims=True))
+    softmax /= softmax.sum(1, keepdims=True)
+    assert body["metrics"]["roc_auc"] == pytest.approx(ranked_oracle("roc_auc", softmax, y, None, "macro"), rel=1e-9)
     stored = client.get(f"/v1/evaluations/{body['id']}").json()
     assert stored["metrics"] == body["metrics"]
     for bad, field in (
@@ -148,3 +152,65 @@ def test_over_http_each_is_answered_stored_and_refused_when_bad(client: TestClie
         assert refused.status_code == 422, refused.text
         assert field in refused.text
     assert client.get("/v1/evaluations").json()["items"] == [stored]
+
+
+def ranked_oracle(name: str, probs: np.ndarray, y: np.ndarray, weight: np.ndarray | None, average: str) -> float:
+    """scikit-learn's binary score of p₁, or one-vs-rest per class averaged over the scorable classes."""
+    score = sk.roc_auc_score if name == "roc_auc" else sk.average_precision_score
+    w = np.ones(len(y)) if weight is None else weight.astype(np.float64)  # prevalence summed in float64
+    values, prevalence = [], []
+    for c in (1,) if probs.shape[1] == 2 else range(probs.shape[1]):
+        positive = y == c
+        if w[positive].sum() > 0 and (w[~positive].sum() > 0 or name == "average_precision"):
+            values.append(score(positive, probs[:, c], sample_weight=weight))
+            prevalence.append(w[positive].sum())
+    if not values:
+        return float("nan")
+    return float(np.average(values, weights=prevalence if average == "weighted" else None))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(6, 200),
+    classes=st.integers(2, 12),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    weighted=st.booleans(),
+    ties=st.booleans(),
+    chunk=st.integers(1, 50),
+)
+def test_ranking_metrics_equal_scikit_learn(
+    seed: int, n: int, classes: int, dtype: type, weighted: bool, ties: bool, chunk: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.ones(classes), size=n)
+    if ties:  # heavy ties: few distinct scores
+        p = np.round(p * 4) + 1e-3
+        p /= p.sum(1, keepdims=True)
+    p = p.astype(dtype)
+    y = rng.integers(0, classes, size=n)
+    weight = rng.uniform(0.1, 3.0, n).astype(dtype) if weighted else None
+    arrays = {"sample_weight": weight} if weight is not None else {}
+    specs = [
+        {"name": m, "average": a, "key": f"{m}_{a}"}
+        for m in ("roc_auc", "average_precision")
+        for a in ("macro", "weighted")
+    ]
+    batch = validate_batch(probabilities=p, labels=y, **arrays)
+    plan = EvaluationPlan(batch.layout, (), tuple(METRIC.validate_python(s) for s in specs))
+    result = Evaluator(plan).evaluate(batch, Chunking(rows=chunk)).result
+    probs = p.astype(np.float64)  # the graph reads the given probabilities, widened to float64
+    for spec in specs:
+        want = ranked_oracle(spec["name"], probs, y, weight, spec["average"])
+        np.testing.assert_allclose(
+            result.metrics[spec["key"]], want, rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=spec["key"]
+        )
+
+
+def test_a_ranking_metric_with_no_scorable_class_is_null() -> None:
+    z, y = np.array([[2.0, 0.0], [1.0, 0.0]]), np.array([0, 0])
+    result, _ = evaluate(z, y, [], [{"name": "roc_auc"}, {"name": "average_precision"}])
+    assert np.isnan(result.metrics["roc_auc"])  # no positive for p1: reported null by the API
+    assert np.isnan(result.metrics["average_precision"])  # scikit-learn answers 0 with a warning
+    all_positive, _ = evaluate(z, 1 - y, [], [{"name": "average_precision"}])
+    assert all_positive.metrics["average_precision"] == 1.0 == sk.average_precision_score([1, 1], [0.1, 0.3])

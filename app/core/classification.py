@@ -75,6 +75,76 @@ class CohenKappa(Thresholded):
     name: Literal["cohen_kappa"]
 
 
+class Ranked(TermSpec):
+    """A ranking metric of the probabilities: for C = 2 of p₁; for C > 2 one-vs-rest per class, averaged
+    `macro` or `weighted` by class prevalence over the classes it is defined for (null when none): ROC-AUC
+    needs positive and negative rows, average precision positive rows (all positive: 1, as scikit-learn;
+    none: left out, where scikit-learn answers 0 with a warning)."""
+
+    average: Literal["macro", "weighted"] = "macro"
+
+
+class RocAuc(Ranked):
+    """Area under the ROC curve, ties with half credit (scikit-learn's `roc_auc_score`)."""
+
+    name: Literal["roc_auc"]
+
+
+class AveragePrecision(Ranked):
+    """Σ_k (R_k − R_{k−1})·P_k over the distinct scores, descending (`average_precision_score`)."""
+
+    name: Literal["average_precision"]
+
+
+RANKED_PARTS = frozenset({"rows_probs", "rows_truth", "rows_weight"})
+
+
+def ranking_state(ctx: GraphContext, spec: TermSpec) -> dict[str, Var]:
+    """The rows a ranking metric keeps: probabilities [N, C], the true class and the weight (float64)."""
+
+    def build() -> dict[str, Var]:
+        truth = ctx.reference_labels
+        # the probabilities in their dtype: a float64 copy ranks alike, at twice the memory and sort time
+        return {"rows_probs": ctx.probs, "rows_truth": truth, "rows_weight": ctx.f64(ctx.weights)}
+
+    return ctx.shared("ranking", build)
+
+
+def _curve(score: np.ndarray, positive: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted true and false positives at each distinct score, descending, from (0, 0)."""
+    order = np.argsort(-score)  # not stable: rows of equal scores are summed as one group anyway
+    score, positive, weight = score[order], positive[order], weight[order]
+    last = np.r_[np.flatnonzero(np.diff(score)), len(score) - 1]  # the end of each group of equal scores
+    tp, fp = np.cumsum(weight * positive)[last], np.cumsum(weight * ~positive)[last]
+    return np.r_[0.0, tp], np.r_[0.0, fp]
+
+
+def _auc(tp: np.ndarray, fp: np.ndarray) -> float:
+    return float(np.trapezoid(tp, fp) / (tp[-1] * fp[-1]))  # the trapezoid gives tied rows half credit
+
+
+def _ap(tp: np.ndarray, fp: np.ndarray) -> float:
+    recall, precision = tp / tp[-1], tp[1:] / np.maximum(tp[1:] + fp[1:], np.finfo(np.float64).tiny)
+    return float(np.sum(np.diff(recall) * precision))
+
+
+def ranked(state: dict[str, np.ndarray], spec: Ranked) -> float:
+    """ROC-AUC or average precision of the kept rows (NaN, reported null, when no class can be scored)."""
+    probs, truth, weight = state["rows_probs"], state["rows_truth"], state["rows_weight"]
+    area = _auc if spec.name == "roc_auc" else _ap
+    classes = (1,) if probs.shape[1] == 2 else range(probs.shape[1])
+    values, prevalence = [], []
+    for c in classes:
+        positive = truth == c
+        tp, fp = _curve(probs[:, c], positive, weight)
+        if tp[-1] > 0 and (fp[-1] > 0 or spec.name == "average_precision"):  # AP needs no negative rows
+            values.append(area(tp, fp))
+            prevalence.append(tp[-1])
+    if not values:
+        return float("nan")
+    return float(np.average(values, weights=prevalence if spec.average == "weighted" else None))
+
+
 def predicted_class(ctx: GraphContext, threshold: float | None) -> Var:
     """argmax p, or class 1 iff p₁ ≥ threshold (compared in float64: every CPU decides alike)."""
     if threshold is None:

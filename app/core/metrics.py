@@ -18,16 +18,21 @@ from spox import Tensor, Var, argument, build
 from app.core.calibration_error import BinStats, Norm, calibration_gap, quantile_bin_stats, smooth_ece
 from app.core.classification import (
     F1,
+    RANKED_PARTS,
+    AveragePrecision,
     BalancedAccuracy,
     CohenKappa,
     Mcc,
     Precision,
     Recall,
+    RocAuc,
     averaged,
     balanced_accuracy,
     cohen_kappa,
     confusion_state,
     mcc,
+    ranked,
+    ranking_state,
 )
 from app.core.graph_context import GraphContext, class_range, scalar
 from app.core.graphrun import mapped
@@ -343,6 +348,10 @@ METRICS: dict[str, MetricDef] = dict(
         _def(BalancedAccuracy, confusion_state, balanced_accuracy, higher_is_better=True),
         _def(Mcc, confusion_state, mcc, higher_is_better=True),
         _def(CohenKappa, confusion_state, cohen_kappa, higher_is_better=True),
+        *(
+            _def(spec, ranking_state, ranked, RANKED_PARTS, higher_is_better=True)
+            for spec in (RocAuc, AveragePrecision)
+        ),
     ]
 )
 

@@ -25,7 +25,7 @@ from app.core.calibration_error import BinStats
 from app.core.chunking import Chunking
 from app.core.errors import InputError
 from app.core.fold import Assembled, Chunk, InMemory, Span, fold
-from app.core.graph_context import GraphContext, InputKind, InputLayout
+from app.core.graph_context import GraphContext, InputKind, InputLayout, TargetKind
 from app.core.losses import LOSSES
 from app.core.lru import LruCache
 from app.core.metrics import METRICS, bin_stats, uniform_bin_state
@@ -225,7 +225,7 @@ class Batch:
 
     @property
     def classes(self) -> int:
-        return int(self.scores.shape[1])
+        return 2 if self.layout.binary else int(self.scores.shape[1])
 
     def columns(self) -> dict[str, np.ndarray]:
         """The given arrays by graph input name (the chunks a fold slices)."""
@@ -378,6 +378,17 @@ def validate_scores(raw: np.ndarray, kind: InputKind = "logits") -> np.ndarray:
     return scores
 
 
+def validate_binary(raw: np.ndarray, kind: InputKind) -> np.ndarray:
+    """Finite binary scores [N ≥ 1]: log-odds of class 1, or P(class 1) in [0, 1] (api.md)."""
+    scores = _as_float(kind, raw)
+    if scores.size == 0:
+        raise InputError(kind, "is empty (N = 0)")
+    _check_finite(kind, scores)
+    if kind == "probabilities" and ((scores < 0) | (scores > 1)).any():
+        raise InputError(kind, "binary probabilities (1-D: P(class 1)) must lie in [0, 1]")
+    return scores
+
+
 def validate_batch(
     *,
     logits: np.ndarray | None = None,
@@ -395,13 +406,14 @@ def validate_batch(
     kind: InputKind = "logits" if logits is not None else "probabilities"
     raw = logits if logits is not None else probabilities
     assert raw is not None
-    scores = validate_scores(raw, kind)
-    n, c = scores.shape
+    binary = np.ndim(raw) == 1
+    if binary and targets is not None:
+        raise InputError("targets", f"binary (1-D) {kind} take 0/1 `labels`")
+    scores = validate_binary(raw, kind) if binary else validate_scores(raw, kind)
+    n, c, shape = len(scores), 2 if binary else scores.shape[1], list(scores.shape)
     dtype = scores.dtype
-    batch = Batch(
-        scores=scores,
-        layout=InputLayout(str(dtype), kind, "labels" if labels is not None else "targets", teacher_logits is not None),
-    )
+    target_kind: TargetKind = "labels" if labels is not None else "targets"
+    batch = Batch(scores=scores, layout=InputLayout(str(dtype), kind, target_kind, teacher_logits is not None, binary))
     if labels is not None:
         if labels.dtype.kind not in "iu" and not (labels.dtype.kind == "f" and np.all(np.mod(labels, 1) == 0)):
             raise InputError("labels", f"must be integers, got dtype {labels.dtype}")
@@ -430,8 +442,8 @@ def validate_batch(
         batch.sample_weight = w
     if teacher_logits is not None:
         t = _as_float("teacher_logits", teacher_logits, dtype)
-        if t.shape != (n, c):
-            raise InputError("teacher_logits", f"shape {list(t.shape)} does not match {kind}: expected [{n}, {c}]")
+        if list(t.shape) != shape:
+            raise InputError("teacher_logits", f"shape {list(t.shape)} does not match {kind}: expected {shape}")
         _check_finite("teacher_logits", t)
         batch.teacher_logits = t
     return batch

@@ -45,6 +45,7 @@ class InputLayout:
     input_kind: InputKind
     target_kind: TargetKind
     has_teacher: bool = False
+    binary: bool = False  # scores given as [N]: the logit, or the probability, of class 1 (api.md)
 
     @property
     def np_dtype(self) -> np.dtype:
@@ -61,14 +62,15 @@ class GraphContext:
 
     def __post_init__(self) -> None:
         dt = self.layout.np_dtype
-        self.inputs[self.layout.input_kind] = argument(Tensor(dt, ("N", "C")))
+        scores: tuple[str, ...] = ("N",) if self.layout.binary else ("N", "C")
+        self.inputs[self.layout.input_kind] = argument(Tensor(dt, scores))
         if self.layout.target_kind == "labels":
             self.inputs["labels"] = argument(Tensor(np.int64, ("N",)))
         else:
             self.inputs["targets"] = argument(Tensor(dt, ("N", "C")))
         self.inputs["sample_weight"] = argument(Tensor(dt, ("N",)))
         if self.layout.has_teacher:
-            self.inputs["teacher_logits"] = argument(Tensor(dt, ("N", "C")))
+            self.inputs["teacher_logits"] = argument(Tensor(dt, scores))
 
     def shared(self, key: Hashable, build: Callable[[], T]) -> T:
         """A value built once per graph under `key` (for fragments parametrized beyond the context)."""
@@ -155,15 +157,30 @@ class GraphContext:
     def targets(self) -> Var:
         return self.inputs["targets"]
 
-    @property
+    @cached_property
     def teacher_logits(self) -> Var:
-        return self.inputs["teacher_logits"]
+        return self._columns(self.inputs["teacher_logits"], logits=True)
+
+    @cached_property
+    def given(self) -> Var:
+        """The logits or probabilities as given, [N, C]; binary [N] inputs as the two-class problem of
+        api.md: z = [0, logit], p = [1 − p₁, p₁]."""
+        return self._columns(self.inputs[self.layout.input_kind], logits=self.from_logits)
+
+    def _columns(self, x: Var, logits: bool) -> Var:
+        """x itself, or binary [N] as [N, 2]: logits [0, z] (z − z: the inputs are finite), probabilities
+        [1 − p, p]."""
+        if not self.layout.binary:
+            return x
+        column = op.unsqueeze(x, self.ints(1))
+        first = op.sub(column, column) if logits else op.sub(self.const(1.0), column)
+        return op.concat([first, column], axis=1)
 
     @cached_property
     def scores(self) -> Var:
         """Per-class scores that order classes: the logits, or log p when probabilities are given."""
         if self.layout.input_kind == "logits":
-            return self.inputs["logits"]
+            return self.given
         return self.log_probs
 
     # ---- softmax family (§1.1 of losses_calibration.md) -------------------------------------------
@@ -181,11 +198,11 @@ class GraphContext:
     @cached_property
     def row_max(self) -> Var:
         """max_k z_k, [N, 1]."""
-        return op.reduce_max(self.inputs["logits"], self.ints(-1), keepdims=1)
+        return op.reduce_max(self.given, self.ints(-1), keepdims=1)
 
     @cached_property
     def _shifted(self) -> tuple[Var, Var]:
-        z, m = self.inputs["logits"], self.row_max
+        z, m = self.given, self.row_max
         info = np.finfo(self.layout.np_dtype)
         # Σ e² (for Σp²) must not overflow either: half the exponent range, less log C.
         highest = op.sub(self.const(0.5 * np.log(info.max) - 1.0), op.log(self.num_classes_f))
@@ -222,15 +239,15 @@ class GraphContext:
     @cached_property
     def log_probs(self) -> Var:
         if self.from_logits:
-            return op.clip(op.sub(self.inputs["logits"], self.logsumexp), None, self.const(0.0))
+            return op.clip(op.sub(self.given, self.logsumexp), None, self.const(0.0))
         # Probabilities: log p, floored at the dtype's smallest normal so that p = 0 stays finite.
         tiny = self.const(np.finfo(self.layout.np_dtype).tiny)
-        return op.log(op.clip(self.inputs["probabilities"], tiny, None))
+        return op.log(op.clip(self.given, tiny, None))
 
     @cached_property
     def probs(self) -> Var:
         if not self.from_logits:
-            return self.inputs["probabilities"]
+            return self.given
         return op.div(self.shifted_exp, self.exp_sum)
 
     @cached_property
@@ -277,7 +294,7 @@ class GraphContext:
     def true_log_prob(self) -> Var:
         """log p_{i, y_i}, [N]: z_y − lse from logits (one gather, no [N, C] log-softmax)."""
         if self.from_logits:  # ≤ 0 exactly (one rounding could make it positive when p_y → 1)
-            log_p = op.sub(self.at_label(self.inputs["logits"]), op.squeeze(self.logsumexp, self.ints(1)))
+            log_p = op.sub(self.at_label(self.given), op.squeeze(self.logsumexp, self.ints(1)))
             return op.clip(log_p, None, self.const(0.0))
         return self.at_label(self.log_probs)
 

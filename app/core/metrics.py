@@ -225,9 +225,9 @@ def _softmax_collapse(ctx: GraphContext, p: TermSpec) -> dict[str, Var]:
     """The pinned exact rule of api.md, in float64 for both input dtypes (no float32 softmax is consulted:
     whether one rounds to 0 or 1 depends on the SIMD kernel)."""
     if ctx.from_logits:
-        z = ctx.f64(ctx.inputs["logits"])
+        z = ctx.f64(ctx.given)
     else:  # log p; p = 0 gives log of the smallest float64 normal, far beyond the spread threshold
-        z = op.log(op.clip(ctx.f64(ctx.inputs["probabilities"]), scalar(np.finfo(np.float64).tiny, np.float64), None))
+        z = op.log(op.clip(ctx.f64(ctx.given), scalar(np.finfo(np.float64).tiny, np.float64), None))
     top = op.reduce_max(z, ctx.ints(-1), keepdims=1)
     others = op.not_(op.equal(class_range(z), op.arg_max(z, axis=-1, keepdims=1)))
     rest = ctx.row_sum(op.where(others, op.exp(op.sub(z, top)), scalar(0.0, np.float64)))

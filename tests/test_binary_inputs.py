@@ -1,0 +1,119 @@
+"""Binary inputs (api.md): `logits` [N] (log-odds of class 1) and `probabilities` [N] (P(class 1)) are the
+two-class problem z = [0, logit], p = [1 − p₁, p₁], built inside the fused graph: every loss and metric
+equals the two-column evaluation, cross-entropy is the binary cross-entropy with logits, and bad binary
+inputs are 422s naming the field."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from sklearn.metrics import brier_score_loss
+
+from app.core.errors import InputError
+from app.core.evaluation import EvaluationPlan, Evaluator, validate_batch
+from tests.test_core_golden import METRIC, evaluate
+
+LOSSES: list[dict[str, Any]] = [{"name": "cross_entropy"}, {"name": "focal"}, {"name": "brier"}, {"name": "nll"}]
+METRICS = [
+    {"name": n}
+    for n in ("accuracy", "nll", "brier", "ece", "mce", "entropy", "aurc", "f1", "mcc", "roc_auc", "softmax_collapse")
+]
+
+
+def bce_with_logits(z: np.ndarray, y: np.ndarray) -> float:
+    """torch's binary_cross_entropy_with_logits, mean: max(z, 0) − z·y + log(1 + e^−|z|)."""
+    return float(np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("chunk", [1, 7, 500])
+def test_one_dimensional_logits_are_the_two_column_problem(dtype: type, chunk: int) -> None:
+    rng = np.random.default_rng(1)
+    z, y = rng.normal(size=300) * 3, rng.integers(0, 2, 300)
+    w = rng.uniform(0.5, 2.0, 300)
+    binary, rows = evaluate(z, y, LOSSES, METRICS, dtype, chunk=chunk, sample_weight=w)
+    columns, column_rows = evaluate(np.c_[np.zeros_like(z), z], y, LOSSES, METRICS, dtype, chunk=chunk, sample_weight=w)
+    assert binary.classes == 2 and binary.n == 300
+    assert binary.losses == columns.losses and binary.metrics == columns.metrics
+    for name, values in rows.items():
+        np.testing.assert_array_equal(values, column_rows[name], err_msg=name)
+    unweighted, _ = evaluate(z, y, [{"name": "cross_entropy"}], [], np.float64, chunk=chunk)
+    assert unweighted.losses["cross_entropy"] == pytest.approx(bce_with_logits(z, y), rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_dimensional_probabilities_are_the_two_column_problem(dtype: type) -> None:
+    rng = np.random.default_rng(2)
+    p, y = rng.uniform(0.01, 0.99, 200).astype(dtype), rng.integers(0, 2, 200)
+    specs = [{"name": "brier"}, {"name": "accuracy"}, {"name": "roc_auc"}, {"name": "ece"}]
+    batch = validate_batch(probabilities=p, labels=y)
+    assert batch.layout.binary and batch.classes == 2
+    binary, _ = _evaluate_probabilities(p, y, specs)
+    columns, _ = _evaluate_probabilities(np.c_[1 - p, p], y, specs)
+    assert binary.metrics == pytest.approx(columns.metrics, rel=1e-6 if dtype == np.float32 else 1e-12)
+    # api.md: brier is the two-column sum 2(p₁ − y)², twice scikit-learn's brier_score_loss
+    want = 2 * brier_score_loss(y, p.astype(np.float64))
+    assert binary.metrics["brier"] == pytest.approx(want, rel=1e-6 if dtype == np.float32 else 1e-12)
+
+
+def _evaluate_probabilities(p: np.ndarray, y: np.ndarray, metrics: list[dict[str, Any]]) -> Any:
+    batch = validate_batch(probabilities=p, labels=y)
+    plan = EvaluationPlan(batch.layout, (), tuple(METRIC.validate_python(m) for m in metrics))
+    evaluated = Evaluator(plan).evaluate(batch)
+    return evaluated.result, evaluated.per_row
+
+
+@pytest.mark.parametrize(
+    ("arrays", "field", "message"),
+    [
+        ({"probabilities": np.array([0.2, 1.5]), "labels": np.array([0, 1])}, "probabilities", "[0, 1]"),
+        ({"logits": np.array([0.2, -1.0]), "labels": np.array([0, 2])}, "labels", "outside [0, 2)"),
+        ({"logits": np.array([0.2, -1.0]), "targets": np.array([[0.5, 0.5]] * 2)}, "targets", "0/1"),
+        ({"logits": np.array([0.2, np.nan]), "labels": np.array([0, 1])}, "logits", "NaN"),
+        ({"logits": np.zeros(0), "labels": np.zeros(0, int)}, "logits", "empty"),
+        ({"logits": np.zeros((2, 1)), "labels": np.array([0, 0])}, "logits", "at least 2 classes"),
+        (
+            {"logits": np.array([0.2, -1.0]), "labels": np.array([0, 1]), "teacher_logits": np.zeros((2, 2))},
+            "teacher_logits",
+            "does not match",
+        ),
+    ],
+    ids=["p_above_1", "label_2", "soft_targets", "nan", "empty", "one_column", "teacher_shape"],
+)
+def test_bad_binary_inputs_name_the_field(arrays: dict[str, np.ndarray], field: str, message: str) -> None:
+    with pytest.raises(InputError) as refused:
+        validate_batch(**arrays)
+    assert refused.value.field == field and message in refused.value.message
+
+
+def test_binary_evaluations_over_json_and_multipart(client: TestClient) -> None:
+    rng = np.random.default_rng(4)
+    z, y = rng.normal(size=50), rng.integers(0, 2, 50)
+    body = {"logits": z.tolist(), "labels": y.tolist(), "metrics": ["accuracy", "f1", "roc_auc"]}
+    answer = client.post("/v1/evaluations", json=body)
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["classes"] == 2
+    assert answer.json()["losses"]["cross_entropy"] == pytest.approx(bce_with_logits(z, y), rel=1e-12)
+
+    def npy(array: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        return buffer.getvalue()
+
+    files = {
+        "request": (None, '{"metrics": ["accuracy", "f1", "roc_auc"]}', "application/json"),
+        "logits": ("z.npy", npy(z.astype(np.float32))),
+        "labels": ("y.npy", npy(y)),
+    }
+    multipart = client.post("/v1/evaluations", files=files)
+    assert multipart.status_code == 201, multipart.text
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert multipart.json()["metrics"]["roc_auc"] == pytest.approx(answer.json()["metrics"]["roc_auc"])
+    refused = client.post("/v1/evaluations", json={"probabilities": [0.5, 1.2], "labels": [0, 1]})
+    assert refused.status_code == 422 and "probabilities" in refused.text

@@ -117,3 +117,33 @@ def test_binary_evaluations_over_json_and_multipart(client: TestClient) -> None:
         assert multipart.json()["metrics"]["roc_auc"] == pytest.approx(answer.json()["metrics"]["roc_auc"])
     refused = client.post("/v1/evaluations", json={"probabilities": [0.5, 1.2], "labels": [0, 1]})
     assert refused.status_code == 422 and "probabilities" in refused.text
+
+
+def test_a_calibrator_fits_and_applies_on_binary_logits(client: TestClient) -> None:
+    """Fitted on [N] log-odds it is the two-class calibrator of [0, z]; apply on [N] answers [N]
+    probabilities of class 1, and an evaluation with it reads them as binary probabilities."""
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=400) * 3
+    y = (rng.uniform(size=400) < 1 / (1 + np.exp(-z / 3))).astype(int)  # over-confident logits
+    binary = client.post("/v1/calibrators", json={"method": "temperature", "logits": z.tolist(), "labels": y.tolist()})
+    columns = np.c_[np.zeros_like(z), z]
+    two = client.post(
+        "/v1/calibrators", json={"method": "temperature", "logits": columns.tolist(), "labels": y.tolist()}
+    )
+    assert binary.status_code == two.status_code == 201, binary.text
+    assert binary.json()["classes"] == 2
+    assert binary.json()["fitted"]["temperature"] == pytest.approx(two.json()["fitted"]["temperature"], rel=1e-9)
+    applied = client.post(f"/v1/calibrators/{binary.json()['id']}/apply", json={"logits": z[:5].tolist()}).json()
+    both = client.post(f"/v1/calibrators/{two.json()['id']}/apply", json={"logits": columns[:5].tolist()}).json()
+    np.testing.assert_allclose(applied["probabilities"], np.asarray(both["probabilities"])[:, 1], rtol=1e-12)
+    evaluated = client.post(
+        "/v1/evaluations",
+        json={"logits": z.tolist(), "labels": y.tolist(), "calibrator_id": binary.json()["id"], "store": False},
+    )
+    assert evaluated.status_code == 201, evaluated.text
+    three = client.post(
+        "/v1/calibrators",
+        json={"method": "temperature", "logits": rng.normal(size=(30, 3)).tolist(), "labels": [0, 1, 2] * 10},
+    ).json()
+    refused = client.post(f"/v1/calibrators/{three['id']}/apply", json={"logits": z[:5].tolist()})
+    assert refused.status_code == 422 and "two-class" in refused.text

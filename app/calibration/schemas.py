@@ -93,7 +93,7 @@ class ApplyRequest(BaseModel):
 
 
 class ApplyOut(BaseModel):
-    probabilities: list[list[float | None]] = Field(
-        description=f"[N, C] calibrated probabilities; {NULL_NOTE} (e.g. logits near the float limit divided by a "
-        "temperature below 1)."
+    probabilities: list[list[float | None]] | list[float | None] = Field(
+        description=f"[N, C] calibrated probabilities, or [N] probabilities of class 1 for binary [N] logits; "
+        f"{NULL_NOTE} (e.g. logits near the float limit divided by a temperature below 1)."
     )

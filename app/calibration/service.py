@@ -11,7 +11,7 @@ from app.calibration.schemas import CalibratorOut, CalibratorRequest
 from app.core.calibration.fitters import Calibrator
 from app.core.calibration.registry import METHODS, restore
 from app.core.errors import InputError
-from app.core.evaluation import EvaluationPlan, Evaluator, validate_batch, validate_scores
+from app.core.evaluation import EvaluationPlan, Evaluator, two_columns, validate_batch, validate_binary, validate_scores
 from app.core.metrics import BrierMetric, Ece, NllMetric
 from app.core.runtime import SessionCache
 from app.models.runner import ModelRunner
@@ -74,7 +74,7 @@ def _inputs(arrays: dict[str, np.ndarray], prefix: str, method: str) -> tuple[np
     if logits.ndim != 3:
         batch = validate_batch(logits=logits, labels=labels)
         assert batch.labels is not None
-        return batch.scores, batch.labels
+        return (two_columns(batch.scores) if batch.layout.binary else batch.scores), batch.labels
     views, view_labels = _views(logits, labels, f"{prefix}logits", method)
     assert view_labels is not None
     return views, view_labels
@@ -188,8 +188,16 @@ class CalibrationService(StoredResource[CalibratorRecord, CalibratorOut]):
 
     def apply(self, calibrator_id: str, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities of logits with the calibrator's class count (422 names both counts);
-        a calibrator fitted on views takes [N, V, C] views."""
+        a calibrator fitted on views takes [N, V, C] views; a two-class one takes binary [N] log-odds too
+        and answers [N] probabilities of class 1 (api.md)."""
         record = self.record(calibrator_id)
+        if logits.ndim == 1:
+            if record.classes != 2:
+                raise InputError(
+                    "logits", f"binary [N] logits need a two-class calibrator; {record.id} has C = {record.classes}"
+                )
+            columns = two_columns(validate_binary(logits, "logits"))
+            return np.ascontiguousarray(self.restored(record).transform(columns, self.runtime)[:, 1])
         if logits.ndim >= 2 and logits.shape[-1] != record.classes:
             raise InputError(
                 "logits",

@@ -389,6 +389,13 @@ def validate_binary(raw: np.ndarray, kind: InputKind) -> np.ndarray:
     return scores
 
 
+def two_columns(scores: np.ndarray, kind: InputKind = "logits") -> np.ndarray:
+    """Binary [N] scores as the [N, 2] problem api.md defines (z = [0, logit], p = [1 − p₁, p₁]): the
+    numpy form of `GraphContext.given`, for estimators that take [N, C] (calibrators)."""
+    first = np.zeros_like(scores) if kind == "logits" else 1 - scores
+    return np.ascontiguousarray(np.stack([first, scores], axis=1))
+
+
 def validate_batch(
     *,
     logits: np.ndarray | None = None,

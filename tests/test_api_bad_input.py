@@ -30,7 +30,8 @@ JSON_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("non_numeric_logits", with_(logits=[["a", "b"], ["c", "d"]]), "logits"),
     ("empty_logits", with_(logits=[], labels=[]), "logits"),
     ("one_class", with_(logits=[[1.0], [2.0]], labels=[0, 0]), "logits"),
-    ("one_dimensional_logits", with_(logits=[1.0, 2.0, 3.0], labels=[0]), "logits"),
+    ("three_dimensional_logits", with_(logits=[[[1.0, 2.0]], [[3.0, 0.0]]], labels=[0, 1]), "logits"),
+    ("binary_logits_and_too_few_labels", with_(logits=[1.0, 2.0, 3.0], labels=[0]), "labels"),  # [N]: binary
     ("logits_and_probabilities", with_(probabilities=[[0.5, 0.5]] * 4), "logits"),
     ("no_labels", with_(labels=...), "labels"),
     (

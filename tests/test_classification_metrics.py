@@ -56,15 +56,17 @@ SPECS: list[dict[str, Any]] = [
 ]
 
 
+# what every oracle test draws: the data's seed and dtype, whether rows are weighted, the chunk size
+DRAWN = {
+    "seed": st.integers(0, 10_000),
+    "dtype": st.sampled_from([np.float32, np.float64]),
+    "weighted": st.booleans(),
+    "chunk": st.integers(1, 64),
+}
+
+
 @settings(max_examples=25, deadline=None)
-@given(
-    seed=st.integers(0, 10_000),
-    n=st.integers(5, 300),
-    classes=st.integers(2, 20),
-    dtype=st.sampled_from([np.float32, np.float64]),
-    weighted=st.booleans(),
-    chunk=st.integers(1, 64),
-)
+@given(n=st.integers(5, 300), classes=st.integers(2, 20), **DRAWN)
 def test_every_metric_equals_scikit_learn(
     seed: int, n: int, classes: int, dtype: type, weighted: bool, chunk: int
 ) -> None:
@@ -99,6 +101,7 @@ def test_binary_threshold_and_average(dtype: type) -> None:
         {"name": "mcc", "threshold": 0.3},
         {"name": "cohen_kappa", "threshold": 0.3},
         {"name": "balanced_accuracy", "threshold": 0.3},
+        {"name": "accuracy", "threshold": 0.3},
     ]
     result, _ = evaluate(z, y, [], specs, dtype, chunk=50)
     assert result.metrics["f1"] == pytest.approx(sk.f1_score(y, pred), rel=1e-12)
@@ -108,6 +111,7 @@ def test_binary_threshold_and_average(dtype: type) -> None:
     assert result.metrics["mcc"] == pytest.approx(sk.matthews_corrcoef(y, pred), rel=1e-12)
     assert result.metrics["cohen_kappa"] == pytest.approx(sk.cohen_kappa_score(y, pred), rel=1e-12)
     assert result.metrics["balanced_accuracy"] == pytest.approx(sk.balanced_accuracy_score(y, pred), rel=1e-12)
+    assert result.metrics["accuracy"] == pytest.approx(sk.accuracy_score(y, pred), rel=1e-12)
 
 
 def test_undefined_values_follow_scikit_learn() -> None:
@@ -121,7 +125,13 @@ def test_undefined_values_follow_scikit_learn() -> None:
 
 
 @pytest.mark.parametrize(
-    "spec", [{"name": "f1", "threshold": 0.5}, {"name": "precision", "average": "binary"}], ids=["threshold", "binary"]
+    "spec",
+    [
+        {"name": "f1", "threshold": 0.5},
+        {"name": "accuracy", "threshold": 0.5},
+        {"name": "precision", "average": "binary"},
+    ],
+    ids=["threshold", "accuracy_threshold", "binary"],
 )
 def test_binary_only_parameters_are_refused_for_more_classes(spec: dict[str, Any]) -> None:
     z, y, _ = problem(0, 20, 3, np.float64)
@@ -170,15 +180,7 @@ def ranked_oracle(name: str, probs: np.ndarray, y: np.ndarray, weight: np.ndarra
 
 
 @settings(max_examples=25, deadline=None)
-@given(
-    seed=st.integers(0, 10_000),
-    n=st.integers(6, 200),
-    classes=st.integers(2, 12),
-    dtype=st.sampled_from([np.float32, np.float64]),
-    weighted=st.booleans(),
-    ties=st.booleans(),
-    chunk=st.integers(1, 50),
-)
+@given(n=st.integers(6, 200), classes=st.integers(2, 12), ties=st.booleans(), **DRAWN)
 def test_ranking_metrics_equal_scikit_learn(
     seed: int, n: int, classes: int, dtype: type, weighted: bool, ties: bool, chunk: int
 ) -> None:

@@ -26,11 +26,13 @@ from app.core.classification import (
     Precision,
     Recall,
     RocAuc,
+    Thresholded,
     averaged,
     balanced_accuracy,
     cohen_kappa,
     confusion_state,
     mcc,
+    predicted_class,
     ranked,
     ranking_state,
 )
@@ -44,8 +46,9 @@ Bins = Annotated[int, Field(ge=1, le=10_000, description="Number of bins.")]
 State = dict[str, np.ndarray]
 
 
-class Accuracy(TermSpec):
-    """Share of rows whose argmax (ties → lowest index) equals the label (§4.1)."""
+class Accuracy(Thresholded):
+    """Share of rows whose argmax (ties → lowest index) equals the label (§4.1); with `threshold` (C = 2)
+    the predicted class is 1 iff p₁ ≥ threshold."""
 
     name: Literal["accuracy"]
 
@@ -189,8 +192,11 @@ def _rows(state: State) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return state["rows_confidence"], state["rows_correct"], state["rows_weight"]
 
 
-def _accuracy(ctx: GraphContext, p: TermSpec) -> dict[str, Var]:
-    return _weighted_mean_state(ctx, ctx.correct)
+def _accuracy(ctx: GraphContext, p: Accuracy) -> dict[str, Var]:
+    if p.threshold is None:
+        return _weighted_mean_state(ctx, ctx.correct)
+    hit = op.equal(predicted_class(ctx, p.threshold), ctx.reference_labels)
+    return _weighted_mean_state(ctx, op.cast(hit, to=ctx.layout.np_dtype))
 
 
 def _top_k(ctx: GraphContext, p: TopKAccuracy) -> dict[str, Var]:
@@ -298,6 +304,11 @@ def _not_resampled(spec: TermSpec) -> Resampling | None:
     return None
 
 
+def _accuracy_resampling(spec: Accuracy) -> Resampling | None:
+    """The stored per-row prediction is the argmax: a thresholded accuracy is not resampled from it."""
+    return Resampling("correct") if spec.threshold is None else None
+
+
 def _ece_resampling(spec: Ece) -> Resampling | None:
     return Resampling("ece", bins=spec.bins) if spec.binning == "uniform" and spec.norm == "l1" else None
 
@@ -333,7 +344,7 @@ def _def(
 
 METRICS: dict[str, MetricDef] = dict(
     [
-        _def(Accuracy, _accuracy, _finalize_mean, higher_is_better=True, resampling=lambda p: Resampling("correct")),
+        _def(Accuracy, _accuracy, _finalize_mean, higher_is_better=True, resampling=_accuracy_resampling),
         _def(TopKAccuracy, _top_k, _finalize_mean, higher_is_better=True),
         _def(NllMetric, _nll, _finalize_mean, resampling=lambda p: Resampling("loss", losses=("nll", "cross_entropy"))),
         _def(BrierMetric, _brier, _finalize_mean, resampling=lambda p: Resampling("loss", losses=("brier",))),

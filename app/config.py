@@ -139,6 +139,12 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         1000, ge=1, description="Open connections per server process; beyond it new requests answer 503."
     )
+    max_connections_per_client: int = Field(
+        100,
+        ge=1,
+        description="Open connections per client address and process; a connection beyond them answers 503 with "
+        "Retry-After and closes. Behind a reverse proxy every client has the proxy's address: raise it there.",
+    )
     keep_alive_s: float = Field(5.0, gt=0, description="An idle keep-alive connection is closed after this.")
     workers: int = Field(1, ge=1, le=256, description="Server processes (`caliper serve --workers`); the image: CPUs.")
     db_statement_timeout_s: float = Field(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import select
 import signal
 import socket
 import subprocess
@@ -26,12 +27,14 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from app.api.main import create_app
 from app.config import Settings
 from app.core import deadline
 from app.core.runtime import default_cache
+from app.storage import db
 from app.storage.db import make_engine
 from app.storage.migrate import upgrade
 from tests.conftest import LOCAL, Y_A, Z_A, count_rows
@@ -262,6 +265,101 @@ def test_a_postgres_statement_over_the_statement_timeout_fails_and_the_pool_wait
         engine.dispose()
 
 
+class FreezingProxy:
+    """A TCP relay to PostgreSQL whose `frozen` flag stops relaying while every socket stays open: the far
+    end still ACKs, so neither statement_timeout nor libpq's TCP checks can notice (issue 25's stalled path)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.frozen = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            threading.Thread(target=self._relay, args=(client, upstream), daemon=True).start()
+
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        with client, upstream:
+            while True:
+                ready, _, _ = select.select([client, upstream], [], [], 0.05)
+                if self.frozen.is_set():
+                    continue
+                for sender in ready:
+                    try:
+                        data = sender.recv(65536)
+                    except ConnectionError:
+                        return
+                    if not data:
+                        return
+                    (upstream if sender is client else client).sendall(data)
+
+    def url(self, database_url: str) -> str:
+        return make_url(database_url).set(host="127.0.0.1", port=self.port).render_as_string(hide_password=False)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def frozen_path(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FreezingProxy, str]]:
+    url = os.environ["CALIPER_TEST_POSTGRES_URL"]
+    parsed = make_url(url)
+    proxy = FreezingProxy(parsed.host or "127.0.0.1", parsed.port or 5432)
+    monkeypatch.setattr(db, "ANSWER_GRACE_S", 0.5)
+    monkeypatch.setattr(db, "CONNECT_TIMEOUT_S", 2)
+    yield proxy, proxy.url(url)
+    proxy.frozen.clear()
+    proxy.close()
+
+
+@pytest.mark.skipif("CALIPER_TEST_POSTGRES_URL" not in os.environ, reason="needs PostgreSQL")
+def test_a_database_path_that_acks_but_never_answers_fails_the_query_and_the_pool_recovers(
+    frozen_path: tuple[FreezingProxy, str],
+) -> None:
+    proxy, url = frozen_path
+    engine = make_engine(url, statement_timeout_s=0.5, pool_timeout_s=0.5)
+    try:
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT 1")).scalar() == 1
+        proxy.frozen.set()
+        started = time.monotonic()
+        refused = pytest.raises(OperationalError, match=r"did not answer within 1 s|connection timeout")
+        with refused, engine.connect() as connection:  # the pool's ping meets the frozen path, then a reconnect
+            connection.execute(text("SELECT 2"))
+        assert time.monotonic() - started < 6  # the answer wait (1 s), then connect_timeout (2 s)
+        proxy.frozen.clear()
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT 3")).scalar() == 3
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.skipif("CALIPER_TEST_POSTGRES_URL" not in os.environ, reason="needs PostgreSQL")
+def test_reads_and_writes_answer_503_while_the_database_path_is_frozen(
+    frozen_path: tuple[FreezingProxy, str], tmp_path: Path
+) -> None:
+    proxy, url = frozen_path
+    settings = Settings(database_url=url, db_statement_timeout_s=0.5, db_pool_timeout_s=0.5, artifact_dir=tmp_path)
+    upgrade(settings)
+    with TestClient(create_app(settings), raise_server_exceptions=False, base_url=LOCAL) as client:
+        assert client.get("/v1/evaluations").status_code == 200
+        proxy.frozen.set()
+        for method, path, body in (("GET", "/v1/evaluations", None), ("POST", "/v1/evaluations", BODY)):
+            started = time.monotonic()
+            answer = client.request(method, path, json=body)
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["retry-after"] and time.monotonic() - started < 8
+        proxy.frozen.clear()
+        assert client.get("/v1/evaluations").status_code == 200
+
+
 # -- slow clients, against a real server ---------------------------------------------------------------
 
 
@@ -384,6 +482,32 @@ def test_requests_beyond_the_connection_cap_answer_503_and_are_counted(tmp_path:
         time.sleep(0.5)
         metrics = httpx.get(url + "/metrics").text
         assert f'caliper_refused_requests_total{{reason="connections"}} {refused}.0' in metrics, metrics[-1500:]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_a_client_beyond_its_connection_cap_gets_503_and_other_clients_do_not(tmp_path: Path) -> None:
+    """One address's idle or trickling sockets cannot take the whole process's connections (issue 25)."""
+    server, url = start_server(tmp_path, CALIPER_MAX_CONNECTIONS_PER_CLIENT="3", CALIPER_HEADER_TIMEOUT_S="30")
+    try:
+        held = [_connect(url) for _ in range(3)]
+        extra = _connect(url)
+        extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        answer = extra.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 503 Service Unavailable") and b"retry-after: 1" in answer.lower(), answer
+        assert _closed_within(extra, 2)[0]
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.2", 0)) as other:
+            other.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert other.recv(4096).startswith(b"HTTP/1.1 200 OK")
+        held.pop().close()
+        time.sleep(0.3)
+        assert httpx.get(url + "/healthz").status_code == 200
+        metrics = httpx.get(url + "/metrics").text
+        assert 'caliper_refused_requests_total{reason="client-connections"} 1.0' in metrics, metrics[-1500:]
+        for sock in held:
+            sock.close()
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -2,8 +2,9 @@
 processes. uvicorn has no header-read timeout, so a client that sends its headers a byte at a time holds
 a connection (and a file descriptor) for ever: `HeaderDeadlineProtocol` closes it. Bodies have their own
 deadline in the app (`app.api.limits.BodyReadDeadline`); `limit_concurrency` bounds the connections per
-process (503 beyond). With `workers > 1` uvicorn's supervisor runs N processes and replaces one that dies;
-their Prometheus values go to a shared PROMETHEUS_MULTIPROC_DIR that /metrics sums."""
+process (503 beyond), `HeaderDeadlineProtocol` those of one client address. With `workers > 1` uvicorn's
+supervisor runs N processes and replaces one that dies; their Prometheus values go to a shared
+PROMETHEUS_MULTIPROC_DIR that /metrics sums."""
 
 from __future__ import annotations
 
@@ -16,31 +17,57 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn._types import ASGIReceiveCallable, ASGISendCallable, Scope
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.config import Settings, get_settings
 from app.metrics import MULTIPROCESS_DIR
 
 REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+CLIENT_OVER_CAP = b"this client address holds too many connections; retry after closing some"
 FILES_PER_PROCESS = 256  # descriptors beyond the connections: the database pool, sessions, logs, workers' pipes
+
+
+async def client_over_cap(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+    """The app of a connection opened beyond its address's cap: 503 with Retry-After, then closed."""
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"1"), (b"connection", b"close"),
+               (b"content-length", str(len(CLIENT_OVER_CAP)).encode())]  # fmt: skip
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": CLIENT_OVER_CAP, "more_body": False})
+
+
+def _address_of(protocol: object) -> str | None:
+    """A connection's client address (uvicorn's protocols keep `client` as (host, port) where known)."""
+    client = getattr(protocol, "client", None)
+    return str(client[0]) if client else None
 
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):
     """uvicorn's protocol, with a deadline (CALIPER_HEADER_TIMEOUT_S) on each request's headers: armed
     when the connection opens and when a new request's first byte arrives on a kept-alive one (idle
     kept-alive connections have uvicorn's own keep-alive timeout), cleared when the headers are complete.
-    At the deadline a started request gets a bare 408 and the connection is closed. The timeout is read
-    from the settings because uvicorn builds protocols from the class alone, in every worker process."""
+    At the deadline a started request gets a bare 408 and the connection is closed. A connection opened
+    while its client address already holds CALIPER_MAX_CONNECTIONS_PER_CLIENT answers its request 503
+    and closes, so that one client's slow or idle sockets cannot take the process's whole connection cap.
+    The settings are read here because uvicorn builds protocols from the class alone, in every process."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._header_timeout_s = get_settings().header_timeout_s
+        settings = get_settings()
+        self._header_timeout_s = settings.header_timeout_s
+        self._per_client = settings.max_connections_per_client
         self._header_deadline: asyncio.TimerHandle | None = None
         self._request_began = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()
+        if self.client is not None:
+            address = self.client[0]
+            held = sum(1 for other in self.connections if _address_of(other) == address)
+            if held > self._per_client:
+                self._refused("client-connections")
+                self.app = client_over_cap
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

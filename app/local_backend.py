@@ -23,8 +23,10 @@ class LocalBackend:
     def evaluate(self, logits: np.ndarray, labels: np.ndarray, options: dict[str, Any]) -> dict[str, Any]:
         from app.evaluation.schemas import EvaluationRequest
 
+        options = dict(options)
+        slices = {f"slices.{key}": np.asarray(column) for key, column in (options.pop("slices", None) or {}).items()}
         request = EvaluationRequest.model_validate(options)
-        out = self.resources.evaluations.create(request, {"logits": logits, "labels": labels})
+        out = self.resources.evaluations.create(request, {"logits": logits, "labels": labels, **slices})
         return out.model_dump(mode="json")
 
     def gate(self, body: dict[str, Any]) -> dict[str, Any]:

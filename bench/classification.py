@@ -6,6 +6,8 @@ Caliper's fused graph (one chunked pass; the confusion matrix and the kept proba
 against scikit-learn's functions given the softmax and the argmax it needs (computed once, in numpy, and
 timed with it). Target (issue 27): ≥ 3× faster than the faster peer for the whole set. torchmetrics is not
 a dependency here, so it is not in the table.
+Slices: the default set plus f1 and roc_auc with 100 groups of one key (numbering the groups included)
+against the same evaluation without slices, rows kept as a stored evaluation keeps them. Target: ≤ 1.5×.
 Run: `.venv/bin/python -m bench.classification [--repeats 3]` (part of `make bench`).
 """
 
@@ -19,6 +21,7 @@ from sklearn import metrics as sk
 
 from app.core.evaluation import EvaluationPlan, Evaluator, validate_batch
 from app.core.metrics import DEFAULT_METRICS, MetricSpec
+from app.core.slices import Slices
 from bench.timing import median_seconds, report
 
 CLASSIC = [
@@ -63,12 +66,39 @@ def compare(n: int, c: int, repeats: int) -> None:
     report(f"{n:,} × {c} float32", rows, "scikit-learn: classic set")
 
 
+def compare_slices(n: int, c: int, repeats: int) -> None:
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(n, c)).astype(np.float32)
+    y, groups = rng.integers(0, c, n), rng.integers(0, 100, n)
+    adapter = TypeAdapter(MetricSpec)
+    metrics = tuple(
+        adapter.validate_python(m) for m in [*({"name": m} for m in DEFAULT_METRICS), *CLASSIC[:1], CLASSIC[-1]]
+    )
+    plain = validate_batch(logits=z, labels=y)
+    sliced_layout = plain.sliced(Slices.of({"g": groups}, n)).layout
+    evaluators = {layout: Evaluator(EvaluationPlan(layout, (), metrics)) for layout in (plain.layout, sliced_layout)}
+
+    def run(sliced: bool) -> None:
+        batch = validate_batch(logits=z, labels=y)
+        if sliced:
+            batch = batch.sliced(Slices.of({"g": groups}, n))
+        evaluators[batch.layout].evaluate(batch)
+
+    rows = {
+        "no slices": median_seconds(lambda: run(False), repeats),
+        "100 slices": median_seconds(lambda: run(True), repeats),
+    }
+    report(f"{n:,} × {c} float32, default + f1 + roc_auc", rows, "no slices")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     for n, c in ((1_000_000, 10), (100_000, 100)):
         compare(n, c, args.repeats)
+    for n, c in ((1_000_000, 10), (100_000, 1000)):
+        compare_slices(n, c, args.repeats)
 
 
 if __name__ == "__main__":

@@ -59,15 +59,18 @@ def tensor_request_body(schema: str, tensor_fields: Iterable[str]) -> dict[str, 
 @dataclass(frozen=True)
 class TensorBody(Generic[M]):
     """A route's body of options (`model`) and tensors (`fields`, dotted; `name.*` for named tensors;
-    `integer_fields` decoded as integers), as JSON or multipart: what every tensor-writing route reads."""
+    `integer_fields` decoded as integers), as JSON or multipart: what every tensor-writing route reads.
+    `parts_only` fields are tensors as multipart parts only: in JSON they are options (slices, whose
+    JSON values may be strings)."""
 
     model: type[M]
     fields: tuple[str, ...]
     integer_fields: frozenset[str] = frozenset()
+    parts_only: tuple[str, ...] = ()
 
     def openapi(self) -> dict[str, Any]:
         """The route's requestBody (the options' schema is named after `model`)."""
-        return tensor_request_body(self.model.__name__, self.fields)
+        return tensor_request_body(self.model.__name__, self.fields + self.parts_only)
 
     async def read(self, request: Request) -> tuple[M, dict[str, np.ndarray]]:
         """The options validated as `model`, and the decoded tensors by field name; 415 for another
@@ -81,13 +84,12 @@ class TensorBody(Generic[M]):
         document, parts = (raw, []) if media_type == "application/json" else form_parts(raw, content_type)
         max_json = request.app.state.resources.settings.max_json_bytes
         options, arrays = await parse_json(document, max_json, self._split)  # consumes a bytearray
-        named = tuple(f[:-1] for f in self.fields if f.endswith(".*"))  # "features.*" takes "features.<name>"
+        accepted = self.fields + self.parts_only
+        named = tuple(f[:-1] for f in accepted if f.endswith(".*"))  # "features.*" takes "features.<name>"
         inline = set(arrays)  # tensors inside the JSON options
         for part in parts:
-            if not (part.name in self.fields or (part.name.startswith(named) and part.name not in named)):
-                raise InputError(
-                    part.name, f"unknown multipart part (expected 'request' or one of {sorted(self.fields)})"
-                )
+            if not (part.name in accepted or (part.name.startswith(named) and part.name not in named)):
+                raise InputError(part.name, f"unknown multipart part (expected 'request' or one of {sorted(accepted)})")
             if part.name in arrays:
                 raise InputError(
                     part.name, "given both as a part and inside 'request'" if part.name in inline else "given twice"

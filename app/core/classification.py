@@ -159,8 +159,7 @@ def confusion_state(ctx: GraphContext, spec: Thresholded) -> dict[str, Var]:
     def build() -> dict[str, Var]:
         index = op.add(op.mul(ctx.reference_labels, ctx.num_classes), predicted_class(ctx, spec.threshold))
         size = op.reshape(op.mul(ctx.num_classes, ctx.num_classes), ctx.ints(1))
-        zeros = op.constant_of_shape(size, value=np.array([0.0], np.float64))
-        return {"confusion": op.scatter_elements(zeros, index, ctx.f64(ctx.weights), reduction="add")}
+        return {"confusion": ctx.scatter_total(index, ctx.weights, size)}
 
     return ctx.shared(("confusion", spec.threshold), build)
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Literal
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-from spox import build
+from spox import Var, build
 
 from app.core import classification
 from app.core.calibration_error import BinStats
@@ -31,11 +31,15 @@ from app.core.lru import LruCache
 from app.core.metrics import METRICS, bin_stats, uniform_bin_state
 from app.core.npy_headers import NPY_HEADERS
 from app.core.runtime import SessionCache, default_cache
+from app.core.slices import Slices
 from app.core.specs import TermSpec
 
 ROW_PREDICTION = "row.prediction"
 ROW_CONFIDENCE = "row.confidence"
 RELIABILITY = "reliability"
+PER_SLOT = "per_slot:"  # prefix of a summed output's per-slot copy, [S, …] (sliced layouts)
+SLOT_ROWS = "slots.rows"  # rows per slot, [S]
+KEPT_SLOTS = "slots.kept"  # each kept row's slots, [N, K] (sliced layouts keeping rows)
 
 
 @dataclass(frozen=True)
@@ -100,9 +104,34 @@ def build_graph(plan: EvaluationPlan) -> onnx.ModelProto:
     for part, var in uniform_bin_state(ctx, plan.reliability_bins).items():
         outputs[f"{RELIABILITY}.{part}"] = var
         reductions[f"{RELIABILITY}.{part}"] = "sum"
+    if plan.layout.sliced:
+        _add_per_slot(ctx, outputs, reductions)
     model = build(ctx.inputs, outputs)
     onnx.helper.set_model_props(model, {REDUCTIONS: json.dumps(reductions)})
     return model
+
+
+def _add_per_slot(ctx: GraphContext, outputs: dict[str, Var], reductions: dict[str, Reduction]) -> None:
+    """Beside each summed output its per-slot copy (every summed state is made by `GraphContext.total` or
+    `scatter_total`, which record it), the rows per slot, and the slots of kept rows."""
+    for name, reduction in list(reductions.items()):
+        if reduction == "sum":
+            _, per_slot = ctx.per_slot[id(outputs[name])]
+            outputs[PER_SLOT + name], reductions[PER_SLOT + name] = per_slot, "sum"
+    outputs[SLOT_ROWS], reductions[SLOT_ROWS] = ctx.slot_rows, "sum"
+    if "rows" in reductions.values():
+        outputs[KEPT_SLOTS], reductions[KEPT_SLOTS] = ctx.inputs["slots"], "rows"
+
+
+def _slot_members(slots: np.ndarray, slot_count: int) -> list[np.ndarray]:
+    """Each slot's row indices in row order, from the rows' slots [N, K] (the keys' slots are disjoint)."""
+    members = [np.empty(0, np.int64)] * slot_count
+    for column in slots.T:
+        counts = np.bincount(column, minlength=slot_count)
+        groups = np.split(np.argsort(column, kind="stable"), np.cumsum(counts)[:-1])
+        for slot in np.flatnonzero(counts):
+            members[slot] = groups[slot]
+    return members
 
 
 class IncompatibleStateError(ValueError):
@@ -154,6 +183,23 @@ class EvaluationState:
         rows = {k.removeprefix("rows:"): [v] for k, v in parts.items() if k.startswith("rows:")}
         return cls(int(header["n"]), sums, rows, str(header["signature"]))
 
+    def slot_states(self, slot_count: int) -> list[EvaluationState]:
+        """The state of each slot's rows alone: its per-slot sums, and its kept rows (in row order). The kept
+        rows are joined once and grouped by one stable sort per key (at 1M × 10 with roc_auc, joining them
+        per slot instead cost 100 × 40 MB of copies: 2.4× the unsliced evaluation)."""
+        rows = {name: np.concatenate(parts) for name, parts in self.rows.items()}
+        members = _slot_members(rows.pop(KEPT_SLOTS), slot_count) if KEPT_SLOTS in rows else None
+        per_slot = {name.removeprefix(PER_SLOT): v for name, v in self.sums.items() if name.startswith(PER_SLOT)}
+        return [
+            EvaluationState(
+                round(float(self.sums[SLOT_ROWS][slot])),
+                {name: v[slot] for name, v in per_slot.items()},
+                {} if members is None else {name: [array[members[slot]]] for name, array in rows.items()},
+                self.signature,
+            )
+            for slot in range(slot_count)
+        ]
+
     def part(self, names: tuple[tuple[str, str], ...]) -> dict[str, np.ndarray]:
         """One term's state by part name, from its (output name, part name) pairs."""
         return {part: np.concatenate(self.rows[full]) if full in self.rows else self.sums[full] for full, part in names}
@@ -196,6 +242,7 @@ class EvaluationResult:
     losses: dict[str, float]
     metrics: dict[str, float]
     reliability: list[dict[str, float | None]]  # per uniform bin: lower, upper, count, confidence, accuracy
+    slots: tuple[EvaluationResult, ...] = ()  # per slot of a sliced evaluation (`Batch.slices`)
 
 
 @dataclass(frozen=True)
@@ -218,6 +265,7 @@ class Batch:
     targets: np.ndarray | None = None  # [N, C]
     sample_weight: np.ndarray | None = None  # [N]
     teacher_logits: np.ndarray | None = None  # [N, C]
+    slices: Slices | None = None
 
     @property
     def n(self) -> int:
@@ -231,7 +279,16 @@ class Batch:
         """The given arrays by graph input name (the chunks a fold slices)."""
         columns = {self.layout.input_kind: self.scores, "labels": self.labels, "targets": self.targets}
         columns |= {"sample_weight": self.sample_weight, "teacher_logits": self.teacher_logits}
+        if self.slices is not None:
+            columns["slots"] = self.slices.slots
         return {k: v for k, v in columns.items() if v is not None}
+
+    def sliced(self, slices: Slices | None) -> Batch:
+        """This batch with its rows' slots (a sliced layout: its graph sums every state per slot too)."""
+        if slices is None:
+            return self
+        layout = replace(self.layout, slice_keys=len(slices.keys))
+        return replace(self, layout=layout, slices=slices)
 
 
 class Evaluator:
@@ -244,11 +301,14 @@ class Evaluator:
         self.session = self.cache.get(f"evaluation:{signature}", lambda: build_graph(plan))
         self.outputs = _LAYOUTS.get(signature, lambda: OutputLayout.of(plan, self.session))
 
-    def partial(self, chunk: Chunk) -> tuple[EvaluationState, dict[str, np.ndarray]]:
-        """One chunk of a batch's columns: its state and its per-row outputs (unit weights when none)."""
+    def partial(self, chunk: Chunk, slot_count: int = 0) -> tuple[EvaluationState, dict[str, np.ndarray]]:
+        """One chunk of a batch's columns: its state and its per-row outputs (unit weights when none);
+        `slot_count` slots when the plan is sliced."""
         feeds = dict(chunk.arrays)
         if "sample_weight" not in feeds:
             feeds["sample_weight"] = np.ones(chunk.stop - chunk.start, dtype=self.plan.layout.np_dtype)
+        if self.plan.layout.sliced:
+            feeds["slot_count"] = np.array([slot_count], np.int64)
         values = self.session.run(self.outputs.names, feeds)
         state = EvaluationState(chunk.stop - chunk.start, signature=self.plan.signature)
         per_row: dict[str, np.ndarray] = {}
@@ -261,33 +321,37 @@ class Evaluator:
                 state.sums[name] = np.asarray(value, dtype=np.float64)
         return state, per_row
 
-    def stage(self, rows: int, classes: int, keep_rows: bool = True) -> EvaluationStage:
-        """This plan as a fold stage over `rows` rows of `classes` classes."""
-        return EvaluationStage(self, rows, classes, keep_rows)
+    def stage(self, rows: int, classes: int, keep_rows: bool = True, slot_count: int = 0) -> EvaluationStage:
+        """This plan as a fold stage over `rows` rows of `classes` classes (and `slot_count` slots)."""
+        return EvaluationStage(self, rows, classes, keep_rows, slot_count)
 
     def evaluate(self, batch: Batch, chunking: Chunking | None = None, keep_rows: bool = True) -> Evaluated:
         """All rows folded in chunks (the cache's `Chunking` unless given: wide rows get smaller chunks so
         that the intermediates stay in cache) and finalized."""
         source = InMemory(batch.columns(), chunking or self.cache.chunking, batch.scores[0].nbytes if batch.n else 1)
-        stage = self.stage(batch.n, batch.classes, keep_rows)
+        slot_count = 0 if batch.slices is None else batch.slices.slot_count
+        stage = self.stage(batch.n, batch.classes, keep_rows, slot_count)
         evaluated: Evaluated = fold(source, {"evaluation": stage})["evaluation"]
         return evaluated
 
-    def finalize(self, state: EvaluationState, classes: int) -> EvaluationResult:
-        losses = {
-            s.report_key: float(
-                state.sums[loss_output(s.report_key, "sum")] / state.sums[loss_output(s.report_key, "weight")]
-            )
-            for s in self.plan.losses
-        }
+    def finalize(self, state: EvaluationState, classes: int, slot_count: int = 0) -> EvaluationResult:
+        """The numbers of a merged state; of a sliced one also those of each slot 0 … slot_count − 1 (a group
+        whose weights are all 0 has NaN means, answered null)."""
         parts = self.outputs.parts
-        metrics = {
-            s.report_key: METRICS[s.name].finalize(state.part(parts[metric_output(s.report_key, "")]), s)
-            for s in self.plan.metrics
-        }
-        return EvaluationResult(
-            state.n, classes, losses, metrics, reliability_table(bin_stats(state.part(parts[f"{RELIABILITY}."])))
-        )
+        with np.errstate(divide="ignore", invalid="ignore"):
+            losses = {
+                s.report_key: float(
+                    state.sums[loss_output(s.report_key, "sum")] / state.sums[loss_output(s.report_key, "weight")]
+                )
+                for s in self.plan.losses
+            }
+            metrics = {
+                s.report_key: METRICS[s.name].finalize(state.part(parts[metric_output(s.report_key, "")]), s)
+                for s in self.plan.metrics
+            }
+            reliability = reliability_table(bin_stats(state.part(parts[f"{RELIABILITY}."])))
+        slots = tuple(self.finalize(group, classes) for group in state.slot_states(slot_count)) if slot_count else ()
+        return EvaluationResult(state.n, classes, losses, metrics, reliability, slots)
 
 
 class EvaluationStage:
@@ -295,13 +359,13 @@ class EvaluationStage:
     when kept, are assembled in row order, class indices in the smallest dtype that holds them (at 1M rows
     the int64 prediction alone is 8 MB; bench/memory.py). One stage serves one fold."""
 
-    def __init__(self, evaluator: Evaluator, rows: int, classes: int, keep_rows: bool) -> None:
-        self.evaluator, self.classes = evaluator, classes
+    def __init__(self, evaluator: Evaluator, rows: int, classes: int, keep_rows: bool, slot_count: int = 0) -> None:
+        self.evaluator, self.classes, self.slot_count = evaluator, classes, slot_count
         self.per_row = Assembled(lambda chunk: chunk.arrays, rows, {ROW_PREDICTION: index_dtype(classes)})
         self.keep_rows = keep_rows
 
     def update(self, chunk: Chunk) -> tuple[EvaluationState, Span | None]:
-        state, per_row = self.evaluator.partial(chunk)
+        state, per_row = self.evaluator.partial(chunk, self.slot_count)
         kept = self.per_row.update(Chunk(chunk.start, chunk.stop, per_row)) if self.keep_rows else None
         return state, kept
 
@@ -313,7 +377,7 @@ class EvaluationStage:
 
     def finalize(self, state: tuple[EvaluationState, Span | None]) -> Evaluated:
         per_row = {} if state[1] is None else self.per_row.finalize(state[1])
-        return Evaluated(state[0], self.evaluator.finalize(state[0], self.classes), per_row)
+        return Evaluated(state[0], self.evaluator.finalize(state[0], self.classes, self.slot_count), per_row)
 
 
 def reliability_table(stats: BinStats) -> list[dict[str, float | None]]:
@@ -456,8 +520,12 @@ def validate_batch(
     return batch
 
 
-def check_plan(plan: EvaluationPlan, classes: int) -> None:
-    """Requirements of the selected terms that depend on the data (labels, teacher, class-weight length)."""
+def check_plan(plan: EvaluationPlan, classes: int, slices: Slices | None = None) -> None:
+    """Requirements of the selected terms that depend on the data (labels, teacher, class-weight length),
+    and the size of their per-group sums when sliced."""
+    if slices is not None:
+        widths = [METRICS[s.name].width(s, classes) for s in plan.metrics]
+        slices.check_width(max([plan.reliability_bins, classes, *widths]))
     for spec in plan.losses:
         definition = LOSSES[spec.name]
         if definition.needs_labels and plan.layout.target_kind != "labels":

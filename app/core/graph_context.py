@@ -46,6 +46,11 @@ class InputLayout:
     target_kind: TargetKind
     has_teacher: bool = False
     binary: bool = False  # scores given as [N]: the logit, or the probability, of class 1 (api.md)
+    slice_keys: int = 0  # rows carry a slot per slice key (`app.core.slices`): every sum is also summed per slot
+
+    @property
+    def sliced(self) -> bool:
+        return self.slice_keys > 0
 
     @property
     def np_dtype(self) -> np.dtype:
@@ -58,6 +63,7 @@ class GraphContext:
 
     layout: InputLayout
     inputs: dict[str, Var] = field(default_factory=dict)
+    per_slot: dict[int, tuple[Var, Var]] = field(default_factory=dict)  # id(total) -> (total, [S, …] per slot)
     _shared: dict[Hashable, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -71,6 +77,9 @@ class GraphContext:
         self.inputs["sample_weight"] = argument(Tensor(dt, ("N",)))
         if self.layout.has_teacher:
             self.inputs["teacher_logits"] = argument(Tensor(dt, scores))
+        if self.layout.sliced:
+            self.inputs["slots"] = argument(Tensor(np.int64, ("N", self.layout.slice_keys)))
+            self.inputs["slot_count"] = argument(Tensor(np.int64, (1,)))
 
     def shared(self, key: Hashable, build: Callable[[], T]) -> T:
         """A value built once per graph under `key` (for fragments parametrized beyond the context)."""
@@ -102,11 +111,46 @@ class GraphContext:
 
     def total(self, x: Var) -> Var:
         """Sum of a per-row vector in float64, [N] -> scalar: the mergeable part of a state."""
-        return op.reduce_sum(self.f64(x), keepdims=0)
+        x = self.f64(x)
+        whole = op.reduce_sum(x, keepdims=0)
+        if self.layout.sliced:
+            self._per_slot(whole, x, None, self.ints(1), self.ints())
+        return whole
 
     def weighted_total(self, x: Var) -> Var:
         """Σ_i w_i x_i in float64."""
         return self.total(op.mul(self.f64(self.weights), self.f64(x)))
+
+    def scatter_total(self, index: Var, values: Var, size: Var) -> Var:
+        """Σ values per index into a float64 vector of `size` ([1] int64): index and values are [M] with M
+        a multiple of N, row i's contributions contiguous (a flattened [N, k]). A mergeable state."""
+        values = self.f64(values)
+        zeros = op.constant_of_shape(size, value=np.array([0.0], np.float64))
+        whole = op.scatter_elements(zeros, index, values, reduction="add")
+        if self.layout.sliced:
+            self._per_slot(whole, values, index, size, size)
+        return whole
+
+    def _per_slot(self, whole: Var, values: Var, index: Var | None, size: Var, shape: Var) -> None:
+        """The same sum per slot, [S, *shape] (a segmented reduction: per slice key one scatter of the
+        values at slot · size + index), recorded against `whole` for `build_graph` to output beside it."""
+        slots = self.inputs["slots"]  # [N, K]: each row's slot under each key
+        contributions = op.concat([op.shape(slots, end=1), self.ints(-1)], axis=0)  # [N, k]
+        summed = op.constant_of_shape(op.mul(self.inputs["slot_count"], size), value=np.array([0.0], np.float64))
+        flat_values = op.reshape(values, self.ints(-1))
+        for key in range(self.layout.slice_keys):
+            first = op.mul(op.slice(slots, self.ints(key), self.ints(key + 1), self.ints(1)), size)  # [N, 1]
+            target = first if index is None else op.add(first, op.reshape(index, contributions))
+            summed = op.scatter_elements(summed, op.reshape(target, self.ints(-1)), flat_values, reduction="add")
+        self.per_slot[id(whole)] = (whole, op.reshape(summed, op.concat([self.ints(-1), shape], axis=0)))
+
+    @cached_property
+    def slot_rows(self) -> Var:
+        """Rows per slot, [S] float64 (sliced layouts only)."""
+        ones = op.constant_of_shape(op.shape(self.inputs["slots"], end=1), value=np.array([1.0], np.float64))
+        whole = op.reduce_sum(ones, keepdims=0)
+        self._per_slot(whole, ones, None, self.ints(1), self.ints())
+        return self.per_slot[id(whole)][1]
 
     def expm1(self, x: Var) -> Var:
         """exp(x) − 1 without cancellation near 0: Kahan's (u − 1)·x / log u with u = e^x for |x| < ½

@@ -154,10 +154,6 @@ def uniform_bins(confidence: np.ndarray, bins: int, cache: SessionCache | None =
     return mapped(f"uniform-bins:{bins}:{dtype}", graph, {"confidence": confidence}, cache)
 
 
-def _scatter_sum(zeros: Var, index: Var, values: Var) -> Var:
-    return op.scatter_elements(zeros, index, values, reduction="add")
-
-
 def uniform_bin_state(ctx: GraphContext, bins: int) -> dict[str, Var]:
     """Σw, Σw·confidence and Σw·correct per uniform bin of the top-label confidence; built once per
     bin count and shared (ece, mce and the reliability table with equal bins scatter once)."""
@@ -165,13 +161,12 @@ def uniform_bin_state(ctx: GraphContext, bins: int) -> dict[str, Var]:
 
 
 def _uniform_bin_sums(ctx: GraphContext, bins: int) -> dict[str, Var]:
-    index = uniform_bin_index(ctx.confidence, bins)
-    zeros = op.constant(value=np.zeros(bins, np.float64))
+    index, size = uniform_bin_index(ctx.confidence, bins), ctx.ints(bins)
     w = ctx.f64(ctx.weights)
     return {
-        "count": _scatter_sum(zeros, index, w),
-        "confidence": _scatter_sum(zeros, index, op.mul(w, ctx.f64(ctx.confidence))),
-        "accuracy": _scatter_sum(zeros, index, op.mul(w, ctx.f64(ctx.correct))),
+        "count": ctx.scatter_total(index, w, size),
+        "confidence": ctx.scatter_total(index, op.mul(w, ctx.f64(ctx.confidence)), size),
+        "accuracy": ctx.scatter_total(index, op.mul(w, ctx.f64(ctx.correct)), size),
     }
 
 
@@ -264,16 +259,15 @@ def _classwise_ece(ctx: GraphContext, p: ClasswiseEce) -> dict[str, Var]:
     index = op.add(uniform_bin_index(ctx.probs, bins), op.mul(ctx.class_index, scalar(bins, np.int64)))
     flat_index = op.reshape(index, ctx.ints(-1))
     size = op.reshape(op.mul(ctx.num_classes, scalar(bins, np.int64)), ctx.ints(1))
-    zeros = op.constant_of_shape(size, value=np.array([0.0], np.float64))
     w = op.expand(op.unsqueeze(ctx.f64(ctx.weights), ctx.ints(1)), op.shape(ctx.probs))
 
     def flat(x: Var) -> Var:
         return op.reshape(x, ctx.ints(-1))
 
     return {
-        "count": _scatter_sum(zeros, flat_index, flat(w)),
-        "confidence": _scatter_sum(zeros, flat_index, flat(op.mul(w, ctx.f64(ctx.probs)))),
-        "accuracy": _scatter_sum(zeros, flat_index, flat(op.mul(w, ctx.f64(ctx.onehot)))),
+        "count": ctx.scatter_total(flat_index, flat(w), size),
+        "confidence": ctx.scatter_total(flat_index, flat(op.mul(w, ctx.f64(ctx.probs))), size),
+        "accuracy": ctx.scatter_total(flat_index, flat(op.mul(w, ctx.f64(ctx.onehot))), size),
     }
 
 
@@ -317,7 +311,8 @@ def _ece_resampling(spec: Ece) -> Resampling | None:
 class MetricDef:
     """A metric's facts: its parameters, its state fragment and finalize step, which state parts are
     kept rows (concatenated on merge, torchmetrics' dist_reduce_fx="cat"; every other part is summed),
-    whether higher is better (the gate's direction), and how the bootstrap resamples it."""
+    whether higher is better (the gate's direction), how the bootstrap resamples it, and how many sums
+    its widest summed part holds for C classes (what a slice's per-group copy costs)."""
 
     spec: type[TermSpec]
     state: Callable[[GraphContext, TermSpec], dict[str, Var]]
@@ -325,6 +320,7 @@ class MetricDef:
     kept_parts: frozenset[str] = frozenset()
     higher_is_better: bool = False
     resampling: Callable[[TermSpec], Resampling | None] = _not_resampled
+    width: Callable[[TermSpec, int], int] = lambda spec, classes: int(getattr(spec, "bins", 1))
 
 
 ROWS_PARTS = frozenset({"rows_confidence", "rows_correct", "rows_weight"})  # what `_rows_state` keeps
@@ -337,9 +333,14 @@ def _def(
     kept_parts: frozenset[str] = frozenset(),
     higher_is_better: bool = False,
     resampling: Callable[..., Resampling | None] = _not_resampled,
+    width: Callable[..., int] = MetricDef.width,
 ) -> tuple[str, MetricDef]:
     name = spec.model_fields["name"].annotation.__args__[0]  # type: ignore[union-attr]
-    return name, MetricDef(spec, state, finalize, kept_parts, higher_is_better, resampling)
+    return name, MetricDef(spec, state, finalize, kept_parts, higher_is_better, resampling, width)
+
+
+def _squared(spec: TermSpec, classes: int) -> int:
+    return classes * classes  # the confusion matrix
 
 
 METRICS: dict[str, MetricDef] = dict(
@@ -350,15 +351,18 @@ METRICS: dict[str, MetricDef] = dict(
         _def(BrierMetric, _brier, _finalize_mean, resampling=lambda p: Resampling("loss", losses=("brier",))),
         _def(Ece, _ece, _finalize_ece, kept_parts=ROWS_PARTS, resampling=_ece_resampling),
         _def(Mce, _mce, lambda s, p: calibration_gap(bin_stats(s), "max")),
-        _def(ClasswiseEce, _classwise_ece, _finalize_classwise),
+        _def(ClasswiseEce, _classwise_ece, _finalize_classwise, width=lambda p, classes: classes * p.bins),
         _def(SmoothEce, _rows_fragment, lambda s, p: smooth_ece(*_rows(s)), kept_parts=ROWS_PARTS),
         _def(Entropy, _entropy, _finalize_mean),
         _def(Aurc, _rows_fragment, lambda s, p: aurc(*_rows(s)), kept_parts=ROWS_PARTS),
         _def(SoftmaxCollapse, _softmax_collapse, _finalize_mean),
-        *(_def(spec, confusion_state, averaged, higher_is_better=True) for spec in (Precision, Recall, F1)),
-        _def(BalancedAccuracy, confusion_state, balanced_accuracy, higher_is_better=True),
-        _def(Mcc, confusion_state, mcc, higher_is_better=True),
-        _def(CohenKappa, confusion_state, cohen_kappa, higher_is_better=True),
+        *(
+            _def(spec, confusion_state, averaged, higher_is_better=True, width=_squared)
+            for spec in (Precision, Recall, F1)
+        ),
+        _def(BalancedAccuracy, confusion_state, balanced_accuracy, higher_is_better=True, width=_squared),
+        _def(Mcc, confusion_state, mcc, higher_is_better=True, width=_squared),
+        _def(CohenKappa, confusion_state, cohen_kappa, higher_is_better=True, width=_squared),
         *(
             _def(spec, ranking_state, ranked, RANKED_PARTS, higher_is_better=True)
             for spec in (RocAuc, AveragePrecision)

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, field_validator
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_serializer,
+)
 
 from app.core.losses import LOSSES, LossSpec
 from app.core.metrics import METRICS, MetricSpec
@@ -13,6 +23,7 @@ from app.tensors import MODEL_INPUTS_NOTE, Tensor
 
 TENSOR_FIELDS = ("logits", "probabilities", "labels", "targets", "teacher_logits", "sample_weight", "embeddings")
 INTEGER_FIELDS = frozenset({"labels"})
+SLICE_PARTS = ("slices.*",)  # multipart only: in JSON, slices are lists of integers or strings, not tensors
 
 
 class EvaluationRequest(Labels):
@@ -71,6 +82,15 @@ class EvaluationRequest(Labels):
         "sdm_ood_share (accuracy of an empty side: null). Needs `logits` and `labels`.",
     )
     embeddings: Tensor | None = Field(None, description="[N, M] exemplar vectors for `sdm_id`.")
+    slices: dict[str, list[StrictInt | StrictStr]] | None = Field(
+        None,
+        description="Per key, one group value per row (integers or strings, no nulls; multipart: a "
+        "`slices.<key>` .npy part of integers instead): every loss and metric is also computed on each group, "
+        "keeping the evaluation's C classes. At most 1,000 distinct values per key.",
+    )
+    min_slice_rows: int = Field(
+        1, ge=1, description='A group of fewer rows is answered as {"n": k} alone (no losses or metrics).'
+    )
 
     _normalise_losses = field_validator("losses", "metrics", mode="before")(named)
 
@@ -85,6 +105,18 @@ class ReliabilityBinOut(BaseModel):
 
 class Reliability(BaseModel):
     bins: list[ReliabilityBinOut]
+
+
+class SliceOut(BaseModel):
+    """One group of a slice: its rows, and (when it has at least `min_slice_rows`) its losses and metrics."""
+
+    n: int
+    losses: dict[str, float | None] | None = Field(None, description="Absent below `min_slice_rows`.")
+    metrics: dict[str, float | None] | None = Field(None, description="Absent below `min_slice_rows`.")
+
+    @model_serializer(mode="wrap")
+    def _without_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class EvaluationOut(BaseModel):
@@ -113,6 +145,9 @@ class EvaluationOut(BaseModel):
         "error, n_in and n_out.",
     )
     per_sample: dict[str, list[float | None]] | None = None
+    slices: dict[str, dict[str, SliceOut]] | None = Field(
+        None, description="Per slice key, per group value (as a string): n, losses and metrics; null without slices."
+    )
 
 
 MODEL_TENSOR_FIELDS = ("labels", "targets", "teacher_logits", "sample_weight", "inputs.*", "ood_inputs.*")

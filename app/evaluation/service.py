@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -32,8 +32,9 @@ from app.core.losses import DEFAULT_LOSSES, LOSSES
 from app.core.metrics import DEFAULT_METRICS, DEFAULT_METRICS_WIDE, METRICS, Ece
 from app.core.ood_metrics import separation
 from app.core.runtime import SessionCache
+from app.core.slices import Slices
 from app.core.specs import TermSpec
-from app.evaluation.schemas import EvaluationOut, EvaluationRequest, ModelEvaluationRequest, Reliability
+from app.evaluation.schemas import EvaluationOut, EvaluationRequest, ModelEvaluationRequest, Reliability, SliceOut
 from app.models.runner import ModelRunner
 from app.pipelines.heads import HeadCheck, Heads
 from app.records import EvaluationFilter, Page, finite_or_none, new_id, rfc3339, utc_now
@@ -59,6 +60,26 @@ def default_terms(wide: bool) -> tuple[tuple[TermSpec, ...], tuple[TermSpec, ...
     return tuple(LOSSES[n].spec(name=n) for n in DEFAULT_LOSSES), tuple(METRICS[n].spec(name=n) for n in metrics)
 
 
+SLOTS = "slots"  # the given column of each row's slots beside a model's chunks
+
+
+def slice_columns(request: EvaluationRequest, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The request's slice columns by key: its JSON lists and its `slices.<key>` parts (taken out of
+    `arrays`); a key given both ways is a 422."""
+    parts = {name.removeprefix("slices."): arrays.pop(name) for name in list(arrays) if name.startswith("slices.")}
+    given = request.slices or {}
+    for key in sorted(parts.keys() & given.keys()):
+        raise InputError(f"slices.{key}", "given both as a part and inside 'request'")
+    return {**{key: np.asarray(values) for key, values in given.items()}, **parts}
+
+
+def sliced_batch(request: EvaluationRequest, arrays: dict[str, np.ndarray]) -> Batch:
+    """The validated batch, with its rows' slots when the request has slices."""
+    columns = slice_columns(request, arrays)
+    batch = validate_batch(**arrays)
+    return batch.sliced(Slices.of(columns, batch.n) if columns else None)
+
+
 def make_plan(request: EvaluationRequest, batch: Batch) -> EvaluationPlan:
     default_losses, default_metrics = default_terms(batch.classes > 5)
     losses = request.losses if request.losses is not None else default_losses
@@ -67,7 +88,7 @@ def make_plan(request: EvaluationRequest, batch: Batch) -> EvaluationPlan:
     plan = EvaluationPlan(
         batch.layout, tuple(losses), tuple(metrics), uniform[0] if uniform else request.reliability_bins
     )
-    check_plan(plan, batch.classes)
+    check_plan(plan, batch.classes, batch.slices)
     return plan
 
 
@@ -88,11 +109,13 @@ class ComputedEvaluation:
         self.losses = finite_or_none(self.result.losses)
         self.metrics = finite_or_none(self.result.metrics)
         self.fingerprint = dataset_fingerprint(self.batch)
+        slices = self.batch.slices
+        self.slices = None if slices is None else slices_out(slices, self.result, self.request.min_slice_rows)
 
 
 def compute(request: EvaluationRequest, arrays: dict[str, np.ndarray], cache: SessionCache) -> ComputedEvaluation:
     """Validate, run the fused graph chunk by chunk, finalize."""
-    batch = validate_batch(**arrays)
+    batch = sliced_batch(request, dict(arrays))
     plan = make_plan(request, batch)
     evaluator = Evaluator(plan, cache)
     keep_rows = request.store or request.per_sample  # rows are for storage and per_sample only
@@ -110,7 +133,27 @@ def _row_arrays(batch: Batch, plan: EvaluationPlan, per_row: dict[str, np.ndarra
         arrays["label"] = batch.labels.astype(index_dtype(batch.classes), copy=False)
     for spec in plan.losses:
         arrays[f"loss.{spec.report_key}"] = per_row[loss_output(spec.report_key, "row")]
+    if batch.slices is not None:  # each row's group under each key, as its index in the key's values
+        for k, key in enumerate(batch.slices.keys):
+            first, count = batch.slices.slot_range(k).start, len(batch.slices.values[k])
+            arrays[f"slice.{key}"] = (batch.slices.slots[:, k] - first).astype(index_dtype(count))
     return arrays
+
+
+def slices_out(slices: Slices, result: EvaluationResult, min_rows: int) -> dict[str, dict[str, SliceOut]]:
+    """Per key, per value: the group's rows, and its losses and metrics when it has `min_rows` rows."""
+    out: dict[str, dict[str, SliceOut]] = {}
+    for k, key in enumerate(slices.keys):
+        groups = out[key] = {}
+        for slot, value in zip(slices.slot_range(k), slices.values[k], strict=True):
+            group = result.slots[slot]
+            if group.n < min_rows:
+                groups[value] = SliceOut(n=group.n)
+            else:
+                groups[value] = SliceOut(
+                    n=group.n, losses=finite_or_none(group.losses), metrics=finite_or_none(group.metrics)
+                )
+    return out
 
 
 class _StreamedEvaluation:
@@ -119,9 +162,16 @@ class _StreamedEvaluation:
     classes), so the logits are never held whole (only the per-row columns a stored evaluation keeps)."""
 
     def __init__(
-        self, service: EvaluationService, request: ModelEvaluationRequest, logits: str, given: Arrays, rows: int
+        self,
+        service: EvaluationService,
+        request: ModelEvaluationRequest,
+        logits: str,
+        given: Arrays,
+        rows: int,
+        slices: Slices | None,
     ) -> None:
-        self.service, self.request, self.logits, self.given, self.rows = service, request, logits, tuple(given), rows
+        self.service, self.request, self.logits, self.rows = service, request, logits, rows
+        self.given, self.slices = tuple(k for k in given if k != SLOTS), slices
         self._stage: EvaluationStage | None = None
         self.first: Batch | None = None
 
@@ -135,10 +185,13 @@ class _StreamedEvaluation:
         if self.request.calibrator_id is not None:
             arrays = self.service.calibrators.calibrated_inputs(self.request.calibrator_id, arrays)
         batch = validate_batch(**arrays)
+        if self.slices is not None:
+            batch = batch.sliced(replace(self.slices, slots=chunk[SLOTS]))
         if self._stage is None:
             keep_rows = self.request.store or self.request.per_sample
             evaluator = Evaluator(make_plan(self.request, batch), self.service.runtime)
-            self._stage, self.first = evaluator.stage(self.rows, batch.classes, keep_rows), batch
+            slot_count = 0 if self.slices is None else self.slices.slot_count
+            self._stage, self.first = evaluator.stage(self.rows, batch.classes, keep_rows, slot_count), batch
         return self._stage.update(Chunk(chunk.start, chunk.stop, batch.columns()))
 
     def merge(
@@ -162,6 +215,7 @@ class _StreamedEvaluation:
             labels=None if labels is None else np.ascontiguousarray(labels, dtype=np.int64),
             targets=rows.get("targets"),
             sample_weight=rows.get("sample_weight"),
+            slices=self.slices,
         )
 
 
@@ -214,6 +268,8 @@ class EvaluationService:
         record = self.models.get(model_id)
         if request.model is None:
             request = request.model_copy(update={"model": record.name})
+        arrays = dict(arrays)
+        slice_given = slice_columns(request, arrays)
         has_ood = any(k.startswith("ood_inputs.") for k in arrays)  # JSON or multipart parts
         if (request.detector_id is None) == has_ood:
             raise InputError("ood_inputs", "give `detector_id` and `ood_inputs` together")
@@ -223,8 +279,11 @@ class EvaluationService:
         )
         if request.sdm_id is not None and "labels" not in source.given:
             raise InputError("sdm_id", "SDM metrics need integer `labels`")
+        slices = Slices.of(slice_given, source.rows) if slice_given else None
+        if slices is not None:  # each row's slots travel with its chunk
+            source = replace(source, given={**source.given, SLOTS: slices.slots})
         rows, n = dict(source.given), source.rows
-        evaluation = _StreamedEvaluation(self, request, record.logits_output, rows, n)
+        evaluation = _StreamedEvaluation(self, request, record.logits_output, rows, n, slices)
         stages: dict[str, Stage[Any, Any]] = {"evaluation": evaluation}
         if request.sdm_id is not None:
             stages["regions"] = Assembled(self._regions_step(request.sdm_id, record), n)
@@ -293,11 +352,13 @@ class EvaluationService:
                 "losses": [s.model_dump(exclude_none=True) for s in plan.losses],
                 "metrics": [s.model_dump(exclude_none=True) for s in plan.metrics],
                 "weighted": batch.sample_weight is not None,
+                **({} if batch.slices is None else {"slices": batch.slices.values_by_key()}),
             },
             reliability=computed.result.reliability,
             calibrator_id=request.calibrator_id,
             sdm_id=request.sdm_id,
             model_id=computed.model_id,
+            slices=None if computed.slices is None else _dump_slices(computed.slices),
         )
         arrays = _row_arrays(batch, plan, computed.per_row)
         stored = self.repository.add(record, request.tags, computed.losses, computed.metrics, arrays, computed.ood)
@@ -345,6 +406,7 @@ def evaluation_out(computed: ComputedEvaluation, record_id: str | None) -> Evalu
         model_id=computed.model_id,
         ood=computed.ood,
         per_sample=per_sample,
+        slices=computed.slices,
     )
 
 
@@ -367,4 +429,9 @@ def stored_evaluation_out(record: Evaluation, per_sample: dict[str, np.ndarray] 
         sdm_id=record.sdm_id,
         model_id=record.model_id,
         per_sample={k: row_values(v) for k, v in per_sample.items()} if per_sample is not None else None,
+        slices=record.slices,
     )
+
+
+def _dump_slices(slices: dict[str, dict[str, SliceOut]]) -> dict[str, Any]:
+    return {key: {value: group.model_dump() for value, group in groups.items()} for key, groups in slices.items()}

@@ -33,6 +33,11 @@ class Rule(BaseModel):
     op: Op
     value: float = Field(allow_inf_nan=False)
     severity: Severity = "fail"
+    slice: Annotated[dict[str, str], Field(min_length=1, max_length=1)] | None = Field(
+        None,
+        description='{"<key>": "<value>"}: judge the metric on that group of both evaluations\' slices (the '
+        "bootstrap resamples that group's rows); 422 when either evaluation lacks it.",
+    )
 
 
 class GateRequest(BaseModel):
@@ -63,6 +68,7 @@ class GateRequest(BaseModel):
 
 class RuleResult(BaseModel):
     metric: str
+    slice: dict[str, str] | None = None
     op: Op
     value: float
     severity: Severity

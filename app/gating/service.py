@@ -21,11 +21,37 @@ from app.storage.repository import Repository
 from app.stored import StoredResource
 
 
-def _values(record: Evaluation) -> dict[str, tuple[str, float | None]]:
-    """key -> (kind, value); losses win a name clash with metrics."""
-    out = {v.name: ("metric", v.value) for v in record.values if v.kind == "metric"}
-    out.update({v.name: ("loss", v.value) for v in record.values if v.kind == "loss"})
-    return out
+def _values(record: Evaluation, group: dict[str, str] | None = None) -> dict[str, tuple[str, float | None]]:
+    """key -> (kind, value), of the whole evaluation or of one group of its slices; losses win a name
+    clash with metrics."""
+    if group is None:
+        metrics = {v.name: v.value for v in record.values if v.kind == "metric"}
+        losses = {v.name: v.value for v in record.values if v.kind == "loss"}
+    else:
+        ((key, value),) = group.items()
+        stored = (record.slices or {}).get(key, {}).get(value, {})
+        metrics, losses = stored.get("metrics", {}), stored.get("losses", {})
+    return {name: ("metric", v) for name, v in metrics.items()} | {name: ("loss", v) for name, v in losses.items()}
+
+
+def _check_group(record: Evaluation, group: dict[str, str], index: int, role: str) -> None:
+    """422 naming the rule when the evaluation has no such slice group (or too few rows to have numbers)."""
+    ((key, value),) = group.items()
+    stored = (record.slices or {}).get(key, {}).get(value)
+    if stored is None:
+        raise InputError(f"rules[{index}].slice", f"the {role} evaluation has no slice {key}={value!r}")
+    if "metrics" not in stored:
+        raise InputError(
+            f"rules[{index}].slice",
+            f"the {role}'s group {key}={value!r} has {stored['n']} rows, below its min_slice_rows",
+        )
+
+
+def _group_member(record: Evaluation, arrays: dict[str, np.ndarray], group: dict[str, str]) -> np.ndarray:
+    """Which stored rows are in one slice group."""
+    ((key, value),) = group.items()
+    member: np.ndarray = arrays[f"slice.{key}"] == record.parameters["slices"][key].index(value)
+    return member
 
 
 def _spec(record: Evaluation, kind: str, key: str) -> dict[str, Any] | None:
@@ -85,36 +111,46 @@ def _intervals(
     request: GateRequest,
     candidate: Evaluation,
     baseline: Evaluation,
-    values: dict[str, tuple[str, float | None]],
+    kinds: dict[str, str],
     paired: bool,
 ) -> tuple[dict[int, tuple[float, float]], dict[int, str]]:
     """Bootstrap intervals of candidate − baseline for every change rule whose metric can be resampled
-    from the stored per-row arrays, all from one shared draw of resampling weights (seeded)."""
+    from the stored per-row arrays: one shared draw of resampling weights (seeded) per row set — the whole
+    evaluation, or one slice group (paired there only when both sides hold the same rows in the group)."""
     if request.significance is None:
         return {}, {}
-    pairs, indices, notes = [], [], {}
+    notes: dict[int, str] = {}
+    row_sets: dict[tuple[str, str] | None, tuple[list[tuple[RowValues, RowValues]], list[int], bool]] = {}
     arrays_c, arrays_b = evaluations.arrays(candidate.id), evaluations.arrays(baseline.id)  # once per gate
     for index, rule in enumerate(request.rules):
-        kind = values.get(rule.metric, ("metric", None))[0]
         if rule.op in ("min", "max"):
             continue
-        rows_c, why_c = row_values(candidate, arrays_c, kind, rule.metric)
-        rows_b, why_b = row_values(baseline, arrays_b, kind, rule.metric)
+        kind, group = kinds.get(rule.metric, "metric"), rule.slice
+        rows_of_c, rows_of_b, same_rows = arrays_c, arrays_b, paired
+        if group is not None:
+            member_c, member_b = _group_member(candidate, arrays_c, group), _group_member(baseline, arrays_b, group)
+            same_rows = paired and np.array_equal(member_c, member_b)
+            rows_of_c = {name: array[member_c] for name, array in arrays_c.items()}
+            rows_of_b = {name: array[member_b] for name, array in arrays_b.items()}
+        rows_c, why_c = row_values(candidate, rows_of_c, kind, rule.metric)
+        rows_b, why_b = row_values(baseline, rows_of_b, kind, rule.metric)
         if rows_c is None or rows_b is None:
             notes[index] = f"; no interval: {why_c or why_b}"
             continue
+        pairs, indices, _ = row_sets.setdefault(
+            None if group is None else next(iter(group.items())), ([], [], same_rows)
+        )
         pairs.append((rows_c, rows_b))
         indices.append(index)
-    if not pairs:
-        return {}, notes
-    replicates = bootstrap_differences(pairs, paired, request.resamples, request.seed)
     intervals = {}
-    for k, index in enumerate(indices):
-        interval = percentile_interval(replicates[:, k], request.significance)
-        if interval is None:
-            notes[index] = "; no interval: every resample was empty"
-        else:
-            intervals[index] = interval
+    for pairs, indices, same_rows in row_sets.values():
+        replicates = bootstrap_differences(pairs, same_rows, request.resamples, request.seed)
+        for k, index in enumerate(indices):
+            interval = percentile_interval(replicates[:, k], request.significance)
+            if interval is None:
+                notes[index] = "; no interval: every resample was empty"
+            else:
+                intervals[index] = interval
     return intervals, notes
 
 
@@ -126,11 +162,16 @@ def judge(evaluations: EvaluationRepository, request: GateRequest) -> GateRecord
         raise InputError("baseline", "the baseline is the candidate itself")
     paired = candidate.dataset_fingerprint == baseline.dataset_fingerprint and candidate.n == baseline.n
     mode = None if request.significance is None else ("paired" if paired else "unpaired")
-    cand_values, base_values = _values(candidate), _values(baseline)
-    intervals, notes = _intervals(evaluations, request, candidate, baseline, cand_values, paired)
+    for index, rule in enumerate(request.rules):
+        if rule.slice is not None:
+            _check_group(candidate, rule.slice, index, "candidate")
+            _check_group(baseline, rule.slice, index, "baseline")
+    kinds = {name: kind for name, (kind, _) in _values(candidate).items()}
+    intervals, notes = _intervals(evaluations, request, candidate, baseline, kinds, paired)
     results: list[RuleResult] = []
     for index, rule in enumerate(request.rules):
-        kind, cand = cand_values.get(rule.metric, ("metric", None))
+        cand_values, base_values = _values(candidate, rule.slice), _values(baseline, rule.slice)
+        kind, cand = cand_values.get(rule.metric, (kinds.get(rule.metric, "metric"), None))
         base = base_values.get(rule.metric, (kind, None))[1]
         interval = intervals.get(index)
         direction = 1 if higher_is_better(candidate, kind, rule.metric) else -1
@@ -138,6 +179,7 @@ def judge(evaluations: EvaluationRepository, request: GateRequest) -> GateRecord
         results.append(
             RuleResult(
                 metric=rule.metric,
+                slice=rule.slice,
                 op=rule.op,
                 value=rule.value,
                 severity=rule.severity,

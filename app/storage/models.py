@@ -63,6 +63,7 @@ class Evaluation(ProjectScoped, Base):
     calibrator_id: Mapped[str | None] = mapped_column(String(32), index=True)  # evaluated after this calibrator
     sdm_id: Mapped[str | None] = mapped_column(String(32), index=True)  # SDM region metrics from this estimator
     model_id: Mapped[str | None] = mapped_column(String(32), index=True)  # the uploaded model that was run
+    slices: Mapped[dict[str, Any] | None] = mapped_column(FiniteJson, nullable=True)  # per key, per value
 
     tags: Mapped[list[EvaluationTag]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True, lazy="selectin"

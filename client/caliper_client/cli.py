@@ -117,9 +117,12 @@ def _rule_fault(rule: Any) -> str | None:
     """What is wrong with one [[rules]] table, or None."""
     if not isinstance(rule, dict):
         return "must be a table"
-    unknown = set(rule) - {"metric", "op", "value", "severity"}
+    unknown = set(rule) - {"metric", "op", "value", "severity", "slice"}
     if unknown:
         return f"unknown keys {sorted(unknown)}"
+    group = rule.get("slice", {"key": "value"})
+    if not (isinstance(group, dict) and len(group) == 1 and all(isinstance(v, str) for v in group.values())):
+        return "slice must be one KEY = VALUE pair (an inline table of one string)"
     if not isinstance(rule.get("metric"), str) or not rule["metric"]:
         return "needs a metric name"
     if rule.get("op") not in RULE_OPS:
@@ -180,6 +183,20 @@ def load_numpy(path: str, kind: str) -> Any:
         raise ConfigurationError(f"{path}: {exc.strerror or exc}") from exc
 
 
+def slices_of(pairs: list[str] | None) -> dict[str, np.ndarray]:
+    """`KEY=FILE.npy` options as slice columns (one group value per row, integers or strings)."""
+    slices = {}
+    for pair in pairs or []:
+        key, _, path = pair.partition("=")
+        if not key or not path:
+            raise ConfigurationError(f"slice {pair!r} needs KEY=FILE.npy")
+        column = load_numpy(path, ".npy")
+        if not isinstance(column, np.ndarray):
+            raise ConfigurationError(f"slice {key}: {path} is a .npz archive; save the column as .npy")
+        slices[key] = column
+    return slices
+
+
 def run_evaluate(args: argparse.Namespace, backend: Backend) -> int:
     logits, labels = load_arrays(args.npz, args.logits, args.labels)
     options = {
@@ -187,6 +204,7 @@ def run_evaluate(args: argparse.Namespace, backend: Backend) -> int:
         "dataset": args.dataset,
         "tags": tags_of(args.tag),
         "metrics": args.metric or None,
+        "slices": slices_of(args.slice) or None,
     }
     out = backend.evaluate(logits, labels, {k: v for k, v in options.items() if v})
     print(json.dumps(out, indent=2) if args.json else out["id"])
@@ -265,6 +283,12 @@ def add_parsers(sub: Any) -> None:
     evaluate.add_argument("--dataset", help="the dataset's name, stored with the evaluation")
     evaluate.add_argument("--tag", action="append", metavar="KEY=VALUE", help="a tag to store (repeatable)")
     evaluate.add_argument("--metric", action="append", metavar="NAME", help="a metric to compute (repeatable)")
+    evaluate.add_argument(
+        "--slice",
+        action="append",
+        metavar="KEY=FILE.npy",
+        help="also every metric per group of rows: one value per row (integers or strings) (repeatable)",
+    )
     evaluate.add_argument("--json", action="store_true", help="print the whole evaluation as JSON, not its id")
     evaluate.add_argument("--url", help=URL_HELP)
     evaluate.set_defaults(func=lambda a: _guarded(lambda b: run_evaluate(a, b), a))

@@ -153,13 +153,21 @@ class CaliperClient:
     def evaluate(
         self, *, logits: np.ndarray | None = None, labels: np.ndarray | None = None, **options: Any
     ) -> dict[str, Any]:
-        """POST /v1/evaluations; array-valued options (probabilities, targets, …) are sent as tensors."""
+        """POST /v1/evaluations; array-valued options (probabilities, targets, …) are sent as tensors, and
+        `slices` ({key: one value per row}) as JSON lists, or integer columns as .npy parts when the request
+        goes as multipart."""
+        slices = {key: np.asarray(values) for key, values in (options.pop("slices", None) or {}).items()}
         tensors = {
             k: np.asarray(v)
             for k, v in {"logits": logits, "labels": labels, **options}.items()
             if isinstance(v, np.ndarray) or (k in ("logits", "labels") and v is not None)
         }
         body = {k: v for k, v in options.items() if k not in tensors}
+        if sum(t.nbytes for t in (*tensors.values(), *slices.values())) > self.multipart_threshold:
+            tensors |= {f"slices.{k}": v for k, v in slices.items() if v.dtype.kind in "iu"}
+        listed = {k: v.tolist() for k, v in slices.items() if f"slices.{k}" not in tensors}
+        if listed:
+            body["slices"] = listed
         return self._post_tensors("/v1/evaluations", body, tensors)
 
     def get_evaluation(self, evaluation_id: str, per_sample: bool = False) -> dict[str, Any]:

@@ -11,12 +11,12 @@ from app.api.bodies import TensorBody
 from app.api.deps import INLINE_BYTES, ResourcesDep, off_loop, resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.problems import DELETION, JSON_WRITE, LISTING, READ, TENSOR_WRITE
-from app.evaluation.schemas import INTEGER_FIELDS, TENSOR_FIELDS, EvaluationOut, EvaluationRequest
+from app.evaluation.schemas import INTEGER_FIELDS, SLICE_PARTS, TENSOR_FIELDS, EvaluationOut, EvaluationRequest
 from app.examples import examples
 from app.records import EvaluationFilter, Page, Tags
 
 router = APIRouter(prefix="/v1/evaluations", tags=["evaluations"], route_class=StrictJsonRoute)
-EVALUATION = TensorBody(EvaluationRequest, TENSOR_FIELDS, INTEGER_FIELDS)
+EVALUATION = TensorBody(EvaluationRequest, TENSOR_FIELDS, INTEGER_FIELDS, SLICE_PARTS)
 
 
 @router.post(

@@ -18,12 +18,18 @@ from app.api.npz_stream import npz_response
 from app.api.problems import READ, TENSOR_WRITE, problems
 from app.api.stored_routes import add_stored_routes
 from app.api.uploads import read_model_upload
-from app.evaluation.schemas import INTEGER_FIELDS, MODEL_TENSOR_FIELDS, EvaluationOut, ModelEvaluationRequest
+from app.evaluation.schemas import (
+    INTEGER_FIELDS,
+    MODEL_TENSOR_FIELDS,
+    SLICE_PARTS,
+    EvaluationOut,
+    ModelEvaluationRequest,
+)
 from app.models.schemas import ModelOut, ModelRequest, PredictRequest
 from app.pipelines.heads import Heads
 
 router = APIRouter(prefix="/v1/models", tags=["models"], route_class=StrictJsonRoute)
-EVALUATION = TensorBody(ModelEvaluationRequest, MODEL_TENSOR_FIELDS, INTEGER_FIELDS)
+EVALUATION = TensorBody(ModelEvaluationRequest, MODEL_TENSOR_FIELDS, INTEGER_FIELDS, SLICE_PARTS)
 PREDICT = TensorBody(PredictRequest, ("inputs.*",))
 UPLOAD_BODY = {
     "requestBody": {

@@ -1,0 +1,23 @@
+"""evaluations.slices: every loss and metric per group of rows (api.md, slices)
+
+Revision ID: 0011
+Revises: 0010
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0011"
+down_revision = "0010"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("evaluations", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("slices", sa.JSON(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("evaluations", schema=None) as batch_op:
+        batch_op.drop_column("slices")

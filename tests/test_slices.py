@@ -138,13 +138,15 @@ def test_slice_columns_are_refused_with_the_key_named(columns: dict[str, np.ndar
 
 
 def test_a_state_too_wide_for_its_groups_is_refused_before_any_work() -> None:
-    slices = Slices.of({"g": np.arange(1000)}, 1000)
-    batch = validate_batch(logits=np.zeros((1000, 400)), labels=np.zeros(1000, np.int64)).sliced(slices)
+    """classwise_ece sums C·B per group: 1,000 groups × 2,000 classes × 15 bins is refused; the confusion
+    matrix (C² per group) keeps rows instead, so f1 is not."""
     from app.core.evaluation import check_plan
 
-    _, metrics = _plan_terms(("f1",))
-    with pytest.raises(InputError, match="groups"):
-        check_plan(EvaluationPlan(batch.layout, (), metrics), 400, slices)  # 1000 × 400² sums
+    slices = Slices.of({"g": np.arange(1000)}, 1000)
+    batch = validate_batch(logits=np.zeros((1000, 2000), np.float32), labels=np.zeros(1000, np.int64)).sliced(slices)
+    check_plan(EvaluationPlan(batch.layout, (), _plan_terms(("f1", "ece"))[1]), 2000, slices)
+    with pytest.raises(InputError, match="1000 groups"):
+        check_plan(EvaluationPlan(batch.layout, (), _plan_terms(("classwise_ece",))[1]), 2000, slices)
 
 
 # -- over HTTP -----------------------------------------------------------------------------------------

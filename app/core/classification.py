@@ -159,7 +159,7 @@ def confusion_state(ctx: GraphContext, spec: Thresholded) -> dict[str, Var]:
     def build() -> dict[str, Var]:
         index = op.add(op.mul(ctx.reference_labels, ctx.num_classes), predicted_class(ctx, spec.threshold))
         size = op.reshape(op.mul(ctx.num_classes, ctx.num_classes), ctx.ints(1))
-        return {"confusion": ctx.scatter_total(index, ctx.weights, size)}
+        return {"confusion": ctx.scatter_total(index, ctx.weights, size, per_slot_as_rows=True)}
 
     return ctx.shared(("confusion", spec.threshold), build)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Literal
@@ -38,6 +39,7 @@ ROW_PREDICTION = "row.prediction"
 ROW_CONFIDENCE = "row.confidence"
 RELIABILITY = "reliability"
 PER_SLOT = "per_slot:"  # prefix of a summed output's per-slot copy, [S, …] (sliced layouts)
+PER_SLOT_INDEX, PER_SLOT_VALUES = "per_slot_index:", "per_slot_values:"  # a wide sum's kept (index, value) rows
 SLOT_ROWS = "slots.rows"  # rows per slot, [S]
 KEPT_SLOTS = "slots.kept"  # each kept row's slots, [N, K] (sliced layouts keeping rows)
 
@@ -115,7 +117,11 @@ def _add_per_slot(ctx: GraphContext, outputs: dict[str, Var], reductions: dict[s
     """Beside each summed output its per-slot copy (every summed state is made by `GraphContext.total` or
     `scatter_total`, which record it), the rows per slot, and the slots of kept rows."""
     for name, reduction in list(reductions.items()):
-        if reduction == "sum":
+        if reduction == "sum" and id(outputs[name]) in ctx.per_slot_rows:
+            _, index, values = ctx.per_slot_rows[id(outputs[name])]
+            outputs[PER_SLOT_INDEX + name], reductions[PER_SLOT_INDEX + name] = index, "rows"
+            outputs[PER_SLOT_VALUES + name], reductions[PER_SLOT_VALUES + name] = values, "rows"
+        elif reduction == "sum":
             _, per_slot = ctx.per_slot[id(outputs[name])]
             outputs[PER_SLOT + name], reductions[PER_SLOT + name] = per_slot, "sum"
     outputs[SLOT_ROWS], reductions[SLOT_ROWS] = ctx.slot_rows, "sum"
@@ -183,22 +189,25 @@ class EvaluationState:
         rows = {k.removeprefix("rows:"): [v] for k, v in parts.items() if k.startswith("rows:")}
         return cls(int(header["n"]), sums, rows, str(header["signature"]))
 
-    def slot_states(self, slot_count: int) -> list[EvaluationState]:
+    def slot_states(self, slot_count: int) -> Iterator[EvaluationState]:
         """The state of each slot's rows alone: its per-slot sums, and its kept rows (in row order). The kept
         rows are joined once and grouped by one stable sort per key (at 1M × 10 with roc_auc, joining them
         per slot instead cost 100 × 40 MB of copies: 2.4× the unsliced evaluation)."""
         rows = {name: np.concatenate(parts) for name, parts in self.rows.items()}
         members = _slot_members(rows.pop(KEPT_SLOTS), slot_count) if KEPT_SLOTS in rows else None
         per_slot = {name.removeprefix(PER_SLOT): v for name, v in self.sums.items() if name.startswith(PER_SLOT)}
-        return [
-            EvaluationState(
-                round(float(self.sums[SLOT_ROWS][slot])),
-                {name: v[slot] for name, v in per_slot.items()},
-                {} if members is None else {name: [array[members[slot]]] for name, array in rows.items()},
-                self.signature,
-            )
-            for slot in range(slot_count)
-        ]
+        pairs = {}  # a wide sum's kept (index, value) rows, summed per slot below
+        for name in [name for name in rows if name.startswith(PER_SLOT_INDEX)]:
+            total = name.removeprefix(PER_SLOT_INDEX)
+            pairs[total] = (rows.pop(name), rows.pop(PER_SLOT_VALUES + total))
+        for slot in range(slot_count):  # one at a time: a slot's bincount may be C² floats
+            sums = {name: v[slot] for name, v in per_slot.items()}
+            for name, (index, values) in pairs.items():
+                assert members is not None
+                chosen = members[slot]
+                sums[name] = np.bincount(index[chosen].ravel(), values[chosen].ravel(), self.sums[name].size)
+            kept = {} if members is None else {name: [array[members[slot]]] for name, array in rows.items()}
+            yield EvaluationState(round(float(self.sums[SLOT_ROWS][slot])), sums, kept, self.signature)
 
     def part(self, names: tuple[tuple[str, str], ...]) -> dict[str, np.ndarray]:
         """One term's state by part name, from its (output name, part name) pairs."""

@@ -64,6 +64,7 @@ class GraphContext:
     layout: InputLayout
     inputs: dict[str, Var] = field(default_factory=dict)
     per_slot: dict[int, tuple[Var, Var]] = field(default_factory=dict)  # id(total) -> (total, [S, …] per slot)
+    per_slot_rows: dict[int, tuple[Var, Var, Var]] = field(default_factory=dict)  # id(total) -> (total, index, values)
     _shared: dict[Hashable, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -121,13 +122,19 @@ class GraphContext:
         """Σ_i w_i x_i in float64."""
         return self.total(op.mul(self.f64(self.weights), self.f64(x)))
 
-    def scatter_total(self, index: Var, values: Var, size: Var) -> Var:
+    def scatter_total(self, index: Var, values: Var, size: Var, per_slot_as_rows: bool = False) -> Var:
         """Σ values per index into a float64 vector of `size` ([1] int64): index and values are [M] with M
-        a multiple of N, row i's contributions contiguous (a flattened [N, k]). A mergeable state."""
+        a multiple of N, row i's contributions contiguous (a flattened [N, k]). A mergeable state.
+        Sliced, a wide state (`per_slot_as_rows`: C² for a confusion matrix) keeps its rows' (index, value)
+        pairs for the groups instead of a dense [S, size] copy: at 100 groups of 1,000 classes the dense
+        copy was 800 MB per chunk, and adding those copies took most of the evaluation."""
         values = self.f64(values)
         zeros = op.constant_of_shape(size, value=np.array([0.0], np.float64))
         whole = op.scatter_elements(zeros, index, values, reduction="add")
-        if self.layout.sliced:
+        if self.layout.sliced and per_slot_as_rows:
+            per_row = op.concat([op.shape(self.inputs["slots"], end=1), self.ints(-1)], axis=0)
+            self.per_slot_rows[id(whole)] = (whole, op.reshape(index, per_row), op.reshape(values, per_row))
+        elif self.layout.sliced:
             self._per_slot(whole, values, index, size, size)
         return whole
 

@@ -339,10 +339,6 @@ def _def(
     return name, MetricDef(spec, state, finalize, kept_parts, higher_is_better, resampling, width)
 
 
-def _squared(spec: TermSpec, classes: int) -> int:
-    return classes * classes  # the confusion matrix
-
-
 METRICS: dict[str, MetricDef] = dict(
     [
         _def(Accuracy, _accuracy, _finalize_mean, higher_is_better=True, resampling=_accuracy_resampling),
@@ -356,13 +352,10 @@ METRICS: dict[str, MetricDef] = dict(
         _def(Entropy, _entropy, _finalize_mean),
         _def(Aurc, _rows_fragment, lambda s, p: aurc(*_rows(s)), kept_parts=ROWS_PARTS),
         _def(SoftmaxCollapse, _softmax_collapse, _finalize_mean),
-        *(
-            _def(spec, confusion_state, averaged, higher_is_better=True, width=_squared)
-            for spec in (Precision, Recall, F1)
-        ),
-        _def(BalancedAccuracy, confusion_state, balanced_accuracy, higher_is_better=True, width=_squared),
-        _def(Mcc, confusion_state, mcc, higher_is_better=True, width=_squared),
-        _def(CohenKappa, confusion_state, cohen_kappa, higher_is_better=True, width=_squared),
+        *(_def(spec, confusion_state, averaged, higher_is_better=True) for spec in (Precision, Recall, F1)),
+        _def(BalancedAccuracy, confusion_state, balanced_accuracy, higher_is_better=True),
+        _def(Mcc, confusion_state, mcc, higher_is_better=True),
+        _def(CohenKappa, confusion_state, cohen_kappa, higher_is_better=True),
         *(
             _def(spec, ranking_state, ranked, RANKED_PARTS, higher_is_better=True)
             for spec in (RocAuc, AveragePrecision)

@@ -16,7 +16,7 @@ import numpy as np
 from app.core.errors import InputError
 
 MAX_VALUES = 1_000  # distinct values per key (api.md)
-MAX_SLOT_CELLS = 1 << 27  # slots × the widest summed state (float64: 1 GiB), refused beyond
+MAX_SLOT_CELLS = 1 << 24  # slots × the widest densely summed state (float64: 128 MiB per chunk), refused beyond
 
 
 def _factorize(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
@@ -33,9 +33,16 @@ class Labels(BaseModel):
     tags: Tags = Field(default_factory=dict)
 
 
-def finite_or_none(values: dict[str, float]) -> dict[str, float | None]:
-    """JSON has no inf/NaN: a value that overflowed is reported (and stored) as null."""
-    return {k: (v if math.isfinite(v) else None) for k, v in values.items()}
+def finite_or_none(values: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON has no inf/NaN: a value that overflowed is reported (and stored) as null, in lists too (a
+    metric of C values, a confusion matrix)."""
+    return {k: _finite(v) for k, v in values.items()}
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value if math.isfinite(value) else None
 
 
 def new_id() -> str:

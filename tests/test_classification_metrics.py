@@ -20,7 +20,7 @@ from tests.test_core_golden import METRIC, evaluate
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # scikit-learn's: classes absent on one side
 
-AVERAGES = ("macro", "micro", "weighted")
+AVERAGES = ("macro", "micro", "weighted", "none")
 SCORES = {"precision": sk.precision_score, "recall": sk.recall_score, "f1": sk.f1_score}
 
 
@@ -35,12 +35,16 @@ def problem(seed: int, n: int, classes: int, dtype: type) -> tuple[np.ndarray, n
     return z, y, np.argmax(z, axis=1)
 
 
-def oracle(name: str, y: np.ndarray, pred: np.ndarray, classes: int, weight: np.ndarray | None, **p: Any) -> float:
+def oracle(name: str, y: np.ndarray, pred: np.ndarray, classes: int, weight: np.ndarray | None, **p: Any) -> Any:
+    """scikit-learn's value: a number, the C values of `average: none`, or the confusion matrix."""
     labels = list(range(classes))
     if name in SCORES:
         average = p.get("average", "macro")
         extra = {"pos_label": 1} if average == "binary" else {"labels": labels}
-        return float(SCORES[name](y, pred, average=average, sample_weight=weight, zero_division=0, **extra))
+        sk_average = None if average == "none" else average
+        return SCORES[name](y, pred, average=sk_average, sample_weight=weight, zero_division=0, **extra)
+    if name == "confusion_matrix":
+        return sk.confusion_matrix(y, pred, labels=labels, sample_weight=weight)
     if name == "balanced_accuracy":
         return float(sk.balanced_accuracy_score(y, pred, sample_weight=weight))
     if name == "mcc":
@@ -53,6 +57,7 @@ SPECS: list[dict[str, Any]] = [
     {"name": "balanced_accuracy"},
     {"name": "mcc"},
     {"name": "cohen_kappa"},
+    {"name": "confusion_matrix"},
 ]
 
 
@@ -216,3 +221,36 @@ def test_a_ranking_metric_with_no_scorable_class_is_null() -> None:
     assert np.isnan(result.metrics["average_precision"])  # scikit-learn answers 0 with a warning
     all_positive, _ = evaluate(z, 1 - y, [], [{"name": "average_precision"}])
     assert all_positive.metrics["average_precision"] == 1.0 == sk.average_precision_score([1, 1], [0.1, 0.3])
+
+
+def test_list_valued_metrics_are_answered_stored_listed_and_not_gated(client: TestClient) -> None:
+    """`confusion_matrix` and `average: none` answer lists (api.md), stored apart from the numbers; a gate
+    rule on one is a 422 naming the rule; in a slice each group has its own matrix."""
+    z, y, pred = problem(11, 80, 3, np.float64)
+    group = np.where(np.arange(80) % 2 == 0, "even", "odd")
+    metrics = ["confusion_matrix", {"name": "recall", "average": "none"}, "f1"]
+    body = {"logits": z.tolist(), "labels": y.tolist(), "metrics": metrics, "slices": {"parity": group.tolist()}}
+    answer = client.post("/v1/evaluations", json=body)
+    assert answer.status_code == 201, answer.text
+    got = answer.json()
+    assert got["metrics"]["confusion_matrix"] == sk.confusion_matrix(y, pred, labels=[0, 1, 2]).tolist()
+    assert got["metrics"]["recall"] == pytest.approx(oracle("recall", y, pred, 3, None, average="none").tolist())
+    odd = group == "odd"
+    want_odd = sk.confusion_matrix(y[odd], pred[odd], labels=[0, 1, 2]).tolist()
+    assert got["slices"]["parity"]["odd"]["metrics"]["confusion_matrix"] == want_odd
+    stored = client.get(f"/v1/evaluations/{got['id']}").json()
+    assert stored["metrics"] == got["metrics"] and stored["slices"] == got["slices"]
+    listed = client.get("/v1/evaluations").json()["items"]
+    assert next(e for e in listed if e["id"] == got["id"])["metrics"] == got["metrics"]
+    other = client.post("/v1/evaluations", json={**body, "logits": (z * 0.5).tolist()}).json()
+    for rule in (
+        {"metric": "confusion_matrix", "op": "max", "value": 1.0},
+        {"metric": "recall", "op": "max_decrease_abs", "value": 0.1, "slice": {"parity": "odd"}},
+    ):
+        refused = client.post("/v1/gates", json={"candidate": other["id"], "baseline": got["id"], "rules": [rule]})
+        assert refused.status_code == 422 and "rules[0].metric" in refused.text, refused.text
+    fine = {"metric": "f1", "op": "max_decrease_abs", "value": 1.0, "slice": {"parity": "odd"}}
+    assert (
+        client.post("/v1/gates", json={"candidate": other["id"], "baseline": got["id"], "rules": [fine]}).status_code
+        == 201
+    )

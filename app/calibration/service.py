@@ -33,7 +33,8 @@ def report_metrics(
 ) -> dict[str, float]:
     """NLL, ECE (15 uniform bins) and Brier of logits or of calibrated probabilities."""
     batch = validate_batch(logits=logits, probabilities=probabilities, labels=labels)
-    return Evaluator(EvaluationPlan(batch.layout, (), REPORT_METRICS), cache).evaluate(batch).result.metrics
+    metrics = Evaluator(EvaluationPlan(batch.layout, (), REPORT_METRICS), cache).evaluate(batch).result.metrics
+    return {name: float(value) for name, value in metrics.items() if isinstance(value, float)}
 
 
 def _check_fit_data(method: str, logits: np.ndarray, labels: np.ndarray) -> None:

@@ -14,13 +14,13 @@ from pydantic import Field
 from spox import Var
 
 from app.core.graph_context import GraphContext, scalar
-from app.core.specs import TermSpec
+from app.core.specs import MetricValue, TermSpec
 
 Threshold = Annotated[
     float | None,
     Field(None, ge=0, le=1, allow_inf_nan=False, description="C = 2 only: class 1 iff p₁ ≥ threshold."),
 ]
-Average = Literal["macro", "micro", "weighted", "binary"]
+Average = Literal["macro", "micro", "weighted", "binary", "none"]
 
 
 class Thresholded(TermSpec):
@@ -32,7 +32,8 @@ class Thresholded(TermSpec):
 
 class Averaged(Thresholded):
     """A per-class metric averaged over the C classes: `macro` (unweighted mean), `micro` (from the
-    summed counts), `weighted` (by each class's true weight) or `binary` (C = 2: class 1's value)."""
+    summed counts), `weighted` (by each class's true weight), `binary` (C = 2: class 1's value), or
+    `none` (the C values, a list)."""
 
     average: Average = "macro"
 
@@ -73,6 +74,12 @@ class CohenKappa(Thresholded):
     (`cohen_kappa_score`); null when no disagreement can be expected."""
 
     name: Literal["cohen_kappa"]
+
+
+class ConfusionMatrix(Thresholded):
+    """C × C sample-weighted counts, rows = true class, columns = predicted (`confusion_matrix`)."""
+
+    name: Literal["confusion_matrix"]
 
 
 class Ranked(TermSpec):
@@ -177,7 +184,12 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
-def averaged(state: dict[str, np.ndarray], spec: Averaged) -> float:
+def confusion_values(state: dict[str, np.ndarray], spec: TermSpec) -> MetricValue:
+    values: list[list[float]] = confusion_matrix(state).tolist()
+    return values
+
+
+def averaged(state: dict[str, np.ndarray], spec: Averaged) -> MetricValue:
     """Precision, recall or F1 of the confusion matrix, averaged as `spec.average` says."""
     matrix = confusion_matrix(state)
     tp, predicted, true = np.diag(matrix), matrix.sum(0), matrix.sum(1)
@@ -185,6 +197,9 @@ def averaged(state: dict[str, np.ndarray], spec: Averaged) -> float:
         return float(tp.sum() / matrix.sum())
     per_class = {"precision": _ratio(tp, predicted), "recall": _ratio(tp, true), "f1": _ratio(2 * tp, predicted + true)}
     values = per_class[spec.name]
+    if spec.average == "none":
+        per_class_values: list[float] = values.tolist()
+        return per_class_values
     if spec.average == "binary":
         return float(values[1])
     if spec.average == "weighted":

@@ -33,7 +33,7 @@ from app.core.metrics import METRICS, bin_stats, uniform_bin_state
 from app.core.npy_headers import NPY_HEADERS
 from app.core.runtime import SessionCache, default_cache
 from app.core.slices import Slices
-from app.core.specs import TermSpec
+from app.core.specs import MetricValue, TermSpec
 
 ROW_PREDICTION = "row.prediction"
 ROW_CONFIDENCE = "row.confidence"
@@ -249,7 +249,7 @@ class EvaluationResult:
     n: int
     classes: int
     losses: dict[str, float]
-    metrics: dict[str, float]
+    metrics: dict[str, MetricValue]
     reliability: list[dict[str, float | None]]  # per uniform bin: lower, upper, count, confidence, accuracy
     slots: tuple[EvaluationResult, ...] = ()  # per slot of a sliced evaluation (`Batch.slices`)
 

@@ -22,6 +22,7 @@ from app.core.classification import (
     AveragePrecision,
     BalancedAccuracy,
     CohenKappa,
+    ConfusionMatrix,
     Mcc,
     Precision,
     Recall,
@@ -31,6 +32,7 @@ from app.core.classification import (
     balanced_accuracy,
     cohen_kappa,
     confusion_state,
+    confusion_values,
     mcc,
     predicted_class,
     ranked,
@@ -40,7 +42,7 @@ from app.core.graph_context import GraphContext, class_range, scalar
 from app.core.graphrun import mapped
 from app.core.runtime import SessionCache
 from app.core.selective import aurc
-from app.core.specs import TermSpec
+from app.core.specs import MetricValue, TermSpec
 
 Bins = Annotated[int, Field(ge=1, le=10_000, description="Number of bins.")]
 State = dict[str, np.ndarray]
@@ -316,7 +318,7 @@ class MetricDef:
 
     spec: type[TermSpec]
     state: Callable[[GraphContext, TermSpec], dict[str, Var]]
-    finalize: Callable[[State, TermSpec], float]
+    finalize: Callable[[State, TermSpec], MetricValue]
     kept_parts: frozenset[str] = frozenset()
     higher_is_better: bool = False
     resampling: Callable[[TermSpec], Resampling | None] = _not_resampled
@@ -329,7 +331,7 @@ ROWS_PARTS = frozenset({"rows_confidence", "rows_correct", "rows_weight"})  # wh
 def _def(
     spec: type[TermSpec],
     state: Callable[..., dict[str, Var]],
-    finalize: Callable[..., float],
+    finalize: Callable[..., MetricValue],
     kept_parts: frozenset[str] = frozenset(),
     higher_is_better: bool = False,
     resampling: Callable[..., Resampling | None] = _not_resampled,
@@ -356,6 +358,7 @@ METRICS: dict[str, MetricDef] = dict(
         _def(BalancedAccuracy, confusion_state, balanced_accuracy, higher_is_better=True),
         _def(Mcc, confusion_state, mcc, higher_is_better=True),
         _def(CohenKappa, confusion_state, cohen_kappa, higher_is_better=True),
+        _def(ConfusionMatrix, confusion_state, confusion_values),
         *(
             _def(spec, ranking_state, ranked, RANKED_PARTS, higher_is_better=True)
             for spec in (RocAuc, AveragePrecision)

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 KEY_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+MetricValue = float | list[float] | list[list[float]]  # a number, per class (average "none"), or C × C
 
 
 class TermSpec(BaseModel):

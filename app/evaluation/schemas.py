@@ -23,7 +23,10 @@ from app.tensors import MODEL_INPUTS_NOTE, Tensor
 
 TENSOR_FIELDS = ("logits", "probabilities", "labels", "targets", "teacher_logits", "sample_weight", "embeddings")
 INTEGER_FIELDS = frozenset({"labels"})
-SLICE_PARTS = ("slices.*",)  # multipart only: in JSON, slices are lists of integers or strings, not tensors
+SLICE_PARTS = ("slices.*",)
+MetricOut = (
+    float | list[float | None] | list[list[float | None]] | None
+)  # per class ("none"), C × C  # multipart only: in JSON, slices are lists of integers or strings, not tensors
 
 
 class EvaluationRequest(Labels):
@@ -112,7 +115,7 @@ class SliceOut(BaseModel):
 
     n: int
     losses: dict[str, float | None] | None = Field(None, description="Absent below `min_slice_rows`.")
-    metrics: dict[str, float | None] | None = Field(None, description="Absent below `min_slice_rows`.")
+    metrics: dict[str, MetricOut] | None = Field(None, description="Absent below `min_slice_rows`.")
 
     @model_serializer(mode="wrap")
     def _without_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -134,7 +137,10 @@ class EvaluationOut(BaseModel):
         description="Mean per loss; null where the value is not finite "
         "(e.g. sum_exp overflowing float64 on huge logit gaps)."
     )
-    metrics: dict[str, float | None]
+    metrics: dict[str, MetricOut] = Field(
+        description="Value per metric; a list for `average: none` (one per class) and `confusion_matrix` "
+        "(C × C, rows = true class); null where not finite."
+    )
     reliability: Reliability
     calibrator_id: str | None = Field(None, description="The calibrator applied before evaluating, if any.")
     sdm_id: str | None = Field(None, description="The SDM estimator whose region metrics are included, if any.")

@@ -422,7 +422,7 @@ def stored_evaluation_out(record: Evaluation, per_sample: dict[str, np.ndarray] 
         tags={t.key: t.value for t in record.tags},
         dataset_fingerprint=record.dataset_fingerprint,
         losses={v.name: v.value for v in record.values if v.kind == "loss"},
-        metrics={v.name: v.value for v in record.values if v.kind == "metric"},
+        metrics={v.name: v.value for v in record.values if v.kind == "metric"} | (record.metric_lists or {}),
         ood={v.name: v.value for v in record.values if v.kind == "ood"} or None,
         reliability=Reliability.model_validate({"bins": record.reliability}),
         calibrator_id=record.calibrator_id,

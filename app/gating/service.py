@@ -21,11 +21,11 @@ from app.storage.repository import Repository
 from app.stored import StoredResource
 
 
-def _values(record: Evaluation, group: dict[str, str] | None = None) -> dict[str, tuple[str, float | None]]:
+def _values(record: Evaluation, group: dict[str, str] | None = None) -> dict[str, tuple[str, Any]]:
     """key -> (kind, value), of the whole evaluation or of one group of its slices; losses win a name
     clash with metrics."""
     if group is None:
-        metrics = {v.name: v.value for v in record.values if v.kind == "metric"}
+        metrics = {v.name: v.value for v in record.values if v.kind == "metric"} | (record.metric_lists or {})
         losses = {v.name: v.value for v in record.values if v.kind == "loss"}
     else:
         ((key, value),) = group.items()
@@ -166,6 +166,14 @@ def judge(evaluations: EvaluationRepository, request: GateRequest) -> GateRecord
         if rule.slice is not None:
             _check_group(candidate, rule.slice, index, "candidate")
             _check_group(baseline, rule.slice, index, "baseline")
+    for index, rule in enumerate(request.rules):
+        for role, record in (("candidate", candidate), ("baseline", baseline)):
+            if isinstance(_values(record, rule.slice).get(rule.metric, ("", None))[1], list):
+                raise InputError(
+                    f"rules[{index}].metric",
+                    f"{rule.metric!r} of the {role} is a list (per class, or a confusion matrix); a rule compares "
+                    "one number: gate an averaged metric",
+                )
     kinds = {name: kind for name, (kind, _) in _values(candidate).items()}
     intervals, notes = _intervals(evaluations, request, candidate, baseline, kinds, paired)
     results: list[RuleResult] = []

@@ -40,15 +40,18 @@ class EvaluationRepository:
         record: Evaluation,
         tags: dict[str, str],
         losses: dict[str, float | None],
-        metrics: dict[str, float | None],
+        metrics: dict[str, Any],
         arrays: dict[str, np.ndarray],
         ood: dict[str, float | None] | None = None,
     ) -> Evaluation:
-        """Write an evaluation with its tags, values and per-row arrays in one transaction."""
+        """Write an evaluation with its tags, values and per-row arrays in one transaction; a metric
+        whose value is a list (per class, a confusion matrix) is kept in `metric_lists`, not as a value row."""
         record.tags = [EvaluationTag(key=k, value=v) for k, v in tags.items()]
+        lists = {k: v for k, v in metrics.items() if isinstance(v, list)}
+        record.metric_lists = lists or None
         record.values = (
             [MetricValue(kind="loss", name=k, value=v) for k, v in losses.items()]
-            + [MetricValue(kind="metric", name=k, value=v) for k, v in metrics.items()]
+            + [MetricValue(kind="metric", name=k, value=v) for k, v in metrics.items() if k not in lists]
             + [MetricValue(kind="ood", name=k, value=v) for k, v in (ood or {}).items()]
         )
         with self.sessions.begin() as session:

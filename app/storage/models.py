@@ -64,6 +64,7 @@ class Evaluation(ProjectScoped, Base):
     sdm_id: Mapped[str | None] = mapped_column(String(32), index=True)  # SDM region metrics from this estimator
     model_id: Mapped[str | None] = mapped_column(String(32), index=True)  # the uploaded model that was run
     slices: Mapped[dict[str, Any] | None] = mapped_column(FiniteJson, nullable=True)  # per key, per value
+    metric_lists: Mapped[dict[str, Any] | None] = mapped_column(FiniteJson, nullable=True)  # list-valued metrics
 
     tags: Mapped[list[EvaluationTag]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True, lazy="selectin"

@@ -1,4 +1,5 @@
-"""evaluations.slices: every loss and metric per group of rows (api.md, slices)
+"""evaluations.slices (every loss and metric per group of rows) and evaluations.metric_lists (metrics whose
+value is a list: per class, or a confusion matrix)
 
 Revision ID: 0011
 Revises: 0010
@@ -16,8 +17,10 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("evaluations", schema=None) as batch_op:
         batch_op.add_column(sa.Column("slices", sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column("metric_lists", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("evaluations", schema=None) as batch_op:
+        batch_op.drop_column("metric_lists")
         batch_op.drop_column("slices")

@@ -147,3 +147,57 @@ def test_a_calibrator_fits_and_applies_on_binary_logits(client: TestClient) -> N
     ).json()
     refused = client.post(f"/v1/calibrators/{three['id']}/apply", json={"logits": z[:5].tolist()})
     assert refused.status_code == 422 and "two-class" in refused.text
+
+
+def _binary_model(squeeze: bool, width: int = 1) -> bytes:
+    """x [N, 4] -> x @ w [N, width], squeezed to [N] when asked: a logistic model's log-odds."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).normal(size=(4, width)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["z" if squeeze else "logits"])]
+    shape: list[Any] = ["N", width]
+    if squeeze:
+        nodes.append(helper.make_node("Squeeze", ["z", "axes"], ["logits"]))
+        shape = ["N"]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([1], np.int64), "axes")]
+    graph = helper.make_graph(
+        nodes, "logistic", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, shape)], inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+@pytest.mark.parametrize(("squeeze", "binary"), [(True, False), (False, True)], ids=["[N]", "[N, 1] binary"])
+def test_a_binary_model_is_evaluated_as_the_two_class_problem(client: TestClient, squeeze: bool, binary: bool) -> None:
+    from tests.test_api_models import plain_run, upload
+
+    data = _binary_model(squeeze)
+    model = upload(client, data, name="logistic", binary=binary)
+    assert model.status_code == 201, model.text
+    assert model.json()["binary"] is True and model.json()["classes"] == 2
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(150, 4)).astype(np.float32), rng.integers(0, 2, 150)
+    options = {"labels": y.tolist(), "metrics": ["accuracy", "roc_auc", "f1"], "losses": ["cross_entropy"]}
+    evaluated = client.post(
+        f"/v1/models/{model.json()['id']}/evaluations", json={"inputs": {"x": x.tolist()}, **options}
+    )
+    assert evaluated.status_code == 201, evaluated.text
+    z = plain_run(data, x)["logits"].reshape(-1)
+    direct = client.post("/v1/evaluations", json={"logits": z.tolist(), **options}).json()
+    got = evaluated.json()
+    assert got["classes"] == 2 and got["metrics"] == pytest.approx(direct["metrics"], rel=1e-6)
+    assert got["losses"]["cross_entropy"] == pytest.approx(bce_with_logits(z.astype(np.float64), y), rel=1e-6)
+    with_head = client.post(
+        f"/v1/models/{model.json()['id']}/evaluations",
+        json={"inputs": {"x": x.tolist()}, **options, "calibrator_id": "0" * 32},
+    )
+    assert with_head.status_code == 422 and "calibrator_id" in with_head.text
+
+
+def test_binary_uploads_that_do_not_fit_are_refused(client: TestClient) -> None:
+    from tests.test_api_models import upload
+
+    one_column = upload(client, _binary_model(False), name="c1")
+    assert one_column.status_code == 422 and "logits_output" in one_column.text and "binary" in one_column.text
+    wide = upload(client, _binary_model(False, width=3), name="c3", binary=True)
+    assert wide.status_code == 422 and '"binary"' in wide.text, wide.text

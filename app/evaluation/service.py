@@ -165,12 +165,13 @@ class _StreamedEvaluation:
         self,
         service: EvaluationService,
         request: ModelEvaluationRequest,
-        logits: str,
+        record: ModelRecord,
         given: Arrays,
         rows: int,
         slices: Slices | None,
     ) -> None:
-        self.service, self.request, self.logits, self.rows = service, request, logits, rows
+        self.service, self.request, self.rows = service, request, rows
+        self.logits, self.binary = record.logits_output, record.binary
         self.given, self.slices = tuple(k for k in given if k != SLOTS), slices
         self._stage: EvaluationStage | None = None
         self.first: Batch | None = None
@@ -181,7 +182,8 @@ class _StreamedEvaluation:
         return self._stage.evaluator
 
     def update(self, chunk: Chunk) -> tuple[EvaluationState, Span | None]:
-        arrays = {"logits": chunk[self.logits]} | {k: chunk[k] for k in self.given}
+        logits = log_odds(chunk[self.logits]) if self.binary else chunk[self.logits]
+        arrays = {"logits": logits} | {k: chunk[k] for k in self.given}
         if self.request.calibrator_id is not None:
             arrays = self.service.calibrators.calibrated_inputs(self.request.calibrator_id, arrays)
         batch = validate_batch(**arrays)
@@ -217,6 +219,15 @@ class _StreamedEvaluation:
             sample_weight=rows.get("sample_weight"),
             slices=self.slices,
         )
+
+
+def log_odds(logits: np.ndarray) -> np.ndarray:
+    """A binary model's logits as the [N] log-odds evaluations read: its [N] output, or [N, 1] squeezed."""
+    if logits.ndim == 2 and logits.shape[1] == 1:
+        return logits[:, 0]
+    if logits.ndim != 1:
+        raise InputError("logits_output", f"the binary model gave logits {list(logits.shape)}; expected [N] or [N, 1]")
+    return logits
 
 
 def row_values(array: np.ndarray) -> list[float | None]:
@@ -283,7 +294,7 @@ class EvaluationService:
         if slices is not None:  # each row's slots travel with its chunk
             source = replace(source, given={**source.given, SLOTS: slices.slots})
         rows, n = dict(source.given), source.rows
-        evaluation = _StreamedEvaluation(self, request, record.logits_output, rows, n, slices)
+        evaluation = _StreamedEvaluation(self, request, record, rows, n, slices)
         stages: dict[str, Stage[Any, Any]] = {"evaluation": evaluation}
         if request.sdm_id is not None:
             stages["regions"] = Assembled(self._regions_step(request.sdm_id, record), n)

@@ -33,6 +33,7 @@ class ModelInfo:
     embedding_output: str | None
     feature_outputs: list[str]
     classes: int | None
+    binary: bool = False
 
 
 def dtype_name(elem_type: int) -> str:
@@ -156,13 +157,31 @@ def describe(model: onnx.ModelProto, request: ModelRequest) -> ModelInfo:
             raise InputError(
                 "logits_output", f"the model has {len(outputs)} outputs and none is named 'logits': name one"
             )
-    logits_info = _float_matrix(by_name, logits, "logits_output", "logits")
-    classes = logits_info.shape[1] if logits_info.shape[1] > 0 else None
-    if classes is not None and classes < 2:
-        raise InputError("logits_output", f"output {logits!r} has C = {classes}; logits need C ≥ 2 classes")
+    classes, binary = _logits_classes(by_name, logits, request.binary)
     if request.embedding_output is not None:
         _float_matrix(by_name, request.embedding_output, "embedding_output", "an embedding")
     for name in request.feature_outputs:
         _float_matrix(by_name, name, "feature_outputs", "a feature output")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    return ModelInfo(opset, inputs, outputs, logits, request.embedding_output, list(request.feature_outputs), classes)
+    return ModelInfo(
+        opset, inputs, outputs, logits, request.embedding_output, list(request.feature_outputs), classes, binary
+    )
+
+
+def _logits_classes(outputs: dict[str, TensorInfo], name: str, binary: bool) -> tuple[int | None, bool]:
+    """C (None while symbolic) and whether the logits are binary log-odds: an [N] output, or [N, 1] with
+    `binary` (api.md); [N, 1] without it is C = 1, refused."""
+    info = outputs.get(name)
+    if info is not None and len(info.shape) == 1 and info.dtype in ("float32", "float64"):
+        return 2, True
+    info = _float_matrix(outputs, name, "logits_output", "logits")
+    width = info.shape[1] if info.shape[1] > 0 else None
+    if binary:
+        if width not in (1, None):
+            raise InputError("binary", f"output {name!r} is [N, {width}]; binary logits are [N] or [N, 1]")
+        return 2, True
+    if width is not None and width < 2:
+        raise InputError(
+            "logits_output", f"output {name!r} has C = {width}; logits need C ≥ 2 classes (or upload with binary: true)"
+        )
+    return width, False

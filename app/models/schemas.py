@@ -20,6 +20,11 @@ class ModelRequest(BaseModel):
     )
     embedding_output: str | None = Field(None, description="An [N, D] output used by detectors and SDM.")
     feature_outputs: list[str] = Field(default_factory=list, description="Further [N, D_l] outputs (layer ensembles).")
+    binary: bool = Field(
+        False,
+        description="Read an [N, 1] logits output as one log-odds per row (the two-class problem, api.md); an [N] "
+        "logits output is binary without it.",
+    )
     tags: Tags = Field(default_factory=dict)
 
 
@@ -40,6 +45,7 @@ class ModelOut(RecordOut):
     embedding_output: str | None
     feature_outputs: list[str]
     classes: int | None = Field(description="C when the model declares it, else null until its first run.")
+    binary: bool = Field(False, description="Its logits are one log-odds per row ([N], or [N, 1] uploaded as binary).")
     tags: dict[str, str]
 
 

@@ -52,6 +52,7 @@ class ModelService(StoredResource[ModelRecord, ModelOut]):
                 embedding_output=info.embedding_output,
                 feature_outputs=info.feature_outputs,
                 classes=info.classes,
+                binary=info.binary,
                 tags=request.tags,
             )
             try:

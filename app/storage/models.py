@@ -7,7 +7,20 @@ import math
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Dialect, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -205,6 +218,7 @@ class ModelRecord(ProjectScoped, Base):
     embedding_output: Mapped[str | None] = mapped_column(String(256))
     feature_outputs: Mapped[list[str]] = mapped_column(FiniteJson)
     classes: Mapped[int | None] = mapped_column(Integer)
+    binary: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # logits: log-odds [N]
     tags: Mapped[dict[str, str]] = mapped_column(FiniteJson)
 
     __table_args__ = (Index("ix_models_project_id_created_at_id", "project_id", "created_at", "id"),)

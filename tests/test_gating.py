@@ -630,3 +630,36 @@ def test_cli_every_option_has_help_and_exit_codes_are_documented() -> None:
                 pending += [(f"{name} {verb}", parser) for verb, parser in action.choices.items()]
     for name in ("gate", "evaluate", "promote", "model"):
         assert "exit codes" in commands.choices[name].format_help()
+
+
+def test_confusion_metrics_are_resampled_from_the_stored_labels_and_predictions(client: TestClient) -> None:
+    """f1, mcc, balanced accuracy, kappa: each replicate's matrix is W @ one-hot(true·C + predicted), so on
+    unit weights the statistic is the metric itself (scikit-learn's), identical models give [0, 0], and
+    a worse model's paired interval holds its delta; thresholded and per-class metrics get no interval."""
+    from sklearn import metrics as sk
+
+    from app.core.bootstrap import point
+    from app.core.metrics import METRICS
+
+    good, worse, labels = two_models(5, n=600)
+    pred = worse.argmax(1)
+    spec = METRICS["f1"].spec.model_validate({"name": "f1", "average": "weighted"})
+    values = RowValues(
+        "confusion", cells=labels * 3 + pred, classes=3,
+        of_matrix=lambda m: float(METRICS["f1"].finalize({"confusion": m}, spec)),  # type: ignore[arg-type]
+    )  # fmt: skip
+    assert point(values) == pytest.approx(sk.f1_score(labels, pred, average="weighted"), rel=1e-9)
+    names = ["f1", "mcc", "balanced_accuracy", "cohen_kappa"]
+    extra = {"metrics": [*names, {"name": "recall", "average": "none"}]}
+    base, same, cand = (evaluation(client, z, labels, **extra) for z in (good, good, worse))
+    rules = [{"metric": m, "op": "max_decrease_abs", "value": 0.01} for m in names]
+    for candidate, identical in ((same, True), (cand, False)):
+        body = {"candidate": candidate, "baseline": base, "rules": rules, "significance": 0.9, "resamples": 400}
+        gate = client.post("/v1/gates", json=body)
+        assert gate.status_code == 201, gate.text
+        for result in gate.json()["rules"]:
+            low, high = result["interval"]
+            if identical:
+                assert low == high == 0.0
+            else:
+                assert low < result["delta"] < high < 0, result  # worse on every one: the interval says so

@@ -3,13 +3,15 @@
 Resampling weights are Poisson(1) counts (the Poisson bootstrap, Hanley & MacGibbon 2006; equivalent
 to multinomial resampling as N grows), drawn by inverse CDF from random 16-bit integers through a
 65,536-entry table (quantile resolution 1.5e-5; ~6x cheaper than numpy's Poisson sampler). A block of
-R replicate weight vectors W [R, N] turns every weighted mean into one product W @ x, and binned
-calibration error into W @ (bin one-hots · values). Paired: the same W for both models (rows
+R replicate weight vectors W [R, N] turns every weighted mean into one product W @ x, binned
+calibration error into W @ (bin one-hots · values), and a metric of the confusion matrix into W @ (one-hots
+of true·C + predicted), one resampled matrix per replicate. Paired: the same W for both models (rows
 resampled jointly). Unpaired: independent W per model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,7 +22,8 @@ from app.core import deadline
 from app.core.metrics import uniform_bins
 
 F64 = npt.NDArray[np.float64]
-Statistic = Literal["mean", "ece"]
+Statistic = Literal["mean", "ece", "confusion"]
+MAX_CONFUSION_CELLS = 1024  # C² columns of the confusion design (C ≤ 32): the product costs R·N·C²
 BLOCK_BYTES = 32 << 20
 
 
@@ -46,17 +49,21 @@ def poisson_weights(rng: np.random.Generator, replicates: int, n: int) -> npt.ND
 
 @dataclass(frozen=True)
 class RowValues:
-    """What one model contributes: per-row values for a mean, or (confidence, correct) for ECE."""
+    """What one model contributes: per-row values for a mean, (confidence, correct) for ECE, or each row's
+    cell true·C + predicted with the metric's finalize of a flat C × C matrix."""
 
     kind: Statistic
     values: F64 | None = None  # mean: per-row value
     confidence: F64 | None = None  # ece
     correct: F64 | None = None  # ece
     bins: int = 15
+    cells: npt.NDArray[np.int64] | None = None  # confusion: true·C + predicted per row
+    classes: int = 0  # confusion: C
+    of_matrix: Callable[[F64], float] | None = None  # confusion: the metric of one flat [C²] matrix
 
     @property
     def n(self) -> int:
-        data = self.values if self.kind == "mean" else self.confidence
+        data = {"mean": self.values, "ece": self.confidence, "confusion": self.cells}[self.kind]
         assert data is not None
         return len(data)
 
@@ -66,6 +73,11 @@ class RowValues:
         if self.kind == "mean":
             assert self.values is not None
             return self.values[:, None].astype(np.float64)
+        if self.kind == "confusion":
+            assert self.cells is not None
+            onehot = np.zeros((len(self.cells), self.classes * self.classes))
+            onehot[np.arange(len(self.cells)), self.cells] = 1.0
+            return onehot
         assert self.confidence is not None and self.correct is not None
         index = uniform_bins(self.confidence, self.bins)  # the ECE metric's own binning fragment
         design = np.zeros((len(index), self.bins))
@@ -76,6 +88,14 @@ class RowValues:
         """Per replicate, from the weighted column sums and the total weight."""
         sums = sums.astype(np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):  # an empty resample: 0/0, dropped later
+            if self.kind == "confusion":
+                assert self.of_matrix is not None
+                return np.array(
+                    [
+                        self.of_matrix(matrix) if total > 0 else np.nan
+                        for matrix, total in zip(sums, totals, strict=True)
+                    ]
+                )
             value: F64 = sums[:, 0] / totals if self.kind == "mean" else np.abs(sums).sum(1) / totals
         return value
 

@@ -288,10 +288,11 @@ def _rows_fragment(ctx: GraphContext, p: TermSpec) -> dict[str, Var]:
 @dataclass(frozen=True)
 class Resampling:
     """How the gate's bootstrap rebuilds a metric from an evaluation's stored per-row arrays: the mean of
-    each row's correctness, the uniform-bin L1 ECE of (confidence, correctness) with `uniform_bins`, or
-    the mean of the per-row values of a plain (unweighted, unsmoothed) loss named in `losses`."""
+    each row's correctness, the uniform-bin L1 ECE of (confidence, correctness) with `uniform_bins`, the
+    mean of the per-row values of a plain (unweighted, unsmoothed) loss named in `losses`, or the metric
+    of the confusion matrix of (label, argmax prediction)."""
 
-    statistic: Literal["correct", "ece", "loss"]
+    statistic: Literal["correct", "ece", "loss", "confusion"]
     bins: int = 15
     losses: tuple[str, ...] = ()
 
@@ -303,6 +304,11 @@ def _not_resampled(spec: TermSpec) -> Resampling | None:
 def _accuracy_resampling(spec: Accuracy) -> Resampling | None:
     """The stored per-row prediction is the argmax: a thresholded accuracy is not resampled from it."""
     return Resampling("correct") if spec.threshold is None else None
+
+
+def _confusion_resampling(spec: Thresholded) -> Resampling | None:
+    """The stored prediction is the argmax: a thresholded metric, or a list (`average: none`), is not resampled."""
+    return Resampling("confusion") if spec.threshold is None and getattr(spec, "average", None) != "none" else None
 
 
 def _ece_resampling(spec: Ece) -> Resampling | None:
@@ -354,10 +360,17 @@ METRICS: dict[str, MetricDef] = dict(
         _def(Entropy, _entropy, _finalize_mean),
         _def(Aurc, _rows_fragment, lambda s, p: aurc(*_rows(s)), kept_parts=ROWS_PARTS),
         _def(SoftmaxCollapse, _softmax_collapse, _finalize_mean),
-        *(_def(spec, confusion_state, averaged, higher_is_better=True) for spec in (Precision, Recall, F1)),
-        _def(BalancedAccuracy, confusion_state, balanced_accuracy, higher_is_better=True),
-        _def(Mcc, confusion_state, mcc, higher_is_better=True),
-        _def(CohenKappa, confusion_state, cohen_kappa, higher_is_better=True),
+        *(
+            _def(spec, confusion_state, finalize, higher_is_better=True, resampling=_confusion_resampling)
+            for spec, finalize in (
+                (Precision, averaged),
+                (Recall, averaged),
+                (F1, averaged),
+                (BalancedAccuracy, balanced_accuracy),
+                (Mcc, mcc),
+                (CohenKappa, cohen_kappa),
+            )
+        ),
         _def(ConfusionMatrix, confusion_state, confusion_values),
         *(
             _def(spec, ranking_state, ranked, RANKED_PARTS, higher_is_better=True)

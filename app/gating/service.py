@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from app.core.bootstrap import RowValues, bootstrap_differences, percentile_interval
+from app.core.bootstrap import MAX_CONFUSION_CELLS, RowValues, bootstrap_differences, percentile_interval
 from app.core.errors import InputError
 from app.core.losses import LOSSES
 from app.core.metrics import METRICS, Resampling
@@ -95,6 +95,8 @@ def row_values(record: Evaluation, arrays: dict[str, np.ndarray], kind: str, key
     correct = (arrays["prediction"].astype(np.int64) == arrays["label"].astype(np.int64)).astype(np.float64)
     if resampling is not None and resampling.statistic == "correct":
         return RowValues("mean", values=correct), ""
+    if resampling is not None and resampling.statistic == "confusion":
+        return _confusion_values(record, arrays, spec)
     if resampling is not None and resampling.statistic == "ece":
         confidence = arrays["confidence"].astype(np.float64)
         return RowValues("ece", confidence=confidence, correct=correct, bins=resampling.bins), ""
@@ -104,6 +106,25 @@ def row_values(record: Evaluation, arrays: dict[str, np.ndarray], kind: str, key
             if loss["name"] == loss_name and plain and f"loss.{loss.get('key', loss_name)}" in arrays:
                 return RowValues("mean", values=arrays[f"loss.{loss.get('key', loss_name)}"].astype(np.float64)), ""
     return None, f"no per-row values from which to resample {key!r}"
+
+
+def _confusion_values(
+    record: Evaluation, arrays: dict[str, np.ndarray], spec: dict[str, Any]
+) -> tuple[RowValues | None, str]:
+    """Each row's confusion cell, and the metric of a resampled matrix (its own finalize)."""
+    classes = record.classes
+    if classes * classes > MAX_CONFUSION_CELLS:
+        return None, f"C = {classes} classes: a resampled {classes} × {classes} matrix per replicate is too wide"
+    metric = METRICS[spec["name"]]
+    parsed = metric.spec.model_validate(spec)
+    cells = arrays["label"].astype(np.int64) * classes + arrays["prediction"].astype(np.int64)
+
+    def of_matrix(matrix: np.ndarray) -> float:
+        value = metric.finalize({"confusion": matrix}, parsed)
+        assert isinstance(value, float)  # a resampled metric is a number (lists are never resampled)
+        return value
+
+    return RowValues("confusion", cells=cells, classes=classes, of_matrix=of_matrix), ""
 
 
 def _intervals(

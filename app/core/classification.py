@@ -6,6 +6,8 @@ follows scikit-learn's definition with `labels=range(C)` and `zero_division=0`."
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Literal
 
 import numpy as np
@@ -117,6 +119,12 @@ def ranking_state(ctx: GraphContext, spec: TermSpec) -> dict[str, Var]:
     return ctx.shared("ranking", build)
 
 
+# One class's curve per task: numpy's sort releases the GIL, so the classes of one evaluation sort on every
+# core (1M × 10 float32 on 2 cores: 0.72 s of sorts in one thread, 0.40 s in two).
+_SORTS = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="caliper-sort")
+PARALLEL_ROWS = 1 << 12
+
+
 def _curve(score: np.ndarray, positive: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Weighted true and false positives at each distinct score, descending, from (0, 0)."""
     order = np.argsort(-score)  # not stable: rows of equal scores are summed as one group anyway
@@ -141,9 +149,13 @@ def ranked(state: dict[str, np.ndarray], spec: Ranked) -> float:
     area = _auc if spec.name == "roc_auc" else _ap
     classes = (1,) if probs.shape[1] == 2 else range(probs.shape[1])
     values, prevalence = [], []
-    for c in classes:
-        positive = truth == c
-        tp, fp = _curve(probs[:, c], positive, weight)
+
+    def curve(c: int) -> tuple[np.ndarray, np.ndarray]:
+        return _curve(probs[:, c], truth == c, weight)
+
+    threaded = len(classes) > 1 and len(truth) >= PARALLEL_ROWS  # below, a task's hand-off costs more than its sort
+    curves = _SORTS.map(curve, classes) if threaded else map(curve, classes)
+    for tp, fp in curves:
         if tp[-1] > 0 and (fp[-1] > 0 or spec.name == "average_precision"):  # AP needs no negative rows
             values.append(area(tp, fp))
             prevalence.append(tp[-1])

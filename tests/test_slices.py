@@ -374,3 +374,22 @@ def test_a_policy_rule_may_name_one_slice_group(tmp_path: Path) -> None:
         (tmp_path / "bad.toml").write_text(rule + bad)
         with pytest.raises(ConfigurationError, match="slice"):
             load_policy(tmp_path / "bad.toml")
+
+
+def test_list_valued_answers_too_large_are_refused_before_any_work() -> None:
+    """A 1,000-class confusion matrix is 10⁶ numbers; per group of 100 groups it would be 10⁸ (≈ 1 GB of
+    JSON): 422 naming slices, while the matrix alone, or per-class lists per group, are answered."""
+    from app.core.evaluation import check_plan
+
+    slices = Slices.of({"g": np.arange(100)}, 100)
+    batch = validate_batch(logits=np.zeros((100, 1000), np.float32), labels=np.zeros(100, np.int64)).sliced(slices)
+    matrix = _plan_terms(("confusion_matrix",))[1]
+    per_class = (METRICS["recall"].spec.model_validate({"name": "recall", "average": "none"}),)
+    check_plan(EvaluationPlan(batch.layout, (), matrix), 1000)
+    check_plan(EvaluationPlan(batch.layout, (), per_class), 1000, slices)
+    with pytest.raises(InputError) as refused:
+        check_plan(EvaluationPlan(batch.layout, (), matrix), 1000, slices)
+    assert refused.value.field == "slices"
+    with pytest.raises(InputError) as refused:
+        check_plan(EvaluationPlan(batch.layout, (), matrix), 3000)
+    assert refused.value.field == "metrics"

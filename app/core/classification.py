@@ -244,6 +244,16 @@ def cohen_kappa(state: dict[str, np.ndarray], spec: TermSpec) -> float:
     return float(1.0 - matrix[off].sum() / disagreement) if disagreement > 0 else float("nan")
 
 
+MAX_ANSWER_CELLS = 1 << 22  # numbers the list-valued metrics may answer in all (≈ 40 MB of JSON)
+
+
+def answer_cells(spec: TermSpec, classes: int) -> int:
+    """How many numbers a metric answers: C² for the confusion matrix, C for `average: none`, else 1."""
+    if isinstance(spec, ConfusionMatrix):
+        return classes * classes
+    return classes if isinstance(spec, Averaged) and spec.average == "none" else 1
+
+
 def check(spec: TermSpec, classes: int) -> str | None:
     """Why a spec cannot apply to C classes (a threshold or the binary average need C = 2), or None."""
     if classes == 2 or not isinstance(spec, Thresholded):

@@ -535,6 +535,14 @@ def check_plan(plan: EvaluationPlan, classes: int, slices: Slices | None = None)
     if slices is not None:
         widths = [METRICS[s.name].width(s, classes) for s in plan.metrics]
         slices.check_width(max([plan.reliability_bins, classes, *widths]))
+    answers = 1 + (0 if slices is None else slices.slot_count)  # the whole, and each group
+    cells = answers * sum(classification.answer_cells(s, classes) for s in plan.metrics)
+    if cells > classification.MAX_ANSWER_CELLS:
+        raise InputError(
+            "metrics" if slices is None else "slices",
+            f"the answer would hold {cells:,} numbers (confusion matrices of C = {classes} classes, or per-class "
+            f"lists, for {answers} groups); at most {classification.MAX_ANSWER_CELLS:,}: ask for fewer",
+        )
     for spec in plan.losses:
         definition = LOSSES[spec.name]
         if definition.needs_labels and plan.layout.target_kind != "labels":

@@ -4,8 +4,9 @@ f1 (macro), precision (weighted), balanced_accuracy, mcc, cohen_kappa and roc_au
 with the default set (accuracy, nll, brier, ece, mce) on 1M × 10 and 100k × 100 float32 logits:
 Caliper's fused graph (one chunked pass; the confusion matrix and the kept probabilities are its states)
 against scikit-learn's functions given the softmax and the argmax it needs (computed once, in numpy, and
-timed with it). Target (issue 27): ≥ 3× faster than the faster peer for the whole set. torchmetrics is not
-a dependency here, so it is not in the table.
+timed with it), and torchmetrics' functional metrics on CPU tensors (softmax in torch, timed with them) when
+torchmetrics is installed (it is not a dependency: `pip install torch==2.13.0 torchmetrics` for the CPU build).
+Target (issue 27): ≥ 3× faster than the faster peer for the whole set.
 Slices: the default set plus f1, roc_auc and (C = 10) confusion_matrix with 100 groups of one key (numbering
 the groups included) against the same evaluation without slices, rows kept as a stored evaluation keeps them.
 Target: ≤ 1.5×.
@@ -15,6 +16,7 @@ Run: `.venv/bin/python -m bench.classification [--repeats 3]` (part of `make ben
 from __future__ import annotations
 
 import argparse
+import importlib.util
 
 import numpy as np
 from pydantic import TypeAdapter
@@ -49,6 +51,21 @@ def scikit_learn(z: np.ndarray, y: np.ndarray) -> None:
     sk.roc_auc_score(y, p, multi_class="ovr", average="macro", labels=labels)
 
 
+def torchmetrics_set(z: np.ndarray, y: np.ndarray) -> None:
+    """The same classic numbers from torchmetrics' functional API (macro recall is balanced accuracy)."""
+    import torch
+    from torchmetrics.functional import classification as tm
+
+    c = z.shape[1]
+    probs, target = torch.softmax(torch.from_numpy(z), dim=1), torch.from_numpy(y)
+    tm.multiclass_f1_score(probs, target, c, average="macro")
+    tm.multiclass_precision(probs, target, c, average="weighted")
+    tm.multiclass_recall(probs, target, c, average="macro")
+    tm.multiclass_matthews_corrcoef(probs, target, c)
+    tm.multiclass_cohen_kappa(probs, target, c)
+    tm.multiclass_auroc(probs, target, c, average="macro")
+
+
 def compare(n: int, c: int, repeats: int) -> None:
     rng = np.random.default_rng(0)
     z = rng.normal(size=(n, c)).astype(np.float32)
@@ -64,6 +81,8 @@ def compare(n: int, c: int, repeats: int) -> None:
         evaluator = Evaluator(EvaluationPlan(batch.layout, (), tuple(adapter.validate_python(m) for m in metrics)))
         rows[name] = median_seconds(lambda e=evaluator: e.evaluate(batch, keep_rows=False), repeats)
     rows["scikit-learn: classic set"] = median_seconds(lambda: scikit_learn(z, y), repeats, warmup=0)
+    if importlib.util.find_spec("torchmetrics") is not None:
+        rows["torchmetrics: classic set"] = median_seconds(lambda: torchmetrics_set(z, y), repeats)
     report(f"{n:,} × {c} float32", rows, "scikit-learn: classic set")
 
 

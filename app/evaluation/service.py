@@ -68,8 +68,9 @@ def slice_columns(request: EvaluationRequest, arrays: dict[str, np.ndarray]) -> 
     `arrays`); a key given both ways is a 422."""
     parts = {name.removeprefix("slices."): arrays.pop(name) for name in list(arrays) if name.startswith("slices.")}
     given = request.slices or {}
-    for key in sorted(parts.keys() & given.keys()):
-        raise InputError(f"slices.{key}", "given both as a part and inside 'request'")
+    twice = sorted(parts.keys() & given.keys())
+    if twice:
+        raise InputError(f"slices.{twice[0]}", "given both as a part and inside 'request'")
     return {**{key: np.asarray(values) for key, values in given.items()}, **parts}
 
 

@@ -28,16 +28,22 @@ def _values(record: Evaluation, group: dict[str, str] | None = None) -> dict[str
         metrics = {v.name: v.value for v in record.values if v.kind == "metric"} | (record.metric_lists or {})
         losses = {v.name: v.value for v in record.values if v.kind == "loss"}
     else:
-        ((key, value),) = group.items()
-        stored = (record.slices or {}).get(key, {}).get(value, {})
+        stored = _stored_group(record, group) or {}
         metrics, losses = stored.get("metrics", {}), stored.get("losses", {})
     return {name: ("metric", v) for name, v in metrics.items()} | {name: ("loss", v) for name, v in losses.items()}
+
+
+def _stored_group(record: Evaluation, group: dict[str, str]) -> dict[str, Any] | None:
+    """The stored numbers of one slice group ({"n", "losses"?, "metrics"?}), or None when there is none."""
+    ((key, value),) = group.items()
+    stored: dict[str, Any] | None = (record.slices or {}).get(key, {}).get(value)
+    return stored
 
 
 def _check_group(record: Evaluation, group: dict[str, str], index: int, role: str) -> None:
     """422 naming the rule when the evaluation has no such slice group (or too few rows to have numbers)."""
     ((key, value),) = group.items()
-    stored = (record.slices or {}).get(key, {}).get(value)
+    stored = _stored_group(record, group)
     if stored is None:
         raise InputError(f"rules[{index}].slice", f"the {role} evaluation has no slice {key}={value!r}")
     if "metrics" not in stored:

@@ -26,8 +26,16 @@ class Mlp:
 
 
 def mlp(
-    d: int = 6, hidden: int = 5, classes: int = 3, dtype: type = np.float32, batch: int | None = None, seed: int = 0
+    d: int = 6,
+    hidden: int = 5,
+    classes: int = 3,
+    dtype: type = np.float32,
+    batch: int | None = None,
+    seed: int = 0,
+    squeeze: bool = False,
 ) -> tuple[bytes, Mlp]:
+    """x [N, d] -> embedding = relu(x·w1 + b1) [N, hidden] -> logits = embedding·w2 + b2 [N, classes] (with
+    `squeeze`, classes = 1: binary log-odds [N])."""
     rng = np.random.default_rng(seed)
     weights = Mlp(
         rng.normal(size=(d, hidden)),
@@ -43,14 +51,17 @@ def mlp(
         helper.make_node("Add", ["h0", "b1"], ["h1"]),
         helper.make_node("Relu", ["h1"], ["embedding"]),
         helper.make_node("MatMul", ["embedding", "w2"], ["z0"]),
-        helper.make_node("Add", ["z0", "b2"], ["logits"]),
+        helper.make_node("Add", ["z0", "b2"], ["z1" if squeeze else "logits"]),
     ]
+    if squeeze:
+        inits.append(numpy_helper.from_array(np.array([1], np.int64), "axis"))
+        nodes.append(helper.make_node("Squeeze", ["z1", "axis"], ["logits"]))
     graph = helper.make_graph(
         nodes,
         "mlp",
         [helper.make_tensor_value_info("x", elem, [n, d])],
         [
-            helper.make_tensor_value_info("logits", elem, [n, classes]),
+            helper.make_tensor_value_info("logits", elem, [n] if squeeze else [n, classes]),
             helper.make_tensor_value_info("embedding", elem, [n, hidden]),
         ],
         inits,

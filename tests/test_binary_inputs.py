@@ -187,11 +187,58 @@ def test_a_binary_model_is_evaluated_as_the_two_class_problem(client: TestClient
     got = evaluated.json()
     assert got["classes"] == 2 and got["metrics"] == pytest.approx(direct["metrics"], rel=1e-6)
     assert got["losses"]["cross_entropy"] == pytest.approx(bce_with_logits(z.astype(np.float64), y), rel=1e-6)
-    with_head = client.post(
-        f"/v1/models/{model.json()['id']}/evaluations",
-        json={"inputs": {"x": x.tolist()}, **options, "calibrator_id": "0" * 32},
+
+
+@pytest.mark.parametrize("squeeze", [True, False], ids=["[N]", "[N, 1] binary"])
+def test_heads_on_a_binary_model_see_the_two_class_problem(client: TestClient, squeeze: bool) -> None:
+    """A calibrator, a detector and an SDM estimator fitted from a binary model: predict answers the
+    [N] log-odds and P(class 1) (the temperature-scaled sigmoid), the export and V2 give what predict
+    gives, and a model evaluation with the calibrator equals evaluating the calibrated P(class 1)."""
+    from tests import onnx_models
+    from tests.test_api_models import plain_run, upload
+    from tests.test_export import fit_heads, predicted, session_outputs
+
+    data, _ = onnx_models.mlp(d=6, hidden=5, classes=1, seed=3, squeeze=squeeze)
+    model = upload(client, data, name="binary-mlp", embedding_output="embedding", binary=not squeeze).json()
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(1000, 6)).astype(np.float32)
+    z = plain_run(data, x)["logits"].reshape(-1)
+    y = (rng.random(1000) < 1 / (1 + np.exp(-0.5 * z))).astype(np.int64)  # over-confident log-odds: T ≈ 2
+    heads = fit_heads(client, model["id"], x, y)
+    temperature = client.get(f"/v1/calibrators/{heads['calibrator_id']}").json()["fitted"]["temperature"]
+    assert temperature > 1.2  # the heads have something to correct
+    probe = rng.normal(size=(64, 6)).astype(np.float32)
+    z_probe = plain_run(data, probe)["logits"].reshape(-1).astype(np.float64)
+    got = predicted(client, model["id"], probe, **heads)
+    np.testing.assert_allclose(got["logits"], z_probe, rtol=1e-6)
+    np.testing.assert_allclose(got["probabilities"], 1 / (1 + np.exp(-z_probe / temperature)), rtol=1e-5)
+    np.testing.assert_array_equal(got["prediction"], (z_probe > 0).astype(int))
+    assert len(got["sdm"]["probabilities"][0]) == 2 and len(got["ood_score"]) == 64
+    export = client.get(f"/v1/models/{model['id']}/export", params=heads)
+    assert export.status_code == 200, export.text
+    exported = session_outputs(export.content, probe)
+    assert exported["probabilities"].shape == (64,)
+    np.testing.assert_allclose(exported["probabilities"], got["probabilities"], rtol=2e-6)
+    np.testing.assert_allclose(exported["ood_score"], got["ood_score"], rtol=2e-5, atol=2e-6)
+    np.testing.assert_array_equal(exported["sdm_q"], got["sdm"]["q"])
+    deployed = client.post("/v1/pipelines", json={"name": "binary", "model_id": model["id"], **heads})
+    assert deployed.status_code == 201, deployed.text
+    tensor = {"name": "x", "datatype": "FP32", "shape": [64, 6], "data": probe.ravel().tolist()}
+    served = client.post("/v2/models/binary/infer", json={"inputs": [tensor], "outputs": [{"name": "probabilities"}]})
+    assert served.status_code == 200, served.text
+    (answer,) = served.json()["outputs"]
+    assert answer["shape"] == [64]
+    np.testing.assert_allclose(answer["data"], got["probabilities"], rtol=2e-6)
+    options = {"labels": y.tolist(), "metrics": ["accuracy", "ece", "roc_auc"], "losses": ["cross_entropy"]}
+    with_calibrator = client.post(
+        f"/v1/models/{model['id']}/evaluations",
+        json={"inputs": {"x": x.tolist()}, **options, "calibrator_id": heads["calibrator_id"]},
     )
-    assert with_head.status_code == 422 and "calibrator_id" in with_head.text
+    assert with_calibrator.status_code == 201, with_calibrator.text
+    calibrated = client.post(f"/v1/calibrators/{heads['calibrator_id']}/apply", json={"logits": z.tolist()}).json()
+    direct = client.post("/v1/evaluations", json={"probabilities": calibrated["probabilities"], **options}).json()
+    assert with_calibrator.json()["metrics"] == pytest.approx(direct["metrics"], rel=1e-6)
+    assert with_calibrator.json()["losses"] == pytest.approx(direct["losses"], rel=1e-6)
 
 
 def test_binary_uploads_that_do_not_fit_are_refused(client: TestClient) -> None:

@@ -75,7 +75,7 @@ def _inputs(arrays: dict[str, np.ndarray], prefix: str, method: str) -> tuple[np
     if logits.ndim != 3:
         batch = validate_batch(logits=logits, labels=labels)
         assert batch.labels is not None
-        return (two_columns(batch.scores) if batch.layout.binary else batch.scores), batch.labels
+        return batch.matrix, batch.labels
     views, view_labels = _views(logits, labels, f"{prefix}logits", method)
     assert view_labels is not None
     return views, view_labels

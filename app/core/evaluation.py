@@ -284,6 +284,11 @@ class Batch:
     def classes(self) -> int:
         return 2 if self.layout.binary else int(self.scores.shape[1])
 
+    @property
+    def matrix(self) -> np.ndarray:
+        """The scores as [N, C]: binary [N] as the two-class problem, for estimators that take [N, C]."""
+        return two_columns(self.scores, self.layout.input_kind) if self.layout.binary else self.scores
+
     def columns(self) -> dict[str, np.ndarray]:
         """The given arrays by graph input name (the chunks a fold slices)."""
         columns = {self.layout.input_kind: self.scores, "labels": self.labels, "targets": self.targets}

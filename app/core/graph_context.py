@@ -31,6 +31,14 @@ def ints(*values: int) -> Var:
     return op.constant(value=np.asarray(values, dtype=np.int64))
 
 
+def binary_columns(x: Var, logits: bool) -> Var:
+    """Binary scores [N] (or [N, 1]) as the two-class problem of api.md: log-odds z -> [0, z] (z − z:
+    the inputs are finite), P(class 1) p -> [1 − p, p]; [N, 2] in x's dtype."""
+    column = op.reshape(x, ints(-1, 1))
+    first = op.sub(column, column) if logits else op.sub(scalar(1.0, x.unwrap_tensor().dtype), column)
+    return op.concat([first, column], axis=1)
+
+
 def class_range(x: Var) -> Var:
     """[1, C] int64 row 0..C−1 over x's last axis, to compare with label or argmax columns."""
     c = op.squeeze(op.shape(x, start=-1), ints(0))
@@ -219,13 +227,8 @@ class GraphContext:
         return self._columns(self.inputs[self.layout.input_kind], logits=self.from_logits)
 
     def _columns(self, x: Var, logits: bool) -> Var:
-        """x itself, or binary [N] as [N, 2]: logits [0, z] (z − z: the inputs are finite), probabilities
-        [1 − p, p]."""
-        if not self.layout.binary:
-            return x
-        column = op.unsqueeze(x, self.ints(1))
-        first = op.sub(column, column) if logits else op.sub(self.const(1.0), column)
-        return op.concat([first, column], axis=1)
+        """x itself, or binary [N] as [N, 2] (`binary_columns`)."""
+        return binary_columns(x, logits) if self.layout.binary else x
 
     @cached_property
     def scores(self) -> Var:

@@ -35,7 +35,7 @@ from app.core.runtime import SessionCache
 from app.core.slices import Slices
 from app.core.specs import TermSpec
 from app.evaluation.schemas import EvaluationOut, EvaluationRequest, ModelEvaluationRequest, Reliability, SliceOut
-from app.models.runner import ModelRunner
+from app.models.runner import ModelRunner, read_logits
 from app.pipelines.heads import HeadCheck, Heads
 from app.records import EvaluationFilter, Page, finite_or_none, new_id, rfc3339, utc_now
 from app.sdm.service import region_metrics
@@ -172,7 +172,7 @@ class _StreamedEvaluation:
         slices: Slices | None,
     ) -> None:
         self.service, self.request, self.rows = service, request, rows
-        self.logits, self.binary = record.logits_output, record.binary
+        self.record = record
         self.given, self.slices = tuple(k for k in given if k != SLOTS), slices
         self._stage: EvaluationStage | None = None
         self.first: Batch | None = None
@@ -183,7 +183,7 @@ class _StreamedEvaluation:
         return self._stage.evaluator
 
     def update(self, chunk: Chunk) -> tuple[EvaluationState, Span | None]:
-        logits = log_odds(chunk[self.logits]) if self.binary else chunk[self.logits]
+        logits = read_logits(self.record, chunk[self.record.logits_output])
         arrays = {"logits": logits} | {k: chunk[k] for k in self.given}
         if self.request.calibrator_id is not None:
             arrays = self.service.calibrators.calibrated_inputs(self.request.calibrator_id, arrays)
@@ -220,15 +220,6 @@ class _StreamedEvaluation:
             sample_weight=rows.get("sample_weight"),
             slices=self.slices,
         )
-
-
-def log_odds(logits: np.ndarray) -> np.ndarray:
-    """A binary model's logits as the [N] log-odds evaluations read: its [N] output, or [N, 1] squeezed."""
-    if logits.ndim == 2 and logits.shape[1] == 1:
-        return logits[:, 0]
-    if logits.ndim != 1:
-        raise InputError("logits_output", f"the binary model gave logits {list(logits.shape)}; expected [N] or [N, 1]")
-    return logits
 
 
 def row_values(array: np.ndarray) -> list[float | None]:
@@ -319,7 +310,10 @@ class EvaluationService:
         """A chunk's SDM region columns, from the model's raw logits and embeddings."""
 
         def step(chunk: Chunk) -> Arrays:
-            sdm_inputs = {"embeddings": chunk[record.embedding_output or ""], "logits": chunk[record.logits_output]}
+            sdm_inputs = {
+                "embeddings": chunk[record.embedding_output or ""],
+                "logits": read_logits(record, chunk[record.logits_output]),
+            }
             return self.sdm.regions(sdm_id, sdm_inputs)
 
         return step

@@ -150,7 +150,8 @@ class ModelRunner:
                     given = next((k for k in arrays if k == target or k.startswith(f"{split}{field}.")), None)
                     if given is not None:
                         raise InputError(given, f"give `{split}inputs` for model {model_id} or `{given}`, not both")
-                    out[target] = computed[output]
+                    value = computed[output]
+                    out[target] = read_logits(record, value) if fields[field] == "logits" else value
         return out
 
     @staticmethod
@@ -251,3 +252,15 @@ def _castable(array: np.ndarray, wanted: np.dtype) -> bool:
     if wanted.kind in "iu":
         return array.dtype.kind in "iu" or (array.dtype.kind == "f" and bool(np.all(np.mod(array, 1) == 0)))
     return False
+
+
+def read_logits(record: ModelRecord, logits: np.ndarray) -> np.ndarray:
+    """A model's logits output as Caliper reads it: as given, or a binary model's [N] log-odds (its [N]
+    output, or [N, 1] squeezed; api.md)."""
+    if not record.binary:
+        return logits
+    if logits.ndim == 2 and logits.shape[1] == 1:
+        return logits[:, 0]
+    if logits.ndim != 1:
+        raise InputError("logits_output", f"the binary model gave logits {list(logits.shape)}; expected [N] or [N, 1]")
+    return logits

@@ -15,6 +15,7 @@ import spox.opset.ai.onnx.v21 as op
 from spox import Tensor, Var, argument, build
 
 from app.core import deadline
+from app.core.graph_context import binary_columns, scalar
 from app.models.runner import ModelRunner
 from app.models.schemas import TensorInfo
 from app.pipelines.heads import HeadCheck, Heads
@@ -62,13 +63,19 @@ class ExportService:
         arguments = [_argument(declared[name]) for name in wanted]
         inputs = dict(zip(wanted, arguments, strict=True))
         logits = inputs[record.logits_output]
+        if record.binary:  # log-odds [N] or [N, 1]: the heads see the two-class problem [0, z] (api.md)
+            logits = binary_columns(logits, logits=True)
         z = _as(logits, dtype)
         outputs: dict[str, Var] = {}
         if heads.calibrator_id is not None:
             calibrator = self.heads.calibrators.restored(self.heads.calibrators.record(heads.calibrator_id))
-            outputs["probabilities"] = calibrator.apply_fragment(z)
+            probabilities = calibrator.apply_fragment(z)
         else:
-            outputs["probabilities"] = op.softmax(z, axis=-1)
+            probabilities = op.softmax(z, axis=-1)
+        # a binary model's probabilities are P(class 1) [N], as `/predict` answers
+        outputs["probabilities"] = (
+            op.gather(probabilities, scalar(1, np.int64), axis=1) if record.binary else probabilities
+        )
         if heads.detector_id is not None:
             reads = self.heads.detectors.model_outputs(heads.detector_id, record.embedding_output)
             features = {key: _as(inputs[name], dtype) for key, name in reads.items()}

@@ -32,11 +32,6 @@ class HeadCheck:
     def outputs(self, record: ModelRecord, heads: Heads, return_embedding: bool = False) -> list[str]:
         """The model outputs the heads read (logits first); 422 when a head does not fit the model."""
         wanted = [record.logits_output]
-        if record.binary:
-            for field, head in (("calibrator_id", heads.calibrator_id), ("detector_id", heads.detector_id),
-                                ("sdm_id", heads.sdm_id)):  # fmt: skip
-                if head is not None:
-                    raise InputError(field, "heads on a binary model's log-odds are not built yet: evaluate its logits")
         if heads.calibrator_id is not None:
             calibrator = self.calibrators.record(heads.calibrator_id)
             if record.classes is not None and calibrator.classes != record.classes:

@@ -8,9 +8,10 @@ import numpy as np
 
 from app.core.calibration import apply
 from app.core.errors import InputError
+from app.core.evaluation import two_columns
 from app.core.graphrun import mapped_outputs
 from app.core.runtime import SessionCache
-from app.models.runner import ModelRunner
+from app.models.runner import ModelRunner, read_logits
 from app.pipelines.heads import HeadCheck, Heads
 from app.sdm.service import npz_columns
 
@@ -23,18 +24,23 @@ class PredictService:
         self, model_id: str, arrays: dict[str, np.ndarray], heads: Heads, return_embedding: bool = False
     ) -> dict[str, np.ndarray]:
         """The columns of api.md's predict: logits, probabilities (calibrated, or the softmax), prediction,
-        confidence, and embedding, ood_score and sdm.* when asked."""
+        confidence, and embedding, ood_score and sdm.* when asked. A binary model's logits are its [N]
+        log-odds and its probabilities P(class 1) [N]; its heads see the two-class problem [0, z]."""
         record = self.runner.get(model_id)
         wanted = self.heads.outputs(record, heads, return_embedding)
         out = self.runner.outputs(record, arrays, wanted)
-        logits = out[record.logits_output]
-        if record.classes is not None and logits.shape[1] != record.classes:
-            raise InputError("inputs", f"the model produced C = {logits.shape[1]}; it declares {record.classes}")
+        logits = read_logits(record, out[record.logits_output])
+        scores = two_columns(logits) if record.binary else logits  # the heads take [N, C]
+        if record.classes is not None and scores.shape[1] != record.classes:
+            raise InputError("inputs", f"the model produced C = {scores.shape[1]}; it declares {record.classes}")
         if heads.calibrator_id is not None:
-            probabilities = self.heads.calibrators.apply(heads.calibrator_id, logits)
-            columns = {"logits": logits, "probabilities": probabilities} | top_label(probabilities, False, self.runtime)
+            probabilities = self.heads.calibrators.apply(heads.calibrator_id, scores)
+            columns = {"probabilities": probabilities} | top_label(probabilities, False, self.runtime)
         else:
-            columns = {"logits": logits} | top_label(logits, True, self.runtime)
+            columns = top_label(scores, True, self.runtime)
+        columns["logits"] = logits
+        if record.binary:  # P(class 1), as a calibrator applied to binary log-odds answers (api.md)
+            columns["probabilities"] = np.ascontiguousarray(columns["probabilities"][:, 1])
         embedding = out.get(record.embedding_output or "")
         if return_embedding and embedding is not None:
             columns["embedding"] = embedding
@@ -42,8 +48,8 @@ class PredictService:
             features = self.heads.detectors.model_features(heads.detector_id, out, record.embedding_output)
             columns["ood_score"], _ = self.heads.detectors.score(heads.detector_id, features)
         if heads.sdm_id is not None:
-            _, scores = self.heads.sdm.score(heads.sdm_id, {"embeddings": embedding, "logits": logits})  # type: ignore[dict-item]
-            columns |= {f"sdm.{k}": v for k, v in npz_columns(scores).items()}
+            _, sdm = self.heads.sdm.score(heads.sdm_id, {"embeddings": embedding, "logits": scores})  # type: ignore[dict-item]
+            columns |= {f"sdm.{k}": v for k, v in npz_columns(sdm).items()}
         return columns
 
 

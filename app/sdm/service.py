@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from app.core.errors import InputError
-from app.core.evaluation import validate_batch
+from app.core.evaluation import two_columns, validate_batch, validate_binary
 from app.core.lru import LruCache
 from app.core.neighbours import distances_stay_finite
 from app.core.runtime import SessionCache
@@ -62,7 +62,7 @@ def labelled_set(
     if len(embeddings) != batch.n:
         raise InputError(f"{part}.embeddings", f"has {len(embeddings)} rows; {part}.logits has {batch.n}")
     assert batch.labels is not None
-    return LabelledSet(embeddings, batch.scores, batch.labels)
+    return LabelledSet(embeddings, batch.matrix, batch.labels)
 
 
 def fit(request: SdmRequest, arrays: dict[str, np.ndarray], cache: SessionCache) -> tuple[SdmEstimator, dict[str, Any]]:
@@ -200,7 +200,11 @@ def score_rows(
 ) -> Scores:
     """Validated embeddings [N, M] and logits [N, C] of one fitted model -> the estimator's columns."""
     embeddings = searchable(arrays.get("embeddings"), "embeddings", estimator.support_embeddings_.dtype, record.dim)
-    logits = float_matrix(arrays.get("logits"), "logits", record.classes)
+    raw = arrays.get("logits")
+    if raw is not None and raw.ndim == 1 and record.classes == 2:  # binary log-odds (api.md)
+        logits = two_columns(validate_binary(raw, "logits"))
+    else:
+        logits = float_matrix(raw, "logits", record.classes)
     if len(embeddings) != len(logits):
         raise InputError("embeddings", f"has {len(embeddings)} rows; logits has {len(logits)}")
     return estimator.score(embeddings, logits, cache)

@@ -89,7 +89,8 @@ def onnx_file(model_id: str, resources: ResourcesDep) -> FileResponse:
     "else the softmax), `ood_score` (with `detector_id`), and with `sdm_id` `sdm_probabilities`, `sdm_q` (raw q), "
     "`sdm_d` and `high_reliability`. An output name the model already has gets the prefix `caliper_` (that one "
     "only). `dtype` (default the logits output's) is the precision of the calibrator and the detector; the SDM "
-    "estimator runs in its fitted precision. Run in onnxruntime it gives what `/predict` gives.",
+    "estimator runs in its fitted precision. Run in onnxruntime it gives what `/predict` gives. A binary model's "
+    "`probabilities` are [N] P(class 1); its heads see the two-class problem [0, z] (`sdm_probabilities` [N, 2]).",
     responses={**READ, 200: {"content": {"application/octet-stream": {}}}},
     response_class=Response,
 )
@@ -130,6 +131,10 @@ async def create_model_evaluation(model_id: str, request: Request) -> Response:
     "/{model_id}/predict",
     operation_id="predict",
     summary="Run the model on inputs, with optional calibrator, detector and SDM heads",
+    description="Columns per row: `logits`, `probabilities` (calibrated with `calibrator_id`, else the softmax), "
+    "`prediction`, `confidence`, and `embedding`, `ood_score` and `sdm` when asked. A binary model (api.md) "
+    "answers `logits` as [N] log-odds and `probabilities` as [N] P(class 1), as a calibrator's `apply` does on "
+    "binary logits; its heads see the two-class problem [0, z].",
     responses={**TENSOR_WRITE, 200: {"content": {"application/json": {}, NPZ: {}}}},
     openapi_extra={**PREDICT.openapi(), **role("read")},  # stores nothing
 )

@@ -31,6 +31,7 @@ run: migrate
 
 test: dev
 	$(BIN)/pytest
+	@echo "caliper: screenshots of each web report page kind are in $${CALIPER_SCREENSHOTS:-var/screenshots}"
 
 # The numeric-core tests again on another code path: numpy's SIMD dispatch narrowed to its x86-64-v2
 # baseline (no AVX2/AVX-512 kernels) and onnxruntime on 1, then 2 intra-op threads. A test that holds on

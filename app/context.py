@@ -4,6 +4,7 @@ built on them, once per process. The HTTP app and the CLI's in-process mode both
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,6 +27,7 @@ from app.pipelines.heads import HeadCheck
 from app.pipelines.inference import InferenceService
 from app.pipelines.predict import PredictService
 from app.pipelines.service import PipelineService
+from app.report.pages import ReportPages, Services
 from app.sdm.service import SdmService
 from app.storage.artifacts import ArtifactStore
 from app.storage.db import make_engine, make_session_factory
@@ -116,6 +118,12 @@ class Resources:
             api_keys=api_keys,
             keys=KeyService(api_keys),
         )
+
+    @cached_property
+    def report(self) -> ReportPages:
+        """The web report's pages, read through the services above."""
+        services = Services(self.evaluations, self.gates, self.calibrators, self.detectors, self.models, self.pipelines)
+        return ReportPages(services)
 
     def close(self) -> None:
         self.workers.close()

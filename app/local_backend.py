@@ -49,3 +49,21 @@ class LocalBackend:
 
     def get_gate(self, gate_id: str) -> dict[str, Any]:
         return self.resources.gates.get(gate_id).model_dump(mode="json")
+
+    def report_html(self, kind: str, record_id: str) -> str:
+        """The standalone report the service's `/v1/{kind}/{id}/report.html` answers, rendered here."""
+        from app.report import render
+
+        pages = self.resources.report
+        if kind == "gates":
+            return render.standalone("gate.html", pages.gate(record_id))
+        return render.standalone("evaluation.html", pages.evaluation(record_id))
+
+    def is_evaluation(self, record_id: str) -> bool:
+        from app.records import NotFoundError
+
+        try:
+            self.resources.evaluations.get(record_id)
+        except NotFoundError:
+            return False
+        return True

@@ -97,6 +97,8 @@ class EvaluationFilter:
     model: str | None = None
     dataset: str | None = None
     tags: tuple[tuple[str, str | None], ...] = ()
+    since: datetime | None = None  # created at or after (naive UTC)
+    until: datetime | None = None  # created before
 
     @classmethod
     def selecting(

@@ -342,3 +342,24 @@ def test_allowed_hosts_setting(given: str, allowed: set[str] | None, refused: st
     settings = Settings(allowed_hosts=given)
     names = settings.host_names()
     assert names is None if allowed is None else (names is not None and allowed <= names and refused not in names)
+
+
+def test_the_web_report_signs_in_with_a_cookie_that_only_reads(auth_app: FastAPI, keys: dict[str, str]) -> None:
+    """Without a key a page redirects to the sign-in form (its assets are public); the form keeps the key in
+    an HTTP-only cookie that authorises reads of its project and never a write."""
+    browser = as_key(auth_app, None)
+    away = browser.get("/ui/evaluations?model=m", follow_redirects=False)
+    assert away.status_code == 303 and away.headers["location"] == "/ui/login?next=%2Fui%2Fevaluations%3Fmodel%3Dm"
+    assert browser.get("/ui/login").status_code == 200 and browser.get("/ui/static/caliper.css").status_code == 200
+    assert browser.get("/v1/evaluations").status_code == 401  # the API still answers its problem
+    signed = browser.post("/ui/login", data={"key": keys["a_write"], "next": "//evil.example/"}, follow_redirects=False)
+    assert signed.status_code == 303 and signed.headers["location"] == "/ui/"  # no open redirect
+    cookie = signed.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    assert browser.get("/ui/evaluations").status_code == 200
+    assert browser.get("/v1/evaluations").status_code == 200  # a read, with the cookie
+    written = browser.post("/v1/evaluations", json={"logits": [[1.0, 0.0]], "labels": [0]})
+    assert written.status_code == 401  # a cookie never authorises a write
+    browser.cookies.set("caliper_key", "not-a-key")
+    refused = browser.get("/ui/", follow_redirects=False)
+    assert refused.status_code == 303 and "failed=1" in refused.headers["location"]

@@ -26,6 +26,7 @@ from app.gating.rules import check
 from app.gating.service import higher_is_better
 from app.storage.models import Evaluation
 from tests.test_api_bad_input import assert_problem
+from tests.test_ui import parsed
 
 # ---- rule semantics -------------------------------------------------------------------------------------
 
@@ -373,7 +374,7 @@ def test_cli_gate_in_process_and_over_http_agree(cli_env: dict[str, str], tmp_pa
         assert promoted.returncode == 0, promoted.stderr
         outputs = {}
         for mode, extra in (("local", []), ("http", ["--url", url])):
-            junit, markdown = tmp_path / f"{mode}.xml", tmp_path / f"{mode}.md"
+            junit, markdown, html = tmp_path / f"{mode}.xml", tmp_path / f"{mode}.md", tmp_path / f"{mode}.html"
             result = caliper(
                 "gate",
                 "--policy",
@@ -388,10 +389,19 @@ def test_cli_gate_in_process_and_over_http_agree(cli_env: dict[str, str], tmp_pa
                 str(junit),
                 "--markdown",
                 str(markdown),
+                "--html",
+                str(html),
                 *extra,
                 env=cli_env,
             )
             assert result.returncode == 1, result.stdout + result.stderr  # worse model: fail
+            page = html.read_text()  # the gate's standalone report: assets inlined, the verdict in it
+            assert "window.vegaEmbed" in page and "FAIL" in page.upper() and parsed(page).sources == []
+            assert ("/ui/gates/" in markdown.read_text()) == (mode == "http")  # a link where a server is named
+            evaluation_html = tmp_path / f"{mode}-evaluation.html"
+            again = caliper("report", baseline_id, "--html", str(evaluation_html), *extra, env=cli_env)
+            assert again.returncode == 0, again.stderr
+            assert baseline_id in evaluation_html.read_text() and "Reliability" in evaluation_html.read_text()
             outputs[mode] = result.stdout
             suite = ET.parse(junit).getroot().find("testsuite")
             assert suite is not None and suite.get("tests") == "2" and suite.get("failures") == "1"

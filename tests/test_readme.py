@@ -60,6 +60,7 @@ SHELL_EXAMPLES = [
     "sh-cli",
     "sh-keys",
     "sh-models",
+    "sh-report",
 ]
 
 

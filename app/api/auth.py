@@ -2,7 +2,9 @@
 idempotency keys: every /v1, /v2 and /ui request names its API key (`Authorization: Bearer <key>` or
 `X-API-Key`), is answered 401 without a valid live key and 403 when its role is too low, and otherwise
 runs in its key's project (`app.storage.tenancy`), which every query then filters by. With auth disabled
-every request runs as the configured project with every role.
+every request runs as the configured project with every role. The web report's pages may present the key
+as the HTTP-only cookie that /ui/login sets, for reads only; a page asked for without a key redirects to
+that form.
 
 A route's role: `read` for GET and HEAD, `write` for other methods, unless the route says otherwise with
 `openapi_extra=role("read")` (a POST that computes and stores nothing) or `role("admin")`. The roles are
@@ -17,9 +19,12 @@ with auth disabled on a developer's loopback.
 from __future__ import annotations
 
 import re
+from http.cookies import CookieError, SimpleCookie
 from typing import Any
+from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import RedirectResponse
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -29,6 +34,8 @@ from app.storage.keys import ApiKeyRepository, Principal, Role
 from app.storage.tenancy import project_scope
 
 PROTECTED = ("/v1/", "/v2", "/ui")
+PUBLIC = ("/ui/static/", "/ui/login", "/ui/logout")  # the sign-in form, what it loads, and signing out
+KEY_COOKIE = "caliper_key"  # set by /ui/login: HTTP-only, same-site; it authorises reads (GET, HEAD) only
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 ROLE_KEY = "x-caliper-role"
 
@@ -47,11 +54,26 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 def presented_key(scope: Scope) -> str | None:
+    """The header's key; for a read, else the web report's cookie (a cookie never authorises a write, so a
+    page cannot be made to change anything)."""
     bearer = _header(scope, b"authorization")
     if bearer is not None:
         scheme, _, token = bearer.partition(" ")
         return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-    return _header(scope, b"x-api-key")
+    header = _header(scope, b"x-api-key")
+    if header is not None or scope["method"] not in ("GET", "HEAD"):
+        return header
+    return _cookie(scope, KEY_COOKIE)
+
+
+def _cookie(scope: Scope, name: str) -> str | None:
+    cookies = SimpleCookie()
+    try:
+        cookies.load(_header(scope, b"cookie") or "")
+    except CookieError:
+        return None
+    morsel = cookies.get(name)
+    return morsel.value if morsel is not None and morsel.value else None
 
 
 def role_table(schema: dict[str, Any]) -> list[tuple[re.Pattern[str], dict[str, Role]]]:
@@ -79,14 +101,18 @@ class Authentication:
         self._roles: list[tuple[re.Pattern[str], dict[str, Role]]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED):
+        path = scope["path"] if scope["type"] == "http" else ""
+        if not path.startswith(PROTECTED) or path.startswith(PUBLIC):
             await self.app(scope, receive, send)
             return
         refused = self._cross_site(scope)
         if refused is None:
             principal, refused = await self._principal(scope)
+        if refused is not None and refused.status == 401 and path.startswith("/ui") and scope["method"] == "GET":
+            await _to_login(scope, receive, send)  # a browser on a page: the sign-in form, then back here
+            return
         if refused is not None:
-            await refusal(scope["path"], *refused)(scope, receive, send)
+            await refusal(path, *refused)(scope, receive, send)
             return
         assert principal is not None
         if self._roles is None:  # the schema is complete once the app serves
@@ -128,6 +154,13 @@ class Authentication:
         if principal is None:
             return None, Refusal(401, "unknown or revoked API key", challenge)
         return principal, None
+
+
+async def _to_login(scope: Scope, receive: Receive, send: Send) -> None:
+    query = scope.get("query_string", b"").decode("latin-1")
+    here = scope["path"] + ("?" + query if query else "")
+    failed = "&failed=1" if _cookie(scope, KEY_COOKIE) else ""
+    await RedirectResponse(f"/ui/login?next={quote(here, safe='')}{failed}", status_code=303)(scope, receive, send)
 
 
 def document_auth(schema: dict[str, Any]) -> None:

@@ -20,7 +20,20 @@ from app.api.observability import RequestContext, metrics_endpoint
 from app.api.problems import Problem, UnexpectedErrors, install_problem_handlers
 from app.api.rate_limits import RateLimits
 from app.api.response_examples import add_response_examples
-from app.api.routes import calibrators, detectors, evaluations, gates, health, keys, models, ood, pipelines, sdm, v2
+from app.api.routes import (
+    calibrators,
+    detectors,
+    evaluations,
+    gates,
+    health,
+    keys,
+    models,
+    ood,
+    pipelines,
+    sdm,
+    ui,
+    v2,
+)
 from app.api.routes.v2 import V2ErrorBody
 from app.api.v2_codec import InferenceRequest
 from app.calibration.schemas import ApplyRequest, CalibratorRequest
@@ -60,6 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pipelines.router)
     app.include_router(v2.router)
     app.include_router(keys.router)
+    app.include_router(ui.report_router)
+    app.include_router(ui.router)
     metrics = resources.metrics
     app.add_middleware(UnexpectedErrors)  # added first: the innermost, right outside the routes' handlers
     app.add_middleware(  # inside the idempotency keys: a repeat answered from the store takes no slot

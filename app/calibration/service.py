@@ -24,17 +24,18 @@ REPORT_METRICS = (NllMetric(name="nll"), Ece(name="ece"), BrierMetric(name="brie
 CV_SEED = 0
 
 
-def report_metrics(
-    labels: np.ndarray,
-    cache: SessionCache,
-    *,
-    logits: np.ndarray | None = None,
-    probabilities: np.ndarray | None = None,
-) -> dict[str, float]:
-    """NLL, ECE (15 uniform bins) and Brier of logits or of calibrated probabilities."""
-    batch = validate_batch(logits=logits, probabilities=probabilities, labels=labels)
-    metrics = Evaluator(EvaluationPlan(batch.layout, (), REPORT_METRICS), cache).evaluate(batch).result.metrics
-    return {name: float(value) for name, value in metrics.items() if isinstance(value, float)}
+def before_after(
+    labels: np.ndarray, cache: SessionCache, logits: np.ndarray, probabilities: np.ndarray
+) -> dict[str, Any]:
+    """NLL, ECE (15 uniform bins) and Brier of the uncalibrated logits (`before`) and of the calibrated
+    probabilities (`after`) on the same rows, and both reliability tables (what the web report draws)."""
+    report: dict[str, Any] = {"reliability": {}}
+    for side, given in (("before", {"logits": logits}), ("after", {"probabilities": probabilities})):
+        batch = validate_batch(labels=labels, **given)
+        result = Evaluator(EvaluationPlan(batch.layout, (), REPORT_METRICS), cache).evaluate(batch).result
+        report[side] = {name: float(value) for name, value in result.metrics.items() if isinstance(value, float)}
+        report["reliability"][side] = result.reliability
+    return report
 
 
 def _check_fit_data(method: str, logits: np.ndarray, labels: np.ndarray) -> None:
@@ -114,21 +115,15 @@ def fit(
     classes = logits.shape[-1]
     method = METHODS[request.method]
     calibrator = method.create(params).fit(logits, labels, cache)
-    report: dict[str, Any] = {
-        "before": report_metrics(labels, cache, logits=_original(logits)),
-        "after": report_metrics(labels, cache, probabilities=calibrator.transform(logits, cache)),
-        "fit_info": calibrator.fit_info_,
-    }
+    report = before_after(labels, cache, _original(logits), calibrator.transform(logits, cache))
+    report["fit_info"] = calibrator.fit_info_
     if "validation.logits" in arrays or "validation.labels" in arrays:
         v_logits, v_labels = _inputs(arrays, "validation.", request.method)
         if v_logits.shape[-1] != classes or v_logits.ndim != logits.ndim:
             raise InputError(
                 "validation.logits", f"has shape {list(v_logits.shape)}; the fit data has {list(logits.shape)}"
             )
-        report["validation"] = {
-            "before": report_metrics(v_labels, cache, logits=_original(v_logits)),
-            "after": report_metrics(v_labels, cache, probabilities=calibrator.transform(v_logits, cache)),
-        }
+        report["validation"] = before_after(v_labels, cache, _original(v_logits), calibrator.transform(v_logits, cache))
     if request.cv is not None:
         report["cv"] = cross_validate(request.method, params, logits, labels, request.cv, cache)
     return calibrator, params.model_dump(), report, classes
@@ -148,12 +143,7 @@ def cross_validate(
         _check_fit_data(method, _original(logits[train]), labels[train])
         fold = METHODS[method].create(params).fit(logits[train], labels[train], cache)
         pooled[held_out] = fold.transform(logits[held_out], cache)
-    return {
-        "folds": folds,
-        "seed": CV_SEED,
-        "before": report_metrics(labels, cache, logits=_original(logits)),
-        "after": report_metrics(labels, cache, probabilities=pooled),
-    }
+    return {"folds": folds, "seed": CV_SEED} | before_after(labels, cache, _original(logits), pooled)
 
 
 class CalibrationService(StoredResource[CalibratorRecord, CalibratorOut]):

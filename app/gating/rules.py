@@ -90,3 +90,17 @@ def check(
         f"improvement {improvement:+.6g} in the better direction, demanded {value}"
         + ("" if bounds is None else f", interval [{bounds[0]:+.6g}, {bounds[1]:+.6g}]"),
     )
+
+
+def tolerated(op: Op, value: float, baseline: float | None, direction: int) -> tuple[float | None, float | None]:
+    """The changes (candidate − baseline, absolute units) a rule accepts without an interval, as (lower,
+    upper), None for an open end; (None, None) for `min`/`max` (they bound the candidate, not a change)
+    or without a baseline. The web report shades this region behind each rule's interval."""
+    if op in ("min", "max") or baseline is None:
+        return None, None
+    limit = value * abs(baseline) if op.endswith("_rel") else value
+    if op.startswith("max_increase"):
+        return None, limit
+    if op.startswith("max_decrease"):
+        return -limit, None
+    return (limit, None) if direction > 0 else (None, -limit)

@@ -3,6 +3,7 @@ arrays where the metric allows it, check every rule, store the verdict."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -248,6 +249,26 @@ class GateService(StoredResource[GateRecord, GateOut]):
 
     def create(self, request: GateRequest) -> GateOut:
         return gate_out(self.repository.add(judge(self.evaluations, request)))
+
+    def of_candidates(self, evaluation_ids: Collection[str], limit: int = 1000) -> list[GateOut]:
+        """The gates that judged these evaluations as candidates, newest first."""
+        return [gate_out(r) for r in self.repository.among("candidate_id", evaluation_ids, limit)]
+
+    def of_evaluation(self, evaluation_id: str, limit: int = 50) -> list[GateOut]:
+        """The gates in which this evaluation was the candidate or the baseline, newest first."""
+        gates = self.repository.among("candidate_id", [evaluation_id], limit)
+        gates += self.repository.among("baseline_id", [evaluation_id], limit)
+        return [gate_out(r) for r in sorted(gates, key=lambda g: (g.created_at, g.id), reverse=True)]
+
+    def tolerated(self, gate: GateOut) -> list[tuple[float | None, float | None]]:
+        """Per rule, the changes it accepts (`rules.tolerated`), each in its metric's better direction."""
+        candidate = self.evaluations.get(gate.candidate, "candidate")
+        kinds = {name: kind for name, (kind, _) in _values(candidate).items()}
+        regions = []
+        for rule in gate.rules:
+            direction = 1 if higher_is_better(candidate, kinds.get(rule.metric, "metric"), rule.metric) else -1
+            regions.append(gate_rules.tolerated(rule.op, rule.value, rule.baseline, direction))
+        return regions
 
     def baseline_id(self, baseline: str | BaselineSelector) -> str:
         """The evaluation a gate with this baseline would compare with (NotFoundError when none)."""

@@ -21,6 +21,10 @@ def selected(filters: EvaluationFilter) -> Select[Any]:
         query = query.where(Evaluation.model == filters.model)
     if filters.dataset is not None:
         query = query.where(Evaluation.dataset == filters.dataset)
+    if filters.since is not None:
+        query = query.where(Evaluation.created_at >= filters.since)
+    if filters.until is not None:
+        query = query.where(Evaluation.created_at < filters.until)
     for key, value in filters.tags:
         tagged = select(EvaluationTag.evaluation_id).where(EvaluationTag.key == key)
         if value is not None:

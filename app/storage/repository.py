@@ -3,6 +3,7 @@ query the service runs lives in `app.storage`, and sees only the caller's projec
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Select, func, select, update
@@ -45,6 +46,16 @@ class Repository(Generic[R]):
                 query = query.where(getattr(self.record, column) == value)
         with self.sessions() as session:
             return page(session, query, self.record, limit, cursor)
+
+    def among(self, column: str, values: Collection[str], limit: int) -> list[R]:
+        """Rows whose `column` is one of `values`, newest first, at most `limit` (the web report's links:
+        the gates that judged these evaluations)."""
+        if not values:
+            return []
+        query = select(self.record).where(getattr(self.record, column).in_(list(values)))
+        order = (getattr(self.record, "created_at").desc(), self.id_column.desc())  # noqa: B009
+        with self.sessions() as session:
+            return list(session.scalars(query.order_by(*order).limit(limit)))
 
     def delete(self, record_id: str) -> None:
         with self.sessions.begin() as session:

@@ -65,6 +65,8 @@ class Backend(Protocol):
     def tag(self, evaluation_id: str, tags: dict[str, str]) -> dict[str, Any]: ...
     def get_gate(self, gate_id: str) -> dict[str, Any]: ...
     def check_baseline(self, baseline: str | dict[str, str]) -> None: ...
+    def report_html(self, kind: str, record_id: str) -> str: ...
+    def is_evaluation(self, record_id: str) -> bool: ...
 
 
 class HttpBackend:
@@ -82,6 +84,18 @@ class HttpBackend:
 
     def get_gate(self, gate_id: str) -> dict[str, Any]:
         return self.client.get_gate(gate_id)
+
+    def report_html(self, kind: str, record_id: str) -> str:
+        return self.client.report_html(kind, record_id)
+
+    def is_evaluation(self, record_id: str) -> bool:
+        try:
+            self.client.get_evaluation(record_id)
+        except CaliperError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     def check_baseline(self, baseline: str | dict[str, str]) -> None:
         """ConfigurationError unless the baseline names a stored evaluation (as the gate will look it up)."""
@@ -238,23 +252,30 @@ def run_gate(args: argparse.Namespace, backend: Backend) -> int:
         "rules": policy["rules"],
     }
     body.update({k: policy[k] for k in ("significance", "resamples", "seed") if k in policy})
-    return _verdict(backend.gate(body), args, time.monotonic() - started)
+    return _verdict(backend.gate(body), args, time.monotonic() - started, backend)
 
 
 def run_report(args: argparse.Namespace, backend: Backend) -> int:
-    """A stored gate's reports again, with the exit code its verdict had."""
-    return _verdict(backend.get_gate(args.gate_id), args, 0.0)
+    """A stored gate's reports again, with the exit code its verdict had; with --html and an evaluation's id,
+    that evaluation's standalone report."""
+    if args.html and backend.is_evaluation(args.gate_id):
+        Path(args.html).write_text(backend.report_html("evaluations", args.gate_id), encoding="utf-8")
+        print(f"caliper: report of evaluation {args.gate_id} written to {args.html}")
+        return PASS
+    return _verdict(backend.get_gate(args.gate_id), args, 0.0, backend)
 
 
-def _verdict(gate: dict[str, Any], args: argparse.Namespace, seconds: float) -> int:
+def _verdict(gate: dict[str, Any], args: argparse.Namespace, seconds: float, backend: Backend) -> int:
     """Print and write the gate's reports; the exit code says pass, fail or broken (a rule not evaluated)."""
     sys.stdout.write(report.summary(gate))
     if args.markdown:
-        Path(args.markdown).write_text(report.markdown(gate))
+        Path(args.markdown).write_text(report.markdown(gate, args.url or os.environ.get("CALIPER_URL")))
     if args.junit:
         Path(args.junit).write_text(report.junit(gate, args.strict, seconds))
     if args.json:
         Path(args.json).write_text(json.dumps(gate, indent=2))
+    if args.html:
+        Path(args.html).write_text(backend.report_html("gates", gate["id"]), encoding="utf-8")
     broken = [r for r in gate["rules"] if report.unevaluable(r)]
     if broken:
         names = ", ".join(sorted({r["metric"] for r in broken}))
@@ -309,7 +330,9 @@ def add_parsers(sub: Any) -> None:
     gate.set_defaults(func=lambda a: _guarded(lambda b: run_gate(a, b), a))
 
     again = sub.add_parser("report", help="the reports of a stored gate verdict, again", epilog=EXIT_CODES)
-    again.add_argument("gate_id", help="the gate verdict's id (printed by `caliper gate --json`)")
+    again.add_argument(
+        "gate_id", metavar="ID", help="a gate verdict's id (printed by `caliper gate`), or with --html an evaluation's"
+    )
     again.add_argument("--url", help=URL_HELP)
     _report_options(again)
     again.set_defaults(func=lambda a: _guarded(lambda b: run_report(a, b), a))
@@ -330,6 +353,7 @@ def _report_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--markdown", metavar="FILE", help="write a Markdown summary (pull-request comment)")
     parser.add_argument("--junit", metavar="FILE", help="write JUnit XML (one test case per rule)")
     parser.add_argument("--json", metavar="FILE", help="write the verdict as JSON")
+    parser.add_argument("--html", metavar="FILE", help="write the standalone HTML report (opens offline)")
 
 
 def _promote(args: argparse.Namespace, backend: Backend) -> int:

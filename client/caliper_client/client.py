@@ -374,6 +374,12 @@ class CaliperClient:
     def get_gate(self, gate_id: str) -> dict[str, Any]:
         return self._check(self.http.get(f"/v1/gates/{gate_id}"))
 
+    def report_html(self, kind: str, record_id: str) -> str:
+        """The standalone HTML report (assets inlined) of an evaluation (`kind` "evaluations") or a gate."""
+        response = self.http.get(f"/v1/{kind}/{record_id}/report.html")
+        self._raise_for_problem(response)
+        return response.text
+
     def list_gates(self, **filters: Any) -> dict[str, Any]:
         return self._check(self.http.get("/v1/gates", params={k: v for k, v in filters.items() if v is not None}))
 

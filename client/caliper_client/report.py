@@ -34,7 +34,8 @@ def summary(gate: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown(gate: dict[str, Any]) -> str:
+def markdown(gate: dict[str, Any], url: str | None = None) -> str:
+    """The pull-request comment; with the service's `url`, links to the gate's page in the web report."""
     icon = {"pass": "✅", "warn": "⚠️", "fail": "❌"}[gate["verdict"]]
     rows = [
         f"### {icon} Caliper gate: **{gate['verdict']}**",
@@ -51,6 +52,8 @@ def markdown(gate: dict[str, Any]) -> str:
             f"| `{rule_title(rule)}` | {rule['severity']} | {_fmt(rule['candidate'])} | "
             f"{_fmt(rule['baseline'])} | {_fmt(rule['delta'])} | {_fmt(rule.get('interval'))} | {result} |"
         )
+    if url:
+        rows += ["", f"[The gate in Caliper's report]({url.rstrip('/')}/ui/gates/{gate['id']})"]
     return "\n".join(rows) + "\n"
 
 

@@ -19,6 +19,7 @@ METHODS = {
     "deleteCalibrator": "delete_calibrator", "applyCalibrator": "apply_calibrator",
     "exportCalibrator": "export_calibrator",
     "createGate": "create_gate", "listGates": "list_gates", "getGate": "get_gate",
+    "getEvaluationReport": "evaluation_report_html", "getGateReport": "gate_report_html",
     "createDetector": "fit_detector", "listDetectors": "list_detectors", "getDetector": "get_detector",
     "deleteDetector": "delete_detector", "scoreDetector": "score_detector",
     "scoreLogits": "ood_scores", "evaluateOod": "evaluate_ood",

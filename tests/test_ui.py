@@ -128,6 +128,11 @@ def test_every_page_kind_is_drawn_from_what_is_stored(client: TestClient) -> Non
     slice_section = html[html.index("<h2>Slices</h2>") :]
     assert slice_section.index(f">{first}<") < slice_section.index(f">{'south' if first == 'north' else 'north'}<")
     assert f"/ui/gates/{ids['gate']}" in html
+    groups = {s["title"].split(" — ")[0]: s for s in parsed(html).specs if str(s["title"]).startswith("region = ")}
+    for group in ("north", "south"):  # each group's diagram: its own rows only; not in the API's answer
+        bins = groups[f"region = {group}"]["data"]["values"]
+        assert sum(b["count"] for b in bins) == stored["slices"]["region"][group]["n"]
+        assert "reliability" not in stored["slices"]["region"][group]
 
     gate = client.get(f"/v1/gates/{ids['gate']}").json()
     html = page(client, f"/ui/gates/{ids['gate']}")
@@ -150,7 +155,7 @@ def test_every_page_kind_is_drawn_from_what_is_stored(client: TestClient) -> Non
     html = page(client, f"/ui/calibrators/{ids['calibrator']}")
     specs = {s["title"]: s for s in parsed(html).specs}
     fit = specs["Reliability before and after, on the fit data"]["layer"][1]["data"]["values"]
-    before = [b for b in calibrator["fit_report"]["reliability"]["before"] if b["count"] > 0]
+    before = [b for b in calibrator["fit_report"]["reliability"]["fit"]["before"] if b["count"] > 0]
     assert [r["accuracy"] for r in fit if r["series"] == "before"] == [b["accuracy"] for b in before]
     assert "Reliability before and after, on the validation split" in specs
     weights = specs["Fitted weights"]["data"]["values"]

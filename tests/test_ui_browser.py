@@ -58,17 +58,21 @@ class Watched:
     def drawn(self, url: str, screenshot: str | None = None) -> Any:
         """Load `url`, wait until every figure's plot is drawn, and return the page."""
         self.page.goto(url)
-        figures = self.page.locator("figure.chart").count()
+        self.wait_drawn(self.page.locator("figure.chart").count() - self.page.locator("details figure.chart").count())
+        if screenshot:
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            self.page.screenshot(path=str(SCREENSHOTS / f"{screenshot}.png"), full_page=True)
+        return self.page
+
+    def wait_drawn(self, figures: int) -> None:
+        """Until `figures` plots are drawn as SVG (those in closed <details> draw when opened)."""
+        url = self.page.url
         try:
             self.page.wait_for_function(
                 f"document.querySelectorAll('.plot[data-drawn=true] svg').length === {figures}", timeout=60_000
             )
         except Exception as exc:  # Playwright's timeout: say what the page saw
             raise AssertionError(f"{url}: not every plot was drawn; {self.problems}") from exc
-        if screenshot:
-            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-            self.page.screenshot(path=str(SCREENSHOTS / f"{screenshot}.png"), full_page=True)
-        return self.page
 
 
 def marks(page: Any, figure: int, mark: str) -> int:
@@ -93,6 +97,13 @@ def test_every_page_kind_draws_its_plots_in_chromium(browser: Any, client: TestC
     confusion = next(i for i in range(page.locator("figure.chart").count())
                      if "Confusion matrix" in page.locator("figure.chart").nth(i).inner_text())  # fmt: skip
     assert marks(page, confusion, "rect") == classes * classes
+    drawn = page.locator(".plot[data-drawn=true]").count()
+    group = page.locator("details").filter(has_text="north")
+    group.locator("summary").click()  # a slice group's diagram draws when opened
+    watched.wait_drawn(drawn + 1)
+    north = client.get(f"/ui/evaluations/{ids['candidate']}").text  # its bins, as the page embeds them
+    assert "north" in north and group.locator("g.mark-symbol.role-mark > path").count() >= 1
+    watched.page.screenshot(path=str(SCREENSHOTS / "evaluation-slice-open.png"), full_page=True)
     page = watched.drawn(f"{live_server}/ui/gates/{ids['gate']}", "gate")
     compared = [r for r in gate["rules"] if r["delta"] is not None]
     assert marks(page, 0, "symbol") == len(compared) and marks(page, 0, "rule") >= len(compared)

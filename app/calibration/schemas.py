@@ -72,8 +72,8 @@ class CalibratorOut(RecordOut):
     params: dict[str, Any]
     fitted: dict[str, Any] = Field(description="Learned parameters under api.md's stable names.")
     fit_report: dict[str, Any] = Field(
-        description="before/after NLL, ECE and Brier on the fit data, with `reliability` {before, after} (15 "
-        "uniform bins each, as an evaluation's); `validation` and `cv` alike when asked; "
+        description="before/after NLL, ECE and Brier on the fit data; `validation` and `cv` alike when asked; "
+        "`reliability`: {fit, validation?, cv?} each {before, after}, 15 uniform bins as an evaluation's; "
         "`fit_info`: iterations, final gradient, whether a bound was hit."
     )
     model: str | None

@@ -26,16 +26,17 @@ CV_SEED = 0
 
 def before_after(
     labels: np.ndarray, cache: SessionCache, logits: np.ndarray, probabilities: np.ndarray
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """NLL, ECE (15 uniform bins) and Brier of the uncalibrated logits (`before`) and of the calibrated
-    probabilities (`after`) on the same rows, and both reliability tables (what the web report draws)."""
-    report: dict[str, Any] = {"reliability": {}}
+    probabilities (`after`) on the same rows; and both reliability tables (what the web report draws)."""
+    report: dict[str, Any] = {}
+    tables: dict[str, Any] = {}
     for side, given in (("before", {"logits": logits}), ("after", {"probabilities": probabilities})):
         batch = validate_batch(labels=labels, **given)
         result = Evaluator(EvaluationPlan(batch.layout, (), REPORT_METRICS), cache).evaluate(batch).result
         report[side] = {name: float(value) for name, value in result.metrics.items() if isinstance(value, float)}
-        report["reliability"][side] = result.reliability
-    return report
+        tables[side] = result.reliability
+    return report, tables
 
 
 def _check_fit_data(method: str, logits: np.ndarray, labels: np.ndarray) -> None:
@@ -115,24 +116,31 @@ def fit(
     classes = logits.shape[-1]
     method = METHODS[request.method]
     calibrator = method.create(params).fit(logits, labels, cache)
-    report = before_after(labels, cache, _original(logits), calibrator.transform(logits, cache))
+    report, fit_tables = before_after(labels, cache, _original(logits), calibrator.transform(logits, cache))
     report["fit_info"] = calibrator.fit_info_
+    report["reliability"] = {"fit": fit_tables}
     if "validation.logits" in arrays or "validation.labels" in arrays:
         v_logits, v_labels = _inputs(arrays, "validation.", request.method)
         if v_logits.shape[-1] != classes or v_logits.ndim != logits.ndim:
             raise InputError(
                 "validation.logits", f"has shape {list(v_logits.shape)}; the fit data has {list(logits.shape)}"
             )
-        report["validation"] = before_after(v_labels, cache, _original(v_logits), calibrator.transform(v_logits, cache))
+        v_probabilities = calibrator.transform(v_logits, cache)
+        report["validation"], report["reliability"]["validation"] = before_after(
+            v_labels, cache, _original(v_logits), v_probabilities
+        )
     if request.cv is not None:
-        report["cv"] = cross_validate(request.method, params, logits, labels, request.cv, cache)
+        report["cv"], report["reliability"]["cv"] = cross_validate(
+            request.method, params, logits, labels, request.cv, cache
+        )
     return calibrator, params.model_dump(), report, classes
 
 
 def cross_validate(
     method: str, params: Any, logits: np.ndarray, labels: np.ndarray, folds: int, cache: SessionCache
-) -> dict[str, Any]:
-    """k folds of a seeded permutation; each fold calibrated by a fit on the others; metrics of the
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """k folds of a seeded permutation; each fold calibrated by a fit on the others; metrics (and reliability
+    tables) of the
     pooled out-of-fold probabilities against the uncalibrated logits on the same rows."""
     if len(labels) < 2 * folds:
         raise InputError("cv", f"{folds}-fold cross-validation needs at least {2 * folds} rows, got {len(labels)}")
@@ -143,7 +151,8 @@ def cross_validate(
         _check_fit_data(method, _original(logits[train]), labels[train])
         fold = METHODS[method].create(params).fit(logits[train], labels[train], cache)
         pooled[held_out] = fold.transform(logits[held_out], cache)
-    return {"folds": folds, "seed": CV_SEED} | before_after(labels, cache, _original(logits), pooled)
+    report, tables = before_after(labels, cache, _original(logits), pooled)
+    return {"folds": folds, "seed": CV_SEED} | report, tables
 
 
 class CalibrationService(StoredResource[CalibratorRecord, CalibratorOut]):

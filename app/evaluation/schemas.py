@@ -116,6 +116,9 @@ class SliceOut(BaseModel):
     n: int
     losses: dict[str, float | None] | None = Field(None, description="Absent below `min_slice_rows`.")
     metrics: dict[str, MetricOut] | None = Field(None, description="Absent below `min_slice_rows`.")
+    reliability: list[ReliabilityBinOut] | None = Field(
+        None, exclude=True, description="Stored for the web report's per-group diagram; not answered."
+    )
 
     @model_serializer(mode="wrap")
     def _without_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

@@ -34,7 +34,14 @@ from app.core.ood_metrics import separation
 from app.core.runtime import SessionCache
 from app.core.slices import Slices
 from app.core.specs import TermSpec
-from app.evaluation.schemas import EvaluationOut, EvaluationRequest, ModelEvaluationRequest, Reliability, SliceOut
+from app.evaluation.schemas import (
+    EvaluationOut,
+    EvaluationRequest,
+    ModelEvaluationRequest,
+    Reliability,
+    ReliabilityBinOut,
+    SliceOut,
+)
 from app.models.runner import ModelRunner, read_logits
 from app.pipelines.heads import HeadCheck, Heads
 from app.records import EvaluationFilter, Page, finite_or_none, new_id, rfc3339, utc_now
@@ -152,7 +159,10 @@ def slices_out(slices: Slices, result: EvaluationResult, min_rows: int) -> dict[
                 groups[value] = SliceOut(n=group.n)
             else:
                 groups[value] = SliceOut(
-                    n=group.n, losses=finite_or_none(group.losses), metrics=finite_or_none(group.metrics)
+                    n=group.n,
+                    losses=finite_or_none(group.losses),
+                    metrics=finite_or_none(group.metrics),
+                    reliability=[ReliabilityBinOut.model_validate(b) for b in group.reliability],
                 )
     return out
 
@@ -440,4 +450,12 @@ def stored_evaluation_out(record: Evaluation, per_sample: dict[str, np.ndarray] 
 
 
 def _dump_slices(slices: dict[str, dict[str, SliceOut]]) -> dict[str, Any]:
-    return {key: {value: group.model_dump() for value, group in groups.items()} for key, groups in slices.items()}
+    """As answered, with each group's reliability table (kept for the web report, not answered)."""
+    return {key: {value: _dump_group(group) for value, group in groups.items()} for key, groups in slices.items()}
+
+
+def _dump_group(group: SliceOut) -> dict[str, Any]:
+    dumped = group.model_dump()
+    if group.reliability is not None:
+        dumped["reliability"] = [b.model_dump() for b in group.reliability]
+    return dumped

@@ -171,16 +171,10 @@ class ReportPages:
         calibrator = self.s.calibrators.get(calibrator_id)
         report = calibrator.fit_report
         overlays = {}
-        for part, title in (
-            ("", "on the fit data"),
-            ("validation", "on the validation split"),
-            ("cv", "out of fold (cross-validation)"),
-        ):
-            section = report.get(part) if part else report
-            tables = (section or {}).get("reliability")
-            if tables:
-                pairs = [("before", tables["before"]), ("after", tables["after"])]
-                overlays[part or "fit"] = charts.reliability_overlay(pairs, f"Reliability before and after, {title}")
+        titles = {"fit": "on the fit data", "validation": "on the validation split", "cv": "out of fold (CV)"}
+        for part, tables in report.get("reliability", {}).items():
+            pairs = [("before", tables["before"]), ("after", tables["after"])]
+            overlays[part] = charts.reliability_overlay(pairs, f"Reliability before and after, {titles[part]}")
         weights = {k: v for k, v in calibrator.fitted.items() if isinstance(v, list) and v and isinstance(v[0], list)}
         for name, matrix in weights.items():
             overlays[f"weights:{name}"] = charts.heat_map(matrix, f"Fitted {name}", "Row", "Column", ".2f")
@@ -291,7 +285,11 @@ def slice_tables(evaluation: EvaluationOut) -> list[dict[str, Any]]:
         for value, group in groups.items():
             metrics: dict[str, Any] = group.metrics or {}
             values = (group.losses or {}) | {k: v for k, v in metrics.items() if not isinstance(v, list)}
-            rows.append({"value": value, "n": group.n, "values": {c: number(values.get(c)) for c in columns}})
+            row = {"value": value, "n": group.n, "values": {c: number(values.get(c)) for c in columns}}
+            if group.reliability:
+                bins = [b.model_dump() for b in group.reliability]
+                row["chart"] = charts.reliability_diagram(bins, number(metrics.get("ece")), f"{key} = {value}")
+            rows.append(row)
         order_by = "accuracy" if "accuracy" in columns else next(iter(columns), None)
         if order_by is not None:
             term = METRICS.get(order_by) if order_by in evaluation.metrics else None

@@ -86,7 +86,9 @@ class HttpBackend:
         return self.client.get_gate(gate_id)
 
     def report_html(self, kind: str, record_id: str) -> str:
-        return self.client.report_html(kind, record_id)
+        if kind == "gates":
+            return self.client.gate_report_html(record_id)
+        return self.client.evaluation_report_html(record_id)
 
     def is_evaluation(self, record_id: str) -> bool:
         try:

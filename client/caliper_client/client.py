@@ -374,9 +374,16 @@ class CaliperClient:
     def get_gate(self, gate_id: str) -> dict[str, Any]:
         return self._check(self.http.get(f"/v1/gates/{gate_id}"))
 
-    def report_html(self, kind: str, record_id: str) -> str:
-        """The standalone HTML report (assets inlined) of an evaluation (`kind` "evaluations") or a gate."""
-        response = self.http.get(f"/v1/{kind}/{record_id}/report.html")
+    def evaluation_report_html(self, evaluation_id: str) -> str:
+        """The evaluation's standalone HTML report (assets inlined: it opens offline)."""
+        return self._html(f"/v1/evaluations/{evaluation_id}/report.html")
+
+    def gate_report_html(self, gate_id: str) -> str:
+        """The gate's standalone HTML report (assets inlined: it opens offline)."""
+        return self._html(f"/v1/gates/{gate_id}/report.html")
+
+    def _html(self, path: str) -> str:
+        response = self.http.get(path)
         self._raise_for_problem(response)
         return response.text
 

@@ -99,6 +99,7 @@ class EvaluationFilter:
     tags: tuple[tuple[str, str | None], ...] = ()
     since: datetime | None = None  # created at or after (naive UTC)
     until: datetime | None = None  # created before
+    detector_id: str | None = None  # model evaluations with this detector's OOD separation
 
     @classmethod
     def selecting(

@@ -13,11 +13,13 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from sklearn.metrics import precision_recall_fscore_support
+from sklearn.metrics import precision_recall_fscore_support, roc_curve
 
+from app.core.ood_metrics import roc_points, score_histograms, separation
 from app.gating.rules import tolerated
 from app.report import charts
 from app.report.pages import per_class_from_confusion, row_normalised
+from tests import onnx_models
 
 
 class _Specs(HTMLParser):
@@ -84,12 +86,25 @@ def populate(client: TestClient) -> dict[str, str]:
     })  # fmt: skip
     assert calibrator.status_code == 201, calibrator.text
     ids["calibrator"] = calibrator.json()["id"]
+    data, _ = onnx_models.mlp(d=6, hidden=5, classes=3, dtype=np.float64)
+    files = {"file": ("mlp.onnx", data, "application/octet-stream")}
+    upload = client.post("/v1/models", files=files, data={"request": json.dumps({
+        "name": "mlp", "embedding_output": "embedding"})})  # fmt: skip
+    assert upload.status_code == 201, upload.text
+    model_id = upload.json()["id"]
+    x = rng.normal(size=(500, 6))
     detector = client.post("/v1/detectors", json={
-        "method": "mahalanobis", "features": rng.normal(size=(200, 3)).tolist(),
-        "labels": rng.integers(0, 2, 200).tolist(), "params": {"ridge": 0.1},
+        "method": "mahalanobis", "model_id": model_id, "inputs": {"x": x[:300].tolist()},
+        "labels": rng.integers(0, 3, 300).tolist(), "params": {"ridge": 0.1},
     })  # fmt: skip
     assert detector.status_code == 201, detector.text
     ids["detector"] = detector.json()["id"]
+    separated = client.post(f"/v1/models/{model_id}/evaluations", json={
+        "inputs": {"x": x[300:].tolist()}, "labels": rng.integers(0, 3, 200).tolist(),
+        "detector_id": ids["detector"], "ood_inputs": {"x": (rng.normal(size=(150, 6)) * 2 + 1.5).tolist()},
+    })  # fmt: skip
+    assert separated.status_code == 201, separated.text
+    ids["ood"] = separated.json()["id"]
     return ids
 
 
@@ -166,6 +181,24 @@ def test_every_page_kind_is_drawn_from_what_is_stored(client: TestClient) -> Non
     assert {r["series"] for r in overlay["layer"][1]["data"]["values"]} == {"A", "B"}
     assert "paired bootstrap" in html and f"/ui/gates/{ids['gate']}" in html
 
+    separated = client.get(f"/v1/evaluations/{ids['ood']}").json()
+    assert separated["detector_id"] == ids["detector"] and "ood_plots" not in separated
+    for path in (f"/ui/ood/{ids['ood']}", f"/ui/detectors/{ids['detector']}", f"/ui/evaluations/{ids['ood']}"):
+        specs = {s["title"].split(" — ")[0]: s for s in parsed(page(client, path)).specs}
+        shares = specs["Detector scores, in and out of distribution"]["data"]["values"]
+        for side, n in (("in-distribution", 200), ("out-of-distribution", 150)):
+            assert sum(r["rows"] for r in shares if r["set"] == side) == n
+            assert sum(r["share"] for r in shares if r["set"] == side) == pytest.approx(1.0)
+        roc = specs["ROC"]
+        assert f"AUROC {separated['ood']['auroc']:.4f}" in roc["title"]
+        (marked,) = roc["layer"][2]["data"]["values"]
+        assert marked["fpr"] == separated["ood"]["fpr_at_95_tpr"] and marked["tpr"] >= 0.95
+        curve = roc["layer"][1]["data"]["values"]
+        area = np.trapezoid([p["tpr"] for p in curve], [p["fpr"] for p in curve])
+        assert area == pytest.approx(separated["ood"]["auroc"], abs=2 / 400)
+    assert f"/ui/ood/{ids['ood']}" in page(client, f"/ui/detectors/{ids['detector']}")
+    page(client, f"/ui/ood/{ids['candidate']}", 404)  # an evaluation without a separation
+
     for path in ("/ui/", "/ui/evaluations", "/ui/models", "/ui/gates", "/ui/calibrators", "/ui/detectors",
                  f"/ui/detectors/{ids['detector']}"):  # fmt: skip
         html = page(client, path)
@@ -239,6 +272,31 @@ def test_chart_data_against_independent_oracles() -> None:
     assert charts.reliability_bins(bins) == [bins[0] | {"gap": pytest.approx(0.35)}]
     split = charts.confidence_histogram(bins)["data"]["values"]
     assert [r["rows"] for r in split] == [2.0, 6.0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ood_plot_data_against_scikit_learn(dtype: type) -> None:
+    """The thinned ROC keeps only vertices of scikit-learn's exact curve (ID positive, no dropped
+    thresholds), its ends, and an area within its stated bound; histograms count every score once."""
+    rng = np.random.default_rng(5)
+    for n_in, n_out in ((50, 30), (3000, 2000)):
+        outlier_in = rng.normal(size=n_in).astype(dtype).astype(np.float64)
+        outlier_out = (rng.normal(size=n_out) * 2 + 1).astype(dtype).astype(np.float64)
+        outlier_out[:5] = outlier_in[:5]  # ties between the sets
+        fpr, tpr, _ = roc_curve(np.r_[np.ones(n_in), np.zeros(n_out)], -np.r_[outlier_in, outlier_out],
+                                drop_intermediate=False)  # fmt: skip
+        points = roc_points(outlier_in, outlier_out)
+        exact = set(zip(fpr.tolist(), tpr.tolist(), strict=True)) | {(0.0, 0.0)}
+        assert set(zip(points["fpr"], points["tpr"], strict=True)) <= exact
+        assert (points["fpr"][0], points["tpr"][0], points["fpr"][-1], points["tpr"][-1]) == (0.0, 0.0, 1.0, 1.0)
+        assert len(points["fpr"]) <= 401 and (len(fpr) > 401 or len(points["fpr"]) == len(exact))
+        area = np.trapezoid(points["tpr"], points["fpr"])
+        assert area == pytest.approx(separation(outlier_in, outlier_out)["auroc"], abs=2 / 400)
+        histogram = score_histograms(outlier_in, outlier_out)
+        assert sum(histogram["in"]) == n_in and sum(histogram["out"]) == n_out
+        inner = (outlier_in > histogram["edges"][0]) & (outlier_in < histogram["edges"][-1])
+        counted, _ = np.histogram(outlier_in[inner], histogram["edges"])
+        assert (np.array(histogram["in"]) >= counted).all()  # end bins also hold the tails
 
 
 @pytest.mark.parametrize(

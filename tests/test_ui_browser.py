@@ -112,6 +112,11 @@ def test_every_page_kind_draws_its_plots_in_chromium(browser: Any, client: TestC
     page = watched.drawn(f"{live_server}/ui/calibrators/{ids['calibrator']}", "calibrator")
     assert page.locator("figure.chart").count() == 3  # fit data, validation split, weights
     watched.drawn(f"{live_server}/ui/compare?a={ids['baseline']}&b={ids['candidate']}", "compare")
+    page = watched.drawn(f"{live_server}/ui/ood/{ids['ood']}", "ood")
+    assert marks(page, 0, "rect") == 2 * 40  # the in and the out histogram over the same 40 bins
+    assert marks(page, 1, "line") == 2 and marks(page, 1, "symbol") == 1  # diagonal, ROC; the FPR@95 point
+    described = page.locator("figure.chart").nth(1).locator("[aria-label^='ROC curve of']")
+    assert described.count() == 1
     for name, path in (("home", "/ui/"), ("evaluations", "/ui/evaluations"), ("models", "/ui/models"),
                        ("detector", f"/ui/detectors/{ids['detector']}")):  # fmt: skip
         watched.drawn(live_server + path, name)

@@ -8,7 +8,7 @@ ID confidence. Ties count against the detector: a threshold accepts every sample
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -59,11 +59,16 @@ def aupr(positive: F64, negative: F64, integral: PrIntegral = "average_precision
     return float(np.trapezoid(np.r_[1.0, precision[: full + 1]], np.r_[0.0, recall[: full + 1]]))
 
 
-def fpr_at_tpr(positive: F64, negative: F64, target: float = 0.95) -> float:
-    """Share of `negative` at or above the highest threshold that keeps ≥ target of `positive`."""
+def vertex_at_tpr(positive: F64, negative: F64, target: float = 0.95) -> tuple[float, float]:
+    """(FPR, TPR) at the highest threshold that keeps ≥ target of `positive`: the ROC vertex FPR@95 reads."""
     c = curve(positive, negative)
     first = int(np.argmax(c.tps / c.positives >= target - 1e-12))
-    return float(c.fps[first] / c.negatives)
+    return float(c.fps[first] / c.negatives), float(c.tps[first] / c.positives)
+
+
+def fpr_at_tpr(positive: F64, negative: F64, target: float = 0.95) -> float:
+    """Share of `negative` at or above the highest threshold that keeps ≥ target of `positive`."""
+    return vertex_at_tpr(positive, negative, target)[0]
 
 
 def detection_error(outlier_in: F64, outlier_out: F64) -> float:
@@ -84,4 +89,53 @@ def separation(outlier_in: F64, outlier_out: F64, integral: PrIntegral = "averag
         "fpr_at_95_tpr": fpr_at_tpr(confidence_in, confidence_out),
         "fpr_at_95_tpr_ood_positive": fpr_at_tpr(outlier_out, outlier_in),
         "detection_error": detection_error(outlier_in, outlier_out),
+    }
+
+
+def roc_points(outlier_in: F64, outlier_out: F64, points: int = 400) -> dict[str, list[float]]:
+    """The ROC curve with in-distribution as the positive class (the convention of `fpr_at_95_tpr`):
+    FPR = share of OOD samples accepted, TPR = share of ID samples kept, from (0, 0) to (1, 1). Thinned
+    for drawing to the first vertex in each of `points` equal stretches of the curve's L1 length (≤ 2), so
+    the line drawn departs from the exact staircase by at most 2 / `points` in |ΔFPR| + |ΔTPR|; a curve of
+    fewer vertices is kept whole, and so are its ends."""
+    c = curve(-outlier_in, -outlier_out)
+    fpr = np.r_[0.0, c.fps / c.negatives]
+    tpr = np.r_[0.0, c.tps / c.positives]
+    if len(fpr) > points:
+        length = np.r_[0.0, np.cumsum(np.abs(np.diff(fpr)) + np.abs(np.diff(tpr)))]
+        steps = np.floor(length / (length[-1] / points))
+        keep = np.r_[True, steps[1:] != steps[:-1]]
+        keep[-1] = True
+        fpr, tpr = fpr[keep], tpr[keep]
+    return {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+
+
+def score_histograms(outlier_in: F64, outlier_out: F64, bins: int = 40, tail: float = 0.005) -> dict[str, list[float]]:
+    """Counts of in- and out-of-distribution scores over shared edges spanning the pooled scores' `tail`
+    and 1 − `tail` quantiles (scores beyond them are counted in the end bins, so one far outlier does not
+    squash the rest into one bar)."""
+    pooled = np.concatenate([outlier_in, outlier_out])
+    low, high = np.quantile(pooled, [tail, 1 - tail])
+    if not high > low:
+        low, high = low - 0.5, high + 0.5
+    edges = np.linspace(low, high, bins + 1)
+    counts = [
+        np.histogram(np.clip(s, low, high), edges)[0].astype(np.float64).tolist() for s in (outlier_in, outlier_out)
+    ]
+    return {"edges": edges.tolist(), "in": counts[0], "out": counts[1]}
+
+
+def separation_plots(outlier_in: F64, outlier_out: F64) -> dict[str, Any]:
+    """What the web report draws of a separation, kept with it so a page never re-reads the scores: the
+    thinned ROC curve, the FPR@95 vertex, the score histograms, and how many non-finite scores were left
+    out of them (empty when one side has no finite score)."""
+    finite_in, finite_out = outlier_in[np.isfinite(outlier_in)], outlier_out[np.isfinite(outlier_out)]
+    if not len(finite_in) or not len(finite_out):
+        return {}
+    fpr, tpr = vertex_at_tpr(-finite_in, -finite_out)
+    return {
+        "roc": roc_points(finite_in, finite_out),
+        "at_95": {"fpr": fpr, "tpr": tpr},
+        "histogram": score_histograms(finite_in, finite_out),
+        "dropped": {"in": len(outlier_in) - len(finite_in), "out": len(outlier_out) - len(finite_out)},
     }

@@ -148,10 +148,16 @@ class EvaluationOut(BaseModel):
     calibrator_id: str | None = Field(None, description="The calibrator applied before evaluating, if any.")
     sdm_id: str | None = Field(None, description="The SDM estimator whose region metrics are included, if any.")
     model_id: str | None = Field(None, description="The uploaded model that produced the logits, if any.")
+    detector_id: str | None = Field(
+        None, description="The detector whose separation of `inputs` and `ood_inputs` is under `ood`, if any."
+    )
     ood: dict[str, float | None] | None = Field(
         None,
         description="With a model, `detector_id` and `ood_inputs`: AUROC, AUPR-In/Out, FPR@95 (both), detection "
         "error, n_in and n_out.",
+    )
+    ood_plots: dict[str, Any] | None = Field(
+        None, exclude=True, description="Stored for the web report's OOD page (ROC, histograms); not answered."
     )
     per_sample: dict[str, list[float | None]] | None = None
     slices: dict[str, dict[str, SliceOut]] | None = Field(

@@ -30,7 +30,7 @@ from app.core.evaluation import (
 from app.core.fold import Arrays, Assembled, Chunk, Span, Stage, fold
 from app.core.losses import DEFAULT_LOSSES, LOSSES
 from app.core.metrics import DEFAULT_METRICS, DEFAULT_METRICS_WIDE, METRICS, Ece
-from app.core.ood_metrics import separation
+from app.core.ood_metrics import separation, separation_plots
 from app.core.runtime import SessionCache
 from app.core.slices import Slices
 from app.core.specs import TermSpec
@@ -110,7 +110,9 @@ class ComputedEvaluation:
     result: EvaluationResult
     per_row: dict[str, np.ndarray]
     model_id: str | None = None  # the uploaded model that produced the logits
+    detector_id: str | None = None  # the detector whose separation is under `ood`
     ood: dict[str, float | None] | None = None  # separation of a detector's scores, in vs ood_inputs
+    ood_plots: dict[str, Any] | None = None  # its ROC curve and score histograms, for the web report
     created: datetime = field(default_factory=utc_now)
 
     def __post_init__(self) -> None:
@@ -307,12 +309,16 @@ class EvaluationService:
         folded = fold(source, stages)
         evaluated: Evaluated = folded["evaluation"]
         whole, plan = evaluation.whole(rows), evaluation.evaluator.plan
-        computed = ComputedEvaluation(request, whole, plan, evaluated.result, evaluated.per_row, model_id=model_id)
+        computed = ComputedEvaluation(
+            request, whole, plan, evaluated.result, evaluated.per_row, model_id, request.detector_id
+        )
         if "regions" in folded:
             assert whole.labels is not None
             computed.metrics.update(finite_or_none(region_metrics(folded["regions"], whole.labels)))
         if "scores" in folded:
-            computed.ood = self._separation(record, request, folded["scores"]["scores"], arrays, detector_reads)
+            computed.ood, computed.ood_plots = self._separation(
+                record, request, folded["scores"]["scores"], arrays, detector_reads
+            )
         record_id = self.store(computed) if request.store else None
         return evaluation_out(computed, record_id)
 
@@ -343,14 +349,17 @@ class EvaluationService:
         scores_in: np.ndarray,
         arrays: dict[str, np.ndarray],
         reads: dict[str, str],
-    ) -> dict[str, float | None]:
-        """/v1/ood/evaluate's metrics of the detector's scores of the inputs against those of `ood_inputs`."""
+    ) -> tuple[dict[str, float | None], dict[str, Any]]:
+        """/v1/ood/evaluate's metrics of the detector's scores of the inputs against those of `ood_inputs`,
+        and what the web report draws of them."""
         assert request.detector_id is not None
         given = {k.removeprefix("ood_inputs."): v for k, v in arrays.items() if k.startswith("ood_inputs.")}
         out = self.models.outputs(record, given, list(dict.fromkeys(reads.values())))
         scores_out, _ = self.detectors.score(request.detector_id, {k: out[v] for k, v in reads.items()})
-        metrics = separation(scores_in.astype(np.float64), scores_out.astype(np.float64))
-        return {**finite_or_none(metrics), "n_in": float(len(scores_in)), "n_out": float(len(scores_out))}
+        outlier_in, outlier_out = scores_in.astype(np.float64), scores_out.astype(np.float64)
+        metrics = separation(outlier_in, outlier_out)
+        counts = {"n_in": float(len(scores_in)), "n_out": float(len(scores_out))}
+        return {**finite_or_none(metrics), **counts}, separation_plots(outlier_in, outlier_out)
 
     def store(self, computed: ComputedEvaluation) -> str:
         """Write the evaluation, its values and per-row arrays in one transaction; returns its id."""
@@ -374,7 +383,9 @@ class EvaluationService:
             calibrator_id=request.calibrator_id,
             sdm_id=request.sdm_id,
             model_id=computed.model_id,
+            detector_id=computed.detector_id,
             slices=None if computed.slices is None else _dump_slices(computed.slices),
+            ood_plots=computed.ood_plots or None,
         )
         arrays = _row_arrays(batch, plan, computed.per_row)
         stored = self.repository.add(record, request.tags, computed.losses, computed.metrics, arrays, computed.ood)
@@ -420,6 +431,7 @@ def evaluation_out(computed: ComputedEvaluation, record_id: str | None) -> Evalu
         calibrator_id=request.calibrator_id,
         sdm_id=request.sdm_id,
         model_id=computed.model_id,
+        detector_id=computed.detector_id,
         ood=computed.ood,
         per_sample=per_sample,
         slices=computed.slices,
@@ -444,6 +456,8 @@ def stored_evaluation_out(record: Evaluation, per_sample: dict[str, np.ndarray] 
         calibrator_id=record.calibrator_id,
         sdm_id=record.sdm_id,
         model_id=record.model_id,
+        detector_id=record.detector_id,
+        ood_plots=record.ood_plots,
         per_sample={k: row_values(v) for k, v in per_sample.items()} if per_sample is not None else None,
         slices=record.slices,
     )

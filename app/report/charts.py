@@ -37,6 +37,13 @@ def _chart(title: str, description: str, body: Spec) -> Spec:
     return {"$schema": SCHEMA, "title": title, "description": description, "config": CONFIG} | body
 
 
+def _diagonal() -> Spec:
+    """The dashed line y = x: perfect calibration, or a ROC curve's chance level."""
+    ends = {"values": [{"x": 0, "y": 0}, {"x": 1, "y": 1}]}
+    axes = {"x": {"field": "x", "type": "quantitative"}, "y": {"field": "y", "type": "quantitative"}}
+    return {"data": ends, "mark": {"type": "line", "color": GREY, "strokeDash": [4, 4]}, "encoding": axes}
+
+
 def _unit(title: str) -> Spec:
     return {"type": "quantitative", "title": title, "scale": {"domain": [0, 1]}}
 
@@ -62,11 +69,7 @@ def reliability_diagram(bins: Sequence[dict[str, Any]], ece: float | None, title
         "width": WIDTH,
         "height": 260,
         "layer": [
-            {
-                "data": {"values": [{"x": 0, "y": 0}, {"x": 1, "y": 1}]},
-                "mark": {"type": "line", "color": GREY, "strokeDash": [4, 4]},
-                "encoding": {"x": {"field": "x", "type": "quantitative"}, "y": {"field": "y", "type": "quantitative"}},
-            },
+            _diagonal(),
             {
                 "mark": {"type": "rect", "color": BLUE, "opacity": 0.8, "stroke": "white"},
                 "encoding": {
@@ -158,14 +161,7 @@ def reliability_overlay(series: Sequence[tuple[str, Sequence[dict[str, Any]]]], 
             "width": WIDTH,
             "height": 300,
             "layer": [
-                {
-                    "data": {"values": [{"x": 0, "y": 0}, {"x": 1, "y": 1}]},
-                    "mark": {"type": "line", "color": GREY, "strokeDash": [4, 4]},
-                    "encoding": {
-                        "x": {"field": "x", "type": "quantitative"},
-                        "y": {"field": "y", "type": "quantitative"},
-                    },
-                },
+                _diagonal(),
                 {
                     "data": {"values": rows},
                     "mark": {"type": "line", "point": True},
@@ -365,5 +361,98 @@ def per_class_bars(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> Sp
                 },
                 "tooltip": [{"field": "class"}, {"field": "metric"}, {"field": "value", "format": ".4f"}],
             },
+        },
+    )
+
+
+def score_histograms(histogram: dict[str, Sequence[float]]) -> Spec:
+    """In- and out-of-distribution detector scores over shared bins, each as a share of its own rows (the
+    two sets differ in size), overlaid; the stored end bins also hold the scores beyond them."""
+    edges, n = histogram["edges"], {side: sum(histogram[side]) or 1.0 for side in ("in", "out")}
+    labels = {"in": "in-distribution", "out": "out-of-distribution"}
+    rows = [
+        {"lower": edges[i], "upper": edges[i + 1], "set": labels[side], "share": count / n[side], "rows": count}
+        for side in ("in", "out")
+        for i, count in enumerate(histogram[side])
+    ]
+    return _chart(
+        "Detector scores, in and out of distribution",
+        f"Overlaid histograms of {len(edges) - 1} bins: the share of in- and of out-of-distribution samples per "
+        "score bin (higher score: more out of distribution)",
+        {
+            "width": WIDTH,
+            "height": 220,
+            "data": {"values": rows},
+            "mark": {"type": "rect", "opacity": 0.55, "stroke": "white", "strokeWidth": 0.5},
+            "encoding": {
+                "x": {"field": "lower", "type": "quantitative", "title": "Score (higher: more OOD)"},
+                "x2": {"field": "upper"},
+                "y": {"field": "share", "type": "quantitative", "title": "Share of the set", "stack": None},
+                "y2": {"datum": 0},
+                "color": {
+                    "field": "set",
+                    "type": "nominal",
+                    "title": None,
+                    "scale": {"domain": list(labels.values()), "range": [BLUE, ORANGE]},
+                },
+                "tooltip": [
+                    {"field": "set"},
+                    {"field": "lower", "format": ".4g"},
+                    {"field": "upper", "format": ".4g"},
+                    {"field": "rows", "format": ".0f"},
+                ],
+            },
+        },
+    )
+
+
+def roc_curve(roc: dict[str, Sequence[float]], at_95: dict[str, float], auroc: float | None) -> Spec:
+    """The ROC curve with in-distribution positive (x: OOD samples accepted, y: ID samples kept), the chance
+    diagonal, and the vertex FPR@95 reads marked (its x is the metric)."""
+    points = [{"i": i, "fpr": f, "tpr": t} for i, (f, t) in enumerate(zip(roc["fpr"], roc["tpr"], strict=True))]
+    heading = "ROC" + ("" if auroc is None else f" — AUROC {auroc:.4f}")
+    mark = {"fpr": at_95["fpr"], "tpr": at_95["tpr"], "label": f"FPR@95 {at_95['fpr']:.4f}"}
+    return _chart(
+        heading,
+        f"ROC curve of {len(points)} points, in-distribution positive; FPR at 95% TPR is {at_95['fpr']:.4f}",
+        {
+            "width": 320,
+            "height": 320,
+            "layer": [
+                _diagonal(),
+                {
+                    "data": {"values": points},
+                    "mark": {"type": "line", "color": BLUE, "interpolate": "linear"},
+                    "encoding": {
+                        "x": _unit("OOD samples accepted (FPR)") | {"field": "fpr"},
+                        "y": _unit("In-distribution samples kept (TPR)") | {"field": "tpr"},
+                        "order": {"field": "i", "type": "quantitative"},  # the curve's own order
+                    },
+                },
+                {
+                    "data": {"values": [mark]},
+                    "layer": [
+                        {
+                            "mark": {"type": "point", "filled": True, "color": VERMILLION, "size": 90},
+                            "encoding": {
+                                "x": {"field": "fpr", "type": "quantitative"},
+                                "y": {"field": "tpr", "type": "quantitative"},
+                                "tooltip": [
+                                    {"field": "fpr", "format": ".4f", "title": "FPR"},
+                                    {"field": "tpr", "format": ".4f", "title": "TPR"},
+                                ],
+                            },
+                        },
+                        {
+                            "mark": {"type": "text", "align": "left", "dx": 8, "dy": 12, "color": VERMILLION},
+                            "encoding": {
+                                "x": {"field": "fpr", "type": "quantitative"},
+                                "y": {"field": "tpr", "type": "quantitative"},
+                                "text": {"field": "label"},
+                            },
+                        },
+                    ],
+                },
+            ],
         },
     )

@@ -5,7 +5,7 @@ plain values, and Vega-Lite specs under `charts` (`app.report.charts`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -71,10 +71,9 @@ class ReportPages:
         """A page of evaluations, newest first, filtered by model, dataset, a tag (`key` or `key:value`) and
         a date range (`since` and `until` as YYYY-MM-DD, both days included)."""
         filters = EvaluationFilter.selecting(model or None, dataset or None, [tag] if tag else [], "tag")
-        bounds = {"since": _day(since, "since"), "until": _day(until, "until")}
-        if bounds["until"] is not None:
-            bounds["until"] += timedelta(days=1)
-        filters = EvaluationFilter(filters.model, filters.dataset, filters.tags, **bounds)
+        last_day = _day(until, "until")
+        end = None if last_day is None else last_day + timedelta(days=1)
+        filters = replace(filters, since=_day(since, "since"), until=end)
         page = self.s.evaluations.page(filters, limit, cursor or None)
         query = {
             "model": model or "",
@@ -113,6 +112,7 @@ class ReportPages:
             page["charts"]["per_class"] = charts.per_class_bars(per_class, present)
         if evaluation.slices:
             page["slices"] = slice_tables(evaluation)
+        page["charts"].update(ood_charts(evaluation))
         return page
 
     def model_history(self, name: str, metrics: list[str], highlight: str) -> dict[str, Any]:
@@ -182,8 +182,20 @@ class ReportPages:
         return {"c": calibrator, "scalars": scalars, "charts": overlays}
 
     def detector(self, detector_id: str) -> dict[str, Any]:
+        """The detector's parameters and fit, the model evaluations that measured its separation of in- and
+        out-of-distribution inputs, and the plots of the newest of them."""
         detector = self.s.detectors.get(detector_id)
-        return {"d": detector}
+        evaluations = self.s.evaluations.page(EvaluationFilter(detector_id=detector_id), 50, None).items
+        newest = next((e for e in evaluations if e.ood_plots), None)
+        return {"d": detector, "evaluations": evaluations, "newest": newest, "charts": ood_charts(newest)}
+
+    def ood(self, evaluation_id: str) -> dict[str, Any]:
+        """A model evaluation's OOD separation: AUROC/AUPR/FPR@95, the score histograms and the ROC curve."""
+        evaluation = self.s.evaluations.get(evaluation_id)
+        if not evaluation.ood:
+            raise NotFoundError(f"evaluation {evaluation_id!r} has no OOD separation (a model evaluation with "
+                                "`detector_id` and `ood_inputs` has one)")  # fmt: skip
+        return {"e": evaluation, "charts": ood_charts(evaluation)}
 
     def compare(self, a: str, b: str) -> dict[str, Any]:
         """Two evaluations side by side: their values, the change, and both reliability tables overlaid;
@@ -221,6 +233,18 @@ class ReportPages:
 
     def models(self) -> dict[str, Any]:
         return {"models": self.s.models.page(500, None).items, "pipelines": self.s.pipelines.page(500, None).items}
+
+
+def ood_charts(evaluation: EvaluationOut | None) -> dict[str, Any]:
+    """The score histograms and ROC curve stored with an evaluation's OOD separation (none without)."""
+    plots = evaluation.ood_plots if evaluation is not None else None
+    if not plots or evaluation is None:
+        return {}
+    auroc = number((evaluation.ood or {}).get("auroc"))
+    return {
+        "histogram": charts.score_histograms(plots["histogram"]),
+        "roc": charts.roc_curve(plots["roc"], plots["at_95"], auroc),
+    }
 
 
 def _day(text: str | None, field: str) -> datetime | None:

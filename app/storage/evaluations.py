@@ -21,6 +21,8 @@ def selected(filters: EvaluationFilter) -> Select[Any]:
         query = query.where(Evaluation.model == filters.model)
     if filters.dataset is not None:
         query = query.where(Evaluation.dataset == filters.dataset)
+    if filters.detector_id is not None:
+        query = query.where(Evaluation.detector_id == filters.detector_id)
     if filters.since is not None:
         query = query.where(Evaluation.created_at >= filters.since)
     if filters.until is not None:

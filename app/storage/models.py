@@ -78,6 +78,8 @@ class Evaluation(ProjectScoped, Base):
     model_id: Mapped[str | None] = mapped_column(String(32), index=True)  # the uploaded model that was run
     slices: Mapped[dict[str, Any] | None] = mapped_column(FiniteJson, nullable=True)  # per key, per value
     metric_lists: Mapped[dict[str, Any] | None] = mapped_column(FiniteJson, nullable=True)  # list-valued metrics
+    detector_id: Mapped[str | None] = mapped_column(String(32), index=True)  # OOD separation of this detector
+    ood_plots: Mapped[dict[str, Any] | None] = mapped_column(FiniteJson, nullable=True)  # its ROC and histograms
 
     tags: Mapped[list[EvaluationTag]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True, lazy="selectin"

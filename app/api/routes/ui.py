@@ -114,6 +114,11 @@ async def detector(request: Request, detector_id: str) -> HTMLResponse:
     return await _page(request, "detector.html", lambda p: p.detector(detector_id))
 
 
+@router.get("/ui/ood/{evaluation_id}")
+async def ood(request: Request, evaluation_id: str) -> HTMLResponse:
+    return await _page(request, "ood.html", lambda p: p.ood(evaluation_id))
+
+
 @router.get("/ui/compare")
 async def compare(request: Request, a: str = "", b: str = "") -> HTMLResponse:
     if not a or not b:

@@ -179,7 +179,14 @@ def test_every_page_kind_is_drawn_from_what_is_stored(client: TestClient) -> Non
     html = page(client, f"/ui/compare?a={ids['baseline']}&b={ids['candidate']}")
     (overlay,) = parsed(html).specs
     assert {r["series"] for r in overlay["layer"][1]["data"]["values"]} == {"A", "B"}
-    assert "paired bootstrap" in html and f"/ui/gates/{ids['gate']}" in html
+    assert "paired-bootstrap" in html and f"/ui/gates/{ids['gate']}" in html
+    judged = client.post("/v1/gates", json={
+        "candidate": ids["candidate"], "baseline": ids["baseline"], "significance": 0.95, "resamples": 1000,
+        "rules": [{"metric": "accuracy", "op": "max_decrease_abs", "value": 0.0}]})  # fmt: skip
+    low, high = judged.json()["rules"][0]["interval"]
+    assert "<td>accuracy</td>" in html and f"[{low:+.4g}, {high:+.4g}]" in html  # the gate's own interval
+    unpaired = page(client, f"/ui/compare?a={ids['ood']}&b={ids['candidate']}")
+    assert "no paired intervals" in unpaired and "% interval</th>" not in unpaired
 
     separated = client.get(f"/v1/evaluations/{ids['ood']}").json()
     assert separated["detector_id"] == ids["detector"] and "ood_plots" not in separated

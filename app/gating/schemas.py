@@ -26,6 +26,9 @@ class BaselineSelector(BaseModel):
         return self
 
 
+MAX_RULES = 200
+
+
 class Rule(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -60,7 +63,7 @@ class GateRequest(BaseModel):
 
     candidate: str = Field(description="Evaluation id.")
     baseline: str | BaselineSelector
-    rules: Annotated[list[Rule], Field(min_length=1, max_length=200)]
+    rules: Annotated[list[Rule], Field(min_length=1, max_length=MAX_RULES)]
     significance: float | None = Field(None, gt=0, lt=1, description="Interval level, e.g. 0.95.")
     resamples: int = Field(2000, ge=100, le=100_000)
     seed: int = Field(0, ge=0)

@@ -13,7 +13,7 @@ from app.core.errors import InputError
 from app.core.losses import LOSSES
 from app.core.metrics import METRICS, Resampling
 from app.gating import rules as gate_rules
-from app.gating.schemas import BaselineSelector, GateOut, GateRequest, RuleResult
+from app.gating.schemas import MAX_RULES, BaselineSelector, GateOut, GateRequest, Rule, RuleResult
 from app.records import EvaluationFilter, NotFoundError, new_id, rfc3339, utc_now
 from app.sdm.service import EVALUATION_METRICS as SDM_METRICS
 from app.storage.evaluations import EvaluationRepository
@@ -269,6 +269,17 @@ class GateService(StoredResource[GateRecord, GateOut]):
             direction = 1 if higher_is_better(candidate, kinds.get(rule.metric, "metric"), rule.metric) else -1
             regions.append(gate_rules.tolerated(rule.op, rule.value, rule.baseline, direction))
         return regions
+
+    def intervals(
+        self, baseline: str, candidate: str, metrics: list[str], significance: float, resamples: int
+    ) -> dict[str, list[float] | None]:
+        """Bootstrap intervals of candidate − baseline for each named loss or metric (None where the stored
+        per-row arrays cannot resample it), judged as a gate is but not stored: the compare page's column."""
+        rules = [Rule(metric=m, op="max_increase_abs", value=0.0) for m in metrics[:MAX_RULES]]
+        request = GateRequest(
+            candidate=candidate, baseline=baseline, rules=rules, significance=significance, resamples=resamples
+        )
+        return {r["metric"]: r["interval"] for r in judge(self.evaluations, request).report["rules"]}
 
     def baseline_id(self, baseline: str | BaselineSelector) -> str:
         """The evaluation a gate with this baseline would compare with (NotFoundError when none)."""

@@ -25,6 +25,9 @@ from app.report import charts
 HISTORY_LIMIT = 500  # evaluations on a model's history page, newest
 HIGHLIGHT = "prod"  # the tag (key, or value) of production evaluations on a model's history page
 PER_CLASS = ("precision", "recall", "f1")
+COMPARE_ROWS = 20_000  # the compare page bootstraps at once up to this many rows, else when asked (100k rows of
+# 3 losses and 3 metrics took 1.3 s on a 2-core machine)
+COMPARE_LEVEL, COMPARE_RESAMPLES = 0.95, 1000
 
 
 @dataclass(frozen=True)
@@ -197,12 +200,14 @@ class ReportPages:
                                 "`detector_id` and `ood_inputs` has one)")  # fmt: skip
         return {"e": evaluation, "charts": ood_charts(evaluation)}
 
-    def compare(self, a: str, b: str) -> dict[str, Any]:
-        """Two evaluations side by side: their values, the change, and both reliability tables overlaid;
-        paired-bootstrap intervals come from a gate that compared the two (on the gate's page)."""
+    def compare(self, a: str, b: str, bootstrap: bool = False) -> dict[str, Any]:
+        """Two evaluations side by side: their values, the change, both reliability tables overlaid, and
+        the gates that compared them. On the same dataset, the paired-bootstrap interval of each change is
+        computed from the stored per-row values as a gate computes it (not stored): at once up to
+        COMPARE_ROWS rows, beyond that when asked (`bootstrap`)."""
         left, right = self.s.evaluations.get(a), self.s.evaluations.get(b)
         keys = list(dict.fromkeys([*left.losses, *scalar_metrics(left), *right.losses, *scalar_metrics(right)]))
-        rows = []
+        rows: list[dict[str, Any]] = []
         for key in keys:
             x = number(left.losses.get(key, left.metrics.get(key)))
             y = number(right.losses.get(key, right.metrics.get(key)))
@@ -215,13 +220,22 @@ class ReportPages:
             ],
             "Reliability of A and B",
         )
-        same_data = left.dataset_fingerprint == right.dataset_fingerprint
+        same_data = left.dataset_fingerprint == right.dataset_fingerprint and left.n == right.n
+        intervals: dict[str, list[float] | None] = {}
+        if same_data and (bootstrap or left.n <= COMPARE_ROWS):
+            compared = [r["key"] for r in rows if r["delta"] is not None]
+            intervals = self.s.gates.intervals(a, b, compared, COMPARE_LEVEL, COMPARE_RESAMPLES) if compared else {}
+        for row in rows:
+            row["interval"] = intervals.get(row["key"])
         return {
             "a": left,
             "b": right,
             "rows": rows,
             "gates": gates,
             "same_data": same_data,
+            "bootstrapped": bool(intervals),
+            "level": COMPARE_LEVEL,
+            "resamples": COMPARE_RESAMPLES,
             "charts": {"overlay": overlay},
         }
 

@@ -120,10 +120,10 @@ async def ood(request: Request, evaluation_id: str) -> HTMLResponse:
 
 
 @router.get("/ui/compare")
-async def compare(request: Request, a: str = "", b: str = "") -> HTMLResponse:
+async def compare(request: Request, a: str = "", b: str = "", bootstrap: bool = False) -> HTMLResponse:
     if not a or not b:
         return _error(422, "Invalid query", "compare needs two evaluation ids: /ui/compare?a=ID&b=ID")
-    return await _page(request, "compare.html", lambda p: p.compare(a, b))
+    return await _page(request, "compare.html", lambda p: p.compare(a, b, bootstrap))
 
 
 @router.get("/ui/static/caliper.css")

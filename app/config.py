@@ -109,6 +109,19 @@ class Settings(BaseSettings):
         "(so including reading its body, unless an Idempotency-Key made it read first); beyond it 422 (`type` "
         "ending in `time-limit`), nothing stored.",
     )
+    job_workers: int = Field(
+        1, ge=1, le=64, description="Jobs (`Prefer: respond-async`) run at once by this process; more are queued."
+    )
+    job_timeout_s: float = Field(
+        86_400.0, gt=0, description="Time limit of a job's work (in place of CALIPER_REQUEST_TIMEOUT_S); beyond it "
+        "the job fails with a `time-limit` problem, nothing stored.",
+    )  # fmt: skip
+    job_stale_s: float = Field(
+        60.0,
+        gt=0,
+        description="A queued or running job whose process has not beaten for this long (the process died) is "
+        "marked failed; processes beat every fifth of it.",
+    )
     max_running_work: int = Field(
         default_factory=lambda: 2 * (os.cpu_count() or 1),
         ge=1,

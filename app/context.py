@@ -9,12 +9,14 @@ from functools import cached_property
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.api.problems import problem_of
 from app.calibration.service import CalibrationService
 from app.config import Settings, get_settings
 from app.core.chunking import Chunking
 from app.core.runtime import RuntimeConfig, SessionCache
 from app.evaluation.service import EvaluationService
 from app.gating.service import GateService
+from app.jobs.service import JobService
 from app.keys.service import KeyService
 from app.metrics import Metrics
 from app.models.runner import ModelRunner
@@ -33,6 +35,7 @@ from app.storage.artifacts import ArtifactStore
 from app.storage.db import make_engine, make_session_factory
 from app.storage.evaluations import EvaluationRepository
 from app.storage.idempotency import IdempotencyRepository
+from app.storage.jobs import JobRepository
 from app.storage.keys import ApiKeyRepository
 from app.storage.models import CalibratorRecord, DetectorRecord, GateRecord
 from app.storage.repository import (
@@ -67,6 +70,7 @@ class Resources:
     idempotency: IdempotencyRepository  # first answers of POSTs with an Idempotency-Key
     api_keys: ApiKeyRepository  # who may call, in which project (read by the authentication middleware)
     keys: KeyService  # a project's keys, managed over /v1/keys
+    jobs: JobService  # creating POSTs run in the background (Prefer: respond-async)
 
     @classmethod
     def create(cls, settings: Settings) -> Resources:
@@ -117,6 +121,9 @@ class Resources:
             idempotency=IdempotencyRepository(database, settings.idempotency_ttl_s),
             api_keys=api_keys,
             keys=KeyService(api_keys),
+            jobs=JobService(
+                JobRepository(database), problem_of, settings.job_workers, settings.job_timeout_s, settings.job_stale_s
+            ),
         )
 
     @cached_property
@@ -126,6 +133,7 @@ class Resources:
         return ReportPages(services)
 
     def close(self) -> None:
+        self.jobs.close()
         self.workers.close()
         self.engine.dispose()
 

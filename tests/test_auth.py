@@ -95,12 +95,15 @@ def project_a(auth_app: FastAPI, keys: dict[str, str]) -> dict[str, Any]:
     assert gate.status_code == 201, gate.text
     gate = gate.json()
     pipeline = client.post("/v1/pipelines", json={"name": "digits", "model_id": model["id"], **heads}).json()
+    job = client.post(
+        "/v1/evaluations", json={"logits": logits, "labels": labels.tolist()}, headers={"Prefer": "respond-async"}
+    ).json()
     key_id = client.get("/v1/keys", headers={"Authorization": f"Bearer {keys['a_admin']}"}).json()["items"][0]["id"]
     return {
         "ids": {
             "evaluation_id": evaluation["id"], "calibrator_id": heads["calibrator_id"], "gate_id": gate["id"],
             "detector_id": heads["detector_id"], "sdm_id": heads["sdm_id"], "model_id": model["id"],
-            "pipeline_id": pipeline["id"], "key_id": key_id, "name": "digits", "version": "1",
+            "pipeline_id": pipeline["id"], "key_id": key_id, "name": "digits", "version": "1", "job_id": job["id"],
         },
         "x": x[:4].tolist(),
         "logits": outputs["logits"][:4].tolist(),
@@ -185,7 +188,7 @@ def test_another_projects_ids_are_unknown_and_its_lists_are_empty(
                 assert response.json()["items"] == [], path
     # team-a still has everything
     owner = as_key(auth_app, keys["a_write"])
-    for name in ("evaluations", "calibrators", "detectors", "sdm", "models", "pipelines", "gates"):
+    for name in ("evaluations", "calibrators", "detectors", "sdm", "models", "pipelines", "gates", "jobs"):
         assert len(owner.get(f"/v1/{name}").json()["items"]) >= 1, name
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 
 import numpy as np
-from caliper_client import CaliperClient
+from caliper_client import CaliperClient, CaliperError
 from fastapi.testclient import TestClient
 
 from tests import onnx_models
@@ -32,6 +32,7 @@ METHODS = {
     "deletePipeline": "delete_pipeline", "getPipelineOnnx": "pipeline_onnx",
     "listKeys": "list_keys", "createKey": "create_key", "revokeKey": "revoke_key",
     "readyz": "ready",
+    "getJob": "get_job", "listJobs": "list_jobs", "cancelJob": "cancel_job",
 }  # fmt: skip
 
 
@@ -86,3 +87,18 @@ def test_detectors_ood_keys_and_model_bytes_through_the_client(caliper: CaliperC
     )
     assert [g["id"] for g in caliper.list_gates()["items"]] == [gate["id"]]
     assert caliper.ready()["status"] == "ready"
+
+
+def test_a_job_through_the_client(caliper: CaliperClient, client: TestClient) -> None:
+    submitted = client.post("/v1/evaluations", json={"logits": Z_A.tolist(), "labels": Y_A.tolist()},
+                            headers={"Prefer": "respond-async"}).json()  # fmt: skip
+    seen: list[str] = []
+    result = caliper.wait_job(submitted["id"], poll_s=0.01, on_progress=lambda job: seen.append(job["state"]))
+    assert result == caliper.get_evaluation(result["id"]) and seen[-1] == "succeeded"
+    assert [j["id"] for j in caliper.list_jobs(state="succeeded")["items"]] == [submitted["id"]]
+    try:
+        caliper.cancel_job(submitted["id"])
+    except CaliperError as exc:
+        assert exc.status == 409
+    else:
+        raise AssertionError("a finished job was cancelled")

@@ -61,6 +61,7 @@ SHELL_EXAMPLES = [
     "sh-keys",
     "sh-models",
     "sh-report",
+    "sh-jobs",
 ]
 
 

@@ -26,6 +26,7 @@ from app.api.routes import (
     evaluations,
     gates,
     health,
+    jobs,
     keys,
     models,
     ood,
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        resources.jobs.start()
         yield
         resources.close()
 
@@ -73,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pipelines.router)
     app.include_router(v2.router)
     app.include_router(keys.router)
+    app.include_router(jobs.router)
     app.include_router(ui.report_router)
     app.include_router(ui.router)
     metrics = resources.metrics

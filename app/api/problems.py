@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.core.deadline import TimeLimitError
+from app.core.deadline import CancelledError, TimeLimitError
 from app.core.errors import InputError
 from app.models.workers import ModelLimitError, ModelRunError, WorkerUnavailableError
 from app.records import ConflictError, NotFoundError
@@ -27,6 +27,7 @@ log = logging.getLogger("caliper")
 TITLES: dict[int | str, str] = {
     "model-limits": "The model exceeded its limits",
     "time-limit": "The work exceeded the request's time limit",
+    "cancelled": "The job was cancelled",
     "overloaded": "The server is at capacity",
     "migrations-pending": "The database is not migrated",
     408: "Request timeout",
@@ -147,10 +148,22 @@ def problem_response(
     kind: str | None = None,
     extensions: dict[str, Any] | None = None,
 ) -> JSONResponse:
+    """An RFC 9457 answer (`problem_body`)."""
+    body = problem_body(status, detail, errors, kind, extensions)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def problem_body(
+    status: int,
+    detail: str,
+    errors: list[dict[str, Any]] | None = None,
+    kind: str | None = None,
+    extensions: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """An RFC 9457 body (with the problem's own `extensions` members); echoed text is clipped (detail to
     1,000 characters, each error's field and message to 200, at most 20 errors), so a bad 1 MB key cannot
     make a 2 MB error."""
-    body = {
+    return {
         **(extensions or {}),
         "type": f"https://caliper.dev/problems/{kind or status}",
         "title": TITLES.get(kind or status, "Error"),
@@ -158,7 +171,6 @@ def problem_response(
         "detail": _clip(detail, MAX_DETAIL),
         "errors": [{k: _clip(str(v), 200) for k, v in e.items()} for e in (errors or [])[:MAX_ERRORS]],
     }
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
 class Refusal(NamedTuple):
@@ -203,10 +215,69 @@ def _pydantic_errors(
     return errors
 
 
-def validation_problem(exc: ValidationError | RequestValidationError) -> JSONResponse:
+class Answer(NamedTuple):
+    """The parts of a problem answer: status, detail, errors, kind (the `type` suffix), headers."""
+
+    status: int
+    detail: str
+    errors: list[dict[str, Any]] | None = None
+    kind: str | None = None
+    headers: dict[str, str] | None = None
+
+
+def validation_answer(exc: ValidationError | RequestValidationError) -> Answer:
     errors = _pydantic_errors(exc)
     detail = "; ".join(f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in errors[:5])
-    return problem_response(422, detail or "invalid request", errors)
+    return Answer(422, detail or "invalid request", errors)
+
+
+def domain_answer(exc: BaseException) -> Answer | None:
+    """The answer to an error of the use cases or of the input (None for any other): the same for a
+    request and for a job, whose `error` is the problem the synchronous call would have answered."""
+    match exc:
+        case ProblemError():
+            return Answer(exc.status, exc.detail, exc.errors, None, exc.headers)
+        case NotFoundError():
+            return Answer(404, str(exc))
+        case ConflictError():
+            return Answer(409, str(exc))
+        case ModelLimitError():
+            return Answer(422, str(exc), kind="model-limits")
+        case TimeLimitError():
+            return Answer(422, str(exc), kind="time-limit")
+        case CancelledError():
+            return Answer(409, str(exc), kind="cancelled")
+        case ModelRunError():
+            return Answer(422, f"onnxruntime refused the model or its inputs: {exc}")
+        case WorkerUnavailableError():
+            return Answer(503, str(exc), headers={"Retry-After": "5"})
+        case InputError():
+            return Answer(422, str(exc), [{"field": exc.field, "message": exc.message}])
+        case ValidationError() | RequestValidationError():
+            return validation_answer(exc)
+        case StarletteHTTPException():
+            return Answer(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+    return None
+
+
+DOMAIN_ERRORS = (
+    ProblemError, NotFoundError, ConflictError, ModelLimitError, TimeLimitError, CancelledError, ModelRunError,
+    WorkerUnavailableError, InputError, ValidationError, RequestValidationError, StarletteHTTPException,
+)  # fmt: skip
+
+
+def problem_of(exc: BaseException) -> dict[str, Any]:
+    """The problem body of any exception, for a job's `error`: the domain's answer, the database's
+    refusal, or a logged 500."""
+    answer = domain_answer(exc)
+    if answer is None:
+        refused = database_refusal(exc)
+        if refused is not None:
+            answer = Answer(refused.status, refused.detail, [], refused.kind)
+        else:
+            log.error("unhandled error in a job", exc_info=exc)
+            answer = Answer(500, "internal error; nothing was stored")
+    return problem_body(answer.status, answer.detail, answer.errors, answer.kind)
 
 
 class UnexpectedErrors:
@@ -240,49 +311,13 @@ class UnexpectedErrors:
 
 
 def install_problem_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ProblemError)
-    async def _problem(_: Request, exc: ProblemError) -> JSONResponse:
-        return problem_response(exc.status, exc.detail, exc.errors, exc.headers)
+    async def _domain(_: Request, exc: Exception) -> JSONResponse:
+        answer = domain_answer(exc)
+        assert answer is not None  # registered for DOMAIN_ERRORS only
+        return problem_response(answer.status, answer.detail, answer.errors, answer.headers, answer.kind)
 
-    @app.exception_handler(NotFoundError)
-    async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
-        return problem_response(404, str(exc))
-
-    @app.exception_handler(ConflictError)
-    async def _conflict(_: Request, exc: ConflictError) -> JSONResponse:
-        return problem_response(409, str(exc))
-
-    @app.exception_handler(ModelLimitError)
-    async def _model_limits(_: Request, exc: ModelLimitError) -> JSONResponse:
-        return problem_response(422, str(exc), kind="model-limits")
-
-    @app.exception_handler(TimeLimitError)
-    async def _time_limit(_: Request, exc: TimeLimitError) -> JSONResponse:
-        return problem_response(422, str(exc), kind="time-limit")
-
-    @app.exception_handler(ModelRunError)
-    async def _model_run(_: Request, exc: ModelRunError) -> JSONResponse:
-        return problem_response(422, f"onnxruntime refused the model or its inputs: {exc}")
-
-    @app.exception_handler(WorkerUnavailableError)
-    async def _no_worker(_: Request, exc: WorkerUnavailableError) -> JSONResponse:
-        return problem_response(503, str(exc), headers={"Retry-After": "5"})
-
-    @app.exception_handler(InputError)
-    async def _input(_: Request, exc: InputError) -> JSONResponse:
-        return problem_response(422, str(exc), [{"field": exc.field, "message": exc.message}])
-
-    @app.exception_handler(RequestValidationError)
-    async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return validation_problem(exc)
-
-    @app.exception_handler(ValidationError)
-    async def _validation(_: Request, exc: ValidationError) -> JSONResponse:
-        return validation_problem(exc)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+    for error in DOMAIN_ERRORS:
+        app.add_exception_handler(error, _domain)
 
     async def _database(request: Request, exc: Exception) -> JSONResponse:
         """503 for a database that is not migrated or does not answer; 500 for any other failure."""

@@ -11,6 +11,7 @@ from importlib import resources
 from typing import Any
 
 EXAMPLES_FILE = "response_examples.json"
+ACCEPTED = "(respond-async)"  # the 202 answer of every creating POST: a job, as just submitted
 
 
 @cache
@@ -25,8 +26,9 @@ def add_response_examples(schema: dict[str, Any]) -> None:
     examples = response_examples()
     for operations in schema["paths"].values():
         for operation in operations.values():
-            example = examples.get(operation.get("operationId", ""))
-            if example is None:
-                continue
-            media = operation["responses"][str(example["status"])]["content"]["application/json"]
-            media["example"] = example["body"]
+            found = [examples.get(operation.get("operationId", ""))]
+            if "202" in operation.get("responses", {}):
+                found.append(examples.get(ACCEPTED))
+            for example in filter(None, found):
+                media = operation["responses"][str(example["status"])]["content"]["application/json"]
+                media["example"] = example["body"]

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from app.core import deadline
+from app.core import deadline, progress
 from app.core.metrics import uniform_bins
 
 F64 = npt.NDArray[np.float64]
@@ -127,6 +127,7 @@ def bootstrap_differences(
     out = np.empty((resamples, len(pairs)))
     for start in range(0, resamples, block):
         deadline.check()
+        progress.report(start, resamples, "resamples")
         r = min(block, resamples - start)
         product_c = poisson_weights(rng, r, n_c) @ stacked_c
         total_c = product_c[:, -1].astype(np.float64)

@@ -17,7 +17,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from app.core import deadline
+from app.core import deadline, progress
 from app.core.chunking import Chunking
 
 S = TypeVar("S")
@@ -79,14 +79,16 @@ class InMemory:
 
 def fold(source: Source, stages: Mapping[str, Stage[Any, Any]]) -> dict[str, Any]:
     """Every stage over every chunk of `source`, states merged in row order; {stage name: result}.
-    The request's time limit is checked before each chunk. A source without rows is refused by its
-    caller (a stage has no state to finalize)."""
+    The request's time limit and a job's cancellation are checked before each chunk, and a job's
+    progress reported after it. A source without rows is refused by its caller (a stage has no state
+    to finalize)."""
     states: dict[str, Any] = {}
     for chunk in source.chunks():
         deadline.check()
         for name, stage in stages.items():
             part = stage.update(chunk)
             states[name] = stage.merge(states[name], part) if name in states else part
+        progress.report(chunk.stop, source.rows)
     if len(states) != len(stages):
         raise ValueError("a fold needs at least one row")
     return {name: stage.finalize(states[name]) for name, stage in stages.items()}

@@ -283,6 +283,32 @@ class IdempotencyRecord(ProjectScoped, Base):
     body: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
+class JobRecord(ProjectScoped, Base):
+    """Work run in the background (`Prefer: respond-async`): its state and progress, the answer the
+    synchronous call would have given (`result`) or its problem (`error`). `owner` is the process running
+    it, which beats `heartbeat_at` while the job is queued or running; a job whose beat stops is failed."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime())  # naive UTC
+    kind: Mapped[str] = mapped_column(String(32), index=True)  # evaluation | model_evaluation | calibrator | …
+    state: Mapped[str] = mapped_column(String(16), index=True)  # queued | running | succeeded | failed | cancelled
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    total: Mapped[int | None] = mapped_column(Integer)
+    unit: Mapped[str] = mapped_column(String(16), default="rows")
+    started_at: Mapped[datetime | None] = mapped_column(DateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime())
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime())
+    owner: Mapped[str] = mapped_column(String(64))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    location: Mapped[str | None] = mapped_column(String(256))  # the stored result's path
+    result: Mapped[dict[str, Any] | None] = mapped_column(FiniteJson)
+    error: Mapped[dict[str, Any] | None] = mapped_column(FiniteJson)
+
+    __table_args__ = (Index("ix_jobs_project_id_created_at_id", "project_id", "created_at", "id"),)
+
+
 class ApiKey(Base):
     """An API key: `caliper_<id>_<secret>`, of which only a salted HMAC-SHA-256 of the secret is kept
     (`app.storage.keys` says why not a slow hash). Not project-scoped: it is what finds the project."""

@@ -11,8 +11,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -389,6 +390,34 @@ class CaliperClient:
 
     def list_gates(self, **filters: Any) -> dict[str, Any]:
         return self._check(self.http.get("/v1/gates", params={k: v for k, v in filters.items() if v is not None}))
+
+    # ---- jobs -------------------------------------------------------------------------------------
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        """GET /v1/jobs/{id}: state, progress, and when it has succeeded the `result`."""
+        return self._check(self.http.get(f"/v1/jobs/{job_id}"))
+
+    def list_jobs(self, **filters: Any) -> dict[str, Any]:
+        return self._check(self.http.get("/v1/jobs", params={k: v for k, v in filters.items() if v is not None}))
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        """DELETE /v1/jobs/{id}: the job, cancelled or still stopping (then poll it)."""
+        return self._check(self.http.delete(f"/v1/jobs/{job_id}"))
+
+    def wait_job(
+        self, job_id: str, poll_s: float = 0.5, on_progress: Callable[[dict[str, Any]], None] | None = None
+    ) -> dict[str, Any]:
+        """Poll the job until it has finished; its `result` when it succeeded, else a CaliperError with its
+        problem. `on_progress` sees each poll's job (a progress bar)."""
+        while True:
+            job = self.get_job(job_id)
+            if on_progress is not None:
+                on_progress(job)
+            if job["state"] == "succeeded":
+                result: dict[str, Any] = job["result"]
+                return result
+            if job["state"] in ("failed", "cancelled"):
+                raise CaliperError(job["error"].get("status", 500), job["error"])
+            time.sleep(poll_s)
 
     # ---- keys and health ----------------------------------------------------------------------------
     def create_key(self, role: str = "write", name: str = "") -> dict[str, Any]:

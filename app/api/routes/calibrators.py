@@ -14,6 +14,7 @@ from app.api.deps import ResourcesDep, resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.npz_stream import npz_response
 from app.api.problems import READ, TENSOR_WRITE, ProblemError
+from app.api.respond_async import ACCEPTED, created, with_prefer
 from app.api.stored_routes import add_stored_routes
 from app.calibration.schemas import (
     FIT_TENSORS,
@@ -35,13 +36,12 @@ APPLY = TensorBody(ApplyRequest, ("logits",))
     status_code=201,
     response_model=CalibratorOut,
     summary="Fit a calibrator and store it",
-    responses=TENSOR_WRITE,
-    openapi_extra=FIT.openapi(),
+    responses={**TENSOR_WRITE, **ACCEPTED},
+    openapi_extra=with_prefer(FIT.openapi()),
 )
 async def create_calibrator(request: Request) -> Response:
     body, arrays = await FIT.read(request)
-    out = await run_in_threadpool(resources_of(request).calibrators.create, body, arrays)
-    return Response(out.model_dump_json(), status_code=201, media_type="application/json")
+    return await created(request, "calibrator", resources_of(request).calibrators.create, body, arrays)
 
 
 @router.post(

@@ -11,6 +11,7 @@ from app.api.deps import resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.npz_stream import npz_response
 from app.api.problems import TENSOR_WRITE
+from app.api.respond_async import ACCEPTED, created, with_prefer
 from app.api.stored_routes import add_stored_routes
 from app.ood.schemas import (
     DETECTOR_TENSORS,
@@ -32,13 +33,12 @@ SCORE = TensorBody(ScoreRequest, SCORE_FEATURES)
     status_code=201,
     response_model=DetectorOut,
     summary="Fit an OOD detector and store it",
-    responses=TENSOR_WRITE,
-    openapi_extra=FIT.openapi(),
+    responses={**TENSOR_WRITE, **ACCEPTED},
+    openapi_extra=with_prefer(FIT.openapi()),
 )
 async def create_detector(request: Request) -> Response:
     body, arrays = await FIT.read(request)
-    out = await run_in_threadpool(resources_of(request).detectors.create, body, arrays)
-    return Response(out.model_dump_json(), status_code=201, media_type="application/json")
+    return await created(request, "detector", resources_of(request).detectors.create, body, arrays)
 
 
 @router.post(

@@ -8,9 +8,10 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 
 from app.api.bodies import TensorBody
-from app.api.deps import INLINE_BYTES, ResourcesDep, off_loop, resources_of
+from app.api.deps import INLINE_BYTES, ResourcesDep, resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.problems import DELETION, JSON_WRITE, LISTING, READ, TENSOR_WRITE
+from app.api.respond_async import ACCEPTED, created, with_prefer
 from app.evaluation.schemas import INTEGER_FIELDS, SLICE_PARTS, TENSOR_FIELDS, EvaluationOut, EvaluationRequest
 from app.examples import examples
 from app.records import EvaluationFilter, Page, Tags
@@ -26,17 +27,16 @@ EVALUATION = TensorBody(EvaluationRequest, TENSOR_FIELDS, INTEGER_FIELDS, SLICE_
     response_model=EvaluationOut,
     response_model_exclude_none=False,
     summary="Compute losses and metrics of predictions, and store them",
-    responses=TENSOR_WRITE,
-    openapi_extra=EVALUATION.openapi(),
+    responses={**TENSOR_WRITE, **ACCEPTED},
+    openapi_extra=with_prefer(EVALUATION.openapi()),
 )
 async def create_evaluation(request: Request) -> Response:
     body, arrays = await EVALUATION.read(request)
     resources = resources_of(request)  # no Depends on the hot path: dependency solving costs ~0.2 ms
     touches_storage = body.store or body.calibrator_id is not None or body.sdm_id is not None
     inline = not touches_storage and sum(a.nbytes for a in arrays.values()) <= INLINE_BYTES
-    out = await off_loop(inline, resources.evaluations.create, body, arrays)
     # Serialized once by the model itself (the declared response_model documents it).
-    return Response(out.model_dump_json(), status_code=201, media_type="application/json")
+    return await created(request, "evaluation", resources.evaluations.create, body, arrays, inline=inline)
 
 
 @router.get(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 
-from app.api.deps import ResourcesDep
+from app.api.deps import resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.problems import JSON_WRITE
+from app.api.respond_async import ACCEPTED, created, with_prefer
 from app.api.stored_routes import add_stored_routes
 from app.gating.schemas import GateOut, GateRequest
 
@@ -19,10 +20,11 @@ router = APIRouter(prefix="/v1/gates", tags=["gates"], route_class=StrictJsonRou
     status_code=201,
     response_model=GateOut,
     summary="Judge a candidate against a baseline",
-    responses=JSON_WRITE,
+    responses={**JSON_WRITE, **ACCEPTED},
+    openapi_extra=with_prefer(),
 )
-def create_gate(body: GateRequest, resources: ResourcesDep) -> GateOut:
-    return resources.gates.create(body)
+async def create_gate(body: GateRequest, request: Request) -> Response:
+    return await created(request, "gate", resources_of(request).gates.create, body)
 
 
 add_stored_routes(

@@ -16,6 +16,7 @@ from app.api.deps import ResourcesDep, resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.npz_stream import npz_response
 from app.api.problems import READ, TENSOR_WRITE, problems
+from app.api.respond_async import ACCEPTED, created, with_prefer
 from app.api.stored_routes import add_stored_routes
 from app.api.uploads import read_model_upload
 from app.evaluation.schemas import (
@@ -118,13 +119,13 @@ def export(
     status_code=201,
     response_model=EvaluationOut,
     summary="Evaluate the model on inputs (run chunk by chunk into the evaluation state) and store it",
-    responses=TENSOR_WRITE,
-    openapi_extra=EVALUATION.openapi(),
+    responses={**TENSOR_WRITE, **ACCEPTED},
+    openapi_extra=with_prefer(EVALUATION.openapi()),
 )
 async def create_model_evaluation(model_id: str, request: Request) -> Response:
     body, arrays = await EVALUATION.read(request)
-    out = await run_in_threadpool(resources_of(request).evaluations.create_from_model, model_id, body, arrays)
-    return Response(out.model_dump_json(), status_code=201, media_type="application/json")
+    evaluate = resources_of(request).evaluations.create_from_model
+    return await created(request, "model_evaluation", evaluate, model_id, body, arrays)
 
 
 @router.post(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 
-from app.api.deps import ResourcesDep
+from app.api.deps import ResourcesDep, resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.problems import JSON_WRITE, READ
+from app.api.respond_async import ACCEPTED, created, with_prefer
 from app.api.stored_routes import add_stored_routes
 from app.pipelines.schemas import PipelineOut, PipelineRequest
 
@@ -20,10 +21,11 @@ router = APIRouter(prefix="/v1/pipelines", tags=["pipelines"], route_class=Stric
     status_code=201,
     response_model=PipelineOut,
     summary="Deploy a model with its heads under a name (a new version per post); served on /v2 by name",
-    responses=JSON_WRITE,
+    responses={**JSON_WRITE, **ACCEPTED},
+    openapi_extra=with_prefer(),
 )
-def create_pipeline(body: PipelineRequest, resources: ResourcesDep) -> PipelineOut:
-    return resources.pipelines.create(body)
+async def create_pipeline(body: PipelineRequest, request: Request) -> Response:
+    return await created(request, "pipeline", resources_of(request).pipelines.create, body)
 
 
 @router.get(

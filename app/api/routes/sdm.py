@@ -11,6 +11,7 @@ from app.api.deps import resources_of
 from app.api.json_body import StrictJsonRoute
 from app.api.npz_stream import npz_response
 from app.api.problems import TENSOR_WRITE
+from app.api.respond_async import ACCEPTED, created, with_prefer
 from app.api.stored_routes import add_stored_routes
 from app.sdm.schemas import (
     FIT_INTEGER_FIELDS,
@@ -34,13 +35,12 @@ SCORE = TensorBody(SdmScoreRequest, SCORE_TENSORS)
     status_code=201,
     response_model=SdmOut,
     summary="Fit the SDM estimator on a support and a calibration set, and store it",
-    responses=TENSOR_WRITE,
-    openapi_extra=FIT.openapi(),
+    responses={**TENSOR_WRITE, **ACCEPTED},
+    openapi_extra=with_prefer(FIT.openapi()),
 )
 async def create_sdm(request: Request) -> Response:
     body, arrays = await FIT.read(request)
-    out = await run_in_threadpool(resources_of(request).sdm.create, body, arrays)
-    return Response(out.model_dump_json(), status_code=201, media_type="application/json")
+    return await created(request, "sdm", resources_of(request).sdm.create, body, arrays)
 
 
 @router.post(

@@ -1,0 +1,1 @@
+"""Jobs: the creating POSTs run in the background when asked (`Prefer: respond-async`)."""

@@ -109,6 +109,16 @@ class Settings(BaseSettings):
         "(so including reading its body, unless an Idempotency-Key made it read first); beyond it 422 (`type` "
         "ending in `time-limit`), nothing stored.",
     )
+    data_roots: str = Field(
+        "",
+        description="Folders whose files a `source` may read, comma-separated (resolved, symbolic links "
+        "included: nothing outside them is read). Empty: no local files.",
+    )
+    data_urls: str = Field(
+        "",
+        description="URL prefixes a `source` may read through fsspec with the server's credentials, "
+        "comma-separated (e.g. s3://bucket/eval/). Empty: no URLs.",
+    )
     job_workers: int = Field(
         1, ge=1, le=64, description="Jobs (`Prefer: respond-async`) run at once by this process; more are queued."
     )

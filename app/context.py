@@ -31,6 +31,7 @@ from app.pipelines.predict import PredictService
 from app.pipelines.service import PipelineService
 from app.report.pages import ReportPages, Services
 from app.sdm.service import SdmService
+from app.sources.locations import Places
 from app.storage.artifacts import ArtifactStore
 from app.storage.db import make_engine, make_session_factory
 from app.storage.evaluations import EvaluationRepository
@@ -104,7 +105,9 @@ class Resources:
             engine,
             database,
             runtime,
-            evaluations=EvaluationService(evaluation_records, heads, runner, runtime),
+            evaluations=EvaluationService(
+                evaluation_records, heads, runner, runtime, Places.of(settings.data_roots, settings.data_urls)
+            ),
             calibrators=calibrators,
             detectors=detectors,
             ood=OodService(detectors, runtime),

@@ -93,6 +93,7 @@ def settings(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         model_timeout_s=30.0,
         model_batch_rows=64,
         rate_limit="",  # the whole suite calls from one address within minutes; tests/test_limits.py sets its own
+        data_roots=str(tmp_path_factory.getbasetemp()),  # the README's source example writes its files there
     )
     if request.param == "postgres":
         _reset_postgres(settings)

@@ -62,6 +62,7 @@ SHELL_EXAMPLES = [
     "sh-models",
     "sh-report",
     "sh-jobs",
+    "sh-sources",
 ]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cache
@@ -46,6 +46,8 @@ from app.models.runner import ModelRunner, read_logits
 from app.pipelines.heads import HeadCheck, Heads
 from app.records import EvaluationFilter, Page, finite_or_none, new_id, rfc3339, utc_now
 from app.sdm.service import region_metrics
+from app.sources.locations import Places
+from app.sources.source import FileSource
 from app.storage.evaluations import EvaluationRepository
 from app.storage.models import Evaluation, ModelRecord
 
@@ -170,21 +172,22 @@ def slices_out(slices: Slices, result: EvaluationResult, min_rows: int) -> dict[
 
 
 class _StreamedEvaluation:
-    """The evaluation stage of a model's chunks: each chunk's logits (calibrated when asked) and given rows
-    make a batch, folded by the evaluator that the first chunk's batch plans (then known: its layout and
-    classes), so the logits are never held whole (only the per-row columns a stored evaluation keeps)."""
+    """The evaluation stage of a streamed source (a model's outputs, files): each chunk's predictions
+    (`read`: a model's logits, or the files' fields; calibrated when asked) and given rows make a batch,
+    folded by the evaluator that the first chunk's batch plans (then known: its layout and classes), so
+    the predictions are never held whole (only the per-row columns a stored evaluation keeps)."""
 
     def __init__(
         self,
         service: EvaluationService,
-        request: ModelEvaluationRequest,
-        record: ModelRecord,
-        given: Arrays,
+        request: EvaluationRequest,
+        read: Callable[[Chunk], dict[str, np.ndarray]],
+        given: Iterable[str],
         rows: int,
         slices: Slices | None,
     ) -> None:
         self.service, self.request, self.rows = service, request, rows
-        self.record = record
+        self.read = read
         self.given, self.slices = tuple(k for k in given if k != SLOTS), slices
         self._stage: EvaluationStage | None = None
         self.first: Batch | None = None
@@ -195,8 +198,7 @@ class _StreamedEvaluation:
         return self._stage.evaluator
 
     def update(self, chunk: Chunk) -> tuple[EvaluationState, Span | None]:
-        logits = read_logits(self.record, chunk[self.record.logits_output])
-        arrays = {"logits": logits} | {k: chunk[k] for k in self.given}
+        arrays = self.read(chunk) | {k: chunk[k] for k in self.given}
         if self.request.calibrator_id is not None:
             arrays = self.service.calibrators.calibrated_inputs(self.request.calibrator_id, arrays)
         batch = validate_batch(**arrays)
@@ -248,12 +250,21 @@ class EvaluationService:
     the evaluation with its SDM metrics is then stored in one transaction."""
 
     def __init__(
-        self, repository: EvaluationRepository, heads: HeadCheck, models: ModelRunner, runtime: SessionCache
+        self,
+        repository: EvaluationRepository,
+        heads: HeadCheck,
+        models: ModelRunner,
+        runtime: SessionCache,
+        places: Places | None = None,
     ) -> None:
+        """`places`: where `source` files may be read from (none by default)."""
         self.repository, self.heads, self.models, self.runtime = repository, heads, models, runtime
+        self.places = places or Places()
         self.calibrators, self.detectors, self.sdm = heads.calibrators, heads.detectors, heads.sdm
 
     def create(self, request: EvaluationRequest, arrays: dict[str, np.ndarray]) -> EvaluationOut:
+        if request.source:
+            return self.create_from_files(request, arrays)
         arrays = dict(arrays)
         embeddings = arrays.pop("embeddings", None)
         if (embeddings is None) != (request.sdm_id is None):
@@ -280,6 +291,8 @@ class EvaluationService:
         """Evaluate an uploaded model on inputs: the model runs chunk by chunk (CALIPER_MODEL_BATCH_ROWS
         rows) and each chunk's logits, calibrated when asked, fold into the mergeable evaluation state, so
         the logits are never held whole (only the per-row columns a stored evaluation keeps)."""
+        if request.source:
+            raise InputError("source", "a model evaluation reads its `inputs` from the body, not from files (yet)")
         record = self.models.get(model_id)
         if request.model is None:
             request = request.model_copy(update={"model": record.name})
@@ -298,7 +311,11 @@ class EvaluationService:
         if slices is not None:  # each row's slots travel with its chunk
             source = replace(source, given={**source.given, SLOTS: slices.slots})
         rows, n = dict(source.given), source.rows
-        evaluation = _StreamedEvaluation(self, request, record, rows, n, slices)
+
+        def read(chunk: Chunk) -> dict[str, np.ndarray]:
+            return {"logits": read_logits(record, chunk[record.logits_output])}
+
+        evaluation = _StreamedEvaluation(self, request, read, rows, n, slices)
         stages: dict[str, Stage[Any, Any]] = {"evaluation": evaluation}
         if request.sdm_id is not None:
             stages["regions"] = Assembled(self._regions_step(request.sdm_id, record), n)
@@ -319,6 +336,40 @@ class EvaluationService:
             computed.ood, computed.ood_plots = self._separation(
                 record, request, folded["scores"]["scores"], arrays, detector_reads
             )
+        record_id = self.store(computed) if request.store else None
+        return evaluation_out(computed, record_id)
+
+    def create_from_files(self, request: EvaluationRequest, arrays: dict[str, np.ndarray]) -> EvaluationOut:
+        """An evaluation whose tensor fields (some or all) are read from files (`source`): the files and
+        the inline tensors stream chunk by chunk into the evaluation state, as a model's outputs do; the
+        labels, targets and weights read are kept whole (the fingerprint and the stored per-row columns
+        need them), the predictions never are."""
+        assert request.source is not None
+        if request.sdm_id is not None or "embeddings" in arrays:
+            raise InputError("sdm_id", "SDM metrics are not computed on an evaluation from `source`")
+        twice = sorted(request.source.keys() & arrays.keys())
+        if twice:
+            raise InputError(f"source.{twice[0]}", "given both inline and as a source")
+        arrays = dict(arrays)
+        slice_given = slice_columns(request, arrays)
+        source = FileSource.open(request.source, self.places, self.runtime.chunking, arrays)
+        slices = Slices.of(slice_given, source.rows) if slice_given else None
+        if slices is not None:  # each row's slots travel with its chunk
+            source = replace(source, inline={**arrays, SLOTS: slices.slots})
+        fields = tuple(request.source)
+
+        def read(chunk: Chunk) -> dict[str, np.ndarray]:
+            return {name: chunk[name] for name in fields}
+
+        evaluation = _StreamedEvaluation(self, request, read, arrays, source.rows, slices)
+        stages: dict[str, Stage[Any, Any]] = {"evaluation": evaluation}
+        kept = [name for name in ("labels", "targets", "sample_weight") if name in fields]
+        if kept:
+            stages["kept"] = Assembled(lambda chunk: {name: chunk[name] for name in kept}, source.rows)
+        folded = fold(source, stages)
+        evaluated: Evaluated = folded["evaluation"]
+        whole = evaluation.whole({**arrays, **folded.get("kept", {})})
+        computed = ComputedEvaluation(request, whole, evaluation.evaluator.plan, evaluated.result, evaluated.per_row)
         record_id = self.store(computed) if request.store else None
         return evaluation_out(computed, record_id)
 

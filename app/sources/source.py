@@ -1,0 +1,55 @@
+"""Tensor fields read from files, as one more chunk source of the fold (`app.core.fold.Source`): every
+field's column read in step, `chunking` rows at a time, with the request's in-memory columns (inline
+tensors, slice slots) sliced alongside."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.core.chunking import Chunking
+from app.core.errors import InputError
+from app.core.fold import Chunk
+from app.sources.columns import Column
+from app.sources.locations import Places, shards
+
+
+@dataclass(frozen=True)
+class FileSource:
+    columns: Mapping[str, Column]
+    chunking: Chunking
+    inline: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def open(
+        cls, locations: Mapping[str, str], places: Places, chunking: Chunking, inline: Mapping[str, np.ndarray]
+    ) -> FileSource:
+        """Open every field's files (422 naming the file for one that is missing, outside the allowed
+        places, of another dtype or row shape than its siblings) and check that every field, inline ones
+        included, has the same number of rows (422 naming the field that differs)."""
+        columns = {name: Column.open(f"source.{name}", shards(f"source.{name}", where, places))
+                   for name, where in locations.items()}  # fmt: skip
+        counts = {f"source.{name}": column.rows for name, column in columns.items()}
+        counts |= {name: len(array) for name, array in inline.items()}
+        first, rows = next(iter(counts.items()))
+        for name, count in counts.items():
+            if count != rows:
+                raise InputError(name, f"{count} rows, but {first} has {rows}")
+        if rows == 0:
+            raise InputError(first, "no rows")
+        return cls(columns, chunking, inline)
+
+    @property
+    def rows(self) -> int:
+        return next(iter(self.columns.values())).rows
+
+    def chunks(self) -> Iterator[Chunk]:
+        width = sum(c.row_bytes for c in self.columns.values()) or 1
+        step = self.chunking.step(width)
+        readers = {name: column.reader(step) for name, column in self.columns.items()}
+        for start, stop in self.chunking.spans(self.rows, width):
+            arrays = {name: reader.take(stop - start) for name, reader in readers.items()}
+            arrays |= {name: array[start:stop] for name, array in self.inline.items()}
+            yield Chunk(start, stop, arrays)

@@ -14,6 +14,7 @@ from app.calibration.service import CalibrationService
 from app.config import Settings, get_settings
 from app.core.chunking import Chunking
 from app.core.runtime import RuntimeConfig, SessionCache
+from app.distributed.cluster import Cluster
 from app.evaluation.service import EvaluationService
 from app.gating.service import GateService
 from app.jobs.service import JobService
@@ -72,6 +73,7 @@ class Resources:
     api_keys: ApiKeyRepository  # who may call, in which project (read by the authentication middleware)
     keys: KeyService  # a project's keys, managed over /v1/keys
     jobs: JobService  # creating POSTs run in the background (Prefer: respond-async)
+    cluster: Cluster | None  # the Dask cluster evaluations from files run on (CALIPER_DASK_SCHEDULER)
 
     @classmethod
     def create(cls, settings: Settings) -> Resources:
@@ -100,13 +102,14 @@ class Resources:
         exports = ExportService(runner, heads, settings.max_export_bytes)
         pipelines = PipelineService(PipelineRepository(database), exports, artifacts, references, workers)
         api_keys = ApiKeyRepository(database)
+        cluster = Cluster(settings.dask_scheduler) if settings.dask_scheduler else None
         return cls(
             settings,
             engine,
             database,
             runtime,
             evaluations=EvaluationService(
-                evaluation_records, heads, runner, runtime, Places.of(settings.data_roots, settings.data_urls)
+                evaluation_records, heads, runner, runtime, Places.of(settings.data_roots, settings.data_urls), cluster
             ),
             calibrators=calibrators,
             detectors=detectors,
@@ -127,6 +130,7 @@ class Resources:
             jobs=JobService(
                 JobRepository(database), problem_of, settings.job_workers, settings.job_timeout_s, settings.job_stale_s
             ),
+            cluster=cluster,
         )
 
     @cached_property
@@ -137,6 +141,8 @@ class Resources:
 
     def close(self) -> None:
         self.jobs.close()
+        if self.cluster is not None:
+            self.cluster.close()
         self.workers.close()
         self.engine.dispose()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from caliper_client.cli import ConfigurationError
+from caliper_client.cli import ConfigurationError, Progress
 
 
 class LocalBackend:
@@ -27,6 +27,31 @@ class LocalBackend:
         slices = {f"slices.{key}": np.asarray(column) for key, column in (options.pop("slices", None) or {}).items()}
         request = EvaluationRequest.model_validate(options)
         out = self.resources.evaluations.create(request, {"logits": logits, "labels": labels, **slices})
+        return out.model_dump(mode="json")
+
+    def evaluate_sources(
+        self, sources: dict[str, str], options: dict[str, Any], dask: str | None, on_progress: Progress
+    ) -> dict[str, Any]:
+        """The files read by this process (any path or URL its user can read), or by the workers of the
+        Dask cluster `dask`, with the progress of the pass over their rows."""
+        from app.core import progress
+        from app.distributed.cluster import Cluster
+        from app.evaluation.schemas import EvaluationRequest
+        from app.sources.locations import Places
+
+        options = dict(options)
+        slices = {f"slices.{key}": np.asarray(column) for key, column in (options.pop("slices", None) or {}).items()}
+        request = EvaluationRequest.model_validate({**options, "source": sources})
+        evaluations = self.resources.evaluations
+        evaluations.places = Places.everywhere()
+        if dask:
+            evaluations.cluster = Cluster(dask)
+        try:
+            with progress.reporting(lambda done, total, _: on_progress(done, total)):
+                out = evaluations.create(request, slices)
+        finally:
+            if evaluations.cluster is not None:
+                evaluations.cluster.close()
         return out.model_dump(mode="json")
 
     def gate(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from functools import cache
 from typing import Any
 
 import numpy as np
@@ -19,21 +18,17 @@ from app.core.evaluation import (
     Evaluated,
     EvaluationPlan,
     EvaluationResult,
-    EvaluationStage,
-    EvaluationState,
     Evaluator,
-    check_plan,
     index_dtype,
     loss_output,
     validate_batch,
 )
-from app.core.fold import Arrays, Assembled, Chunk, Span, Stage, fold
-from app.core.losses import DEFAULT_LOSSES, LOSSES
-from app.core.metrics import DEFAULT_METRICS, DEFAULT_METRICS_WIDE, METRICS, Ece
+from app.core.fold import Arrays, Assembled, Chunk, Stage, fold
 from app.core.ood_metrics import separation, separation_plots
 from app.core.runtime import SessionCache
 from app.core.slices import Slices
-from app.core.specs import TermSpec
+from app.distributed.cluster import Cluster
+from app.distributed.evaluation import evaluate_on, kept_stage, read_fields
 from app.evaluation.schemas import (
     EvaluationOut,
     EvaluationRequest,
@@ -42,6 +37,7 @@ from app.evaluation.schemas import (
     ReliabilityBinOut,
     SliceOut,
 )
+from app.evaluation.streamed import SLOTS, Calibrate, StreamedEvaluation, make_plan
 from app.models.runner import ModelRunner, read_logits
 from app.pipelines.heads import HeadCheck, Heads
 from app.records import EvaluationFilter, Page, finite_or_none, new_id, rfc3339, utc_now
@@ -62,16 +58,6 @@ def dataset_fingerprint(batch: Batch) -> str:
     return hashlib.sha256(data.tobytes()).hexdigest()
 
 
-@cache
-def default_terms(wide: bool) -> tuple[tuple[TermSpec, ...], tuple[TermSpec, ...]]:
-    """The default losses and metrics (frozen specs, built once): top_k_accuracy joins when C > 5."""
-    metrics = DEFAULT_METRICS_WIDE if wide else DEFAULT_METRICS
-    return tuple(LOSSES[n].spec(name=n) for n in DEFAULT_LOSSES), tuple(METRICS[n].spec(name=n) for n in metrics)
-
-
-SLOTS = "slots"  # the given column of each row's slots beside a model's chunks
-
-
 def slice_columns(request: EvaluationRequest, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The request's slice columns by key: its JSON lists and its `slices.<key>` parts (taken out of
     `arrays`); a key given both ways is a 422."""
@@ -88,18 +74,6 @@ def sliced_batch(request: EvaluationRequest, arrays: dict[str, np.ndarray]) -> B
     columns = slice_columns(request, arrays)
     batch = validate_batch(**arrays)
     return batch.sliced(Slices.of(columns, batch.n) if columns else None)
-
-
-def make_plan(request: EvaluationRequest, batch: Batch) -> EvaluationPlan:
-    default_losses, default_metrics = default_terms(batch.classes > 5)
-    losses = request.losses if request.losses is not None else default_losses
-    metrics = request.metrics if request.metrics is not None else default_metrics
-    uniform = [m.bins for m in metrics if isinstance(m, Ece) and m.binning == "uniform"]
-    plan = EvaluationPlan(
-        batch.layout, tuple(losses), tuple(metrics), uniform[0] if uniform else request.reliability_bins
-    )
-    check_plan(plan, batch.classes, batch.slices)
-    return plan
 
 
 @dataclass
@@ -171,71 +145,6 @@ def slices_out(slices: Slices, result: EvaluationResult, min_rows: int) -> dict[
     return out
 
 
-class _StreamedEvaluation:
-    """The evaluation stage of a streamed source (a model's outputs, files): each chunk's predictions
-    (`read`: a model's logits, or the files' fields; calibrated when asked) and given rows make a batch,
-    folded by the evaluator that the first chunk's batch plans (then known: its layout and classes), so
-    the predictions are never held whole (only the per-row columns a stored evaluation keeps)."""
-
-    def __init__(
-        self,
-        service: EvaluationService,
-        request: EvaluationRequest,
-        read: Callable[[Chunk], dict[str, np.ndarray]],
-        given: Iterable[str],
-        rows: int,
-        slices: Slices | None,
-    ) -> None:
-        self.service, self.request, self.rows = service, request, rows
-        self.read = read
-        self.given, self.slices = tuple(k for k in given if k != SLOTS), slices
-        self._stage: EvaluationStage | None = None
-        self.first: Batch | None = None
-
-    @property
-    def evaluator(self) -> Evaluator:
-        assert self._stage is not None, "the stage has seen no chunk"
-        return self._stage.evaluator
-
-    def update(self, chunk: Chunk) -> tuple[EvaluationState, Span | None]:
-        arrays = self.read(chunk) | {k: chunk[k] for k in self.given}
-        if self.request.calibrator_id is not None:
-            arrays = self.service.calibrators.calibrated_inputs(self.request.calibrator_id, arrays)
-        batch = validate_batch(**arrays)
-        if self.slices is not None:
-            batch = batch.sliced(replace(self.slices, slots=chunk[SLOTS]))
-        if self._stage is None:
-            keep_rows = self.request.store or self.request.per_sample
-            evaluator = Evaluator(make_plan(self.request, batch), self.service.runtime)
-            slot_count = 0 if self.slices is None else self.slices.slot_count
-            self._stage, self.first = evaluator.stage(self.rows, batch.classes, keep_rows, slot_count), batch
-        return self._stage.update(Chunk(chunk.start, chunk.stop, batch.columns()))
-
-    def merge(
-        self, left: tuple[EvaluationState, Span | None], right: tuple[EvaluationState, Span | None]
-    ) -> tuple[EvaluationState, Span | None]:
-        assert self._stage is not None
-        return self._stage.merge(left, right)
-
-    def finalize(self, state: tuple[EvaluationState, Span | None]) -> Evaluated:
-        assert self._stage is not None
-        return self._stage.finalize(state)
-
-    def whole(self, rows: dict[str, np.ndarray]) -> Batch:
-        """The whole evaluation's batch after streaming: its labels, targets and weights as given, and in
-        place of the logits (streamed, not kept) a zero-stride stand-in that only carries N and C."""
-        assert self.first is not None
-        labels = rows.get("labels")
-        return Batch(
-            scores=np.broadcast_to(np.zeros((), self.first.scores.dtype), (self.rows, self.first.classes)),
-            layout=self.first.layout,
-            labels=None if labels is None else np.ascontiguousarray(labels, dtype=np.int64),
-            targets=rows.get("targets"),
-            sample_weight=rows.get("sample_weight"),
-            slices=self.slices,
-        )
-
-
 def row_values(array: np.ndarray) -> list[float | None]:
     values = array.astype(np.float64)
     finite = np.isfinite(values)
@@ -256,10 +165,12 @@ class EvaluationService:
         models: ModelRunner,
         runtime: SessionCache,
         places: Places | None = None,
+        cluster: Cluster | None = None,
     ) -> None:
-        """`places`: where `source` files may be read from (none by default)."""
+        """`places`: where `source` files may be read from (none by default); `cluster`: the Dask cluster
+        that evaluates them (none: this process)."""
         self.repository, self.heads, self.models, self.runtime = repository, heads, models, runtime
-        self.places = places or Places()
+        self.places, self.cluster = places or Places(), cluster
         self.calibrators, self.detectors, self.sdm = heads.calibrators, heads.detectors, heads.sdm
 
     def create(self, request: EvaluationRequest, arrays: dict[str, np.ndarray]) -> EvaluationOut:
@@ -315,7 +226,7 @@ class EvaluationService:
         def read(chunk: Chunk) -> dict[str, np.ndarray]:
             return {"logits": read_logits(record, chunk[record.logits_output])}
 
-        evaluation = _StreamedEvaluation(self, request, read, rows, n, slices)
+        evaluation = StreamedEvaluation(request, read, rows, n, slices, self.runtime, self._calibrate(request))
         stages: dict[str, Stage[Any, Any]] = {"evaluation": evaluation}
         if request.sdm_id is not None:
             stages["regions"] = Assembled(self._regions_step(request.sdm_id, record), n)
@@ -341,9 +252,10 @@ class EvaluationService:
 
     def create_from_files(self, request: EvaluationRequest, arrays: dict[str, np.ndarray]) -> EvaluationOut:
         """An evaluation whose tensor fields (some or all) are read from files (`source`): the files and
-        the inline tensors stream chunk by chunk into the evaluation state, as a model's outputs do; the
-        labels, targets and weights read are kept whole (the fingerprint and the stored per-row columns
-        need them), the predictions never are."""
+        the inline tensors stream chunk by chunk into the evaluation state, as a model's outputs do, here
+        or, with a Dask cluster (and no calibrator), in windows on its workers; the labels, targets and
+        weights read are kept whole (the fingerprint and the stored per-row columns need them), the
+        predictions never are."""
         assert request.source is not None
         if request.sdm_id is not None or "embeddings" in arrays:
             raise InputError("sdm_id", "SDM metrics are not computed on an evaluation from `source`")
@@ -356,22 +268,28 @@ class EvaluationService:
         slices = Slices.of(slice_given, source.rows) if slice_given else None
         if slices is not None:  # each row's slots travel with its chunk
             source = replace(source, inline={**arrays, SLOTS: slices.slots})
-        fields = tuple(request.source)
-
-        def read(chunk: Chunk) -> dict[str, np.ndarray]:
-            return {name: chunk[name] for name in fields}
-
-        evaluation = _StreamedEvaluation(self, request, read, arrays, source.rows, slices)
-        stages: dict[str, Stage[Any, Any]] = {"evaluation": evaluation}
-        kept = [name for name in ("labels", "targets", "sample_weight") if name in fields]
-        if kept:
-            stages["kept"] = Assembled(lambda chunk: {name: chunk[name] for name in kept}, source.rows)
-        folded = fold(source, stages)
-        evaluated: Evaluated = folded["evaluation"]
-        whole = evaluation.whole({**arrays, **folded.get("kept", {})})
-        computed = ComputedEvaluation(request, whole, evaluation.evaluator.plan, evaluated.result, evaluated.per_row)
+        if self.cluster is not None and request.calibrator_id is None:
+            spread = evaluate_on(self.cluster.client(), request, source, slices)
+            evaluated, plan = spread.evaluated, spread.plan
+            whole = spread.seen.whole(source.rows, {**arrays, **spread.kept}, slices)
+        else:
+            evaluation = StreamedEvaluation(
+                request, read_fields(source), arrays, source.rows, slices, self.runtime, self._calibrate(request)
+            )
+            stages: dict[str, Stage[Any, Any]] = {"evaluation": evaluation, **kept_stage(source)}
+            folded = fold(source, stages)
+            evaluated, plan = folded["evaluation"], evaluation.evaluator.plan
+            whole = evaluation.whole({**arrays, **folded.get("kept", {})})
+        computed = ComputedEvaluation(request, whole, plan, evaluated.result, evaluated.per_row)
         record_id = self.store(computed) if request.store else None
         return evaluation_out(computed, record_id)
+
+    def _calibrate(self, request: EvaluationRequest) -> Calibrate | None:
+        """The request's calibrator applied to a chunk's inputs, if it names one."""
+        calibrator_id = request.calibrator_id
+        if calibrator_id is None:
+            return None
+        return lambda arrays: self.calibrators.calibrated_inputs(calibrator_id, arrays)
 
     def _regions_step(self, sdm_id: str, record: ModelRecord) -> Callable[[Chunk], Arrays]:
         """A chunk's SDM region columns, from the model's raw logits and embeddings."""

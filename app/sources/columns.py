@@ -124,17 +124,29 @@ class Column:
     def row_bytes(self) -> int:
         return self.shards[0].dtype.itemsize * int(np.prod(self.shards[0].tail, dtype=np.int64))
 
-    def reader(self, step: int) -> ColumnReader:
-        return ColumnReader(self, step)
+    def reader(self, step: int, start: int = 0) -> ColumnReader:
+        """Its rows from `start` on, in order."""
+        return ColumnReader(self, step, start)
 
 
 class ColumnReader:
-    """The column's rows in order, `take(n)` at a time, reading at most `step` rows of a shard at once."""
+    """The column's rows in order from `start`, `take(n)` at a time, reading at most `step` rows of a
+    shard at once (shards before `start` are not opened; within the first, .npy rows are skipped by offset,
+    Parquet rows by whole row groups, then within one)."""
 
-    def __init__(self, column: Column, step: int) -> None:
-        self.blocks = (block for info in column.shards for block in _blocks(info, step))
+    def __init__(self, column: Column, step: int, start: int = 0) -> None:
+        self.blocks = self._blocks(column, step, start)
         self.buffer: list[np.ndarray] = []
         self.buffered = 0
+
+    @staticmethod
+    def _blocks(column: Column, step: int, start: int) -> Iterator[np.ndarray]:
+        for info in column.shards:
+            if start >= info.rows:
+                start -= info.rows
+                continue
+            yield from _blocks(info, step, start)
+            start = 0
 
     def take(self, n: int) -> np.ndarray:
         while self.buffered < n:
@@ -147,21 +159,34 @@ class ColumnReader:
         return np.ascontiguousarray(taken)
 
 
-def _blocks(info: ShardInfo, step: int) -> Iterator[np.ndarray]:
+def _blocks(info: ShardInfo, step: int, first: int = 0) -> Iterator[np.ndarray]:
+    """The shard's rows from row `first` on, in blocks of at most `step` rows."""
     shard = info.shard
     if info.columns:
         with shard.fs.open(shard.path, "rb") as file:
-            for batch in pq.ParquetFile(file).iter_batches(batch_size=step, columns=list(info.columns)):
-                yield _from_arrow(batch, info)
+            parquet = pq.ParquetFile(file)
+            groups: list[int] = []
+            skip = first
+            for g in range(parquet.metadata.num_row_groups):
+                size = parquet.metadata.row_group(g).num_rows
+                if skip >= size and not groups:
+                    skip -= size
+                else:
+                    groups.append(g)
+            for batch in parquet.iter_batches(batch_size=step, row_groups=groups, columns=list(info.columns)):
+                block = _from_arrow(batch, info)[skip:]
+                skip = max(0, skip - len(batch))
+                if len(block):
+                    yield block
         return
     if shard.local is not None:
         mapped = np.load(shard.local, mmap_mode="r", allow_pickle=False)
-        for start in range(0, info.rows, step):
+        for start in range(first, info.rows, step):
             yield mapped[start : start + step]
         return
     row_bytes = info.dtype.itemsize * int(np.prod(info.tail, dtype=np.int64))
     with shard.fs.open(shard.path, "rb") as file:
-        for start in range(0, info.rows, step):
+        for start in range(first, info.rows, step):
             count = min(step, info.rows - start)
             file.seek(info.offset + start * row_bytes)
             data = file.read(count * row_bytes)

@@ -23,6 +23,11 @@ class Places:
     url_prefixes: tuple[str, ...] = ()
 
     @classmethod
+    def everywhere(cls) -> Places:
+        """Every local path and URL: the CLI's in-process mode, which reads as its own user."""
+        return cls((Path("/"),), ("",))
+
+    @classmethod
     def of(cls, roots: str, urls: str) -> Places:
         """From CALIPER_DATA_ROOTS (paths, comma-separated) and CALIPER_DATA_URLS (prefixes, comma-separated)."""
         paths = tuple(Path(p.strip()).resolve() for p in roots.split(",") if p.strip())

@@ -5,7 +5,7 @@ tensors, slice slots) sliced alongside."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -18,9 +18,14 @@ from app.sources.locations import Places, shards
 
 @dataclass(frozen=True)
 class FileSource:
+    """Rows [start, stop) of the columns (all of them unless a window is asked for), with the inline
+    arrays of those same rows."""
+
     columns: Mapping[str, Column]
     chunking: Chunking
     inline: Mapping[str, np.ndarray] = field(default_factory=dict)
+    start: int = 0
+    stop: int | None = None
 
     @classmethod
     def open(
@@ -42,14 +47,27 @@ class FileSource:
         return cls(columns, chunking, inline)
 
     @property
-    def rows(self) -> int:
+    def total(self) -> int:
+        """Rows of the whole columns."""
         return next(iter(self.columns.values())).rows
 
+    @property
+    def rows(self) -> int:
+        return (self.total if self.stop is None else self.stop) - self.start
+
+    @property
+    def row_bytes(self) -> int:
+        return sum(c.row_bytes for c in self.columns.values()) or 1
+
+    def window(self, start: int, stop: int) -> FileSource:
+        """Rows [start, stop) of this source (its inline arrays sliced alike), numbered from 0."""
+        inline = {name: array[start:stop] for name, array in self.inline.items()}
+        return replace(self, inline=inline, start=self.start + start, stop=self.start + stop)
+
     def chunks(self) -> Iterator[Chunk]:
-        width = sum(c.row_bytes for c in self.columns.values()) or 1
-        step = self.chunking.step(width)
-        readers = {name: column.reader(step) for name, column in self.columns.items()}
-        for start, stop in self.chunking.spans(self.rows, width):
+        step = self.chunking.step(self.row_bytes)
+        readers = {name: column.reader(step, self.start) for name, column in self.columns.items()}
+        for start, stop in self.chunking.spans(self.rows, self.row_bytes):
             arrays = {name: reader.take(stop - start) for name, reader in readers.items()}
             arrays |= {name: array[start:stop] for name, array in self.inline.items()}
             yield Chunk(start, stop, arrays)

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol
@@ -59,8 +60,14 @@ class ConfigurationError(Exception):
     """The command cannot run as configured (exit code 2, with this message)."""
 
 
+Progress = Callable[[int, int | None], None]  # (rows done, rows in all) of a running evaluation
+
+
 class Backend(Protocol):
     def evaluate(self, logits: np.ndarray, labels: np.ndarray, options: dict[str, Any]) -> dict[str, Any]: ...
+    def evaluate_sources(
+        self, sources: dict[str, str], options: dict[str, Any], dask: str | None, on_progress: Progress
+    ) -> dict[str, Any]: ...
     def gate(self, body: dict[str, Any]) -> dict[str, Any]: ...
     def tag(self, evaluation_id: str, tags: dict[str, str]) -> dict[str, Any]: ...
     def get_gate(self, gate_id: str) -> dict[str, Any]: ...
@@ -75,6 +82,18 @@ class HttpBackend:
 
     def evaluate(self, logits: np.ndarray, labels: np.ndarray, options: dict[str, Any]) -> dict[str, Any]:
         return self.client.evaluate(logits=logits, labels=labels, **options)
+
+    def evaluate_sources(
+        self, sources: dict[str, str], options: dict[str, Any], dask: str | None, on_progress: Progress
+    ) -> dict[str, Any]:
+        """A job on the server, which reads the files (its CALIPER_DATA_ROOTS / CALIPER_DATA_URLS) on its
+        own Dask cluster if it has one; polled to its result."""
+        if dask:
+            raise ConfigurationError("--dask runs in-process: the server uses its own CALIPER_DASK_SCHEDULER")
+        job = self.client.evaluate(source=sources, respond_async=True, **options)
+        return self.client.wait_job(
+            job["id"], on_progress=lambda j: on_progress(j["progress"]["done"], j["progress"]["total"])
+        )
 
     def gate(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.client.create_gate(body)
@@ -213,8 +232,28 @@ def slices_of(pairs: list[str] | None) -> dict[str, np.ndarray]:
     return slices
 
 
+def sources_of(pairs: list[str] | None) -> dict[str, str]:
+    """`FIELD=PATH` options (a path, glob or URL per tensor field)."""
+    sources = {}
+    for pair in pairs or []:
+        field, _, where = pair.partition("=")
+        if not field or not where:
+            raise ConfigurationError(f"source {pair!r} needs FIELD=PATH (e.g. logits='shards/*.npy')")
+        sources[field] = where
+    return sources
+
+
+def progress_bar() -> tuple[Progress, Callable[[], None]]:
+    """A rich progress bar of rows on stderr: (update, close)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    bar = Progress("evaluating", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
+    task = bar.add_task("rows", total=None)
+    bar.start()
+    return lambda done, total: bar.update(task, completed=done, total=total), bar.stop
+
+
 def run_evaluate(args: argparse.Namespace, backend: Backend) -> int:
-    logits, labels = load_arrays(args.npz, args.logits, args.labels)
     options = {
         "model": args.model,
         "dataset": args.dataset,
@@ -222,7 +261,22 @@ def run_evaluate(args: argparse.Namespace, backend: Backend) -> int:
         "metrics": args.metric or None,
         "slices": slices_of(args.slice) or None,
     }
-    out = backend.evaluate(logits, labels, {k: v for k, v in options.items() if v})
+    options = {k: v for k, v in options.items() if v}
+    sources = sources_of(args.source)
+    if sources:
+        if args.npz or args.logits or args.labels:
+            raise ConfigurationError("give --source FIELD=PATH, or --npz / --logits and --labels, not both")
+        update, close = progress_bar()
+        try:
+            out = backend.evaluate_sources(sources, options, args.dask, update)
+        finally:
+            close()
+        print(json.dumps(out, indent=2) if args.json else out["id"])
+        return PASS
+    if args.dask:
+        raise ConfigurationError("--dask evaluates --source files")
+    logits, labels = load_arrays(args.npz, args.logits, args.labels)
+    out = backend.evaluate(logits, labels, options)
     print(json.dumps(out, indent=2) if args.json else out["id"])
     return PASS
 
@@ -311,6 +365,19 @@ def add_parsers(sub: Any) -> None:
         action="append",
         metavar="KEY=FILE.npy",
         help="also every metric per group of rows: one value per row (integers or strings) (repeatable)",
+    )
+    evaluate.add_argument(
+        "--source",
+        action="append",
+        metavar="FIELD=PATH",
+        help="read a tensor field (logits, probabilities, labels, targets, sample_weight) from a .npy or Parquet "
+        "file, a glob of shards or a URL, chunk by chunk, with a progress bar (repeatable)",
+    )
+    evaluate.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="in-process only: evaluate the --source files on a Dask cluster: tcp://host:8786, or local:N worker "
+        "processes",
     )
     evaluate.add_argument("--json", action="store_true", help="print the whole evaluation as JSON, not its id")
     evaluate.add_argument("--url", help=URL_HELP)

@@ -152,11 +152,16 @@ class CaliperClient:
 
     # ---- evaluations -----------------------------------------------------------------------------
     def evaluate(
-        self, *, logits: np.ndarray | None = None, labels: np.ndarray | None = None, **options: Any
+        self,
+        *,
+        logits: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        respond_async: bool = False,
+        **options: Any,
     ) -> dict[str, Any]:
         """POST /v1/evaluations; array-valued options (probabilities, targets, …) are sent as tensors, and
         `slices` ({key: one value per row}) as JSON lists, or integer columns as .npy parts when the request
-        goes as multipart."""
+        goes as multipart. With `respond_async`, the answer is the job (`wait_job` polls it to the result)."""
         slices = {key: np.asarray(values) for key, values in (options.pop("slices", None) or {}).items()}
         tensors = {
             k: np.asarray(v)
@@ -169,7 +174,8 @@ class CaliperClient:
         listed = {k: v.tolist() for k, v in slices.items() if f"slices.{k}" not in tensors}
         if listed:
             body["slices"] = listed
-        return self._post_tensors("/v1/evaluations", body, tensors)
+        headers = {"Prefer": "respond-async"} if respond_async else None
+        return self._check(self._send("/v1/evaluations", body, tensors, headers))
 
     def get_evaluation(self, evaluation_id: str, per_sample: bool = False) -> dict[str, Any]:
         return self._check(self.http.get(f"/v1/evaluations/{evaluation_id}", params={"per_sample": per_sample}))

@@ -6,9 +6,11 @@ a 422 naming it before any work; reading is sequential and holds one chunk."""
 
 from __future__ import annotations
 
+import mmap
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -179,18 +181,34 @@ def _blocks(info: ShardInfo, step: int, first: int = 0) -> Iterator[np.ndarray]:
                 if len(block):
                     yield block
         return
-    if shard.local is not None:
-        mapped = np.load(shard.local, mmap_mode="r", allow_pickle=False)
-        for start in range(first, info.rows, step):
-            yield mapped[start : start + step]
-        return
     row_bytes = info.dtype.itemsize * int(np.prod(info.tail, dtype=np.int64))
+    if shard.local is not None:
+        yield from _mapped_blocks(shard.local, info, row_bytes, step, first)
+        return
     with shard.fs.open(shard.path, "rb") as file:
         for start in range(first, info.rows, step):
             count = min(step, info.rows - start)
             file.seek(info.offset + start * row_bytes)
             data = file.read(count * row_bytes)
             yield np.frombuffer(data, info.dtype).reshape(count, *info.tail)
+
+
+def _mapped_blocks(path: Path, info: ShardInfo, row_bytes: int, step: int, first: int) -> Iterator[np.ndarray]:
+    """A local .npy shard memory-mapped, block by block; once the reader asks for the next block, the pages
+    of the blocks before it are let go (MADV_DONTNEED: they are the file's, and come back from it if still
+    read), so a shard of gigabytes holds about one block resident, not all the blocks it has read."""
+    with path.open("rb") as file:  # the map keeps its own descriptor, and lives as long as a block needs it
+        mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    values_per_row = int(np.prod(info.tail, dtype=np.int64))
+    released = 0
+    for start in range(first, info.rows, step):
+        count = min(step, info.rows - start)
+        offset = info.offset + start * row_bytes
+        yield np.frombuffer(mapped, info.dtype, count * values_per_row, offset).reshape(count, *info.tail)
+        done = (offset // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages before this block's first byte
+        if done > released:
+            mapped.madvise(mmap.MADV_DONTNEED, released, done - released)
+            released = done
 
 
 def _from_arrow(batch: pa.RecordBatch, info: ShardInfo) -> np.ndarray:

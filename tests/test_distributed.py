@@ -211,3 +211,14 @@ def test_the_cli_evaluates_sources_in_process_on_dask_and_over_http(
     refused = subprocess.run([*command, "--url", live_server, "--dask", "local:2"], env=env, capture_output=True,
                              text=True, timeout=60)  # fmt: skip
     assert refused.returncode == 2 and "--dask runs in-process" in refused.stderr
+
+
+def test_a_bad_window_is_the_422_one_process_gives(clients: dict[str, TestClient], root: Path) -> None:
+    labels = np.load(root / "labels.npy")
+    labels[N - 3] = C  # out of range, in the last window
+    np.save(root / "bad-labels.npy", labels)
+    body = {"source": {"logits": str(root / "logits-*.npy"), "labels": str(root / "bad-labels.npy")}}
+    answers = [client.post("/v1/evaluations", json=body) for client in (clients["single"], clients["dask"])]
+    assert [a.status_code for a in answers] == [422, 422], answers[1].text
+    assert answers[1].json()["errors"] == answers[0].json()["errors"]
+    assert answers[1].json()["errors"][0]["field"] == "labels"

@@ -108,10 +108,12 @@ def evaluate_on(
     step = source.chunking.step(source.row_bytes)
     workers = max(1, len(client.scheduler_info()["workers"]))
     stub = None if slices is None else replace(slices, slots=np.empty((0, len(slices.keys)), np.int64))
+    spans = windows(source.rows, step, workers)
     futures = [
         client.submit(evaluate_window, request, source.window(a, b), stub, a, retries=RETRIES, pure=False)
-        for a, b in windows(source.rows, step, workers)
+        for a, b in spans
     ]
+    rows_of = {future.key: b - a for future, (a, b) in zip(futures, spans, strict=True)}
     pending, done = set(futures), 0
     try:
         while pending:
@@ -120,7 +122,10 @@ def evaluate_on(
                 finished, pending = wait(pending, timeout=0.25, return_when="FIRST_COMPLETED")
             except TimeoutError:
                 continue
-            done += sum(f.result().stop - f.result().start for f in finished)
+            for future in finished:
+                if future.status == "error":
+                    future.result()  # raises the window's error (a finished one's result crosses once, below)
+            done += sum(rows_of[f.key] for f in finished)
             progress.report(done, source.rows)
         parts: list[Part] = client.gather(futures)
     finally:

@@ -191,6 +191,7 @@ class JobService(StoredResource[JobRecord, JobOut]):
             if self.beating is not None:
                 self.beating.join()
             self.executor = self.beating = None
+            self.cancelled.clear()  # those of jobs the shutdown dropped before they ran
         try:
             self.jobs.fail_stale(LOST, owner=self.owner)
         except Exception:  # the database is gone too: the next process's sweep fails them

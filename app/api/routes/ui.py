@@ -5,7 +5,7 @@ API does (`app.report.pages`); an unknown id is a 404 page, a bad filter a 422 p
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -84,39 +84,28 @@ async def model_history(
     return await _page(request, "model.html", lambda p: p.model_history(name, metric or [], highlight))
 
 
-@router.get("/ui/gates")
-async def gates(request: Request, cursor: str | None = None) -> HTMLResponse:
-    return await _page(request, "listing.html", lambda p: p.listing("gates", cursor))
+def _listing(kind: str) -> Callable[..., Awaitable[HTMLResponse]]:
+    """The page listing one kind of stored resource, newest first."""
+
+    async def listing(request: Request, cursor: str | None = None) -> HTMLResponse:
+        return await _page(request, "listing.html", lambda p: p.listing(kind, cursor))
+
+    return listing
 
 
-@router.get("/ui/gates/{gate_id}")
-async def gate(request: Request, gate_id: str) -> HTMLResponse:
-    return await _page(request, "gate.html", lambda p: p.gate(gate_id))
+def _one(page: str) -> Callable[..., Awaitable[HTMLResponse]]:
+    """The page of one stored resource: `ReportPages.<page>(id)` drawn by `<page>.html`."""
+
+    async def one(request: Request, record_id: str) -> HTMLResponse:
+        return await _page(request, f"{page}.html", lambda p: getattr(p, page)(record_id))
+
+    return one
 
 
-@router.get("/ui/calibrators")
-async def calibrators(request: Request, cursor: str | None = None) -> HTMLResponse:
-    return await _page(request, "listing.html", lambda p: p.listing("calibrators", cursor))
-
-
-@router.get("/ui/calibrators/{calibrator_id}")
-async def calibrator(request: Request, calibrator_id: str) -> HTMLResponse:
-    return await _page(request, "calibrator.html", lambda p: p.calibrator(calibrator_id))
-
-
-@router.get("/ui/detectors")
-async def detectors(request: Request, cursor: str | None = None) -> HTMLResponse:
-    return await _page(request, "listing.html", lambda p: p.listing("detectors", cursor))
-
-
-@router.get("/ui/detectors/{detector_id}")
-async def detector(request: Request, detector_id: str) -> HTMLResponse:
-    return await _page(request, "detector.html", lambda p: p.detector(detector_id))
-
-
-@router.get("/ui/ood/{evaluation_id}")
-async def ood(request: Request, evaluation_id: str) -> HTMLResponse:
-    return await _page(request, "ood.html", lambda p: p.ood(evaluation_id))
+for _kind, _page_name in (("gates", "gate"), ("calibrators", "calibrator"), ("detectors", "detector")):
+    router.get(f"/ui/{_kind}")(_listing(_kind))
+    router.get(f"/ui/{_kind}/{{record_id}}")(_one(_page_name))
+router.get("/ui/ood/{record_id}")(_one("ood"))  # a model evaluation's OOD separation
 
 
 @router.get("/ui/compare")

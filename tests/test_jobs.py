@@ -121,6 +121,9 @@ def test_every_creating_post_runs_as_a_job(client: TestClient) -> None:
         job, _ = finished(client, client.post(path, json=body, headers=ASYNC).json()["id"])
         assert job["state"] == "succeeded", job
         assert set(job["result"]) == set(sync.json())
+        same = "fitted" if path == "/v1/calibrators" else "fit_info"  # the fit itself, not only its shape
+        assert job["result"][same] == sync.json()[same], path
+        assert client.get(f"{path}/{job['result']['id']}").json()["id"] == job["result"]["id"]  # stored
     ids = [client.post("/v1/evaluations", json={"logits": z.tolist(), "labels": y.tolist()}).json()["id"]
            for _ in range(2)]  # fmt: skip
     gate = {"candidate": ids[0], "baseline": ids[1], "significance": 0.9, "resamples": 500,

@@ -119,10 +119,17 @@ class Settings(BaseSettings):
         description="URL prefixes a `source` may read through fsspec with the server's credentials, "
         "comma-separated (e.g. s3://bucket/eval/). Empty: no URLs.",
     )
+    max_source_bytes: int = Field(
+        2 << 30,
+        gt=0,
+        description="Most bytes a fit that holds its rows (calibrators, SDM, knn and vim detectors) reads whole from "
+        "`source` files (422 above). Evaluations and Mahalanobis detectors stream their files, whatever their size.",
+    )
     dask_scheduler: str = Field(
         "",
         description="A Dask scheduler (tcp://host:8786), or local:<workers> for a LocalCluster of that many worker "
-        "processes started by the server: evaluations from `source` files run on its workers. Empty: in process.",
+        "processes started by the server: evaluations and Mahalanobis fits from `source` files run on its workers. "
+        "Empty: in process.",
     )
     job_workers: int = Field(
         1, ge=1, le=64, description="Jobs (`Prefer: respond-async`) run at once by this process; more are queued."

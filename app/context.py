@@ -32,6 +32,7 @@ from app.pipelines.predict import PredictService
 from app.pipelines.service import PipelineService
 from app.report.pages import ReportPages, Services
 from app.sdm.service import SdmService
+from app.sources.files import DataFiles
 from app.sources.locations import Places
 from app.storage.artifacts import ArtifactStore
 from app.storage.db import make_engine, make_session_factory
@@ -95,22 +96,21 @@ class Resources:
         runner = ModelRunner(model_records, artifacts, workers, model_chunks, metrics.observe_model_run)
         references = ArtifactReferences(database)
         models = ModelService(model_records, artifacts, references, workers)
-        calibrators = CalibrationService(Repository(database, CalibratorRecord, "calibrator"), runtime, runner)
-        detectors = DetectorService(Repository(database, DetectorRecord, "detector"), runtime, runner)
-        sdm = SdmService(SdmRepository(database), runtime, runner)
+        files = DataFiles(Places.of(settings.data_roots, settings.data_urls), chunking, settings.max_source_bytes)
+        cluster = Cluster(settings.dask_scheduler) if settings.dask_scheduler else None
+        calibrators = CalibrationService(Repository(database, CalibratorRecord, "calibrator"), runtime, runner, files)
+        detectors = DetectorService(Repository(database, DetectorRecord, "detector"), runtime, runner, files, cluster)
+        sdm = SdmService(SdmRepository(database), runtime, runner, files)
         heads = HeadCheck(calibrators, detectors, sdm)
         exports = ExportService(runner, heads, settings.max_export_bytes)
         pipelines = PipelineService(PipelineRepository(database), exports, artifacts, references, workers)
         api_keys = ApiKeyRepository(database)
-        cluster = Cluster(settings.dask_scheduler) if settings.dask_scheduler else None
         return cls(
             settings,
             engine,
             database,
             runtime,
-            evaluations=EvaluationService(
-                evaluation_records, heads, runner, runtime, Places.of(settings.data_roots, settings.data_urls), cluster
-            ),
+            evaluations=EvaluationService(evaluation_records, heads, runner, runtime, files, cluster),
             calibrators=calibrators,
             detectors=detectors,
             ood=OodService(detectors, runtime),

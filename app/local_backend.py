@@ -3,6 +3,7 @@ cases on the configured database, without HTTP. Registered as the `caliper.backe
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,7 @@ class LocalBackend:
         slices = {f"slices.{key}": np.asarray(column) for key, column in (options.pop("slices", None) or {}).items()}
         request = EvaluationRequest.model_validate({**options, "source": sources})
         evaluations = self.resources.evaluations
-        evaluations.places = Places.everywhere()
+        evaluations.files = replace(evaluations.files, places=Places.everywhere())
         if dask:
             evaluations.cluster = Cluster(dask)
         try:

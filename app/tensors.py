@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 from caliper_client.wire import WIRE_DTYPES
 from numpy.lib import format as npy_format
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 
 from app.core.errors import InputError
 from app.core.npy_headers import NPY_HEADERS
@@ -59,6 +59,35 @@ class Tensor(RootModel[list[Any] | TensorObject]):
 
 
 Layers = dict[str, Tensor]  # named tensors, e.g. a feature ensemble's layers or a model's inputs
+
+
+def source_field(fields: tuple[str, ...], how: str) -> Any:
+    """The `source` of a request whose tensor `fields` may name files instead of travelling in the body
+    (api.md, "Jobs, data sources and scale-out"); `how` says how the request reads them."""
+    return Field(
+        None,
+        description="Tensor fields read from files instead of the body: {field: path, glob or URL} of `.npy` "
+        "files or Parquet files (the column named as the field's last part; [N, C] as a fixed-size list column or "
+        "as columns `<name>.0` … `<name>.<C-1>`); a glob's matches are shards read in sorted order. Fields: "
+        + ", ".join(fields)
+        + ". Local paths must be absolute and under CALIPER_DATA_ROOTS, URLs (s3://, gs://, https://, … through "
+        "fsspec, with the server's credentials) under a prefix of CALIPER_DATA_URLS; else 422. " + how,
+        json_schema_extra={"propertyNames": {"enum": list(fields)}},
+    )
+
+
+def known_source(fields: tuple[str, ...]) -> Any:
+    """The validator of a `source_field`: a field not in `fields` is refused; an empty source is none."""
+
+    def check(source: dict[str, str] | None) -> dict[str, str] | None:
+        unknown = sorted(set(source or {}) - set(fields))
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} cannot be read from files; fields: {', '.join(fields)}")
+        return source or None
+
+    return field_validator("source")(check)
+
+
 MODEL_INPUTS_NOTE = (
     "A nested list is cast to the input's dtype (whole numbers only for an integer input); a typed tensor "
     "(tensor object or .npy part) keeps its kind: float64 is cast to a float32 input and int32 to int64, "

@@ -25,7 +25,7 @@ from fastapi.testclient import TestClient
 from app.api.main import create_app
 from app.config import Settings
 from app.core.evaluation import EvaluationState
-from app.distributed.evaluation import merged, windows
+from app.distributed.windows import merged, windows
 from app.storage.migrate import upgrade
 from tests.conftest import LOCAL, count_rows
 
@@ -178,6 +178,30 @@ def test_a_worker_killed_mid_job_costs_a_retry_not_a_wrong_number(
     assert done.state == "succeeded", done.error
     assert done.result is not None
     close({k: done.result[k] for k in ("losses", "metrics")}, {k: expected[k] for k in ("losses", "metrics")})
+
+
+@pytest.mark.parametrize("params", [{"shrinkage": "ledoit_wolf"}, {"covariance": "per_class"}], ids=["lw", "per-class"])
+def test_a_mahalanobis_fit_on_dask_equals_the_fit_in_one_process(
+    apps: dict[str, FastAPI], clients: dict[str, TestClient], root: Path, params: dict[str, Any]
+) -> None:
+    """The workers gather each window's Gaussian statistics (and Ledoit–Wolf's second pass), merged here:
+    the same detector to 1e-12 (sums merged in another order), the same counts exactly."""
+    body = {"method": "mahalanobis", "params": params,
+            "source": {"features": str(root / "logits-*.npy"), "labels": str(root / "labels.npy")}}  # fmt: skip
+    cluster = apps["dask"].state.resources.cluster.client()
+    executed = lambda: sum(cluster.run(lambda dask_worker: dask_worker.state.executed_count).values())  # noqa: E731
+    before, fitted = executed(), {}
+    for name, client in clients.items():
+        response = client.post("/v1/detectors", json=body)
+        assert response.status_code == 201, response.text
+        fitted[name] = response.json()
+    assert executed() > before  # the windows ran on the workers
+    assert fitted["dask"]["fit_info"] == fitted["single"]["fit_info"]
+    probe = np.random.default_rng(3).normal(size=(40, C)) * 3
+    scored = {name: clients[name].post(f"/v1/detectors/{fitted[name]['id']}/score", json={"features": probe.tolist()})
+              for name in clients}  # fmt: skip
+    close(scored["dask"].json()["scores"], scored["single"].json()["scores"], rel=1e-10)
+    assert scored["dask"].json()["nearest_class"] == scored["single"].json()["nearest_class"]
 
 
 def test_windows_hold_whole_chunks_and_merge_in_a_fixed_order() -> None:

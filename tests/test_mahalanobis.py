@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 from fractions import Fraction
 
@@ -87,6 +88,28 @@ def test_chunked_fit_equals_one_shot(seed: int, cuts: list[int]) -> None:
     whole = GaussianStats.of(features, labels, 4)
     np.testing.assert_allclose(merged.within_scatter(), whole.within_scatter(), rtol=1e-10, atol=1e-8)
     np.testing.assert_allclose(merged.mean, whole.mean, rtol=1e-13)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.lists(st.integers(1, 119), max_size=4), st.booleans())
+def test_chunks_that_see_fewer_classes_widen_to_the_whole_fit(seed: int, cuts: list[int], per_class: bool) -> None:
+    """A chunk knows only the classes up to its largest label (a fit from files learns C as it reads):
+    merging widens them, in either order, to the one-shot statistics."""
+    rng = np.random.default_rng(seed)
+    labels = np.sort(rng.integers(0, 5, 120))  # sorted: early chunks see the low classes only
+    features = rng.normal(size=(120, 3)) + labels[:, None]
+    bounds = [0, *sorted(set(cuts)), 120]
+    parts = [GaussianStats.of(features[a:b], labels[a:b], int(labels[a:b].max()) + 1, per_class)
+             for a, b in itertools.pairwise(bounds)]  # fmt: skip
+    whole = GaussianStats.of(features, labels, int(labels.max()) + 1, per_class)
+    for merged in (functools.reduce(GaussianStats.merge, parts), functools.reduce(lambda a, b: b.merge(a), parts)):
+        assert merged.classes == whole.classes
+        np.testing.assert_array_equal(merged.class_counts, whole.class_counts)
+        np.testing.assert_allclose(merged.class_sums, whole.class_sums, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(merged.within_scatter(), whole.within_scatter(), rtol=1e-10, atol=1e-10)
+        if per_class:
+            assert merged.class_scatter is not None and whole.class_scatter is not None
+            np.testing.assert_allclose(merged.class_scatter, whole.class_scatter, rtol=1e-10, atol=1e-10)
 
 
 def test_float32_scoring_is_accurate_when_centred() -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from app.core.calibration.registry import METHODS
 from app.core.fitted_state import STATE_VERSION
 from app.examples import examples
 from app.records import Labels, RecordOut
-from app.tensors import MODEL_INPUTS_NOTE, NULL_NOTE, Tensor
+from app.tensors import MODEL_INPUTS_NOTE, NULL_NOTE, Tensor, known_source, source_field
 
 if TYPE_CHECKING:
     MethodName = str
@@ -18,6 +18,7 @@ else:
     MethodName = Literal[tuple(METHODS)]
 FIT_TENSORS = ("logits", "labels", "validation.logits", "validation.labels", "inputs.*", "validation.inputs.*")
 INTEGER_TENSORS = frozenset({"labels", "validation.labels"})
+SOURCE_FIELDS = ("logits", "labels", "validation.logits", "validation.labels")
 
 
 class Split(BaseModel):
@@ -64,6 +65,13 @@ class CalibratorRequest(Labels):
         None,
         description=f"With `model_id`: the model's inputs, by input name. {MODEL_INPUTS_NOTE}",
     )
+    source: dict[str, StrictStr] | None = source_field(
+        SOURCE_FIELDS,
+        "The fit holds its rows: the files are read whole, at most CALIPER_MAX_SOURCE_BYTES. `logits` and "
+        "`labels` have the same rows, as have the two `validation` fields.",
+    )
+
+    _known_source = known_source(SOURCE_FIELDS)
 
 
 class CalibratorOut(RecordOut):

@@ -16,6 +16,7 @@ from app.core.metrics import BrierMetric, Ece, NllMetric
 from app.core.runtime import SessionCache
 from app.models.runner import ModelRunner
 from app.records import new_id, utc_now
+from app.sources.files import DataFiles
 from app.storage.models import CalibratorRecord
 from app.storage.repository import Repository
 from app.stored import StoredResource
@@ -159,12 +160,21 @@ class CalibrationService(StoredResource[CalibratorRecord, CalibratorOut]):
     """Calibrator use cases: fit and store, look up, list, delete, apply, export; the evaluation service
     applies a stored calibrator through `calibrated_inputs`."""
 
-    def __init__(self, repository: Repository[CalibratorRecord], runtime: SessionCache, models: ModelRunner) -> None:
+    def __init__(
+        self,
+        repository: Repository[CalibratorRecord],
+        runtime: SessionCache,
+        models: ModelRunner,
+        files: DataFiles | None = None,
+    ) -> None:
+        """`files`: where a `source` may be read from (nowhere by default)."""
         super().__init__(repository, CalibratorOut.model_validate)
-        self.runtime, self.models = runtime, models
+        self.runtime, self.models, self.files = runtime, models, files or DataFiles()
 
     def create(self, request: CalibratorRequest, arrays: dict[str, np.ndarray]) -> CalibratorOut:
-        """Fit on the given logits, or on a model's logits of the given inputs, and store."""
+        """Fit on the given logits (or read from files), or on a model's logits of the given inputs, and
+        store."""
+        arrays = self.files.read(request.source, arrays)
         arrays = self.models.resolve(request.model_id, arrays, {"logits": "logits"}, ("", "validation."))
         calibrator, params, report, classes = fit(request, arrays, self.runtime)
         record = self.repository.add(

@@ -7,7 +7,8 @@ ViM: Wang et al. 2022; layer ensembles: Lee et al. 2018)."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Literal, Self
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 import onnx
@@ -16,7 +17,7 @@ from spox import Tensor, Var, argument, build
 
 from app.core.errors import InputError
 from app.core.fitted_state import FittedState, HyperParameters
-from app.core.fold import Assembled, Chunk, InMemory, Merged, Summed, fold
+from app.core.fold import Assembled, Chunk, Gather, InMemory, Source, Total, fold, merged_fold
 from app.core.graphrun import mapped_outputs, session_step
 from app.core.logistic import fit_logistic
 from app.core.mahalanobis import (
@@ -71,12 +72,18 @@ class Detector(HyperParameters, FittedState, ABC):
     `state_keys()` and `fit_info_`. The runtime (`cache`: the scoring sessions and the chunk sizes) is
     given to `fit` and `score`."""
 
+    streams: ClassVar[bool] = False  # fits from chunks (`fit_rows`), so a fit from files never holds its rows
+
     def __init__(self) -> None:
         self.fit_info_: dict[str, Any] = {}
 
     @abstractmethod
     def fit(self, features: np.ndarray, labels: np.ndarray | None, cache: SessionCache | None = None) -> Self:
         """Fit on finite [N, D] features (and [N] labels where the method needs them)."""
+
+    def fit_rows(self, rows: Source, gather: Gather[Any] = merged_fold) -> Self:
+        """Fit from chunks of `features` and `labels`: only a method that `streams` can."""
+        raise TypeError(f"{type(self).__name__} fits from whole arrays, not from chunks")
 
     @abstractmethod
     def model(self) -> ScoringModel:
@@ -111,9 +118,56 @@ class Detector(HyperParameters, FittedState, ABC):
         return out["scores"], out["nearest_class"]
 
 
+@dataclass(frozen=True)
+class GaussianStep:
+    """One chunk of `features` and `labels` as Gaussian statistics (float64; L2-normalised rows when
+    asked), checked as it is read: a fit from files sees its rows only chunk by chunk. The classes are
+    those the chunk shows (merging widens them); a label must be below the source's `rows` (C ≤ N)."""
+
+    rows: int
+    normalize: bool
+    per_class: bool
+
+    def __call__(self, chunk: Chunk) -> GaussianStats:
+        if "labels" not in chunk.arrays:
+            raise InputError("labels", "required: [N] integer labels")
+        features = float_rows(chunk, self.normalize)
+        labels = chunk["labels"]
+        if labels.shape != (len(features),) or labels.dtype.kind not in "iu":
+            raise InputError("labels", f"must be [N] integer labels, got {labels.dtype} {list(labels.shape)}")
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0:
+            raise InputError("labels", "must be non-negative integers")
+        if high >= self.rows:  # before the bincount, whose length a label of 2**33 would make 64 GiB
+            raise InputError("features", f"{self.rows} rows for C = {high + 1} classes: need at least one per class")
+        return GaussianStats.of(features, labels.astype(np.int64), high + 1, self.per_class)
+
+
+@dataclass(frozen=True)
+class FourthMoment:
+    """Σ_i ‖x_i − μ_{y_i}‖⁴ of a chunk: Ledoit–Wolf's second pass, around the class means of the first."""
+
+    means: np.ndarray
+    normalize: bool
+
+    def __call__(self, chunk: Chunk) -> Total:
+        squared = np.sum((float_rows(chunk, self.normalize) - self.means[chunk["labels"]]) ** 2, axis=1)
+        return Total(float(np.sum(squared**2)))
+
+
+def float_rows(chunk: Chunk, normalize: bool) -> np.ndarray:
+    """A chunk's finite features in float64, L2-normalised when asked."""
+    rows = float_matrix(chunk["features"], "features").astype(np.float64)
+    return normalized(rows) if normalize else rows
+
+
 class _Gaussian(Detector):
-    """Gaussian class-conditional detectors: float64 sufficient statistics streamed over chunks, so a
-    fit holds O(D² + C·D) (O(C·D²) per class) whatever N, and a chunked fit equals the one-shot one."""
+    """Gaussian class-conditional detectors: float64 sufficient statistics of each chunk, merged, so a fit
+    holds O(D² + C·D) (O(C·D²) per class) whatever N, a chunked fit equals the one-shot one, and a fit
+    from files gathers the same statistics from a cluster's workers (`fit_rows`' `gather`)."""
+
+    streams: ClassVar[bool] = True
+    per_class: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -124,25 +178,24 @@ class _Gaussian(Detector):
         super().__init__()
         self.shrinkage, self.ridge, self.normalize = shrinkage, ridge, normalize
 
-    @staticmethod
-    def _rows(features: np.ndarray, labels: np.ndarray, cache: SessionCache | None) -> InMemory:
+    def fit(self, features: np.ndarray, labels: np.ndarray | None, cache: SessionCache | None = None) -> Self:
+        labels, _ = class_labels(labels, len(features))
         chunking = (cache or default_cache()).chunking
-        return InMemory({"features": features, "labels": labels}, chunking, features[0].nbytes)
+        return self.fit_rows(InMemory({"features": features, "labels": labels}, chunking, features[0].nbytes))
 
-    def _float_rows(self, chunk: Chunk) -> np.ndarray:
-        """A chunk's features in float64, normalised when asked."""
-        rows = chunk["features"].astype(np.float64)
-        return normalized(rows) if self.normalize else rows
+    def fit_rows(self, rows: Source, gather: Gather[Any] = merged_fold) -> Self:
+        """Fit on a source of `features` and `labels` chunks (every class 0..C−1 present), its statistics
+        merged by `gather` (here by default)."""
+        stats: GaussianStats = gather(rows, GaussianStep(rows.rows, self.normalize, self.per_class))
+        empty = np.flatnonzero(stats.class_counts == 0)
+        if empty.size:
+            raise InputError("labels", f"classes {empty.tolist()} have no rows (labels must be 0..C−1)")
+        self.fit_info_ = {"n": int(stats.n), "class_counts": stats.class_counts.astype(np.int64).tolist()}
+        return self._fit_statistics(stats, rows, gather)
 
-    def _statistics(
-        self, features: np.ndarray, labels: np.ndarray, classes: int, per_class: bool, cache: SessionCache | None
-    ) -> GaussianStats:
-        def step(chunk: Chunk) -> GaussianStats:
-            return GaussianStats.of(self._float_rows(chunk), chunk["labels"], classes, per_class)
-
-        stats: GaussianStats = fold(self._rows(features, labels, cache), {"stats": Merged(step)})["stats"]
-        self.fit_info_ = labelled_fit_info(labels, classes)
-        return stats
+    @abstractmethod
+    def _fit_statistics(self, stats: GaussianStats, rows: Source, gather: Gather[Any]) -> Self:
+        """Set the fitted state from the merged statistics (a second pass over `rows` where one is needed)."""
 
 
 class GaussianDetector(_Gaussian):
@@ -164,19 +217,10 @@ class GaussianDetector(_Gaussian):
     def state_keys(self) -> tuple[str, ...]:
         return ("mean", "whiten", "means", "background")
 
-    def fit(self, features: np.ndarray, labels: np.ndarray | None, cache: SessionCache | None = None) -> Self:
-        labels, classes = class_labels(labels, len(features))
-        stats = self._statistics(features, labels, classes, False, cache)
+    def _fit_statistics(self, stats: GaussianStats, rows: Source, gather: Gather[Any]) -> Self:
         fourth = None
         if self.shrinkage == "ledoit_wolf":
-            means = stats.class_means
-
-            def fourth_moment(chunk: Chunk) -> dict[str, np.ndarray]:
-                squared = np.sum((self._float_rows(chunk) - means[chunk["labels"]]) ** 2, axis=1)
-                return {"fourth": np.sum(squared**2)}
-
-            summed = fold(self._rows(features, labels, cache), {"fourth": Summed(fourth_moment)})["fourth"]
-            fourth = float(summed["fourth"])
+            fourth = gather(rows, FourthMoment(stats.class_means, self.normalize)).value
         model = fit(
             stats,
             shrinkage=self.shrinkage,
@@ -206,12 +250,12 @@ class PerClassGaussianDetector(_Gaussian):
     """Untied covariances Σ_c (mahalanobis.md §3.2): score min_c [d_c² + log|Σ_c| − 2 log π_c].
     State: pc_whiten_, pc_means_, pc_offsets_."""
 
+    per_class: ClassVar[bool] = True
+
     def state_keys(self) -> tuple[str, ...]:
         return ("pc_whiten", "pc_means", "pc_offsets")
 
-    def fit(self, features: np.ndarray, labels: np.ndarray | None, cache: SessionCache | None = None) -> Self:
-        labels, classes = class_labels(labels, len(features))
-        stats = self._statistics(features, labels, classes, True, cache)
+    def _fit_statistics(self, stats: GaussianStats, rows: Source, gather: Gather[Any]) -> Self:
         model = fit_per_class(stats, self.shrinkage, self.ridge, self.normalize)  # type: ignore[arg-type]
         self.pc_whiten_, self.pc_means_, self.pc_offsets_ = model.whiten, model.means, model.offsets
         return self

@@ -133,6 +133,26 @@ class Merged(Generic[M]):
 
 
 @dataclass(frozen=True)
+class Total:
+    """A float64 sum as a mergeable state (e.g. a second pass's moment)."""
+
+    value: float
+
+    def merge(self, other: Total) -> Total:
+        return Total(self.value + other.value)
+
+
+Gather = Callable[[Source, Callable[[Chunk], M]], M]  # a source's per-chunk states merged into one
+
+
+def merged_fold(source: Source, step: Callable[[Chunk], M]) -> M:
+    """`step`'s states of every chunk of `source`, merged in row order here (a `Gather`; on a Dask cluster,
+    `app.distributed.windows.gather_on` merges the same states from its workers)."""
+    merged: M = fold(source, {"state": Merged(step)})["state"]
+    return merged
+
+
+@dataclass(frozen=True)
 class Span:
     """The state of `Assembled`: the rows [start, stop) written so far."""
 

@@ -69,8 +69,31 @@ class GaussianStats:
                 scatter[c] = rows.T @ rows
         return cls(classes, x.shape[1], float(len(x)), mean, centred.T @ centred, counts, sums, scatter)
 
+    def widened(self, classes: int) -> GaussianStats:
+        """The same statistics over `classes` ≥ self.classes classes (the new ones without rows): a chunk
+        knows only the classes it has seen."""
+        extra = classes - self.classes
+        if extra == 0:
+            return self
+        class_scatter = None
+        if self.class_scatter is not None:
+            class_scatter = np.concatenate([self.class_scatter, np.zeros((extra, self.dim, self.dim))])
+        return GaussianStats(
+            classes,
+            self.dim,
+            self.n,
+            self.mean,
+            self.scatter,
+            np.concatenate([self.class_counts, np.zeros(extra)]),
+            np.concatenate([self.class_sums, np.zeros((extra, self.dim))]),
+            class_scatter,
+        )
+
     def merge(self, other: GaussianStats) -> GaussianStats:
         """Chan et al.'s pairwise update: exact for disjoint row sets, in any order."""
+        if self.classes != other.classes:
+            classes = max(self.classes, other.classes)
+            return self.widened(classes).merge(other.widened(classes))
         if other.n == 0:
             return self
         if self.n == 0:

@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 from app.core.errors import InputError
+from app.core.fold import Gather
 
 
 class Cluster:
@@ -34,6 +35,12 @@ class Cluster:
                 else:
                     self._client = Client(self.address)
             return self._client
+
+    def gather(self) -> Gather[Any]:
+        """A `Gather` that merges chunk states computed on this cluster's workers."""
+        from app.distributed.windows import gather_on
+
+        return gather_on(self.client())
 
     def workers(self) -> int:
         return max(1, len(self.client().scheduler_info()["workers"]))

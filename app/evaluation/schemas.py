@@ -19,7 +19,7 @@ from app.core.metrics import METRICS, MetricSpec
 from app.core.specs import named, names_or_specs
 from app.examples import DIGIT_ROW, examples
 from app.records import Labels
-from app.tensors import MODEL_INPUTS_NOTE, Tensor
+from app.tensors import MODEL_INPUTS_NOTE, Tensor, known_source, source_field
 
 TENSOR_FIELDS = ("logits", "probabilities", "labels", "targets", "teacher_logits", "sample_weight", "embeddings")
 SOURCE_FIELDS = ("logits", "probabilities", "labels", "targets", "teacher_logits", "sample_weight")
@@ -92,16 +92,8 @@ class EvaluationRequest(Labels):
         "`slices.<key>` .npy part of integers instead): every loss and metric is also computed on each group, "
         "keeping the evaluation's C classes. At most 1,000 distinct values per key.",
     )
-    source: dict[str, StrictStr] | None = Field(
-        None,
-        description="Tensor fields read from files instead of the body: {field: path, glob or URL} of `.npy` "
-        "files or Parquet files (the column named as the field; [N, C] as a fixed-size list column or as columns "
-        "`<field>.0` … `<field>.<C-1>`); a glob's matches are shards read in sorted order. Fields: "
-        + ", ".join(SOURCE_FIELDS)
-        + ". Local paths must be absolute and under CALIPER_DATA_ROOTS, URLs (s3://, gs://, https://, … through "
-        "fsspec, with the server's credentials) under a prefix of CALIPER_DATA_URLS; else 422. Read chunk by "
-        "chunk: the predictions are never held whole.",
-        json_schema_extra={"propertyNames": {"enum": list(SOURCE_FIELDS)}},
+    source: dict[str, StrictStr] | None = source_field(
+        SOURCE_FIELDS, "Read chunk by chunk: the predictions are never held whole."
     )
     min_slice_rows: int = Field(
         1, ge=1, description='A group of fewer rows is answered as {"n": k} alone (no losses or metrics).'
@@ -109,13 +101,7 @@ class EvaluationRequest(Labels):
 
     _normalise_losses = field_validator("losses", "metrics", mode="before")(named)
 
-    @field_validator("source")
-    @classmethod
-    def _known_fields(cls, source: dict[str, str] | None) -> dict[str, str] | None:
-        unknown = sorted(set(source or {}) - set(SOURCE_FIELDS))
-        if unknown:
-            raise ValueError(f"{unknown[0]!r} cannot be read from files; fields: {', '.join(SOURCE_FIELDS)}")
-        return source or None
+    _known_source = known_source(SOURCE_FIELDS)
 
 
 class ReliabilityBinOut(BaseModel):

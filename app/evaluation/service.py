@@ -42,8 +42,7 @@ from app.models.runner import ModelRunner, read_logits
 from app.pipelines.heads import HeadCheck, Heads
 from app.records import EvaluationFilter, Page, finite_or_none, new_id, rfc3339, utc_now
 from app.sdm.service import region_metrics
-from app.sources.locations import Places
-from app.sources.source import FileSource
+from app.sources.files import DataFiles
 from app.storage.evaluations import EvaluationRepository
 from app.storage.models import Evaluation, ModelRecord
 
@@ -164,13 +163,13 @@ class EvaluationService:
         heads: HeadCheck,
         models: ModelRunner,
         runtime: SessionCache,
-        places: Places | None = None,
+        files: DataFiles | None = None,
         cluster: Cluster | None = None,
     ) -> None:
-        """`places`: where `source` files may be read from (none by default); `cluster`: the Dask cluster
+        """`files`: where `source` files may be read from (nowhere by default); `cluster`: the Dask cluster
         that evaluates them (none: this process)."""
         self.repository, self.heads, self.models, self.runtime = repository, heads, models, runtime
-        self.places, self.cluster = places or Places(), cluster
+        self.files, self.cluster = files or DataFiles(), cluster
         self.calibrators, self.detectors, self.sdm = heads.calibrators, heads.detectors, heads.sdm
 
     def create(self, request: EvaluationRequest, arrays: dict[str, np.ndarray]) -> EvaluationOut:
@@ -259,12 +258,9 @@ class EvaluationService:
         assert request.source is not None
         if request.sdm_id is not None or "embeddings" in arrays:
             raise InputError("sdm_id", "SDM metrics are not computed on an evaluation from `source`")
-        twice = sorted(request.source.keys() & arrays.keys())
-        if twice:
-            raise InputError(f"source.{twice[0]}", "given both inline and as a source")
         arrays = dict(arrays)
         slice_given = slice_columns(request, arrays)
-        source = FileSource.open(request.source, self.places, self.runtime.chunking, arrays)
+        source = self.files.open(request.source, arrays)
         slices = Slices.of(slice_given, source.rows) if slice_given else None
         if slices is not None:  # each row's slots travel with its chunk
             source = replace(source, inline={**arrays, SLOTS: slices.slots})

@@ -8,13 +8,16 @@ from spox import Var
 
 from app.core.detectors import LayerEnsemble
 from app.core.errors import InputError
+from app.core.fold import merged_fold
 from app.core.lru import LruCache
 from app.core.runtime import SessionCache
 from app.core.validation import float_matrix
+from app.distributed.cluster import Cluster
 from app.models.runner import ModelRunner
-from app.ood.methods import AnyDetector, fit_detector, layers_of, restored
+from app.ood.methods import AnyDetector, fit_detector, layers_of, restored, streams
 from app.ood.schemas import DetectorOut, DetectorRequest
 from app.records import new_id, utc_now
+from app.sources.files import DataFiles
 from app.storage.blobs import decode_arrays, encode_arrays
 from app.storage.models import DetectorRecord
 from app.storage.repository import Repository
@@ -28,15 +31,31 @@ class DetectorService(StoredResource[DetectorRecord, DetectorOut]):
     DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
     def __init__(
-        self, repository: Repository[DetectorRecord], runtime: SessionCache, models: ModelRunner, capacity: int = 8
+        self,
+        repository: Repository[DetectorRecord],
+        runtime: SessionCache,
+        models: ModelRunner,
+        files: DataFiles | None = None,
+        cluster: Cluster | None = None,
+        capacity: int = 8,
     ) -> None:
+        """`files`: where a `source` may be read from (nowhere by default); `cluster`: the Dask cluster whose
+        workers gather a streamed fit's statistics (none: this process)."""
         super().__init__(repository, DetectorOut.model_validate)
-        self.runtime, self.models = runtime, models
+        self.runtime, self.models, self.files, self.cluster = runtime, models, files or DataFiles(), cluster
         self._fitted: LruCache[AnyDetector] = LruCache(capacity)
 
     def create(self, request: DetectorRequest, arrays: dict[str, np.ndarray]) -> DetectorOut:
-        arrays = self.models.resolve(request.model_id, arrays, {"features": "features"}, ("",))
-        detector, params = fit_detector(request, arrays, self.runtime)
+        """Fit and store. Features from files stream through a method that fits from chunks (its
+        statistics gathered on the cluster's workers when there is one); other fits read them whole."""
+        if request.source and "features" in request.source and request.model_id is None and streams(request):
+            rows = self.files.open(request.source, arrays)
+            gather = merged_fold if self.cluster is None else self.cluster.gather()
+            detector, params = fit_detector(request, {}, self.runtime, rows, gather)
+        else:
+            arrays = self.files.read(request.source, arrays)
+            arrays = self.models.resolve(request.model_id, arrays, {"features": "features"}, ("",))
+            detector, params = fit_detector(request, arrays, self.runtime)
         dim = sum(detector.dims) if isinstance(detector, LayerEnsemble) else detector.dim
         record = self.repository.add(
             DetectorRecord(

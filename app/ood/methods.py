@@ -21,6 +21,7 @@ from app.core.detectors import (
     VimDetector,
 )
 from app.core.errors import InputError
+from app.core.fold import Gather, Source, merged_fold
 from app.core.runtime import SessionCache
 from app.core.validation import float_matrix
 from app.ood.schemas import DetectorRequest, KnnParams, MahalanobisParams, VimParams
@@ -73,22 +74,35 @@ METHODS: dict[str, Method[Any]] = {
 }
 
 
+def streams(request: DetectorRequest) -> bool:
+    """Whether the request's method fits from chunks (`Detector.fit_rows`) rather than whole arrays."""
+    return METHODS[request.method].create(request.params).streams
+
+
 def layers_of(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
     """{name: array} for the parts `prefix.name`, in request order."""
     return {k[len(prefix) + 1 :]: v for k, v in arrays.items() if k.startswith(prefix + ".")}
 
 
 def fit_detector(
-    request: DetectorRequest, arrays: dict[str, np.ndarray], cache: SessionCache
+    request: DetectorRequest,
+    arrays: dict[str, np.ndarray],
+    cache: SessionCache,
+    rows: Source | None = None,
+    gather: Gather[Any] = merged_fold,
 ) -> tuple[AnyDetector, dict[str, Any]]:
     """The fitted detector and the params its record keeps (an ensemble's add its layers, their
-    dimensions and the weights; ViM's only `dim`, its head is stored with the arrays)."""
+    dimensions and the weights; ViM's only `dim`, its head is stored with the arrays). `rows`: chunks of
+    `features` and `labels` (from files) for a method that `streams`, its statistics merged by `gather`."""
     method = METHODS[request.method]
     params = method.typed(request.params)
     layers = layers_of(arrays, "features")
     if not layers:
         detector = method.build(params)
-        detector.fit(float_matrix(arrays.get("features"), "features"), arrays.get("labels"), cache)
+        if rows is not None:
+            detector.fit_rows(rows, gather)
+        else:
+            detector.fit(float_matrix(arrays.get("features"), "features"), arrays.get("labels"), cache)
         return detector, {"dim": params.dim} if isinstance(params, VimParams) else params.model_dump(mode="json")
     if not isinstance(params, MahalanobisParams) or "features" in arrays:
         raise InputError(

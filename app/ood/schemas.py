@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
 from app.core.logit_scores import SCORES, ScoreSpec
 from app.core.ood_metrics import PrIntegral
@@ -12,7 +12,7 @@ from app.core.specs import TermSpec, named, names_or_specs
 from app.core.validation import Precision
 from app.examples import examples
 from app.records import Labels, RecordOut
-from app.tensors import MODEL_INPUTS_NOTE, NULL_NOTE, Layers, Tensor
+from app.tensors import MODEL_INPUTS_NOTE, NULL_NOTE, Layers, Tensor, known_source, source_field
 
 SCORE_TENSORS = ("logits",)
 EVALUATE_TENSORS = ("scores_in", "scores_out", "features_in", "features_out", "features_in.*", "features_out.*")
@@ -25,6 +25,7 @@ DETECTOR_TENSORS = (
     "inputs.*",
 )
 SCORE_FEATURES = ("features", "features.*")
+SOURCE_FIELDS = ("features", "labels")
 
 
 def default_methods() -> list[TermSpec]:
@@ -172,6 +173,15 @@ class DetectorRequest(Labels):
     inputs: dict[str, Tensor] | None = Field(
         None, description=f"With `model_id`: the model's inputs, by input name. {MODEL_INPUTS_NOTE}"
     )
+    source: dict[str, StrictStr] | None = source_field(
+        SOURCE_FIELDS,
+        "mahalanobis and relative_mahalanobis stream them (their statistics merged chunk by chunk, on the Dask "
+        "workers when CALIPER_DASK_SCHEDULER is set): the features are never held whole. knn keeps its support, and "
+        "vim fits a PCA: their files are read whole, at most CALIPER_MAX_SOURCE_BYTES. Not with a feature ensemble "
+        "or `model_id`.",
+    )
+
+    _known_source = known_source(SOURCE_FIELDS)
 
 
 class DetectorOut(RecordOut):

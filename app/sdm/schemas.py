@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from app.core.validation import Precision
 from app.examples import examples
 from app.records import Labels
-from app.tensors import MODEL_INPUTS_NOTE, NULL_NOTE, Tensor
+from app.tensors import MODEL_INPUTS_NOTE, NULL_NOTE, Tensor, known_source, source_field
 
 FIT_TENSORS = tuple(
     f"{part}.{name}" for part in ("support", "calibration") for name in ("embeddings", "logits", "labels", "inputs.*")
 )
 FIT_INTEGER_FIELDS = frozenset({"support.labels", "calibration.labels"})
 SCORE_TENSORS = ("embeddings", "logits")
+SOURCE_FIELDS = tuple(
+    f"{part}.{name}" for part in ("support", "calibration") for name in ("embeddings", "logits", "labels")
+)
 
 
 class SdmParams(BaseModel):
@@ -99,6 +102,13 @@ class SdmRequest(Labels):
         None,
         description="Fit on this uploaded model's embeddings and logits of each set's `inputs`.",
     )
+    source: dict[str, StrictStr] | None = source_field(
+        SOURCE_FIELDS,
+        "The fit holds its rows: the files are read whole, at most CALIPER_MAX_SOURCE_BYTES; each set's fields "
+        "have the same rows.",
+    )
+
+    _known_source = known_source(SOURCE_FIELDS)
 
 
 class SdmLoss(BaseModel):

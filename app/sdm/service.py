@@ -17,6 +17,7 @@ from app.core.validation import float_matrix
 from app.models.runner import ModelRunner, Role
 from app.records import finite_or_none, new_id, rfc3339, utc_now
 from app.sdm.schemas import CalibrationReport, ScoreSummary, SdmOut, SdmParams, SdmRequest, SdmScoresOut
+from app.sources.files import DataFiles
 from app.storage.blobs import decode_arrays, encode_arrays
 from app.storage.models import SdmRecord
 from app.storage.repository import SdmRepository
@@ -123,17 +124,24 @@ class SdmService(StoredResource[SdmRecord, SdmOut]):
     scoring does not decode the support blob on every request; bounded by count, supports are large."""
 
     def __init__(
-        self, repository: SdmRepository, runtime: SessionCache, models: ModelRunner, capacity: int = 4
+        self,
+        repository: SdmRepository,
+        runtime: SessionCache,
+        models: ModelRunner,
+        files: DataFiles | None = None,
+        capacity: int = 4,
     ) -> None:
+        """`files`: where a `source` may be read from (nowhere by default)."""
         super().__init__(repository, sdm_out)
         self.repository: SdmRepository = repository
-        self.runtime, self.models = runtime, models
+        self.runtime, self.models, self.files = runtime, models, files or DataFiles()
         self._estimators: LruCache[SdmEstimator] = LruCache(capacity)
 
     def create(self, request: SdmRequest, arrays: dict[str, np.ndarray]) -> SdmOut:
         """Fit, store one row with the JSON summary and the fitted arrays (support exemplars included)
         as one blob; the answer carries the support statistics when asked."""
         roles: dict[str, Role] = {"embeddings": "embedding", "logits": "logits"}
+        arrays = self.files.read(request.source, arrays)
         arrays = self.models.resolve(request.model_id, arrays, roles, ("support.", "calibration."))
         estimator, support_statistics = fit(request, arrays, self.runtime)
         support = estimator.support_embeddings_

@@ -11,7 +11,7 @@ import numpy as np
 
 from app.core.chunking import Chunking
 from app.core.errors import InputError
-from app.core.fold import Chunk
+from app.core.fold import Assembled, Chunk, fold
 from app.sources.columns import Column
 from app.sources.locations import Places, shards
 
@@ -63,6 +63,14 @@ class FileSource:
         """Rows [start, stop) of this source (its inline arrays sliced alike), numbered from 0."""
         inline = {name: array[start:stop] for name, array in self.inline.items()}
         return replace(self, inline=inline, start=self.start + start, stop=self.start + stop)
+
+    def read(self) -> dict[str, np.ndarray]:
+        """The files' columns read whole (arrays allocated once; the inline ones are the caller's)."""
+        names = tuple(self.columns)
+        whole: dict[str, np.ndarray] = fold(self, {"rows": Assembled(lambda c: {n: c[n] for n in names}, self.rows)})[
+            "rows"
+        ]
+        return whole
 
     def chunks(self) -> Iterator[Chunk]:
         step = self.chunking.step(self.row_bytes)

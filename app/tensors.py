@@ -72,15 +72,29 @@ def source_field(fields: tuple[str, ...], how: str) -> Any:
         + ", ".join(fields)
         + ". Local paths must be absolute and under CALIPER_DATA_ROOTS, URLs (s3://, gs://, https://, … through "
         "fsspec, with the server's credentials) under a prefix of CALIPER_DATA_URLS; else 422. " + how,
-        json_schema_extra={"propertyNames": {"enum": list(fields)}},
+        json_schema_extra={"propertyNames": _names_schema(fields)},
+    )
+
+
+def _names_schema(fields: tuple[str, ...]) -> dict[str, Any]:
+    """JSON Schema of the field names: the exact ones, and `prefix.<name>` for a `prefix.*`."""
+    exact = [f for f in fields if not f.endswith(".*")]
+    patterns = [{"pattern": "^" + f.removesuffix("*").replace(".", r"\.") + ".+$"} for f in fields if f.endswith(".*")]
+    return {"anyOf": [{"enum": exact}, *patterns]} if patterns else {"enum": exact}
+
+
+def _known(name: str, fields: tuple[str, ...]) -> bool:
+    return name in fields or any(
+        f.endswith(".*") and name.startswith(f[:-1]) and len(name) > len(f) - 1 for f in fields
     )
 
 
 def known_source(fields: tuple[str, ...]) -> Any:
-    """The validator of a `source_field`: a field not in `fields` is refused; an empty source is none."""
+    """The validator of a `source_field`: a field not in `fields` (`prefix.*`: any `prefix.<name>`) is
+    refused; an empty source is none."""
 
     def check(source: dict[str, str] | None) -> dict[str, str] | None:
-        unknown = sorted(set(source or {}) - set(fields))
+        unknown = sorted(name for name in source or {} if not _known(name, fields))
         if unknown:
             raise ValueError(f"{unknown[0]!r} cannot be read from files; fields: {', '.join(fields)}")
         return source or None

@@ -27,6 +27,7 @@ from app.config import Settings
 from app.core.evaluation import EvaluationState
 from app.distributed.windows import merged, windows
 from app.storage.migrate import upgrade
+from tests import onnx_models
 from tests.conftest import LOCAL, count_rows
 
 N, C, SHARDS = 20_000, 6, 5
@@ -54,7 +55,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def app_with(folder: Path, root: Path, scheduler: str) -> FastAPI:
     settings = Settings(
         database_url=f"sqlite:///{folder / 'caliper.db'}", artifact_dir=folder / "artifacts", chunk_size=500,
-        data_roots=str(root), dask_scheduler=scheduler, rate_limit="",
+        data_roots=str(root), dask_scheduler=scheduler, rate_limit="", model_batch_rows=1_000,
     )  # fmt: skip
     upgrade(settings)
     return create_app(settings)
@@ -202,6 +203,36 @@ def test_a_mahalanobis_fit_on_dask_equals_the_fit_in_one_process(
               for name in clients}  # fmt: skip
     close(scored["dask"].json()["scores"], scored["single"].json()["scores"], rel=1e-10)
     assert scored["dask"].json()["nearest_class"] == scored["single"].json()["nearest_class"]
+
+
+def test_a_model_evaluation_from_files_runs_the_model_on_the_workers(
+    apps: dict[str, FastAPI], clients: dict[str, TestClient], root: Path
+) -> None:
+    """The uploaded model runs on the Dask workers (read from the artifact store, in model processes under
+    the server's limits) over windows of its input shards: the numbers and stored rows one process gives."""
+    data, _ = onnx_models.mlp(d=C, hidden=5, classes=C, dtype=np.float32, seed=4)
+    cluster = apps["dask"].state.resources.cluster.client()
+    executed = lambda: sum(cluster.run(lambda dask_worker: dask_worker.state.executed_count).values())  # noqa: E731
+    source = {"inputs.x": str(root / "logits-*.npy"), "labels": str(root / "labels.npy")}
+    body = {**BODY, "source": source, "slices": {"region": (np.arange(N) % 3).astype(str).tolist()}}
+    answers, before = {}, executed()
+    for name, client in clients.items():
+        model = client.post("/v1/models", files={"file": ("m.onnx", data, "application/octet-stream")},
+                            data={"request": json.dumps({"name": "mlp"})}).json()  # fmt: skip
+        response = client.post(f"/v1/models/{model['id']}/evaluations", json=body)
+        assert response.status_code == 201, response.text
+        answers[name] = response.json()
+    assert executed() > before  # the windows ran on the workers
+    single, dask = answers["single"], answers["dask"]
+    for key in ("n", "classes", "dataset_fingerprint"):
+        assert dask[key] == single[key], key
+    assert dask["metrics"]["confusion_matrix"] == single["metrics"]["confusion_matrix"]
+    close(
+        {k: dask[k] for k in ("losses", "metrics", "slices")}, {k: single[k] for k in ("losses", "metrics", "slices")}
+    )
+    rows = {name: clients[name].get(f"/v1/evaluations/{answer['id']}", params={"per_sample": True}).json()
+            for name, answer in answers.items()}  # fmt: skip
+    close(rows["dask"]["per_sample"], rows["single"]["per_sample"])
 
 
 def test_windows_hold_whole_chunks_and_merge_in_a_fixed_order() -> None:

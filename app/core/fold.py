@@ -12,7 +12,7 @@ states in row order gives it too. The sources here read arrays in memory; the mo
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
@@ -69,6 +69,10 @@ class InMemory:
     @property
     def rows(self) -> int:
         return len(next(iter(self.arrays.values())))
+
+    def beside(self, arrays: Arrays) -> InMemory:
+        """The same rows with more arrays of them."""
+        return replace(self, arrays={**self.arrays, **arrays})
 
     def chunks(self) -> Iterator[Chunk]:
         n = self.rows

@@ -24,10 +24,13 @@ class Cluster:
         """The distributed.Client (made once; a local cluster started with it)."""
         with self._lock:
             if self._client is None:
+                import dask
                 from distributed import Client, LocalCluster
 
                 if self.address.startswith("local:"):
                     workers = int(self.address.removeprefix("local:"))
+                    # not daemons: a model evaluation's task starts a sandboxed model process (also on restarts)
+                    dask.config.set({"distributed.worker.daemon": False})
                     self._local = LocalCluster(
                         n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
                     )

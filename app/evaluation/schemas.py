@@ -172,6 +172,7 @@ class EvaluationOut(BaseModel):
 
 
 MODEL_TENSOR_FIELDS = ("labels", "targets", "teacher_logits", "sample_weight", "inputs.*", "ood_inputs.*")
+MODEL_SOURCE_FIELDS = ("inputs.*", "labels", "targets", "teacher_logits", "sample_weight")
 
 
 class ModelEvaluationRequest(EvaluationRequest):
@@ -187,5 +188,12 @@ class ModelEvaluationRequest(EvaluationRequest):
         "`ood_inputs` (out), reported under `ood` (as /v1/ood/evaluate).",
     )
     ood_inputs: dict[str, Tensor] | None = Field(None, description="Inputs of out-of-distribution samples.")
+    source: dict[str, StrictStr] | None = source_field(
+        MODEL_SOURCE_FIELDS,
+        "A model input is `inputs.<name>`. Read chunk by chunk, a model batch at a time: neither the inputs nor "
+        "the logits are held whole.",
+    )
+
+    _known_source = known_source(MODEL_SOURCE_FIELDS)
 
     model_config = examples({"inputs": {"x": [DIGIT_ROW]}, "labels": [2], "metrics": ["accuracy", "nll"]})

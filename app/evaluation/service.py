@@ -38,11 +38,12 @@ from app.evaluation.schemas import (
     SliceOut,
 )
 from app.evaluation.streamed import SLOTS, Calibrate, StreamedEvaluation, make_plan
-from app.models.runner import ModelRunner, read_logits
+from app.models.runner import INPUTS, ModelRunner, read_logits
 from app.pipelines.heads import HeadCheck, Heads
 from app.records import EvaluationFilter, Page, finite_or_none, new_id, rfc3339, utc_now
 from app.sdm.service import region_metrics
 from app.sources.files import DataFiles
+from app.sources.source import FileSource
 from app.storage.evaluations import EvaluationRepository
 from app.storage.models import Evaluation, ModelRecord
 
@@ -198,11 +199,10 @@ class EvaluationService:
     def create_from_model(
         self, model_id: str, request: ModelEvaluationRequest, arrays: dict[str, np.ndarray]
     ) -> EvaluationOut:
-        """Evaluate an uploaded model on inputs: the model runs chunk by chunk (CALIPER_MODEL_BATCH_ROWS
-        rows) and each chunk's logits, calibrated when asked, fold into the mergeable evaluation state, so
-        the logits are never held whole (only the per-row columns a stored evaluation keeps)."""
-        if request.source:
-            raise InputError("source", "a model evaluation reads its `inputs` from the body, not from files (yet)")
+        """Evaluate an uploaded model on inputs (from the body or from files): the model runs chunk by
+        chunk (CALIPER_MODEL_BATCH_ROWS rows) and each chunk's logits, calibrated when asked, fold into the
+        mergeable evaluation state, so the logits are never held whole (only the per-row columns a stored
+        evaluation keeps, and the labels, targets and weights)."""
         record = self.models.get(model_id)
         if request.model is None:
             request = request.model_copy(update={"model": record.name})
@@ -212,21 +212,37 @@ class EvaluationService:
         if (request.detector_id is None) == has_ood:
             raise InputError("ood_inputs", "give `detector_id` and `ood_inputs` together")
         wanted = self.heads.outputs(record, Heads(request.calibrator_id, request.detector_id, request.sdm_id))
-        source = self.models.source(
-            record, {k: v for k, v in arrays.items() if not k.startswith("ood_inputs.")}, wanted
+        given = {k: v for k, v in arrays.items() if not k.startswith("ood_inputs.")}
+        files = self.files.open(request.source, given) if request.source else None
+        source = (
+            self.models.source(record, given, wanted)
+            if files is None
+            else self.models.file_source(record, files, wanted)
         )
-        if request.sdm_id is not None and "labels" not in source.given:
+        rows = {k: v for k, v in given.items() if not k.startswith(INPUTS)}  # labels, targets, … given inline
+        beside = [*rows, *(k for k in request.source or {} if not k.startswith(INPUTS))]
+        if request.sdm_id is not None and "labels" not in beside:
             raise InputError("sdm_id", "SDM metrics need integer `labels`")
-        slices = Slices.of(slice_given, source.rows) if slice_given else None
+        n = source.rows
+        slices = Slices.of(slice_given, n) if slice_given else None
         if slices is not None:  # each row's slots travel with its chunk
-            source = replace(source, given={**source.given, SLOTS: slices.slots})
-        rows, n = dict(source.given), source.rows
+            source = source.beside({SLOTS: slices.slots})
+        heads = (request.calibrator_id, request.detector_id, request.sdm_id)
+        if self.cluster is not None and isinstance(source.feed, FileSource) and heads == (None, None, None):
+            model = self.models.model_file(record, source.feed.chunking.rows)
+            spread = evaluate_on(self.cluster.client(), request, source.feed, slices, model, self.runtime.chunking)
+            if not record.binary:
+                self.models.learn_classes(record, spread.seen.classes)
+            whole = spread.seen.whole(n, {**rows, **spread.kept}, slices)
+            result = spread.evaluated
+            computed = ComputedEvaluation(request, whole, spread.plan, result.result, result.per_row, model_id)
+            return evaluation_out(computed, self.store(computed) if request.store else None)
 
         def read(chunk: Chunk) -> dict[str, np.ndarray]:
             return {"logits": read_logits(record, chunk[record.logits_output])}
 
-        evaluation = StreamedEvaluation(request, read, rows, n, slices, self.runtime, self._calibrate(request))
-        stages: dict[str, Stage[Any, Any]] = {"evaluation": evaluation}
+        evaluation = StreamedEvaluation(request, read, beside, n, slices, self.runtime, self._calibrate(request))
+        stages: dict[str, Stage[Any, Any]] = {"evaluation": evaluation, **({} if files is None else kept_stage(files))}
         if request.sdm_id is not None:
             stages["regions"] = Assembled(self._regions_step(request.sdm_id, record), n)
         detector_reads: dict[str, str] = {}
@@ -235,7 +251,7 @@ class EvaluationService:
             stages["scores"] = Assembled(self._scores_step(request.detector_id, detector_reads), n)
         folded = fold(source, stages)
         evaluated: Evaluated = folded["evaluation"]
-        whole, plan = evaluation.whole(rows), evaluation.evaluator.plan
+        whole, plan = evaluation.whole({**rows, **folded.get("kept", {})}), evaluation.evaluator.plan
         computed = ComputedEvaluation(
             request, whole, plan, evaluated.result, evaluated.per_row, model_id, request.detector_id
         )

@@ -7,22 +7,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any, Literal, Protocol, Self
 
 import numpy as np
 
 from app.core import deadline
 from app.core.chunking import Chunking
 from app.core.errors import InputError
-from app.core.fold import Arrays, Assembled, Chunk, fold
+from app.core.fold import Arrays, Assembled, Chunk, InMemory, Source, fold
 from app.models.schemas import TensorInfo
-from app.models.workers import WorkerPool
+from app.models.workers import WorkerLimits, WorkerPool
+from app.sources.source import FileSource
 from app.storage.artifacts import ArtifactStore
 from app.storage.models import ModelRecord
 from app.storage.repository import ModelRepository
 from app.tensors import ListTensor
 
+INPUTS = "inputs."  # the prefix of a model input's field
 Role = Literal["logits", "embedding", "features"]  # features: the feature outputs as layers, else the embedding
 
 
@@ -37,6 +40,44 @@ class Runnable(Protocol):
 
     @property
     def outputs(self) -> list[dict[str, Any]]: ...
+
+
+class Classifier(Runnable, Protocol):
+    """An uploaded model as Caliper reads its logits."""
+
+    @property
+    def logits_output(self) -> str: ...
+
+    @property
+    def binary(self) -> bool: ...
+
+
+Caller = Callable[[Runnable, dict[str, np.ndarray], list[str], int], dict[str, np.ndarray]]  # ModelRunner.call
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """An uploaded model as a Dask worker runs it: its file in the artifact store (which the workers see:
+    the same machine, or a shared volume), its declared tensors, and the limits of the model processes
+    the worker starts for it (uploaded models are untrusted code wherever they run)."""
+
+    sha256: str
+    path: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    logits_output: str
+    binary: bool
+    limits: WorkerLimits
+    step: int  # rows per model call, as the server would run them
+
+    def caller(self, workers: WorkerPool) -> Caller:
+        """Calls of this model in `workers` (started by the Dask worker)."""
+        return lambda record, chunk, names, rows: first_rows(workers.run(self.sha256, self.path, chunk, names), rows)
+
+
+def first_rows(outputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    """A padded batch's outputs cut to its real rows."""
+    return {k: v[:rows] for k, v in outputs.items()}
 
 
 class ModelRunner:
@@ -71,19 +112,45 @@ class ModelRunner:
         self, record: Runnable, inputs: dict[str, np.ndarray], names: list[str], given: Arrays | None = None
     ) -> ModelChunks:
         """A fold source of the named outputs for validated inputs (and `given` row-aligned arrays)."""
-        return ModelChunks(self, record, inputs, names, given or {})
+        step = self.step(record, sum(int(v[0].nbytes) for v in inputs.values()), names)
+        feed = InMemory({**{INPUTS + k: v for k, v in inputs.items()}, **(given or {})}, Chunking.blocks_of(step))
+        return ModelChunks(self.call, record, feed, names)
 
     def source(self, record: ModelRecord, arrays: dict[str, np.ndarray], names: list[str]) -> ModelChunks:
         """The fold source of a request's arrays: its `inputs.<name>` run through the model (validated
         here), every other array given beside the outputs, row for row (422 naming one of another length)."""
         inputs = validated_inputs(
-            record, {k.removeprefix("inputs."): v for k, v in arrays.items() if k.startswith("inputs.")}
+            record, {k.removeprefix(INPUTS): v for k, v in arrays.items() if k.startswith(INPUTS)}
         )
-        source = self.chunks(record, inputs, names, {k: v for k, v in arrays.items() if not k.startswith("inputs.")})
-        for name, value in source.given.items():
-            if len(value) != source.rows:
-                raise InputError(name, f"has {len(value)} rows; the model's inputs have {source.rows}")
-        return source
+        given = {k: v for k, v in arrays.items() if not k.startswith(INPUTS)}
+        rows = len(next(iter(inputs.values())))
+        for name, value in given.items():
+            if len(value) != rows:
+                raise InputError(name, f"has {len(value)} rows; the model's inputs have {rows}")
+        return self.chunks(record, inputs, names, given)
+
+    def file_source(self, record: ModelRecord, feed: FileSource, names: list[str]) -> ModelChunks:
+        """The fold source of a request whose `inputs.<name>` (some or all) are read from files: `feed`'s
+        columns and inline arrays, its other fields given beside the outputs. The first row of the inputs
+        is validated before any work (names, dtypes, shapes: 422 naming the input), every chunk's as it is
+        read (finite values)."""
+        first = feed.window(0, 1)
+        first_row = {
+            k.removeprefix(INPUTS): v for k, v in {**first.read(), **first.inline}.items() if k.startswith(INPUTS)
+        }
+        validated_inputs(record, first_row)
+        row_bytes = sum(feed.columns[k].row_bytes for k in feed.columns if k.startswith(INPUTS))
+        row_bytes += sum(int(v[0].nbytes) for k, v in feed.inline.items() if k.startswith(INPUTS))
+        step = self.step(record, row_bytes, names)
+        feed = replace(feed, chunking=Chunking.blocks_of(step))
+        return ModelChunks(self.call, record, feed, names, partial(validated_inputs, record))
+
+    def model_file(self, record: ModelRecord, step: int) -> ModelFile:
+        """What a Dask worker needs to run the model in calls of `step` rows."""
+        path = str(self.artifacts.path(record.sha256))
+        limits = self.workers.limits
+        return ModelFile(record.sha256, path, record.inputs, record.outputs, record.logits_output, record.binary,
+                         limits, step)  # fmt: skip
 
     def call(
         self, record: Runnable, chunk: dict[str, np.ndarray], names: list[str], rows: int
@@ -92,35 +159,30 @@ class ModelRunner:
         started = time.perf_counter()
         out = self.workers.run(record.sha256, str(self.artifacts.path(record.sha256)), chunk, names)
         self.observe(time.perf_counter() - started, rows)
-        self._learn_classes(record, out)
-        return {k: v[:rows] for k, v in out.items()}
+        if isinstance(record, ModelRecord) and record.logits_output in out:
+            self.learn_classes(record, out[record.logits_output].shape[-1])
+        return first_rows(out, rows)
 
-    def _learn_classes(self, record: Runnable, result: dict[str, np.ndarray]) -> None:
+    def learn_classes(self, record: ModelRecord, classes: int) -> None:
         """A model whose class dimension is symbolic gets C from its first run's logits."""
-        if isinstance(record, ModelRecord) and record.classes is None and record.logits_output in result:
-            classes = result[record.logits_output].shape[-1]
-            if classes >= 2:
-                self.repository.learn_classes(record.id, classes)
-                record.classes = classes  # this request's copy: a streamed run asks once
+        if record.classes is None and classes >= 2:
+            self.repository.learn_classes(record.id, classes)
+            record.classes = classes  # this request's copy: a streamed run asks once
+
+    def step(self, record: Runnable, input_bytes: int, names: list[str]) -> int:
+        """Rows per model call for inputs of `input_bytes` a row and these outputs (a fixed batch dimension
+        decides alone)."""
+        return fixed_batch(record) or self.chunking.step(input_bytes + self._output_bytes(record, names))
 
     @staticmethod
-    def fixed_batch(record: Runnable) -> int | None:
-        fixed = {i["shape"][0] for i in record.inputs if i["shape"] and i["shape"][0] > 0}
-        return next(iter(fixed)) if fixed else None
-
-    def step(self, record: Runnable, inputs: dict[str, np.ndarray], names: list[str]) -> int:
-        """Rows per model call for these inputs and outputs (a fixed batch dimension decides alone)."""
-        return self.fixed_batch(record) or self.chunking.step(self._row_bytes(record, inputs, names))
-
-    @staticmethod
-    def _row_bytes(record: Runnable, inputs: dict[str, np.ndarray], names: list[str]) -> int:
-        """Bytes per row of the inputs and of the named outputs (a dynamic output width counts as 1)."""
+    def _output_bytes(record: Runnable, names: list[str]) -> int:
+        """Bytes per row of the named outputs (a dynamic output width counts as 1)."""
         declared = {o["name"]: o for o in record.outputs}
         out = 0
         for name in names:
             info = declared[name]
             out += np.dtype(info["dtype"]).itemsize * int(np.prod([max(d, 1) for d in info["shape"][1:]]))
-        return sum(int(v[0].nbytes) for v in inputs.values()) + out
+        return out
 
     def resolve(
         self, model_id: str | None, arrays: dict[str, np.ndarray], fields: dict[str, Role], splits: tuple[str, ...]
@@ -166,39 +228,57 @@ class ModelRunner:
         return {target: record.embedding_output}
 
 
+class Feed(Source, Protocol):
+    """Chunks of a model's inputs (as `inputs.<name>`) and of row-aligned arrays given beside them."""
+
+    def beside(self, arrays: Arrays) -> Self:
+        """The same rows with more arrays given beside them."""
+        ...
+
+
 @dataclass(frozen=True)
 class ModelChunks:
-    """A fold source: a model's named outputs, one worker call per chunk of at most
-    CALIPER_MODEL_BATCH_ROWS rows and CALIPER_MODEL_BATCH_BYTES of inputs and declared outputs (a fixed
-    batch dimension runs in batches of that size, the last padded), with `given` row-aligned arrays
-    sliced beside them."""
+    """A fold source: a model's named outputs, one worker call per chunk of `feed` (chunks of at most
+    CALIPER_MODEL_BATCH_ROWS rows and CALIPER_MODEL_BATCH_BYTES of inputs and declared outputs; a fixed
+    batch dimension runs in batches of that size, the last padded), with the feed's other arrays beside
+    them. `check`: validate each chunk's inputs as it is read (files; inline inputs are validated once)."""
 
-    runner: ModelRunner
+    call: Caller
     record: Runnable
-    inputs: dict[str, np.ndarray]
+    feed: Feed
     names: list[str]
-    given: Arrays
+    check: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
 
     @property
     def rows(self) -> int:
-        return len(next(iter(self.inputs.values())))
+        return self.feed.rows
+
+    def beside(self, arrays: Arrays) -> ModelChunks:
+        """The same outputs with more row-aligned arrays given beside them (e.g. a slice's slots)."""
+        return replace(self, feed=self.feed.beside(arrays))
 
     def chunks(self) -> Iterator[Chunk]:
-        n, fixed = self.rows, self.runner.fixed_batch(self.record)
-        step = self.runner.step(self.record, self.inputs, self.names)
-        for start in range(0, n, step):
+        fixed = fixed_batch(self.record)
+        for chunk in self.feed.chunks():
             deadline.check()
-            stop = min(start + step, n)
-            chunk = {k: v[start:stop] for k, v in self.inputs.items()}
-            if fixed and stop - start < step:
-                chunk = {
-                    k: np.concatenate([v, np.repeat(v[-1:], step - (stop - start), axis=0)]) for k, v in chunk.items()
-                }
-            out = self.runner.call(self.record, chunk, self.names, stop - start)
-            yield Chunk(start, stop, out | {k: v[start:stop] for k, v in self.given.items()})
+            inputs = {k.removeprefix(INPUTS): v for k, v in chunk.arrays.items() if k.startswith(INPUTS)}
+            given = {k: v for k, v in chunk.arrays.items() if not k.startswith(INPUTS)}
+            if self.check is not None:
+                inputs = self.check(inputs)
+            rows = chunk.stop - chunk.start
+            if fixed and rows < fixed:
+                inputs = {k: np.concatenate([v, np.repeat(v[-1:], fixed - rows, axis=0)]) for k, v in inputs.items()}
+            out = self.call(self.record, inputs, self.names, rows)
+            yield Chunk(chunk.start, chunk.stop, out | given)
 
 
-def validated_inputs(record: ModelRecord, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def fixed_batch(record: Runnable) -> int | None:
+    """The batch size a model's inputs fix, if any."""
+    fixed = {i["shape"][0] for i in record.inputs if i["shape"] and i["shape"][0] > 0}
+    return next(iter(fixed)) if fixed else None
+
+
+def validated_inputs(record: Runnable, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The model's inputs by name, cast where the kind matches (JSON numbers arrive as float64), with
     trailing shapes checked and one batch size; 422 naming the input otherwise."""
     expected = {i["name"]: TensorInfo.model_validate(i) for i in record.inputs}
@@ -254,7 +334,7 @@ def _castable(array: np.ndarray, wanted: np.dtype) -> bool:
     return False
 
 
-def read_logits(record: ModelRecord, logits: np.ndarray) -> np.ndarray:
+def read_logits(record: Classifier, logits: np.ndarray) -> np.ndarray:
     """A model's logits output as Caliper reads it: as given, or a binary model's [N] log-odds (its [N]
     output, or [N, 1] squeezed; api.md)."""
     if not record.binary:

@@ -59,6 +59,10 @@ class FileSource:
     def row_bytes(self) -> int:
         return sum(c.row_bytes for c in self.columns.values()) or 1
 
+    def beside(self, arrays: Mapping[str, np.ndarray]) -> FileSource:
+        """The same rows with more in-memory arrays of them (of this source's rows)."""
+        return replace(self, inline={**self.inline, **arrays})
+
     def window(self, start: int, stop: int) -> FileSource:
         """Rows [start, stop) of this source (its inline arrays sliced alike), numbered from 0."""
         inline = {name: array[start:stop] for name, array in self.inline.items()}

@@ -1,7 +1,8 @@
-"""Fits from files (api.md, "Jobs, data sources and scale-out"): a Mahalanobis detector streams its
-`source` (chunk statistics merged: the fit equals the one from inline tensors), the other fits read their
-files whole within CALIPER_MAX_SOURCE_BYTES and equal the inline fit; bad sources are 422s that store
-nothing; a fit from files runs as a job with progress."""
+"""Requests beside /v1/evaluations that read `source` files (api.md, "Jobs, data sources and scale-out"):
+a model evaluation streams its inputs from files through the model, a Mahalanobis detector streams its
+features (chunk statistics merged), the other fits read their files whole within
+CALIPER_MAX_SOURCE_BYTES; each equals the same request with inline tensors; bad sources are 422s that
+store nothing; a fit from files runs as a job with progress."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from fastapi.testclient import TestClient
 from app.api.main import create_app
 from app.config import Settings
 from app.storage.migrate import upgrade
+from tests import onnx_models
 from tests.conftest import LOCAL, count_rows
 from tests.test_api_bad_input import assert_problem
 from tests.test_sdm_core import CAL_H, CAL_Y, CAL_Z, SUP_H, SUP_Y, SUP_Z
@@ -48,6 +50,14 @@ def root(tmp_path_factory: pytest.TempPathFactory, data: dict[str, np.ndarray]) 
     np.save(folder / "float-labels.npy", data["labels"].astype(np.float64))
     fixed = pa.FixedSizeListArray.from_arrays(pa.array(data["logits"].ravel()), C)
     pq.write_table(pa.table({"logits": fixed, "labels": data["labels"]}), folder / "val.parquet", row_group_size=301)
+    x = data["features"].astype(np.float32)
+    for k, rows in enumerate(np.array_split(np.arange(N), 4)):
+        np.save(folder / f"x-{k}.npy", x[rows])
+    pq.write_table(pa.table({"x": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), D)}), folder / "x.parquet")
+    np.save(folder / "bad-x-int.npy", np.ones((N, D), np.int64))
+    poisoned = x.copy()
+    poisoned[N - 3, 1] = np.nan  # in the last model batch: found while reading, after most of the work
+    np.save(folder / "bad-x-nan.npy", poisoned)
     for part, (h, z, y) in {"support": (SUP_H, SUP_Z, SUP_Y), "calibration": (CAL_H, CAL_Z, CAL_Y)}.items():
         np.save(folder / f"{part}-embeddings.npy", np.asarray(h))
         np.save(folder / f"{part}-logits.npy", np.asarray(z, np.float64))
@@ -60,7 +70,7 @@ def fit_app(tmp_path_factory: pytest.TempPathFactory, root: Path) -> Iterator[Fa
     folder = tmp_path_factory.mktemp("fits")
     settings = Settings(
         database_url=f"sqlite:///{folder / 'caliper.db'}", artifact_dir=folder / "artifacts", chunk_size=128,
-        data_roots=str(root), rate_limit="",
+        model_batch_rows=96, data_roots=str(root), rate_limit="",
     )  # fmt: skip
     upgrade(settings)
     app = create_app(settings)
@@ -224,3 +234,57 @@ def test_a_fit_from_files_runs_as_a_job_with_progress(api: TestClient, root: Pat
     assert job.state == "succeeded", job
     assert (job.progress.done, job.progress.total, job.progress.unit) == (N, N, "rows")
     assert api.get(f"/v1/detectors/{job.result['id']}").json()["fit_info"]["n"] == N
+
+
+@pytest.fixture(scope="module")
+def model(fit_app: FastAPI) -> dict[str, Any]:
+    data, _ = onnx_models.mlp(d=D, hidden=5, classes=C, dtype=np.float32, seed=2)
+    with TestClient(fit_app, base_url=LOCAL) as client:
+        files = {"file": ("model.onnx", data, "application/octet-stream")}
+        uploaded = client.post("/v1/models", files=files, data={"request": json.dumps({"name": "mlp"})})
+    assert uploaded.status_code == 201, uploaded.text
+    answer: dict[str, Any] = uploaded.json()
+    return answer
+
+
+@pytest.mark.parametrize("inputs", ["x-*.npy", "x.parquet"])
+def test_a_model_evaluation_from_files_equals_the_inline_one(
+    api: TestClient, root: Path, data: dict[str, np.ndarray], model: dict[str, Any], inputs: str
+) -> None:
+    """The inputs stream through the model in its batches, labels and weights beside them: the numbers, the
+    fingerprint and the stored rows of the inline evaluation."""
+    weights = np.random.default_rng(8).uniform(0.5, 2.0, N)
+    region = (np.arange(N) % 3).astype(str).tolist()
+    options = {"metrics": ["accuracy", "ece", "f1"], "per_sample": True, "slices": {"region": region}}
+    path = f"/v1/models/{model['id']}/evaluations"
+    expected = created(post(api, path, options, {"inputs.x": data["features"].astype(np.float32),
+                                                 "labels": data["labels"], "sample_weight": weights}))  # fmt: skip
+    source = {"inputs.x": str(root / inputs), "labels": str(root / "labels.npy")}
+    got = created(post(api, path, {**options, "source": source}, {"sample_weight": weights}))
+    assert stable(got).keys() == stable(expected).keys()
+    for key in ("n", "classes", "dataset_fingerprint", "model_id", "slices"):
+        assert got[key] == expected[key], key
+    for part in ("losses", "metrics"):
+        assert got[part] == pytest.approx(expected[part], rel=1e-12, abs=1e-15), part
+    for loss, values in expected["per_sample"].items():
+        np.testing.assert_allclose(got["per_sample"][loss], values, rtol=1e-12, atol=1e-15)
+
+
+def test_bad_model_input_files_are_422s_that_store_nothing(
+    api: TestClient, fit_app: FastAPI, root: Path, data: dict[str, np.ndarray], model: dict[str, Any]
+) -> None:
+    path, labels = f"/v1/models/{model['id']}/evaluations", str(root / "labels.npy")
+    before = count_rows(fit_app)
+    cases = [
+        ({"inputs.y": str(root / "x-*.npy"), "labels": labels}, "inputs.y"),  # the model's input is x
+        ({"inputs.x": str(root / "bad-x-int.npy"), "labels": labels}, "inputs.x"),  # integers for a float input
+        ({"inputs.x": str(root / "bad-x-nan.npy"), "labels": labels}, "inputs.x"),  # NaN in the last batch
+        ({"inputs.x": str(root / "x-0.npy"), "labels": labels}, "source"),  # 500 rows of inputs, 2,000 labels
+        ({"inputs.x": str(root / "x-*.npy"), "logits": labels}, "source"),  # logits come from the model
+    ]
+    for source, field in cases:
+        assert_problem(api.post(path, json={"source": source}), 422, field)
+    twice = post(api, path, {"source": {"inputs.x": str(root / "x.parquet")}},
+                 {"inputs.x": data["features"].astype(np.float32), "labels": data["labels"]})  # fmt: skip
+    assert_problem(twice, 422, "source.inputs.x")
+    assert count_rows(fit_app) == before

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import json
 import time
@@ -195,3 +197,21 @@ def test_client_picks_a_transport_and_round_trips(client: TestClient, threshold:
     assert [i["id"] for i in caliper.list_evaluations(model="m")["items"]] == [result["id"]]
     caliper.delete_evaluation(result["id"])
     assert caliper.list_evaluations()["items"] == []
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8])
+def test_the_dataset_fingerprint_is_the_sha256_of_the_int64_labels_whatever_the_blocks(dtype: type) -> None:
+    """Hashed a block at a time (streamed labels are never copied whole): the digest of the whole int64
+    little-endian column, for labels kept in any integer dtype and soft targets alike."""
+    from app.core.evaluation import validate_batch
+    from app.evaluation.service import dataset_fingerprint
+
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 5, 1_003)
+    batch = validate_batch(logits=rng.normal(size=(1_003, 5)), labels=labels)
+    expected = hashlib.sha256(labels.astype("<i8").tobytes()).hexdigest()
+    kept = dataclasses.replace(batch, labels=labels.astype(dtype))
+    assert {dataset_fingerprint(kept, block_rows) for block_rows in (7, 1_000, 1 << 20)} == {expected}
+    targets = rng.dirichlet(np.ones(5), 1_003)
+    soft = validate_batch(logits=rng.normal(size=(1_003, 5)), targets=targets)
+    assert dataset_fingerprint(soft, 10) == hashlib.sha256(targets.astype("<f8").tobytes()).hexdigest()

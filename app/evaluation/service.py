@@ -48,14 +48,16 @@ from app.storage.evaluations import EvaluationRepository
 from app.storage.models import Evaluation, ModelRecord
 
 
-def dataset_fingerprint(batch: Batch) -> str:
-    """sha256 of the labels (int64 little-endian), or of the soft targets (float64 little-endian)."""
-    if batch.labels is not None:
-        data = np.ascontiguousarray(batch.labels, dtype="<i8")
-    else:
-        assert batch.targets is not None
-        data = np.ascontiguousarray(batch.targets, dtype="<f8")
-    return hashlib.sha256(data.tobytes()).hexdigest()
+def dataset_fingerprint(batch: Batch, block_rows: int = 1 << 20) -> str:
+    """sha256 of the labels (int64 little-endian), or of the soft targets (float64 little-endian), hashed
+    a block of rows at a time: a streamed evaluation's labels, kept in their own dtype, are never copied
+    whole (20M labels: 160 MB less at the peak than one `tobytes` of the int64 column)."""
+    values, dtype = (batch.labels, "<i8") if batch.labels is not None else (batch.targets, "<f8")
+    assert values is not None
+    digest = hashlib.sha256()
+    for start in range(0, len(values), block_rows):
+        digest.update(np.ascontiguousarray(values[start : start + block_rows], dtype=dtype))
+    return digest.hexdigest()
 
 
 def slice_columns(request: EvaluationRequest, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -56,7 +56,7 @@ def dataset_fingerprint(batch: Batch, block_rows: int = 1 << 20) -> str:
     assert values is not None
     digest = hashlib.sha256()
     for start in range(0, len(values), block_rows):
-        digest.update(memoryview(np.ascontiguousarray(values[start : start + block_rows], dtype=dtype)))
+        digest.update(np.ascontiguousarray(values[start : start + block_rows], dtype=dtype).data)
     return digest.hexdigest()
 
 

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.api.problems import problem_of
 from app.calibration.service import CalibrationService
 from app.config import Settings, get_settings
+from app.conformal.service import ConformalService
 from app.core.chunking import Chunking
 from app.core.runtime import RuntimeConfig, SessionCache
 from app.distributed.cluster import Cluster
@@ -40,7 +41,7 @@ from app.storage.evaluations import EvaluationRepository
 from app.storage.idempotency import IdempotencyRepository
 from app.storage.jobs import JobRepository
 from app.storage.keys import ApiKeyRepository
-from app.storage.models import CalibratorRecord, DetectorRecord, GateRecord
+from app.storage.models import CalibratorRecord, ConformalRecord, DetectorRecord, GateRecord
 from app.storage.repository import (
     ArtifactReferences,
     ModelRepository,
@@ -58,6 +59,7 @@ class Resources:
     runtime: SessionCache  # onnxruntime sessions and the chunking of every run
     evaluations: EvaluationService
     calibrators: CalibrationService
+    conformal: ConformalService
     detectors: DetectorService
     ood: OodService
     sdm: SdmService
@@ -112,6 +114,9 @@ class Resources:
             runtime,
             evaluations=EvaluationService(evaluation_records, heads, runner, runtime, files, cluster),
             calibrators=calibrators,
+            conformal=ConformalService(
+                Repository(database, ConformalRecord, "conformal predictor"), runtime, runner, calibrators, files
+            ),
             detectors=detectors,
             ood=OodService(detectors, runtime),
             sdm=sdm,

@@ -106,10 +106,15 @@ class EvaluationFilter:
         cls, model: str | None, dataset: str | None, tags: Iterable[str], field: str = "tag"
     ) -> EvaluationFilter:
         """Tags written `key:value`, or a bare `key` for any value (422 naming `field` for an empty key)."""
-        pairs: list[tuple[str, str | None]] = []
-        for text in tags:
-            key, sep, value = text.partition(":")
-            if not key:
-                raise InputError(field, f"{text!r} must be key:value or key")
-            pairs.append((key, value if sep else None))
-        return cls(model, dataset, tuple(pairs))
+        return cls(model, dataset, tag_pairs(tags, field))
+
+
+def tag_pairs(tags: Iterable[str], field: str = "tag") -> tuple[tuple[str, str | None], ...]:
+    """Tag filters written `key:value`, or a bare `key` for any value (422 naming `field` for an empty key)."""
+    pairs: list[tuple[str, str | None]] = []
+    for text in tags:
+        key, sep, value = text.partition(":")
+        if not key:
+            raise InputError(field, f"{text!r} must be key:value or key")
+        pairs.append((key, value if sep else None))
+    return tuple(pairs)

@@ -26,9 +26,12 @@ class StoredResource(Generic[R, A]):
     def get(self, record_id: str) -> A:
         return self.answer(self.repository.get(record_id))
 
-    def page(self, limit: int, cursor: str | None, **equal: str | None) -> Page[A]:
-        """Newest first, filtered by equality on the given (non-None) columns; `next_cursor` follows."""
-        rows, next_cursor = self.repository.page(limit, cursor, **equal)
+    def page(
+        self, limit: int, cursor: str | None, tags: tuple[tuple[str, str | None], ...] = (), **equal: str | None
+    ) -> Page[A]:
+        """Newest first, filtered by equality on the given (non-None) columns and by tags (key, value or
+        None for any); `next_cursor` follows."""
+        rows, next_cursor = self.repository.page(limit, cursor, tags, **equal)
         return Page[A](items=[self.answer(r) for r in rows], next_cursor=next_cursor)
 
     def delete(self, record_id: str) -> None:

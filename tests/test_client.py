@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 
 import numpy as np
+import onnx
 from caliper_client import CaliperClient, CaliperError
 from fastapi.testclient import TestClient
 
@@ -18,6 +19,9 @@ METHODS = {
     "createCalibrator": "fit_calibrator", "listCalibrators": "list_calibrators", "getCalibrator": "get_calibrator",
     "deleteCalibrator": "delete_calibrator", "applyCalibrator": "apply_calibrator",
     "exportCalibrator": "export_calibrator",
+    "createConformal": "fit_conformal", "listConformal": "list_conformal", "getConformal": "get_conformal",
+    "deleteConformal": "delete_conformal", "predictConformal": "predict_conformal",
+    "exportConformal": "export_conformal",
     "createGate": "create_gate", "listGates": "list_gates", "getGate": "get_gate",
     "getEvaluationReport": "evaluation_report_html", "getGateReport": "gate_report_html",
     "createDetector": "fit_detector", "listDetectors": "list_detectors", "getDetector": "get_detector",
@@ -102,3 +106,27 @@ def test_a_job_through_the_client(caliper: CaliperClient, client: TestClient) ->
         assert exc.status == 409
     else:
         raise AssertionError("a finished job was cancelled")
+
+
+def test_conformal_predictors_through_the_client(caliper: CaliperClient) -> None:
+    rng = np.random.default_rng(8)
+    logits, labels = rng.normal(size=(200, 4)) * 2, rng.integers(0, 4, 200)
+    fitted = caliper.fit_conformal("top_k", logits=logits.astype(np.float32), labels=labels, params={"alpha": 0.2},
+                                   tags={"run": "1"})  # fmt: skip
+    assert caliper.get_conformal(fitted["id"]) == fitted
+    assert [c["id"] for c in caliper.list_conformal(tag="run:1")["items"]] == [fitted["id"]]
+    sets = caliper.predict_conformal(fitted["id"], logits=logits[:7])
+    assert (
+        sets["prediction_set"].shape == (7, 4) and sets["set_size"].tolist() == sets["prediction_set"].sum(1).tolist()
+    )
+    report = caliper.conformal_coverage(fitted["id"], logits=logits, labels=labels)
+    assert report["coverage"] == fitted["fit_report"]["coverage"]
+    exported = onnx.load_from_string(caliper.export_conformal(fitted["id"]))
+    assert [o.name for o in exported.graph.output] == ["prediction_set", "set_size"]
+    caliper.delete_conformal(fitted["id"])
+    try:
+        caliper.get_conformal(fitted["id"])
+    except CaliperError as error:
+        assert error.status == 404
+    else:
+        raise AssertionError("deleted, yet found")

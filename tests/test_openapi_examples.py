@@ -129,6 +129,7 @@ def answers(client: TestClient, spec: dict[str, Any]) -> dict[str, tuple[int, An
     calibrator = _posted(client, "/v1/calibrators", example("createCalibrator"))["id"]
     detector = _posted(client, "/v1/detectors", example("createDetector"))["id"]
     sdm = _posted(client, "/v1/sdm", example("createSdm"))["id"]
+    conformal = _posted(client, "/v1/conformal", example("createConformal"))["id"]
     validation = np.load(ROOT / "models" / "digits_val.npz")
     from_model = {"model_id": model, "inputs": {"x": validation["x"].tolist()}, "labels": validation["labels"].tolist()}
     model_calibrator = _posted(client, "/v1/calibrators", {"method": "temperature", **from_model})["id"]
@@ -152,6 +153,7 @@ def answers(client: TestClient, spec: dict[str, Any]) -> dict[str, tuple[int, An
 
     paths = {
         "{evaluation_id}": evaluation, "{calibrator_id}": calibrator, "{detector_id}": detector, "{sdm_id}": sdm,
+        "{conformal_id}": conformal,
         "{model_id}": model, "{name}": pipeline["name"], "{version}": str(pipeline["version"]),
         "{pipeline_id}": pipeline["id"], "{job_id}": job.json()["id"],
     }  # fmt: skip

@@ -22,6 +22,7 @@ from app.api.rate_limits import RateLimits
 from app.api.response_examples import add_response_examples
 from app.api.routes import (
     calibrators,
+    conformal,
     detectors,
     evaluations,
     gates,
@@ -39,6 +40,7 @@ from app.api.routes.v2 import V2ErrorBody
 from app.api.v2_codec import InferenceRequest
 from app.calibration.schemas import ApplyRequest, CalibratorRequest
 from app.config import Settings, get_settings
+from app.conformal.schemas import ConformalPredictRequest, ConformalRequest
 from app.context import Resources
 from app.evaluation.schemas import EvaluationRequest, ModelEvaluationRequest
 from app.models.schemas import ModelRequest, PredictRequest
@@ -67,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(evaluations.router)
     app.include_router(calibrators.router)
+    app.include_router(conformal.router)
     app.include_router(gates.router)
     app.include_router(detectors.router)
     app.include_router(ood.router)
@@ -119,6 +122,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for model in (
                 EvaluationRequest,
                 CalibratorRequest,
+                ConformalRequest,
+                ConformalPredictRequest,
                 ApplyRequest,
                 ScoresRequest,
                 OodEvaluateRequest,

@@ -13,10 +13,14 @@ from fastapi import APIRouter, Query, Response
 from app.api.deps import ResourcesDep
 from app.api.problems import DELETION, LISTING, READ
 from app.context import Resources
-from app.records import Page
+from app.records import Page, tag_pairs
 from app.stored import StoredResource
 
 Service = Callable[[Resources], StoredResource[Any, Any]]
+TAG_QUERY = Annotated[
+    list[str] | None,
+    Query(description="key:value, or a bare key for any value (as in gate baselines); repeat to require several."),
+]
 KEYWORD = inspect.Parameter.KEYWORD_ONLY
 
 
@@ -40,18 +44,23 @@ def add_stored_routes(
     filters: Mapping[str, str],
     delete: str | None = None,
     delete_responses: dict[int | str, dict[str, Any]] = DELETION,
+    tagged: bool = False,
 ) -> None:
-    """GET "" (list, newest first, `filters` = {query parameter: column}), GET "/{id_param}" and, with a
-    `delete` summary, DELETE "/{id_param}"; operation ids get{name}, delete{name} and list{plural}
-    (`name` + "s" unless given)."""
+    """GET "" (list, newest first, `filters` = {query parameter: column}, and `tag` filters when `tagged`),
+    GET "/{id_param}" and, with a `delete` summary, DELETE "/{id_param}"; operation ids get{name},
+    delete{name} and list{plural} (`name` + "s" unless given)."""
     plural = plural or f"{name}s"
 
-    def list_(resources: Resources, limit: int, cursor: str | None, **given: str | None) -> Page[Any]:
-        return service(resources).page(limit, cursor, **{filters[k]: v for k, v in given.items()})
+    def list_(
+        resources: Resources, limit: int, cursor: str | None, tag: list[str] | None = None, **given: str | None
+    ) -> Page[Any]:
+        tags = tag_pairs(tag or [])
+        return service(resources).page(limit, cursor, tags, **{filters[k]: v for k, v in given.items()})
 
     listing = [
         inspect.Parameter("resources", KEYWORD, annotation=ResourcesDep),
         *(inspect.Parameter(q, KEYWORD, default=None, annotation=str | None) for q in filters),
+        *([inspect.Parameter("tag", KEYWORD, default=None, annotation=TAG_QUERY)] if tagged else []),
         inspect.Parameter("limit", KEYWORD, default=50, annotation=Annotated[int, Query(ge=1, le=500)]),
         inspect.Parameter("cursor", KEYWORD, default=None, annotation=str | None),
     ]

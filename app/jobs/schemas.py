@@ -18,7 +18,8 @@ class Progress(BaseModel):
 class JobOut(BaseModel):
     id: str
     kind: str = Field(
-        description="What the job creates: evaluation, model_evaluation, calibrator, detector, sdm, gate, pipeline."
+        description="What the job creates: evaluation, model_evaluation, calibrator, detector, sdm, conformal, "
+        "estimate, gate, pipeline."
     )
     state: State
     progress: Progress

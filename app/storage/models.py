@@ -283,6 +283,49 @@ class IdempotencyRecord(ProjectScoped, Base):
     body: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
+class ConformalRecord(ProjectScoped, Base):
+    """A split conformal predictor: its score method and params, the calibrator it ranks through (if
+    any), and q̂ (one, or one per class under Mondrian; null for +∞)."""
+
+    __tablename__ = "conformal_predictors"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime())  # naive UTC
+    method: Mapped[str] = mapped_column(String(16), index=True)
+    classes: Mapped[int] = mapped_column(Integer)
+    n_calibration: Mapped[int] = mapped_column(Integer)
+    calibrator_id: Mapped[str | None] = mapped_column(String(32))
+    model: Mapped[str | None] = mapped_column(String(256), index=True)
+    dataset: Mapped[str | None] = mapped_column(String(256), index=True)
+    tags: Mapped[dict[str, str]] = mapped_column(FiniteJson)
+    params: Mapped[dict[str, Any]] = mapped_column(FiniteJson)
+    quantiles: Mapped[list[float | None]] = mapped_column(FiniteJson)  # [q̂], or [q̂_c] under Mondrian
+    fit_report: Mapped[dict[str, Any]] = mapped_column(FiniteJson)
+
+    __table_args__ = (Index("ix_conformal_predictors_project_id_created_at_id", "project_id", "created_at", "id"),)
+
+
+class EstimateRecord(ProjectScoped, Base):
+    """A label-free accuracy estimate of unlabelled rows: the estimates by method, the mean confidence,
+    and what the labelled reference showed."""
+
+    __tablename__ = "estimates"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime())  # naive UTC
+    n: Mapped[int] = mapped_column(Integer)
+    calibrator_id: Mapped[str | None] = mapped_column(String(32))
+    model_id: Mapped[str | None] = mapped_column(String(32))
+    model: Mapped[str | None] = mapped_column(String(256), index=True)
+    dataset: Mapped[str | None] = mapped_column(String(256), index=True)
+    tags: Mapped[dict[str, str]] = mapped_column(FiniteJson)
+    estimates: Mapped[dict[str, float | None]] = mapped_column(FiniteJson)
+    mean_confidence: Mapped[float] = mapped_column(Float)
+    reference: Mapped[dict[str, Any] | None] = mapped_column(FiniteJson)
+
+    __table_args__ = (Index("ix_estimates_project_id_created_at_id", "project_id", "created_at", "id"),)
+
+
 class JobRecord(ProjectScoped, Base):
     """Work run in the background (`Prefer: respond-async`): its state and progress, the answer the
     synchronous call would have given (`result`) or its problem (`error`). `owner` is the process running

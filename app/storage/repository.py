@@ -17,6 +17,7 @@ from app.storage.pagination import page
 from app.storage.tenancy import ALL_PROJECTS
 
 R = TypeVar("R", bound=Base)
+Tags = tuple[tuple[str, str | None], ...]
 
 
 class Repository(Generic[R]):
@@ -38,12 +39,16 @@ class Repository(Generic[R]):
             raise NotFoundError.of(self.noun, record_id, role)
         return record
 
-    def page(self, limit: int, cursor: str | None, **equal: str | None) -> tuple[list[R], str | None]:
-        """Rows whose columns equal the given (non-None) values, newest first, and the next cursor."""
+    def page(self, limit: int, cursor: str | None, tags: Tags = (), **equal: str | None) -> tuple[list[R], str | None]:
+        """Rows whose columns equal the given (non-None) values and whose JSON `tags` hold each (key, value)
+        of `tags` (value None: any value), newest first, and the next cursor."""
         query: Select[Any] = select(self.record)
         for column, value in equal.items():
             if value is not None:
                 query = query.where(getattr(self.record, column) == value)
+        for key, value in tags:
+            tagged = getattr(self.record, "tags")[key].as_string()  # noqa: B009 (JSON_EXTRACT on SQLite, ->> on PG)
+            query = query.where(tagged.is_not(None) if value is None else tagged == value)
         with self.sessions() as session:
             return page(session, query, self.record, limit, cursor)
 

@@ -96,6 +96,11 @@ def _named(field: str, value: np.ndarray | Mapping[str, np.ndarray]) -> dict[str
     return {field: np.asarray(value)}
 
 
+def _given(**tensors: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The tensors given (not None), as arrays: one of logits and probabilities, say."""
+    return {name: np.asarray(value) for name, value in tensors.items() if value is not None}
+
+
 class CaliperError(Exception):
     """The service answered with a problem (4xx/5xx); `problem` holds its body."""
 
@@ -215,6 +220,55 @@ class CaliperClient:
 
     def delete_calibrator(self, calibrator_id: str) -> None:
         self._check(self.http.delete(f"/v1/calibrators/{calibrator_id}"))
+
+    # ---- conformal prediction sets -----------------------------------------------------------------
+    def fit_conformal(
+        self,
+        method: str,
+        *,
+        labels: np.ndarray,
+        logits: np.ndarray | None = None,
+        probabilities: np.ndarray | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """POST /v1/conformal on calibration rows (logits or probabilities); options: params (alpha,
+        mondrian, lambda, k_reg), calibrator_id, model, dataset, tags."""
+        tensors = {"labels": np.asarray(labels)} | _given(logits=logits, probabilities=probabilities)
+        return self._post_tensors("/v1/conformal", {"method": method, **options}, tensors)
+
+    def predict_conformal(
+        self, conformal_id: str, *, logits: np.ndarray | None = None, probabilities: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """`prediction_set` [N, C] bool and `set_size` [N], fetched as .npz."""
+        tensors = _given(logits=logits, probabilities=probabilities)
+        return self._arrays(self._send(f"/v1/conformal/{conformal_id}/predict", {}, tensors, {"accept": NPZ}))
+
+    def conformal_coverage(
+        self,
+        conformal_id: str,
+        *,
+        labels: np.ndarray,
+        logits: np.ndarray | None = None,
+        probabilities: np.ndarray | None = None,
+    ) -> dict[str, Any]:
+        """The JSON answer with labels: sets, sizes, coverage, class and size-stratified coverage."""
+        tensors = {"labels": np.asarray(labels)} | _given(logits=logits, probabilities=probabilities)
+        return self._post_tensors(f"/v1/conformal/{conformal_id}/predict", {}, tensors)
+
+    def export_conformal(self, conformal_id: str, dtype: str = "float32") -> bytes:
+        """The predictor as ONNX model bytes (input `logits`; outputs `prediction_set`, `set_size`)."""
+        response = self.http.get(f"/v1/conformal/{conformal_id}/onnx", params={"dtype": dtype})
+        self._raise_for_problem(response)
+        return response.content
+
+    def get_conformal(self, conformal_id: str) -> dict[str, Any]:
+        return self._check(self.http.get(f"/v1/conformal/{conformal_id}"))
+
+    def list_conformal(self, **filters: Any) -> dict[str, Any]:
+        return self._check(self.http.get("/v1/conformal", params={k: v for k, v in filters.items() if v is not None}))
+
+    def delete_conformal(self, conformal_id: str) -> None:
+        self._check(self.http.delete(f"/v1/conformal/{conformal_id}"))
 
     # ---- detectors and OOD scores ------------------------------------------------------------------
     def fit_detector(

@@ -1,0 +1,1 @@
+"""Split conformal prediction sets (api.md, "Guarantees"): fit, store, predict, export."""

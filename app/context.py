@@ -16,6 +16,7 @@ from app.conformal.service import ConformalService
 from app.core.chunking import Chunking
 from app.core.runtime import RuntimeConfig, SessionCache
 from app.distributed.cluster import Cluster
+from app.estimates.service import EstimateService
 from app.evaluation.service import EvaluationService
 from app.gating.service import GateService
 from app.jobs.service import JobService
@@ -41,7 +42,7 @@ from app.storage.evaluations import EvaluationRepository
 from app.storage.idempotency import IdempotencyRepository
 from app.storage.jobs import JobRepository
 from app.storage.keys import ApiKeyRepository
-from app.storage.models import CalibratorRecord, ConformalRecord, DetectorRecord, GateRecord
+from app.storage.models import CalibratorRecord, ConformalRecord, DetectorRecord, EstimateRecord, GateRecord
 from app.storage.repository import (
     ArtifactReferences,
     ModelRepository,
@@ -60,6 +61,7 @@ class Resources:
     evaluations: EvaluationService
     calibrators: CalibrationService
     conformal: ConformalService
+    estimates: EstimateService
     detectors: DetectorService
     ood: OodService
     sdm: SdmService
@@ -116,6 +118,9 @@ class Resources:
             calibrators=calibrators,
             conformal=ConformalService(
                 Repository(database, ConformalRecord, "conformal predictor"), runtime, runner, calibrators, files
+            ),
+            estimates=EstimateService(
+                Repository(database, EstimateRecord, "estimate"), runtime, runner, calibrators, files
             ),
             detectors=detectors,
             ood=OodService(detectors, runtime),

@@ -22,6 +22,8 @@ METHODS = {
     "createConformal": "fit_conformal", "listConformal": "list_conformal", "getConformal": "get_conformal",
     "deleteConformal": "delete_conformal", "predictConformal": "predict_conformal",
     "exportConformal": "export_conformal",
+    "createEstimate": "estimate", "listEstimates": "list_estimates", "getEstimate": "get_estimate",
+    "deleteEstimate": "delete_estimate",
     "createGate": "create_gate", "listGates": "list_gates", "getGate": "get_gate",
     "getEvaluationReport": "evaluation_report_html", "getGateReport": "gate_report_html",
     "createDetector": "fit_detector", "listDetectors": "list_detectors", "getDetector": "get_detector",
@@ -130,3 +132,14 @@ def test_conformal_predictors_through_the_client(caliper: CaliperClient) -> None
         assert error.status == 404
     else:
         raise AssertionError("deleted, yet found")
+
+
+def test_estimates_through_the_client(caliper: CaliperClient) -> None:
+    rng = np.random.default_rng(9)
+    logits, reference = rng.normal(size=(80, 3)), (rng.normal(size=(60, 3)), rng.integers(0, 3, 60))
+    made = caliper.estimate(logits=logits.astype(np.float32), reference=reference, dataset="d", tags={"w": "1"})
+    assert sorted(made["estimates"]) == ["accuracy_atc", "accuracy_cbpe", "accuracy_doc"]
+    assert caliper.get_estimate(made["id"]) == made
+    assert [e["id"] for e in caliper.list_estimates(tag="w:1")["items"]] == [made["id"]]
+    caliper.delete_estimate(made["id"])
+    assert caliper.list_estimates(dataset="d")["items"] == []

@@ -15,15 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.core.conformal import (
-    ConformalPredictor,
-    Coverage,
-    Probabilities,
-    as_given,
-    conformal_quantile,
-    quantile_rank,
-    softmax,
-)
+from app.core.conformal import ConformalPredictor, Coverage, conformal_quantile, quantile_rank
+from app.core.probability_inputs import Probabilities, as_given, softmax
 
 METHODS = ("lac", "aps", "raps", "top_k")
 GIVEN = Probabilities("probabilities", as_given, "given")

@@ -130,6 +130,7 @@ def answers(client: TestClient, spec: dict[str, Any]) -> dict[str, tuple[int, An
     detector = _posted(client, "/v1/detectors", example("createDetector"))["id"]
     sdm = _posted(client, "/v1/sdm", example("createSdm"))["id"]
     conformal = _posted(client, "/v1/conformal", example("createConformal"))["id"]
+    estimate = _posted(client, "/v1/estimates", example("createEstimate"))["id"]
     validation = np.load(ROOT / "models" / "digits_val.npz")
     from_model = {"model_id": model, "inputs": {"x": validation["x"].tolist()}, "labels": validation["labels"].tolist()}
     model_calibrator = _posted(client, "/v1/calibrators", {"method": "temperature", **from_model})["id"]
@@ -153,7 +154,7 @@ def answers(client: TestClient, spec: dict[str, Any]) -> dict[str, tuple[int, An
 
     paths = {
         "{evaluation_id}": evaluation, "{calibrator_id}": calibrator, "{detector_id}": detector, "{sdm_id}": sdm,
-        "{conformal_id}": conformal,
+        "{conformal_id}": conformal, "{estimate_id}": estimate,
         "{model_id}": model, "{name}": pipeline["name"], "{version}": str(pipeline["version"]),
         "{pipeline_id}": pipeline["id"], "{job_id}": job.json()["id"],
     }  # fmt: skip

@@ -24,6 +24,7 @@ from app.api.routes import (
     calibrators,
     conformal,
     detectors,
+    estimates,
     evaluations,
     gates,
     health,
@@ -42,6 +43,7 @@ from app.calibration.schemas import ApplyRequest, CalibratorRequest
 from app.config import Settings, get_settings
 from app.conformal.schemas import ConformalPredictRequest, ConformalRequest
 from app.context import Resources
+from app.estimates.schemas import EstimateRequest
 from app.evaluation.schemas import EvaluationRequest, ModelEvaluationRequest
 from app.models.schemas import ModelRequest, PredictRequest
 from app.ood.schemas import DetectorRequest, OodEvaluateRequest, ScoreRequest, ScoresRequest
@@ -70,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(evaluations.router)
     app.include_router(calibrators.router)
     app.include_router(conformal.router)
+    app.include_router(estimates.router)
     app.include_router(gates.router)
     app.include_router(detectors.router)
     app.include_router(ood.router)
@@ -124,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 CalibratorRequest,
                 ConformalRequest,
                 ConformalPredictRequest,
+                EstimateRequest,
                 ApplyRequest,
                 ScoresRequest,
                 OodEvaluateRequest,

@@ -13,6 +13,7 @@ from app.core.calibration.registry import METHODS, restore
 from app.core.errors import InputError
 from app.core.evaluation import EvaluationPlan, Evaluator, two_columns, validate_batch, validate_binary, validate_scores
 from app.core.metrics import BrierMetric, Ece, NllMetric
+from app.core.probability_inputs import Probabilities, as_given, softmax
 from app.core.runtime import SessionCache
 from app.models.runner import ModelRunner
 from app.records import new_id, utc_now
@@ -156,6 +157,11 @@ def cross_validate(
     return {"folds": folds, "seed": CV_SEED} | report, tables
 
 
+def probabilities_key(kind: str, calibrator_id: str | None) -> str:
+    """The session-cache key of `CalibrationService.probabilities_of`'s fragment."""
+    return "probabilities" if kind == "probabilities" else f"logits:{calibrator_id or 'softmax'}"
+
+
 class CalibrationService(StoredResource[CalibratorRecord, CalibratorOut]):
     """Calibrator use cases: fit and store, look up, list, delete, apply, export; the evaluation service
     applies a stored calibrator through `calibrated_inputs`."""
@@ -224,6 +230,22 @@ class CalibrationService(StoredResource[CalibratorRecord, CalibratorOut]):
             views, _ = _views(logits, None, "logits", record.method)
             return calibrator.transform(views, self.runtime)
         return calibrator.transform(validate_scores(logits), self.runtime)
+
+    def probabilities_of(self, kind: str, calibrator_id: str | None, classes: int) -> Probabilities:
+        """How a graph that ranks probabilities reads its input (conformal sets, confidence estimates):
+        given probabilities as they are; logits through this calibrator (C must match), else the softmax."""
+        key = probabilities_key(kind, calibrator_id)
+        if kind == "probabilities":
+            return Probabilities("probabilities", as_given, key)
+        if calibrator_id is None:
+            return Probabilities("logits", softmax, key)
+        record = self.record(calibrator_id, "calibrator_id")
+        if record.classes != classes:
+            raise InputError("logits", f"has C = {classes} classes; calibrator {record.id} has C = {record.classes}")
+        calibrator = self.restored(record)
+        if calibrator.takes_views:
+            raise InputError("calibrator_id", f"calibrator {record.id} takes [N, V, C] views, not [N, C] logits")
+        return Probabilities("logits", calibrator.apply_fragment, key)
 
     def calibrated_inputs(self, calibrator_id: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """An evaluation's inputs with `logits` replaced by this calibrator's probabilities."""

@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from app.calibration.service import CalibrationService
+from app.calibration.service import CalibrationService, probabilities_key
 from app.conformal.schemas import (
     ConformalFitReport,
     ConformalOut,
@@ -17,7 +17,7 @@ from app.conformal.schemas import (
     ConformalPredictOut,
     ConformalRequest,
 )
-from app.core.conformal import ConformalPredictor, Coverage, Method, Probabilities, as_given, softmax
+from app.core.conformal import ConformalPredictor, Coverage, Method
 from app.core.errors import InputError
 from app.core.evaluation import validate_batch, validate_scores
 from app.core.runtime import SessionCache
@@ -87,7 +87,7 @@ class ConformalService(StoredResource[ConformalRecord, ConformalOut]):
         )
         if batch.layout.binary or batch.labels is None:
             raise InputError(batch.layout.input_kind, "must be [N, C] with C ≥ 2 columns, and `labels` [N]")
-        given = self._probabilities(batch.layout.input_kind, request.calibrator_id, batch.classes)
+        given = self.calibrators.probabilities_of(batch.layout.input_kind, request.calibrator_id, batch.classes)
         params = request.params
         predictor = ConformalPredictor(request.method, params.alpha, params.mondrian, params.lam, params.k_reg)
         predictor.fit(batch.scores, batch.labels, given, self.runtime)
@@ -124,7 +124,7 @@ class ConformalService(StoredResource[ConformalRecord, ConformalOut]):
         scores = validate_scores(arrays[kind], kind)  # type: ignore[arg-type]
         if scores.shape[1] != record.classes:
             raise InputError(kind, f"has C = {scores.shape[1]} classes; predictor {record.id} has C = {record.classes}")
-        given = self._probabilities(kind, record.calibrator_id, record.classes)
+        given = self.calibrators.probabilities_of(kind, record.calibrator_id, record.classes)
         sets, sizes = restored(record).predict(scores, given, self._key(record.id), self.runtime)
         if "labels" not in arrays:
             return sets, sizes, None
@@ -151,7 +151,7 @@ class ConformalService(StoredResource[ConformalRecord, ConformalOut]):
         """The standalone graph: `logits` [N, C] -> `prediction_set` [N, C] bool, `set_size` [N] int64 (the
         stored calibrator inside, else the softmax)."""
         record = self.record(conformal_id)
-        given = self._probabilities("logits", record.calibrator_id, record.classes)
+        given = self.calibrators.probabilities_of("logits", record.calibrator_id, record.classes)
         serialized: bytes = restored(record).graph(given, dtype).SerializeToString()
         return serialized
 
@@ -159,30 +159,9 @@ class ConformalService(StoredResource[ConformalRecord, ConformalOut]):
         record = self.record(conformal_id)
         super().delete(conformal_id)
         for kind in ("logits", "probabilities"):
-            key = self._probabilities_key(kind, record.calibrator_id)
+            key = probabilities_key(kind, record.calibrator_id)
             for dtype in INPUT_DTYPES:
                 self.runtime.evict(f"{self._key(conformal_id)}:{key}:{dtype}")
-
-    def _probabilities(self, kind: str, calibrator_id: str | None, classes: int) -> Probabilities:
-        """What ranks: given probabilities as they are; logits through the calibrator, else the softmax."""
-        key = self._probabilities_key(kind, calibrator_id)
-        if kind == "probabilities":
-            return Probabilities("probabilities", as_given, key)
-        if calibrator_id is None:
-            return Probabilities("logits", softmax, key)
-        record = self.calibrators.record(calibrator_id, "calibrator_id")
-        if record.classes != classes:
-            raise InputError("logits", f"has C = {classes} classes; calibrator {record.id} has C = {record.classes}")
-        calibrator = self.calibrators.restored(record)
-        if calibrator.takes_views:
-            raise InputError(
-                "calibrator_id", f"calibrator {record.id} takes [N, V, C] views; conformal sets take [N, C]"
-            )
-        return Probabilities("logits", calibrator.apply_fragment, key)
-
-    @staticmethod
-    def _probabilities_key(kind: str, calibrator_id: str | None) -> str:
-        return "probabilities" if kind == "probabilities" else f"logits:{calibrator_id or 'softmax'}"
 
     @staticmethod
     def _key(conformal_id: str) -> str:

@@ -16,7 +16,6 @@ sorted order and scattered back to class order. `scores_fragment` gives the scor
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Self
 
@@ -28,6 +27,7 @@ from spox import Tensor, Var, argument, build
 from app.core.fitted_state import HyperParameters
 from app.core.graph_context import ints, scalar
 from app.core.graphrun import mapped, mapped_outputs
+from app.core.probability_inputs import Probabilities
 from app.core.runtime import SessionCache
 
 Method = Literal["lac", "aps", "raps", "top_k"]
@@ -100,25 +100,6 @@ def conformal_quantile(scores: np.ndarray, alpha: float) -> float:
 def class_quantiles(scores: np.ndarray, labels: np.ndarray, classes: int, alpha: float) -> np.ndarray:
     """Mondrian q̂_c over the rows of each class c (+∞ for a class with too few rows, none included)."""
     return np.array([conformal_quantile(scores[labels == c], alpha) for c in range(classes)], np.float64)
-
-
-@dataclass(frozen=True)
-class Probabilities:
-    """How a conformal graph's input becomes the probabilities it ranks: the input's `name` (logits or
-    probabilities), the `fragment` (softmax, a calibrator's apply, or none) and its session-cache `key`."""
-
-    name: str
-    fragment: Callable[[Var], Var]
-    key: str
-
-
-def softmax(logits: Var) -> Var:
-    """softmax in float64: scores and q̂ are float64 (api.md)."""
-    return op.softmax(op.cast(logits, to=np.float64), axis=-1)
-
-
-def as_given(probabilities: Var) -> Var:
-    return probabilities
 
 
 class ConformalPredictor(HyperParameters):

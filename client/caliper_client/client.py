@@ -270,6 +270,31 @@ class CaliperClient:
     def delete_conformal(self, conformal_id: str) -> None:
         self._check(self.http.delete(f"/v1/conformal/{conformal_id}"))
 
+    # ---- label-free accuracy estimates -------------------------------------------------------------
+    def estimate(
+        self,
+        *,
+        logits: np.ndarray | None = None,
+        probabilities: np.ndarray | None = None,
+        reference: tuple[np.ndarray, np.ndarray] | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """POST /v1/estimates on unlabelled rows; `reference=(logits, labels)` (labelled rows from the
+        training distribution) enables atc and doc; options: methods, calibrator_id, model, dataset, tags."""
+        tensors = _given(logits=logits, probabilities=probabilities)
+        if reference is not None:
+            tensors["reference.logits"], tensors["reference.labels"] = map(np.asarray, reference)
+        return self._post_tensors("/v1/estimates", options, tensors)
+
+    def get_estimate(self, estimate_id: str) -> dict[str, Any]:
+        return self._check(self.http.get(f"/v1/estimates/{estimate_id}"))
+
+    def list_estimates(self, **filters: Any) -> dict[str, Any]:
+        return self._check(self.http.get("/v1/estimates", params={k: v for k, v in filters.items() if v is not None}))
+
+    def delete_estimate(self, estimate_id: str) -> None:
+        self._check(self.http.delete(f"/v1/estimates/{estimate_id}"))
+
     # ---- detectors and OOD scores ------------------------------------------------------------------
     def fit_detector(
         self,

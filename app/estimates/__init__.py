@@ -1,0 +1,1 @@
+"""Label-free accuracy estimates (api.md, "Guarantees"): compute, store, list."""

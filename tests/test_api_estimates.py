@@ -83,8 +83,9 @@ def test_a_calibrator_gives_the_confidences_of_rows_and_reference(client: TestCl
                                                       "labels": ref_labels.tolist()}).json()  # fmt: skip
     temperature = calibrator["fitted"]["temperature"]
     z, _ = rows(5, 300)
-    answer = estimate(client, {"logits": (3 * z).tolist(), "calibrator_id": calibrator["id"], "methods": ["doc", "cbpe"],
-                               "reference": {"logits": (3 * ref_z).tolist(), "labels": ref_labels.tolist()}})  # fmt: skip
+    reference = {"logits": (3 * ref_z).tolist(), "labels": ref_labels.tolist()}
+    body = {"logits": (3 * z).tolist(), "calibrator_id": calibrator["id"], "methods": ["doc", "cbpe"]}
+    answer = estimate(client, {**body, "reference": reference})
     expected = oracle(softmax(3 * z / temperature), softmax(3 * ref_z / temperature), ref_labels)
     assert list(answer["estimates"]) == ["accuracy_doc", "accuracy_cbpe"]
     assert answer["estimates"]["accuracy_doc"] == pytest.approx(expected["accuracy_doc"], rel=1e-9)

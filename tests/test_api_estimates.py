@@ -94,8 +94,8 @@ def test_a_calibrator_gives_the_confidences_of_rows_and_reference(client: TestCl
 
 def test_a_perfect_reference_has_no_atc_threshold(client: TestClient) -> None:
     ref_z = np.eye(C)[np.arange(40) % C] * 5
-    answer = estimate(client, {"logits": rows(6, 50)[0].tolist(), "methods": ["atc"],
-                               "reference": {"logits": ref_z.tolist(), "labels": (np.arange(40) % C).tolist()}})  # fmt: skip
+    reference = {"logits": ref_z.tolist(), "labels": (np.arange(40) % C).tolist()}
+    answer = estimate(client, {"logits": rows(6, 50)[0].tolist(), "methods": ["atc"], "reference": reference})
     assert answer["reference"]["atc_threshold"] is None and answer["estimates"] == {"accuracy_atc": 1.0}
 
 
@@ -124,8 +124,8 @@ def test_a_model_estimates_from_its_inputs(client: TestClient) -> None:
     rng = np.random.default_rng(9)
     x, ref_x = rng.normal(size=(120, 6)), rng.normal(size=(150, 6))
     ref_labels = rng.integers(0, C, 150)
-    answer = estimate(client, {"model_id": model["id"], "inputs": {"x": x.tolist()},
-                               "reference": {"inputs": {"x": ref_x.tolist()}, "labels": ref_labels.tolist()}})  # fmt: skip
+    reference = {"inputs": {"x": ref_x.tolist()}, "labels": ref_labels.tolist()}
+    answer = estimate(client, {"model_id": model["id"], "inputs": {"x": x.tolist()}, "reference": reference})
     expected = oracle(softmax(weights.forward(x)[0]), softmax(weights.forward(ref_x)[0]), ref_labels)
     for name, value in answer["estimates"].items():
         assert value == pytest.approx(expected[name], rel=1e-9), name

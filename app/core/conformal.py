@@ -177,3 +177,25 @@ class Coverage:
             per_class = np.where(rows > 0, hits / np.maximum(rows, 1), np.nan)
         strata = {int(size): float(covered[sizes == size].mean()) for size in np.unique(sizes)}
         return cls(float(covered.mean()), float(sizes.mean()), per_class, strata)
+
+
+def conformal_p_values(calibration: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Conformal p-values of outlier scores (Bates et al. 2023, marginal): (1 + #{i : s_i ≥ s}) / (m + 1)
+    against the m calibration scores, given sorted ascending. Exact counts: for an in-distribution row
+    exchangeable with the calibration rows, P(p ≤ α) ≤ α."""
+    greater_or_equal = len(calibration) - np.searchsorted(calibration, scores, side="left")
+    p: np.ndarray = (1.0 + greater_or_equal) / (len(calibration) + 1.0)
+    return p
+
+
+def benjamini_hochberg(p_values: np.ndarray, alpha: float) -> np.ndarray:
+    """Rejections of the Benjamini–Hochberg procedure at level α over the given rows: the k smallest
+    p-values, k the largest with p_(k) ≤ k·α/N (none if there is no such k); controls the FDR for
+    independent or PRDS p-values (conformal p-values are PRDS, Bates et al. 2023)."""
+    n = len(p_values)
+    ordered = np.sort(p_values)
+    passing = np.flatnonzero(ordered <= np.arange(1, n + 1) * alpha / n)
+    if passing.size == 0:
+        return np.zeros(n, bool)
+    rejected: np.ndarray = p_values <= ordered[passing[-1]]
+    return rejected

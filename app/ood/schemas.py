@@ -23,9 +23,12 @@ DETECTOR_TENSORS = (
     "validation.features_in.*",
     "validation.features_out.*",
     "inputs.*",
+    "calibration.features",
+    "calibration.features.*",
+    "calibration.inputs.*",
 )
 SCORE_FEATURES = ("features", "features.*")
-SOURCE_FIELDS = ("features", "labels")
+SOURCE_FIELDS = ("features", "labels", "calibration.features")
 
 
 def default_methods() -> list[TermSpec]:
@@ -136,6 +139,18 @@ class VimParams(BaseModel):
     dim: int = Field(ge=1, description="Principal subspace dimension d (1 ≤ d < D).")
 
 
+class CalibrationFeatures(BaseModel):
+    """In-distribution calibration rows of a detector: features (a dict of layers for an ensemble), or a
+    model's inputs with `model_id`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    features: Tensor | Layers | None = Field(None, description="[M, D] features (a dict of layers for an ensemble).")
+    inputs: dict[str, Tensor] | None = Field(
+        None, description=f"With `model_id`: the model's inputs. {MODEL_INPUTS_NOTE}"
+    )
+
+
 class DetectorRequest(Labels):
     """Fit a detector on in-distribution features and labels. Scores are higher for more OOD inputs:
     mahalanobis = min_c d_c²; relative_mahalanobis = min_c d_c² − d_0² (Ren et al. 2021); knn = the
@@ -173,6 +188,11 @@ class DetectorRequest(Labels):
     inputs: dict[str, Tensor] | None = Field(
         None, description=f"With `model_id`: the model's inputs, by input name. {MODEL_INPUTS_NOTE}"
     )
+    calibration: CalibrationFeatures | None = Field(
+        None,
+        description="In-distribution rows not used for the fit (Bates et al. 2023): their scores are stored, and "
+        "`/score` then answers conformal `p_values` and `is_ood`.",
+    )
     source: dict[str, StrictStr] | None = source_field(
         SOURCE_FIELDS,
         "mahalanobis and relative_mahalanobis stream them (their statistics merged chunk by chunk, on the Dask "
@@ -201,8 +221,24 @@ class ScoreRequest(BaseModel):
     features: Tensor | Layers | None = Field(
         None, description="[N, D] features, D as at fit time (a dict of layers for an ensemble)."
     )
+    alpha: float = Field(
+        0.05, gt=0, lt=1, allow_inf_nan=False, description="With a calibration set: `is_ood` is p_value ≤ alpha."
+    )
+    fdr: bool = Field(
+        False,
+        description="With a calibration set: `is_ood` by the Benjamini–Hochberg procedure at level alpha over the "
+        "rows of this request (false discovery rate ≤ alpha) instead of per row.",
+    )
 
 
 class DetectorScoresOut(BaseModel):
     scores: list[float | None] = Field(description=f"Higher = more out-of-distribution; {NULL_NOTE}.")
     nearest_class: list[int] = Field(description="argmin_c d_c² (ties → lowest index).")
+    p_values: list[float] | None = Field(
+        None,
+        description="With a calibration set (else absent): (1 + #{i : s_i ≥ s}) / (m + 1) over its m scores s_i; "
+        "P(p ≤ α) ≤ α for an in-distribution row (Bates et al. 2023).",
+    )
+    is_ood: list[bool] | None = Field(
+        None, description="With a calibration set (else absent): p_value ≤ alpha, or the BH rejections with `fdr`."
+    )

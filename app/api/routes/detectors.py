@@ -50,12 +50,13 @@ async def create_detector(request: Request) -> Response:
     openapi_extra={**SCORE.openapi(), **role("read")},  # computes, stores nothing
 )
 async def score(detector_id: str, request: Request) -> Response:
-    _, arrays = await SCORE.read(request)
-    scores, nearest = await run_in_threadpool(resources_of(request).detectors.score, detector_id, arrays)
+    body, arrays = await SCORE.read(request)
+    service = resources_of(request).detectors
+    rows = await run_in_threadpool(service.score_rows, detector_id, arrays, body.alpha, body.fdr)
     if NPZ in request.headers.get("accept", ""):  # api.md: per-row outputs of score endpoints, as .npz too
-        return npz_response({"scores": scores, "nearest_class": nearest})
-    out = DetectorScoresOut(scores=scores.astype(float).tolist(), nearest_class=nearest.astype(int).tolist())
-    return Response(out.model_dump_json(), media_type="application/json")
+        return npz_response(rows)
+    out = DetectorScoresOut.model_validate({name: values.tolist() for name, values in rows.items()})
+    return Response(out.model_dump_json(exclude_none=True), media_type="application/json")
 
 
 add_stored_routes(

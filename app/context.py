@@ -105,7 +105,10 @@ class Resources:
         calibrators = CalibrationService(Repository(database, CalibratorRecord, "calibrator"), runtime, runner, files)
         detectors = DetectorService(Repository(database, DetectorRecord, "detector"), runtime, runner, files, cluster)
         sdm = SdmService(SdmRepository(database), runtime, runner, files)
-        heads = HeadCheck(calibrators, detectors, sdm)
+        conformal = ConformalService(
+            Repository(database, ConformalRecord, "conformal predictor"), runtime, runner, calibrators, files
+        )
+        heads = HeadCheck(calibrators, detectors, sdm, conformal)
         exports = ExportService(runner, heads, settings.max_export_bytes)
         pipelines = PipelineService(PipelineRepository(database), exports, artifacts, references, workers)
         api_keys = ApiKeyRepository(database)
@@ -116,9 +119,7 @@ class Resources:
             runtime,
             evaluations=EvaluationService(evaluation_records, heads, runner, runtime, files, cluster),
             calibrators=calibrators,
-            conformal=ConformalService(
-                Repository(database, ConformalRecord, "conformal predictor"), runtime, runner, calibrators, files
-            ),
+            conformal=conformal,
             estimates=EstimateService(
                 Repository(database, EstimateRecord, "estimate"), runtime, runner, calibrators, files
             ),

@@ -148,9 +148,14 @@ def answers(client: TestClient, spec: dict[str, Any]) -> dict[str, tuple[int, An
     assert client.get(f"/v1/jobs/{job.json()['id']}").json()["state"] in ("queued", "running", "succeeded")
     resources = client.app.state.resources  # type: ignore[attr-defined]
     assert resources.jobs.wait(job.json()["id"], 30).state == "succeeded"
-    running = resources.jobs.submit("evaluation", _until_cancelled)
-    cancelled = client.delete(f"/v1/jobs/{running.id}")
+    blocker = resources.jobs.submit("evaluation", _until_cancelled)  # holds the one job worker
+    while resources.jobs.get(blocker.id).state != "running":
+        time.sleep(0.005)
+    queued = resources.jobs.submit("evaluation", _until_cancelled)  # so this one is still queued: 200 cancelled
+    cancelled = client.delete(f"/v1/jobs/{queued.id}")
     assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled", cancelled.text
+    resources.jobs.cancel(blocker.id)
+    assert resources.jobs.wait(blocker.id, 30).state == "cancelled"
 
     paths = {
         "{evaluation_id}": evaluation, "{calibrator_id}": calibrator, "{detector_id}": detector, "{sdm_id}": sdm,

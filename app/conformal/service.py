@@ -8,6 +8,7 @@ import math
 from typing import Any, cast
 
 import numpy as np
+from spox import Var
 
 from app.calibration.service import CalibrationService, probabilities_key
 from app.conformal.schemas import (
@@ -146,6 +147,13 @@ class ConformalService(StoredResource[ConformalRecord, ConformalOut]):
                 "size_stratified_coverage": {str(k): v for k, v in coverage.size_stratified.items()},
             }
         return ConformalPredictOut.model_validate(out)
+
+    def set_fragment(self, conformal_id: str, logits: Var) -> tuple[Var, Var]:
+        """(prediction_set, set_size) of logits [N, C] as a graph fragment (the composed export), through the
+        predictor's own calibrator or the softmax."""
+        record = self.record(conformal_id, "conformal_id")
+        given = self.calibrators.probabilities_of("logits", record.calibrator_id, record.classes)
+        return restored(record).set_fragment(given.fragment(logits))
 
     def onnx(self, conformal_id: str, dtype: np.dtype) -> bytes:
         """The standalone graph: `logits` [N, C] -> `prediction_set` [N, C] bool, `set_size` [N] int64 (the

@@ -199,3 +199,15 @@ def benjamini_hochberg(p_values: np.ndarray, alpha: float) -> np.ndarray:
         return np.zeros(n, bool)
     rejected: np.ndarray = p_values <= ordered[passing[-1]]
     return rejected
+
+
+def p_value_fragment(calibration: np.ndarray, scores: Var) -> Var:
+    """`conformal_p_values` as a graph fragment (the export's `ood_p_value`): the calibration scores are a
+    sorted constant [m] and #{i : s_i ≥ s} a broadcast comparison summed per row (ONNX has no sorted
+    search; O(N·m) compares per chunk, a few ms for m = 10⁴ on one row). Scores are compared in float64."""
+    constant = op.constant(value=np.asarray(calibration, np.float64).reshape(1, -1))
+    s = op.unsqueeze(op.cast(scores, to=np.float64), ints(1))
+    at_least = op.reduce_sum(op.cast(op.greater_or_equal(constant, s), to=np.float64), ints(1), keepdims=0)
+    m = scalar(float(len(calibration)), np.float64)
+    one = scalar(1.0, np.float64)
+    return op.div(op.add(one, at_least), op.add(m, one))

@@ -60,4 +60,5 @@ class PredictRequest(BaseModel):
     calibrator_id: str | None = None
     detector_id: str | None = None
     sdm_id: str | None = None
+    conformal_id: str | None = Field(None, description="Adds the column `prediction_set` [N, C] (booleans).")
     return_embedding: bool = False

@@ -10,7 +10,7 @@ from typing import TypeVar
 import numpy as np
 from spox import Var
 
-from app.core.conformal import benjamini_hochberg, conformal_p_values
+from app.core.conformal import benjamini_hochberg, conformal_p_values, p_value_fragment
 from app.core.detectors import LayerEnsemble
 from app.core.errors import InputError
 from app.core.fold import merged_fold
@@ -169,6 +169,11 @@ class DetectorService(StoredResource[DetectorRecord, DetectorOut]):
         if isinstance(detector, LayerEnsemble):
             return detector.fragment({name: features[f"features.{name}"] for name in detector.names})
         return detector.model().fragment(features["features"])[0]
+
+    def p_value_fragment(self, detector_id: str, scores: Var) -> Var | None:
+        """The conformal p-values of the detector's scores as a fragment, if it has a calibration set."""
+        calibration = self.calibration_scores(self.record(detector_id))
+        return None if calibration is None else p_value_fragment(calibration, scores)
 
     def model_features(
         self, detector_id: str, outputs: dict[str, np.ndarray], embedding_output: str | None

@@ -36,9 +36,10 @@ class ExportService:
         self.runner, self.heads, self.max_bytes = runner, heads, max_bytes
 
     def export(self, model_id: str, heads: Heads, dtype: np.dtype | None = None) -> Export:
-        """The user's model with `probabilities` (calibrated, or the softmax), `ood_score` and the SDM
-        outputs; `dtype` (default: the logits output's) is the precision of the calibrator and detector
-        (the SDM estimator runs in its own, as `/predict` does). 422 when a head does not fit, the opsets
+        """The user's model with `probabilities` (calibrated, or the softmax), `ood_score` (and `ood_p_value`
+        when the detector has a calibration set), the SDM outputs and `prediction_set`/`set_size`; `dtype`
+        (default: the logits output's) is the precision of the calibrator and detector (the SDM estimator
+        runs in its own, as `/predict` does). 422 when a head does not fit, the opsets
         cannot be reconciled, or the result exceeds CALIPER_MAX_EXPORT_BYTES; the merge runs in a model
         worker (422 model-limits when it exceeds the workers' memory or time limit)."""
         record = self.runner.get(model_id)
@@ -80,6 +81,11 @@ class ExportService:
             reads = self.heads.detectors.model_outputs(heads.detector_id, record.embedding_output)
             features = {key: _as(inputs[name], dtype) for key, name in reads.items()}
             outputs["ood_score"] = self.heads.detectors.score_fragment(heads.detector_id, features)
+            p_value = self.heads.detectors.p_value_fragment(heads.detector_id, outputs["ood_score"])
+            if p_value is not None:
+                outputs["ood_p_value"] = p_value
+        if heads.conformal_id is not None:
+            outputs["prediction_set"], outputs["set_size"] = self.heads.conformal.set_fragment(heads.conformal_id, z)
         if heads.sdm_id is not None:
             estimator = self.heads.sdm.estimator(self.heads.sdm.record(heads.sdm_id))
             columns = estimator.fragment(inputs[record.embedding_output or ""], logits)

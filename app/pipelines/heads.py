@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.calibration.service import CalibrationService
+from app.conformal.service import ConformalService
 from app.core.errors import InputError
 from app.ood.detectors import DetectorService
 from app.sdm.service import SdmService
@@ -21,13 +22,21 @@ class Heads:
     calibrator_id: str | None = None
     detector_id: str | None = None
     sdm_id: str | None = None
+    conformal_id: str | None = None
 
 
 class HeadCheck:
-    """The head services (calibrators, detectors, SDM) of a composition, and whether given heads fit a model."""
+    """The head services (calibrators, detectors, SDM, conformal predictors) of a composition, and whether
+    given heads fit a model."""
 
-    def __init__(self, calibrators: CalibrationService, detectors: DetectorService, sdm: SdmService) -> None:
-        self.calibrators, self.detectors, self.sdm = calibrators, detectors, sdm
+    def __init__(
+        self,
+        calibrators: CalibrationService,
+        detectors: DetectorService,
+        sdm: SdmService,
+        conformal: ConformalService,
+    ) -> None:
+        self.calibrators, self.detectors, self.sdm, self.conformal = calibrators, detectors, sdm, conformal
 
     def outputs(self, record: ModelRecord, heads: Heads, return_embedding: bool = False) -> list[str]:
         """The model outputs the heads read (logits first); 422 when a head does not fit the model."""
@@ -39,6 +48,13 @@ class HeadCheck:
                 raise InputError("calibrator_id", f"calibrator has C = {classes}; the model has C = {record.classes}")
             if self.calibrators.restored(calibrator).takes_views:
                 raise InputError("calibrator_id", "the calibrator was fitted on [N, V, C] views; a model gives [N, C]")
+        if heads.conformal_id is not None:
+            predictor = self.conformal.record(heads.conformal_id, "conformal_id")
+            expected = 2 if record.binary else record.classes
+            if expected is not None and predictor.classes != expected:
+                raise InputError(
+                    "conformal_id", f"the predictor has C = {predictor.classes}; the model has C = {record.classes}"
+                )
         needs_embedding = return_embedding or heads.sdm_id is not None
         if heads.detector_id is not None:
             detector = self.detectors.record(heads.detector_id)

@@ -24,7 +24,7 @@ class PredictService:
         self, model_id: str, arrays: dict[str, np.ndarray], heads: Heads, return_embedding: bool = False
     ) -> dict[str, np.ndarray]:
         """The columns of api.md's predict: logits, probabilities (calibrated, or the softmax), prediction,
-        confidence, and embedding, ood_score and sdm.* when asked. A binary model's logits are its [N]
+        confidence, and embedding, ood_score, prediction_set and sdm.* when asked. A binary model's logits are its [N]
         log-odds and its probabilities P(class 1) [N]; its heads see the two-class problem [0, z]."""
         record = self.runner.get(model_id)
         wanted = self.heads.outputs(record, heads, return_embedding)
@@ -47,6 +47,8 @@ class PredictService:
         if heads.detector_id is not None:
             features = self.heads.detectors.model_features(heads.detector_id, out, record.embedding_output)
             columns["ood_score"], _ = self.heads.detectors.score(heads.detector_id, features)
+        if heads.conformal_id is not None:
+            columns["prediction_set"], _, _ = self.heads.conformal.predict(heads.conformal_id, {"logits": scores})
         if heads.sdm_id is not None:
             _, sdm = self.heads.sdm.score(heads.sdm_id, {"embeddings": embedding, "logits": scores})  # type: ignore[dict-item]
             columns |= {f"sdm.{k}": v for k, v in npz_columns(sdm).items()}

@@ -24,6 +24,7 @@ class PipelineRequest(BaseModel):
     calibrator_id: str | None = None
     detector_id: str | None = None
     sdm_id: str | None = None
+    conformal_id: str | None = Field(None, description="Adds the outputs `prediction_set` (BOOL) and `set_size`.")
     dtype: Literal["float32", "float64"] | None = Field(
         None, description="Precision of the calibrator and detector heads; default the logits output's."
     )
@@ -37,6 +38,7 @@ class PipelineOut(RecordOut):
     calibrator_id: str | None
     detector_id: str | None
     sdm_id: str | None
+    conformal_id: str | None
     dtype: str
     sha256: str = Field(description="Of the composed export (GET /v1/pipelines/{id}/onnx).")
     size_bytes: int

@@ -43,7 +43,7 @@ class PipelineService(StoredResource[PipelineRecord, PipelineOut]):
         self._named_lock = threading.Lock()
 
     def create(self, request: PipelineRequest) -> PipelineOut:
-        heads = Heads(request.calibrator_id, request.detector_id, request.sdm_id)
+        heads = Heads(request.calibrator_id, request.detector_id, request.sdm_id, request.conformal_id)
         export = self.exports.export(request.model_id, heads, np.dtype(request.dtype) if request.dtype else None)
         with self.artifacts.lock():
             digest = self.artifacts.put(export.data)
@@ -56,6 +56,7 @@ class PipelineService(StoredResource[PipelineRecord, PipelineOut]):
                 calibrator_id=request.calibrator_id,
                 detector_id=request.detector_id,
                 sdm_id=request.sdm_id,
+                conformal_id=request.conformal_id,
                 dtype=export.dtype.name,
                 sha256=digest,
                 size_bytes=len(export.data),

@@ -241,6 +241,7 @@ class PipelineRecord(ProjectScoped, Base):
     calibrator_id: Mapped[str | None] = mapped_column(String(32))
     detector_id: Mapped[str | None] = mapped_column(String(32))
     sdm_id: Mapped[str | None] = mapped_column(String(32))
+    conformal_id: Mapped[str | None] = mapped_column(String(32))
     dtype: Mapped[str] = mapped_column(String(16))
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     size_bytes: Mapped[int] = mapped_column(Integer)

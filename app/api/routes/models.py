@@ -87,11 +87,13 @@ def onnx_file(model_id: str, resources: ResourcesDep) -> FileResponse:
     operation_id="exportModel",
     summary="The model with its heads merged into one self-contained ONNX model",
     description="Inputs: the model's. Outputs: the model's, plus `probabilities` (calibrated with `calibrator_id`, "
-    "else the softmax), `ood_score` (with `detector_id`), and with `sdm_id` `sdm_probabilities`, `sdm_q` (raw q), "
-    "`sdm_d` and `high_reliability`. An output name the model already has gets the prefix `caliper_` (that one "
-    "only). `dtype` (default the logits output's) is the precision of the calibrator and the detector; the SDM "
-    "estimator runs in its fitted precision. Run in onnxruntime it gives what `/predict` gives. A binary model's "
-    "`probabilities` are [N] P(class 1); its heads see the two-class problem [0, z] (`sdm_probabilities` [N, 2]).",
+    "else the softmax), `ood_score` (with `detector_id`; and `ood_p_value` when the detector has a calibration set), "
+    "`prediction_set` [N, C] BOOL and `set_size` [N] INT64 (with `conformal_id`), and with `sdm_id` "
+    "`sdm_probabilities`, `sdm_q` (raw q), `sdm_d` and `high_reliability`. An output name the model already has gets "
+    "the prefix `caliper_` (that one only). `dtype` (default the logits output's) is the precision of the calibrator "
+    "and the detector; the SDM estimator runs in its fitted precision. Run in onnxruntime it gives what `/predict` "
+    "gives. A binary model's `probabilities` are [N] P(class 1); its heads see the two-class problem [0, z] "
+    "(`sdm_probabilities` [N, 2]).",
     responses={**READ, 200: {"content": {"application/octet-stream": {}}}},
     response_class=Response,
 )
@@ -101,9 +103,10 @@ def export(
     calibrator_id: str | None = None,
     detector_id: str | None = None,
     sdm_id: str | None = None,
+    conformal_id: str | None = None,
     dtype: Literal["float32", "float64"] | None = None,
 ) -> Response:
-    heads = Heads(calibrator_id, detector_id, sdm_id)
+    heads = Heads(calibrator_id, detector_id, sdm_id, conformal_id)
     export = resources.exports.export(model_id, heads, np.dtype(dtype) if dtype else None)
     disposition = f'attachment; filename="{export.model_name}-caliper.onnx"'
     return Response(
@@ -133,16 +136,16 @@ async def create_model_evaluation(model_id: str, request: Request) -> Response:
     operation_id="predict",
     summary="Run the model on inputs, with optional calibrator, detector and SDM heads",
     description="Columns per row: `logits`, `probabilities` (calibrated with `calibrator_id`, else the softmax), "
-    "`prediction`, `confidence`, and `embedding`, `ood_score` and `sdm` when asked. A binary model (api.md) "
-    "answers `logits` as [N] log-odds and `probabilities` as [N] P(class 1), as a calibrator's `apply` does on "
-    "binary logits; its heads see the two-class problem [0, z].",
+    "`prediction`, `confidence`, and `embedding`, `ood_score`, `prediction_set` and `sdm` when asked. A binary model "
+    "(api.md) answers `logits` as [N] log-odds and `probabilities` as [N] P(class 1), as a calibrator's `apply` does "
+    "on binary logits; its heads see the two-class problem [0, z].",
     responses={**TENSOR_WRITE, 200: {"content": {"application/json": {}, NPZ: {}}}},
     openapi_extra={**PREDICT.openapi(), **role("read")},  # stores nothing
 )
 async def predict(model_id: str, request: Request) -> Response:
     body, arrays = await PREDICT.read(request)
     inputs = {k.removeprefix("inputs."): v for k, v in arrays.items()}
-    heads = Heads(body.calibrator_id, body.detector_id, body.sdm_id)
+    heads = Heads(body.calibrator_id, body.detector_id, body.sdm_id, body.conformal_id)
     predictions = resources_of(request).predictions
     columns = await run_in_threadpool(predictions.predict, model_id, inputs, heads, body.return_embedding)
     if NPZ in request.headers.get("accept", ""):

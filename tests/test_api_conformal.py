@@ -215,3 +215,66 @@ def test_class_counts_must_match_the_calibrator_and_the_predictor(client: TestCl
     bad_labels = {"logits": [[0.0] * C], "labels": [C]}
     assert_problem(client.post(f"/v1/conformal/{created['id']}/predict", json=bad_labels), 422, "labels")
     assert client.post("/v1/conformal/nope/predict", json={"logits": [[0.0] * C]}).status_code == 404
+
+
+def test_an_evaluation_with_a_conformal_head_reports_coverage_and_gates_read_its_direction(client: TestClient) -> None:
+    """conformal_coverage (higher is better) and conformal_mean_set_size (lower is better) are metrics of
+    the evaluation, equal to /predict's on the same rows; a gate tolerates a coverage gain and refuses a
+    loss, in the metric's declared direction."""
+    conformal = fit(client, method="aps", params={"alpha": 0.1})
+    fresh, labels = data(seed=21, n=300)
+    expected = client.post(f"/v1/conformal/{conformal['id']}/predict",
+                           json={"logits": fresh.tolist(), "labels": labels.tolist()}).json()  # fmt: skip
+    body = {
+        "logits": fresh.tolist(),
+        "labels": labels.tolist(),
+        "metrics": ["accuracy"],
+        "conformal_id": conformal["id"],
+    }
+    good = client.post("/v1/evaluations", json=body).json()
+    assert good["metrics"]["conformal_coverage"] == pytest.approx(expected["coverage"], rel=1e-12)
+    assert good["metrics"]["conformal_mean_set_size"] == pytest.approx(expected["mean_set_size"], rel=1e-12)
+    shuffled = np.random.default_rng(0).permutation(labels)  # wrong labels: far lower coverage
+    bad = client.post("/v1/evaluations", json={**body, "labels": shuffled.tolist()}).json()
+    assert bad["metrics"]["conformal_coverage"] < good["metrics"]["conformal_coverage"] - 0.1
+
+    def verdict(candidate: str, baseline: str) -> str:
+        rule = {"metric": "conformal_coverage", "op": "max_decrease_abs", "value": 0.01}
+        gate = client.post("/v1/gates", json={"candidate": candidate, "baseline": baseline, "rules": [rule]})
+        assert gate.status_code == 201, gate.text
+        return str(gate.json()["verdict"])
+
+    assert verdict(good["id"], bad["id"]) == "pass" and verdict(bad["id"], good["id"]) == "fail"
+    log_odds, binary_labels = data()[0][:, 0], data()[1] % 2  # binary [N] log-odds: the problem [0, z]
+    two_class = {"logits": np.c_[np.zeros(N), log_odds].tolist(), "labels": binary_labels.tolist()}
+    binary = client.post("/v1/conformal", json={"method": "lac", **two_class}).json()
+    one_column = {"logits": log_odds.tolist(), "labels": binary_labels.tolist(), "metrics": ["accuracy"]}
+    as_binary = client.post("/v1/evaluations", json={**one_column, "conformal_id": binary["id"]})
+    assert as_binary.status_code == 201, as_binary.text
+    assert as_binary.json()["metrics"]["conformal_coverage"] == pytest.approx(
+        binary["fit_report"]["coverage"], rel=1e-12
+    )
+    no_labels = client.post("/v1/evaluations", json={"logits": fresh.tolist(), "targets": softmax(fresh).tolist(),
+                                                     "conformal_id": conformal["id"]})  # fmt: skip
+    assert_problem(no_labels, 422, "conformal_id")
+
+
+def test_a_model_evaluation_with_a_conformal_head_folds_coverage_over_its_batches(client: TestClient) -> None:
+    from tests import onnx_models
+
+    model_bytes, weights = onnx_models.mlp(d=6, hidden=5, classes=C, dtype=np.float64, seed=2)
+    model = client.post("/v1/models", files={"file": ("m.onnx", model_bytes, "application/octet-stream")},
+                        data={"request": '{"name": "mlp"}'}).json()  # fmt: skip
+    rng = np.random.default_rng(3)
+    x, x_new = rng.normal(size=(300, 6)), rng.normal(size=(200, 6))
+    z, z_new = weights.forward(x)[0], weights.forward(x_new)[0]
+    labels, new_labels = sampled_labels(rng, softmax(z)), sampled_labels(rng, softmax(z_new))
+    from_model = {"model_id": model["id"], "inputs": {"x": x.tolist()}, "labels": labels.tolist()}
+    conformal = client.post("/v1/conformal", json={"method": "raps", **from_model}).json()
+    evaluated = client.post(f"/v1/models/{model['id']}/evaluations", json={
+        "inputs": {"x": x_new.tolist()}, "labels": new_labels.tolist(), "conformal_id": conformal["id"]})  # fmt: skip
+    assert evaluated.status_code == 201, evaluated.text
+    expected = client.post(f"/v1/conformal/{conformal['id']}/predict",
+                           json={"logits": z_new.tolist(), "labels": new_labels.tolist()}).json()  # fmt: skip
+    assert evaluated.json()["metrics"]["conformal_coverage"] == pytest.approx(expected["coverage"], rel=1e-12)
+    assert evaluated.json()["metrics"]["conformal_mean_set_size"] == pytest.approx(expected["mean_set_size"], rel=1e-12)

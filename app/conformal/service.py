@@ -32,6 +32,14 @@ from app.stored import StoredResource
 INPUT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+# What an evaluation with `conformal_id` adds, each with whether higher is better (the gate's direction).
+EVALUATION_METRICS: dict[str, bool] = {"conformal_coverage": True, "conformal_mean_set_size": False}
+
+
+def evaluation_metrics(coverage: Coverage) -> dict[str, float]:
+    return {"conformal_coverage": coverage.coverage, "conformal_mean_set_size": coverage.mean_set_size}
+
+
 def conformal_out(record: ConformalRecord) -> ConformalOut:
     """The answer: q̂ (null for +∞ or under mondrian), `infinite`, and q̂_c under mondrian."""
     params = ConformalParams.model_validate(record.params)

@@ -178,6 +178,11 @@ class Coverage:
         strata = {int(size): float(covered[sizes == size].mean()) for size in np.unique(sizes)}
         return cls(float(covered.mean()), float(sizes.mean()), per_class, strata)
 
+    @classmethod
+    def from_sums(cls, covered: float, sizes: float, rows: int) -> Coverage:
+        """The marginal figures from sums over chunks (covered rows, set sizes) of `rows` rows."""
+        return cls(float(covered) / rows, float(sizes) / rows, np.empty(0), {})
+
 
 def conformal_p_values(calibration: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Conformal p-values of outlier scores (Bates et al. 2023, marginal): (1 + #{i : s_i ≥ s}) / (m + 1)

@@ -86,6 +86,12 @@ class EvaluationRequest(Labels):
         "sdm_ood_share (accuracy of an empty side: null). Needs `logits` and `labels`.",
     )
     embeddings: Tensor | None = Field(None, description="[N, M] exemplar vectors for `sdm_id`.")
+    conformal_id: str | None = Field(
+        None,
+        description="Also report the sets of this conformal predictor on the rows, as metrics conformal_coverage (the "
+        "share of rows whose set holds the label; higher is better) and conformal_mean_set_size (lower is better), "
+        "unweighted. Needs the raw `logits` (or `probabilities`) and `labels`.",
+    )
     slices: dict[str, list[StrictInt | StrictStr]] | None = Field(
         None,
         description="Per key, one group value per row (integers or strings, no nulls; multipart: a "

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from app.conformal.service import evaluation_metrics as conformal_metrics
+from app.core.conformal import Coverage
 from app.core.errors import InputError
 from app.core.evaluation import (
     ROW_CONFIDENCE,
@@ -21,9 +23,12 @@ from app.core.evaluation import (
     Evaluator,
     index_dtype,
     loss_output,
+    two_columns,
     validate_batch,
+    validate_binary,
 )
-from app.core.fold import Arrays, Assembled, Chunk, Stage, fold
+from app.core.fold import Arrays, Assembled, Chunk, Stage, Summed, fold
+from app.core.graph_context import InputKind
 from app.core.ood_metrics import separation, separation_plots
 from app.core.runtime import SessionCache
 from app.core.slices import Slices
@@ -58,6 +63,13 @@ def dataset_fingerprint(batch: Batch, block_rows: int = 1 << 20) -> str:
     for start in range(0, len(values), block_rows):
         digest.update(np.ascontiguousarray(values[start : start + block_rows], dtype=dtype).data)
     return digest.hexdigest()
+
+
+def _labels_for(labels: np.ndarray | None, field: str) -> np.ndarray:
+    """The batch's integer labels, which `field`'s metrics need."""
+    if labels is None:
+        raise InputError(field, "needs integer `labels` (not soft targets)")
+    return labels
 
 
 def slice_columns(request: EvaluationRequest, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -184,9 +196,12 @@ class EvaluationService:
             field = "embeddings" if embeddings is None else "sdm_id"
             raise InputError(field, "give `sdm_id` and `embeddings` together")
         raw_logits = arrays.get("logits")
+        given = arrays  # what a conformal head ranks: the raw logits (or the given probabilities)
         if request.calibrator_id is not None:
             arrays = self.calibrators.calibrated_inputs(request.calibrator_id, arrays)
         computed = compute(request, arrays, self.runtime)
+        if request.conformal_id is not None:
+            computed.metrics.update(self._conformal_metrics(request.conformal_id, given, computed.batch))
         if embeddings is not None and request.sdm_id is not None:
             labels = computed.batch.labels
             if raw_logits is None or labels is None:
@@ -213,7 +228,8 @@ class EvaluationService:
         has_ood = any(k.startswith("ood_inputs.") for k in arrays)  # JSON or multipart parts
         if (request.detector_id is None) == has_ood:
             raise InputError("ood_inputs", "give `detector_id` and `ood_inputs` together")
-        wanted = self.heads.outputs(record, Heads(request.calibrator_id, request.detector_id, request.sdm_id))
+        heads = Heads(request.calibrator_id, request.detector_id, request.sdm_id, request.conformal_id)
+        wanted = self.heads.outputs(record, heads)
         given = {k: v for k, v in arrays.items() if not k.startswith("ood_inputs.")}
         files = self.files.open(request.source, given) if request.source else None
         source = (
@@ -229,8 +245,7 @@ class EvaluationService:
         slices = Slices.of(slice_given, n) if slice_given else None
         if slices is not None:  # each row's slots travel with its chunk
             source = source.beside({SLOTS: slices.slots})
-        heads = (request.calibrator_id, request.detector_id, request.sdm_id)
-        if self.cluster is not None and isinstance(source.feed, FileSource) and heads == (None, None, None):
+        if self.cluster is not None and isinstance(source.feed, FileSource) and heads == Heads():
             model = self.models.model_file(record, source.feed.chunking.rows)
             spread = evaluate_on(self.cluster.client(), request, source.feed, slices, model, self.runtime.chunking)
             if not record.binary:
@@ -251,6 +266,10 @@ class EvaluationService:
         if request.detector_id is not None:
             detector_reads = self.detectors.model_outputs(request.detector_id, record.embedding_output)
             stages["scores"] = Assembled(self._scores_step(request.detector_id, detector_reads), n)
+        if request.conformal_id is not None:
+            if "labels" not in beside:
+                raise InputError("conformal_id", "conformal metrics need integer `labels`")
+            stages["conformal"] = Summed(self._conformal_step(request.conformal_id, record))
         folded = fold(source, stages)
         evaluated: Evaluated = folded["evaluation"]
         whole, plan = evaluation.whole({**rows, **folded.get("kept", {})}), evaluation.evaluator.plan
@@ -260,6 +279,9 @@ class EvaluationService:
         if "regions" in folded:
             assert whole.labels is not None
             computed.metrics.update(finite_or_none(region_metrics(folded["regions"], whole.labels)))
+        if "conformal" in folded:
+            sums = folded["conformal"]
+            computed.metrics.update(conformal_metrics(Coverage.from_sums(sums["covered"], sums["size"], n)))
         if "scores" in folded:
             computed.ood, computed.ood_plots = self._separation(
                 record, request, folded["scores"]["scores"], arrays, detector_reads
@@ -276,6 +298,8 @@ class EvaluationService:
         assert request.source is not None
         if request.sdm_id is not None or "embeddings" in arrays:
             raise InputError("sdm_id", "SDM metrics are not computed on an evaluation from `source`")
+        if request.conformal_id is not None:
+            raise InputError("conformal_id", "conformal metrics are not computed on an evaluation from `source` (yet)")
         arrays = dict(arrays)
         slice_given = slice_columns(request, arrays)
         source = self.files.open(request.source, arrays)
@@ -314,6 +338,28 @@ class EvaluationService:
                 "logits": read_logits(record, chunk[record.logits_output]),
             }
             return self.sdm.regions(sdm_id, sdm_inputs)
+
+        return step
+
+    def _conformal_metrics(self, conformal_id: str, given: dict[str, np.ndarray], batch: Batch) -> dict[str, float]:
+        """Coverage and mean set size of the predictor's sets of the request's raw scores (a binary [N] one
+        as the two-class problem)."""
+        labels = _labels_for(batch.labels, "conformal_id")
+        kind: InputKind = "logits" if "logits" in given else "probabilities"
+        scores = two_columns(validate_binary(given[kind], kind), kind) if given[kind].ndim == 1 else given[kind]
+        _, _, coverage = self.heads.conformal.predict(conformal_id, {kind: scores, "labels": labels})
+        assert coverage is not None
+        return conformal_metrics(coverage)
+
+    def _conformal_step(self, conformal_id: str, record: ModelRecord) -> Callable[[Chunk], Arrays]:
+        """A chunk's covered rows and set sizes, summed: the predictor's sets of the model's raw logits."""
+
+        def step(chunk: Chunk) -> Arrays:
+            logits = read_logits(record, chunk[record.logits_output])
+            scores = two_columns(logits) if record.binary else logits
+            sets, sizes, _ = self.heads.conformal.predict(conformal_id, {"logits": scores})
+            labels = chunk["labels"].astype(np.int64)
+            return {"covered": np.sum(sets[np.arange(len(labels)), labels]), "size": np.sum(sizes)}
 
         return step
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from app.conformal.service import EVALUATION_METRICS as CONFORMAL_METRICS
 from app.core.bootstrap import MAX_CONFUSION_CELLS, RowValues, bootstrap_differences, percentile_interval
 from app.core.errors import InputError
 from app.core.losses import LOSSES
@@ -70,12 +71,13 @@ def _spec(record: Evaluation, kind: str, key: str) -> dict[str, Any] | None:
 
 def higher_is_better(record: Evaluation, kind: str, key: str) -> bool:
     """The term's own declared direction (`LossDef`, `MetricDef`), found through the stored spec's name
-    (so a custom key keeps its term's direction); SDM metrics declare theirs where they are made."""
+    (so a custom key keeps its term's direction); SDM and conformal metrics declare theirs where they are
+    made."""
     spec = _spec(record, kind, key)
     terms = LOSSES if kind == "loss" else METRICS
     if spec is not None and spec["name"] in terms:
         return terms[spec["name"]].higher_is_better
-    return SDM_METRICS.get(key, False)
+    return (SDM_METRICS | CONFORMAL_METRICS).get(key, False)
 
 
 def _resampling(spec: dict[str, Any]) -> Resampling | None:

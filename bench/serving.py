@@ -119,8 +119,8 @@ def start_bare(export: Path) -> tuple[subprocess.Popen[bytes], str]:
     return server, url
 
 
-def post(http: httpx.Client, body: bytes, headers: dict[str, str]) -> httpx.Response:
-    response = http.post("/v2/models/digits/infer", content=body, headers=headers)
+def post(http: httpx.Client, body: bytes, headers: dict[str, str], model: str = "digits") -> httpx.Response:
+    response = http.post(f"/v2/models/{model}/infer", content=body, headers=headers)
     assert response.status_code == 200, response.text
     return response
 
@@ -138,16 +138,18 @@ def latency(url: str, body: bytes, headers: dict[str, str], count: int) -> tuple
     return statistics.median(samples), samples[int(0.99 * (len(samples) - 1))]
 
 
-def throughput(url: str, body: bytes, headers: dict[str, str], clients: int, per_client: int) -> float:
-    """Requests per second of `clients` threads, each with its own keep-alive connection."""
+def throughput(
+    url: str, body: bytes, headers: dict[str, str], clients: int, per_client: int, model: str = "digits"
+) -> float:
+    """Requests per second of `clients` threads, each with its own keep-alive connection, to `model`."""
     barrier = threading.Barrier(clients + 1)
 
     def run() -> None:
         with httpx.Client(base_url=url, timeout=60) as http:
-            post(http, body, headers)
+            post(http, body, headers, model)
             barrier.wait()
             for _ in range(per_client):
-                post(http, body, headers)
+                post(http, body, headers, model)
 
     threads = [threading.Thread(target=run) for _ in range(clients)]
     for thread in threads:

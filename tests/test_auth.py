@@ -98,12 +98,15 @@ def project_a(auth_app: FastAPI, keys: dict[str, str]) -> dict[str, Any]:
     job = client.post(
         "/v1/evaluations", json={"logits": logits, "labels": labels.tolist()}, headers={"Prefer": "respond-async"}
     ).json()
+    conformal = client.post("/v1/conformal", json={"method": "aps", "logits": logits, "labels": labels.tolist()}).json()
+    estimate = client.post("/v1/estimates", json={"logits": logits}).json()
     key_id = client.get("/v1/keys", headers={"Authorization": f"Bearer {keys['a_admin']}"}).json()["items"][0]["id"]
     return {
         "ids": {
             "evaluation_id": evaluation["id"], "calibrator_id": heads["calibrator_id"], "gate_id": gate["id"],
             "detector_id": heads["detector_id"], "sdm_id": heads["sdm_id"], "model_id": model["id"],
             "pipeline_id": pipeline["id"], "key_id": key_id, "name": "digits", "version": "1", "job_id": job["id"],
+            "conformal_id": conformal["id"], "estimate_id": estimate["id"],
         },
         "x": x[:4].tolist(),
         "logits": outputs["logits"][:4].tolist(),
@@ -121,6 +124,7 @@ def valid_body(operation_id: str, a: dict[str, Any]) -> dict[str, Any] | None:
         "applyCalibrator": {"logits": logits},
         "scoreDetector": {"features": embedding},
         "scoreSdm": {"embeddings": embedding, "logits": logits},
+        "predictConformal": {"logits": logits},
         "evaluateModel": {"inputs": {"x": x}, "labels": labels},
         "predict": {"inputs": {"x": x}},
         "modelInfer": infer,

@@ -63,6 +63,7 @@ SHELL_EXAMPLES = [
     "sh-report",
     "sh-jobs",
     "sh-sources",
+    "sh-guarantees",
 ]
 
 

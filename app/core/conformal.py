@@ -61,6 +61,9 @@ class ConformalScore:
 
     def scores_fragment(self, p: Var, labels: Var) -> Var:
         """s(x_i, y_i) [N] float64 of probabilities [N, C] and labels [N] (int64)."""
+        if self.method == "lac":  # no ranks needed: 1 − p_y, without the sort
+            at_label = op.gather_elements(op.cast(p, to=np.float64), op.unsqueeze(labels, ints(1)), axis=1)
+            return op.sub(scalar(1.0, np.float64), op.squeeze(at_label, ints(1)))
         scores, order = self.sorted_scores(p)
         at_label = op.cast(op.equal(order, op.unsqueeze(labels, ints(1))), to=np.float64)  # one position per row
         return op.reduce_sum(op.mul(scores, at_label), ints(1), keepdims=0)
@@ -68,8 +71,11 @@ class ConformalScore:
     def set_fragment(self, p: Var, quantiles: np.ndarray) -> tuple[Var, Var]:
         """(prediction_set [N, C] bool in class order, set_size [N] int64): s(x, y) ≤ q̂, or ≤ q̂_y with one
         quantile per class (Mondrian); +∞ admits every class."""
-        scores, order = self.sorted_scores(p)
         q = op.constant(value=np.asarray(quantiles, np.float64))
+        if self.method == "lac":  # in class order already: 1 − p_y ≤ q̂ (q̂_y broadcast along the classes)
+            member = op.less_or_equal(op.sub(scalar(1.0, np.float64), op.cast(p, to=np.float64)), q)
+            return member, op.reduce_sum(op.cast(member, to=np.int64), ints(1), keepdims=0)
+        scores, order = self.sorted_scores(p)
         threshold = op.gather(q, order) if quantiles.ndim == 1 else q  # q̂ of the class at each position
         member = op.cast(op.less_or_equal(scores, threshold), to=np.int64)
         in_class_order = op.scatter_elements(op.mul(member, scalar(0, np.int64)), order, member, axis=1)

@@ -20,6 +20,7 @@ from caliper_client.client import CaliperClient
 
 DONE, BROKEN = 0, 2
 URL_HELP = "the running Caliper service, e.g. http://127.0.0.1:8000 (default: CALIPER_URL)"
+EXIT_CODES = "exit codes: 0 done; 2 usage, file or service error"
 Verb = Callable[[argparse.Namespace, CaliperClient], int]
 
 
@@ -32,7 +33,7 @@ def _arrays(path: Path) -> dict[str, np.ndarray]:
         return {name: data[name] for name in data.files}
 
 
-def _printed(record: dict[str, Any], as_json: bool) -> int:
+def printed(record: dict[str, Any], as_json: bool) -> int:
     print(json.dumps(record, indent=2) if as_json else record["id"])
     return DONE
 
@@ -45,7 +46,7 @@ def _upload(args: argparse.Namespace, client: CaliperClient) -> int:
         "tags": tags_of(args.tag) or None,
     }
     record = client.upload_model(args.file, args.name, **{k: v for k, v in options.items() if v is not None})
-    return _printed(record, args.json)
+    return printed(record, args.json)
 
 
 def _list(args: argparse.Namespace, client: CaliperClient) -> int:
@@ -59,7 +60,7 @@ def _list(args: argparse.Namespace, client: CaliperClient) -> int:
 
 
 def _show(args: argparse.Namespace, client: CaliperClient) -> int:
-    return _printed(client.get_model(args.model_id), as_json=True)
+    return printed(client.get_model(args.model_id), as_json=True)
 
 
 def _delete(args: argparse.Namespace, client: CaliperClient) -> int:
@@ -69,7 +70,8 @@ def _delete(args: argparse.Namespace, client: CaliperClient) -> int:
 
 
 def _heads(args: argparse.Namespace) -> dict[str, str]:
-    heads = {"calibrator_id": args.calibrator, "detector_id": getattr(args, "detector", None), "sdm_id": args.sdm}
+    heads = {"calibrator_id": args.calibrator, "detector_id": getattr(args, "detector", None), "sdm_id": args.sdm,
+             "conformal_id": args.conformal}  # fmt: skip
     return {k: v for k, v in heads.items() if v is not None}
 
 
@@ -88,43 +90,44 @@ def _evaluate(args: argparse.Namespace, client: CaliperClient) -> int:
     options |= {k: v for k, v in {"dataset": args.dataset, "tags": tags_of(args.tag) or None}.items() if v is not None}
     labels = load_numpy(args.labels, ".npy")
     evaluation = client.evaluate_model(args.model_id, _arrays(args.inputs), labels=labels, **options)
-    return _printed(evaluation, args.json)
+    return printed(evaluation, args.json)
 
 
-def _connected(verb: Verb) -> Callable[[argparse.Namespace], int]:
+def connected(verb: Verb, command: str = "model") -> Callable[[argparse.Namespace], int]:
     """Run `verb` against the service; any service, file or usage error is exit code 2 with its message."""
 
     def run(args: argparse.Namespace) -> int:
         url = args.url or os.environ.get("CALIPER_URL")
         if not url:
-            print("caliper model: give --url (or CALIPER_URL): models run on a service", file=sys.stderr)
+            print(f"caliper {command}: give --url (or CALIPER_URL): this runs on a service", file=sys.stderr)
             return BROKEN
         try:
             with CaliperClient(url) as client:
                 return verb(args, client)
         except Exception as exc:
-            print(f"caliper model: error: {exc}", file=sys.stderr)
+            print(f"caliper {command}: error: {exc}", file=sys.stderr)
             return BROKEN
 
     return run
 
 
-def add_parsers(sub: Any) -> None:
-    model = sub.add_parser(
-        "model",
-        help="upload, list, show, delete, predict with and evaluate uploaded ONNX models",
-        description=__doc__,
-        epilog="exit codes: 0 done; 2 usage, file or service error",
-    )
-    verbs = model.add_subparsers(dest="verb", required=True, help="what to do")
+def verbs_of(sub: Any, command: str, help: str, description: str | None) -> Callable[[str, Verb, str], Any]:
+    """The `caliper <command> <verb>` parser, and a function that adds a verb (with --url) running `verb`."""
+    parser = sub.add_parser(command, help=help, description=description, epilog=EXIT_CODES)
+    verbs = parser.add_subparsers(dest="verb", required=True, help="what to do")
 
     def verb(name: str, run: Verb, help: str) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = verbs.add_parser(
-            name, help=help, epilog="exit codes: 0 done; 2 usage, file or service error"
-        )
-        parser.add_argument("--url", help=URL_HELP)
-        parser.set_defaults(func=_connected(run))
-        return parser
+        added: argparse.ArgumentParser = verbs.add_parser(name, help=help, epilog=EXIT_CODES)
+        added.add_argument("--url", help=URL_HELP)
+        added.set_defaults(func=connected(run, command))
+        return added
+
+    return verb
+
+
+def add_parsers(sub: Any) -> None:
+    help = "upload, list, show, delete, predict with and evaluate uploaded ONNX models"
+    verb = verbs_of(sub, "model", help, __doc__)
 
     upload = verb("upload", _upload, "upload an .onnx classifier (prints its id)")
     upload.add_argument("file", type=Path, help="the .onnx file")
@@ -153,6 +156,7 @@ def add_parsers(sub: Any) -> None:
     predict.add_argument("--calibrator", metavar="ID", help="calibrator id: calibrated `probabilities`")
     predict.add_argument("--detector", metavar="ID", help="detector id: `ood_score`")
     predict.add_argument("--sdm", metavar="ID", help="SDM estimator id: the `sdm.*` columns")
+    predict.add_argument("--conformal", metavar="ID", help="conformal predictor id: `prediction_set`")
     predict.add_argument("--return-embedding", action="store_true", help="include the embedding output")
 
     evaluate = verb("evaluate", _evaluate, "evaluate a model on inputs and labels and store it (prints its id)")
@@ -161,6 +165,7 @@ def add_parsers(sub: Any) -> None:
     evaluate.add_argument("--labels", required=True, type=Path, help=".npy with the integer labels [N]")
     evaluate.add_argument("--calibrator", metavar="ID", help="evaluate the calibrated probabilities")
     evaluate.add_argument("--sdm", metavar="ID", help="add the SDM region metrics")
+    evaluate.add_argument("--conformal", metavar="ID", help="add conformal_coverage and conformal_mean_set_size")
     evaluate.add_argument("--metric", action="append", metavar="NAME", help="a metric to compute (repeatable)")
     evaluate.add_argument("--dataset", help="the dataset's name, stored with the evaluation")
     evaluate.add_argument("--tag", action="append", metavar="KEY=VALUE", help="a tag to store (repeatable)")

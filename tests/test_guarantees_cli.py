@@ -63,8 +63,8 @@ def test_the_conformal_and_estimate_commands_round_trip(live_server: str, client
     assert estimated.returncode == 0, estimated.stderr
     record = json.loads(estimated.stdout)
     assert record["estimates"]["accuracy_cbpe"] == pytest.approx(softmax(fresh).max(1).mean(), rel=1e-12)
-    with_reference = caliper("estimate", "--logits", str(tmp_path / "fresh.npy"), "--reference-logits",
-                             str(tmp_path / "z.npy"), "--reference-labels", str(tmp_path / "y.npy"), url=live_server)  # fmt: skip
+    reference = ["--reference-logits", str(tmp_path / "z.npy"), "--reference-labels", str(tmp_path / "y.npy")]
+    with_reference = caliper("estimate", "--logits", str(tmp_path / "fresh.npy"), *reference, url=live_server)
     assert with_reference.returncode == 0 and "accuracy_atc=" in with_reference.stdout, with_reference.stderr
 
     assert caliper("conformal", "delete", conformal_id, url=live_server).returncode == 0

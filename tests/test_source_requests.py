@@ -118,8 +118,14 @@ def features_source(root: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize(
     "params",
-    [{}, {"shrinkage": "ledoit_wolf"}, {"covariance": "per_class"}, {"normalize": True, "shrinkage": "oas"}],
-    ids=["tied", "ledoit-wolf", "per-class", "normalized-oas"],
+    [
+        {},
+        {"shrinkage": "ledoit_wolf"},
+        {"covariance": "per_class"},
+        {"covariance": "diagonal"},
+        {"normalize": True, "shrinkage": "oas"},
+    ],
+    ids=["tied", "ledoit-wolf", "per-class", "diagonal", "normalized-oas"],
 )
 def test_a_mahalanobis_fit_from_files_equals_the_inline_fit(
     api: TestClient, root: Path, data: dict[str, np.ndarray], params: dict[str, Any]

@@ -18,7 +18,7 @@ from spox import Tensor, Var, argument, build
 from app.core.errors import InputError
 from app.core.fitted_state import FittedState, HyperParameters
 from app.core.fold import Assembled, Chunk, Gather, InMemory, Source, Total, fold, merged_fold
-from app.core.graphrun import mapped_outputs, session_step
+from app.core.graphrun import mapped, mapped_outputs, session_step
 from app.core.logistic import fit_logistic
 from app.core.mahalanobis import (
     GaussianStats,
@@ -100,6 +100,14 @@ class Detector(HyperParameters, FittedState, ABC):
     def row_bytes(self) -> int:
         """What one row's scoring intermediates take, which sizes the chunks: [D] in float64."""
         return 8 * self.dim
+
+    def logits(self, features: np.ndarray, key: str, cache: SessionCache | None = None) -> np.ndarray:
+        """The generative classifier's class scores log π_c + log p(x | c), [N, C]: Gaussian detectors only."""
+        raise InputError("return_logits", f"a {self.method_name} detector is not a generative classifier")
+
+    @property
+    def method_name(self) -> str:
+        return type(self).__name__.removesuffix("Detector").lower()
 
     def score(
         self, features: np.ndarray, key: str | None = None, cache: SessionCache | None = None
@@ -197,6 +205,22 @@ class _Gaussian(Detector):
     def _fit_statistics(self, stats: GaussianStats, rows: Source, gather: Gather[Any]) -> Self:
         """Set the fitted state from the merged statistics (a second pass over `rows` where one is needed)."""
 
+    def logits(self, features: np.ndarray, key: str, cache: SessionCache | None = None) -> np.ndarray:
+        """log π_c + log N(x; μ_c, Σ_c) with the full normalising constants, in one graph per dtype."""
+        model = self.model()
+        assert isinstance(model, MahalanobisModel | PerClassModel)
+        if isinstance(model, MahalanobisModel) and (model.log_priors is None or model.background is not None):
+            raise InputError(
+                "return_logits", "relative_mahalanobis, or a detector fitted before class priors were kept: refit it"
+            )
+        dtype = np.dtype(features.dtype)
+
+        def graph() -> onnx.ModelProto:
+            x = argument(Tensor(dtype, ("N", self.dim)))
+            return build({"features": x}, {"logits": model.logits_fragment(x)})
+
+        return mapped(f"{key}:logits:{dtype}", graph, {"features": features}, cache)
+
 
 class GaussianDetector(_Gaussian):
     """Tied covariance (Lee et al. 2018): score min_c d_c²; `relative` subtracts the background d_0²
@@ -215,7 +239,7 @@ class GaussianDetector(_Gaussian):
         self.relative, self.inverse = relative, inverse
 
     def state_keys(self) -> tuple[str, ...]:
-        return ("mean", "whiten", "means", "background")
+        return ("mean", "whiten", "means", "background", "log_priors", "log_det")
 
     def _fit_statistics(self, stats: GaussianStats, rows: Source, gather: Gather[Any]) -> Self:
         fourth = None
@@ -236,10 +260,14 @@ class GaussianDetector(_Gaussian):
             model.means,
             model.background,
         )
+        self.log_priors_, self.log_det_ = (None, None) if self.relative else (model.log_priors, model.log_det)
         return self
 
     def model(self) -> MahalanobisModel:
-        return MahalanobisModel(self.mean_, self.whiten_, self.means_, self.background_, self.normalize)
+        log_priors, log_det = getattr(self, "log_priors_", None), getattr(self, "log_det_", None)
+        return MahalanobisModel(
+            self.mean_, self.whiten_, self.means_, self.background_, self.normalize, log_priors, log_det
+        )
 
     @property
     def classes(self) -> int:
@@ -247,16 +275,22 @@ class GaussianDetector(_Gaussian):
 
 
 class PerClassGaussianDetector(_Gaussian):
-    """Untied covariances Σ_c (mahalanobis.md §3.2): score min_c [d_c² + log|Σ_c| − 2 log π_c].
-    State: pc_whiten_, pc_means_, pc_offsets_."""
+    """Untied covariances Σ_c (mahalanobis.md §3.2), or their diagonals (`diagonal`: Gaussian naive Bayes):
+    score min_c [d_c² + log|Σ_c| − 2 log π_c]. State: pc_whiten_, pc_means_, pc_offsets_."""
 
     per_class: ClassVar[bool] = True
+
+    def __init__(
+        self, shrinkage: Shrinkage = None, ridge: float = 0.0, normalize: bool = False, diagonal: bool = False
+    ) -> None:
+        super().__init__(shrinkage, ridge, normalize)
+        self.diagonal = diagonal
 
     def state_keys(self) -> tuple[str, ...]:
         return ("pc_whiten", "pc_means", "pc_offsets")
 
     def _fit_statistics(self, stats: GaussianStats, rows: Source, gather: Gather[Any]) -> Self:
-        model = fit_per_class(stats, self.shrinkage, self.ridge, self.normalize)  # type: ignore[arg-type]
+        model = fit_per_class(stats, self.shrinkage, self.ridge, self.normalize, self.diagonal)  # type: ignore[arg-type]
         self.pc_whiten_, self.pc_means_, self.pc_offsets_ = model.whiten, model.means, model.offsets
         return self
 

@@ -195,24 +195,41 @@ class MahalanobisModel:
     means: F64  # [C, D] whitened, centred on the global mean
     background: F64 | None = None  # [D, D] whitening of the label-free covariance
     normalize: bool = False
+    log_priors: F64 | None = None  # [C] log π_c (class frequencies), for `logits_fragment`
+    log_det: float | None = None  # log|Σ| (the pseudo-determinant where `pinv` cut eigenvalues)
 
     @property
     def dim(self) -> int:
         return int(self.mean.size)
 
-    def fragment(self, features: Var) -> tuple[Var, Var]:
-        """`scores` = min_c d_c² (minus d_0² when relative) and `nearest_class` = argmin_c d_c²."""
+    def _distances(self, features: Var) -> tuple[Var, Var]:
+        """(d_c² [N, C], the features centred on the global mean)."""
         c = _constants(features)
         centred = op.sub(_unit(features, c) if self.normalize else features, c(self.mean))
         z = op.matmul(centred, c(self.whiten.T))
         squared = op.reduce_sum(op.mul(z, z), ints(-1), keepdims=1)
         cross = op.matmul(z, c(self.means.T))
         d2 = op.clip(op.add(op.sub(squared, op.mul(c(2.0), cross)), c(np.sum(self.means**2, axis=1))), c(0.0), None)
+        return d2, centred
+
+    def fragment(self, features: Var) -> tuple[Var, Var]:
+        """`scores` = min_c d_c² (minus d_0² when relative) and `nearest_class` = argmin_c d_c²."""
+        c = _constants(features)
+        d2, centred = self._distances(features)
         score = op.reduce_min(d2, ints(-1), keepdims=0)
         if self.background is not None:
             zb = op.matmul(centred, c(self.background.T))
             score = op.sub(score, op.reduce_sum(op.mul(zb, zb), ints(-1), keepdims=0))
         return score, op.arg_min(d2, axis=-1, keepdims=0)
+
+    def logits_fragment(self, features: Var) -> Var:
+        """The generative classifier's class scores (LDA): log π_c + log N(x; μ_c, Σ) =
+        log π_c − ½ d_c² − ½ log|Σ| − (D/2) log 2π, [N, C]."""
+        assert self.log_priors is not None and self.log_det is not None
+        c = _constants(features)
+        d2, _ = self._distances(features)
+        constant = -0.5 * self.log_det - 0.5 * self.dim * np.log(2 * np.pi)
+        return op.add(op.mul(c(-0.5), d2), c(self.log_priors + constant))
 
 
 def fit(
@@ -232,7 +249,11 @@ def fit(
     background = None
     if relative:
         background = whitening(stats.scatter / stats.n + ridge * np.eye(stats.dim), inverse)
-    return MahalanobisModel(stats.mean, a, means, background, normalize)
+    values = np.linalg.eigvalsh(covariance)
+    kept = values[values > values.max() * covariance.shape[0] * np.finfo(np.float64).eps]
+    with np.errstate(divide="ignore"):
+        log_priors = np.log(stats.class_counts / stats.n)
+    return MahalanobisModel(stats.mean, a, means, background, normalize, log_priors, float(np.sum(np.log(kept))))
 
 
 class ScoringModel(Protocol):
@@ -316,9 +337,9 @@ class PerClassModel:
     def dim(self) -> int:
         return int(self.means.shape[1])
 
-    def fragment(self, features: Var) -> tuple[Var, Var]:
-        """`scores` = min_c [‖A_c(x − μ_c)‖² + log|Σ_c| − 2 log π_c], `nearest_class` = argmin. All classes
-        in one product: x [N, D] @ [D, C·D], minus the whitened means, squared and summed per class."""
+    def _terms(self, features: Var) -> Var:
+        """d_c² + log|Σ_c| − 2 log π_c, [N, C]. All classes in one product: x [N, D] @ [D, C·D], minus the
+        whitened means, squared and summed per class."""
         c = _constants(features)
         classes, dim = self.means.shape
         stacked = np.concatenate([w.T for w in self.whiten], axis=1)  # [D, C·D]
@@ -326,22 +347,40 @@ class PerClassModel:
         x = _unit(features, c) if self.normalize else features
         z = op.sub(op.matmul(x, c(stacked)), c(shifts))
         per_class = op.reshape(z, ints(-1, classes, dim))
-        d2 = op.add(op.reduce_sum(op.mul(per_class, per_class), ints(-1), keepdims=0), c(self.offsets))
+        return op.add(op.reduce_sum(op.mul(per_class, per_class), ints(-1), keepdims=0), c(self.offsets))
+
+    def fragment(self, features: Var) -> tuple[Var, Var]:
+        """`scores` = min_c [‖A_c(x − μ_c)‖² + log|Σ_c| − 2 log π_c], `nearest_class` = argmin."""
+        d2 = self._terms(features)
         return op.reduce_min(d2, ints(-1), keepdims=0), op.arg_min(d2, axis=-1, keepdims=0)
+
+    def logits_fragment(self, features: Var) -> Var:
+        """The generative classifier's class scores (QDA; Gaussian naive Bayes when the Σ_c are diagonal):
+        log π_c + log N(x; μ_c, Σ_c) = −½ [d_c² + log|Σ_c| − 2 log π_c] − (D/2) log 2π, [N, C]."""
+        c = _constants(features)
+        return op.add(op.mul(c(-0.5), self._terms(features)), c(-0.5 * self.dim * np.log(2 * np.pi)))
 
 
 def fit_per_class(
-    stats: GaussianStats, shrinkage: Literal["oas"] | float | None = None, ridge: float = 0.0, normalize: bool = False
+    stats: GaussianStats,
+    shrinkage: Literal["oas"] | float | None = None,
+    ridge: float = 0.0,
+    normalize: bool = False,
+    diagonal: bool = False,
 ) -> PerClassModel:
-    """Σ_c = W_c / n_c (MLE per class), optionally shrunk and ridged; every Σ_c must be positive
-    definite (the log-determinant is part of the score), so a class with too few rows is refused."""
+    """Σ_c = W_c / n_c (MLE per class; its diagonal only with `diagonal`: Gaussian naive Bayes),
+    optionally shrunk and ridged; every Σ_c must be positive definite (the log-determinant is part of the
+    score), so a class with too few rows is refused."""
     assert stats.class_scatter is not None
     whitens, offsets = [], []
     for c in range(stats.classes):
         n_c = stats.class_counts[c]
         if n_c < 2:
             raise InputError("labels", f"class {c} has {int(n_c)} row(s); a per-class covariance needs at least 2")
-        covariance = shrunk(stats.class_scatter[c] / n_c, shrinkage, n_c) + ridge * np.eye(stats.dim)
+        covariance = stats.class_scatter[c] / n_c
+        if diagonal:
+            covariance = np.diag(np.diag(covariance))
+        covariance = shrunk(covariance, shrinkage, n_c) + ridge * np.eye(stats.dim)
         values, vectors = eigen(covariance)
         if values.min() <= values.max() * stats.dim * np.finfo(np.float64).eps:
             raise InputError(

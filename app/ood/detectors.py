@@ -114,6 +114,7 @@ class DetectorService(StoredResource[DetectorRecord, DetectorOut]):
         self._fitted.evict(detector_id)
         for dtype in self.DTYPES:
             self.runtime.evict(f"{self._key(detector_id)}:{dtype}")
+            self.runtime.evict(f"{self._key(detector_id)}:logits:{dtype}")
 
     def detector(self, record: DetectorRecord) -> AnyDetector:
         """The stored detector's fitted estimator (for the service and for exports)."""
@@ -143,12 +144,25 @@ class DetectorService(StoredResource[DetectorRecord, DetectorOut]):
         return detector.score(features, self._key(detector_id), self.runtime)
 
     def score_rows(
-        self, detector_id: str, arrays: dict[str, np.ndarray], alpha: float = 0.05, fdr: bool = False
+        self,
+        detector_id: str,
+        arrays: dict[str, np.ndarray],
+        alpha: float = 0.05,
+        fdr: bool = False,
+        return_logits: bool = False,
     ) -> dict[str, np.ndarray]:
-        """`scores` and `nearest_class`, and with a calibration set the conformal `p_values` and `is_ood`
-        (p ≤ α per row, or the Benjamini–Hochberg rejections at α over these rows with `fdr`)."""
+        """`scores` and `nearest_class`; with `return_logits` a Gaussian detector's class `logits`; with a
+        calibration set the conformal `p_values` and `is_ood` (p ≤ α per row, or the Benjamini–Hochberg
+        rejections at α over these rows with `fdr`)."""
         scores, nearest = self.score(detector_id, arrays)
         out = {"scores": scores, "nearest_class": nearest}
+        if return_logits:
+            record = self.record(detector_id)
+            detector = self.detector(record)
+            if isinstance(detector, LayerEnsemble):
+                raise InputError("return_logits", "a feature ensemble is not a generative classifier")
+            features = float_matrix(arrays.get("features"), "features", record.dim)
+            out["logits"] = detector.logits(features, self._key(detector_id), self.runtime)
         calibration = self.calibration_scores(self.record(detector_id))
         if calibration is not None:
             p_values = conformal_p_values(calibration, scores.astype(np.float64))

@@ -53,12 +53,14 @@ class Method(Generic[P]):
 
 
 def _gaussian(params: MahalanobisParams, relative: bool) -> Detector:
-    if params.covariance == "per_class":
+    if params.covariance in ("per_class", "diagonal"):
         if relative or params.shrinkage == "ledoit_wolf":
             raise InputError(
-                "params.covariance", "per_class works with method mahalanobis and shrinkage null, oas or α"
+                "params.covariance",
+                f"{params.covariance} works with method mahalanobis and shrinkage null, oas or α",
             )
-        return PerClassGaussianDetector(params.shrinkage, params.ridge, params.normalize)
+        diagonal = params.covariance == "diagonal"
+        return PerClassGaussianDetector(params.shrinkage, params.ridge, params.normalize, diagonal)
     return GaussianDetector(relative, params.shrinkage, params.ridge, params.normalize, params.inverse)
 
 

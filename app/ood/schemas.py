@@ -95,10 +95,11 @@ class MahalanobisParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    covariance: Literal["tied", "per_class"] = Field(
+    covariance: Literal["tied", "per_class", "diagonal"] = Field(
         "tied",
         description="per_class: Σ_c = W_c/n_c with score min_c [d_c² + log|Σ_c| − 2 log π_c]; needs n_c ≫ D "
-        "(a singular Σ_c is refused: add ridge or shrinkage). Not with relative_mahalanobis or ledoit_wolf.",
+        "(a singular Σ_c is refused: add ridge or shrinkage). diagonal: the diagonal of each Σ_c (Gaussian naive "
+        "Bayes), scored alike. Neither with relative_mahalanobis or ledoit_wolf.",
     )
     shrinkage: Literal["ledoit_wolf", "oas"] | Annotated[float, Field(ge=0, le=1)] | None = Field(
         None, description="ledoit_wolf, oas, or α for (1 − α)Σ + α·tr(Σ)/D·I."
@@ -224,6 +225,12 @@ class ScoreRequest(BaseModel):
     alpha: float = Field(
         0.05, gt=0, lt=1, allow_inf_nan=False, description="With a calibration set: `is_ood` is p_value ≤ alpha."
     )
+    return_logits: bool = Field(
+        False,
+        description="mahalanobis detectors (tied: LDA, per_class: QDA, diagonal: naive Bayes) also answer `logits` "
+        "[N, C] = log π_c + log p(x | c) with the full normalising constants: the generative classifier's class "
+        "scores, which evaluations take like any logits.",
+    )
     fdr: bool = Field(
         False,
         description="With a calibration set: `is_ood` by the Benjamini–Hochberg procedure at level alpha over the "
@@ -234,6 +241,9 @@ class ScoreRequest(BaseModel):
 class DetectorScoresOut(BaseModel):
     scores: list[float | None] = Field(description=f"Higher = more out-of-distribution; {NULL_NOTE}.")
     nearest_class: list[int] = Field(description="argmin_c d_c² (ties → lowest index).")
+    logits: list[list[float | None]] | None = Field(
+        None, description=f"With `return_logits` (else absent): log π_c + log p(x | c), [N, C]; {NULL_NOTE}."
+    )
     p_values: list[float] | None = Field(
         None,
         description="With a calibration set (else absent): (1 + #{i : s_i ≥ s}) / (m + 1) over its m scores s_i; "

@@ -52,7 +52,7 @@ async def create_detector(request: Request) -> Response:
 async def score(detector_id: str, request: Request) -> Response:
     body, arrays = await SCORE.read(request)
     service = resources_of(request).detectors
-    rows = await run_in_threadpool(service.score_rows, detector_id, arrays, body.alpha, body.fdr)
+    rows = await run_in_threadpool(service.score_rows, detector_id, arrays, body.alpha, body.fdr, body.return_logits)
     if NPZ in request.headers.get("accept", ""):  # api.md: per-row outputs of score endpoints, as .npz too
         return npz_response(rows)
     out = DetectorScoresOut.model_validate({name: values.tolist() for name, values in rows.items()})

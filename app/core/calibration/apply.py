@@ -16,6 +16,7 @@ from spox import Tensor, Var, argument, build
 from app.core.graph_context import class_range, ints, scalar
 
 Scope = Literal["binary", "top_label"]
+F64 = np.dtype(np.float64)
 
 
 def _const(value: object, dtype: np.dtype) -> Var:
@@ -72,6 +73,27 @@ def affine(z: Var, weight: np.ndarray, bias: np.ndarray, on_log_probs: bool) -> 
     w = _const(weight, dtype)
     linear = op.mul(x, w) if weight.ndim == 1 else op.matmul(x, _const(weight.T, dtype))
     return op.softmax(op.add(linear, _const(bias, dtype)), axis=-1)
+
+
+def temperature_features(z: Var, top: int) -> Var:
+    """φ(z) of a per-input temperature (api.md, adaptive_temperature), in float64: the `top` largest
+    log-probabilities, sorted, and the entropy of softmax(z); [N, top + 1]."""
+    log_p = op.log_softmax(op.cast(z, to=np.float64), axis=-1)
+    largest, _ = op.top_k(log_p, ints(top), axis=-1, largest=1, sorted=1)
+    entropy = op.neg(op.reduce_sum(op.mul(op.exp(log_p), log_p), ints(-1), keepdims=1))
+    return op.concat([largest, entropy], axis=-1)
+
+
+def adaptive_temperature(
+    z: Var, weights: np.ndarray, bias: float, feature_mean: np.ndarray, feature_scale: np.ndarray
+) -> Var:
+    """softmax(z / T(z)) with T(z) = exp(w·φ̂(z) + b), φ̂ the features standardised by the fit data's mean
+    and scale (a TempNet-style per-input temperature)."""
+    dtype = dtype_of(z)
+    standard = op.div(op.sub(temperature_features(z, len(weights) - 1), _const(feature_mean, F64)),
+                      _const(feature_scale, F64))  # fmt: skip
+    log_t = op.add(op.matmul(standard, _const(weights.reshape(-1, 1), F64)), _const(bias, F64))
+    return op.softmax(op.mul(z, op.cast(op.exp(op.neg(log_t)), to=dtype)), axis=-1)
 
 
 def _renormalised(values: Var, dtype: np.dtype) -> Var:

@@ -246,6 +246,67 @@ class CorrectnessAwareTemperature(TemperatureScaling):
         return super().fitted() | ({"views": True} if self.takes_views else {})
 
 
+class AdaptiveTemperature(Calibrator):
+    """A per-input temperature (TempNet-style; api.md): T(z) = exp(w·φ̂(z) + b), φ̂ the sorted
+    top-min(C, 10) log-probabilities and the entropy, standardised on the fit data; fitted by L-BFGS-B on
+    the mean NLL + `reg`·‖w‖², from w = 0 and b = log T of global temperature scaling, which the fit
+    therefore never does worse than on the fit data (w = 0 carries no penalty). State: weights_, bias_,
+    feature_mean_, feature_scale_."""
+
+    method = "adaptive_temperature"
+
+    def __init__(self, reg: float = 1e-2) -> None:
+        super().__init__()
+        self.reg = reg
+
+    def fit(self, logits: np.ndarray, labels: np.ndarray, cache: SessionCache | None = None) -> AdaptiveTemperature:
+        dtype = logits.dtype
+        n, classes = logits.shape
+        top = min(classes, 10)
+        features = mapped(f"features:adaptive:{top}:{dtype}", lambda: objectives.features_graph(dtype, top),
+                          {"logits": logits}, cache)  # fmt: skip
+        mean = features.mean(0)
+        scale = features.std(0)
+        scale = np.where(scale > 1e-12, scale, 1.0)  # a constant feature (C ≤ 10: the smallest is never one)
+        standard = (features - mean) / scale
+        start = np.log(TemperatureScaling().fit(logits, labels, cache).temperature_)
+
+        def value_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            weight, bias = theta[:-1], theta[-1]
+            out = summed(
+                f"objective:adaptive:{dtype}",
+                lambda: objectives.adaptive_temperature_objective(dtype),
+                {"logits": logits, "labels": labels, "features": standard},
+                {"weight": weight, "bias": np.asarray(bias)},
+                cache,
+            )
+            loss = float(out["nll"]) / n + self.reg * float(weight @ weight)
+            grad = np.concatenate([out["grad_weight"] / n + 2 * self.reg * weight, [float(out["grad_bias"]) / n]])
+            return loss, grad
+
+        theta = np.concatenate([np.zeros(top + 1), [start]])
+        result = minimize(value_and_grad, theta, jac=True, method="L-BFGS-B",
+                          options={"maxiter": 1000, "gtol": 1e-9, "ftol": 1e-15})  # fmt: skip
+        self.weights_, self.bias_ = result.x[:-1], float(result.x[-1])
+        self.feature_mean_, self.feature_scale_ = mean, scale
+        self.fit_info_ = {
+            "iterations": int(result.nit),
+            "gradient": float(np.max(np.abs(result.jac))),
+            "objective": float(result.fun),
+            "converged": bool(result.success),
+        }
+        return self
+
+    def apply_fragment(self, logits: Var) -> Var:
+        return apply.adaptive_temperature(
+            logits, np.asarray(self.weights_), float(self.bias_), np.asarray(self.feature_mean_),
+            np.asarray(self.feature_scale_),
+        )  # fmt: skip
+
+    def state_keys(self) -> tuple[str, ...]:
+        return ("weights", "bias", "feature_mean", "feature_scale")
+
+
 class AffineScaling(Calibrator):
     """Vector scaling softmax(w ⊙ z + b), matrix scaling softmax(z Wᵀ + b) (Guo et al. 2017) and
     Dirichlet calibration softmax(log_softmax(z) Wᵀ + b) (Kull et al. 2019), fitted by L-BFGS-B on the

@@ -13,6 +13,7 @@ import onnx
 import spox.opset.ai.onnx.v21 as op
 from spox import Tensor, Var, argument, build
 
+from app.core.calibration.apply import temperature_features
 from app.core.graph_context import class_range, ints
 
 AffineKind = Literal["vector", "matrix"]
@@ -70,6 +71,29 @@ def affine_objective(dtype: np.dtype, kind: AffineKind, on_log_probs: bool) -> o
             grad_w = op.cast(grad_w, to=np.float64)
     outputs = {"nll": _f64_sum(nll), "grad_weight": grad_w, "grad_bias": _f64_sum(residual, (0,))}
     return build({"logits": logits, "labels": labels, "weight": weight, "bias": bias}, outputs)
+
+
+def features_graph(dtype: np.dtype, top: int) -> onnx.ModelProto:
+    """`logits` [N, C] -> `features` [N, top + 1]: φ of a per-input temperature (apply.temperature_features)."""
+    logits = argument(Tensor(dtype, ("N", "C")))
+    return build({"logits": logits}, {"features": temperature_features(logits, top)})
+
+
+def adaptive_temperature_objective(dtype: np.dtype) -> onnx.ModelProto:
+    """Σ NLL of softmax(z·e^(−s)), s = φ̂·w + b, and its gradients, in float64: with z′ = z·e^(−s),
+    ∂NLL/∂s = z′_y − Σ_j p′_j z′_j, so ∂/∂w = Σ (∂NLL/∂s) φ̂ and ∂/∂b = Σ ∂NLL/∂s."""
+    logits, labels = _rows(dtype)
+    features = argument(Tensor(np.float64, ("N", "F")))
+    weight, bias = argument(Tensor(np.float64, ("F",))), argument(Tensor(np.float64, ()))
+    s = op.add(op.matmul(features, op.unsqueeze(weight, ints(1))), bias)  # [N, 1]
+    scaled = op.mul(op.cast(logits, to=np.float64), op.exp(op.neg(s)))
+    log_p = op.log_softmax(scaled, axis=-1)
+    at_label = op.gather_elements(scaled, _label_col(labels), axis=1)  # [N, 1]
+    nll = op.neg(op.gather_elements(log_p, _label_col(labels), axis=1))
+    d_s = op.sub(at_label, op.reduce_sum(op.mul(op.exp(log_p), scaled), ints(1), keepdims=1))  # [N, 1]
+    outputs = {"nll": _f64_sum(nll), "grad_weight": _f64_sum(op.mul(d_s, features), (0,)), "grad_bias": _f64_sum(d_s)}
+    inputs = {"logits": logits, "labels": labels, "features": features, "weight": weight, "bias": bias}
+    return build(inputs, outputs)
 
 
 def logistic_objective(dtype: np.dtype) -> onnx.ModelProto:

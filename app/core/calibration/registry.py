@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.core.calibration.fitters import (
+    AdaptiveTemperature,
     AffineScaling,
     BetaCalibration,
     Calibrator,
@@ -50,6 +51,10 @@ class OdirParams(NoParams):
     reg_mu: Penalty = Field(0.01, description="ODIR intercept weight μ.")
 
 
+class AdaptiveParams(NoParams):
+    reg: Penalty = Field(1e-2, description="L2 penalty on the temperature's feature weights w.")
+
+
 class BinsParams(NoParams):
     bins: int = Field(15, ge=1, le=1000)
 
@@ -73,6 +78,7 @@ class Method:
 METHODS: dict[str, Method] = {
     "temperature": Method(BoundsParams, TemperatureScaling, lambda k: 1),
     "temperature_ca": Method(CaParams, CorrectnessAwareTemperature, lambda k: 1),
+    "adaptive_temperature": Method(AdaptiveParams, AdaptiveTemperature, lambda k: min(k, 10) + 2),
     "vector_scaling": Method(
         VectorParams, AffineScaling, lambda k: 2 * k, {"kind": "vector", "on_log_probs": False, "reg_lambda": 0.0}
     ),

@@ -174,6 +174,9 @@ def test_a_worker_killed_mid_job_costs_a_retry_not_a_wrong_number(
     assert client.get(f"/v1/jobs/{job['id']}").json()["progress"]["done"] < N  # mid-job
     with contextlib.suppress(Exception):  # the worker dies answering: the nanny restarts it, Dask reruns its tasks
         cluster.run(os._exit, 1, workers=[victim])
+    until = time.monotonic() + 30  # the scheduler notices the closed stream a moment later
+    while victim in cluster.scheduler_info()["workers"] and time.monotonic() < until:
+        time.sleep(0.05)
     assert victim not in cluster.scheduler_info()["workers"]
     done = apps["dask"].state.resources.jobs.wait(job["id"], 120)
     assert done.state == "succeeded", done.error

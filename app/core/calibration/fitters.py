@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
 import onnx
-from scipy.optimize import isotonic_regression, minimize, minimize_scalar
+from scipy.optimize import OptimizeResult, isotonic_regression, minimize, minimize_scalar
 from spox import Var
 
 from app.core.calibration import apply, objectives
@@ -20,6 +21,23 @@ from app.core.fitted_state import FittedState, HyperParameters
 from app.core.graphrun import mapped, mapped_outputs, summed
 from app.core.logistic import fit_logistic
 from app.core.runtime import SessionCache
+
+
+def lbfgs(
+    value_and_grad: Callable[[np.ndarray], tuple[float, np.ndarray]], start: np.ndarray
+) -> tuple[OptimizeResult, dict[str, Any]]:
+    """scipy's L-BFGS-B from `start` on a (loss, gradient) function, and the fit info it reports."""
+    result = minimize(
+        value_and_grad, start, jac=True, method="L-BFGS-B", options={"maxiter": 1000, "gtol": 1e-9, "ftol": 1e-15}
+    )
+    info = {
+        "iterations": int(result.nit),
+        "evaluations": int(result.nfev),
+        "gradient": float(np.max(np.abs(result.jac))),
+        "objective": float(result.fun),
+        "converged": bool(result.success),
+    }
+    return result, info
 
 
 class Calibrator(HyperParameters, FittedState, ABC):
@@ -285,16 +303,9 @@ class AdaptiveTemperature(Calibrator):
             return loss, grad
 
         theta = np.concatenate([np.zeros(top + 1), [start]])
-        result = minimize(value_and_grad, theta, jac=True, method="L-BFGS-B",
-                          options={"maxiter": 1000, "gtol": 1e-9, "ftol": 1e-15})  # fmt: skip
+        result, self.fit_info_ = lbfgs(value_and_grad, theta)
         self.weights_, self.bias_ = result.x[:-1], float(result.x[-1])
         self.feature_mean_, self.feature_scale_ = mean, scale
-        self.fit_info_ = {
-            "iterations": int(result.nit),
-            "gradient": float(np.max(np.abs(result.jac))),
-            "objective": float(result.fun),
-            "converged": bool(result.success),
-        }
         return self
 
     def apply_fragment(self, logits: Var) -> Var:
@@ -356,18 +367,9 @@ class AffineScaling(Calibrator):
             return loss, np.concatenate([np.ravel(grad_w), grad_b])
 
         start = np.concatenate([np.ravel(np.ones(c) if self.kind == "vector" else np.eye(c)), np.zeros(c)])
-        result = minimize(
-            value_and_grad, start, jac=True, method="L-BFGS-B", options={"maxiter": 1000, "gtol": 1e-9, "ftol": 1e-15}
-        )
+        result, self.fit_info_ = lbfgs(value_and_grad, start)
         setattr(self, self.state_keys()[0] + "_", result.x[:size].reshape(shape))
         self.bias_ = result.x[size:]
-        self.fit_info_ = {
-            "iterations": int(result.nit),
-            "evaluations": int(result.nfev),
-            "gradient": float(np.max(np.abs(result.jac))),
-            "objective": float(result.fun),
-            "converged": bool(result.success),
-        }
         return self
 
     def apply_fragment(self, logits: Var) -> Var:

@@ -187,6 +187,33 @@ class Nkd(TermSpec):
     gamma: NonNegFloat = 1.5
 
 
+class NormFace(TermSpec):
+    """Cross-entropy over s·cos θ_j (Wang et al. 2017); takes `cosines` (api.md, cosine-margin losses)."""
+
+    name: Literal["normface"]
+    s: PositiveFloat = 30.0
+
+
+class CosFace(TermSpec):
+    """Cross-entropy over s·cos θ_j with the true class's term s·(cos θ_y − m) (Wang et al. 2018)."""
+
+    name: Literal["cosface"]
+    s: PositiveFloat = 30.0
+    m: NonNegFloat = 0.35
+
+
+class ArcFace(TermSpec):
+    """Cross-entropy over s·cos θ_j with the true class's term s·cos(θ_y + m) when θ_y ≤ π − m, else
+    s·(cos θ_y − m·sin m) (Deng et al. 2019, as pytorch-metric-learning 2.9's ArcFaceLoss; m in radians)."""
+
+    name: Literal["arcface"]
+    s: PositiveFloat = 64.0
+    m: NonNegFloat = 0.5
+
+
+COSINE_LOSSES = ("normface", "cosface", "arcface")  # they read the scores as cosines
+
+
 # ---- builders -----------------------------------------------------------------------------------------
 
 
@@ -382,6 +409,34 @@ def _kd(ctx: GraphContext, p: Kd) -> LossTerm:
     return LossTerm(op.mul(ctx.const(p.temperature**2), kl))
 
 
+def _margin_ce(ctx: GraphContext, s: float, target: Var) -> LossTerm:
+    """Cross-entropy over s·cos θ with the true class's logit replaced by `target` [N]."""
+    cosines = ctx.scores
+    scaled = op.mul(ctx.const(s), cosines)
+    logits = op.add(scaled, op.mul(ctx.onehot, op.unsqueeze(op.sub(target, ctx.at_label(scaled)), ctx.ints(1))))
+    return LossTerm(op.neg(ctx.at_label(op.log_softmax(logits, axis=-1))))
+
+
+def _normface(ctx: GraphContext, p: NormFace) -> LossTerm:
+    return _margin_ce(ctx, p.s, op.mul(ctx.const(p.s), ctx.at_label(ctx.scores)))
+
+
+def _cosface(ctx: GraphContext, p: CosFace) -> LossTerm:
+    return _margin_ce(ctx, p.s, op.mul(ctx.const(p.s), op.sub(ctx.at_label(ctx.scores), ctx.const(p.m))))
+
+
+def _arcface(ctx: GraphContext, p: ArcFace) -> LossTerm:
+    """cos(θ_y + m) = cos θ_y cos m − sin θ_y sin m with sin θ_y = √(1 − cos² θ_y) (θ_y ∈ [0, π]), and
+    θ_y ≤ π − m as cos θ_y ≥ cos(π − m): no arccos (onnxruntime has no float64 Acos)."""
+    cos_y = op.clip(ctx.at_label(ctx.scores), ctx.const(-1.0), ctx.const(1.0))
+    sin_y = op.sqrt(op.sub(ctx.const(1.0), op.mul(cos_y, cos_y)))
+    shifted = op.sub(op.mul(cos_y, ctx.const(math.cos(p.m))), op.mul(sin_y, ctx.const(math.sin(p.m))))
+    inside = op.mul(ctx.const(p.s), shifted)
+    beyond = op.mul(ctx.const(p.s), op.sub(cos_y, ctx.const(p.m * math.sin(p.m))))
+    limit = math.cos(math.pi - p.m) if p.m <= math.pi else math.inf  # beyond π: θ_y ≤ π − m never holds
+    return _margin_ce(ctx, p.s, op.where(op.greater_or_equal(cos_y, ctx.const(limit)), inside, beyond))
+
+
 def _nkd(ctx: GraphContext, p: Nkd) -> LossTerm:
     teacher_target = ctx.at_label(op.softmax(ctx.teacher_logits, axis=-1))
     target_term = op.neg(op.mul(teacher_target, ctx.true_log_prob))
@@ -434,6 +489,9 @@ LOSSES: dict[str, LossDef] = dict(
         _def(SquaredHinge, _squared_hinge, needs_labels=True),
         _def(Kd, _kd, needs_teacher=True),
         _def(Nkd, _nkd, needs_labels=True, needs_teacher=True),
+        _def(NormFace, _normface, needs_labels=True),
+        _def(CosFace, _cosface, needs_labels=True),
+        _def(ArcFace, _arcface, needs_labels=True),
     ]
 )
 

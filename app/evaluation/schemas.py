@@ -21,7 +21,10 @@ from app.examples import DIGIT_ROW, examples
 from app.records import Labels
 from app.tensors import MODEL_INPUTS_NOTE, Tensor, known_source, source_field
 
-TENSOR_FIELDS = ("logits", "probabilities", "labels", "targets", "teacher_logits", "sample_weight", "embeddings")
+TENSOR_FIELDS = (
+    "logits", "probabilities", "labels", "targets", "teacher_logits", "sample_weight", "embeddings", "cosines",
+    "class_weights",
+)  # fmt: skip
 SOURCE_FIELDS = ("logits", "probabilities", "labels", "targets", "teacher_logits", "sample_weight")
 INTEGER_FIELDS = frozenset({"labels"})
 SLICE_PARTS = ("slices.*",)
@@ -85,7 +88,19 @@ class EvaluationRequest(Labels):
         "sdm_hr_coverage, sdm_hr_accuracy, sdm_non_hr_accuracy, their sdm_hr_lower_* counterparts and "
         "sdm_ood_share (accuracy of an empty side: null). Needs `logits` and `labels`.",
     )
-    embeddings: Tensor | None = Field(None, description="[N, M] exemplar vectors for `sdm_id`.")
+    embeddings: Tensor | None = Field(
+        None, description="[N, M] exemplar vectors for `sdm_id`; or, with `class_weights`, [N, D] embeddings."
+    )
+    cosines: Tensor | None = Field(
+        None,
+        description="[N, C] cosines (each in [−1, 1]) in place of `logits`, for the cosine-margin losses normface, "
+        "cosface and arcface; metrics use them as logits.",
+    )
+    class_weights: Tensor | None = Field(
+        None,
+        description="[C, D] class weights: with `embeddings` [N, D], the cosines are those of the L2-normalised rows "
+        "(in place of `cosines`).",
+    )
     conformal_id: str | None = Field(
         None,
         description="Also report the sets of this conformal predictor on the rows, as metrics conformal_coverage (the "

@@ -12,6 +12,7 @@ import numpy as np
 
 from app.conformal.service import evaluation_metrics as conformal_metrics
 from app.core.conformal import Coverage
+from app.core.cosines import checked_cosines, cosines_of
 from app.core.errors import InputError
 from app.core.evaluation import (
     ROW_CONFIDENCE,
@@ -29,6 +30,7 @@ from app.core.evaluation import (
 )
 from app.core.fold import Arrays, Assembled, Chunk, Stage, Summed, fold
 from app.core.graph_context import InputKind
+from app.core.losses import COSINE_LOSSES
 from app.core.ood_metrics import separation, separation_plots
 from app.core.runtime import SessionCache
 from app.core.slices import Slices
@@ -63,6 +65,25 @@ def dataset_fingerprint(batch: Batch, block_rows: int = 1 << 20) -> str:
     for start in range(0, len(values), block_rows):
         digest.update(np.ascontiguousarray(values[start : start + block_rows], dtype=dtype).data)
     return digest.hexdigest()
+
+
+def as_cosines(request: EvaluationRequest, arrays: dict[str, np.ndarray], cache: SessionCache) -> dict[str, np.ndarray]:
+    """A request's `cosines` (or the cosines of `embeddings` against `class_weights`) as its logits, which
+    the cosine-margin losses read as cosines; those losses without cosines are refused."""
+    margin_losses = sorted({spec.name for spec in request.losses or []} & set(COSINE_LOSSES))
+    if "cosines" not in arrays and "class_weights" not in arrays:
+        if margin_losses:
+            raise InputError("losses", f"{margin_losses[0]} takes `cosines` (or `embeddings` with `class_weights`)")
+        return arrays
+    if "logits" in arrays or "probabilities" in arrays:
+        raise InputError("cosines", "cosines come in place of `logits` and `probabilities`")
+    if "class_weights" in arrays:
+        if "cosines" in arrays or request.sdm_id is not None:
+            raise InputError("class_weights", "give `cosines`, or `embeddings` with `class_weights` (not with sdm_id)")
+        cosines = cosines_of(arrays.pop("embeddings", None), arrays.pop("class_weights"), cache)
+    else:
+        cosines = checked_cosines(arrays.pop("cosines"))
+    return {**arrays, "logits": cosines}
 
 
 def _labels_for(labels: np.ndarray | None, field: str) -> np.ndarray:
@@ -188,9 +209,9 @@ class EvaluationService:
         self.calibrators, self.detectors, self.sdm = heads.calibrators, heads.detectors, heads.sdm
 
     def create(self, request: EvaluationRequest, arrays: dict[str, np.ndarray]) -> EvaluationOut:
+        arrays = as_cosines(request, dict(arrays), self.runtime)
         if request.source:
             return self.create_from_files(request, arrays)
-        arrays = dict(arrays)
         embeddings = arrays.pop("embeddings", None)
         if (embeddings is None) != (request.sdm_id is None):
             field = "embeddings" if embeddings is None else "sdm_id"
@@ -220,6 +241,7 @@ class EvaluationService:
         chunk (CALIPER_MODEL_BATCH_ROWS rows) and each chunk's logits, calibrated when asked, fold into the
         mergeable evaluation state, so the logits are never held whole (only the per-row columns a stored
         evaluation keeps, and the labels, targets and weights)."""
+        as_cosines(request, {}, self.runtime)  # a margin loss needs cosines, which a model does not give
         record = self.models.get(model_id)
         if request.model is None:
             request = request.model_copy(update={"model": record.name})

@@ -82,6 +82,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.load
 	$(BIN)/python -m bench.scale
 	$(BIN)/python -m bench.conformal
+	$(BIN)/python -m bench.xmc
 
 # requirements.lock: the runtime dependencies pinned with hashes, for the image. caliper-client is built here
 # (it is ./client, not on an index) and left out of the lock: the image installs it from the source tree.

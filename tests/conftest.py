@@ -121,6 +121,17 @@ def app(settings: Settings) -> FastAPI:
     return create_app(settings)
 
 
+def files_app(folder: Path, root: Path, **options: Any) -> FastAPI:
+    """An app on its own SQLite database under `folder` that reads `source` files under `root` (no rate
+    limit), with further settings as `options`."""
+    configured = Settings(
+        database_url=f"sqlite:///{folder / 'caliper.db'}", artifact_dir=folder / "artifacts", data_roots=str(root),
+        rate_limit="", **options,
+    )  # fmt: skip
+    upgrade(configured)
+    return create_app(configured)
+
+
 def clear_tables(app: FastAPI) -> None:
     """Every table emptied and every stored model file removed."""
     with app.state.resources.database.begin() as session:

@@ -22,13 +22,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app.api.main import create_app
-from app.config import Settings
 from app.core.evaluation import EvaluationState
 from app.distributed.windows import merged, windows
-from app.storage.migrate import upgrade
 from tests import onnx_models
-from tests.conftest import LOCAL, count_rows
+from tests.conftest import LOCAL, count_rows, files_app
 
 N, C, SHARDS = 20_000, 6, 5
 CALIPER = [sys.executable, "-m", "app.cli"]
@@ -53,12 +50,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def app_with(folder: Path, root: Path, scheduler: str) -> FastAPI:
-    settings = Settings(
-        database_url=f"sqlite:///{folder / 'caliper.db'}", artifact_dir=folder / "artifacts", chunk_size=500,
-        data_roots=str(root), dask_scheduler=scheduler, rate_limit="", model_batch_rows=1_000,
-    )  # fmt: skip
-    upgrade(settings)
-    return create_app(settings)
+    return files_app(folder, root, chunk_size=500, dask_scheduler=scheduler, model_batch_rows=1_000)
 
 
 @pytest.fixture(scope="module")

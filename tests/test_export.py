@@ -151,6 +151,8 @@ DETECTORS = [
     ("relative_mahalanobis", {"ridge": 0.1}),
     ("knn", {"k": 5}),
     ("knn", {"k": 1}),
+    ("class_gmm", {"components": 2}),
+    ("class_gmm", {"components": 2, "covariance_type": "diag", "normalize": True}),
 ]
 
 

@@ -33,7 +33,9 @@ def expected_prints(code: str) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("name", ["client", "calibrators", "sdm", "conformal", "estimates", "models", "serving"])
+@pytest.mark.parametrize(
+    "name", ["client", "multilabel", "calibrators", "sdm", "conformal", "estimates", "models", "serving"]
+)
 def test_readme_block_runs_and_prints_what_it_says(
     name: str, live_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

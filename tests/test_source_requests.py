@@ -20,11 +20,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app.api.main import create_app
-from app.config import Settings
-from app.storage.migrate import upgrade
 from tests import onnx_models
-from tests.conftest import LOCAL, count_rows
+from tests.conftest import LOCAL, count_rows, files_app
 from tests.test_api_bad_input import assert_problem
 from tests.test_sdm_core import CAL_H, CAL_Y, CAL_Z, SUP_H, SUP_Y, SUP_Z
 
@@ -67,13 +64,7 @@ def root(tmp_path_factory: pytest.TempPathFactory, data: dict[str, np.ndarray]) 
 
 @pytest.fixture(scope="module")
 def fit_app(tmp_path_factory: pytest.TempPathFactory, root: Path) -> Iterator[FastAPI]:
-    folder = tmp_path_factory.mktemp("fits")
-    settings = Settings(
-        database_url=f"sqlite:///{folder / 'caliper.db'}", artifact_dir=folder / "artifacts", chunk_size=128,
-        model_batch_rows=96, data_roots=str(root), rate_limit="",
-    )  # fmt: skip
-    upgrade(settings)
-    app = create_app(settings)
+    app = files_app(tmp_path_factory.mktemp("fits"), root, chunk_size=128, model_batch_rows=96)
     yield app
     app.state.resources.close()
 

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from app.api.main import create_app
 from app.config import Settings
 from app.storage.migrate import upgrade
-from tests.conftest import LOCAL, count_rows
+from tests.conftest import LOCAL, count_rows, files_app
 from tests.test_api_bad_input import assert_problem
 
 N, C = 1000, 4
@@ -57,13 +57,7 @@ def root(tmp_path_factory: pytest.TempPathFactory, data: dict[str, np.ndarray]) 
 
 @pytest.fixture(scope="module")
 def source_app(tmp_path_factory: pytest.TempPathFactory, root: Path) -> Iterator[FastAPI]:
-    folder = tmp_path_factory.mktemp("sources")
-    settings = Settings(
-        database_url=f"sqlite:///{folder / 'caliper.db'}", artifact_dir=folder / "artifacts", chunk_size=64,
-        data_roots=str(root), data_urls="memory://caliper/", rate_limit="",
-    )  # fmt: skip
-    upgrade(settings)
-    app = create_app(settings)
+    app = files_app(tmp_path_factory.mktemp("sources"), root, chunk_size=64, data_urls="memory://caliper/")
     yield app
     app.state.resources.close()
 

@@ -32,6 +32,7 @@ from app.core.mahalanobis import (
     fit_vim,
     scoring_graph,
 )
+from app.core.mixtures import ClassGmmModel, CovarianceType, fit_class_gmm
 from app.core.neighbours import KnnModel, nearest
 from app.core.runtime import SessionCache, default_cache
 from app.core.validation import Precision, float_matrix, precision_dtype
@@ -213,13 +214,20 @@ class _Gaussian(Detector):
             raise InputError(
                 "return_logits", "relative_mahalanobis, or a detector fitted before class priors were kept: refit it"
             )
-        dtype = np.dtype(features.dtype)
+        return generative_logits(model, features, key, cache)
 
-        def graph() -> onnx.ModelProto:
-            x = argument(Tensor(dtype, ("N", self.dim)))
-            return build({"features": x}, {"logits": model.logits_fragment(x)})
 
-        return mapped(f"{key}:logits:{dtype}", graph, {"features": features}, cache)
+def generative_logits(
+    model: MahalanobisModel | PerClassModel | ClassGmmModel, features: np.ndarray, key: str, cache: SessionCache | None
+) -> np.ndarray:
+    """A generative detector's class scores of features [N, D], by its `logits_fragment` (a graph per dtype)."""
+    dtype = np.dtype(features.dtype)
+
+    def graph() -> onnx.ModelProto:
+        x = argument(Tensor(dtype, ("N", model.dim)))
+        return build({"features": x}, {"logits": model.logits_fragment(x)})
+
+    return mapped(f"{key}:logits:{dtype}", graph, {"features": features}, cache)
 
 
 class GaussianDetector(_Gaussian):
@@ -303,6 +311,61 @@ class PerClassGaussianDetector(_Gaussian):
 
     def row_bytes(self) -> int:
         return 8 * self.classes * self.dim  # every class's whitened copy, [C·D]
+
+
+class ClassGmmDetector(Detector):
+    """One Gaussian mixture per class, fitted by EM (`app.core.mixtures`): score −max_c log p_c(x), and
+    as a generative classifier log π_c + log p_c(x). EM does not merge, so the fit takes whole arrays.
+    State: gmm_whiten_, gmm_means_, gmm_offsets_ (every component, class by class) and gmm_log_priors_."""
+
+    def __init__(
+        self,
+        components: int = 3,
+        covariance_type: CovarianceType = "full",
+        reg_covar: float = 1e-6,
+        max_iter: int = 100,
+        seed: int = 0,
+        normalize: bool = False,
+    ) -> None:
+        super().__init__()
+        self.components, self.covariance_type, self.reg_covar = components, covariance_type, reg_covar
+        self.max_iter, self.seed, self.normalize = max_iter, seed, normalize
+
+    def state_keys(self) -> tuple[str, ...]:
+        return ("gmm_whiten", "gmm_means", "gmm_offsets", "gmm_log_priors")
+
+    def fit(self, features: np.ndarray, labels: np.ndarray | None, cache: SessionCache | None = None) -> Self:
+        labels, classes = class_labels(labels, len(features))
+        model, info = fit_class_gmm(
+            np.asarray(features, dtype=np.float64),
+            labels,
+            classes,
+            self.components,
+            self.covariance_type,
+            self.reg_covar,
+            self.max_iter,
+            self.seed,
+            self.normalize,
+        )
+        parts = model.components
+        self.gmm_whiten_, self.gmm_means_, self.gmm_offsets_ = parts.whiten, parts.means, parts.offsets
+        self.gmm_log_priors_ = model.log_priors
+        self.fit_info_ = {**labelled_fit_info(labels, classes), **info}
+        return self
+
+    def model(self) -> ClassGmmModel:
+        parts = PerClassModel(self.gmm_whiten_, self.gmm_means_, self.gmm_offsets_, self.normalize)
+        return ClassGmmModel(parts, self.components, self.gmm_log_priors_)
+
+    @property
+    def classes(self) -> int:
+        return int(self.gmm_log_priors_.shape[0])
+
+    def row_bytes(self) -> int:
+        return 8 * int(self.gmm_means_.shape[0]) * self.dim  # every component's whitened copy
+
+    def logits(self, features: np.ndarray, key: str, cache: SessionCache | None = None) -> np.ndarray:
+        return generative_logits(self.model(), features, key, cache)
 
 
 class KnnDetector(Detector):

@@ -22,14 +22,18 @@ import onnxruntime as ort
 from spox import Var, build
 
 from app.core import classification
+from app.core.bags import checked_bags, empty_bag
 from app.core.calibration_error import BinStats
 from app.core.chunking import Chunking
 from app.core.errors import InputError
-from app.core.fold import Assembled, Chunk, InMemory, Span, fold
+from app.core.fold import Assembled, Chunk, InMemory, Source, Span, fold
 from app.core.graph_context import GraphContext, InputKind, InputLayout, TargetKind
-from app.core.losses import LOSSES
+from app.core.label_sets import LabelSets, RowsWithExtras, multi_hot
+from app.core.losses import LOSSES, NEEDS_POSITIVES
 from app.core.lru import LruCache
 from app.core.metrics import METRICS, bin_stats, uniform_bin_state
+from app.core.multilabel import RANKED, ROW_VALUES, row_value
+from app.core.multilabel import depth as ranking_depth
 from app.core.npy_headers import NPY_HEADERS
 from app.core.runtime import SessionCache, default_cache
 from app.core.slices import Slices
@@ -66,6 +70,11 @@ class EvaluationPlan:
         )
 
 
+def metric_row_output(key: str) -> str:
+    """A multilabel plain-mean metric's per-row values (stored for the gate's bootstrap)."""
+    return f"row.metric.{key}"
+
+
 def loss_output(key: str, part: str) -> str:
     return f"loss.{key}.{part}"
 
@@ -82,12 +91,17 @@ Reduction = Literal["row", "sum", "rows"]  # per-row output (not state); added o
 def build_graph(plan: EvaluationPlan) -> onnx.ModelProto:
     """One graph for all requested terms; shared intermediates are built once by the context. Each
     output's reduction is declared where the output is made and travels in the model's metadata."""
-    ctx = GraphContext(plan.layout)
+    ctx = GraphContext(plan.layout, top_depth=ranking_depth(plan.metrics))
     outputs = {ROW_PREDICTION: ctx.prediction, ROW_CONFIDENCE: ctx.confidence}
     reductions: dict[str, Reduction] = dict.fromkeys(outputs, "row")
     for spec in plan.losses:
-        term = LOSSES[spec.name].build(ctx, spec)
-        key = spec.report_key
+        definition, key = LOSSES[spec.name], spec.report_key
+        if definition.state is not None:  # summed parts, finalized together (not a mean over rows)
+            for part, var in definition.state(ctx, spec).items():
+                outputs[loss_output(key, part)], reductions[loss_output(key, part)] = var, "sum"
+            continue
+        assert definition.build is not None
+        term = definition.build(ctx, spec)
         outputs[loss_output(key, "row")] = term.value
         outputs[loss_output(key, "sum")] = ctx.weighted_total(term.value)
         outputs[loss_output(key, "weight")] = (
@@ -103,6 +117,9 @@ def build_graph(plan: EvaluationPlan) -> onnx.ModelProto:
         for part, var in metric.state(ctx, spec).items():
             outputs[metric_output(spec.report_key, part)] = var
             reductions[metric_output(spec.report_key, part)] = "rows" if part in metric.kept_parts else "sum"
+        if spec.name in ROW_VALUES and plan.layout.task == "multilabel":
+            outputs[metric_row_output(spec.report_key)] = row_value(ctx, spec)
+            reductions[metric_row_output(spec.report_key)] = "row"
     for part, var in uniform_bin_state(ctx, plan.reliability_bins).items():
         outputs[f"{RELIABILITY}.{part}"] = var
         reductions[f"{RELIABILITY}.{part}"] = "sum"
@@ -237,6 +254,7 @@ class OutputLayout:
         names = [o.name for o in session.get_outputs()]
         reductions = json.loads(session.get_modelmeta().custom_metadata_map[REDUCTIONS])
         prefixes = [metric_output(s.report_key, "") for s in plan.metrics] + [f"{RELIABILITY}."]
+        prefixes += [loss_output(s.report_key, "") for s in plan.losses if LOSSES[s.name].state is not None]
         parts = {p: tuple((n, n[len(p) :]) for n in names if n.startswith(p)) for p in prefixes}
         return cls(tuple(names), tuple(reductions[n] for n in names), parts)
 
@@ -275,6 +293,9 @@ class Batch:
     sample_weight: np.ndarray | None = None  # [N]
     teacher_logits: np.ndarray | None = None  # [N, C]
     slices: Slices | None = None
+    label_sets: LabelSets | None = None  # multilabel truth as CSR (else dense 0/1 `targets`)
+    bags: np.ndarray | None = None  # int64 [N]: each row's bag (its distribution in constants["bag_targets"])
+    constants: dict[str, np.ndarray] = field(default_factory=dict)  # fed to every chunk (per-label arrays)
 
     @property
     def n(self) -> int:
@@ -292,10 +313,29 @@ class Batch:
     def columns(self) -> dict[str, np.ndarray]:
         """The given arrays by graph input name (the chunks a fold slices)."""
         columns = {self.layout.input_kind: self.scores, "labels": self.labels, "targets": self.targets}
-        columns |= {"sample_weight": self.sample_weight, "teacher_logits": self.teacher_logits}
+        columns |= {"sample_weight": self.sample_weight, "teacher_logits": self.teacher_logits, "bags": self.bags}
         if self.slices is not None:
             columns["slots"] = self.slices.slots
         return {k: v for k, v in columns.items() if v is not None}
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        """All rows as one chunk's graph inputs: the columns, the label sets' rows and the constants."""
+        sets = {} if self.label_sets is None else self.label_sets.rows_of(0, self.n)
+        return {**self.columns(), **sets, **self.constants}
+
+    def source(self, chunking: Chunking) -> Source:
+        """The rows chunk by chunk (a row sized by its scores), with their label sets' slice and the
+        constants when there are any."""
+        rows = InMemory(self.columns(), chunking, self.scores[0].nbytes if self.n else 1)
+        if self.label_sets is None and not self.constants:
+            return rows
+        return RowsWithExtras(rows, self.label_sets, self.constants)
+
+    def with_bags(self, bags: np.ndarray, bag_targets: np.ndarray) -> Batch:
+        """This batch with each row's bag id and the bags' label distributions [B, C] (checked)."""
+        bags, bag_targets = checked_bags(bags, bag_targets, self.n, self.classes, self.scores.dtype)
+        layout = replace(self.layout, bags=True)
+        return replace(self, layout=layout, bags=bags, constants={**self.constants, "bag_targets": bag_targets})
 
     def sliced(self, slices: Slices | None) -> Batch:
         """This batch with its rows' slots (a sliced layout: its graph sums every state per slot too)."""
@@ -342,7 +382,7 @@ class Evaluator:
     def evaluate(self, batch: Batch, chunking: Chunking | None = None, keep_rows: bool = True) -> Evaluated:
         """All rows folded in chunks (the cache's `Chunking` unless given: wide rows get smaller chunks so
         that the intermediates stay in cache) and finalized."""
-        source = InMemory(batch.columns(), chunking or self.cache.chunking, batch.scores[0].nbytes if batch.n else 1)
+        source = batch.source(chunking or self.cache.chunking)
         slot_count = 0 if batch.slices is None else batch.slices.slot_count
         stage = self.stage(batch.n, batch.classes, keep_rows, slot_count)
         evaluated: Evaluated = fold(source, {"evaluation": stage})["evaluation"]
@@ -353,12 +393,7 @@ class Evaluator:
         whose weights are all 0 has NaN means, answered null)."""
         parts = self.outputs.parts
         with np.errstate(divide="ignore", invalid="ignore"):
-            losses = {
-                s.report_key: float(
-                    state.sums[loss_output(s.report_key, "sum")] / state.sums[loss_output(s.report_key, "weight")]
-                )
-                for s in self.plan.losses
-            }
+            losses = {s.report_key: self._loss(state, s) for s in self.plan.losses}
             metrics = {
                 s.report_key: METRICS[s.name].finalize(state.part(parts[metric_output(s.report_key, "")]), s)
                 for s in self.plan.metrics
@@ -366,6 +401,13 @@ class Evaluator:
             reliability = reliability_table(bin_stats(state.part(parts[f"{RELIABILITY}."])))
         slots = tuple(self.finalize(group, classes) for group in state.slot_states(slot_count)) if slot_count else ()
         return EvaluationResult(state.n, classes, losses, metrics, reliability, slots)
+
+    def _loss(self, state: EvaluationState, spec: TermSpec) -> float:
+        """A loss's mean over rows, or its own finalize of its summed parts."""
+        finalize, key = LOSSES[spec.name].finalize, spec.report_key
+        if finalize is not None:
+            return finalize(state.part(self.outputs.parts[loss_output(key, "")]), spec)
+        return float(state.sums[loss_output(key, "sum")] / state.sums[loss_output(key, "weight")])
 
 
 class EvaluationStage:
@@ -414,13 +456,28 @@ def reliability_table(stats: BinStats) -> list[dict[str, float | None]]:
     ]
 
 
+def _task_of(name: str) -> str:
+    term = METRICS.get(name) or LOSSES.get(name)
+    return term.task if term is not None else "multiclass"
+
+
 # ---- input validation ------------------------------------------------------------------------------------
 
 
+FINITE_BLOCK_CELLS = 1 << 20  # values checked per block: the mask of a whole 2,000 × 200,000 batch was 400 MB
+
+
 def _check_finite(name: str, x: np.ndarray) -> None:
-    if not np.isfinite(x).all():
-        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+    """Every value finite, checked a block of rows at a time (the boolean mask stays a block's)."""
+    rows = max(1, FINITE_BLOCK_CELLS // max(1, x[0].size if x.ndim > 1 and len(x) else 1))
+    bad = sum(int(np.size(block) - np.count_nonzero(np.isfinite(block))) for block in _blocks(x, rows))
+    if bad:
         raise InputError(name, f"contains {bad} NaN or infinite value(s)")
+
+
+def _blocks(x: np.ndarray, rows: int) -> Iterator[np.ndarray]:
+    for start in range(0, max(len(x), 1) if x.ndim else 1, rows):
+        yield x[start : start + rows] if x.ndim else x
 
 
 def _as_float(name: str, x: np.ndarray, dtype: np.dtype | None = None) -> np.ndarray:
@@ -474,6 +531,19 @@ def two_columns(scores: np.ndarray, kind: InputKind = "logits") -> np.ndarray:
     return np.ascontiguousarray(np.stack([first, scores], axis=1))
 
 
+def _row_weights(sample_weight: np.ndarray, n: int, dtype: np.dtype) -> np.ndarray:
+    """Finite non-negative weights [N] with a positive, finite total."""
+    w = _as_float("sample_weight", sample_weight, dtype)
+    if w.shape != (n,):
+        raise InputError("sample_weight", f"shape {list(w.shape)} does not match rows: expected [{n}]")
+    _check_finite("sample_weight", w)
+    if not np.isfinite(w.sum(dtype=np.float64)):
+        raise InputError("sample_weight", "the weights' total overflows float64; rescale them")
+    if (w < 0).any() or not (w > 0).any():
+        raise InputError("sample_weight", "weights must be ≥ 0 with at least one > 0")
+    return w
+
+
 def validate_batch(
     *,
     logits: np.ndarray | None = None,
@@ -516,15 +586,7 @@ def validate_batch(
         _check_distribution("targets", t)
         batch.targets = t
     if sample_weight is not None:
-        w = _as_float("sample_weight", sample_weight, dtype)
-        if w.shape != (n,):
-            raise InputError("sample_weight", f"shape {list(w.shape)} does not match rows: expected [{n}]")
-        _check_finite("sample_weight", w)
-        if not np.isfinite(w.sum(dtype=np.float64)):
-            raise InputError("sample_weight", "the weights' total overflows float64; rescale them")
-        if (w < 0).any() or not (w > 0).any():
-            raise InputError("sample_weight", "weights must be ≥ 0 with at least one > 0")
-        batch.sample_weight = w
+        batch.sample_weight = _row_weights(sample_weight, n, dtype)
     if teacher_logits is not None:
         t = _as_float("teacher_logits", teacher_logits, dtype)
         if list(t.shape) != shape:
@@ -534,9 +596,102 @@ def validate_batch(
     return batch
 
 
-def check_plan(plan: EvaluationPlan, classes: int, slices: Slices | None = None) -> None:
+def validate_multilabel(
+    *,
+    logits: np.ndarray | None = None,
+    targets: np.ndarray | None = None,
+    label_sets: tuple[np.ndarray, np.ndarray] | None = None,
+    sample_weight: np.ndarray | None = None,
+    label_frequencies: np.ndarray | None = None,
+    n_train: int | None = None,
+) -> Batch:
+    """A multilabel batch: logits [N, C] with multi-hot `targets` or CSR `label_sets` (indices, offsets),
+    optional row weights, and the training label counts the propensity-scored metrics need."""
+    if logits is None:
+        raise InputError("logits", "a multilabel evaluation takes per-label `logits` [N, C]")
+    if (targets is None) == (label_sets is None):
+        raise InputError("label_sets", "give exactly one of 'label_sets' and multi-hot 'targets'")
+    scores = validate_scores(logits)
+    n, c = scores.shape
+    dtype = scores.dtype
+    kind: TargetKind = "targets" if targets is not None else "label_sets"
+    propensity = label_frequencies is not None
+    if propensity != (n_train is not None):
+        raise InputError("n_train", "give `label_frequencies` and `n_train` together")
+    layout = InputLayout(str(dtype), "logits", kind, task="multilabel", propensity=propensity)
+    weights = None if sample_weight is None else _row_weights(sample_weight, n, dtype)
+    batch = Batch(scores=scores, layout=layout, sample_weight=weights)
+    if targets is not None:
+        t = _as_float("targets", targets, dtype)
+        if t.shape != (n, c):
+            raise InputError("targets", f"shape {list(t.shape)} does not match logits: expected [{n}, {c}]")
+        batch.targets = multi_hot(t)
+    if label_sets is not None:
+        batch.label_sets = LabelSets.checked(*label_sets, rows=n, classes=c)
+    if label_frequencies is not None and n_train is not None:
+        frequencies = _as_float("label_frequencies", label_frequencies, dtype)
+        if frequencies.shape != (c,):
+            raise InputError(
+                "label_frequencies", f"shape {list(frequencies.shape)}: expected [{c}] (one count per label)"
+            )
+        _check_finite("label_frequencies", frequencies)
+        if (frequencies < 0).any():
+            raise InputError("label_frequencies", "counts must be ≥ 0")
+        if n_train < 1:
+            raise InputError("n_train", "must be ≥ 1")
+        batch.constants = {"label_frequencies": frequencies, "n_train": np.asarray(n_train, dtype)}
+    return batch
+
+
+def positives_per_row(batch: Batch) -> np.ndarray:
+    """|P_i| of a multilabel batch's rows."""
+    if batch.label_sets is not None:
+        return batch.label_sets.sizes
+    assert batch.targets is not None
+    sizes: np.ndarray = batch.targets.sum(axis=1)
+    return sizes
+
+
+def _check_multilabel_plan(plan: EvaluationPlan, batch: Batch) -> None:
+    """Multilabel terms only; k ≤ C; propensities given for the propensity-scored metrics; a positive in
+    every row for the ranking metrics and the softmax losses."""
+    wrong = [s.name for s in plan.metrics if METRICS[s.name].task != "multilabel"]
+    wrong += [s.name for s in plan.losses if LOSSES[s.name].task != "multilabel"]
+    if wrong:
+        raise InputError("task", f"{wrong[0]!r} is not a multilabel term (see api.md for those of task: multilabel)")
+    for spec in plan.metrics:
+        k = getattr(spec, "k", None)
+        if k is not None and k > batch.classes:
+            raise InputError("metrics", f"{spec.report_key}: k = {k} exceeds C = {batch.classes} labels")
+        if spec.name in ("psp_at_k", "psndcg_at_k") and not plan.layout.propensity:
+            raise InputError("label_frequencies", f"{spec.name} needs `label_frequencies` and `n_train`")
+    check_positives(plan, batch)
+
+
+def check_positives(plan: EvaluationPlan, batch: Batch, first_row: int = 0) -> None:
+    """Every row has a true label when a ranking metric or a softmax loss needs one (a streamed evaluation
+    checks each chunk: `first_row` is where it starts)."""
+    needing = [s.name for s in plan.metrics if s.name in RANKED]
+    needing += [s.name for s in plan.losses if s.name in NEEDS_POSITIVES]
+    empty = np.flatnonzero(positives_per_row(batch) == 0) if needing else np.empty(0)
+    if empty.size:
+        field_name = "label_sets" if batch.label_sets is not None else "targets"
+        row = first_row + int(empty[0])
+        raise InputError(field_name, f"row {row} has no true label, which {needing[0]} needs (every row needs one)")
+
+
+def check_plan(plan: EvaluationPlan, classes: int, slices: Slices | None = None, batch: Batch | None = None) -> None:
     """Requirements of the selected terms that depend on the data (labels, teacher, class-weight length),
     and the size of their per-group sums when sliced."""
+    if plan.layout.task == "multilabel":
+        assert batch is not None
+        if slices is not None:
+            raise InputError("slices", "a multilabel evaluation is not sliced (yet)")
+        _check_multilabel_plan(plan, batch)
+    else:
+        wrong = [s.name for s in (*plan.metrics, *plan.losses) if _task_of(s.name) == "multilabel"]
+        if wrong:
+            raise InputError("task", f'{wrong[0]!r} needs "task": "multilabel"')
     if slices is not None:
         widths = [METRICS[s.name].width(s, classes) for s in plan.metrics]
         slices.check_width(max([plan.reliability_bins, classes, *widths]))
@@ -550,6 +705,12 @@ def check_plan(plan: EvaluationPlan, classes: int, slices: Slices | None = None)
         )
     for spec in plan.losses:
         definition = LOSSES[spec.name]
+        if definition.needs_bags and not plan.layout.bags:
+            raise InputError("losses", f"{spec.name!r} needs `bags` and `bag_targets`")
+        if definition.state is not None and batch is not None and batch.bags is not None:
+            empty = empty_bag(batch.bags, len(batch.constants["bag_targets"]))
+            if empty is not None:
+                raise InputError("bags", f"bag {empty} has no rows: {spec.name} averages over every bag")
         if definition.needs_labels and plan.layout.target_kind != "labels":
             raise InputError("losses", f"{spec.name!r} needs integer 'labels', not soft 'targets'")
         if definition.needs_teacher and not plan.layout.has_teacher:

@@ -18,7 +18,8 @@ from spox import Tensor, Var, argument
 
 T = TypeVar("T")
 InputKind = Literal["logits", "probabilities"]
-TargetKind = Literal["labels", "targets"]
+TargetKind = Literal["labels", "targets", "label_sets"]
+Task = Literal["multiclass", "multilabel"]
 
 
 def scalar(value: float, dtype: npt.DTypeLike) -> Var:
@@ -39,6 +40,15 @@ def binary_columns(x: Var, logits: bool) -> Var:
     return op.concat([first, column], axis=1)
 
 
+def uniform_bin_index(p: Var, bins: int) -> Var:
+    """min(floor(p·B), B − 1) computed in float64 so that float32 rounding cannot move a row across an
+    edge (api.md pins the rule). The one binning function: the metrics' graphs and the gate's bootstrap
+    (through `metrics.uniform_bins`) both run it."""
+    wide = p if p.unwrap_tensor().dtype == np.float64 else op.cast(p, to=np.float64)
+    scaled = op.floor(op.mul(wide, scalar(bins, np.float64)))
+    return op.clip(op.cast(scaled, to=np.int64), None, scalar(bins - 1, np.int64))
+
+
 def class_range(x: Var) -> Var:
     """[1, C] int64 row 0..C−1 over x's last axis, to compare with label or argmax columns."""
     c = op.squeeze(op.shape(x, start=-1), ints(0))
@@ -55,6 +65,9 @@ class InputLayout:
     has_teacher: bool = False
     binary: bool = False  # scores given as [N]: the logit, or the probability, of class 1 (api.md)
     slice_keys: int = 0  # rows carry a slot per slice key (`app.core.slices`): every sum is also summed per slot
+    task: Task = "multiclass"  # multilabel: per-label logits and multi-hot truth (targets or label sets)
+    propensity: bool = False  # multilabel: label_frequencies and n_train are fed (propensity-scored metrics)
+    bags: bool = False  # rows carry a bag id, and the bags' label distributions are fed (bag-level losses)
 
     @property
     def sliced(self) -> bool:
@@ -70,6 +83,7 @@ class GraphContext:
     """Graph inputs plus lazily built shared intermediates (all rows of one chunk at a time)."""
 
     layout: InputLayout
+    top_depth: int = 1  # multilabel: the deepest top-k the plan ranks (one TopK serves every k)
     inputs: dict[str, Var] = field(default_factory=dict)
     per_slot: dict[int, tuple[Var, Var]] = field(default_factory=dict)  # id(total) -> (total, [S, …] per slot)
     per_slot_rows: dict[int, tuple[Var, Var, Var]] = field(default_factory=dict)  # id(total) -> (total, index, values)
@@ -81,8 +95,17 @@ class GraphContext:
         self.inputs[self.layout.input_kind] = argument(Tensor(dt, scores))
         if self.layout.target_kind == "labels":
             self.inputs["labels"] = argument(Tensor(np.int64, ("N",)))
+        elif self.layout.target_kind == "label_sets":  # CSR as (row in the chunk, label) per positive
+            self.inputs["label_rows"] = argument(Tensor(np.int64, ("M",)))
+            self.inputs["label_indices"] = argument(Tensor(np.int64, ("M",)))
         else:
             self.inputs["targets"] = argument(Tensor(dt, ("N", "C")))
+        if self.layout.bags:
+            self.inputs["bags"] = argument(Tensor(np.int64, ("N",)))
+            self.inputs["bag_targets"] = argument(Tensor(dt, ("B", "C")))
+        if self.layout.propensity:
+            self.inputs["label_frequencies"] = argument(Tensor(dt, ("C",)))
+            self.inputs["n_train"] = argument(Tensor(dt, ()))
         self.inputs["sample_weight"] = argument(Tensor(dt, ("N",)))
         if self.layout.has_teacher:
             self.inputs["teacher_logits"] = argument(Tensor(dt, scores))
@@ -251,7 +274,9 @@ class GraphContext:
 
     @cached_property
     def row_max(self) -> Var:
-        """max_k z_k, [N, 1]."""
+        """max_k z_k, [N, 1] (multilabel: the first of the shared top-k)."""
+        if self.multilabel:
+            return op.slice(self.top[0], self.ints(0), self.ints(1), self.ints(1))
         return op.reduce_max(self.given, self.ints(-1), keepdims=1)
 
     @cached_property
@@ -370,9 +395,60 @@ class GraphContext:
             return op.add(op.sub(self.sum_sq_probs, op.mul(self.const(2.0), self.true_prob)), self.const(1.0))
         return op.reduce_sum_square(op.sub(self.probs, self.targets), self.ints(-1), keepdims=0)
 
+    # ---- multilabel: per-label sigmoids against a multi-hot truth -----------------------------------
+    @property
+    def multilabel(self) -> bool:
+        return self.layout.task == "multilabel"
+
+    @cached_property
+    def truth_mask(self) -> Var:
+        """The multi-hot truth [N, C]: the targets, or the label sets scattered into a boolean zero matrix (a
+        chunk's rows only, one byte a cell: the scatter's copy costs a quarter of a float matrix's)."""
+        if self.layout.target_kind != "label_sets":
+            return self.targets
+        zeros = op.constant_of_shape(op.shape(self.given), value=np.array([False]))
+        at = op.concat([op.unsqueeze(self.inputs[k], self.ints(1)) for k in ("label_rows", "label_indices")], axis=1)
+        trues = op.constant_of_shape(op.shape(self.inputs["label_rows"]), value=np.array([True]))
+        return op.scatter_nd(zeros, at, trues)
+
+    @cached_property
+    def truth(self) -> Var:
+        """The multi-hot truth [N, C] in the scores' dtype."""
+        mask = self.truth_mask
+        return mask if self.layout.target_kind != "label_sets" else op.cast(mask, to=self.layout.np_dtype)
+
+    def truth_at(self, index: Var) -> Var:
+        """Whether each label of `index` [N, k] is true, [N, k] in the scores' dtype."""
+        hits = op.gather_elements(self.truth_mask, index, axis=1)
+        return hits if self.layout.target_kind != "label_sets" else op.cast(hits, to=self.layout.np_dtype)
+
+    @cached_property
+    def positives(self) -> Var:
+        """|P_i|, the true labels per row, [N] (from the CSR rows, not the dense matrix, for label sets)."""
+        if self.layout.target_kind != "label_sets":
+            return self.row_sum(self.targets)
+        rows = self.inputs["label_rows"]
+        zeros = op.constant_of_shape(op.shape(self.given, end=1), value=np.array([0.0], self.layout.np_dtype))
+        ones = op.constant_of_shape(op.shape(rows), value=np.array([1.0], self.layout.np_dtype))
+        return op.scatter_elements(zeros, rows, ones, reduction="add")
+
+    @cached_property
+    def top(self) -> tuple[Var, Var]:
+        """The `top_depth` highest scores of each row and their label indices, [N, depth] each (onnxruntime's
+        TopK: ties to the lower index), shared by every ranking metric and the top label."""
+        values, index = op.top_k(self.given, self.ints(self.top_depth), axis=-1, largest=1, sorted=1)
+        return values, index
+
+    @cached_property
+    def sigmoid(self) -> Var:
+        """σ(z) per label, [N, C]."""
+        return op.sigmoid(self.given)
+
     # ---- top label: ties go to the lowest index (ArgMax select_last_index=0) ----------------------
     @cached_property
     def prediction(self) -> Var:
+        if self.multilabel:  # the first of the shared top-k
+            return op.squeeze(op.slice(self.top[1], self.ints(0), self.ints(1), self.ints(1)), self.ints(1))
         return op.arg_max(self.scores, axis=-1, keepdims=0)
 
     @cached_property
@@ -381,7 +457,9 @@ class GraphContext:
 
     @cached_property
     def confidence(self) -> Var:
-        """max_k p_k, [N]: exp(max z − s)/S from logits."""
+        """max_k p_k, [N]: exp(max z − s)/S from logits; multilabel: the top label's sigmoid."""
+        if self.multilabel:
+            return op.sigmoid(op.squeeze(self.row_max, self.ints(1)))
         if self.from_logits:
             top = op.div(op.exp(op.sub(self.row_max, self.shift)), self.exp_sum)
             return op.squeeze(op.clip(top, None, self.const(1.0)), self.ints(1))
@@ -401,5 +479,7 @@ class GraphContext:
 
     @cached_property
     def correct(self) -> Var:
-        """1[ŷ = y] as floats, [N]."""
+        """1[ŷ = y] as floats, [N]; multilabel: whether the top label is a true one."""
+        if self.multilabel:
+            return op.squeeze(self.truth_at(self.prediction_col), self.ints(1))
         return op.cast(op.equal(self.prediction, self.reference_labels), to=self.layout.np_dtype)

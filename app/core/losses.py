@@ -10,14 +10,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import numpy as np
 import spox.opset.ai.onnx.v21 as op
 from pydantic import Field, model_validator
 from spox import Var
 
-from app.core.graph_context import GraphContext
+from app.core.bags import BagLevelCe, InstanceLevelCe, bag_level_ce, bag_state, instance_level_ce
+from app.core.graph_context import GraphContext, Task
 from app.core.specs import TermSpec
 
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -212,6 +213,26 @@ class ArcFace(TermSpec):
 
 
 COSINE_LOSSES = ("normface", "cosface", "arcface")  # they read the scores as cosines
+
+
+class Bce(TermSpec):
+    """Multilabel: one-vs-all sigmoid cross-entropy, mean over N·C (torch's
+    `binary_cross_entropy_with_logits`): per row (1/C) Σ_c softplus(z_c) − y_c z_c."""
+
+    name: Literal["bce"]
+
+
+class SoftmaxMultilabel(TermSpec):
+    """Multilabel: −(1/|P_i|) Σ_{p∈P_i} log softmax(z_i)_p = lse(z_i) − mean_{p∈P_i} z_ip."""
+
+    name: Literal["softmax_multilabel"]
+
+
+class DecoupledSoftmax(TermSpec):
+    """Multilabel, DEXML (Gupta et al. 2024): −(1/|P_i|) Σ_{p∈P_i} [z_ip − log(exp z_ip + Σ_{n∉P_i} exp z_in)],
+    each positive against the negatives alone."""
+
+    name: Literal["decoupled_softmax"]
 
 
 # ---- builders -----------------------------------------------------------------------------------------
@@ -451,19 +472,56 @@ def _nkd(ctx: GraphContext, p: Nkd) -> LossTerm:
     return LossTerm(op.add(target_term, non_target))
 
 
+def _bce(ctx: GraphContext, p: Bce) -> LossTerm:
+    z = ctx.given
+    return LossTerm(op.div(ctx.row_sum(op.sub(ctx.softplus(z), op.mul(ctx.truth, z))), ctx.num_classes_f))
+
+
+def _softmax_multilabel(ctx: GraphContext, p: SoftmaxMultilabel) -> LossTerm:
+    positive_mean = op.div(ctx.row_sum(op.mul(ctx.truth, ctx.given)), ctx.positives)
+    return LossTerm(op.sub(op.squeeze(ctx.logsumexp, ctx.ints(1)), positive_mean))
+
+
+def _decoupled_softmax(ctx: GraphContext, p: DecoupledSoftmax) -> LossTerm:
+    """log(e^{z_p} + Σ_n e^{z_n}) − z_p = softplus(lse_neg − z_p), lse_neg the log-sum-exp of the row's
+    negatives shifted by their own max (finite however far the positives lie); a row without negatives
+    has lse_neg = −∞ and loss 0."""
+    z, truth = ctx.given, ctx.truth
+    is_positive = op.cast(truth, to=np.bool_)
+    lowest = ctx.const(np.finfo(ctx.layout.np_dtype).min)
+    negatives = op.where(is_positive, lowest, z)
+    top = op.reduce_max(negatives, ctx.ints(-1), keepdims=1)
+    exps = op.where(is_positive, ctx.const(0.0), op.exp(op.sub(z, top)))
+    has_negative = op.greater(op.reduce_sum(exps, ctx.ints(-1), keepdims=1), ctx.const(0.0))
+    total = op.where(has_negative, op.reduce_sum(exps, ctx.ints(-1), keepdims=1), ctx.const(1.0))
+    lse_negatives = op.add(top, op.log(total))
+    per_positive = op.where(has_negative, ctx.softplus(op.sub(lse_negatives, z)), ctx.const(0.0))
+    return LossTerm(op.div(ctx.row_sum(op.mul(truth, per_positive)), ctx.positives))
+
+
+def _instance_level_ce(ctx: GraphContext, p: InstanceLevelCe) -> LossTerm:
+    return LossTerm(instance_level_ce(ctx, p))
+
+
 @dataclass(frozen=True)
 class LossDef:
     """A loss's facts: its parameters, its per-row term, what it needs beside the scores, and its
-    direction for a gate (a loss is better lower: declared here as a metric's is on `MetricDef`)."""
+    direction for a gate (a loss is better lower: declared here as a metric's is on `MetricDef`). A loss
+    that is not a mean over rows (`bag_level_ce`) declares summed `state` parts and a `finalize` instead
+    of a per-row term."""
 
     spec: type[TermSpec]
-    build: Callable[[GraphContext, TermSpec], LossTerm]
+    build: Callable[[GraphContext, TermSpec], LossTerm] | None
     needs_labels: bool = False
     needs_teacher: bool = False
     higher_is_better: bool = False
+    task: Task = "multiclass"
+    needs_bags: bool = False
+    state: Callable[[GraphContext, TermSpec], dict[str, Var]] | None = None
+    finalize: Callable[[dict[str, np.ndarray], TermSpec], float] | None = None
 
 
-def _def(spec: type[TermSpec], build: Callable[..., LossTerm], **flags: bool) -> tuple[str, LossDef]:
+def _def(spec: type[TermSpec], build: Callable[..., LossTerm] | None, **flags: Any) -> tuple[str, LossDef]:
     name = spec.model_fields["name"].annotation.__args__[0]  # type: ignore[union-attr]
     return name, LossDef(spec, build, **flags)
 
@@ -492,6 +550,11 @@ LOSSES: dict[str, LossDef] = dict(
         _def(NormFace, _normface, needs_labels=True),
         _def(CosFace, _cosface, needs_labels=True),
         _def(ArcFace, _arcface, needs_labels=True),
+        _def(Bce, _bce, task="multilabel"),
+        _def(SoftmaxMultilabel, _softmax_multilabel, task="multilabel"),
+        _def(DecoupledSoftmax, _decoupled_softmax, task="multilabel"),
+        _def(InstanceLevelCe, _instance_level_ce, needs_bags=True),
+        _def(BagLevelCe, None, needs_bags=True, state=bag_state, finalize=bag_level_ce),
     ]
 )
 
@@ -500,3 +563,5 @@ if TYPE_CHECKING:
 else:  # a discriminated union over the registry's parameter models (documents every name in OpenAPI)
     LossSpec = Annotated[Union[tuple(d.spec for d in LOSSES.values())], Field(discriminator="name")]  # noqa: UP007
 DEFAULT_LOSSES: tuple[str, ...] = ("cross_entropy",)
+DEFAULT_MULTILABEL_LOSSES: tuple[str, ...] = ("bce",)
+NEEDS_POSITIVES = frozenset({"softmax_multilabel", "decoupled_softmax"})  # a mean over the row's positives

@@ -15,6 +15,7 @@ import spox.opset.ai.onnx.v21 as op
 from pydantic import Field
 from spox import Tensor, Var, argument, build
 
+from app.core import multilabel
 from app.core.calibration_error import BinStats, Norm, calibration_gap, quantile_bin_stats, smooth_ece
 from app.core.classification import (
     F1,
@@ -38,7 +39,7 @@ from app.core.classification import (
     ranked,
     ranking_state,
 )
-from app.core.graph_context import GraphContext, class_range, scalar
+from app.core.graph_context import GraphContext, Task, class_range, scalar, uniform_bin_index
 from app.core.graphrun import mapped
 from app.core.runtime import SessionCache
 from app.core.selective import aurc
@@ -134,15 +135,6 @@ def _weighted_mean_state(ctx: GraphContext, value: Var) -> dict[str, Var]:
 
 def _finalize_mean(state: State, spec: TermSpec) -> float:
     return float(state["sum"] / state["weight"])
-
-
-def uniform_bin_index(p: Var, bins: int) -> Var:
-    """min(floor(p·B), B − 1) computed in float64 so that float32 rounding cannot move a row across an
-    edge (api.md pins the rule). The one binning function: the metrics' graphs and the gate's bootstrap
-    (through `uniform_bins`) both run it."""
-    wide = p if p.unwrap_tensor().dtype == np.float64 else op.cast(p, to=np.float64)
-    scaled = op.floor(op.mul(wide, scalar(bins, np.float64)))
-    return op.clip(op.cast(scaled, to=np.int64), None, scalar(bins - 1, np.int64))
 
 
 def uniform_bins(confidence: np.ndarray, bins: int, cache: SessionCache | None = None) -> np.ndarray:
@@ -292,7 +284,7 @@ class Resampling:
     mean of the per-row values of a plain (unweighted, unsmoothed) loss named in `losses`, or the metric
     of the confusion matrix of (label, argmax prediction)."""
 
-    statistic: Literal["correct", "ece", "loss", "confusion"]
+    statistic: Literal["correct", "ece", "loss", "confusion", "rows"]
     bins: int = 15
     losses: tuple[str, ...] = ()
 
@@ -320,7 +312,8 @@ class MetricDef:
     """A metric's facts: its parameters, its state fragment and finalize step, which state parts are
     kept rows (concatenated on merge, torchmetrics' dist_reduce_fx="cat"; every other part is summed),
     whether higher is better (the gate's direction), how the bootstrap resamples it, and how many sums
-    its widest summed part holds for C classes (what a slice's per-group copy costs)."""
+    its widest summed part holds for C classes (what a slice's per-group copy costs), and the task it
+    evaluates (multiclass labels, or multilabel sets)."""
 
     spec: type[TermSpec]
     state: Callable[[GraphContext, TermSpec], dict[str, Var]]
@@ -329,6 +322,7 @@ class MetricDef:
     higher_is_better: bool = False
     resampling: Callable[[TermSpec], Resampling | None] = _not_resampled
     width: Callable[[TermSpec, int], int] = lambda spec, classes: int(getattr(spec, "bins", 1))
+    task: Task = "multiclass"
 
 
 ROWS_PARTS = frozenset({"rows_confidence", "rows_correct", "rows_weight"})  # what `_rows_state` keeps
@@ -342,9 +336,30 @@ def _def(
     higher_is_better: bool = False,
     resampling: Callable[..., Resampling | None] = _not_resampled,
     width: Callable[..., int] = MetricDef.width,
+    task: Task = "multiclass",
 ) -> tuple[str, MetricDef]:
     name = spec.model_fields["name"].annotation.__args__[0]  # type: ignore[union-attr]
-    return name, MetricDef(spec, state, finalize, kept_parts, higher_is_better, resampling, width)
+    return name, MetricDef(spec, state, finalize, kept_parts, higher_is_better, resampling, width, task)
+
+
+def _multilabel(
+    spec: type[TermSpec],
+    state: Callable[..., dict[str, Var]],
+    finalize: Callable[..., MetricValue],
+    higher_is_better: bool = True,
+) -> tuple[str, MetricDef]:
+    """A multilabel metric; one that is a mean of per-row values is resampled from them."""
+    name = spec.model_fields["name"].annotation.__args__[0]  # type: ignore[union-attr]
+    rows = name in multilabel.ROW_VALUES
+    return _def(
+        spec,
+        state,
+        finalize,
+        higher_is_better=higher_is_better,
+        resampling=(lambda p: Resampling("rows")) if rows else _not_resampled,
+        width=lambda p, classes: classes * int(getattr(p, "bins", 1)),
+        task="multilabel",
+    )
 
 
 METRICS: dict[str, MetricDef] = dict(
@@ -376,6 +391,16 @@ METRICS: dict[str, MetricDef] = dict(
             _def(spec, ranking_state, ranked, RANKED_PARTS, higher_is_better=True)
             for spec in (RocAuc, AveragePrecision)
         ),
+        *(
+            _multilabel(spec, multilabel.mean_state, multilabel.finalize_mean)
+            for spec in (multilabel.PrecisionAtK, multilabel.RecallAtK, multilabel.NdcgAtK, multilabel.SubsetAccuracy)
+        ),
+        _multilabel(multilabel.PspAtK, multilabel.propensity_state, multilabel.finalize_propensity),
+        _multilabel(multilabel.PsndcgAtK, multilabel.propensity_state, multilabel.finalize_propensity),
+        _multilabel(multilabel.HammingLoss, multilabel.mean_state, multilabel.finalize_mean, higher_is_better=False),
+        _multilabel(multilabel.MicroF1, multilabel.counts_state, multilabel.finalize_f1),
+        _multilabel(multilabel.MacroF1, multilabel.counts_state, multilabel.finalize_f1),
+        _multilabel(multilabel.MultilabelEce, multilabel.ece_state, multilabel.finalize_ece, higher_is_better=False),
     ]
 )
 
@@ -385,3 +410,4 @@ else:  # a discriminated union over the registry's parameter models (documents e
     MetricSpec = Annotated[Union[tuple(d.spec for d in METRICS.values())], Field(discriminator="name")]  # noqa: UP007
 DEFAULT_METRICS: tuple[str, ...] = ("accuracy", "nll", "brier", "ece", "mce")
 DEFAULT_METRICS_WIDE: tuple[str, ...] = (*DEFAULT_METRICS, "top_k_accuracy")  # when C > 5
+DEFAULT_MULTILABEL_METRICS: tuple[str, ...] = ("precision_at_k", "ndcg_at_k", "hamming_loss", "multilabel_ece")

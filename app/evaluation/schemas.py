@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -23,10 +23,10 @@ from app.tensors import MODEL_INPUTS_NOTE, Tensor, known_source, source_field
 
 TENSOR_FIELDS = (
     "logits", "probabilities", "labels", "targets", "teacher_logits", "sample_weight", "embeddings", "cosines",
-    "class_weights",
+    "class_weights", "label_sets.indices", "label_sets.offsets", "label_frequencies", "bags", "bag_targets",
 )  # fmt: skip
 SOURCE_FIELDS = ("logits", "probabilities", "labels", "targets", "teacher_logits", "sample_weight")
-INTEGER_FIELDS = frozenset({"labels"})
+INTEGER_FIELDS = frozenset({"labels", "label_sets.indices", "label_sets.offsets", "bags"})
 SLICE_PARTS = ("slices.*",)
 MetricOut = (
     float | list[float | None] | list[list[float | None]] | None
@@ -119,8 +119,43 @@ class EvaluationRequest(Labels):
     min_slice_rows: int = Field(
         1, ge=1, description='A group of fewer rows is answered as {"n": k} alone (no losses or metrics).'
     )
+    task: Literal["multiclass", "multilabel"] = Field(
+        "multiclass",
+        description="multilabel: `logits` [N, C] are per-label scores and the truth is multi-hot `targets` or "
+        '`label_sets`; defaults then losses ["bce"], metrics ["precision_at_k", "ndcg_at_k", "hamming_loss", '
+        '"multilabel_ece"]; the reliability table is that of each row\'s top-ranked label (its sigmoid against '
+        "whether it is true).",
+    )
+    label_sets: list[list[StrictInt]] | None = Field(
+        None,
+        description="multilabel: each row's true label indices (any order, none twice; a row needs one for the "
+        "ranking metrics and the softmax losses). Multipart: CSR parts `label_sets.indices` [nnz] and "
+        "`label_sets.offsets` [N + 1] (offsets[0] = 0, non-decreasing, ending at nnz).",
+    )
+    label_frequencies: Tensor | None = Field(
+        None, description="multilabel: [C] training counts N_l of each label, for psp_at_k and psndcg_at_k."
+    )
+    n_train: int | None = Field(
+        None, ge=1, description="multilabel: the number of training rows, for psp_at_k and psndcg_at_k."
+    )
+
+    bags: Tensor | None = Field(
+        None,
+        description="[N] integer bag ids, with `bag_targets`, for the bag-level losses bag_level_ce and "
+        "instance_level_ce; labels are then optional (without labels or targets, each row's soft target is its "
+        "bag's distribution, which the metrics read).",
+    )
+    bag_targets: Tensor | None = Field(
+        None, description="[B, C] each bag's label distribution (rows summing to 1); `bags` index its rows."
+    )
 
     _normalise_losses = field_validator("losses", "metrics", mode="before")(named)
+
+    @field_validator("label_sets", mode="before")
+    @classmethod
+    def _parts_taken(cls, value: Any) -> Any:
+        """`{"indices", "offsets"}` tensors in JSON were taken out as the parts they are: nothing is left."""
+        return None if value == {} else value
 
     _known_source = known_source(SOURCE_FIELDS)
 
@@ -161,7 +196,8 @@ class EvaluationOut(BaseModel):
     dataset: str | None
     tags: dict[str, str]
     dataset_fingerprint: str = Field(
-        description="sha256 of the labels as int64 little-endian (of the targets as float64 when soft)."
+        description="sha256 of the labels as int64 little-endian (of the targets as float64 when soft or "
+        "multi-hot; of the label sets' offsets then indices as int64 when CSR)."
     )
     losses: dict[str, float | None] = Field(
         description="Mean per loss; null where the value is not finite "
@@ -192,7 +228,10 @@ class EvaluationOut(BaseModel):
     )
 
 
-MODEL_TENSOR_FIELDS = ("labels", "targets", "teacher_logits", "sample_weight", "inputs.*", "ood_inputs.*")
+MODEL_TENSOR_FIELDS = (
+    "labels", "targets", "teacher_logits", "sample_weight", "inputs.*", "ood_inputs.*", "label_sets.indices",
+    "label_sets.offsets", "label_frequencies",
+)  # fmt: skip
 MODEL_SOURCE_FIELDS = ("inputs.*", "labels", "targets", "teacher_logits", "sample_weight")
 
 

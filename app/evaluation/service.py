@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from app.conformal.service import evaluation_metrics as conformal_metrics
+from app.core.bags import checked_bags
 from app.core.conformal import Coverage
 from app.core.cosines import checked_cosines, cosines_of
 from app.core.errors import InputError
@@ -24,12 +25,15 @@ from app.core.evaluation import (
     Evaluator,
     index_dtype,
     loss_output,
+    metric_row_output,
     two_columns,
     validate_batch,
     validate_binary,
+    validate_multilabel,
 )
 from app.core.fold import Arrays, Assembled, Chunk, Stage, Summed, fold
 from app.core.graph_context import InputKind
+from app.core.label_sets import LabelSets
 from app.core.losses import COSINE_LOSSES
 from app.core.ood_metrics import separation, separation_plots
 from app.core.runtime import SessionCache
@@ -44,7 +48,7 @@ from app.evaluation.schemas import (
     ReliabilityBinOut,
     SliceOut,
 )
-from app.evaluation.streamed import SLOTS, Calibrate, StreamedEvaluation, make_plan
+from app.evaluation.streamed import SLOTS, Calibrate, MultilabelTruth, StreamedEvaluation, make_plan
 from app.models.runner import INPUTS, ModelRunner, read_logits
 from app.pipelines.heads import HeadCheck, Heads
 from app.records import EvaluationFilter, Page, finite_or_none, new_id, rfc3339, utc_now
@@ -56,15 +60,70 @@ from app.storage.models import Evaluation, ModelRecord
 
 
 def dataset_fingerprint(batch: Batch, block_rows: int = 1 << 20) -> str:
-    """sha256 of the labels (int64 little-endian), or of the soft targets (float64 little-endian), hashed
-    a block of rows at a time: a streamed evaluation's labels, kept in their own dtype, are never copied
-    whole (20M labels: 160 MB less at the peak than one `tobytes` of the int64 column)."""
-    values, dtype = (batch.labels, "<i8") if batch.labels is not None else (batch.targets, "<f8")
-    assert values is not None
+    """sha256 of the labels (int64 little-endian), of the soft or multi-hot targets (float64 little-endian),
+    or of the label sets' offsets then indices (int64), hashed a block of rows at a time: a streamed
+    evaluation's labels, kept in their own dtype, are never copied whole (20M labels: 160 MB less at the
+    peak than one `tobytes` of the int64 column)."""
+    if batch.label_sets is not None:
+        columns = [(batch.label_sets.offsets, "<i8"), (batch.label_sets.indices, "<i8")]
+    else:
+        columns = [(batch.labels, "<i8") if batch.labels is not None else (batch.targets, "<f8")]  # type: ignore[list-item]
     digest = hashlib.sha256()
-    for start in range(0, len(values), block_rows):
-        digest.update(np.ascontiguousarray(values[start : start + block_rows], dtype=dtype).data)
+    for values, dtype in columns:
+        for start in range(0, len(values), block_rows):
+            digest.update(np.ascontiguousarray(values[start : start + block_rows], dtype=dtype).data)
     return digest.hexdigest()
+
+
+MULTILABEL_FIELDS = ("label_sets", "label_frequencies", "n_train")  # what only task multilabel takes
+MULTICLASS_OPTIONS = ("calibrator_id", "sdm_id", "conformal_id", "slices")  # not built for multilabel
+MULTICLASS_ONLY = ("probabilities", "labels", "teacher_logits", "embeddings", "cosines", "class_weights", "bags")
+
+
+def multilabel_truth(request: EvaluationRequest, arrays: dict[str, np.ndarray]) -> MultilabelTruth:
+    """A task: multilabel request's label sets (JSON lists, or the CSR parts, taken out of `arrays`) and
+    propensity counts; what only multiclass takes, inline or from files, is refused by name."""
+    for name in (*MULTICLASS_ONLY, *(f"{name}." for name in MULTICLASS_ONLY)):
+        if name in arrays or name in (request.source or {}):
+            raise InputError(
+                name, "is not taken by task: multilabel (it takes `logits` with `targets` or `label_sets`)"
+            )
+    for option in MULTICLASS_OPTIONS:
+        if getattr(request, option) is not None or any(k.startswith(f"{option}.") for k in arrays):
+            raise InputError(option, "is not available with task: multilabel (yet)")
+    parts = [arrays.pop(f"label_sets.{part}", None) for part in ("indices", "offsets")]
+    sets = None
+    if request.label_sets is not None:
+        if any(p is not None for p in parts):
+            raise InputError("label_sets", "given both as parts and inside 'request'")
+        listed = LabelSets.of_lists(request.label_sets)
+        sets = (listed.indices, listed.offsets)
+    elif any(p is not None for p in parts):
+        indices, offsets = parts
+        if indices is None or offsets is None:
+            raise InputError("label_sets", "give both `label_sets.indices` and `label_sets.offsets`")
+        sets = (indices, offsets)
+    return MultilabelTruth(sets, arrays.pop("label_frequencies", None), request.n_train)
+
+
+def multilabel_batch(request: EvaluationRequest, arrays: dict[str, np.ndarray]) -> Batch:
+    """A task: multilabel request's batch: logits with multi-hot targets or label sets, weights and counts."""
+    truth = multilabel_truth(request, arrays)
+    return validate_multilabel(
+        logits=arrays.get("logits"),
+        targets=arrays.get("targets"),
+        label_sets=truth.label_sets,
+        sample_weight=arrays.get("sample_weight"),
+        label_frequencies=truth.label_frequencies,
+        n_train=truth.n_train,
+    )
+
+
+def refuse_multilabel_fields(request: EvaluationRequest, arrays: dict[str, np.ndarray]) -> None:
+    """A multiclass request naming a multilabel field is a 422 (not silently ignored)."""
+    for name in MULTILABEL_FIELDS:
+        if getattr(request, name) is not None or name in arrays or any(k.startswith(f"{name}.") for k in arrays):
+            raise InputError(name, 'needs "task": "multilabel"')
 
 
 def as_cosines(request: EvaluationRequest, arrays: dict[str, np.ndarray], cache: SessionCache) -> dict[str, np.ndarray]:
@@ -105,9 +164,21 @@ def slice_columns(request: EvaluationRequest, arrays: dict[str, np.ndarray]) -> 
 
 
 def sliced_batch(request: EvaluationRequest, arrays: dict[str, np.ndarray]) -> Batch:
-    """The validated batch, with its rows' slots when the request has slices."""
+    """The validated batch, with its rows' slots when the request has slices, and their bags when it has
+    `bags` (whose distributions are then the rows' soft targets if neither labels nor targets are given)."""
     columns = slice_columns(request, arrays)
+    bags, bag_targets = arrays.pop("bags", None), arrays.pop("bag_targets", None)
+    if (bags is None) != (bag_targets is None):
+        raise InputError("bags" if bags is None else "bag_targets", "give `bags` and `bag_targets` together")
+    if bags is not None and bag_targets is not None and "labels" not in arrays and "targets" not in arrays:
+        scores = arrays.get("logits", arrays.get("probabilities"))
+        if scores is not None and scores.ndim == 2:
+            dtype = scores.dtype if scores.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+            bags, bag_targets = checked_bags(bags, bag_targets, len(scores), scores.shape[1], dtype)
+            arrays["targets"] = bag_targets[bags]
     batch = validate_batch(**arrays)
+    if bags is not None and bag_targets is not None:
+        batch = batch.with_bags(bags, bag_targets)
     return batch.sliced(Slices.of(columns, batch.n) if columns else None)
 
 
@@ -136,7 +207,9 @@ class ComputedEvaluation:
 
 def compute(request: EvaluationRequest, arrays: dict[str, np.ndarray], cache: SessionCache) -> ComputedEvaluation:
     """Validate, run the fused graph chunk by chunk, finalize."""
-    batch = sliced_batch(request, dict(arrays))
+    batch = (
+        multilabel_batch(request, dict(arrays)) if request.task == "multilabel" else sliced_batch(request, dict(arrays))
+    )
     plan = make_plan(request, batch)
     evaluator = Evaluator(plan, cache)
     keep_rows = request.store or request.per_sample  # rows are for storage and per_sample only
@@ -153,7 +226,11 @@ def _row_arrays(batch: Batch, plan: EvaluationPlan, per_row: dict[str, np.ndarra
     if batch.labels is not None:
         arrays["label"] = batch.labels.astype(index_dtype(batch.classes), copy=False)
     for spec in plan.losses:
-        arrays[f"loss.{spec.report_key}"] = per_row[loss_output(spec.report_key, "row")]
+        if loss_output(spec.report_key, "row") in per_row:  # a bag-level loss has no per-row value
+            arrays[f"loss.{spec.report_key}"] = per_row[loss_output(spec.report_key, "row")]
+    for spec in plan.metrics:
+        if metric_row_output(spec.report_key) in per_row:
+            arrays[f"metric.{spec.report_key}"] = per_row[metric_row_output(spec.report_key)]
     if batch.slices is not None:  # each row's group under each key, as its index in the key's values
         for k, key in enumerate(batch.slices.keys):
             first, count = batch.slices.slot_range(k).start, len(batch.slices.values[k])
@@ -209,6 +286,14 @@ class EvaluationService:
         self.calibrators, self.detectors, self.sdm = heads.calibrators, heads.detectors, heads.sdm
 
     def create(self, request: EvaluationRequest, arrays: dict[str, np.ndarray]) -> EvaluationOut:
+        if request.task == "multilabel" and request.source:
+            return self.create_from_files(request, arrays)
+        if request.task == "multilabel":
+            computed = compute(request, arrays, self.runtime)
+            return evaluation_out(computed, self.store(computed) if request.store else None)
+        refuse_multilabel_fields(request, arrays)
+        if request.source and ("bags" in arrays or "bag_targets" in arrays):
+            raise InputError("bags", "bag-level losses are not computed on an evaluation from `source` (yet)")
         arrays = as_cosines(request, dict(arrays), self.runtime)
         if request.source:
             return self.create_from_files(request, arrays)
@@ -242,10 +327,15 @@ class EvaluationService:
         mergeable evaluation state, so the logits are never held whole (only the per-row columns a stored
         evaluation keeps, and the labels, targets and weights)."""
         as_cosines(request, {}, self.runtime)  # a margin loss needs cosines, which a model does not give
+        arrays = dict(arrays)
+        truth = multilabel_truth(request, arrays) if request.task == "multilabel" else None
+        if truth is None:
+            refuse_multilabel_fields(request, arrays)
+        if request.bags is not None or request.bag_targets is not None:
+            raise InputError("bags", "bag-level losses take logits as tensors, not an uploaded model's (yet)")
         record = self.models.get(model_id)
         if request.model is None:
             request = request.model_copy(update={"model": record.name})
-        arrays = dict(arrays)
         slice_given = slice_columns(request, arrays)
         has_ood = any(k.startswith("ood_inputs.") for k in arrays)  # JSON or multipart parts
         if (request.detector_id is None) == has_ood:
@@ -267,7 +357,9 @@ class EvaluationService:
         slices = Slices.of(slice_given, n) if slice_given else None
         if slices is not None:  # each row's slots travel with its chunk
             source = source.beside({SLOTS: slices.slots})
-        if self.cluster is not None and isinstance(source.feed, FileSource) and heads == Heads():
+        spread_out = self.cluster is not None and isinstance(source.feed, FileSource) and heads == Heads()
+        if spread_out and truth is None:  # a multilabel evaluation runs here (its workers take no label sets, yet)
+            assert self.cluster is not None and isinstance(source.feed, FileSource)
             model = self.models.model_file(record, source.feed.chunking.rows)
             spread = evaluate_on(self.cluster.client(), request, source.feed, slices, model, self.runtime.chunking)
             if not record.binary:
@@ -280,7 +372,7 @@ class EvaluationService:
         def read(chunk: Chunk) -> dict[str, np.ndarray]:
             return {"logits": read_logits(record, chunk[record.logits_output])}
 
-        evaluation = StreamedEvaluation(request, read, beside, n, slices, self.runtime, self._calibrate(request))
+        evaluation = StreamedEvaluation(request, read, beside, n, slices, self.runtime, self._calibrate(request), truth)
         stages: dict[str, Stage[Any, Any]] = {"evaluation": evaluation, **({} if files is None else kept_stage(files))}
         if request.sdm_id is not None:
             stages["regions"] = Assembled(self._regions_step(request.sdm_id, record), n)
@@ -314,7 +406,7 @@ class EvaluationService:
     def create_from_files(self, request: EvaluationRequest, arrays: dict[str, np.ndarray]) -> EvaluationOut:
         """An evaluation whose tensor fields (some or all) are read from files (`source`): the files and
         the inline tensors stream chunk by chunk into the evaluation state, as a model's outputs do, here
-        or, with a Dask cluster (and no calibrator), in windows on its workers; the labels, targets and
+        or, with a Dask cluster (and no calibrator, not multilabel), in windows on its workers; the labels, targets and
         weights read are kept whole (the fingerprint and the stored per-row columns need them), the
         predictions never are."""
         assert request.source is not None
@@ -323,18 +415,19 @@ class EvaluationService:
         if request.conformal_id is not None:
             raise InputError("conformal_id", "conformal metrics are not computed on an evaluation from `source` (yet)")
         arrays = dict(arrays)
+        truth = multilabel_truth(request, arrays) if request.task == "multilabel" else None
         slice_given = slice_columns(request, arrays)
         source = self.files.open(request.source, arrays)
         slices = Slices.of(slice_given, source.rows) if slice_given else None
         if slices is not None:  # each row's slots travel with its chunk
             source = replace(source, inline={**arrays, SLOTS: slices.slots})
-        if self.cluster is not None and request.calibrator_id is None:
+        if self.cluster is not None and request.calibrator_id is None and truth is None:
             spread = evaluate_on(self.cluster.client(), request, source, slices)
             evaluated, plan = spread.evaluated, spread.plan
             whole = spread.seen.whole(source.rows, {**arrays, **spread.kept}, slices)
         else:
             evaluation = StreamedEvaluation(
-                request, read_fields(source), arrays, source.rows, slices, self.runtime, self._calibrate(request)
+                request, read_fields(source), arrays, source.rows, slices, self.runtime, self._calibrate(request), truth
             )
             stages: dict[str, Stage[Any, Any]] = {"evaluation": evaluation, **kept_stage(source)}
             folded = fold(source, stages)
@@ -466,7 +559,8 @@ def evaluation_out(computed: ComputedEvaluation, record_id: str | None) -> Evalu
     request, plan = computed.request, computed.plan
     per_sample = None
     if request.per_sample:
-        per_sample = {s.report_key: row_values(computed.per_row[loss_output(s.report_key, "row")]) for s in plan.losses}
+        rows = {s.report_key: computed.per_row.get(loss_output(s.report_key, "row")) for s in plan.losses}
+        per_sample = {key: row_values(values) for key, values in rows.items() if values is not None}
     return EvaluationOut(
         id=record_id,
         created_at=rfc3339(computed.created),

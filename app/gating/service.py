@@ -98,9 +98,13 @@ def row_values(record: Evaluation, arrays: dict[str, np.ndarray], kind: str, key
         if weighted or f"loss.{key}" not in arrays:
             return None, f"no unweighted per-row values for loss {key!r}"
         return RowValues("mean", values=arrays[f"loss.{key}"].astype(np.float64)), ""
+    resampling = _resampling(spec)
+    if resampling is not None and resampling.statistic == "rows":
+        if f"metric.{key}" not in arrays:
+            return None, f"no per-row values for metric {key!r}"
+        return RowValues("mean", values=arrays[f"metric.{key}"].astype(np.float64)), ""
     if "label" not in arrays:
         return None, "the evaluation has no integer labels"
-    resampling = _resampling(spec)
     correct = (arrays["prediction"].astype(np.int64) == arrays["label"].astype(np.int64)).astype(np.float64)
     if resampling is not None and resampling.statistic == "correct":
         return RowValues("mean", values=correct), ""

@@ -13,6 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from app.core.detectors import (
+    ClassGmmDetector,
     Detector,
     GaussianDetector,
     KnnDetector,
@@ -24,7 +25,7 @@ from app.core.errors import InputError
 from app.core.fold import Gather, Source, merged_fold
 from app.core.runtime import SessionCache
 from app.core.validation import float_matrix
-from app.ood.schemas import DetectorRequest, KnnParams, MahalanobisParams, VimParams
+from app.ood.schemas import ClassGmmParams, DetectorRequest, KnnParams, MahalanobisParams, VimParams
 
 AnyDetector = Detector | LayerEnsemble
 P = TypeVar("P", bound=BaseModel)
@@ -73,6 +74,7 @@ METHODS: dict[str, Method[Any]] = {
         lambda p: VimDetector(p.dim, np.asarray(p.weight), np.asarray(p.bias)),
         lambda stored: VimDetector(int(stored["dim"])),
     ),
+    "class_gmm": Method(ClassGmmParams, lambda p: ClassGmmDetector(**p.model_dump())),
 }
 
 

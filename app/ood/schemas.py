@@ -116,6 +116,22 @@ class MahalanobisParams(BaseModel):
     )
 
 
+class ClassGmmParams(BaseModel):
+    """HVCM-style class-conditional mixtures: one scikit-learn `GaussianMixture` per class (EM, k-means
+    initialisation with random_state = seed); score −max_c log p_c(x)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    components: int = Field(3, ge=1, le=256, description="Mixture components per class (at most its rows).")
+    covariance_type: Literal["full", "diag", "tied", "spherical"] = Field(
+        "full", description="scikit-learn's covariance_type (tied: one covariance per class's mixture)."
+    )
+    reg_covar: float = Field(1e-6, ge=0, allow_inf_nan=False, description="Added to the covariances' diagonals.")
+    max_iter: int = Field(100, ge=1, le=10_000, description="EM iterations at most (the fit reports convergence).")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="random_state of the k-means initialisation.")
+    normalize: bool = Field(False, description="L2-normalise features first (fit and score).")
+
+
 class KnnParams(BaseModel):
     """Sun et al. 2022: the k-th nearest normalised fit feature."""
 
@@ -157,7 +173,8 @@ class DetectorRequest(Labels):
     mahalanobis = min_c d_c²; relative_mahalanobis = min_c d_c² − d_0² (Ren et al. 2021); knn = the
     distance of the L2-normalised feature to its k-th nearest normalised fit feature (Sun et al. 2022;
     nearest_class is then the label of the nearest fit row); vim = α‖Rᵀ(x − u)‖ − logsumexp(Wx + b), the
-    negated ViM score (Wang et al. 2022; labels optional, nearest_class = argmax of the logits)."""
+    negated ViM score (Wang et al. 2022; labels optional, nearest_class = argmax of the logits); class_gmm =
+    −max_c log p_c(x), p_c class c's Gaussian mixture fitted by EM (nearest_class = the argmax)."""
 
     model_config = examples(
         {
@@ -168,14 +185,15 @@ class DetectorRequest(Labels):
         }
     )
 
-    method: Literal["mahalanobis", "relative_mahalanobis", "knn", "vim"]
+    method: Literal["mahalanobis", "relative_mahalanobis", "knn", "vim", "class_gmm"]
     features: Tensor | Layers | None = Field(
         None, description="[N, D] features, or a dict of named layers {name: [N, D_l]} for a feature ensemble."
     )
     labels: Tensor | None = Field(None, description="[N] integer labels 0..C−1, every class present.")
     params: dict[str, Any] = Field(
         default_factory=dict,
-        description="MahalanobisParams for mahalanobis methods, KnnParams for knn, VimParams for vim.",
+        description="MahalanobisParams for mahalanobis methods, KnnParams for knn, VimParams for vim, ClassGmmParams "
+        "for class_gmm.",
     )
     validation: dict[str, Any] | None = Field(
         None,
@@ -197,9 +215,9 @@ class DetectorRequest(Labels):
     source: dict[str, StrictStr] | None = source_field(
         SOURCE_FIELDS,
         "mahalanobis and relative_mahalanobis stream them (their statistics merged chunk by chunk, on the Dask "
-        "workers when CALIPER_DASK_SCHEDULER is set): the features are never held whole. knn keeps its support, and "
-        "vim fits a PCA: their files are read whole, at most CALIPER_MAX_SOURCE_BYTES. Not with a feature ensemble "
-        "or `model_id`.",
+        "workers when CALIPER_DASK_SCHEDULER is set): the features are never held whole. knn keeps its support, "
+        "vim fits a PCA and class_gmm runs EM: their files are read whole, at most CALIPER_MAX_SOURCE_BYTES. Not "
+        "with a feature ensemble or `model_id`.",
     )
 
     _known_source = known_source(SOURCE_FIELDS)
@@ -227,9 +245,9 @@ class ScoreRequest(BaseModel):
     )
     return_logits: bool = Field(
         False,
-        description="mahalanobis detectors (tied: LDA, per_class: QDA, diagonal: naive Bayes) also answer `logits` "
-        "[N, C] = log π_c + log p(x | c) with the full normalising constants: the generative classifier's class "
-        "scores, which evaluations take like any logits.",
+        description="mahalanobis detectors (tied: LDA, per_class: QDA, diagonal: naive Bayes) and class_gmm also "
+        "answer `logits` [N, C] = log π_c + log p(x | c) with the full normalising constants: the generative "
+        "classifier's class scores, which evaluations take like any logits.",
     )
     fdr: bool = Field(
         False,

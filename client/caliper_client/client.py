@@ -166,8 +166,14 @@ class CaliperClient:
     ) -> dict[str, Any]:
         """POST /v1/evaluations; array-valued options (probabilities, targets, …) are sent as tensors, and
         `slices` ({key: one value per row}) as JSON lists, or integer columns as .npy parts when the request
-        goes as multipart. With `respond_async`, the answer is the job (`wait_job` polls it to the result)."""
+        goes as multipart; multilabel `label_sets` as a list of lists, or as CSR `(indices, offsets)` arrays. With
+        `respond_async`, the answer is the job (`wait_job` polls it to the result)."""
         slices = {key: np.asarray(values) for key, values in (options.pop("slices", None) or {}).items()}
+        label_sets = options.pop("label_sets", None)
+        if isinstance(label_sets, tuple):  # CSR (indices, offsets): tensors, as parts when large
+            options["label_sets.indices"], options["label_sets.offsets"] = (np.asarray(a) for a in label_sets)
+        elif label_sets is not None:  # a list of lists of label indices
+            options["label_sets"] = label_sets
         tensors = {
             k: np.asarray(v)
             for k, v in {"logits": logits, "labels": labels, **options}.items()

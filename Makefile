@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install dev run migrate test test-narrow fuzz lint bench lock clean docker-smoke
+.PHONY: install dev run migrate test test-narrow fuzz lint bench bench-smoke lock clean docker-smoke
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,17 @@ $(VENV)/.installed-bench: pyproject.toml | $(VENV)/.installed-dev
 	$(BIN)/pip install --quiet -e ./client -e '.[dev,bench]'
 	touch $@
 
+BENCHES = evaluate classification http calibrate gate ood sdm models serving load scale conformal xmc memory report
+
+# Every benchmark at tiny sizes (bench/timing.py `sized`), so one that no longer runs fails CI; figures mean nothing.
+bench-smoke: $(VENV)/.installed-bench
+	@for b in $(BENCHES); do \
+	  start=$$(date +%s); \
+	  CALIPER_BENCH_SMOKE=1 timeout 300 $(BIN)/python -m bench.$$b > $(VENV)/bench-smoke.log 2>&1 \
+	    || { tail -40 $(VENV)/bench-smoke.log; echo "bench-smoke: bench.$$b failed"; exit 1; }; \
+	  echo "bench-smoke: bench.$$b ran in $$(( $$(date +%s) - start )) s"; \
+	done
+
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.evaluate
 	$(BIN)/python -m bench.classification
@@ -83,6 +94,8 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.scale
 	$(BIN)/python -m bench.conformal
 	$(BIN)/python -m bench.xmc
+	$(BIN)/python -m bench.memory
+	$(BIN)/python -m bench.report
 
 # requirements.lock: the runtime dependencies pinned with hashes, for the image. caliper-client is built here
 # (it is ./client, not on an index) and left out of the lock: the image installs it from the source tree.

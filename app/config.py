@@ -159,9 +159,11 @@ class Settings(BaseSettings):
         "beyond them 503 with Retry-After.",
     )
     rate_limit: str = Field(
-        "200/second;6000/minute",
+        "",
         description="Requests per API key (per client address with auth disabled), in `limits` notation "
-        "(`N/second;M/minute`); beyond it 429 with Retry-After. Empty: no limit. Counted per process.",
+        "(`N/second;M/minute`); beyond it 429 with Retry-After. Empty (the default, as Triton, MLServer and "
+        "KServe have none): no limit, so one client may use all the server serves; admission control still "
+        "answers 503 beyond the work limits. Counted per process.",
     )
     header_timeout_s: float = Field(
         10.0, gt=0, description="A connection must send its request's headers within this; else it is closed."

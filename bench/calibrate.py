@@ -19,7 +19,7 @@ from scipy.special import log_softmax
 from app.core.calibration.fitters import AffineScaling, TemperatureScaling
 from app.core.evaluation import EvaluationPlan, Evaluator, validate_batch
 from app.core.metrics import METRICS
-from bench.timing import median_seconds, report
+from bench.timing import median_seconds, report, sized
 
 
 def synthetic(n: int, c: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +81,7 @@ def numpy_affine(z: np.ndarray, y: np.ndarray, on_log_probs: bool, reg: float = 
 
 
 def bench_temperature(repeats: int) -> None:
-    z, y = synthetic(100_000, 1_000)
+    z, y = synthetic(sized(100_000, 2_000), sized(1_000, 20))
     batch = validate_batch(logits=z, labels=y)
     specs = tuple(METRICS[name].spec(name=name) for name in ("accuracy", "nll", "brier", "ece"))
     evaluator = Evaluator(EvaluationPlan(batch.layout, (), specs))
@@ -112,7 +112,7 @@ def bench_temperature(repeats: int) -> None:
 
 
 def bench_affine() -> None:
-    z, y = synthetic(100_000, 100, seed=1)
+    z, y = synthetic(sized(100_000, 2_000), sized(100, 10), seed=1)
     print("\n(2) 100,000 x 100 float32, ODIR λ = μ = 0.01, L-BFGS-B to the same tolerances (one run each)")
     for name, on_log_probs in (("matrix_scaling", False), ("dirichlet", True)):
         start = time.perf_counter()
@@ -132,7 +132,7 @@ def bench_affine() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=sized(3, 1))
     args = parser.parse_args()
     bench_temperature(args.repeats)
     bench_affine()

@@ -25,7 +25,7 @@ from sklearn import metrics as sk
 from app.core.evaluation import EvaluationPlan, Evaluator, validate_batch
 from app.core.metrics import DEFAULT_METRICS, MetricSpec
 from app.core.slices import Slices
-from bench.timing import median_seconds, report
+from bench.timing import median_seconds, report, sized
 
 CLASSIC = [
     {"name": "f1"},
@@ -114,11 +114,11 @@ def compare_slices(n: int, c: int, repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=sized(3, 1))
     args = parser.parse_args()
-    for n, c in ((1_000_000, 10), (100_000, 100)):
+    for n, c in ((sized(1_000_000, 3_000), 10), (sized(100_000, 2_000), sized(100, 20))):
         compare(n, c, args.repeats)
-    for n, c in ((1_000_000, 10), (100_000, 1000)):
+    for n, c in ((sized(1_000_000, 3_000), 10), (sized(100_000, 2_000), sized(1000, 20))):
         compare_slices(n, c, args.repeats)
 
 

@@ -33,6 +33,7 @@ from app.core.probability_inputs import Probabilities, as_given
 from app.storage.migrate import upgrade
 from bench.http import start_caliper
 from bench.serving import ROOT, binary_body, throughput
+from bench.timing import sized
 
 GIVEN = Probabilities("probabilities", as_given, "bench")
 
@@ -147,12 +148,12 @@ def serving(url: str, requests: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rows", type=int, default=sized(1_000_000, 2_000))
     parser.add_argument("--classes", type=int, default=100)
-    parser.add_argument("--requests", type=int, default=800)
+    parser.add_argument("--requests", type=int, default=sized(800, 20))
     args = parser.parse_args()
     sets(args.rows, args.classes, {"mapie": mapie})
-    sets(20_000, args.classes, {"mapie": mapie, "crepes": crepes})
+    sets(sized(20_000, 500), args.classes, {"mapie": mapie, "crepes": crepes})
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(database_url=f"sqlite:///{tmp}/bench.db")
         upgrade(settings)

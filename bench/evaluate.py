@@ -16,7 +16,7 @@ from app.core.chunking import Chunking
 from app.core.evaluation import EvaluationPlan, Evaluator, validate_batch
 from app.core.losses import LossSpec
 from app.core.metrics import MetricSpec
-from bench.timing import median_seconds, report
+from bench.timing import median_seconds, report, sized
 
 LOSSES = [{"name": "cross_entropy"}]
 METRICS = [{"name": "accuracy"}, {"name": "nll"}, {"name": "brier"}, {"name": "ece", "bins": 15}]
@@ -93,7 +93,7 @@ def bench_size(n: int, c: int, repeats: int, chunk_size: int, chunk_bytes: int, 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=sized(7, 1))
     parser.add_argument("--chunk-size", type=int, default=Settings().chunk_size)
     parser.add_argument("--chunk-bytes", type=int, default=Settings().chunk_bytes)
     args = parser.parse_args()
@@ -101,7 +101,7 @@ def main() -> None:
         import torch
     except ImportError:
         torch = None  # type: ignore[assignment]
-    for n, c in ((1_000_000, 10), (100_000, 1_000)):
+    for n, c in ((sized(1_000_000, 3_000), 10), (sized(100_000, 2_000), sized(1_000, 20))):
         bench_size(n, c, args.repeats, args.chunk_size, args.chunk_bytes, torch)
 
 

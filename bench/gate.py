@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from app.core.bootstrap import RowValues, bootstrap_difference, bootstrap_differences
-from bench.timing import median_seconds
+from bench.timing import median_seconds, sized
 
 
 def numpy_loop(rows: tuple[np.ndarray, ...], resamples: int, seed: int = 0) -> np.ndarray:
@@ -32,7 +32,7 @@ def numpy_loop(rows: tuple[np.ndarray, ...], resamples: int, seed: int = 0) -> n
     return out
 
 
-def main(n: int = 100_000, resamples: int = 2_000) -> None:
+def main(n: int = sized(100_000, 2_000), resamples: int = sized(2_000, 100)) -> None:
     rng = np.random.default_rng(0)
     conf_a, conf_b = rng.random(n) * 0.5 + 0.5, rng.random(n) * 0.5 + 0.5
     correct_a = (rng.random(n) < conf_a).astype(np.float64)

@@ -29,7 +29,7 @@ from app.context import Resources
 from app.evaluation.schemas import EvaluationRequest
 from app.storage.migrate import upgrade
 from app.storage.tenancy import set_project
-from bench.timing import median_seconds
+from bench.timing import median_seconds, sized
 
 BARE_APP = """
 import json, sys
@@ -104,8 +104,9 @@ def start_bare(payload: str) -> tuple[subprocess.Popen[bytes], str]:
 
 def large_request(url: str, settings: Settings, repeats: int) -> None:
     rng = np.random.default_rng(0)
-    z = rng.normal(size=(1_000_000, 10)).astype(np.float32)
-    y = rng.integers(0, 10, 1_000_000)
+    rows = sized(1_000_000, 5_000)
+    z = rng.normal(size=(rows, 10)).astype(np.float32)
+    y = rng.integers(0, 10, rows)
     set_project(DEFAULT_PROJECT)  # what the server runs its requests as, with auth disabled
     evaluations = Resources.create(settings).evaluations  # the service code the server runs, in-process
     client = CaliperClient(url, multipart_threshold=0)
@@ -172,8 +173,8 @@ def small_requests(url: str, count: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=sized(5, 1))
+    parser.add_argument("--requests", type=int, default=sized(1000, 20))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(database_url=f"sqlite:///{tmp}/bench.db")

@@ -27,6 +27,7 @@ from app.storage.db import make_engine, make_session_factory
 from app.storage.keys import ApiKeyRepository
 from app.storage.migrate import downgrade, upgrade
 from bench.http import start_caliper
+from bench.timing import SMOKE, sized
 
 
 def _client_loop(
@@ -165,9 +166,9 @@ def run(backend: str, database_url: str, clients: int, seconds: float, auth: boo
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--clients", type=int, nargs="+", default=[16, 64])
-    parser.add_argument("--backends", nargs="+", default=["sqlite", "postgres"])
+    parser.add_argument("--seconds", type=float, default=sized(20, 2))
+    parser.add_argument("--clients", type=int, nargs="+", default=[sized(16, 2), sized(64, 4)])
+    parser.add_argument("--backends", nargs="+", default=["sqlite"] if SMOKE else ["sqlite", "postgres"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         backends = {"sqlite": f"sqlite:///{tmp}/load.db"}

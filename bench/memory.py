@@ -20,6 +20,7 @@ from caliper_client.wire import encode_tensor_object
 from app.config import Settings
 from app.storage.migrate import upgrade
 from bench.http import start_caliper
+from bench.timing import sized
 
 
 def _kib(pid: int, field: str) -> int:
@@ -63,7 +64,7 @@ def _bodies(rows: int, classes: int) -> dict[str, tuple[bytes, dict[str, str]]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rows", type=int, default=sized(1_000_000, 5_000))
     parser.add_argument("--classes", type=int, default=4)
     args = parser.parse_args()
     bodies = _bodies(args.rows, args.classes)

@@ -45,7 +45,7 @@ from app.storage.models import ModelRecord
 from app.storage.tenancy import set_project
 from app.tensors import decode_npy
 from bench.http import start_caliper
-from bench.timing import median_seconds
+from bench.timing import median_seconds, sized
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,9 +81,9 @@ def npy(array: np.ndarray) -> bytes:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--evaluation-rows", type=int, default=1_000_000)
+    parser.add_argument("--rows", type=int, default=sized(100_000, 2_000))
+    parser.add_argument("--repeats", type=int, default=sized(3, 1))
+    parser.add_argument("--evaluation-rows", type=int, default=sized(1_000_000, 5_000))
     args = parser.parse_args()
     tmp = tempfile.mkdtemp()
     os.environ["CALIPER_ARTIFACT_DIR"] = f"{tmp}/artifacts"  # start_caliper passes the environment on
@@ -154,7 +154,8 @@ def digits_in_process() -> tuple[Resources, ModelRecord]:
     upgrade(resources.settings)
     upload = resources.artifacts.writer()
     upload.write((ROOT / "models/digits_mlp.onnx").read_bytes())
-    return resources, resources.models.create(ModelRequest(name="digits"), upload)
+    created = resources.models.create(ModelRequest(name="digits"), upload)
+    return resources, resources.predictions.runner.get(created.id)
 
 
 def stages(rows: int, repeats: int, client: httpx.Client) -> None:

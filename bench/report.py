@@ -15,10 +15,10 @@ from app.config import Settings
 from app.evaluation.schemas import EvaluationRequest
 from app.storage.migrate import upgrade
 from app.storage.tenancy import set_project
-from bench.timing import median_seconds, report
+from bench.timing import median_seconds, report, sized
 
 
-def main(n: int = 1_000_000, classes: int = 10, groups: int = 100) -> None:
+def main(n: int = sized(1_000_000, 3_000), classes: int = 10, groups: int = sized(100, 5)) -> None:
     with tempfile.TemporaryDirectory() as folder:
         settings = Settings(database_url=f"sqlite:///{Path(folder) / 'bench.db'}", artifact_dir=Path(folder) / "a")
         upgrade(settings)

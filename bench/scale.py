@@ -19,9 +19,8 @@ from app.config import Settings
 from app.context import Resources
 from app.distributed.cluster import Cluster
 from app.evaluation.schemas import EvaluationRequest
-from app.sources.locations import Places
 from app.storage.tenancy import set_project
-from bench.timing import report
+from bench.timing import report, sized
 
 SHARDS = 20
 
@@ -55,15 +54,16 @@ def timed(fn: Any) -> float:
     return time.perf_counter() - start
 
 
-def main(rows: int = 20_000_000, classes: int = 100) -> None:
+def main(rows: int = sized(20_000_000, 20_000), classes: int = sized(100, 10)) -> None:
     set_project("default")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         write_shards(folder, rows, classes)
-        settings = Settings(database_url=f"sqlite:///{folder / 'bench.db'}", artifact_dir=folder / "a")
+        settings = Settings(
+            database_url=f"sqlite:///{folder / 'bench.db'}", artifact_dir=folder / "a", data_roots=str(folder)
+        )
         resources = Resources.create(settings)
         evaluations = resources.evaluations
-        evaluations.places = Places.of(str(folder), "")
         request = EvaluationRequest.model_validate(
             {"source": {"logits": str(folder / "logits-*.npy"), "labels": str(folder / "labels.npy")}, "store": False}
         )

@@ -34,7 +34,7 @@ import onnxruntime as ort
 from app.config import Settings
 from app.storage.migrate import upgrade
 from bench.http import free_port, start_caliper, wait_ready
-from bench.timing import median_seconds
+from bench.timing import median_seconds, sized
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "Inference-Header-Content-Length"
@@ -177,7 +177,7 @@ def single_row(url: str, bare_url: str, requests: int) -> None:
 
 
 def large_batch(url: str, bare_url: str, export: Path, repeats: int) -> None:
-    x = np.random.default_rng(0).normal(size=(100_000, 64)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(sized(100_000, 2_000), 64)).astype(np.float32)
     body, headers = binary_body(x)
     text = json_body(x)
     session = ort.InferenceSession(str(export), providers=["CPUExecutionProvider"])
@@ -200,8 +200,8 @@ def large_batch(url: str, bare_url: str, export: Path, repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=500)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=sized(500, 20))
+    parser.add_argument("--repeats", type=int, default=sized(5, 1))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(database_url=f"sqlite:///{tmp}/bench.db")

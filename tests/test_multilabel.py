@@ -283,3 +283,12 @@ def test_bad_multilabel_input_is_a_422_naming_the_field(client: TestClient) -> N
     floats = parts(indices.astype(np.float64), offsets)
     assert_problem(client.post("/v1/evaluations", files=floats), 422, "label_sets.indices")
     assert client.get("/v1/evaluations").json()["items"] == []  # nothing half-stored
+
+
+def test_ties_in_the_top_k_go_to_the_lower_label_index() -> None:
+    """Every score 0 but label 1500's: the top 2 is (1500, 0) whatever the width, so only row 0 hits."""
+    z = np.zeros((3, 2_000), np.float32)
+    z[:, 1_500] = 1.0
+    batch = validate_multilabel(logits=z, label_sets=(np.array([0, 1, 1_999]), np.array([0, 1, 2, 3])))
+    plan = EvaluationPlan(batch.layout, (), (METRICS["precision_at_k"].spec(name="precision_at_k", k=2),))
+    assert Evaluator(plan).evaluate(batch).result.metrics["precision_at_k"] == pytest.approx(1 / 6)

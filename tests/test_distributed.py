@@ -131,26 +131,41 @@ def test_a_dask_job_reports_progress_by_windows(clients: dict[str, TestClient], 
     assert seen == sorted(seen) and polled["progress"] == {"done": N, "total": N, "unit": "rows"}
 
 
+def scheduled_tasks(cluster: Any) -> int:
+    return int(cluster.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)))
+
+
 def test_cancelling_a_dask_job_cancels_its_tasks_and_stores_nothing(
     apps: dict[str, FastAPI], clients: dict[str, TestClient], root: Path
 ) -> None:
+    from distributed import Event, wait
+
     client, app = clients["dask"], apps["dask"]
     cluster = app.state.resources.cluster.client()
     before = count_rows(app)
-    job = client.post("/v1/evaluations", json={**BODY, **sources(root)}, headers={"Prefer": "respond-async"}).json()
-    until = time.monotonic() + 30
-    while not any(cluster.processing().values()) and time.monotonic() < until:
-        time.sleep(0.005)
-    assert any(cluster.processing().values()), "the job's windows never reached the workers"
-    cancelled = client.delete(f"/v1/jobs/{job['id']}")  # its windows are on the workers now
-    assert cancelled.status_code in (200, 202), cancelled.text
-    done = app.state.resources.jobs.wait(job["id"], 60)
-    assert done.state == "cancelled" and done.result is None, done
+    gate = Event("hold-the-workers", client=cluster)
+    holders = [cluster.submit(gate.wait, 60, pure=False) for _ in range(app.state.resources.cluster.workers())]
+    try:  # every worker thread waits on the gate, so the job's windows cannot finish before it is cancelled
+        until = time.monotonic() + 30
+        while sum(map(len, cluster.processing().values())) < len(holders) and time.monotonic() < until:
+            time.sleep(0.005)
+        job = client.post("/v1/evaluations", json={**BODY, **sources(root)}, headers={"Prefer": "respond-async"})
+        while scheduled_tasks(cluster) <= len(holders) and time.monotonic() < until:
+            time.sleep(0.005)
+        assert scheduled_tasks(cluster) > len(holders), "the job's windows never reached the scheduler"
+        cancelled = client.delete(f"/v1/jobs/{job.json()['id']}")
+        assert cancelled.status_code in (200, 202), cancelled.text
+        done = app.state.resources.jobs.wait(job.json()["id"], 60)
+        assert done.state == "cancelled" and done.result is None, done
+    finally:
+        gate.set()
+        wait(holders, timeout=60)
+        cluster.cancel(holders)
     assert {k: v for k, v in count_rows(app).items() if k != "jobs"} == {k: v for k, v in before.items() if k != "jobs"}
     until = time.monotonic() + 30
-    while any(cluster.processing().values()) and time.monotonic() < until:
+    while scheduled_tasks(cluster) and time.monotonic() < until:
         time.sleep(0.05)
-    assert not any(cluster.processing().values())  # its tasks were cancelled, not left to run
+    assert scheduled_tasks(cluster) == 0  # cancelled, not left to run after the gate opened; no earlier job's held
 
 
 def test_a_worker_killed_mid_job_costs_a_retry_not_a_wrong_number(

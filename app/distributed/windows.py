@@ -2,8 +2,9 @@
 single process would read (so every chunk's state is the same one), one task per window on a worker that
 reads its own shards (only the window's description — paths, offsets — travels to it), the answers
 collected in row order. Progress is the rows of the finished windows; a cancelled or timed-out job
-cancels its tasks (`deadline.check` between waits); a task whose worker dies is retried by Dask
-(`retries`), which is safe because a window's task is a pure function of its files. Mergeable states are
+cancels its tasks (`deadline.check` between waits), and every window's answer leaves the workers as soon
+as it is gathered; a task whose worker dies is retried by Dask (`retries`), which is safe because a
+window's task is a pure function of its files. Mergeable states are
 merged by a fixed pairwise tree, so the result does not depend on which task finished first."""
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def run_windows(client: Any, source: FileSource, task: Callable[..., T], *args: 
             progress.report(done, source.rows)
         answers: list[T] = client.gather(futures)
         return answers
-    finally:
-        client.cancel([f for f in futures if not f.done()])
+    finally:  # the unfinished stop, the finished leave the workers' memory now rather than when collected
+        client.cancel(futures)
 
 
 def merged(states: list[M]) -> M:

@@ -43,6 +43,8 @@ WORKDIR /srv/caliper
 USER caliper
 VOLUME ["/var/lib/caliper"]
 EXPOSE 8000
+# V2 over gRPC when run with CALIPER_GRPC_PORT=8001 (off by default)
+EXPOSE 8001
 # Ready, not just alive: the database is reachable and migrated (on the port the server was given).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('CALIPER_PORT', '8000')}/readyz\", timeout=2)"]

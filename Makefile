@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install dev run migrate test test-narrow fuzz lint bench bench-smoke lock clean docker-smoke
+.PHONY: install dev run migrate test test-narrow fuzz lint bench bench-smoke lock proto clean docker-smoke
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -104,6 +104,10 @@ lock: dev
 	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --strip-extras --generate-hashes \
 	  --no-emit-index-url --no-emit-find-links --find-links $(VENV)/client-wheel --unsafe-package caliper-client \
 	  --output-file requirements.lock pyproject.toml
+
+# app/grpc_api's messages from its .proto (the generated code is committed; tests/test_grpc.py checks it is current).
+proto: dev
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. app/grpc_api/open_inference.proto
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache

@@ -192,6 +192,13 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
+    grpc_port: int | None = Field(
+        None,
+        ge=0,
+        lt=65536,
+        description="Port of the V2 gRPC service (Open Inference Protocol, on CALIPER_HOST); unset: off; 0: any free "
+        "port (logged).",
+    )
     access_log: bool = Field(
         True, description="One JSON log line per request: id, project, route, status, duration, rows."
     )

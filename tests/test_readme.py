@@ -8,9 +8,11 @@ import io
 import os
 import re
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 
 from app.config import Settings
 
@@ -25,6 +27,21 @@ def readme_block(name: str) -> str:
     pytest.fail(f"README has no block tagged `# readme-test: {name}`")
 
 
+@contextlib.contextmanager
+def grpc_service(app: FastAPI, wanted: bool) -> Iterator[str]:
+    """The suite's app over gRPC on a free port, where a block calls `CALIPER_GRPC_PORT=8001`."""
+    if not wanted:
+        yield ""
+        return
+    from app.grpc_api.service import serve
+
+    server = serve(app.state.resources)
+    try:
+        yield f"127.0.0.1:{server.port}"
+    finally:
+        server.stop(0)
+
+
 def expected_prints(code: str) -> list[str]:
     return [
         line.split("#", 1)[1].strip()
@@ -34,17 +51,19 @@ def expected_prints(code: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "name", ["client", "multilabel", "calibrators", "sdm", "conformal", "estimates", "models", "serving"]
+    "name",
+    ["client", "multilabel", "calibrators", "sdm", "conformal", "estimates", "models", "serving", "serving-grpc"],
 )
 def test_readme_block_runs_and_prints_what_it_says(
-    name: str, live_server: str, monkeypatch: pytest.MonkeyPatch
+    name: str, live_server: str, app: FastAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     code = readme_block(name)
     assert "http://127.0.0.1:8000" in code  # the server of `make run`, replaced by the suite's
     monkeypatch.chdir(ROOT)
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        exec(compile(code.replace("http://127.0.0.1:8000", live_server), f"README:{name}", "exec"), {})
+    with contextlib.redirect_stdout(printed), grpc_service(app, "127.0.0.1:8001" in code) as grpc_address:
+        runnable = code.replace("http://127.0.0.1:8000", live_server).replace("127.0.0.1:8001", grpc_address)
+        exec(compile(runnable, f"README:{name}", "exec"), {})
     expected = expected_prints(code)
     assert expected, "the block shows no output to check"
     assert printed.getvalue().splitlines() == expected

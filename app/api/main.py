@@ -55,9 +55,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     resources = Resources.create(settings)  # fails fast when the provider is unavailable
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resources.jobs.start()
+        grpc = None
+        if settings.grpc_port is not None:  # off by default: grpcio is not even imported
+            from app.grpc_api.service import serve
+
+            grpc = serve(resources)
+        app.state.grpc_port = grpc.port if grpc else None
         yield
+        if grpc:
+            grpc.stop()
         resources.close()
 
     app = FastAPIOffline(  # /docs and /redoc served with their assets from the package: no CDN needed

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -169,3 +170,10 @@ def test_metrics_report_onnxruntime_time_by_graph_kind_and_rows_by_route(client:
     assert after[runs] - before.get(runs, 0.0) >= 2  # 9 rows in chunks of the suite's CALIPER_CHUNK_SIZE = 7
     rows = ("caliper_request_rows_total", (("route", "/v1/evaluations"),))
     assert after[rows] - before.get(rows, 0.0) == 9
+
+
+def test_generated_request_ids_are_distinct_hex_of_a_uuids_length() -> None:
+    from app.api.observability import new_request_id
+
+    made = [new_request_id() for _ in range(10_000)]
+    assert len(set(made)) == len(made) and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in made)

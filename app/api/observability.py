@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import itertools
 import json
 import logging
 import re
+import secrets
 import time
-import uuid
 from typing import Any
 
 from starlette.requests import Request
@@ -36,6 +37,16 @@ def count_rows(rows: int) -> None:
 
 HEADER = b"x-request-id"
 MAX_ID = 128
+
+
+_ID_PREFIX = secrets.token_hex(10)  # this process's: ids are unique across processes and restarts
+_ID_COUNTER = itertools.count()
+
+
+def new_request_id() -> str:
+    """32 hex digits, unique (a random per-process prefix and a counter): uuid4 read the OS's random
+    source on every request, 6% of the event loop's time under single-row load (py-spy)."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) % 16**12:012x}"
 
 
 def _given_id(scope: Scope) -> str | None:
@@ -87,7 +98,7 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _given_id(scope) or uuid.uuid4().hex
+        request_id = _given_id(scope) or new_request_id()
         token = REQUEST_ID.set(request_id)
         rows = [0]
         rows_token = REQUEST_ROWS.set(rows)

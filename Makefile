@@ -69,7 +69,7 @@ $(VENV)/.installed-bench: pyproject.toml | $(VENV)/.installed-dev
 	$(BIN)/pip install --quiet -e ./client -e '.[dev,bench]'
 	touch $@
 
-BENCHES = evaluate classification http calibrate gate ood sdm models serving load scale conformal xmc memory report
+BENCHES = evaluate classification http bodies calibrate gate ood sdm models serving load scale conformal xmc memory report
 
 # Every benchmark at tiny sizes (bench/timing.py `sized`), so one that no longer runs fails CI; figures mean nothing.
 bench-smoke: $(VENV)/.installed-bench
@@ -84,6 +84,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.evaluate
 	$(BIN)/python -m bench.classification
 	$(BIN)/python -m bench.http
+	$(BIN)/python -m bench.bodies
 	$(BIN)/python -m bench.calibrate
 	$(BIN)/python -m bench.gate
 	$(BIN)/python -m bench.ood

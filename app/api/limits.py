@@ -113,8 +113,9 @@ class BodyReadDeadline:
             if complete:  # after the body: waiting for a disconnect, which has no deadline
                 return await receive()
             remaining = started_at + self.timeout_s + received / self.min_rate - loop.time()
-            try:
-                message = await asyncio.wait_for(receive(), max(remaining, 0.0))
+            try:  # a timeout on this task: wait_for made a task per message (14.5 µs each against 4.3 µs here)
+                async with asyncio.timeout(max(remaining, 0.0)):
+                    message = await receive()
             except TimeoutError:
                 timed_out = True
                 raise BodyTimeoutError() from None

@@ -84,12 +84,12 @@ ERRORS = errors(400, 404)
 
 
 @router.get("", operation_id="serverMetadata", summary="Server metadata (V2)")
-def server_metadata() -> dict[str, Any]:
+async def server_metadata() -> dict[str, Any]:  # on the event loop: nothing here blocks
     return {"name": "caliper", "version": __version__, "extensions": ["binary_tensor_data"]}
 
 
 @router.get("/health/live", operation_id="serverLive", summary="The server is live (V2)")
-def live() -> dict[str, bool]:
+async def live() -> dict[str, bool]:  # on the event loop: nothing here blocks
     return {"live": True}
 
 

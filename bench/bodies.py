@@ -3,8 +3,8 @@
 One client (a plain socket: `sendall` of a prebuilt request, then the answer read to its end, so the
 client costs as little as it can) posts a 64 MiB octet-stream body, over a fresh connection each time, to:
 - a raw socket server that `recv_into`s one preallocated buffer sized by Content-Length (the floor);
-- a bare uvicorn + FastAPI route that awaits `request.body()` and answers its length, with httptools and
-  with h11 (the two HTTP parsers uvicorn offers);
+- a bare FastAPI route that awaits `request.body()` and answers its length, served by uvicorn with
+  httptools and with h11 (its two HTTP parsers), by granian and by hypercorn: which ASGI server limits;
 - Caliper's V2 infer route for an unknown pipeline: the whole receive path (every middleware, the body
   limit and read deadline, the route) and then a 404, so nothing is computed on the body.
 Prints the median time and MB/s of each and its ratio to the raw socket.
@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from app.config import Settings
 from app.storage.migrate import upgrade
@@ -84,14 +85,23 @@ def request_of(size: int) -> bytes:
     return header.encode() + b"{}" + bytes(size - 2)
 
 
-def start_bare(http: str) -> tuple[subprocess.Popen[bytes], int]:
+SERVERS = {  # the ASGI servers compared, each serving BARE_APP from module `bare_bodies`
+    "uvicorn (httptools)": ["uvicorn", "bare_bodies:app", "--http", "httptools", "--no-access-log", "--port"],
+    "uvicorn (h11)": ["uvicorn", "bare_bodies:app", "--http", "h11", "--no-access-log", "--port"],
+    "granian": ["granian", "--interface", "asgi", "--no-ws", "bare_bodies:app", "--port"],
+    "hypercorn": ["hypercorn", "bare_bodies:app", "--bind"],
+}
+
+
+def start_bare(server: str, folder: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    serve = f"\nimport uvicorn\nuvicorn.run(app, port={port}, http={http!r}, log_level='warning', access_log=False)"
-    server = subprocess.Popen(
-        [sys.executable, "-c", BARE_APP + serve], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    Path(folder, "bare_bodies.py").write_text(BARE_APP)
+    command = SERVERS[server] + [f"127.0.0.1:{port}" if server == "hypercorn" else str(port)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", *command], cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     wait_ready(f"http://127.0.0.1:{port}", "/ready")
-    return server, port
+    return process, port
 
 
 def main() -> None:
@@ -107,10 +117,10 @@ def main() -> None:
         servers.append(caliper)
         try:
             ports = {"raw socket, recv_into one buffer": raw_port}
-            for http in ("httptools", "h11"):
-                server, port = start_bare(http)
+            for name in SERVERS:
+                server, port = start_bare(name, tmp)
                 servers.append(server)
-                ports[f"bare uvicorn ({http}) request.body()"] = port
+                ports[f"bare {name} request.body()"] = port
             ports["caliper /v2 infer (receive, 404)"] = int(url.rsplit(":", 1)[1])
             times = {name: median_seconds(post(port, request), repeats) for name, port in ports.items()}
         finally:
@@ -120,7 +130,7 @@ def main() -> None:
     print(f"\nA {size / 2**20:.0f} MiB body, one client, a fresh connection each time (median of {repeats})")
     floor = times["raw socket, recv_into one buffer"]
     for name, seconds in times.items():
-        print(f"  {name:<40} {seconds * 1e3:8.1f} ms  {size / seconds / 1e6:7.0f} MB/s  {seconds / floor:6.2f}x raw")
+        print(f"  {name:<42} {seconds * 1e3:8.1f} ms  {size / seconds / 1e6:7.0f} MB/s  {seconds / floor:6.2f}x raw")
 
 
 if __name__ == "__main__":

@@ -117,17 +117,23 @@ def _flag(parameters: dict[str, Any], key: str, where: str, default: bool = Fals
     return value
 
 
+def tensor_dtype(where: str, datatype: str, shape: list[int]) -> np.dtype:
+    """The numpy dtype of an input's datatype, its shape checked (REST and gRPC alike)."""
+    if datatype == "BYTES":
+        raise ProtocolError(f"{where}: BYTES tensors are not supported (pipelines take numeric tensors)")
+    dtype = DATATYPES.get(datatype)
+    if dtype is None:
+        raise ProtocolError(f"{where}: unknown datatype {datatype!r} (one of {sorted(DATATYPES)})")
+    fault = shape_fault(shape)
+    if fault is not None:
+        raise ProtocolError(f"{where}: {fault}")
+    return dtype
+
+
 def _tensor(given: RequestInput, binary: memoryview, offset: int) -> tuple[np.ndarray, int]:
     """One input as an array (a read-only view of the body for binary data) and the next offset."""
     where = f"input {given.name!r}"
-    if given.datatype == "BYTES":
-        raise ProtocolError(f"{where}: BYTES tensors are not supported (pipelines take numeric tensors)")
-    dtype = DATATYPES.get(given.datatype)
-    if dtype is None:
-        raise ProtocolError(f"{where}: unknown datatype {given.datatype!r} (one of {sorted(DATATYPES)})")
-    fault = shape_fault(given.shape)
-    if fault is not None:
-        raise ProtocolError(f"{where}: {fault}")
+    dtype = tensor_dtype(where, given.datatype, given.shape)
     count = math.prod(given.shape)
     size = given.parameters.get("binary_data_size")
     if size is not None:

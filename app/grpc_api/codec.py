@@ -19,11 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from app.api.v2_codec import ProtocolError, metadata_body, parse_version
-from app.datatypes import DATATYPES, V2_NAMES
+from app.api.v2_codec import ProtocolError, metadata_body, parse_version, tensor_dtype
+from app.datatypes import V2_NAMES
 from app.grpc_api import open_inference_pb2 as pb
 from app.pipelines.inference import Inference, Metadata
-from app.tensors import shape_fault
 
 CONTENTS = {  # the protocol's typed field of each datatype (the narrow integers ride in 32-bit fields)
     "BOOL": "bool_contents",
@@ -79,15 +78,8 @@ def decode(request: Any) -> Decoded:
 
 def _tensor(given: Any, raw: bytes | None) -> np.ndarray:
     where = f"input {given.name!r}"
-    if given.datatype == "BYTES":
-        raise ProtocolError(f"{where}: BYTES tensors are not supported (pipelines take numeric tensors)")
-    dtype = DATATYPES.get(given.datatype)
-    if dtype is None:
-        raise ProtocolError(f"{where}: unknown datatype {given.datatype!r} (one of {sorted(DATATYPES)})")
     shape = list(given.shape)
-    fault = shape_fault(shape)
-    if fault is not None:
-        raise ProtocolError(f"{where}: {fault}")
+    dtype = tensor_dtype(where, given.datatype, shape)
     count = math.prod(shape)
     filled = [f for f in FIELDS if len(getattr(given.contents, f))]
     if raw is not None:

@@ -99,7 +99,7 @@ class Resources:
         model_chunks = Chunking(rows=settings.model_batch_rows, bytes=settings.model_batch_bytes)
         runner = ModelRunner(model_records, artifacts, workers, model_chunks, metrics.observe_model_run)
         references = ArtifactReferences(database)
-        models = ModelService(model_records, artifacts, references, workers)
+        models = ModelService(model_records, artifacts, references, workers, runner.recent)
         files = DataFiles(Places.of(settings.data_roots, settings.data_urls), chunking, settings.max_source_bytes)
         cluster = Cluster(settings.dask_scheduler) if settings.dask_scheduler else None
         calibrators = CalibrationService(Repository(database, CalibratorRecord, "calibrator"), runtime, runner, files)

@@ -1,18 +1,50 @@
 """What every stored resource's use cases share: get one, list newest first, delete, each answered as the
 API returns it. The repository maps rows; `answer` maps a record to its answer; a resource's service
-adds its own use cases (fit, score, export) and reads records for them with `record`."""
+adds its own use cases (fit, score, export) and reads records for them with `record`. And `RecentReads`,
+for the records read on every inference request."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
+
+from cachetools import TTLCache
 
 from app.records import Page
 from app.storage.models import Base
 from app.storage.repository import Repository
+from app.storage.tenancy import current_project
 
 R = TypeVar("R", bound=Base)
 A = TypeVar("A")  # what the API answers for a record
+V = TypeVar("V")
+
+
+class RecentReads(Generic[V]):
+    """Records read from the database at most once per `ttl_s` per process, per project (a key means
+    another record in each): for the reads on every inference request, a model's record (0.49 ms of a
+    single-row predict on SQLite) and a pipeline's name (~1.3 ms of a 5 ms single-row V2 infer). This
+    process's own writes `forget` at once; another process's are seen within `ttl_s`, as a key revoked
+    elsewhere is (`app.storage.keys`)."""
+
+    def __init__(self, ttl_s: float, maxsize: int = 1024) -> None:
+        self._kept: TTLCache[tuple[str, Hashable], V] = TTLCache(maxsize=maxsize, ttl=ttl_s)
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, read: Callable[[], V]) -> V:
+        scoped = (current_project(), key)
+        with self._lock:
+            kept = self._kept.get(scoped)
+        if kept is None:
+            kept = read()
+            with self._lock:
+                self._kept[scoped] = kept
+        return kept
+
+    def forget(self) -> None:
+        with self._lock:
+            self._kept.clear()
 
 
 class StoredResource(Generic[R, A]):

@@ -97,6 +97,15 @@ def test_the_same_bytes_share_one_file_removed_with_the_last_model(client: TestC
     assert_problem(client.delete(f"/v1/models/{second['id']}"), 404)
 
 
+def test_a_deleted_models_predict_is_unknown_at_once_though_its_record_was_read_recently(client: TestClient) -> None:
+    data, _ = onnx_models.mlp()
+    model = upload(client, data).json()
+    predict, rows = f"/v1/models/{model['id']}/predict", {"inputs": {"x": [[0.5] * 6, [1.0] * 6]}}
+    assert client.post(predict, json=rows).status_code == 200  # its record is now kept for a second
+    assert client.delete(f"/v1/models/{model['id']}").status_code == 204
+    assert_problem(client.post(predict, json=rows), 404)
+
+
 def test_form_fields_work_like_the_request_part(client: TestClient) -> None:
     data, _ = onnx_models.mlp()
     files = {"file": ("m.onnx", data, "application/octet-stream")}

@@ -23,6 +23,7 @@ from app.sources.source import FileSource
 from app.storage.artifacts import ArtifactStore
 from app.storage.models import ModelRecord
 from app.storage.repository import ModelRepository
+from app.stored import RecentReads
 from app.tensors import ListTensor
 
 INPUTS = "inputs."  # the prefix of a model input's field
@@ -80,6 +81,9 @@ def first_rows(outputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarra
     return {k: v[:rows] for k, v in outputs.items()}
 
 
+RECORD_TTL_S = 1.0  # how long another process's deletion of a model may go unseen here
+
+
 class ModelRunner:
     def __init__(
         self,
@@ -88,12 +92,15 @@ class ModelRunner:
         workers: WorkerPool,
         chunking: Chunking,
         observe: Callable[[float, int], None] = lambda seconds, rows: None,
+        recent: RecentReads[ModelRecord] | None = None,
     ) -> None:
         self.repository, self.artifacts, self.workers, self.chunking = repository, artifacts, workers, chunking
         self.observe = observe  # (seconds, rows) of each worker call, for the metrics
+        self.recent = recent or RecentReads(RECORD_TTL_S)  # shared with ModelService, which forgets on delete
 
     def get(self, model_id: str) -> ModelRecord:
-        return self.repository.get(model_id)
+        """The model's record, read at most once per RECORD_TTL_S (a predict reads it on every call)."""
+        return self.recent.get(model_id, lambda: self.repository.get(model_id))
 
     def outputs(self, record: ModelRecord, arrays: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
         """The named outputs for the model's inputs (validated here), run in chunks of at most

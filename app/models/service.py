@@ -13,7 +13,7 @@ from app.records import new_id, utc_now
 from app.storage.artifacts import ArtifactStore, ArtifactWriter
 from app.storage.models import ModelRecord
 from app.storage.repository import ArtifactReferences, ModelRepository
-from app.stored import StoredResource
+from app.stored import RecentReads, StoredResource
 
 
 class ModelService(StoredResource[ModelRecord, ModelOut]):
@@ -23,10 +23,12 @@ class ModelService(StoredResource[ModelRecord, ModelOut]):
         artifacts: ArtifactStore,
         references: ArtifactReferences,
         workers: WorkerPool,
+        recent: RecentReads[ModelRecord],
     ) -> None:
         super().__init__(repository, ModelOut.model_validate)
         self.repository: ModelRepository = repository
         self.artifacts, self.references, self.workers = artifacts, references, workers
+        self.recent = recent  # the runner's recent reads of model records: forgotten on delete
 
     def create(self, request: ModelRequest, upload: ArtifactWriter) -> ModelOut:
         """Check the uploaded file (parse, refuse, describe, let onnxruntime load it in a worker), then
@@ -64,6 +66,7 @@ class ModelService(StoredResource[ModelRecord, ModelOut]):
     def delete(self, model_id: str) -> None:
         with self.artifacts.lock():
             self.artifacts.remove_unused(self.repository.delete_model(model_id), self.references.in_use)
+            self.recent.forget()
 
     def file(self, model_id: str) -> tuple[str, Path]:
         """The uploaded file, and the name to save it under."""

@@ -174,7 +174,7 @@ class ModelRunner:
         """A model whose class dimension is symbolic gets C from its first run's logits."""
         if record.classes is None and classes >= 2:
             self.repository.learn_classes(record.id, classes)
-            record.classes = classes  # this request's copy: a streamed run asks once
+            record.classes = classes  # the kept record too (RecentReads): asked once per process
 
     def step(self, record: Runnable, input_bytes: int, names: list[str]) -> int:
         """Rows per model call for inputs of `input_bytes` a row and these outputs (a fixed batch dimension

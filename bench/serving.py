@@ -230,7 +230,7 @@ def large_batch(url: str, bare_url: str, export: Path, repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=sized(500, 20))
+    parser.add_argument("--requests", type=int, default=sized(2000, 20))
     parser.add_argument("--repeats", type=int, default=sized(5, 1))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -79,7 +79,7 @@ class Decoded:
         return self.outputs or dict.fromkeys(names, self.binary_default)
 
 
-def decode(body: bytes, header_length: int | None) -> Decoded:
+def decode(body: bytes | bytearray, header_length: int | None) -> Decoded:
     """The inference request of a body: the JSON header (all of it without the header length) and the
     binary section after it, each input checked against its shape and datatype."""
     if header_length is not None and not 0 < header_length <= len(body):

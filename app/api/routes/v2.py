@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app import __version__
 from app.api.auth import role
+from app.api.bodies import read_body
 from app.api.deps import ResourcesDep, resources_of
 from app.api.problems import database_refusal, error_responses, refusal
 from app.api.v2_codec import ProtocolError, decode, encode, metadata_body, parse_version
@@ -182,7 +183,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     header = request.headers.get(BINARY_HEADER)
     settings = resources.settings
     limit = settings.max_body_bytes if header is not None else settings.max_json_bytes  # JSON alone: the JSON limit
-    body = _decompressed(await request.body(), request.headers.get("content-encoding"), limit)
+    body = _decompressed(await read_body(request), request.headers.get("content-encoding"), limit)
     if header is not None and not header.strip().isdigit():
         raise ProtocolError(f"{BINARY_HEADER} must be a non-negative integer, got {header!r}")
     length = int(header) if header is not None else None
@@ -193,7 +194,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
 
 
 def _answer(
-    resources: Resources, name: str, version: int | None, body: bytes, header_length: int | None
+    resources: Resources, name: str, version: int | None, body: bytes | bytearray, header_length: int | None
 ) -> tuple[bytes | memoryview, int | None]:
     """Decode, infer, encode (in a worker thread). The pipeline is resolved first, so an unknown one is
     a 404 whatever the body."""
@@ -204,7 +205,7 @@ def _answer(
     return encode(answer, request.id, request.binary(list(answer.outputs)))
 
 
-def _decompressed(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
+def _decompressed(body: bytes | bytearray, encoding: str | None, max_bytes: int) -> bytes | bytearray:
     """The body, inflated for `Content-Encoding: gzip|deflate` (deflate: zlib-wrapped, as tritonclient and
     browsers send it, or raw), at most max_bytes (a small body cannot inflate without bound)."""
     name = (encoding or "identity").strip().lower()
@@ -222,7 +223,7 @@ def _decompressed(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
     raise ProtocolError(f"the body is not valid {name} data: {fault}")
 
 
-def _inflated(inflater: Any, body: bytes, max_bytes: int, name: str) -> bytes:
+def _inflated(inflater: Any, body: bytes | bytearray, max_bytes: int, name: str) -> bytes:
     """Inflated in steps of INFLATE_STEP, so memory follows what the data really holds and a bomb is
     refused as soon as it passes `max_bytes` (not after a buffer of the whole limit is filled)."""
     out = bytearray()

@@ -177,3 +177,20 @@ def test_generated_request_ids_are_distinct_hex_of_a_uuids_length() -> None:
 
     made = [new_request_id() for _ in range(10_000)]
     assert len(set(made)) == len(made) and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in made)
+
+
+def test_a_forked_process_makes_other_request_ids() -> None:
+    import os
+
+    from app.api.observability import new_request_id
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first id, to the parent
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert len(child) == 32 and child[:20] != new_request_id()[:20]

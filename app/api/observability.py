@@ -10,6 +10,7 @@ import functools
 import itertools
 import json
 import logging
+import os
 import re
 import secrets
 import time
@@ -39,8 +40,16 @@ HEADER = b"x-request-id"
 MAX_ID = 128
 
 
-_ID_PREFIX = secrets.token_hex(10)  # this process's: ids are unique across processes and restarts
+_ID_PREFIX = secrets.token_hex(10)  # this process's (a forked child makes its own): unique across processes
 _ID_COUNTER = itertools.count()
+
+
+def _new_prefix() -> None:
+    global _ID_PREFIX
+    _ID_PREFIX = secrets.token_hex(10)
+
+
+os.register_at_fork(after_in_child=_new_prefix)  # a forked server process must not repeat its parent's ids
 
 
 def new_request_id() -> str:

@@ -1,9 +1,9 @@
 """The service's Prometheus metrics (api.md, "Conventions": `GET /metrics`): HTTP requests by route and
-status with their latency, the time and rows of model runs, model workers replaced, requests refused by
-the limits and database errors. One registry per app, so that tests and several apps in one process do
-not share counts; the use cases report through callbacks. Under `caliper serve --workers N` each process
-writes its values to PROMETHEUS_MULTIPROC_DIR and /metrics sums them over the processes
-(prometheus-client's multi-process mode)."""
+status with their latency (V2 gRPC calls by method and code, with theirs), the time and rows of model
+runs, model workers replaced, requests refused by the limits and database errors. One registry per app,
+so that tests and several apps in one process do not share counts; the use cases report through
+callbacks. Under `caliper serve --workers N` each process writes its values to PROMETHEUS_MULTIPROC_DIR
+and /metrics sums them over the processes (prometheus-client's multi-process mode)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.grpc_calls = Counter(
+            "caliper_grpc_calls", "V2 gRPC calls answered, by method and status code.", ["method", "code"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.grpc_latency = Histogram(
+            "caliper_grpc_call_seconds", "Time of a V2 gRPC call in the service, by method.", ["method"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
         self.model_seconds = Histogram(
             "caliper_model_run_seconds", "onnxruntime time of uploaded models and pipelines, per call to the "
             "worker pool.", buckets=LATENCY_BUCKETS, registry=self.registry,

@@ -231,3 +231,27 @@ def test_the_committed_generated_code_is_what_the_proto_generates(tmp_path: Path
     for suffix in ("_pb2.py", "_pb2.pyi"):
         generated = PROTO.replace(".proto", suffix)
         assert (tmp_path / generated).read_text() == (ROOT / generated).read_text(), f"run `make proto`: {generated}"
+
+
+def test_calls_are_counted_by_method_and_code_and_an_unexpected_fault_is_internal(
+    port: int,
+    client: TestClient,
+    served: dict[str, Any],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    x = probe(np.float32)[:2]
+    call(port, "ModelInfer", infer_request(x), pb.ModelInferResponse)
+    with pytest.raises(grpc.RpcError):
+        call(port, "ModelInfer", spoiled("shape"), pb.ModelInferResponse)
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(client.app.state.resources.inference, "infer", broken)  # type: ignore[attr-defined]
+    with pytest.raises(grpc.RpcError) as failed:
+        call(port, "ModelInfer", infer_request(x), pb.ModelInferResponse)
+    assert failed.value.code() == grpc.StatusCode.INTERNAL and "secret" not in failed.value.details()
+    exposed = client.get("/metrics").text
+    for code in ("OK", "INVALID_ARGUMENT", "INTERNAL"):
+        assert f'caliper_grpc_calls_total{{code="{code}",method="ModelInfer"}}' in exposed, code
+    assert 'caliper_grpc_call_seconds_count{method="ModelInfer"}' in exposed

@@ -8,7 +8,9 @@ same keys. Off unless CALIPER_GRPC_PORT is set.
   `read` role (inference stores nothing, as on REST).
 - **Errors.** A domain error keeps its meaning: INVALID_ARGUMENT (REST's 400), NOT_FOUND (404),
   RESOURCE_EXHAUSTED (422: the model's memory or time limit; also more calls than the server admits),
-  UNAVAILABLE (503: no model worker, or the database unreachable or not migrated).
+  UNAVAILABLE (503: no model worker, or the database unreachable or not migrated), INTERNAL (500, logged).
+- **Observability.** Calls are counted and timed in /metrics (`caliper_grpc_calls`,
+  `caliper_grpc_call_seconds`) and written to the access log with a request id, as HTTP requests are.
 - **Server.** grpcio's synchronous server: a call runs on one of CALIPER_MAX_RUNNING_WORK threads,
   CALIPER_MAX_WAITING_WORK more may wait, and a message may be CALIPER_MAX_BODY_BYTES. Every process of
   `caliper serve --workers N` binds the port with SO_REUSEPORT (grpcio's default), so the kernel spreads
@@ -17,6 +19,7 @@ same keys. Off unless CALIPER_GRPC_PORT is set.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ from typing import Any
 import grpc
 
 from app import __version__
+from app.api.observability import REQUEST_ID, access, new_request_id
 from app.api.problems import database_refusal
 from app.api.v2_codec import ProtocolError
 from app.context import Resources
@@ -130,24 +134,50 @@ def caller(resources: Resources, metadata: tuple[tuple[str, str | bytes], ...]) 
     return principal
 
 
-def authorised(resources: Resources, call: Callable[[Any], Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
-    """`call` behind the key check, in the key's project, its faults as the protocol's status codes."""
+def authorised(
+    resources: Resources, method: str, call: Callable[[Any], Any]
+) -> Callable[[Any, grpc.ServicerContext], Any]:
+    """`call` behind the key check, in the key's project, its faults as the protocol's status codes, counted
+    and timed in /metrics and written to the access log as HTTP requests are."""
+    metrics, access_log = resources.metrics, resources.settings.access_log
 
     def handle(request: Any, context: grpc.ServicerContext) -> Any:
+        started, code, project = time.perf_counter(), grpc.StatusCode.OK, None
+        request_id = new_request_id()
+        token = REQUEST_ID.set(request_id)
         try:
-            with project_scope(caller(resources, context.invocation_metadata()).project):
+            project = caller(resources, context.invocation_metadata()).project
+            with project_scope(project):
                 return call(request)
-        except Refused as exc:
-            context.abort(exc.code, str(exc))
-        except tuple(STATUS) as exc:
-            context.abort(next(code for kind, code in STATUS.items() if isinstance(exc, kind)), str(exc))
-        except DATABASE_ERRORS as exc:
-            refused = database_refusal(exc)
-            if refused is None:
-                raise
-            context.abort(grpc.StatusCode.UNAVAILABLE, refused.detail)
+        except Exception as exc:
+            code, detail = status_of(exc)
+            context.abort(code, detail)
+        finally:
+            seconds = time.perf_counter() - started
+            metrics.grpc_calls.labels(method, code.name).inc()
+            metrics.grpc_latency.labels(method).observe(seconds)
+            if access_log:
+                line = {"request_id": request_id, "project": project, "method": f"grpc {method}",
+                        "status": code.name, "duration_ms": round(seconds * 1e3, 3)}  # fmt: skip
+                access.info("gRPC %s %s", method, code.name, extra={"fields": line})
+            REQUEST_ID.reset(token)
 
     return handle
+
+
+def status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
+    """The status code and message of a call's fault; an unexpected one is logged with its traceback and
+    answered INTERNAL without its text (as REST answers 500)."""
+    if isinstance(exc, Refused):
+        return exc.code, str(exc)
+    for kind, code in STATUS.items():
+        if isinstance(exc, kind):
+            return code, str(exc)
+    refused = database_refusal(exc) if isinstance(exc, DATABASE_ERRORS) else None
+    if refused is not None:
+        return grpc.StatusCode.UNAVAILABLE, refused.detail
+    log.exception("unexpected error in a V2 gRPC call")
+    return grpc.StatusCode.INTERNAL, f"unexpected error (request id {REQUEST_ID.get()}; see the server log)"
 
 
 def handler(resources: Resources) -> grpc.GenericRpcHandler:
@@ -156,7 +186,7 @@ def handler(resources: Resources) -> grpc.GenericRpcHandler:
         SERVICE,
         {
             name: grpc.unary_unary_rpc_method_handler(
-                authorised(resources, getattr(servicer, name)),
+                authorised(resources, name, getattr(servicer, name)),
                 request_deserializer=message.FromString,
                 response_serializer=lambda response: response.SerializeToString(),
             )
